@@ -1,0 +1,374 @@
+//! The socket load balancer in the kernel: loading, attaching, adopting and removing it.
+//!
+//! Layout under `--bpf-root`:
+//! - `maps/<NAME>`: the pinned maps (reused as they are on restart, so state survives);
+//! - `links/<program>`: the pinned cgroup links (programs stay attached while gannetd is
+//!   down; on restart each is switched to the newly loaded program with one `BPF_LINK_UPDATE`).
+
+pub mod reconcile;
+
+use std::{
+    fs, io,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+};
+use gannet_common::{
+    AffinityKey, AffinityValue, BackendValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
+    SlotKey, map_names,
+};
+use tracing::{debug, info, warn};
+
+use crate::{config::Capacity, sys};
+use reconcile::{MapOpError, ServiceMaps};
+
+/// The programs of the socket load balancer, by their names in the object.
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "gannet_connect4",
+    "gannet_connect6",
+    "gannet_sendmsg4",
+    "gannet_sendmsg6",
+    "gannet_recvmsg4",
+    "gannet_recvmsg6",
+    "gannet_getpeer4",
+    "gannet_getpeer6",
+];
+
+/// The socket load balancer's object, built by build.rs.
+static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gannet-sock"));
+
+const BPFFS: &str = "/sys/fs/bpf";
+const BPFFS_LOCK: &str = "/run/gannet-bpffs.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPathError {
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the socket load balancer: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("program {name}: {what}: {source}")]
+    Link {
+        name: &'static str,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} missing from the object")]
+    MissingMap(&'static str),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataPathError + '_ {
+    move |source| DataPathError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Makes sure `bpf_root` lies on bpffs, mounting bpffs at /sys/fs/bpf when it is missing there.
+/// Serialised by a lock file so that agents starting together mount it once.
+pub fn ensure_bpffs(bpf_root: &Path) -> Result<(), DataPathError> {
+    let bpffs = Path::new(BPFFS);
+    if bpf_root.starts_with(bpffs) {
+        let _lock = sys::FileLock::acquire(Path::new(BPFFS_LOCK)).map_err(io_err(Path::new(BPFFS_LOCK)))?;
+        if sys::fs_magic(bpffs).map_err(io_err(bpffs))? != sys::BPF_FS_MAGIC {
+            sys::mount_bpffs(bpffs).map_err(io_err(bpffs))?;
+            info!(path = BPFFS, "mounted bpffs");
+        }
+    }
+    let mut probe = bpf_root.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if sys::fs_magic(&probe).map_err(io_err(&probe))? != sys::BPF_FS_MAGIC {
+        return Err(DataPathError::Bpffs(format!(
+            "--bpf-root {}: {} is not on a bpffs mount",
+            bpf_root.display(),
+            probe.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The loaded, attached socket load balancer.
+pub struct SockLb {
+    pub maps: BpfMaps,
+}
+
+impl SockLb {
+    /// Loads the programs (reusing pinned maps), and attaches them to `cgroup`: a program that
+    /// a previous gannetd left attached there is replaced in place, atomically.
+    pub fn load(bpf_root: &Path, cgroup: &Path, capacity: Capacity) -> Result<Self, DataPathError> {
+        ensure_bpffs(bpf_root)?;
+        let maps_dir = bpf_root.join("maps");
+        let links_dir = bpf_root.join("links");
+        for dir in [&maps_dir, &links_dir] {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let adopting = maps_dir.join(map_names::SERVICES).exists();
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .map_max_entries(map_names::SERVICES, capacity.services)
+            .map_max_entries(map_names::SLOTS, capacity.slots)
+            .map_max_entries(map_names::BACKENDS, capacity.backends)
+            .map_max_entries(map_names::REV_NAT, capacity.rev_nat)
+            .map_max_entries(map_names::AFFINITY, capacity.affinity)
+            .load(SOCK_OBJECT)?;
+
+        let cgroup_file = fs::File::open(cgroup).map_err(io_err(cgroup))?;
+        let cgroup_id = sys::cgroup_id(cgroup).map_err(io_err(cgroup))?;
+        for name in SOCK_PROGRAMS {
+            attach(&mut ebpf, name, &cgroup_file, cgroup_id, &links_dir)?;
+        }
+        info!(
+            cgroup = %cgroup.display(),
+            bpf_root = %bpf_root.display(),
+            adopted = adopting,
+            "socket load balancer attached"
+        );
+        Ok(Self {
+            maps: BpfMaps::take(&mut ebpf, capacity)?,
+        })
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &fs::File,
+    cgroup_id: u64,
+    links_dir: &Path,
+) -> Result<(), DataPathError> {
+    let program_err = |source| DataPathError::Program { name, source };
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(DataPathError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(program_err)?;
+    program.load().map_err(program_err)?;
+    let pin = links_dir.join(name);
+
+    if pin.exists() {
+        let link_err = |what| move |source| DataPathError::Link { name, what, source };
+        let link = sys::obj_get(&pin).map_err(link_err("opening pinned link"))?;
+        let attached_to = sys::cgroup_link_info(link.as_fd())
+            .map_err(link_err("reading pinned link"))?;
+        if attached_to.cgroup_id == cgroup_id {
+            let prog_fd = program.fd().map_err(program_err)?;
+            sys::link_update(link.as_fd(), prog_fd.as_fd())
+                .map_err(link_err("replacing the program of the pinned link"))?;
+            debug!(program = name, "switched the pinned link to the new program");
+            return Ok(());
+        }
+        // The agent was pointed at another cgroup: detach from the old one.
+        warn!(program = name, "pinned link is attached to another cgroup; moving it");
+        fs::remove_file(&pin).map_err(io_err(&pin))?;
+    }
+
+    let link_id = program
+        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .map_err(program_err)?;
+    let link: FdLink = program
+        .take_link(link_id)
+        .map_err(program_err)?
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| DataPathError::Link {
+            name,
+            what: "taking the link",
+            source: io::Error::other(e),
+        })?;
+    link.pin(&pin).map_err(|e| DataPathError::Link {
+        name,
+        what: "pinning the link",
+        source: io::Error::other(e),
+    })?;
+    debug!(program = name, pin = %pin.display(), "attached and pinned");
+    Ok(())
+}
+
+/// Removes everything gannetd created under `bpf_root`. Unpinning a link detaches its program
+/// from the cgroup (gannetd must not be running: it would hold the links open).
+pub fn cleanup(bpf_root: &Path) -> Result<Vec<PathBuf>, DataPathError> {
+    let mut removed = Vec::new();
+    if !bpf_root.exists() {
+        return Ok(removed);
+    }
+    for sub in ["links", "maps"] {
+        let dir = bpf_root.join(sub);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.map_err(io_err(&dir))?.path();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            removed.push(path);
+        }
+        fs::remove_dir(&dir).map_err(io_err(&dir))?;
+    }
+    fs::remove_dir(bpf_root).map_err(io_err(bpf_root))?;
+    removed.push(bpf_root.to_owned());
+    Ok(removed)
+}
+
+/// The load balancer's maps, as the reconciler writes them.
+pub struct BpfMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    backends: HashMap<MapData, u32, BackendValue>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
+    capacity: Capacity,
+}
+
+fn take_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DataPathError> {
+    let map = ebpf.take_map(name).ok_or(DataPathError::MissingMap(name))?;
+    HashMap::try_from(map).map_err(|source| DataPathError::Map { name, source })
+}
+
+impl BpfMaps {
+    fn take(ebpf: &mut Ebpf, capacity: Capacity) -> Result<Self, DataPathError> {
+        Ok(Self {
+            services: take_map(ebpf, map_names::SERVICES)?,
+            slots: take_map(ebpf, map_names::SLOTS)?,
+            backends: take_map(ebpf, map_names::BACKENDS)?,
+            affinity: take_map(ebpf, map_names::AFFINITY)?,
+            rev_nat: take_map(ebpf, map_names::REV_NAT)?,
+            capacity,
+        })
+    }
+
+    /// Entries in the reverse-NAT map (for status and tests).
+    pub fn rev_nat_len(&self) -> usize {
+        self.rev_nat.keys().filter(Result::is_ok).count()
+    }
+}
+
+fn os_error(e: &MapError) -> Option<i32> {
+    match e {
+        MapError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn write_err(map: &'static str, op: &'static str, capacity: u32, e: MapError) -> MapOpError {
+    match os_error(&e) {
+        Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC) => MapOpError::Full { map, capacity },
+        _ => MapOpError::Other {
+            map,
+            op,
+            source: io::Error::other(e),
+        },
+    }
+}
+
+fn delete_result(map: &'static str, r: Result<(), MapError>) -> Result<(), MapOpError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+        Err(e) if os_error(&e) == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(write_err(map, "delete", 0, e)),
+    }
+}
+
+fn list<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, MapOpError> {
+    map.iter()
+        .map(|r| r.map_err(|e| write_err(name, "iterate", 0, e)))
+        .collect()
+}
+
+impl ServiceMaps for BpfMaps {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapOpError> {
+        let cap = self.capacity.services;
+        self.services
+            .insert(key, value, 0)
+            .map_err(|e| write_err(map_names::SERVICES, "update", cap, e))
+    }
+
+    fn del_service(&mut self, key: &ServiceKey) -> Result<(), MapOpError> {
+        delete_result(map_names::SERVICES, self.services.remove(key))
+    }
+
+    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), MapOpError> {
+        let cap = self.capacity.slots;
+        self.slots
+            .insert(key, backend_id, 0)
+            .map_err(|e| write_err(map_names::SLOTS, "update", cap, e))
+    }
+
+    fn del_slot(&mut self, key: &SlotKey) -> Result<(), MapOpError> {
+        delete_result(map_names::SLOTS, self.slots.remove(key))
+    }
+
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapOpError> {
+        let cap = self.capacity.backends;
+        self.backends
+            .insert(id, value, 0)
+            .map_err(|e| write_err(map_names::BACKENDS, "update", cap, e))
+    }
+
+    fn del_backend(&mut self, id: u32) -> Result<(), MapOpError> {
+        delete_result(map_names::BACKENDS, self.backends.remove(&id))
+    }
+
+    fn purge_affinity(
+        &mut self,
+        doomed: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize, MapOpError> {
+        let victims: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| doomed(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &victims {
+            delete_result(map_names::AFFINITY, self.affinity.remove(key))?;
+        }
+        Ok(victims.len())
+    }
+
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError> {
+        list(&self.services, map_names::SERVICES)
+    }
+
+    fn slots(&self) -> Result<Vec<(SlotKey, u32)>, MapOpError> {
+        list(&self.slots, map_names::SLOTS)
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapOpError> {
+        list(&self.backends, map_names::BACKENDS)
+    }
+}

@@ -1,0 +1,618 @@
+//! Desired service state in, map diffs out.
+//!
+//! The [`Reconciler`] owns the id spaces of services and backends and the slot generations. It
+//! changes a service so that a program looking it up at any instant resolves it to a valid
+//! backend of either the old or the new set, never to nothing or to a freed slot:
+//!
+//! 1. new backends are written to the backend map;
+//! 2. the new backend list is written to the slot generation the programs are *not* reading;
+//! 3. the service value is replaced in one map update (new count + generation): the switch;
+//! 4. after a grace period the old generation's slots and unused backends are freed.
+//!
+//! A change that cannot be written (a full map) is rolled back before the switch, so the
+//! service keeps its previous backends and every other service is untouched.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use gannet_common::{
+    AffinityKey, AffinityValue, BackendValue, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP,
+    SVC_F_AFFINITY, ServiceKey, ServiceValue, SlotKey, v4_mapped,
+};
+use gannet_k8s::{Backend, DesiredState, Frontend, Protocol, ServicePort};
+use tracing::{debug, error, info, warn};
+
+/// How long freed slots and backends stay readable after the switch that released them.
+/// Programs hold a value for microseconds; this is generous.
+pub const DEFAULT_GRACE: Duration = Duration::from_millis(500);
+
+/// Why a map operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MapOpError {
+    #[error("map {map} is full (capacity {capacity})")]
+    Full { map: &'static str, capacity: u32 },
+    #[error("map {map}: {op}: {source}")]
+    Other {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The maps of the socket load balancer, as the reconciler writes them. Implemented over the
+/// kernel maps (`BpfMaps`); unit tests use an in-memory version that checks every step.
+pub trait ServiceMaps {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapOpError>;
+    /// Deleting a missing entry is not an error.
+    fn del_service(&mut self, key: &ServiceKey) -> Result<(), MapOpError>;
+    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), MapOpError>;
+    fn del_slot(&mut self, key: &SlotKey) -> Result<(), MapOpError>;
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapOpError>;
+    fn del_backend(&mut self, id: u32) -> Result<(), MapOpError>;
+    /// Deletes the affinity entries `doomed` selects; returns how many.
+    fn purge_affinity(
+        &mut self,
+        doomed: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize, MapOpError>;
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError>;
+    fn slots(&self) -> Result<Vec<(SlotKey, u32)>, MapOpError>;
+    fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapOpError>;
+}
+
+/// What one [`Reconciler::apply`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Frontends that could not be programmed, with the reason; they keep what they had.
+    pub failed: Vec<(Frontend, String)>,
+}
+
+impl ApplyReport {
+    #[must_use]
+    pub fn changed(&self) -> bool {
+        self.added + self.updated + self.removed > 0 || !self.failed.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Programmed {
+    id: u32,
+    generation: u8,
+    /// Backends in slot order; empty when the service has none ready.
+    backends: Vec<Backend>,
+    backend_ids: Vec<u32>,
+    affinity: Option<u32>,
+    /// True when adopted state did not read back consistently: rewrite on the next apply.
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct BackendEntry {
+    id: u32,
+    /// Services whose current slots reference this backend.
+    users: u32,
+}
+
+#[derive(Debug)]
+enum Deferred {
+    /// Slots `from..to` of a generation of a service, unless the service is reading that
+    /// generation again by then (then only the slots past its count).
+    Slots {
+        service_id: u32,
+        generation: u8,
+        to: u32,
+    },
+    /// A backend, unless a service took it again meanwhile.
+    Backend(Backend),
+    /// A service id, free for reuse.
+    ServiceId(u32),
+}
+
+/// Hands out small integer ids, reusing freed ones.
+#[derive(Debug, Default)]
+struct IdPool {
+    next: u32,
+    free: BTreeSet<u32>,
+}
+
+impl IdPool {
+    fn alloc(&mut self) -> u32 {
+        if let Some(id) = self.free.pop_first() {
+            return id;
+        }
+        self.next += 1;
+        self.next
+    }
+
+    fn release(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+
+    /// Marks ids found in adopted maps as taken.
+    fn adopt(&mut self, used: &BTreeSet<u32>) {
+        self.next = used.last().copied().unwrap_or(0);
+        self.free = (1..self.next).filter(|id| !used.contains(id)).collect();
+    }
+}
+
+pub struct Reconciler<M> {
+    maps: M,
+    services: BTreeMap<Frontend, Programmed>,
+    by_id: HashMap<u32, Frontend>,
+    backends: HashMap<Backend, BackendEntry>,
+    service_ids: IdPool,
+    backend_ids: IdPool,
+    deferred: VecDeque<(Instant, Deferred)>,
+    grace: Duration,
+}
+
+fn addr16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn ip_of(addr: [u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+#[must_use]
+pub fn service_key(frontend: &Frontend) -> ServiceKey {
+    ServiceKey {
+        addr: addr16(frontend.ip),
+        port: frontend.port.to_be(),
+        proto: match frontend.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        },
+        pad: 0,
+    }
+}
+
+fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
+    let protocol = match key.proto {
+        PROTO_TCP => Protocol::Tcp,
+        PROTO_UDP => Protocol::Udp,
+        _ => return None,
+    };
+    Some(Frontend {
+        ip: ip_of(key.addr),
+        port: u16::from_be(key.port),
+        protocol,
+    })
+}
+
+#[must_use]
+pub fn backend_value(backend: &Backend) -> BackendValue {
+    BackendValue {
+        addr: addr16(backend.ip),
+        port: backend.port.to_be(),
+        pad: [0; 2],
+    }
+}
+
+fn backend_of(value: &BackendValue) -> Backend {
+    Backend {
+        ip: ip_of(value.addr),
+        port: u16::from_be(value.port),
+    }
+}
+
+fn service_value(id: u32, generation: u8, count: usize, affinity: Option<u32>) -> ServiceValue {
+    ServiceValue {
+        id,
+        count: u16::try_from(count).expect("count checked against MAX_BACKENDS_PER_SERVICE"),
+        generation,
+        flags: if affinity.is_some() { SVC_F_AFFINITY } else { 0 },
+        affinity_timeout: affinity.unwrap_or(0),
+        pad: 0,
+    }
+}
+
+fn index(i: usize) -> u32 {
+    u32::try_from(i).expect("slot index checked against MAX_BACKENDS_PER_SERVICE")
+}
+
+impl<M: ServiceMaps> Reconciler<M> {
+    /// Takes over whatever the maps hold (a previous gannetd's state after a restart, or
+    /// nothing), so that the first [`apply`](Self::apply) changes only what differs.
+    pub fn adopt(mut maps: M, grace: Duration) -> Result<Self, MapOpError> {
+        let backend_values: HashMap<u32, BackendValue> = maps.backends()?.into_iter().collect();
+        let mut slots: HashMap<SlotKey, u32> = maps.slots()?.into_iter().collect();
+        let mut services = BTreeMap::new();
+        let mut by_id = HashMap::new();
+        let mut backends: HashMap<Backend, BackendEntry> = HashMap::new();
+        let mut used_service_ids = BTreeSet::new();
+        let mut stale_services = Vec::new();
+
+        for (key, value) in maps.services()? {
+            let Some(frontend) = frontend_of(&key) else {
+                stale_services.push(key);
+                continue;
+            };
+            used_service_ids.insert(value.id);
+            let mut programmed = Programmed {
+                id: value.id,
+                generation: value.generation,
+                backends: Vec::new(),
+                backend_ids: Vec::new(),
+                affinity: (value.flags & SVC_F_AFFINITY != 0).then_some(value.affinity_timeout),
+                dirty: false,
+            };
+            for i in 0..u32::from(value.count) {
+                let slot = SlotKey::new(value.id, value.generation, i);
+                match slots.remove(&slot).and_then(|id| Some((id, backend_values.get(&id)?))) {
+                    Some((id, backend)) => {
+                        programmed.backend_ids.push(id);
+                        programmed.backends.push(backend_of(backend));
+                    }
+                    None => programmed.dirty = true,
+                }
+            }
+            for (backend, id) in programmed.backends.iter().zip(&programmed.backend_ids) {
+                backends
+                    .entry(*backend)
+                    .or_insert(BackendEntry { id: *id, users: 0 })
+                    .users += 1;
+            }
+            by_id.insert(value.id, frontend);
+            services.insert(frontend, programmed);
+        }
+        for key in stale_services {
+            maps.del_service(&key)?;
+        }
+        // Slots no live generation reads: leftovers of a switch the previous agent did not
+        // finish freeing.
+        for key in slots.keys() {
+            maps.del_slot(key)?;
+        }
+        let mut used_backend_ids = BTreeSet::new();
+        for (id, value) in &backend_values {
+            let backend = backend_of(value);
+            match backends.get(&backend) {
+                Some(entry) if entry.id == *id => {
+                    used_backend_ids.insert(*id);
+                }
+                _ => maps.del_backend(*id)?,
+            }
+        }
+        let mut service_ids = IdPool::default();
+        service_ids.adopt(&used_service_ids);
+        let mut backend_ids = IdPool::default();
+        backend_ids.adopt(&used_backend_ids);
+        if !services.is_empty() {
+            info!(
+                services = services.len(),
+                backends = backends.len(),
+                "adopted the running data plane"
+            );
+        }
+        Ok(Self {
+            maps,
+            services,
+            by_id,
+            backends,
+            service_ids,
+            backend_ids,
+            deferred: VecDeque::new(),
+            grace,
+        })
+    }
+
+    /// Programs `desired`. With `prune`, frontends absent from `desired` are removed;
+    /// without it (a source that is known to be incomplete) they are kept.
+    pub fn apply(&mut self, desired: &DesiredState, prune: bool, now: Instant) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut purge: HashMap<u32, Option<BTreeSet<u32>>> = HashMap::new();
+
+        if prune {
+            let gone: Vec<Frontend> = self
+                .services
+                .keys()
+                .filter(|f| !desired.services.contains_key(f))
+                .copied()
+                .collect();
+            for frontend in gone {
+                match self.remove(&frontend, now) {
+                    Ok(id) => {
+                        purge.insert(id, None);
+                        report.removed += 1;
+                    }
+                    Err(e) => report.failed.push((frontend, e.to_string())),
+                }
+            }
+        }
+
+        for (frontend, spec) in &desired.services {
+            match self.program(frontend, spec, now) {
+                Ok(Change::Unchanged) => report.unchanged += 1,
+                Ok(Change::Added) => report.added += 1,
+                Ok(Change::Updated { id, removed }) => {
+                    report.updated += 1;
+                    if !removed.is_empty()
+                        && let Some(set) = purge.entry(id).or_insert_with(|| Some(BTreeSet::new()))
+                    {
+                        set.extend(removed);
+                    }
+                }
+                Err(e) => {
+                    error!(
+                        service = %format_args!("{}/{}", spec.namespace, spec.name),
+                        port = %spec.port_name,
+                        %frontend,
+                        error = %e,
+                        "could not program service; it keeps its previous state"
+                    );
+                    report.failed.push((*frontend, e.to_string()));
+                }
+            }
+        }
+
+        if !purge.is_empty() {
+            self.purge_affinity(&purge);
+        }
+        report
+    }
+
+    /// Frees what switches released more than the grace period ago.
+    pub fn collect_garbage(&mut self, now: Instant) {
+        while let Some((due, _)) = self.deferred.front() {
+            if *due > now {
+                break;
+            }
+            let (_, item) = self.deferred.pop_front().expect("front exists");
+            if let Err(e) = self.free(item) {
+                warn!(error = %e, "freeing a released map entry failed; it stays until restart");
+            }
+        }
+    }
+
+    /// Frontends currently programmed, for status output and tests.
+    pub fn frontends(&self) -> impl Iterator<Item = (&Frontend, &[Backend])> {
+        self.services
+            .iter()
+            .map(|(f, p)| (f, p.backends.as_slice()))
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    fn program(
+        &mut self,
+        frontend: &Frontend,
+        spec: &ServicePort,
+        now: Instant,
+    ) -> Result<Change, MapOpError> {
+        let existing = self.services.get(frontend).cloned();
+        if let Some(p) = &existing
+            && !p.dirty
+            && p.backends == spec.backends
+            && p.affinity == spec.session_affinity_timeout
+        {
+            return Ok(Change::Unchanged);
+        }
+        if spec.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+            return Err(MapOpError::Full {
+                map: "service slots",
+                capacity: MAX_BACKENDS_PER_SERVICE,
+            });
+        }
+
+        // 1. Backends.
+        let mut backend_ids = Vec::with_capacity(spec.backends.len());
+        for backend in &spec.backends {
+            match self.acquire_backend(backend) {
+                Ok(id) => backend_ids.push(id),
+                Err(e) => {
+                    for b in &spec.backends[..backend_ids.len()] {
+                        self.release_backend(b, now);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
+        let (id, generation) = match &existing {
+            Some(p) => (p.id, 1 - p.generation),
+            None => (self.service_ids.alloc(), 0),
+        };
+        let rollback = |this: &mut Self, written: usize| {
+            for i in 0..written {
+                let _ = this.maps.del_slot(&SlotKey::new(id, generation, index(i)));
+            }
+            for b in &spec.backends {
+                this.release_backend(b, now);
+            }
+            if existing.is_none() {
+                this.service_ids.release(id);
+            }
+        };
+
+        // 2. Slots of the generation nobody reads.
+        for (i, backend_id) in backend_ids.iter().enumerate() {
+            if let Err(e) = self
+                .maps
+                .put_slot(&SlotKey::new(id, generation, index(i)), *backend_id)
+            {
+                rollback(self, i);
+                return Err(e);
+            }
+        }
+
+        // 3. The switch.
+        let value = service_value(
+            id,
+            generation,
+            backend_ids.len(),
+            spec.session_affinity_timeout,
+        );
+        if let Err(e) = self.maps.put_service(&service_key(frontend), &value) {
+            rollback(self, backend_ids.len());
+            return Err(e);
+        }
+        debug!(%frontend, id, generation, backends = backend_ids.len(), "service switched");
+
+        // 4. Release what the old generation held.
+        let programmed = Programmed {
+            id,
+            generation,
+            backends: spec.backends.clone(),
+            backend_ids,
+            affinity: spec.session_affinity_timeout,
+            dirty: false,
+        };
+        let change = match existing {
+            Some(old) => {
+                self.defer(
+                    now,
+                    Deferred::Slots {
+                        service_id: id,
+                        generation: old.generation,
+                        to: index(old.backends.len()),
+                    },
+                );
+                let removed: Vec<u32> = old
+                    .backends
+                    .iter()
+                    .zip(&old.backend_ids)
+                    .filter(|(b, _)| !spec.backends.contains(b))
+                    .map(|(_, id)| *id)
+                    .collect();
+                for b in &old.backends {
+                    self.release_backend(b, now);
+                }
+                Change::Updated { id, removed }
+            }
+            None => Change::Added,
+        };
+        self.by_id.insert(id, *frontend);
+        self.services.insert(*frontend, programmed);
+        Ok(change)
+    }
+
+    fn remove(&mut self, frontend: &Frontend, now: Instant) -> Result<u32, MapOpError> {
+        let programmed = self.services[frontend].clone();
+        self.maps.del_service(&service_key(frontend))?;
+        self.services.remove(frontend);
+        self.by_id.remove(&programmed.id);
+        self.defer(
+            now,
+            Deferred::Slots {
+                service_id: programmed.id,
+                generation: programmed.generation,
+                to: index(programmed.backends.len()),
+            },
+        );
+        for b in &programmed.backends {
+            self.release_backend(b, now);
+        }
+        self.defer(now, Deferred::ServiceId(programmed.id));
+        debug!(%frontend, id = programmed.id, "service removed");
+        Ok(programmed.id)
+    }
+
+    fn acquire_backend(&mut self, backend: &Backend) -> Result<u32, MapOpError> {
+        if let Some(entry) = self.backends.get_mut(backend) {
+            entry.users += 1;
+            return Ok(entry.id);
+        }
+        let id = self.backend_ids.alloc();
+        if let Err(e) = self.maps.put_backend(id, &backend_value(backend)) {
+            self.backend_ids.release(id);
+            return Err(e);
+        }
+        self.backends.insert(*backend, BackendEntry { id, users: 1 });
+        Ok(id)
+    }
+
+    fn release_backend(&mut self, backend: &Backend, now: Instant) {
+        if let Some(entry) = self.backends.get_mut(backend) {
+            entry.users = entry.users.saturating_sub(1);
+            if entry.users == 0 {
+                self.defer(now, Deferred::Backend(*backend));
+            }
+        }
+    }
+
+    fn defer(&mut self, now: Instant, item: Deferred) {
+        self.deferred.push_back((now + self.grace, item));
+    }
+
+    fn free(&mut self, item: Deferred) -> Result<(), MapOpError> {
+        match item {
+            Deferred::Slots {
+                service_id,
+                generation,
+                to,
+            } => {
+                // If the service reads this generation again (switched twice within the grace
+                // period), its first `count` slots are live: free only the rest.
+                let from = self
+                    .by_id
+                    .get(&service_id)
+                    .and_then(|f| self.services.get(f))
+                    .filter(|p| p.generation == generation)
+                    .map_or(0, |p| index(p.backends.len()));
+                for i in from..to {
+                    self.maps
+                        .del_slot(&SlotKey::new(service_id, generation, i))?;
+                }
+            }
+            Deferred::Backend(backend) => {
+                if let Some(entry) = self.backends.get(&backend)
+                    && entry.users == 0
+                {
+                    let id = entry.id;
+                    self.maps.del_backend(id)?;
+                    self.backends.remove(&backend);
+                    self.backend_ids.release(id);
+                }
+            }
+            Deferred::ServiceId(id) => {
+                if !self.by_id.contains_key(&id) {
+                    self.service_ids.release(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets affinity to backends a service no longer has (`Some(ids)`) or to any backend of a
+    /// removed service (`None`), so pinned clients move on at their next connection.
+    fn purge_affinity(&mut self, purge: &HashMap<u32, Option<BTreeSet<u32>>>) {
+        let mut doomed = |key: &AffinityKey, value: &AffinityValue| match purge.get(&key.service_id)
+        {
+            Some(None) => true,
+            Some(Some(ids)) => ids.contains(&value.backend_id),
+            None => false,
+        };
+        match self.maps.purge_affinity(&mut doomed) {
+            Ok(0) => {}
+            Ok(n) => debug!(entries = n, "affinity to removed backends forgotten"),
+            Err(e) => warn!(error = %e, "could not purge affinity entries"),
+        }
+    }
+}
+
+enum Change {
+    Unchanged,
+    Added,
+    Updated { id: u32, removed: Vec<u32> },
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -1,0 +1,293 @@
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use gannet_common::{
+    AFFINITY_NETNS, AffinityKey, AffinityValue, BackendValue, ServiceKey, ServiceValue, SlotKey,
+};
+use gannet_k8s::{Backend, DesiredState, Frontend, Protocol, ServicePort};
+
+use super::{MapOpError, Reconciler, ServiceMaps, service_key};
+
+/// In-memory maps that check, after every single operation, what a program looking up any
+/// service at that instant would see.
+#[derive(Default)]
+struct CheckedMaps {
+    services: HashMap<ServiceKey, ServiceValue>,
+    slots: HashMap<SlotKey, u32>,
+    backends: HashMap<u32, BackendValue>,
+    affinity: HashMap<AffinityKey, AffinityValue>,
+    capacity_backends: Option<usize>,
+    ops: usize,
+}
+
+impl CheckedMaps {
+    fn check(&self) {
+        for (key, svc) in &self.services {
+            for i in 0..u32::from(svc.count) {
+                let slot = SlotKey::new(svc.id, svc.generation, i);
+                let id = self.slots.get(&slot).unwrap_or_else(|| {
+                    panic!("after op {}: {key:?} slot {i} of gen {} missing", self.ops, svc.generation)
+                });
+                assert!(
+                    self.backends.contains_key(id),
+                    "after op {}: {key:?} slot {i} points at freed backend {id}",
+                    self.ops
+                );
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<(), MapOpError> {
+        self.ops += 1;
+        Ok(())
+    }
+
+    fn resolve(&self, frontend: &Frontend) -> Option<Vec<Backend>> {
+        let svc = self.services.get(&service_key(frontend))?;
+        Some(
+            (0..u32::from(svc.count))
+                .map(|i| {
+                    let id = self.slots[&SlotKey::new(svc.id, svc.generation, i)];
+                    let b = self.backends[&id];
+                    Backend {
+                        ip: super::ip_of(b.addr),
+                        port: u16::from_be(b.port),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+impl ServiceMaps for CheckedMaps {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapOpError> {
+        self.services.insert(*key, *value);
+        self.check();
+        self.step()
+    }
+    fn del_service(&mut self, key: &ServiceKey) -> Result<(), MapOpError> {
+        self.services.remove(key);
+        self.check();
+        self.step()
+    }
+    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), MapOpError> {
+        self.slots.insert(*key, backend_id);
+        self.check();
+        self.step()
+    }
+    fn del_slot(&mut self, key: &SlotKey) -> Result<(), MapOpError> {
+        self.slots.remove(key);
+        self.check();
+        self.step()
+    }
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapOpError> {
+        if self.capacity_backends.is_some_and(|c| self.backends.len() >= c) {
+            return Err(MapOpError::Full {
+                map: "GANNET_BACKENDS",
+                capacity: 0,
+            });
+        }
+        self.backends.insert(id, *value);
+        self.check();
+        self.step()
+    }
+    fn del_backend(&mut self, id: u32) -> Result<(), MapOpError> {
+        self.backends.remove(&id);
+        self.check();
+        self.step()
+    }
+    fn purge_affinity(
+        &mut self,
+        doomed: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize, MapOpError> {
+        let before = self.affinity.len();
+        self.affinity.retain(|k, v| !doomed(k, v));
+        Ok(before - self.affinity.len())
+    }
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn slots(&self) -> Result<Vec<(SlotKey, u32)>, MapOpError> {
+        Ok(self.slots.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapOpError> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+}
+
+fn frontend(last: u8, port: u16) -> Frontend {
+    Frontend {
+        ip: IpAddr::V4(Ipv4Addr::new(10, 96, 0, last)),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn backends(lasts: &[u8]) -> Vec<Backend> {
+    lasts
+        .iter()
+        .map(|l| Backend {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 244, 0, *l)),
+            port: 8080,
+        })
+        .collect()
+}
+
+fn state(entries: &[(Frontend, Vec<Backend>)]) -> DesiredState {
+    DesiredState {
+        services: entries
+            .iter()
+            .map(|(f, b)| {
+                (
+                    *f,
+                    ServicePort {
+                        namespace: "default".into(),
+                        name: format!("svc{}", f.port),
+                        port_name: String::new(),
+                        backends: b.clone(),
+                        session_affinity_timeout: None,
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+const GRACE: Duration = Duration::from_millis(500);
+
+#[test]
+fn add_update_remove_keeps_every_lookup_valid() {
+    let t0 = Instant::now();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let a = frontend(1, 80);
+    let b = frontend(2, 53);
+
+    let report = r.apply(&state(&[(a, backends(&[1, 2, 3])), (b, backends(&[3]))]), true, t0);
+    assert_eq!((report.added, report.failed.len()), (2, 0), "{report:?}");
+    assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2, 3])));
+    assert_eq!(r.maps().resolve(&b), Some(backends(&[3])));
+
+    // Shrink a, grow b, within the grace period of each other: every op is checked.
+    let t1 = t0 + Duration::from_millis(10);
+    let report = r.apply(&state(&[(a, backends(&[2])), (b, backends(&[3, 4]))]), true, t1);
+    assert_eq!(report.updated, 2, "{report:?}");
+    assert_eq!(r.maps().resolve(&a), Some(backends(&[2])));
+    // Switch a back before the old generation is freed.
+    let t2 = t1 + Duration::from_millis(10);
+    r.apply(&state(&[(a, backends(&[1, 2, 5])), (b, backends(&[3, 4]))]), true, t2);
+    assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2, 5])));
+    r.collect_garbage(t2 + GRACE * 2);
+    assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2, 5])));
+    assert_eq!(r.maps().resolve(&b), Some(backends(&[3, 4])));
+
+    // Only live slots and backends remain after garbage collection.
+    assert_eq!(r.maps().slots.len(), 5, "slots: {:?}", r.maps().slots);
+    assert_eq!(r.maps().backends.len(), 5, "backends 1,2,3,4,5");
+
+    // Remove b: its entry goes at once, its slots and backend 4 after the grace period.
+    let t3 = t2 + GRACE * 3;
+    let report = r.apply(&state(&[(a, backends(&[1, 2, 5]))]), true, t3);
+    assert_eq!(report.removed, 1);
+    assert_eq!(r.maps().resolve(&b), None);
+    r.collect_garbage(t3 + GRACE * 2);
+    assert_eq!(r.maps().slots.len(), 3);
+    let mut left: Vec<_> = r.maps().backends.values().map(|v| v.addr[15]).collect();
+    left.sort_unstable();
+    assert_eq!(left, vec![1, 2, 5]);
+}
+
+#[test]
+fn no_backends_means_service_with_zero_count() {
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let a = frontend(1, 80);
+    r.apply(&state(&[(a, vec![])]), true, Instant::now());
+    assert_eq!(r.maps().resolve(&a), Some(vec![]), "service must exist (fail fast), empty");
+}
+
+#[test]
+fn full_backend_map_keeps_previous_state_and_other_services() {
+    let t0 = Instant::now();
+    let mut maps = CheckedMaps::default();
+    maps.capacity_backends = Some(3);
+    let mut r = Reconciler::adopt(maps, GRACE).unwrap();
+    let a = frontend(1, 80);
+    let b = frontend(2, 80);
+    r.apply(&state(&[(a, backends(&[1, 2]))]), true, t0);
+    // b needs two more backends but only one fits: b fails, a is untouched.
+    let report = r.apply(&state(&[(a, backends(&[1, 2])), (b, backends(&[3, 4]))]), true, t0);
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0, b);
+    assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2])));
+    assert_eq!(r.maps().resolve(&b), None);
+    r.collect_garbage(t0 + GRACE * 2);
+    assert_eq!(r.maps().backends.len(), 2, "the half-acquired backend 3 was released");
+}
+
+#[test]
+fn restart_adopts_and_changes_only_differences() {
+    let t0 = Instant::now();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let a = frontend(1, 80);
+    let v6 = Frontend {
+        ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 1)),
+        port: 80,
+        protocol: Protocol::Udp,
+    };
+    let v6_backends = vec![Backend {
+        ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 11)),
+        port: 53,
+    }];
+    let desired = state(&[(a, backends(&[1, 2, 3])), (v6, v6_backends.clone())]);
+    r.apply(&desired, true, t0);
+    // A new reconciler (a restarted agent) over the same maps.
+    let maps = std::mem::take(&mut r.maps);
+    let mut r2 = Reconciler::adopt(maps, GRACE).unwrap();
+    let ops_before = r2.maps().ops;
+    let report = r2.apply(&desired, true, t0);
+    assert_eq!(report.unchanged, 2, "{report:?}");
+    assert_eq!(r2.maps().ops, ops_before, "an unchanged state writes nothing");
+    assert_eq!(r2.maps().resolve(&v6), Some(v6_backends));
+    // And a later change reuses no live id.
+    let b = frontend(2, 80);
+    let mut next = desired.clone();
+    next.services.insert(b, state(&[(b, backends(&[9]))]).services[&b].clone());
+    r2.apply(&next, true, t0);
+    let ids: std::collections::BTreeSet<u32> = r2.maps().services.values().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 3, "distinct service ids: {ids:?}");
+}
+
+#[test]
+fn removed_backend_loses_its_affinity_entries() {
+    let t0 = Instant::now();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let a = frontend(1, 80);
+    r.apply(&state(&[(a, backends(&[1, 2]))]), true, t0);
+    let id = r.maps().services.values().next().unwrap().id;
+    let backend_of = |r: &Reconciler<CheckedMaps>, last: u8| {
+        *r.maps().backends.iter().find(|(_, v)| v.addr[15] == last).unwrap().0
+    };
+    for (client, last) in [(1u64, 1u8), (2, 2)] {
+        let backend_id = backend_of(&r, last);
+        r.maps.affinity.insert(
+            AffinityKey { service_id: id, kind: AFFINITY_NETNS, client },
+            AffinityValue { backend_id, pad: 0, last_used_ns: 0 },
+        );
+    }
+    r.apply(&state(&[(a, backends(&[2]))]), true, t0);
+    let clients: Vec<u64> = r.maps().affinity.keys().map(|k| k.client).collect();
+    assert_eq!(clients, vec![2], "client pinned to removed backend 1 must be forgotten");
+}
+
+#[test]
+fn without_prune_absent_services_stay() {
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let a = frontend(1, 80);
+    let t0 = Instant::now();
+    r.apply(&state(&[(a, backends(&[1]))]), true, t0);
+    let report = r.apply(&DesiredState::default(), false, t0);
+    assert_eq!(report.removed, 0);
+    assert_eq!(r.maps().resolve(&a), Some(backends(&[1])));
+}

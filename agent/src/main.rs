@@ -1,0 +1,79 @@
+//! gannetd: the gannet node agent.
+#![expect(
+    unused_crate_dependencies,
+    reason = "the dependencies are the library's; this binary only calls into it"
+)]
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use gannet_agent::{
+    config::{Cli, Command, EXIT_USAGE},
+    datapath, logging, run,
+};
+use tracing::{error, info};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(args) => {
+            logging::init(args.common.log_format);
+            let config = match args.validate() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("gannetd: {e}");
+                    return ExitCode::from(EXIT_USAGE as u8);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "cannot start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!(error = format!("{e:#}"), "gannetd failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cleanup(args) => {
+            logging::init(args.log_format);
+            let config = match args.validate_cleanup() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("gannetd: {e}");
+                    return ExitCode::from(EXIT_USAGE as u8);
+                }
+            };
+            match datapath::cleanup(&config.bpf_root) {
+                Ok(removed) => {
+                    info!(
+                        removed = removed.len(),
+                        bpf_root = %config.bpf_root.display(),
+                        cgroup = %config.cgroup_path.display(),
+                        "cleaned up: programs detached, maps and pins removed"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    error!(error = %e, "cleanup failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

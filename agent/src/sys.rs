@@ -1,0 +1,169 @@
+//! The few bpf(2) and filesystem calls aya does not expose: reopening a pinned link, switching a
+//! link to a new program atomically (`BPF_LINK_UPDATE`), reading which cgroup a link is attached
+//! to, and telling filesystems apart.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// `bpffs` superblock magic.
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// cgroup v2 superblock magic.
+pub(crate) const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// `union bpf_attr` is 144 bytes on 6.x kernels; the kernel accepts a shorter, zero-tailed attr.
+#[repr(C, align(8))]
+struct BpfAttr([u8; 144]);
+
+impl BpfAttr {
+    fn new() -> Self {
+        Self([0; 144])
+    }
+
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn put_u64(&mut self, offset: usize, value: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, writable buffer of the size we pass.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            std::mem::size_of::<BpfAttr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("file descriptors are non-negative")
+}
+
+/// Opens a pinned bpffs object (here: a link).
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut attr = BpfAttr::new();
+    attr.put_u64(0, c_path.as_ptr() as u64);
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Atomically replaces the program of `link` with `prog`: no moment without a program.
+pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, fd_u32(link));
+    attr.put_u32(4, fd_u32(prog));
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// What the kernel says about a cgroup link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CgroupLinkInfo {
+    pub(crate) prog_id: u32,
+    pub(crate) cgroup_id: u64,
+}
+
+/// `struct bpf_link_info`: type, id, prog_id, then the per-type union (8-byte aligned); for
+/// cgroup links the union starts with `cgroup_id`.
+pub(crate) fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+    let mut info = [0u8; 96];
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, fd_u32(link));
+    attr.put_u32(4, u32::try_from(info.len()).expect("small"));
+    attr.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let word = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes"));
+    Ok(CgroupLinkInfo {
+        prog_id: word(8),
+        cgroup_id: u64::from_ne_bytes(info[16..24].try_into().expect("8 bytes")),
+    })
+}
+
+/// The superblock magic of the filesystem holding `path`.
+pub(crate) fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: all-zero is a valid statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and output buffer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[expect(clippy::useless_conversion, reason = "f_type's width differs across libcs")]
+    Ok(i64::from(st.f_type))
+}
+
+/// A cgroup v2 directory's id (its inode number), as BPF reports it in link info.
+pub(crate) fn cgroup_id(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(path)?.ino())
+}
+
+/// Mounts bpffs at `target`.
+pub(crate) fn mount_bpffs(target: &Path) -> io::Result<()> {
+    let c_target = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: valid C strings; no data argument.
+    let ret = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c_target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An exclusive `flock` held until drop.
+pub(crate) struct FileLock(OwnedFd);
+
+impl FileLock {
+    pub(crate) fn acquire(path: &Path) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let fd = OwnedFd::from(file);
+        // SAFETY: valid descriptor.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self(fd))
+    }
+}
+
+impl AsFd for FileLock {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}

@@ -1,0 +1,210 @@
+//! Types and constants shared by gannet's kernel programs and user space.
+//!
+//! Every map key and value is `#[repr(C)]`, `Copy`, has explicit padding and holds only
+//! integers. Addresses and ports are kept in **network byte order**, exactly as the kernel
+//! hands them to the programs: a port is a `u16` whose two bytes in memory are the port in
+//! network order; an address is 16 bytes in network order.
+//!
+//! IPv4 addresses are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`), so one set of
+//! maps serves both families, and a dual-stack IPv6 socket connecting to `::ffff:<ClusterIP>`
+//! is balanced like an IPv4 socket connecting to `<ClusterIP>`.
+#![no_std]
+
+/// Names of the maps, as pinned under `<bpf-root>/maps/`. At most 15 bytes (kernel limit).
+pub mod map_names {
+    /// [`ServiceKey`](super::ServiceKey) → [`ServiceValue`](super::ServiceValue).
+    pub const SERVICES: &str = "GANNET_SVC";
+    /// [`SlotKey`](super::SlotKey) → backend id (`u32`).
+    pub const SLOTS: &str = "GANNET_SLOTS";
+    /// backend id (`u32`) → [`BackendValue`](super::BackendValue).
+    pub const BACKENDS: &str = "GANNET_BACKENDS";
+    /// [`RevNatKey`](super::RevNatKey) → [`RevNatValue`](super::RevNatValue) (LRU).
+    pub const REV_NAT: &str = "GANNET_REVNAT";
+    /// [`AffinityKey`](super::AffinityKey) → [`AffinityValue`](super::AffinityValue) (LRU).
+    pub const AFFINITY: &str = "GANNET_AFFINITY";
+}
+
+/// Default capacity of [`map_names::SERVICES`]: service frontends (ClusterIP × port × protocol).
+pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
+/// Default capacity of [`map_names::BACKENDS`]: distinct backend address:port pairs.
+pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
+/// Default capacity of [`map_names::SLOTS`]: backend slots of all services, counting both
+/// generations while a service is being switched.
+pub const DEFAULT_MAX_SLOTS: u32 = 262_144;
+/// Default capacity of the socket reverse-NAT LRU map.
+pub const DEFAULT_MAX_REV_NAT: u32 = 131_072;
+/// Default capacity of the affinity LRU map (ClientIP affinity and UDP per-socket stickiness).
+pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
+
+/// Most backends one service frontend can have: a slot index must fit below [`SLOT_GEN_BIT`].
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 0xffff;
+
+/// `IPPROTO_TCP`.
+pub const PROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const PROTO_UDP: u8 = 17;
+
+/// Errno the connect/sendmsg programs return for a service without ready backends.
+pub const ECONNREFUSED: i32 = 111;
+
+/// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (Kubernetes' default).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
+
+/// Frontend of a service: `ClusterIP:port/protocol`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Service address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Service port, network order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// `ServiceValue::flags`: `sessionAffinity: ClientIP`.
+pub const SVC_F_AFFINITY: u8 = 1;
+
+/// What a frontend resolves to.
+///
+/// The agent switches a service atomically: it writes the new backend slots under the
+/// generation the programs are *not* reading, then replaces this value (new `count` and
+/// `generation` in one map update), and only then frees the old generation's slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Agent-assigned id, unique among frontends; keys the slots and the affinity entries.
+    pub id: u32,
+    /// Number of backend slots in use; 0 means the service exists but has no ready backend.
+    pub count: u16,
+    /// Which slot generation (0 or 1) `count` refers to.
+    pub generation: u8,
+    /// `SVC_F_*` bits.
+    pub flags: u8,
+    /// ClientIP affinity timeout in seconds (when [`SVC_F_AFFINITY`] is set).
+    pub affinity_timeout: u32,
+    pub pad: u32,
+}
+
+/// Bit of [`SlotKey::slot`] that carries the generation.
+pub const SLOT_GEN_BIT: u32 = 1 << 31;
+
+/// One backend slot of a service: `(service id, generation | index)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub service_id: u32,
+    /// Slot index (0-based), with [`SLOT_GEN_BIT`] set for generation 1.
+    pub slot: u32,
+}
+
+impl SlotKey {
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(service_id: u32, generation: u8, index: u32) -> Self {
+        let gen_bit = if generation == 0 { 0 } else { SLOT_GEN_BIT };
+        Self {
+            service_id,
+            slot: gen_bit | index,
+        }
+    }
+}
+
+/// A backend: `address:port` of a ready endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    /// Backend address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Backend port, network order.
+    pub port: u16,
+    pub pad: [u8; 2],
+}
+
+/// Socket-level reverse NAT: which service a socket's peer stands for.
+///
+/// Written when `connect()`/`sendmsg()` is translated; read by `recvmsg()` and
+/// `getpeername()` so the application only ever sees the service address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatKey {
+    /// `bpf_get_socket_cookie()` of the client socket.
+    pub cookie: u64,
+    /// Backend address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Backend port, network order.
+    pub port: u16,
+    pub pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNatValue {
+    /// Service address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Service port, network order.
+    pub port: u16,
+    pub pad: u16,
+    pub service_id: u32,
+}
+
+/// `AffinityKey::kind`: the client is a network namespace (ClientIP affinity: at the socket
+/// layer every socket of a pod shares the pod's IP, and the netns cookie names the pod).
+pub const AFFINITY_NETNS: u32 = 1;
+/// `AffinityKey::kind`: the client is one UDP socket (per-socket backend stickiness).
+pub const AFFINITY_SOCKET: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    /// [`AFFINITY_NETNS`] or [`AFFINITY_SOCKET`].
+    pub kind: u32,
+    /// Netns cookie or socket cookie, host order.
+    pub client: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub pad: u32,
+    /// `bpf_ktime_get_ns()` of the last use.
+    pub last_used_ns: u64,
+}
+
+/// Encodes an IPv4 address (network-order octets) as IPv4-mapped IPv6.
+#[inline(always)]
+#[must_use]
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all impls): `#[repr(C)]`, integers only, and every padding byte is an
+    // explicit field, so any bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::SlotKey {}
+    unsafe impl aya::Pod for super::BackendValue {}
+    unsafe impl aya::Pod for super::RevNatKey {}
+    unsafe impl aya::Pod for super::RevNatValue {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+}
+
+// Layout checks: the kernel side sees exactly these sizes.
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 20);
+    assert!(core::mem::size_of::<ServiceValue>() == 16);
+    assert!(core::mem::size_of::<SlotKey>() == 8);
+    assert!(core::mem::size_of::<BackendValue>() == 20);
+    assert!(core::mem::size_of::<RevNatKey>() == 32);
+    assert!(core::mem::size_of::<RevNatValue>() == 24);
+    assert!(core::mem::size_of::<AffinityKey>() == 16);
+    assert!(core::mem::size_of::<AffinityValue>() == 16);
+};
