@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use gannet_k8s::ManifestDir;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     config::RunConfig,
@@ -52,6 +52,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 }
                 had_clean_scan |= outcome.errors.is_empty();
                 let report = reconciler.apply(&outcome.state, had_clean_scan, now);
+                debug!(
+                    frontends = outcome.state.services.len(),
+                    errors = outcome.errors.len(),
+                    "manifests applied"
+                );
                 if report.changed() {
                     info!(
                         added = report.added,

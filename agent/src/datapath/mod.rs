@@ -193,8 +193,10 @@ fn attach(
         fs::remove_file(&pin).map_err(io_err(&pin))?;
     }
 
+    // A cgroup *link* coexists with other programs of the cgroup by design; the kernel rejects
+    // attach flags on link creation, which is what `Single` (no flags) means here.
     let link_id = program
-        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .attach(cgroup, CgroupAttachMode::Single)
         .map_err(program_err)?;
     let link: FdLink = program
         .take_link(link_id)

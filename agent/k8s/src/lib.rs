@@ -1,0 +1,28 @@
+//! Kubernetes manifests to gannet's desired service state.
+//!
+//! gannetd can run without a control plane: it reads `v1` Services and `discovery.k8s.io/v1`
+//! `EndpointSlices` from a directory of manifests, written exactly as for Kubernetes, and joins
+//! them the way kube-proxy does into a [`DesiredState`]: one [`ServicePort`] with its ready
+//! [`Backend`]s per [`Frontend`] (cluster IP, port, protocol). Mistakes are reported as
+//! [`ManifestError`]s naming the file, document, object and field.
+//!
+//! - [`parse_documents`] reads one file (YAML or JSON, any number of documents);
+//! - [`desired_state`] joins Services and `EndpointSlices`;
+//! - [`ManifestDir`] does both for a directory, re-reading only when it changed and keeping the
+//!   last good contents of a file while its current contents are broken.
+
+mod dir;
+mod error;
+mod join;
+mod model;
+mod parse;
+mod validate;
+
+pub use dir::{ManifestDir, ScanOutcome};
+pub use error::ManifestError;
+pub use join::desired_state;
+pub use model::{Backend, DesiredState, Frontend, Protocol, ServicePort};
+pub use parse::{Object, parse_documents};
+
+#[cfg(test)]
+mod tests;

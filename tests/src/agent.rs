@@ -1,0 +1,268 @@
+//! `gannetd` under test: its own bpffs directory, its own manifest directory, attached to a test
+//! cgroup; stopped and cleaned up (`gannetd cleanup`) on drop, also when the test panics.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{Cgroup, ChildGuard, bin_path, spawn, unique_name};
+
+/// How long gannetd may take to attach, or to apply a manifest change.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running gannetd.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<ChildGuard>,
+    bpf_root: PathBuf,
+    cgroup: PathBuf,
+    manifest_dir: PathBuf,
+    extra_args: Vec<String>,
+    /// Log output of earlier runs (before restarts), for messages.
+    past_logs: String,
+}
+
+impl Agent {
+    /// Starts gannetd attached to `cgroup`, with an empty manifest directory, and waits until
+    /// its programs are attached. `extra_args` are passed on (e.g. `--max-services 2`).
+    ///
+    /// # Errors
+    /// If gannetd cannot start or does not attach in time; the error quotes its log.
+    pub fn start(cgroup: &Cgroup, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let name = unique_name("gannet-test");
+        let manifest_dir = std::env::temp_dir().join(format!("{name}-manifests"));
+        fs::create_dir_all(&manifest_dir)
+            .with_context(|| format!("creating {}", manifest_dir.display()))?;
+        let mut agent = Agent {
+            child: None,
+            bpf_root: PathBuf::from("/sys/fs/bpf").join(&name),
+            cgroup: cgroup.path().to_owned(),
+            manifest_dir,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            past_logs: String::new(),
+        };
+        agent.launch()?;
+        Ok(agent)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin_path("gannetd"));
+        cmd.arg("--cgroup-path")
+            .arg(&self.cgroup)
+            .arg("--bpf-root")
+            .arg(&self.bpf_root)
+            .arg("--manifest-dir")
+            .arg(&self.manifest_dir)
+            .args(["--node-name", "test-node", "--sync-interval-ms", "50"])
+            .args(&self.extra_args)
+            .env("GANNET_LOG", "gannet_agent=debug,gannetd=debug,info");
+        // gannetd itself runs in the test's own namespaces (it only needs bpffs and the cgroup).
+        self.child = Some(spawn(cmd, None, None)?);
+        self.wait_log("socket load balancer attached", 1)?;
+        Ok(())
+    }
+
+    /// The directory gannetd reads manifests from.
+    #[must_use]
+    pub fn manifest_dir(&self) -> &Path {
+        &self.manifest_dir
+    }
+
+    /// gannetd's bpffs directory.
+    #[must_use]
+    pub fn bpf_root(&self) -> &Path {
+        &self.bpf_root
+    }
+
+    /// Writes (atomically: temp file + rename) a manifest file and waits until gannetd has
+    /// scanned it and logged `expect` once more than before.
+    ///
+    /// # Errors
+    /// If the file cannot be written or gannetd does not react in time.
+    pub fn apply(&mut self, file: &str, yaml: &str, expect: &str) -> anyhow::Result<()> {
+        let before = self.log_count(expect);
+        self.write(file, yaml)?;
+        self.wait_log(expect, before + 1)
+    }
+
+    /// Writes a manifest file without waiting.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn write(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.manifest_dir.join(format!(".{file}.tmp"));
+        let path = self.manifest_dir.join(file);
+        fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// Everything gannetd logged so far (all runs).
+    #[must_use]
+    pub fn logs(&self) -> String {
+        let current = self
+            .child
+            .as_ref()
+            .map(ChildGuard::stderr_so_far)
+            .unwrap_or_default();
+        format!("{}{current}", self.past_logs)
+    }
+
+    /// How many log lines of the current run contain `needle`.
+    #[must_use]
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.child
+            .as_ref()
+            .map(ChildGuard::stderr_so_far)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until the current run has logged `needle` at least `count` times.
+    ///
+    /// # Errors
+    /// If that does not happen within [`AGENT_TIMEOUT`] or gannetd exits; quotes the log.
+    pub fn wait_log(&mut self, needle: &str, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + AGENT_TIMEOUT;
+        loop {
+            if self.log_count(needle) >= count {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "gannetd exited ({status}) before logging {needle:?} ×{count}; log:\n{}",
+                    self.logs()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "gannetd did not log {needle:?} ×{count} within {AGENT_TIMEOUT:?}; log:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` to gannetd and waits for it to exit.
+    ///
+    /// # Errors
+    /// If it does not exit within [`AGENT_TIMEOUT`].
+    pub fn stop(&mut self, signal: libc::c_int) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("gannetd is not running")?;
+        child.kill(signal)?;
+        let output = child.wait_output(AGENT_TIMEOUT)?;
+        self.past_logs.push_str(&String::from_utf8_lossy(&output.stderr));
+        Ok(output.status)
+    }
+
+    /// Starts gannetd again with the same flags, after [`stop`](Self::stop).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("gannetd is still running");
+        }
+        self.launch()
+    }
+
+    /// Runs `gannetd cleanup` for this agent's bpffs directory and cgroup (after `stop`).
+    ///
+    /// # Errors
+    /// If cleanup fails.
+    pub fn cleanup(&self) -> anyhow::Result<()> {
+        let output = Command::new(bin_path("gannetd"))
+            .arg("cleanup")
+            .arg("--bpf-root")
+            .arg(&self.bpf_root)
+            .arg("--cgroup-path")
+            .arg(&self.cgroup)
+            .output()
+            .context("running gannetd cleanup")?;
+        if !output.status.success() {
+            bail!(
+                "gannetd cleanup failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop(libc::SIGTERM);
+        }
+        if let Err(e) = self.cleanup() {
+            eprintln!("Agent drop: {e:#}");
+        }
+        let _ = fs::remove_dir_all(&self.manifest_dir);
+    }
+}
+
+/// A `v1 Service` manifest. `ports`: (name, port, protocol).
+#[must_use]
+pub fn service_yaml(
+    name: &str,
+    cluster_ips: &[&str],
+    ports: &[(&str, u16, &str)],
+    affinity_timeout: Option<u32>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {}\n  clusterIPs: [{}]\n  ports:\n",
+        cluster_ips[0],
+        cluster_ips.join(", ")
+    );
+    for (port_name, port, proto) in ports {
+        let _ = writeln!(
+            y,
+            "  - name: {port_name}\n    port: {port}\n    protocol: {proto}\n    targetPort: 8080"
+        );
+    }
+    if let Some(timeout) = affinity_timeout {
+        let _ = writeln!(
+            y,
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {timeout}"
+        );
+    }
+    y
+}
+
+/// A `discovery.k8s.io/v1 EndpointSlice` for `service`, all ports on 8080.
+/// `endpoints`: (address, ready).
+#[must_use]
+pub fn endpoint_slice_yaml(
+    name: &str,
+    service: &str,
+    family: &str,
+    port_names: &[(&str, &str)],
+    endpoints: &[(String, bool)],
+) -> String {
+    use std::fmt::Write as _;
+    let mut y = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: {family}\nports:\n"
+    );
+    for (port_name, proto) in port_names {
+        let _ = writeln!(y, "- name: {port_name}\n  port: 8080\n  protocol: {proto}");
+    }
+    y.push_str("endpoints:\n");
+    for (address, ready) in endpoints {
+        let _ = writeln!(
+            y,
+            "- addresses: [\"{address}\"]\n  conditions:\n    ready: {ready}"
+        );
+    }
+    y
+}

@@ -1,0 +1,494 @@
+//! Socket-level ClusterIP load balancing, end to end: gannetd attached to a test cgroup, backend
+//! servers in pod namespaces, clients in a pod namespace *and* the test cgroup, real sockets.
+//!
+//! Nothing here touches the root network namespace or the root cgroup.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use gannet_testkit::{
+    Cgroup, ChildGuard, PodNet,
+    agent::{Agent, endpoint_slice_yaml, service_yaml},
+    bin_path,
+    probe::{Report, parse_json_output},
+    run_in, spawn,
+};
+
+const VIP4: &str = "10.96.0.10";
+const VIP6: &str = "fd00:96::10";
+const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A node with one client pod (pod 0) and `n` backend pods (pods 1..=n, named b1..bn) serving
+/// TCP and UDP on port 8080 over IPv4 and IPv6, and gannetd attached to the client's cgroup.
+/// Field order is drop order.
+struct Cluster {
+    agent: Agent,
+    servers: Vec<ChildGuard>,
+    cgroup: Cgroup,
+    net: PodNet,
+}
+
+impl Cluster {
+    fn new(backends: usize, agent_args: &[&str]) -> Cluster {
+        let net = PodNet::new(backends + 1).expect("building the pod network");
+        let mut servers = Vec::new();
+        for (i, pod) in net.pods().iter().enumerate().skip(1) {
+            let mut cmd = Command::new(bin_path("gannet-probe"));
+            cmd.args(["serve", "--name", &format!("b{i}")])
+                .args(["--listen", "0.0.0.0:8080", "--listen", "[::]:8080"]);
+            let mut server = spawn(cmd, Some(&pod.netns), None).expect("starting a backend");
+            server
+                .wait_for_line("ready", Duration::from_secs(10))
+                .expect("backend ready");
+            servers.push(server);
+        }
+        let cgroup = Cgroup::new().expect("creating the test cgroup");
+        let agent = Agent::start(&cgroup, agent_args).expect("starting gannetd");
+        Cluster {
+            agent,
+            servers,
+            cgroup,
+            net,
+        }
+    }
+
+    fn backend_v4(&self, i: usize) -> String {
+        self.net.pods()[i].ipv4.to_string()
+    }
+
+    fn backend_v6(&self, i: usize) -> String {
+        self.net.pods()[i].ipv6.to_string()
+    }
+
+    /// Publishes service `web` (TCP 80 "http", UDP 53 "dns") with the given ready backends.
+    fn publish(&mut self, affinity: Option<u32>, ready: &[(usize, bool)]) {
+        self.agent
+            .apply(
+                "web-svc.yaml",
+                &service_yaml(
+                    "web",
+                    &[VIP4],
+                    &[("http", 80, "TCP"), ("dns", 53, "UDP")],
+                    affinity,
+                ),
+                "manifests applied",
+            )
+            .expect("service applied");
+        self.publish_endpoints(ready);
+    }
+
+    fn publish_endpoints(&mut self, ready: &[(usize, bool)]) {
+        let endpoints: Vec<(String, bool)> =
+            ready.iter().map(|(i, r)| (self.backend_v4(*i), *r)).collect();
+        self.agent
+            .apply(
+                "web-eps.yaml",
+                &endpoint_slice_yaml(
+                    "web-1",
+                    "web",
+                    "IPv4",
+                    &[("http", "TCP"), ("dns", "UDP")],
+                    &endpoints,
+                ),
+                "manifests applied",
+            )
+            .expect("endpoints applied");
+    }
+
+    /// Runs gannet-probe in the client pod and the test cgroup; returns its report.
+    fn probe(&self, args: &[&str]) -> Report {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        cmd.args(args);
+        let output = run_in(
+            cmd,
+            Some(&self.net.pods()[0].netns),
+            Some(&self.cgroup),
+            PROBE_TIMEOUT,
+        )
+        .expect("running the probe");
+        parse_json_output(&output).expect("probe report")
+    }
+
+    /// Like `probe`, but in the client pod *outside* the cgroup: no load balancing.
+    fn probe_outside_cgroup(&self, args: &[&str]) -> Report {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        cmd.args(args);
+        let output = run_in(cmd, Some(&self.net.pods()[0].netns), None, PROBE_TIMEOUT)
+            .expect("running the probe");
+        parse_json_output(&output).expect("probe report")
+    }
+
+    fn spawn_probe(&self, args: &[&str]) -> ChildGuard {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        cmd.args(args);
+        spawn(cmd, Some(&self.net.pods()[0].netns), Some(&self.cgroup)).expect("spawning probe")
+    }
+}
+
+fn assert_all_ok(report: &Report, what: &str) {
+    assert!(
+        report.failed == 0 && report.ok > 0,
+        "{what}: expected every request to succeed, got {report:?}"
+    );
+}
+
+#[test]
+fn tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address() {
+    let mut c = Cluster::new(2, &[]);
+    c.publish(None, &[(1, true), (2, true)]);
+
+    let tcp = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
+    assert_all_ok(&tcp, "TCP through the ClusterIP");
+    assert_eq!(
+        tcp.peers.keys().collect::<Vec<_>>(),
+        vec!["10.96.0.10:80"],
+        "getpeername() must return the service address, not a backend: {tcp:?}"
+    );
+
+    // DNS-style: one unconnected socket, sendto the service, recvfrom reports the service.
+    let udp = c.probe(&["udp", "--to", "10.96.0.10:53", "--count", "20"]);
+    assert_all_ok(&udp, "UDP through the ClusterIP");
+    assert_eq!(
+        udp.peers.keys().collect::<Vec<_>>(),
+        vec!["10.96.0.10:53"],
+        "UDP replies must arrive from the service address: {udp:?}"
+    );
+
+    let connected = c.probe(&["udp", "--to", "10.96.0.10:53", "--count", "5", "--connected"]);
+    assert_all_ok(&connected, "connected UDP through the ClusterIP");
+
+    // The same client outside the cgroup is not balanced: the VIP is routed nowhere.
+    let outside = c.probe_outside_cgroup(&[
+        "--timeout-ms",
+        "300",
+        "tcp",
+        "--to",
+        "10.96.0.10:80",
+        "--count",
+        "1",
+    ]);
+    assert_eq!(
+        outside.ok, 0,
+        "outside gannetd's cgroup the ClusterIP must not be translated: {outside:?}"
+    );
+}
+
+#[test]
+fn three_backends_share_new_connections_evenly() {
+    let mut c = Cluster::new(3, &[]);
+    c.publish(None, &[(1, true), (2, true), (3, true)]);
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "900"]);
+    assert_all_ok(&report, "900 connections");
+    for b in ["b1", "b2", "b3"] {
+        let n = report.backend_count(b);
+        // 33% ± 8% of 900.
+        assert!(
+            (225..=372).contains(&n),
+            "backend {b} got {n} of 900 connections, expected 300 ± 72: {:?}",
+            report.backends
+        );
+    }
+}
+
+#[test]
+fn udp_sticks_to_one_backend_per_socket() {
+    let mut c = Cluster::new(3, &[]);
+    c.publish(None, &[(1, true), (2, true), (3, true)]);
+    let one_socket = c.probe(&["udp", "--to", "10.96.0.10:53", "--count", "60"]);
+    assert_all_ok(&one_socket, "60 datagrams on one socket");
+    assert_eq!(
+        one_socket.backends.len(),
+        1,
+        "one UDP socket must stay on one backend: {:?}",
+        one_socket.backends
+    );
+    let many = c.probe(&[
+        "udp",
+        "--to",
+        "10.96.0.10:53",
+        "--count",
+        "90",
+        "--per-request-socket",
+    ]);
+    assert_all_ok(&many, "90 sockets");
+    assert_eq!(
+        many.backends.len(),
+        3,
+        "new sockets must spread over all backends: {:?}",
+        many.backends
+    );
+}
+
+#[test]
+fn removed_endpoint_gets_no_new_connections_but_established_ones_keep_working() {
+    let mut c = Cluster::new(2, &[]);
+    // Only b1 at first, so the held connection lands on b1.
+    c.publish(None, &[(1, true)]);
+    let mut held = c.spawn_probe(&["hold", "--to", "10.96.0.10:80"]);
+    held.wait_for_line("connected", Duration::from_secs(10))
+        .expect("held connection");
+    held.send_line("ping").unwrap();
+    let first = held.read_line(Duration::from_secs(5)).unwrap();
+    assert_eq!(first.trim(), "b1", "the held connection must reach b1");
+
+    // b1 becomes not ready, b2 ready.
+    c.publish_endpoints(&[(1, false), (2, true)]);
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "100"]);
+    assert_all_ok(&report, "connections after the change");
+    assert_eq!(
+        report.backend_count("b1"),
+        0,
+        "no new connection may reach the removed endpoint: {:?}",
+        report.backends
+    );
+
+    held.send_line("ping").unwrap();
+    let again = held.read_line(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        again.trim(),
+        "b1",
+        "the established connection to the removed endpoint must keep working"
+    );
+}
+
+#[test]
+fn ipv6_services_work_for_tcp_and_udp() {
+    let mut c = Cluster::new(2, &[]);
+    let endpoints: Vec<(String, bool)> = (1..=2).map(|i| (c.backend_v6(i), true)).collect();
+    c.agent
+        .apply(
+            "v6.yaml",
+            &format!(
+                "{}---\n{}",
+                service_yaml("web6", &[VIP6], &[("http", 80, "TCP"), ("dns", 53, "UDP")], None),
+                endpoint_slice_yaml(
+                    "web6-1",
+                    "web6",
+                    "IPv6",
+                    &[("http", "TCP"), ("dns", "UDP")],
+                    &endpoints
+                )
+            ),
+            "manifests applied",
+        )
+        .unwrap();
+    let tcp = c.probe(&["tcp", "--to", "[fd00:96::10]:80", "--count", "60"]);
+    assert_all_ok(&tcp, "TCP over IPv6");
+    assert_eq!(tcp.backends.len(), 2, "both v6 backends: {:?}", tcp.backends);
+    assert_eq!(
+        tcp.peers.keys().collect::<Vec<_>>(),
+        vec!["[fd00:96::10]:80"],
+        "getpeername() over IPv6"
+    );
+    let udp = c.probe(&["udp", "--to", "[fd00:96::10]:53", "--count", "10"]);
+    assert_all_ok(&udp, "UDP over IPv6");
+    assert_eq!(
+        udp.peers.keys().collect::<Vec<_>>(),
+        vec!["[fd00:96::10]:53"],
+        "UDP replies over IPv6 from the service address"
+    );
+}
+
+#[test]
+fn client_ip_affinity_pins_a_client_to_one_backend() {
+    let mut c = Cluster::new(3, &[]);
+    c.publish(Some(600), &[(1, true), (2, true), (3, true)]);
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "60"]);
+    assert_all_ok(&report, "connections with ClientIP affinity");
+    assert_eq!(
+        report.backends.len(),
+        1,
+        "ClientIP affinity must pin the client to one backend: {:?}",
+        report.backends
+    );
+    // Removing the pinned backend moves the client on, and it stays pinned to the new one.
+    let pinned: usize = report.backends.keys().next().unwrap()[1..].parse().unwrap();
+    let rest: Vec<(usize, bool)> = (1..=3).filter(|i| *i != pinned).map(|i| (i, true)).collect();
+    c.publish_endpoints(&rest);
+    let after = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "30"]);
+    assert_all_ok(&after, "connections after the pinned backend left");
+    assert_eq!(after.backends.len(), 1, "pinned again: {:?}", after.backends);
+    assert_eq!(
+        after.backend_count(&format!("b{pinned}")),
+        0,
+        "the removed backend must not be used: {:?}",
+        after.backends
+    );
+}
+
+#[test]
+fn service_without_ready_backends_refuses_at_once() {
+    let mut c = Cluster::new(1, &[]);
+    c.publish(None, &[(1, false)]);
+    let tcp = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "5"]);
+    assert_eq!(
+        (tcp.ok, tcp.error_count("ECONNREFUSED")),
+        (0, 5),
+        "connect() to a service without ready backends must fail with ECONNREFUSED \
+         (not time out, not reach anything): {tcp:?}"
+    );
+    let udp = c.probe(&["udp", "--to", "10.96.0.10:53", "--count", "3"]);
+    assert_eq!(
+        (udp.ok, udp.error_count("ECONNREFUSED")),
+        (0, 3),
+        "sendto() to a service without ready backends must fail with ECONNREFUSED: {udp:?}"
+    );
+}
+
+#[test]
+fn sigkill_and_restart_drop_no_request_and_adopt_the_data_plane() {
+    let mut c = Cluster::new(2, &[]);
+    c.publish(None, &[(1, true), (2, true)]);
+    let mut looping = c.spawn_probe(&[
+        "loop",
+        "--to",
+        "10.96.0.10:80",
+        "--duration-ms",
+        "4000",
+        "--interval-ms",
+        "2",
+    ]);
+    std::thread::sleep(Duration::from_millis(700));
+    c.agent.stop(libc::SIGKILL).expect("killing gannetd");
+    std::thread::sleep(Duration::from_millis(700));
+    c.agent.restart().expect("restarting gannetd");
+    c.agent
+        .wait_log("adopted the running data plane", 1)
+        .expect("the new gannetd adopts");
+    let output = looping.wait_output(Duration::from_secs(30)).unwrap();
+    let report: Report = parse_json_output(&output).unwrap();
+    assert!(report.ok > 100, "the client made too few requests: {report:?}");
+    assert_eq!(
+        report.failed, 0,
+        "no request may fail while gannetd is killed and restarted: {report:?}"
+    );
+    // The restarted agent still applies changes.
+    c.publish_endpoints(&[(2, true)]);
+    let after = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "30"]);
+    assert_eq!(after.backend_count("b2"), 30, "after restart: {after:?}");
+}
+
+#[test]
+fn invalid_manifest_is_rejected_and_the_running_state_stays() {
+    let mut c = Cluster::new(2, &[]);
+    c.publish(None, &[(1, true), (2, true)]);
+    // Break the service: SCTP is not supported.
+    c.agent
+        .apply(
+            "web-svc.yaml",
+            &service_yaml("web", &[VIP4], &[("http", 80, "SCTP")], None),
+            "manifest rejected",
+        )
+        .unwrap();
+    let logs = c.agent.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("manifest rejected"))
+        .unwrap();
+    for part in ["web-svc.yaml", "Service default/web", "spec.ports[0].protocol"] {
+        assert!(
+            line.contains(part),
+            "the error must name {part:?}; it says: {line}"
+        );
+    }
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
+    assert_all_ok(&report, "the last good state keeps serving");
+    assert_eq!(report.backends.len(), 2, "{report:?}");
+}
+
+#[test]
+fn endpoint_churn_under_load_never_fails_a_connection() {
+    let mut c = Cluster::new(3, &[]);
+    c.publish(None, &[(1, true), (2, true), (3, true)]);
+    let mut looping = c.spawn_probe(&[
+        "loop",
+        "--to",
+        "10.96.0.10:80",
+        "--duration-ms",
+        "3000",
+    ]);
+    let sets: [&[(usize, bool)]; 4] = [
+        &[(1, true)],
+        &[(2, true), (3, true)],
+        &[(1, true), (2, true), (3, true)],
+        &[(3, true)],
+    ];
+    let start = Instant::now();
+    let mut round = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        c.publish_endpoints(sets[round % sets.len()]);
+        round += 1;
+    }
+    let report: Report =
+        parse_json_output(&looping.wait_output(Duration::from_secs(30)).unwrap()).unwrap();
+    assert!(round >= 4, "only {round} endpoint changes were applied");
+    assert_all_ok(&report, &format!("connections during {round} endpoint changes"));
+}
+
+#[test]
+fn a_full_map_skips_the_service_that_does_not_fit_and_keeps_the_others() {
+    let mut c = Cluster::new(1, &["--max-services", "2"]);
+    let b1 = c.backend_v4(1);
+    let mut yaml = String::new();
+    for (i, name) in ["one", "two", "three"].iter().enumerate() {
+        yaml.push_str(&service_yaml(name, &[&format!("10.96.1.{}", i + 1)], &[("http", 80, "TCP")], None));
+        yaml.push_str("---\n");
+        yaml.push_str(&endpoint_slice_yaml(
+            &format!("{name}-1"),
+            name,
+            "IPv4",
+            &[("http", "TCP")],
+            &[(b1.clone(), true)],
+        ));
+        yaml.push_str("---\n");
+    }
+    c.agent.apply("three.yaml", &yaml, "manifests applied").unwrap();
+    let logs = c.agent.logs();
+    assert!(
+        logs.contains("could not program service") && logs.contains("default/three"),
+        "the log must name the service that did not fit; log:\n{logs}"
+    );
+    for vip in ["10.96.1.1:80", "10.96.1.2:80"] {
+        let report = c.probe(&["tcp", "--to", vip, "--count", "5"]);
+        assert_all_ok(&report, vip);
+    }
+}
+
+#[test]
+fn cleanup_detaches_everything() {
+    let mut c = Cluster::new(1, &[]);
+    c.publish(None, &[(1, true)]);
+    assert_all_ok(
+        &c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]),
+        "before cleanup",
+    );
+    c.agent.stop(libc::SIGTERM).unwrap();
+    // SIGTERM leaves the data plane running.
+    assert_all_ok(
+        &c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]),
+        "after SIGTERM",
+    );
+    c.agent.cleanup().unwrap();
+    assert!(
+        !c.agent.bpf_root().exists(),
+        "cleanup must remove {}",
+        c.agent.bpf_root().display()
+    );
+    let after = c.probe(&["--timeout-ms", "300", "tcp", "--to", "10.96.0.10:80", "--count", "1"]);
+    assert_eq!(after.ok, 0, "after cleanup the ClusterIP must no longer be translated: {after:?}");
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_every_flag() {
+    let output = Command::new(bin_path("gannetd"))
+        .args(["--cgroup-path", "/proc", "--bpf-root", "relative/path", "--max-services", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "stderr: {stderr}");
+    for flag in ["--cgroup-path /proc", "--bpf-root relative/path", "--max-services 0", "--manifest-dir"] {
+        assert!(stderr.contains(flag), "the error must name {flag}: {stderr}");
+    }
+}
