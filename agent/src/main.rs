@@ -35,7 +35,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE as u8);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     error!(error = %e, "cannot start the runtime");

@@ -87,7 +87,7 @@ pub(crate) struct CgroupLinkInfo {
     pub(crate) cgroup_id: u64,
 }
 
-/// `struct bpf_link_info`: type, id, prog_id, then the per-type union (8-byte aligned); for
+/// `struct bpf_link_info`: type, id, `prog_id`, then the per-type union (8-byte aligned); for
 /// cgroup links the union starts with `cgroup_id`.
 pub(crate) fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
     let mut info = [0u8; 96];
@@ -113,7 +113,10 @@ pub(crate) fn fs_magic(path: &Path) -> io::Result<i64> {
     if unsafe { libc::statfs(c_path.as_ptr(), &raw mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[expect(clippy::useless_conversion, reason = "f_type's width differs across libcs")]
+    #[expect(
+        clippy::useless_conversion,
+        reason = "f_type's width differs across libcs"
+    )]
     Ok(i64::from(st.f_type))
 }
 

@@ -160,7 +160,8 @@ impl Agent {
         let mut child = self.child.take().context("gannetd is not running")?;
         child.kill(signal)?;
         let output = child.wait_output(AGENT_TIMEOUT)?;
-        self.past_logs.push_str(&String::from_utf8_lossy(&output.stderr));
+        self.past_logs
+            .push_str(&String::from_utf8_lossy(&output.stderr));
         Ok(output.status)
     }
 

@@ -2,6 +2,10 @@
 //! servers in pod namespaces, clients in a pod namespace *and* the test cgroup, real sockets.
 //!
 //! Nothing here touches the root network namespace or the root cgroup.
+#![expect(
+    unused_crate_dependencies,
+    reason = "integration tests link all of the package's dependencies; these use the kit"
+)]
 
 use std::{
     process::Command,
@@ -25,7 +29,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Field order is drop order.
 struct Cluster {
     agent: Agent,
-    servers: Vec<ChildGuard>,
+    _servers: Vec<ChildGuard>,
     cgroup: Cgroup,
     net: PodNet,
 }
@@ -36,8 +40,12 @@ impl Cluster {
         let mut servers = Vec::new();
         for (i, pod) in net.pods().iter().enumerate().skip(1) {
             let mut cmd = Command::new(bin_path("gannet-probe"));
-            cmd.args(["serve", "--name", &format!("b{i}")])
-                .args(["--listen", "0.0.0.0:8080", "--listen", "[::]:8080"]);
+            cmd.args(["serve", "--name", &format!("b{i}")]).args([
+                "--listen",
+                "0.0.0.0:8080",
+                "--listen",
+                "[::]:8080",
+            ]);
             let mut server = spawn(cmd, Some(&pod.netns), None).expect("starting a backend");
             server
                 .wait_for_line("ready", Duration::from_secs(10))
@@ -48,7 +56,7 @@ impl Cluster {
         let agent = Agent::start(&cgroup, agent_args).expect("starting gannetd");
         Cluster {
             agent,
-            servers,
+            _servers: servers,
             cgroup,
             net,
         }
@@ -80,8 +88,10 @@ impl Cluster {
     }
 
     fn publish_endpoints(&mut self, ready: &[(usize, bool)]) {
-        let endpoints: Vec<(String, bool)> =
-            ready.iter().map(|(i, r)| (self.backend_v4(*i), *r)).collect();
+        let endpoints: Vec<(String, bool)> = ready
+            .iter()
+            .map(|(i, r)| (self.backend_v4(*i), *r))
+            .collect();
         self.agent
             .apply(
                 "web-eps.yaml",
@@ -156,7 +166,14 @@ fn tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address() {
         "UDP replies must arrive from the service address: {udp:?}"
     );
 
-    let connected = c.probe(&["udp", "--to", "10.96.0.10:53", "--count", "5", "--connected"]);
+    let connected = c.probe(&[
+        "udp",
+        "--to",
+        "10.96.0.10:53",
+        "--count",
+        "5",
+        "--connected",
+    ]);
     assert_all_ok(&connected, "connected UDP through the ClusterIP");
 
     // The same client outside the cgroup is not balanced: the VIP is routed nowhere.
@@ -262,7 +279,12 @@ fn ipv6_services_work_for_tcp_and_udp() {
             "v6.yaml",
             &format!(
                 "{}---\n{}",
-                service_yaml("web6", &[VIP6], &[("http", 80, "TCP"), ("dns", 53, "UDP")], None),
+                service_yaml(
+                    "web6",
+                    &[VIP6],
+                    &[("http", 80, "TCP"), ("dns", 53, "UDP")],
+                    None
+                ),
                 endpoint_slice_yaml(
                     "web6-1",
                     "web6",
@@ -276,7 +298,12 @@ fn ipv6_services_work_for_tcp_and_udp() {
         .unwrap();
     let tcp = c.probe(&["tcp", "--to", "[fd00:96::10]:80", "--count", "60"]);
     assert_all_ok(&tcp, "TCP over IPv6");
-    assert_eq!(tcp.backends.len(), 2, "both v6 backends: {:?}", tcp.backends);
+    assert_eq!(
+        tcp.backends.len(),
+        2,
+        "both v6 backends: {:?}",
+        tcp.backends
+    );
     assert_eq!(
         tcp.peers.keys().collect::<Vec<_>>(),
         vec!["[fd00:96::10]:80"],
@@ -305,11 +332,19 @@ fn client_ip_affinity_pins_a_client_to_one_backend() {
     );
     // Removing the pinned backend moves the client on, and it stays pinned to the new one.
     let pinned: usize = report.backends.keys().next().unwrap()[1..].parse().unwrap();
-    let rest: Vec<(usize, bool)> = (1..=3).filter(|i| *i != pinned).map(|i| (i, true)).collect();
+    let rest: Vec<(usize, bool)> = (1..=3)
+        .filter(|i| *i != pinned)
+        .map(|i| (i, true))
+        .collect();
     c.publish_endpoints(&rest);
     let after = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "30"]);
     assert_all_ok(&after, "connections after the pinned backend left");
-    assert_eq!(after.backends.len(), 1, "pinned again: {:?}", after.backends);
+    assert_eq!(
+        after.backends.len(),
+        1,
+        "pinned again: {:?}",
+        after.backends
+    );
     assert_eq!(
         after.backend_count(&format!("b{pinned}")),
         0,
@@ -359,7 +394,10 @@ fn sigkill_and_restart_drop_no_request_and_adopt_the_data_plane() {
         .expect("the new gannetd adopts");
     let output = looping.wait_output(Duration::from_secs(30)).unwrap();
     let report: Report = parse_json_output(&output).unwrap();
-    assert!(report.ok > 100, "the client made too few requests: {report:?}");
+    assert!(
+        report.ok > 100,
+        "the client made too few requests: {report:?}"
+    );
     assert_eq!(
         report.failed, 0,
         "no request may fail while gannetd is killed and restarted: {report:?}"
@@ -387,7 +425,11 @@ fn invalid_manifest_is_rejected_and_the_running_state_stays() {
         .lines()
         .find(|l| l.contains("manifest rejected"))
         .unwrap();
-    for part in ["web-svc.yaml", "Service default/web", "spec.ports[0].protocol"] {
+    for part in [
+        "web-svc.yaml",
+        "Service default/web",
+        "spec.ports[0].protocol",
+    ] {
         assert!(
             line.contains(part),
             "the error must name {part:?}; it says: {line}"
@@ -402,13 +444,7 @@ fn invalid_manifest_is_rejected_and_the_running_state_stays() {
 fn endpoint_churn_under_load_never_fails_a_connection() {
     let mut c = Cluster::new(3, &[]);
     c.publish(None, &[(1, true), (2, true), (3, true)]);
-    let mut looping = c.spawn_probe(&[
-        "loop",
-        "--to",
-        "10.96.0.10:80",
-        "--duration-ms",
-        "3000",
-    ]);
+    let mut looping = c.spawn_probe(&["loop", "--to", "10.96.0.10:80", "--duration-ms", "3000"]);
     let sets: [&[(usize, bool)]; 4] = [
         &[(1, true)],
         &[(2, true), (3, true)],
@@ -424,7 +460,10 @@ fn endpoint_churn_under_load_never_fails_a_connection() {
     let report: Report =
         parse_json_output(&looping.wait_output(Duration::from_secs(30)).unwrap()).unwrap();
     assert!(round >= 4, "only {round} endpoint changes were applied");
-    assert_all_ok(&report, &format!("connections during {round} endpoint changes"));
+    assert_all_ok(
+        &report,
+        &format!("connections during {round} endpoint changes"),
+    );
 }
 
 #[test]
@@ -433,7 +472,12 @@ fn a_full_map_skips_the_service_that_does_not_fit_and_keeps_the_others() {
     let b1 = c.backend_v4(1);
     let mut yaml = String::new();
     for (i, name) in ["one", "two", "three"].iter().enumerate() {
-        yaml.push_str(&service_yaml(name, &[&format!("10.96.1.{}", i + 1)], &[("http", 80, "TCP")], None));
+        yaml.push_str(&service_yaml(
+            name,
+            &[&format!("10.96.1.{}", i + 1)],
+            &[("http", 80, "TCP")],
+            None,
+        ));
         yaml.push_str("---\n");
         yaml.push_str(&endpoint_slice_yaml(
             &format!("{name}-1"),
@@ -444,7 +488,9 @@ fn a_full_map_skips_the_service_that_does_not_fit_and_keeps_the_others() {
         ));
         yaml.push_str("---\n");
     }
-    c.agent.apply("three.yaml", &yaml, "manifests applied").unwrap();
+    c.agent
+        .apply("three.yaml", &yaml, "manifests applied")
+        .unwrap();
     let logs = c.agent.logs();
     assert!(
         logs.contains("could not program service") && logs.contains("default/three"),
@@ -476,19 +522,45 @@ fn cleanup_detaches_everything() {
         "cleanup must remove {}",
         c.agent.bpf_root().display()
     );
-    let after = c.probe(&["--timeout-ms", "300", "tcp", "--to", "10.96.0.10:80", "--count", "1"]);
-    assert_eq!(after.ok, 0, "after cleanup the ClusterIP must no longer be translated: {after:?}");
+    let after = c.probe(&[
+        "--timeout-ms",
+        "300",
+        "tcp",
+        "--to",
+        "10.96.0.10:80",
+        "--count",
+        "1",
+    ]);
+    assert_eq!(
+        after.ok, 0,
+        "after cleanup the ClusterIP must no longer be translated: {after:?}"
+    );
 }
 
 #[test]
 fn bad_configuration_exits_64_naming_every_flag() {
     let output = Command::new(bin_path("gannetd"))
-        .args(["--cgroup-path", "/proc", "--bpf-root", "relative/path", "--max-services", "0"])
+        .args([
+            "--cgroup-path",
+            "/proc",
+            "--bpf-root",
+            "relative/path",
+            "--max-services",
+            "0",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "stderr: {stderr}");
-    for flag in ["--cgroup-path /proc", "--bpf-root relative/path", "--max-services 0", "--manifest-dir"] {
-        assert!(stderr.contains(flag), "the error must name {flag}: {stderr}");
+    for flag in [
+        "--cgroup-path /proc",
+        "--bpf-root relative/path",
+        "--max-services 0",
+        "--manifest-dir",
+    ] {
+        assert!(
+            stderr.contains(flag),
+            "the error must name {flag}: {stderr}"
+        );
     }
 }

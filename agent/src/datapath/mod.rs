@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError},
+    maps::{HashMap, IterableMap as _, MapData, MapError},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use gannet_common::{
@@ -92,7 +92,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataPathError + '_ {
 pub fn ensure_bpffs(bpf_root: &Path) -> Result<(), DataPathError> {
     let bpffs = Path::new(BPFFS);
     if bpf_root.starts_with(bpffs) {
-        let _lock = sys::FileLock::acquire(Path::new(BPFFS_LOCK)).map_err(io_err(Path::new(BPFFS_LOCK)))?;
+        let _lock =
+            sys::FileLock::acquire(Path::new(BPFFS_LOCK)).map_err(io_err(Path::new(BPFFS_LOCK)))?;
         if sys::fs_magic(bpffs).map_err(io_err(bpffs))? != sys::BPF_FS_MAGIC {
             sys::mount_bpffs(bpffs).map_err(io_err(bpffs))?;
             info!(path = BPFFS, "mounted bpffs");
@@ -140,6 +141,9 @@ impl SockLb {
             .map_max_entries(map_names::AFFINITY, capacity.affinity)
             .load(SOCK_OBJECT)?;
 
+        // Take (and check) the maps before any program is attached: a pinned map of another
+        // layout must stop us before it reaches the data path.
+        let maps = BpfMaps::take(&mut ebpf, capacity)?;
         let cgroup_file = fs::File::open(cgroup).map_err(io_err(cgroup))?;
         let cgroup_id = sys::cgroup_id(cgroup).map_err(io_err(cgroup))?;
         for name in SOCK_PROGRAMS {
@@ -151,9 +155,7 @@ impl SockLb {
             adopted = adopting,
             "socket load balancer attached"
         );
-        Ok(Self {
-            maps: BpfMaps::take(&mut ebpf, capacity)?,
-        })
+        Ok(Self { maps })
     }
 }
 
@@ -179,17 +181,23 @@ fn attach(
     if pin.exists() {
         let link_err = |what| move |source| DataPathError::Link { name, what, source };
         let link = sys::obj_get(&pin).map_err(link_err("opening pinned link"))?;
-        let attached_to = sys::cgroup_link_info(link.as_fd())
-            .map_err(link_err("reading pinned link"))?;
+        let attached_to =
+            sys::cgroup_link_info(link.as_fd()).map_err(link_err("reading pinned link"))?;
         if attached_to.cgroup_id == cgroup_id {
             let prog_fd = program.fd().map_err(program_err)?;
             sys::link_update(link.as_fd(), prog_fd.as_fd())
                 .map_err(link_err("replacing the program of the pinned link"))?;
-            debug!(program = name, "switched the pinned link to the new program");
+            debug!(
+                program = name,
+                "switched the pinned link to the new program"
+            );
             return Ok(());
         }
         // The agent was pointed at another cgroup: detach from the old one.
-        warn!(program = name, "pinned link is attached to another cgroup; moving it");
+        warn!(
+            program = name,
+            "pinned link is attached to another cgroup; moving it"
+        );
         fs::remove_file(&pin).map_err(io_err(&pin))?;
     }
 
@@ -250,22 +258,44 @@ pub struct BpfMaps {
     capacity: Capacity,
 }
 
+/// Takes a map out of the loaded object. The key and value sizes are checked (a pinned map
+/// left by a gannetd of another layout is an error); a pinned map whose capacity differs from
+/// the configured one keeps its own, with a warning, and `capacity` is set to what is in effect.
 fn take_map<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
+    flag: &str,
+    capacity: &mut u32,
 ) -> Result<HashMap<MapData, K, V>, DataPathError> {
     let map = ebpf.take_map(name).ok_or(DataPathError::MissingMap(name))?;
-    HashMap::try_from(map).map_err(|source| DataPathError::Map { name, source })
+    let map = HashMap::try_from(map).map_err(|source| DataPathError::Map { name, source })?;
+    let actual = map
+        .map()
+        .info()
+        .map_err(|source| DataPathError::Map { name, source })?
+        .max_entries();
+    if actual != *capacity {
+        warn!(
+            map = name,
+            pinned = actual,
+            configured = *capacity,
+            "{flag} differs from the pinned map's capacity; the pinned capacity stays in effect \
+             until `gannetd cleanup` (which interrupts service traffic) and a restart"
+        );
+        *capacity = actual;
+    }
+    Ok(map)
 }
 
 impl BpfMaps {
-    fn take(ebpf: &mut Ebpf, capacity: Capacity) -> Result<Self, DataPathError> {
+    fn take(ebpf: &mut Ebpf, mut capacity: Capacity) -> Result<Self, DataPathError> {
+        let c = &mut capacity;
         Ok(Self {
-            services: take_map(ebpf, map_names::SERVICES)?,
-            slots: take_map(ebpf, map_names::SLOTS)?,
-            backends: take_map(ebpf, map_names::BACKENDS)?,
-            affinity: take_map(ebpf, map_names::AFFINITY)?,
-            rev_nat: take_map(ebpf, map_names::REV_NAT)?,
+            services: take_map(ebpf, map_names::SERVICES, "--max-services", &mut c.services)?,
+            slots: take_map(ebpf, map_names::SLOTS, "--max-slots", &mut c.slots)?,
+            backends: take_map(ebpf, map_names::BACKENDS, "--max-backends", &mut c.backends)?,
+            affinity: take_map(ebpf, map_names::AFFINITY, "--max-affinity", &mut c.affinity)?,
+            rev_nat: take_map(ebpf, map_names::REV_NAT, "--max-rev-nat", &mut c.rev_nat)?,
             capacity,
         })
     }

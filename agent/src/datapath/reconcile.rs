@@ -100,7 +100,7 @@ struct BackendEntry {
     users: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Deferred {
     /// Slots `from..to` of a generation of a service, unless the service is reading that
     /// generation again by then (then only the slots past its count).
@@ -215,7 +215,11 @@ fn service_value(id: u32, generation: u8, count: usize, affinity: Option<u32>) -
         id,
         count: u16::try_from(count).expect("count checked against MAX_BACKENDS_PER_SERVICE"),
         generation,
-        flags: if affinity.is_some() { SVC_F_AFFINITY } else { 0 },
+        flags: if affinity.is_some() {
+            SVC_F_AFFINITY
+        } else {
+            0
+        },
         affinity_timeout: affinity.unwrap_or(0),
         pad: 0,
     }
@@ -253,7 +257,10 @@ impl<M: ServiceMaps> Reconciler<M> {
             };
             for i in 0..u32::from(value.count) {
                 let slot = SlotKey::new(value.id, value.generation, i);
-                match slots.remove(&slot).and_then(|id| Some((id, backend_values.get(&id)?))) {
+                match slots
+                    .remove(&slot)
+                    .and_then(|id| Some((id, backend_values.get(&id)?)))
+                {
                     Some((id, backend)) => {
                         programmed.backend_ids.push(id);
                         programmed.backends.push(backend_of(backend));
@@ -534,7 +541,8 @@ impl<M: ServiceMaps> Reconciler<M> {
             self.backend_ids.release(id);
             return Err(e);
         }
-        self.backends.insert(*backend, BackendEntry { id, users: 1 });
+        self.backends
+            .insert(*backend, BackendEntry { id, users: 1 });
         Ok(id)
     }
 

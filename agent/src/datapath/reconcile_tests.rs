@@ -29,7 +29,10 @@ impl CheckedMaps {
             for i in 0..u32::from(svc.count) {
                 let slot = SlotKey::new(svc.id, svc.generation, i);
                 let id = self.slots.get(&slot).unwrap_or_else(|| {
-                    panic!("after op {}: {key:?} slot {i} of gen {} missing", self.ops, svc.generation)
+                    panic!(
+                        "after op {}: {key:?} slot {i} of gen {} missing",
+                        self.ops, svc.generation
+                    )
                 });
                 assert!(
                     self.backends.contains_key(id),
@@ -84,7 +87,10 @@ impl ServiceMaps for CheckedMaps {
         self.step()
     }
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapOpError> {
-        if self.capacity_backends.is_some_and(|c| self.backends.len() >= c) {
+        if self
+            .capacity_backends
+            .is_some_and(|c| self.backends.len() >= c)
+        {
             return Err(MapOpError::Full {
                 map: "GANNET_BACKENDS",
                 capacity: 0,
@@ -165,19 +171,31 @@ fn add_update_remove_keeps_every_lookup_valid() {
     let a = frontend(1, 80);
     let b = frontend(2, 53);
 
-    let report = r.apply(&state(&[(a, backends(&[1, 2, 3])), (b, backends(&[3]))]), true, t0);
+    let report = r.apply(
+        &state(&[(a, backends(&[1, 2, 3])), (b, backends(&[3]))]),
+        true,
+        t0,
+    );
     assert_eq!((report.added, report.failed.len()), (2, 0), "{report:?}");
     assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2, 3])));
     assert_eq!(r.maps().resolve(&b), Some(backends(&[3])));
 
     // Shrink a, grow b, within the grace period of each other: every op is checked.
     let t1 = t0 + Duration::from_millis(10);
-    let report = r.apply(&state(&[(a, backends(&[2])), (b, backends(&[3, 4]))]), true, t1);
+    let report = r.apply(
+        &state(&[(a, backends(&[2])), (b, backends(&[3, 4]))]),
+        true,
+        t1,
+    );
     assert_eq!(report.updated, 2, "{report:?}");
     assert_eq!(r.maps().resolve(&a), Some(backends(&[2])));
     // Switch a back before the old generation is freed.
     let t2 = t1 + Duration::from_millis(10);
-    r.apply(&state(&[(a, backends(&[1, 2, 5])), (b, backends(&[3, 4]))]), true, t2);
+    r.apply(
+        &state(&[(a, backends(&[1, 2, 5])), (b, backends(&[3, 4]))]),
+        true,
+        t2,
+    );
     assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2, 5])));
     r.collect_garbage(t2 + GRACE * 2);
     assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2, 5])));
@@ -204,26 +222,40 @@ fn no_backends_means_service_with_zero_count() {
     let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
     let a = frontend(1, 80);
     r.apply(&state(&[(a, vec![])]), true, Instant::now());
-    assert_eq!(r.maps().resolve(&a), Some(vec![]), "service must exist (fail fast), empty");
+    assert_eq!(
+        r.maps().resolve(&a),
+        Some(vec![]),
+        "service must exist (fail fast), empty"
+    );
 }
 
 #[test]
 fn full_backend_map_keeps_previous_state_and_other_services() {
     let t0 = Instant::now();
-    let mut maps = CheckedMaps::default();
-    maps.capacity_backends = Some(3);
+    let maps = CheckedMaps {
+        capacity_backends: Some(3),
+        ..CheckedMaps::default()
+    };
     let mut r = Reconciler::adopt(maps, GRACE).unwrap();
     let a = frontend(1, 80);
     let b = frontend(2, 80);
     r.apply(&state(&[(a, backends(&[1, 2]))]), true, t0);
     // b needs two more backends but only one fits: b fails, a is untouched.
-    let report = r.apply(&state(&[(a, backends(&[1, 2])), (b, backends(&[3, 4]))]), true, t0);
+    let report = r.apply(
+        &state(&[(a, backends(&[1, 2])), (b, backends(&[3, 4]))]),
+        true,
+        t0,
+    );
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert_eq!(report.failed[0].0, b);
     assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2])));
     assert_eq!(r.maps().resolve(&b), None);
     r.collect_garbage(t0 + GRACE * 2);
-    assert_eq!(r.maps().backends.len(), 2, "the half-acquired backend 3 was released");
+    assert_eq!(
+        r.maps().backends.len(),
+        2,
+        "the half-acquired backend 3 was released"
+    );
 }
 
 #[test]
@@ -248,12 +280,17 @@ fn restart_adopts_and_changes_only_differences() {
     let ops_before = r2.maps().ops;
     let report = r2.apply(&desired, true, t0);
     assert_eq!(report.unchanged, 2, "{report:?}");
-    assert_eq!(r2.maps().ops, ops_before, "an unchanged state writes nothing");
+    assert_eq!(
+        r2.maps().ops,
+        ops_before,
+        "an unchanged state writes nothing"
+    );
     assert_eq!(r2.maps().resolve(&v6), Some(v6_backends));
     // And a later change reuses no live id.
     let b = frontend(2, 80);
     let mut next = desired.clone();
-    next.services.insert(b, state(&[(b, backends(&[9]))]).services[&b].clone());
+    next.services
+        .insert(b, state(&[(b, backends(&[9]))]).services[&b].clone());
     r2.apply(&next, true, t0);
     let ids: std::collections::BTreeSet<u32> = r2.maps().services.values().map(|s| s.id).collect();
     assert_eq!(ids.len(), 3, "distinct service ids: {ids:?}");
@@ -267,18 +304,35 @@ fn removed_backend_loses_its_affinity_entries() {
     r.apply(&state(&[(a, backends(&[1, 2]))]), true, t0);
     let id = r.maps().services.values().next().unwrap().id;
     let backend_of = |r: &Reconciler<CheckedMaps>, last: u8| {
-        *r.maps().backends.iter().find(|(_, v)| v.addr[15] == last).unwrap().0
+        *r.maps()
+            .backends
+            .iter()
+            .find(|(_, v)| v.addr[15] == last)
+            .unwrap()
+            .0
     };
     for (client, last) in [(1u64, 1u8), (2, 2)] {
         let backend_id = backend_of(&r, last);
         r.maps.affinity.insert(
-            AffinityKey { service_id: id, kind: AFFINITY_NETNS, client },
-            AffinityValue { backend_id, pad: 0, last_used_ns: 0 },
+            AffinityKey {
+                service_id: id,
+                kind: AFFINITY_NETNS,
+                client,
+            },
+            AffinityValue {
+                backend_id,
+                pad: 0,
+                last_used_ns: 0,
+            },
         );
     }
     r.apply(&state(&[(a, backends(&[2]))]), true, t0);
     let clients: Vec<u64> = r.maps().affinity.keys().map(|k| k.client).collect();
-    assert_eq!(clients, vec![2], "client pinned to removed backend 1 must be forgotten");
+    assert_eq!(
+        clients,
+        vec![2],
+        "client pinned to removed backend 1 must be forgotten"
+    );
 }
 
 #[test]

@@ -27,7 +27,10 @@ pub(crate) fn protocol(ctx: &SockAddrContext) -> u8 {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let proto = unsafe { read_volatile(addr_of!((*sa).protocol)) };
-    #[expect(clippy::cast_possible_truncation, reason = "IP protocol numbers fit in a u8")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "IP protocol numbers fit in a u8"
+    )]
     let proto = proto as u8;
     proto
 }
