@@ -52,7 +52,7 @@ pub(crate) fn forward(
         pad: 0,
     };
     // SAFETY: the service map is not preallocated, so the value is not rewritten under us.
-    let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else {
+    let Some(svc) = (unsafe { SERVICES.get(key) }).copied() else {
         return Verdict::NotService;
     };
     let Some(backend) = select(ctx, &key, svc, stickiness) else {
@@ -75,7 +75,7 @@ pub(crate) fn forward(
     };
     // Best effort: if the LRU map refuses, the application sees the backend's address in
     // getpeername()/recvfrom(), but its traffic still flows.
-    let _ = REV_NAT.insert(&rev_key, &rev, 0);
+    let _ = REV_NAT.insert(rev_key, rev, 0);
 
     dst.addr = backend.addr;
     dst.port = backend.port;
@@ -97,7 +97,7 @@ pub(crate) fn reverse(ctx: &SockAddrContext, peer: &SockAddr) -> Option<SockAddr
     };
     // SAFETY: copied out at once; a concurrent LRU update can at worst return another valid
     // translation of the same socket.
-    let rev = (unsafe { REV_NAT.get(&key) }).copied()?;
+    let rev = (unsafe { REV_NAT.get(key) }).copied()?;
     Some(SockAddr {
         addr: rev.addr,
         port: rev.port,
@@ -163,7 +163,7 @@ fn select(
             pad: 0,
             last_used_ns: now,
         };
-        let _ = AFFINITY.insert(affinity_key, &value, 0);
+        let _ = AFFINITY.insert(affinity_key, value, 0);
     }
     Some(backend)
 }
@@ -188,7 +188,7 @@ fn pick_random(key: &ServiceKey, mut svc: ServiceValue) -> Option<(u32, BackendV
         let index = unsafe { bpf_get_prandom_u32() } % u32::from(svc.count);
         let slot = SlotKey::new(svc.id, svc.generation, index);
         // SAFETY: not preallocated, see `forward`.
-        if let Some(&backend_id) = unsafe { SLOTS.get(&slot) }
+        if let Some(&backend_id) = unsafe { SLOTS.get(slot) }
             // SAFETY: not preallocated, see `forward`.
             && let Some(backend) = unsafe { BACKENDS.get(backend_id) }
         {

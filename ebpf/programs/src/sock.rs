@@ -13,6 +13,10 @@
     unused_crate_dependencies,
     reason = "build-std links compiler_builtins and the crate's own anchor library into every binary"
 )]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand each program its context by value"
+)]
 
 mod ctx;
 mod lb;
@@ -26,7 +30,7 @@ use crate::{
     lb::{Stickiness, Verdict},
 };
 
-/// Return value of a sock_addr program that lets the call proceed.
+/// Return value of a `sock_addr` program that lets the call proceed.
 const ALLOW: i32 = 1;
 /// Return value that fails the call (with the errno set by `bpf_set_retval`).
 const REJECT: i32 = 0;
