@@ -5,6 +5,7 @@
 //! - `links/<program>`: the pinned cgroup links (programs stay attached while gannetd is
 //!   down; on restart each is switched to the newly loaded program with one `BPF_LINK_UPDATE`).
 
+pub mod pods;
 pub mod reconcile;
 
 use std::{
@@ -80,7 +81,7 @@ pub enum DataPathError {
     MissingMap(&'static str),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataPathError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataPathError + '_ {
     move |source| DataPathError::Io {
         path: path.to_owned(),
         source,
@@ -225,26 +226,34 @@ fn attach(
 }
 
 /// Removes everything gannetd created under `bpf_root`. Unpinning a link detaches its program
-/// from the cgroup (gannetd must not be running: it would hold the links open).
+/// (from the cgroup, or from a pod's veth) unless a running gannetd still holds it open: stop
+/// gannetd first.
 pub fn cleanup(bpf_root: &Path) -> Result<Vec<PathBuf>, DataPathError> {
-    let mut removed = Vec::new();
-    if !bpf_root.exists() {
-        return Ok(removed);
-    }
-    for sub in ["links", "maps"] {
-        let dir = bpf_root.join(sub);
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.map_err(io_err(&dir))?.path();
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            removed.push(path);
+    fn remove_tree(dir: &Path, removed: &mut Vec<PathBuf>) -> Result<(), DataPathError> {
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let path = entry.path();
+            if entry.file_type().map_err(io_err(&path))?.is_dir() {
+                remove_tree(&path, removed)?;
+            } else {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                removed.push(path);
+            }
         }
-        fs::remove_dir(&dir).map_err(io_err(&dir))?;
+        fs::remove_dir(dir).map_err(io_err(dir))?;
+        removed.push(dir.to_owned());
+        Ok(())
     }
-    fs::remove_dir(bpf_root).map_err(io_err(bpf_root))?;
-    removed.push(bpf_root.to_owned());
+
+    let mut removed = Vec::new();
+    if bpf_root.exists() {
+        // Links first: programs stop running before their maps go.
+        let links = bpf_root.join("links");
+        if links.exists() {
+            remove_tree(&links, &mut removed)?;
+        }
+        remove_tree(bpf_root, &mut removed)?;
+    }
     Ok(removed)
 }
 

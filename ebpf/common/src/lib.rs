@@ -22,6 +22,11 @@ pub mod map_names {
     pub const REV_NAT: &str = "GANNET_REVNAT";
     /// [`AffinityKey`](super::AffinityKey) → [`AffinityValue`](super::AffinityValue) (LRU).
     pub const AFFINITY: &str = "GANNET_AFFINITY";
+    /// [`EndpointKey`](super::EndpointKey) → [`EndpointValue`](super::EndpointValue): the pods
+    /// of this node.
+    pub const ENDPOINTS: &str = "GANNET_EP";
+    /// host-side ifindex (`u32`) → [`EndpointStats`](super::EndpointStats), per CPU.
+    pub const ENDPOINT_STATS: &str = "GANNET_EP_STATS";
 }
 
 /// Default capacity of [`map_names::SERVICES`]: service frontends (ClusterIP × port × protocol).
@@ -35,6 +40,9 @@ pub const DEFAULT_MAX_SLOTS: u32 = 262_144;
 pub const DEFAULT_MAX_REV_NAT: u32 = 131_072;
 /// Default capacity of the affinity LRU map (ClientIP affinity and UDP per-socket stickiness).
 pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
+
+/// Default capacity of the endpoint map (pod addresses on this node, both families).
+pub const DEFAULT_MAX_ENDPOINTS: u32 = 16_384;
 
 /// Most backends one service frontend can have: a slot index must fit below [`SLOT_GEN_BIT`].
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 0xffff;
@@ -174,6 +182,40 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+/// A pod address on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Pod address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+}
+
+/// How to reach a pod of this node without the host's routing stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointValue {
+    /// ifindex of the pod's host-side veth (in the node's network namespace).
+    pub ifindex: u32,
+    /// `EP_F_*` bits.
+    pub flags: u32,
+    /// MAC of the pod's interface (the destination of frames into the pod).
+    pub mac: [u8; 6],
+    /// MAC of the host-side veth (the pod's gateway; the source of frames into the pod).
+    pub host_mac: [u8; 6],
+}
+
+/// Packet and byte counters of one endpoint, from the pod's point of view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Packets delivered to the pod (by the fast path or the host stack).
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Packets the pod sent.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
 /// Encodes an IPv4 address (network-order octets) as IPv4-mapped IPv6.
 #[inline(always)]
 #[must_use]
@@ -195,6 +237,9 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatValue {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::EndpointKey {}
+    unsafe impl aya::Pod for super::EndpointValue {}
+    unsafe impl aya::Pod for super::EndpointStats {}
 }
 
 // Layout checks: the kernel side sees exactly these sizes.
@@ -207,4 +252,7 @@ const _: () = {
     assert!(core::mem::size_of::<RevNatValue>() == 24);
     assert!(core::mem::size_of::<AffinityKey>() == 16);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
+    assert!(core::mem::size_of::<EndpointKey>() == 16);
+    assert!(core::mem::size_of::<EndpointValue>() == 20);
+    assert!(core::mem::size_of::<EndpointStats>() == 32);
 };

@@ -1,0 +1,317 @@
+//! The per-pod fast path: the endpoint map and the tc programs on each pod's host-side veth.
+//!
+//! gannetd runs in the node's network namespace; each pod's host-side veth gets
+//! `gannet_from_pod` (tcx ingress) and `gannet_to_pod` (tcx egress). Their links are pinned under
+//! `<bpf-root>/links/pods/<ifindex>-{from,to}` and, like the socket programs, switched to the
+//! newly loaded programs on restart.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::IpAddr,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        links::FdLink,
+        tc::TcAttachOptions,
+    },
+};
+use gannet_common::{EndpointKey, EndpointStats, EndpointValue, map_names, v4_mapped};
+use tracing::{debug, info, warn};
+
+use super::{DataPathError, ensure_bpffs, io_err};
+use crate::sys;
+
+/// The pod programs' object, built by build.rs.
+static POD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gannet-pod"));
+
+const FROM_POD: &str = "gannet_from_pod";
+const TO_POD: &str = "gannet_to_pod";
+
+/// A pod of this node, as the fast path needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Name of the pod's host-side veth in the node's namespace.
+    pub host_ifname: String,
+    /// MAC of the pod's own interface.
+    pub mac: [u8; 6],
+    /// The pod's addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+/// What the kernel knows about a host-side veth.
+#[derive(Debug, Clone, Copy)]
+struct HostVeth {
+    ifindex: u32,
+    mac: [u8; 6],
+}
+
+fn key(ip: IpAddr) -> EndpointKey {
+    EndpointKey {
+        addr: match ip {
+            IpAddr::V4(v4) => v4_mapped(v4.octets()),
+            IpAddr::V6(v6) => v6.octets(),
+        },
+    }
+}
+
+pub struct PodFastPath {
+    ebpf: Ebpf,
+    endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    stats: PerCpuHashMap<MapData, u32, EndpointStats>,
+    links_dir: PathBuf,
+}
+
+impl PodFastPath {
+    /// Loads the pod programs (reusing pinned maps) and switches every pinned pod link to them;
+    /// links of interfaces that no longer exist are removed with their endpoints.
+    pub fn load(bpf_root: &Path, max_endpoints: u32) -> Result<Self, DataPathError> {
+        ensure_bpffs(bpf_root)?;
+        let maps_dir = bpf_root.join("maps");
+        let links_dir = bpf_root.join("links").join("pods");
+        for dir in [&maps_dir, &links_dir] {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .map_max_entries(map_names::ENDPOINTS, max_endpoints)
+            .map_max_entries(map_names::ENDPOINT_STATS, max_endpoints)
+            .load(POD_OBJECT)?;
+        for name in [FROM_POD, TO_POD] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataPathError::Program { name, source })?;
+        }
+        let endpoints = take(&mut ebpf, map_names::ENDPOINTS)?;
+        let stats = PerCpuHashMap::try_from(
+            ebpf.take_map(map_names::ENDPOINT_STATS)
+                .ok_or(DataPathError::MissingMap(map_names::ENDPOINT_STATS))?,
+        )
+        .map_err(|source| DataPathError::Map {
+            name: map_names::ENDPOINT_STATS,
+            source,
+        })?;
+        let mut this = Self {
+            ebpf,
+            endpoints,
+            stats,
+            links_dir,
+        };
+        this.adopt()?;
+        Ok(this)
+    }
+
+    /// Switches pinned links to the freshly loaded programs; forgets vanished interfaces.
+    fn adopt(&mut self) -> Result<(), DataPathError> {
+        let entries = fs::read_dir(&self.links_dir).map_err(io_err(&self.links_dir))?;
+        let mut adopted = 0;
+        for entry in entries {
+            let path = entry.map_err(io_err(&self.links_dir))?.path();
+            let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some((ifindex, direction)) = file
+                .split_once('-')
+                .and_then(|(i, d)| Some((i.parse::<u32>().ok()?, d)))
+            else {
+                continue;
+            };
+            let name = if direction == "from" { FROM_POD } else { TO_POD };
+            if sys::ifname(ifindex).is_err() {
+                // The pod's veth is gone (deleted while gannetd was down).
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                self.forget_ifindex(ifindex)?;
+                continue;
+            }
+            let link = sys::obj_get(&path).map_err(|source| DataPathError::Link {
+                name,
+                what: "opening pinned pod link",
+                source,
+            })?;
+            let prog = program(&mut self.ebpf, name)?;
+            let prog_fd = prog
+                .fd()
+                .map_err(|source| DataPathError::Program { name, source })?;
+            sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(|source| {
+                DataPathError::Link {
+                    name,
+                    what: "replacing the program of a pinned pod link",
+                    source,
+                }
+            })?;
+            adopted += 1;
+        }
+        if adopted > 0 {
+            info!(links = adopted, "adopted the pod fast path");
+        }
+        Ok(())
+    }
+
+    /// Makes `endpoint` reachable through the fast path and attaches its programs. Adding an
+    /// endpoint again (e.g. a repeated CNI ADD) converges to the same state.
+    pub fn add(&mut self, endpoint: &Endpoint) -> Result<u32, DataPathError> {
+        let veth = host_veth(&endpoint.host_ifname)?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Io {
+            path: PathBuf::from("/sys/devices/system/cpu/possible"),
+            source: e,
+        })?;
+        if self.stats.get(&veth.ifindex, 0).is_err() {
+            let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); ncpus])
+                .map_err(|source| DataPathError::Io {
+                    path: PathBuf::from("per-cpu stats"),
+                    source,
+                })?;
+            self.stats
+                .insert(veth.ifindex, zeros, 0)
+                .map_err(|source| DataPathError::Map {
+                    name: map_names::ENDPOINT_STATS,
+                    source,
+                })?;
+        }
+        for (name, attach_type, direction) in [
+            (FROM_POD, TcAttachType::Ingress, "from"),
+            (TO_POD, TcAttachType::Egress, "to"),
+        ] {
+            let pin = self.links_dir.join(format!("{}-{direction}", veth.ifindex));
+            if pin.exists() {
+                continue;
+            }
+            let prog = program(&mut self.ebpf, name)?;
+            let err = |source| DataPathError::Program { name, source };
+            let id = prog
+                .attach_with_options(
+                    &endpoint.host_ifname,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(err)?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| DataPathError::Link {
+                    name,
+                    what: "taking the tcx link",
+                    source: io::Error::other(e),
+                })?;
+            link.pin(&pin).map_err(|e| DataPathError::Link {
+                name,
+                what: "pinning the tcx link",
+                source: io::Error::other(e),
+            })?;
+        }
+        let value = EndpointValue {
+            ifindex: veth.ifindex,
+            flags: 0,
+            mac: endpoint.mac,
+            host_mac: veth.mac,
+        };
+        for ip in &endpoint.ips {
+            self.endpoints
+                .insert(key(*ip), value, 0)
+                .map_err(|source| DataPathError::Map {
+                    name: map_names::ENDPOINTS,
+                    source,
+                })?;
+        }
+        debug!(ifname = %endpoint.host_ifname, ifindex = veth.ifindex, ips = ?endpoint.ips, "endpoint added");
+        Ok(veth.ifindex)
+    }
+
+    /// Removes the endpoint on host veth `ifindex`: its addresses, counters and links. Missing
+    /// pieces are fine (DEL is best effort and may come twice).
+    pub fn remove(&mut self, ifindex: u32) -> Result<(), DataPathError> {
+        for direction in ["from", "to"] {
+            let pin = self.links_dir.join(format!("{ifindex}-{direction}"));
+            match fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&pin)(e)),
+            }
+        }
+        self.forget_ifindex(ifindex)
+    }
+
+    fn forget_ifindex(&mut self, ifindex: u32) -> Result<(), DataPathError> {
+        let doomed: Vec<EndpointKey> = self
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.ifindex == ifindex)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &doomed {
+            let _ = self.endpoints.remove(k);
+        }
+        let _ = self.stats.remove(&ifindex);
+        debug!(ifindex, addresses = doomed.len(), "endpoint removed");
+        Ok(())
+    }
+
+    /// The endpoint's counters, summed over CPUs.
+    pub fn stats(&self, ifindex: u32) -> Option<EndpointStats> {
+        let per_cpu = self.stats.get(&ifindex, 0).ok()?;
+        Some(per_cpu.iter().fold(EndpointStats::default(), |a, s| EndpointStats {
+            rx_packets: a.rx_packets + s.rx_packets,
+            rx_bytes: a.rx_bytes + s.rx_bytes,
+            tx_packets: a.tx_packets + s.tx_packets,
+            tx_bytes: a.tx_bytes + s.tx_bytes,
+        }))
+    }
+
+    /// Addresses in the endpoint map, by host-side ifindex.
+    pub fn endpoints(&self) -> BTreeMap<u32, Vec<[u8; 16]>> {
+        let mut out: BTreeMap<u32, Vec<[u8; 16]>> = BTreeMap::new();
+        for (k, v) in self.endpoints.iter().filter_map(Result::ok) {
+            out.entry(v.ifindex).or_default().push(k.addr);
+        }
+        out
+    }
+
+    /// The `gannet_from_pod` program, for packet tests (`BPF_PROG_TEST_RUN`).
+    pub fn from_pod_program(&mut self) -> Result<&mut SchedClassifier, DataPathError> {
+        program(&mut self.ebpf, FROM_POD)
+    }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DataPathError> {
+    ebpf.program_mut(name)
+        .ok_or(DataPathError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DataPathError::Program { name, source })
+}
+
+fn take(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, EndpointKey, EndpointValue>, DataPathError> {
+    let map = ebpf.take_map(name).ok_or(DataPathError::MissingMap(name))?;
+    HashMap::try_from(map).map_err(|source| DataPathError::Map { name, source })
+}
+
+fn host_veth(ifname: &str) -> Result<HostVeth, DataPathError> {
+    let (ifindex, mac) = sys::link_info(ifname).map_err(|source| DataPathError::Io {
+        path: PathBuf::from(format!("interface {ifname}")),
+        source,
+    })?;
+    if mac == [0; 6] {
+        warn!(ifname, "host-side interface has no MAC address");
+    }
+    Ok(HostVeth { ifindex, mac })
+}
+
+#[cfg(test)]
+#[path = "pods_tests.rs"]
+mod tests;

@@ -1,0 +1,93 @@
+//! The pods of this node: the endpoint map, their counters, and the same-node fast path.
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
+    helpers::bpf_redirect_peer,
+    macros::map,
+    maps::{HashMap, PerCpuHashMap},
+    programs::TcContext,
+};
+use gannet_common::{
+    DEFAULT_MAX_ENDPOINTS, EndpointKey, EndpointStats, EndpointValue,
+};
+
+use crate::packet;
+
+#[map(name = "GANNET_EP")]
+pub(crate) static ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
+    HashMap::pinned(DEFAULT_MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+
+#[map(name = "GANNET_EP_STATS")]
+pub(crate) static ENDPOINT_STATS: PerCpuHashMap<u32, EndpointStats> =
+    PerCpuHashMap::pinned(DEFAULT_MAX_ENDPOINTS, 0);
+
+/// Which counters of an endpoint a packet adds to.
+#[derive(Clone, Copy)]
+pub(crate) enum Direction {
+    ToPod,
+    FromPod,
+}
+
+const OK: i32 = TC_ACT_OK;
+
+#[inline(always)]
+pub(crate) fn count(ifindex: u32, direction: Direction, bytes: u32) {
+    let Some(stats) = ENDPOINT_STATS.get_ptr_mut(ifindex) else {
+        // The agent creates the counters with the endpoint; an interface without them is not
+        // one of ours.
+        return;
+    };
+    // SAFETY: per-CPU value, so no other CPU writes it concurrently.
+    let stats = unsafe { &mut *stats };
+    match direction {
+        Direction::ToPod => {
+            stats.rx_packets += 1;
+            stats.rx_bytes += u64::from(bytes);
+        }
+        Direction::FromPod => {
+            stats.tx_packets += 1;
+            stats.tx_bytes += u64::from(bytes);
+        }
+    }
+}
+
+/// A packet a pod sent (tc ingress of its host-side veth). To another pod of this node it goes
+/// straight into that pod's namespace; everything else continues to the host stack.
+#[inline(always)]
+pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    count(ifindex, Direction::FromPod, len);
+
+    let Some(l3) = packet::l3(ctx) else {
+        return OK;
+    };
+    let Some((_, dst)) = packet::addresses(ctx, l3) else {
+        return OK;
+    };
+    // SAFETY: not preallocated: the value is not rewritten while we copy it.
+    let Some(peer) = (unsafe { ENDPOINTS.get(EndpointKey { addr: dst }) }).copied() else {
+        return OK;
+    };
+    if peer.ifindex == ifindex {
+        // Hairpin to itself: leave it to the stack.
+        return OK;
+    }
+    if !packet::decrement_ttl(ctx, l3) || !packet::set_macs(ctx, peer.mac, peer.host_mac) {
+        return OK;
+    }
+    count(peer.ifindex, Direction::ToPod, len);
+    // SAFETY: helper valid at tc ingress; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
+    #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* verdicts fit in i32")]
+    let verdict = unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32;
+    verdict
+}
+
+/// A packet the host stack delivers to a pod (tc egress of its host-side veth).
+#[inline(always)]
+pub(crate) fn to_pod(ctx: &TcContext) -> i32 {
+    // SAFETY: as in `from_pod`.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    count(ifindex, Direction::ToPod, len);
+    OK
+}

@@ -1,0 +1,91 @@
+//! Ethernet, IPv4 and IPv6 header access for tc programs: fixed offsets, bounds-checked loads
+//! through `bpf_skb_load_bytes`, and the TTL/hop-limit decrement a router owes a forwarded
+//! packet.
+
+use aya_ebpf::programs::TcContext;
+
+pub(crate) const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+const IPV4_TTL: usize = ETH_HLEN + 8;
+const IPV4_CSUM: usize = ETH_HLEN + 10;
+const IPV4_SADDR: usize = ETH_HLEN + 12;
+const IPV4_DADDR: usize = ETH_HLEN + 16;
+const IPV6_HOP_LIMIT: usize = ETH_HLEN + 7;
+const IPV6_SADDR: usize = ETH_HLEN + 8;
+const IPV6_DADDR: usize = ETH_HLEN + 24;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum L3 {
+    V4,
+    V6,
+}
+
+/// The network-layer family of an Ethernet frame, if gannet handles it.
+#[inline(always)]
+pub(crate) fn l3(ctx: &TcContext) -> Option<L3> {
+    let proto = u16::from_be(ctx.load::<u16>(12).ok()?);
+    match proto {
+        ETH_P_IP => Some(L3::V4),
+        ETH_P_IPV6 => Some(L3::V6),
+        _ => None,
+    }
+}
+
+/// Source and destination addresses, 16 bytes each (IPv4 as `::ffff:a.b.c.d`).
+#[inline(always)]
+pub(crate) fn addresses(ctx: &TcContext, l3: L3) -> Option<([u8; 16], [u8; 16])> {
+    match l3 {
+        L3::V4 => {
+            let s: [u8; 4] = ctx.load(IPV4_SADDR).ok()?;
+            let d: [u8; 4] = ctx.load(IPV4_DADDR).ok()?;
+            Some((gannet_common::v4_mapped(s), gannet_common::v4_mapped(d)))
+        }
+        L3::V6 => Some((ctx.load(IPV6_SADDR).ok()?, ctx.load(IPV6_DADDR).ok()?)),
+    }
+}
+
+/// Decrements the TTL (IPv4, with the header checksum) or hop limit (IPv6). Returns `false`
+/// when the packet must not be forwarded (TTL ≤ 1: the host stack answers with ICMP) or the
+/// packet could not be written.
+#[inline(always)]
+pub(crate) fn decrement_ttl(ctx: &mut TcContext, l3: L3) -> bool {
+    match l3 {
+        L3::V4 => {
+            // TTL and protocol form one 16-bit word of the header checksum.
+            let Ok(old) = ctx.load::<[u8; 2]>(IPV4_TTL) else {
+                return false;
+            };
+            if old[0] <= 1 {
+                return false;
+            }
+            let new = [old[0] - 1, old[1]];
+            ctx.store(IPV4_TTL, &new, 0).is_ok()
+                && ctx
+                    .l3_csum_replace(
+                        IPV4_CSUM,
+                        u64::from(u16::from_ne_bytes(old)),
+                        u64::from(u16::from_ne_bytes(new)),
+                        2,
+                    )
+                    .is_ok()
+        }
+        L3::V6 => {
+            let Ok(hop) = ctx.load::<u8>(IPV6_HOP_LIMIT) else {
+                return false;
+            };
+            hop > 1 && ctx.store(IPV6_HOP_LIMIT, &(hop - 1), 0).is_ok()
+        }
+    }
+}
+
+/// Rewrites the Ethernet addresses.
+#[inline(always)]
+pub(crate) fn set_macs(ctx: &mut TcContext, dst: [u8; 6], src: [u8; 6]) -> bool {
+    let macs = [
+        dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], src[0], src[1], src[2], src[3], src[4],
+        src[5],
+    ];
+    ctx.store(0, &macs, 0).is_ok()
+}

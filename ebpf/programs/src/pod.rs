@@ -1,0 +1,45 @@
+//! The per-pod programs, attached (tcx) to each pod's host-side veth in the node's namespace.
+//!
+//! What happens to a packet a pod sends (`gannet_from_pod`, tc ingress of the host veth):
+//! counted as the pod's tx; if its destination is another pod of this node, its MACs are set
+//! for the peer, its TTL is decremented, and it is handed straight to the peer's namespace with
+//! `bpf_redirect_peer` (no host routing, no netfilter); anything else goes on to the host stack.
+//!
+//! What happens to a packet the host stack sends to a pod (`gannet_to_pod`, tc egress of the
+//! host veth): counted as the pod's rx, and passed.
+#![no_std]
+#![no_main]
+#![expect(
+    unused_crate_dependencies,
+    reason = "build-std links compiler_builtins and the crate's own anchor library into every binary"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand each program its context by value"
+)]
+
+mod endpoint;
+mod packet;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+#[classifier]
+fn gannet_from_pod(mut ctx: TcContext) -> i32 {
+    endpoint::from_pod(&mut ctx)
+}
+
+#[classifier]
+fn gannet_to_pod(ctx: TcContext) -> i32 {
+    endpoint::to_pod(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
