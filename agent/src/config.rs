@@ -9,8 +9,8 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gannet_common::{
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_REV_NAT, DEFAULT_MAX_SERVICES,
-    DEFAULT_MAX_SLOTS,
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_REV_NAT,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
 };
 
 use crate::sys;
@@ -39,6 +39,9 @@ pub enum Command {
     /// Remove everything gannetd created: its cgroup links, its pinned maps and its bpffs
     /// directory. Stop gannetd first.
     Cleanup(CommonArgs),
+    /// Print what the data plane holds (services with their backends, endpoints with their
+    /// counters) as JSON, read from the pinned maps.
+    Status(CommonArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -50,6 +53,10 @@ pub struct CommonArgs {
     /// /sys/fs/bpf when missing).
     #[arg(long, default_value = "/sys/fs/bpf/gannet", env = "GANNET_BPF_ROOT")]
     pub bpf_root: PathBuf,
+    /// Directory for gannetd's runtime state: the CNI socket (`cni.sock`) and the endpoint
+    /// registry (`endpoints.json`).
+    #[arg(long, default_value = "/run/gannet", env = "GANNET_STATE_DIR")]
+    pub state_dir: PathBuf,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -83,6 +90,9 @@ pub struct RunArgs {
     /// Capacity: affinity entries (LRU).
     #[arg(long, default_value_t = DEFAULT_MAX_AFFINITY)]
     pub max_affinity: u32,
+    /// Capacity: pod addresses on this node.
+    #[arg(long, default_value_t = DEFAULT_MAX_ENDPOINTS)]
+    pub max_endpoints: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +109,7 @@ pub struct Capacity {
     pub slots: u32,
     pub rev_nat: u32,
     pub affinity: u32,
+    pub endpoints: u32,
 }
 
 /// Validated configuration of `gannetd run`.
@@ -107,6 +118,7 @@ pub struct RunConfig {
     pub node_name: String,
     pub cgroup_path: PathBuf,
     pub bpf_root: PathBuf,
+    pub state_dir: PathBuf,
     pub manifest_dir: PathBuf,
     pub sync_interval: Duration,
     pub capacity: Capacity,
@@ -117,6 +129,7 @@ pub struct RunConfig {
 pub struct CleanupConfig {
     pub cgroup_path: PathBuf,
     pub bpf_root: PathBuf,
+    pub state_dir: PathBuf,
 }
 
 /// All configuration problems found, one per line, each naming its flag.
@@ -144,6 +157,17 @@ fn check_bpf_root(path: &Path, errors: &mut Vec<String>) {
     }
 }
 
+fn check_state_dir(path: &Path, errors: &mut Vec<String>) {
+    if !path.is_absolute() {
+        errors.push(format!(
+            "--state-dir {}: must be an absolute path",
+            path.display()
+        ));
+    } else if path.exists() && !path.is_dir() {
+        errors.push(format!("--state-dir {}: not a directory", path.display()));
+    }
+}
+
 fn check_cgroup(path: &Path, errors: &mut Vec<String>) {
     match sys::fs_magic(path) {
         Ok(sys::CGROUP2_SUPER_MAGIC) => {}
@@ -160,6 +184,7 @@ impl RunArgs {
         let mut errors = Vec::new();
         check_cgroup(&self.common.cgroup_path, &mut errors);
         check_bpf_root(&self.common.bpf_root, &mut errors);
+        check_state_dir(&self.common.state_dir, &mut errors);
         let manifest_dir = match &self.manifest_dir {
             None => {
                 errors.push(
@@ -193,6 +218,7 @@ impl RunArgs {
             ("--max-slots", self.max_slots),
             ("--max-rev-nat", self.max_rev_nat),
             ("--max-affinity", self.max_affinity),
+            ("--max-endpoints", self.max_endpoints),
         ] {
             if value == 0 {
                 errors.push(format!("{flag} 0: must be at least 1"));
@@ -205,6 +231,7 @@ impl RunArgs {
             node_name,
             cgroup_path: self.common.cgroup_path.clone(),
             bpf_root: self.common.bpf_root.clone(),
+            state_dir: self.common.state_dir.clone(),
             manifest_dir,
             sync_interval: Duration::from_millis(self.sync_interval_ms),
             capacity: Capacity {
@@ -213,6 +240,7 @@ impl RunArgs {
                 slots: self.max_slots,
                 rev_nat: self.max_rev_nat,
                 affinity: self.max_affinity,
+                endpoints: self.max_endpoints,
             },
         })
     }
@@ -222,12 +250,14 @@ impl CommonArgs {
     pub fn validate_cleanup(&self) -> Result<CleanupConfig, ConfigErrors> {
         let mut errors = Vec::new();
         check_bpf_root(&self.bpf_root, &mut errors);
+        check_state_dir(&self.state_dir, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(CleanupConfig {
             cgroup_path: self.cgroup_path.clone(),
             bpf_root: self.bpf_root.clone(),
+            state_dir: self.state_dir.clone(),
         })
     }
 }

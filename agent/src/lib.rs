@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod datapath;
+pub mod endpoints;
 pub mod logging;
 pub mod run;
+pub mod status;
 mod sys;

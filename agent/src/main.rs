@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use gannet_agent::{
     config::{Cli, Command, EXIT_USAGE},
-    datapath, logging, run,
+    datapath, endpoints, logging, run, status,
 };
 use tracing::{error, info};
 
@@ -53,6 +53,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status(args) => match status::read(&args.bpf_root) {
+            Ok(status) => match serde_json::to_string_pretty(&status) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gannetd status: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!(
+                    "gannetd status: {e} (is gannetd set up with --bpf-root {}?)",
+                    args.bpf_root.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
         Command::Cleanup(args) => {
             logging::init(args.log_format);
             let config = match args.validate_cleanup() {
@@ -62,10 +81,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE as u8);
                 }
             };
-            match datapath::cleanup(&config.bpf_root) {
+            match datapath::cleanup(&config.bpf_root)
+                .and_then(|r| endpoints::cleanup(&config.state_dir).map(|s| r.len() + s))
+            {
                 Ok(removed) => {
                     info!(
-                        removed = removed.len(),
+                        removed,
                         bpf_root = %config.bpf_root.display(),
                         cgroup = %config.cgroup_path.display(),
                         "cleaned up: programs detached, maps and pins removed"

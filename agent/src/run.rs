@@ -2,16 +2,22 @@
 
 use std::time::Instant;
 
+use anyhow::Context as _;
 use gannet_k8s::ManifestDir;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 use tracing::{debug, error, info, warn};
 
 use crate::{
     config::RunConfig,
     datapath::{
         SockLb,
+        pods::PodFastPath,
         reconcile::{DEFAULT_GRACE, Reconciler},
     },
+    endpoints::{self, Registry},
 };
 
 /// Runs until SIGTERM or SIGINT. The data plane stays in place when this returns: programs stay
@@ -26,6 +32,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     );
     let lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
     let mut reconciler = Reconciler::adopt(lb.maps, DEFAULT_GRACE)?;
+    let mut fast_path = PodFastPath::load(&config.bpf_root, config.capacity.endpoints)?;
+    let mut registry = Registry::load(&config.state_dir, &fast_path).with_context(|| {
+        format!(
+            "reading the endpoint registry in {}",
+            config.state_dir.display()
+        )
+    })?;
+    let (calls_tx, mut calls) = mpsc::channel(64);
+    let socket = endpoints::serve(&config.state_dir, calls_tx)
+        .with_context(|| format!("listening in {}", config.state_dir.display()))?;
+    info!(socket = %socket.display(), "ready for CNI endpoints");
     let mut source = ManifestDir::new(&config.manifest_dir);
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -41,6 +58,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: exiting, data plane left running"); break; }
             _ = sigint.recv() => { info!("SIGINT: exiting, data plane left running"); break; }
+            Some((request, reply)) = calls.recv() => {
+                let _ = reply.send(registry.handle(request, &mut fast_path));
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let now = Instant::now();

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{Cgroup, ChildGuard, bin_path, spawn, unique_name};
+use crate::{Cgroup, ChildGuard, Netns, bin_path, spawn, unique_name};
 
 /// How long gannetd may take to attach, or to apply a manifest change.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,6 +22,9 @@ pub struct Agent {
     bpf_root: PathBuf,
     cgroup: PathBuf,
     manifest_dir: PathBuf,
+    state_dir: PathBuf,
+    /// The network namespace gannetd runs in (`None`: the test's own).
+    netns: Option<PathBuf>,
     extra_args: Vec<String>,
     /// Log output of earlier runs (before restarts), for messages.
     past_logs: String,
@@ -34,6 +37,19 @@ impl Agent {
     /// # Errors
     /// If gannetd cannot start or does not attach in time; the error quotes its log.
     pub fn start(cgroup: &Cgroup, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        Self::start_in(None, cgroup, extra_args)
+    }
+
+    /// Like [`start`](Self::start), with gannetd running in `netns` (a simulated node: the pod
+    /// programs attach to veths of the namespace gannetd runs in).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_in(
+        netns: Option<&Netns>,
+        cgroup: &Cgroup,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
         let name = unique_name("gannet-test");
         let manifest_dir = std::env::temp_dir().join(format!("{name}-manifests"));
         fs::create_dir_all(&manifest_dir)
@@ -43,6 +59,8 @@ impl Agent {
             bpf_root: PathBuf::from("/sys/fs/bpf").join(&name),
             cgroup: cgroup.path().to_owned(),
             manifest_dir,
+            state_dir: std::env::temp_dir().join(format!("{name}-state")),
+            netns: netns.map(|n| n.path().to_owned()),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             past_logs: String::new(),
         };
@@ -58,12 +76,16 @@ impl Agent {
             .arg(&self.bpf_root)
             .arg("--manifest-dir")
             .arg(&self.manifest_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .args(["--node-name", "test-node", "--sync-interval-ms", "50"])
             .args(&self.extra_args)
             .env("GANNET_LOG", "gannet_agent=debug,gannetd=debug,info");
-        // gannetd itself runs in the test's own namespaces (it only needs bpffs and the cgroup).
-        self.child = Some(spawn(cmd, None, None)?);
-        self.wait_log("socket load balancer attached", 1)?;
+        // gannetd enters only the network namespace: it keeps this process's /sys, cgroup2
+        // and bpffs mounts.
+        let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
+        self.child = Some(spawn(cmd, netns.as_ref(), None)?);
+        self.wait_log("ready for CNI endpoints", 1)?;
         Ok(())
     }
 
@@ -71,6 +93,39 @@ impl Agent {
     #[must_use]
     pub fn manifest_dir(&self) -> &Path {
         &self.manifest_dir
+    }
+
+    /// gannetd's state directory (CNI socket, endpoint registry).
+    #[must_use]
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The CNI socket gannet-cni registers endpoints on.
+    #[must_use]
+    pub fn cni_socket(&self) -> PathBuf {
+        self.state_dir.join("cni.sock")
+    }
+
+    /// `gannetd status` as JSON.
+    ///
+    /// # Errors
+    /// If the command fails or prints no JSON.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let output = Command::new(bin_path("gannetd"))
+            .arg("status")
+            .arg("--bpf-root")
+            .arg(&self.bpf_root)
+            .output()
+            .context("running gannetd status")?;
+        if !output.status.success() {
+            bail!(
+                "gannetd status failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        serde_json::from_slice(&output.stdout).context("parsing gannetd status")
     }
 
     /// gannetd's bpffs directory.
@@ -187,6 +242,8 @@ impl Agent {
             .arg(&self.bpf_root)
             .arg("--cgroup-path")
             .arg(&self.cgroup)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .output()
             .context("running gannetd cleanup")?;
         if !output.status.success() {
@@ -209,6 +266,7 @@ impl Drop for Agent {
             eprintln!("Agent drop: {e:#}");
         }
         let _ = fs::remove_dir_all(&self.manifest_dir);
+        let _ = fs::remove_dir_all(&self.state_dir);
     }
 }
 

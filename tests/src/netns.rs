@@ -29,6 +29,8 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 pub struct Netns {
     name: String,
     path: PathBuf,
+    /// Whether dropping this guard deletes the namespace (false for [`Netns::open_path`]).
+    owned: bool,
 }
 
 impl Netns {
@@ -43,9 +45,33 @@ impl Netns {
         let netns = Netns {
             path: Path::new(NETNS_DIR).join(&name),
             name,
+            owned: true,
         };
         netns.ip(&["link", "set", "lo", "up"])?;
         Ok(netns)
+    }
+
+    /// A handle on an existing namespace `/run/netns/NAME` that this value does not own:
+    /// dropping it neither kills processes nor deletes the namespace.
+    ///
+    /// # Errors
+    /// If `path` does not exist or has no file name.
+    pub fn open_path(path: &Path) -> anyhow::Result<Netns> {
+        anyhow::ensure!(
+            path.exists(),
+            "network namespace {} does not exist",
+            path.display()
+        );
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow::anyhow!("{} has no name", path.display()))?
+            .to_owned();
+        Ok(Netns {
+            name,
+            path: path.to_path_buf(),
+            owned: false,
+        })
     }
 
     /// The namespace's name, as `ip netns` and `ip -n` know it.
@@ -157,6 +183,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         self.kill_all();
         if let Err(err) = run_checked(Command::new("ip").args(["netns", "del", &self.name])) {
             eprintln!("gannet-testkit: deleting netns {}: {err:#}", self.name);

@@ -9,8 +9,11 @@
 //! - [`parse_documents`] reads one file (YAML or JSON, any number of documents);
 //! - [`desired_state`] joins Services and `EndpointSlices`;
 //! - [`ManifestDir`] does both for a directory, re-reading only when it changed and keeping the
-//!   last good contents of a file while its current contents are broken.
+//!   last good contents of a file while its current contents are broken;
+//! - [`check_service_object`], [`check_endpoint_slice_object`], [`read_documents`] and
+//!   [`typed_object`] serve the control plane and `gannetctl`, which handle more kinds.
 
+mod check;
 mod dir;
 mod error;
 mod join;
@@ -18,6 +21,10 @@ mod model;
 mod parse;
 mod validate;
 
+pub use check::{
+    ClusterIp, FieldProblem, RawDocument, check_endpoint_slice_object, check_service_object,
+    read_documents, typed_object,
+};
 pub use dir::{ManifestDir, ScanOutcome};
 pub use error::ManifestError;
 pub use join::desired_state;

@@ -100,6 +100,15 @@ pub(crate) struct ValidServicePort {
 
 /// Checks a Service as the API server would, for the fields gannet uses.
 pub(crate) fn check_service(service: &Service) -> Result<Checked<ValidService>, Vec<FieldError>> {
+    check_service_with(service, true)
+}
+
+/// [`check_service`]; with `require_cluster_ip` false, a Service without a cluster IP passes (with
+/// none in [`ValidService::cluster_ips`]): a control plane allocates one.
+pub(crate) fn check_service_with(
+    service: &Service,
+    require_cluster_ip: bool,
+) -> Result<Checked<ValidService>, Vec<FieldError>> {
     let default_spec = ServiceSpec::default();
     let spec = service.spec.as_ref().unwrap_or(&default_spec);
     let mut errors = Vec::new();
@@ -117,7 +126,7 @@ pub(crate) fn check_service(service: &Service) -> Result<Checked<ValidService>, 
         )),
     }
 
-    let cluster_ips = match cluster_ip_entries(spec) {
+    let cluster_ips = match cluster_ip_entries(spec, require_cluster_ip) {
         Ok(ClusterIps::Headless) => {
             return Ok(Checked::Skip(
                 "headless (clusterIP None): clients resolve the endpoints through DNS",
@@ -157,7 +166,10 @@ enum ClusterIps<'a> {
 
 /// Picks `spec.clusterIPs` when present (dual-stack), else `spec.clusterIP`, and recognises
 /// headless services.
-fn cluster_ip_entries(spec: &ServiceSpec) -> Result<ClusterIps<'_>, FieldError> {
+fn cluster_ip_entries(
+    spec: &ServiceSpec,
+    require_cluster_ip: bool,
+) -> Result<ClusterIps<'_>, FieldError> {
     let cluster_ip = non_empty(spec.cluster_ip.as_deref());
     let cluster_ips = spec.cluster_ips.as_deref().unwrap_or_default();
 
@@ -177,6 +189,8 @@ fn cluster_ip_entries(spec: &ServiceSpec) -> Result<ClusterIps<'_>, FieldError> 
             .collect()
     } else if let Some(cluster_ip) = cluster_ip {
         vec![("spec.clusterIP".to_owned(), cluster_ip)]
+    } else if !require_cluster_ip {
+        Vec::new()
     } else {
         return Err(FieldError::at(
             "spec.clusterIP",

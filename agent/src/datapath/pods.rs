@@ -17,9 +17,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        links::FdLink,
-        tc::TcAttachOptions,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
     },
 };
 use gannet_common::{EndpointKey, EndpointStats, EndpointValue, map_names, v4_mapped};
@@ -122,7 +120,11 @@ impl PodFastPath {
             else {
                 continue;
             };
-            let name = if direction == "from" { FROM_POD } else { TO_POD };
+            let name = if direction == "from" {
+                FROM_POD
+            } else {
+                TO_POD
+            };
             if sys::ifname(ifindex).is_err() {
                 // The pod's veth is gone (deleted while gannetd was down).
                 fs::remove_file(&path).map_err(io_err(&path))?;
@@ -162,11 +164,12 @@ impl PodFastPath {
             source: e,
         })?;
         if self.stats.get(&veth.ifindex, 0).is_err() {
-            let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); ncpus])
-                .map_err(|source| DataPathError::Io {
+            let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); ncpus]).map_err(
+                |source| DataPathError::Io {
                     path: PathBuf::from("per-cpu stats"),
                     source,
-                })?;
+                },
+            )?;
             self.stats
                 .insert(veth.ifindex, zeros, 0)
                 .map_err(|source| DataPathError::Map {
@@ -191,15 +194,13 @@ impl PodFastPath {
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(err)?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(err)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| DataPathError::Link {
+            let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
+                |e: aya::programs::links::LinkError| DataPathError::Link {
                     name,
                     what: "taking the tcx link",
                     source: io::Error::other(e),
-                })?;
+                },
+            )?;
             link.pin(&pin).map_err(|e| DataPathError::Link {
                 name,
                 what: "pinning the tcx link",
@@ -257,12 +258,16 @@ impl PodFastPath {
     /// The endpoint's counters, summed over CPUs.
     pub fn stats(&self, ifindex: u32) -> Option<EndpointStats> {
         let per_cpu = self.stats.get(&ifindex, 0).ok()?;
-        Some(per_cpu.iter().fold(EndpointStats::default(), |a, s| EndpointStats {
-            rx_packets: a.rx_packets + s.rx_packets,
-            rx_bytes: a.rx_bytes + s.rx_bytes,
-            tx_packets: a.tx_packets + s.tx_packets,
-            tx_bytes: a.tx_bytes + s.tx_bytes,
-        }))
+        Some(
+            per_cpu
+                .iter()
+                .fold(EndpointStats::default(), |a, s| EndpointStats {
+                    rx_packets: a.rx_packets + s.rx_packets,
+                    rx_bytes: a.rx_bytes + s.rx_bytes,
+                    tx_packets: a.tx_packets + s.tx_packets,
+                    tx_bytes: a.tx_bytes + s.tx_bytes,
+                }),
+        )
     }
 
     /// Addresses in the endpoint map, by host-side ifindex.

@@ -79,8 +79,10 @@ fn forwarded(mut f: Vec<u8>, host_mac: [u8; 6]) -> Vec<u8> {
 #[test]
 fn from_pod_fixtures() {
     let ns = Netns::new("fixture").expect("test netns");
-    ns.ip(&["link", "add", "hveth", "type", "veth", "peer", "name", "pveth"])
-        .unwrap();
+    ns.ip(&[
+        "link", "add", "hveth", "type", "veth", "peer", "name", "pveth",
+    ])
+    .unwrap();
     ns.ip(&["link", "set", "hveth", "up"]).unwrap();
     let host_mac_text = ns.ip(&["-br", "link", "show", "hveth"]).unwrap();
     let host_mac: [u8; 6] = host_mac_text

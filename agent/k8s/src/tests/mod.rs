@@ -1,5 +1,6 @@
 //! Unit tests, by concern. Helpers shared by them live here.
 
+mod check;
 mod dir;
 mod join;
 mod parse;

@@ -1,0 +1,183 @@
+//! Pods on one node, wired by the real gannet-cni binary (invoked as a runtime does) and
+//! registered with gannetd, whose tc programs carry pod-to-pod traffic with `bpf_redirect_peer`.
+//!
+//! The node namespace has IP forwarding switched off: traffic between two pods can only flow
+//! through gannet's fast path, and a pod that was not registered with gannetd is unreachable.
+#![expect(
+    unused_crate_dependencies,
+    reason = "integration tests link all of the package's dependencies; these use the kit"
+)]
+
+use std::{io::Write as _, path::Path, process::Command, time::Duration};
+
+use gannet_testkit::{
+    Cgroup, Netns,
+    agent::Agent,
+    bin_path,
+    probe::{Report, parse_json_output},
+    run_in, spawn, unique_name,
+};
+use serde_json::{Value, json};
+
+/// Runs gannet-cni `command` in the node namespace for `pod`, as a runtime would.
+fn cni(node: &Netns, pod: &Netns, command: &str, container: &str, conf: &Value) -> Value {
+    let mut cmd = Command::new(bin_path("gannet-cni"));
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={container}"),
+        );
+    let mut child = spawn(cmd, Some(node), None).expect("starting gannet-cni");
+    child
+        .stdin()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("writing the config");
+    child.close_stdin();
+    let output = child
+        .wait_output(Duration::from_secs(20))
+        .expect("gannet-cni exits");
+    assert!(
+        output.status.success(),
+        "gannet-cni {command} for {container} failed: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.stdout.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&output.stdout).expect("gannet-cni result is JSON")
+}
+
+fn pod_ip(result: &Value) -> String {
+    let cidr = result["ips"][0]["address"].as_str().expect("an address");
+    cidr.split('/').next().unwrap().to_owned()
+}
+
+fn conf(ipam_dir: &Path, agent_socket: Option<&Path>) -> Value {
+    let mut conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "gannet-e2e",
+        "type": "gannet-cni",
+        "ipam": {"type": "gannet", "subnet": "10.244.3.0/24", "dataDir": ipam_dir},
+    });
+    if let Some(socket) = agent_socket {
+        conf["agentSocket"] = json!(socket);
+    }
+    conf
+}
+
+fn probe(pod: &Netns, args: &[&str]) -> Report {
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args(args);
+    let output = run_in(cmd, Some(pod), None, Duration::from_secs(60)).expect("probe runs");
+    parse_json_output(&output).expect("probe report")
+}
+
+fn endpoint_of<'a>(status: &'a Value, ip: &str) -> Option<&'a Value> {
+    status["endpoints"].as_array()?.iter().find(|e| {
+        e["ips"]
+            .as_array()
+            .is_some_and(|ips| ips.iter().any(|i| i == ip))
+    })
+}
+
+#[test]
+fn pods_registered_by_gannet_cni_talk_through_the_fast_path_only() {
+    let node = Netns::new("node").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let mut agent = Agent::start_in(Some(&node), &cgroup, &[]).unwrap();
+    let ipam_dir = std::env::temp_dir().join(unique_name("gannet-ipam"));
+    let socket = agent.cni_socket();
+
+    let (a, b, c) = (
+        Netns::new("pa").unwrap(),
+        Netns::new("pb").unwrap(),
+        Netns::new("pc").unwrap(),
+    );
+    let registered = conf(&ipam_dir, Some(&socket));
+    let ip_a = pod_ip(&cni(&node, &a, "ADD", "pod-a", &registered));
+    let ip_b = pod_ip(&cni(&node, &b, "ADD", "pod-b", &registered));
+    // Pod c is wired by the plugin alone, without the agent.
+    let ip_c = pod_ip(&cni(&node, &c, "ADD", "pod-c", &conf(&ipam_dir, None)));
+    // gannet-cni enables forwarding for routed pods; switch it off so only the fast path can
+    // carry pod-to-pod traffic.
+    node.sysctl("net.ipv4.ip_forward", "0").unwrap();
+    assert!(
+        agent.logs().contains("endpoint registered"),
+        "gannetd must log the registrations; log:\n{}",
+        agent.logs()
+    );
+
+    let mut servers = Vec::new();
+    for (pod, name) in [(&b, "pod-b"), (&c, "pod-c")] {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        cmd.args(["serve", "--name", name, "--listen", "0.0.0.0:8080"]);
+        let mut server = spawn(cmd, Some(pod), None).unwrap();
+        server
+            .wait_for_line("ready", Duration::from_secs(10))
+            .unwrap();
+        servers.push(server);
+    }
+
+    let to_b = format!("{ip_b}:8080");
+    let report = probe(&a, &["tcp", "--to", &to_b, "--count", "20"]);
+    assert_eq!(
+        (report.ok, report.backend_count("pod-b")),
+        (20, 20),
+        "pod a → pod b must work with forwarding off (fast path): {report:?}"
+    );
+    let to_c = format!("{ip_c}:8080");
+    let control = probe(
+        &a,
+        &["--timeout-ms", "300", "tcp", "--to", &to_c, "--count", "2"],
+    );
+    assert_eq!(
+        control.ok, 0,
+        "negative control: pod c is not registered and the node does not forward: {control:?}"
+    );
+
+    let status = agent.status().unwrap();
+    let eb = endpoint_of(&status, &ip_b).unwrap_or_else(|| panic!("pod b in status: {status}"));
+    assert!(
+        eb["rx_packets"].as_u64().unwrap() >= 20 && eb["tx_packets"].as_u64().unwrap() >= 20,
+        "pod b's counters must show the exchange: {eb}"
+    );
+    assert!(
+        endpoint_of(&status, &ip_a).is_some(),
+        "pod a in status: {status}"
+    );
+    assert!(
+        endpoint_of(&status, &ip_c).is_none(),
+        "pod c must not be an endpoint: {status}"
+    );
+
+    // A SIGKILLed and restarted gannetd adopts the pod links.
+    agent.stop(libc::SIGKILL).unwrap();
+    agent.restart().unwrap();
+    let after = probe(&a, &["tcp", "--to", &to_b, "--count", "5"]);
+    assert_eq!(after.ok, 5, "after a restart: {after:?}");
+
+    // DEL unregisters: pod b's endpoint disappears from the data plane.
+    cni(&node, &b, "DEL", "pod-b", &registered);
+    let status = agent.status().unwrap();
+    assert!(
+        endpoint_of(&status, &ip_b).is_none(),
+        "pod b must be gone after DEL: {status}"
+    );
+    assert!(
+        endpoint_of(&status, &ip_a).is_some(),
+        "pod a stays: {status}"
+    );
+
+    cni(&node, &a, "DEL", "pod-a", &registered);
+    cni(&node, &c, "DEL", "pod-c", &conf(&ipam_dir, None));
+    drop(servers);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&ipam_dir);
+}
