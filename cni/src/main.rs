@@ -1,0 +1,97 @@
+//! `gannet-cni`: the CNI plugin binary. Invoked by a runtime with `CNI_COMMAND` set it speaks the
+//! CNI protocol (result or error object on stdout, logs elsewhere); `gannet-cni install` installs it.
+#![expect(
+    unused_crate_dependencies,
+    reason = "the dependencies are the library's; this binary only calls into it"
+)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gannet_cni::install;
+
+/// Exit status for a bad command line (`EX_USAGE`).
+const EX_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gannet-cni",
+    about = "gannet's CNI plugin (run by container runtimes with CNI_COMMAND set)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install the plugin binary and a sample conflist.
+    Install {
+        /// CNI binary directory.
+        #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
+        bin_dir: PathBuf,
+        /// CNI configuration directory.
+        #[arg(long, default_value = install::DEFAULT_CONF_DIR)]
+        conf_dir: PathBuf,
+        /// Replace an existing 10-gannet.conflist.
+        #[arg(long)]
+        overwrite_conf: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    // A runtime invocation: the CNI protocol, whatever the arguments.
+    if std::env::var_os("CNI_COMMAND").is_some() || std::env::args_os().len() <= 1 {
+        let outcome =
+            gannet_cni::plugin::run(&|name| std::env::var(name).ok(), &mut std::io::stdin());
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(&outcome.stdout)
+            .and_then(|()| stdout.flush());
+        return ExitCode::from(outcome.exit_code);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gannet-cni: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Install {
+            bin_dir,
+            conf_dir,
+            overwrite_conf,
+        } => {
+            let exe = std::env::current_exe().context("locating the running executable")?;
+            let done = install::install(&exe, &bin_dir, &conf_dir, overwrite_conf)?;
+            println!("installed {}", done.binary.display());
+            if done.conflist_written {
+                println!("wrote {}", done.conflist.display());
+            } else {
+                println!(
+                    "kept the existing {} (use --overwrite-conf to replace it)",
+                    done.conflist.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! The verbs: environment and stdin in, one result or error object out.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::agent_api::{self, Endpoint, Request, RequestBody};
+use crate::config::{
+    Attachment, CniEnv, Command, DEFAULT_MTU, DEFAULT_SUBNET_FILE, NetConf, RangeConf,
+    parse_config, parse_env,
+};
+use crate::delegate::Delegate;
+use crate::ipam::{IpamError, Store};
+use crate::net::Cidr;
+use crate::netlink::{Netlink, format_mac};
+use crate::netns;
+use crate::network::{self, Expected, PodSpec, gateway_for, host_if_name};
+use crate::spec::{
+    CniError, CniResult, CniVersion, Interface, IpConfig, Route, SUPPORTED_VERSIONS, VersionInfo,
+    code,
+};
+use crate::subnet_env::{SubnetEnv, SubnetEnvError};
+
+/// Environment variable of the test hook that pauses `ADD` at a point: `<point>:<marker file>`,
+/// point `after-ipam` (addresses reserved, no link yet) or `after-veth` (veth pair created, before
+/// the agent is told). The plugin creates the marker file and sleeps, so a test can kill it there.
+pub const PAUSE_ENV: &str = "GANNET_CNI_DEBUG_PAUSE";
+
+/// Environment variable with the log filter when the configuration sets no `logLevel`.
+pub const LOG_ENV: &str = "GANNET_LOG";
+
+/// What the process prints and how it exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Everything for stdout (a result, version info, an error object, or nothing).
+    pub stdout: Vec<u8>,
+    /// Exit status.
+    pub exit_code: u8,
+}
+
+/// One plugin invocation: `get` reads environment variables, `stdin` holds the configuration.
+pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &mut dyn Read) -> Outcome {
+    let is_version = get("CNI_COMMAND").as_deref() == Some("VERSION");
+    let mut input = Vec::new();
+    // VERSION needs no configuration (podman calls it with a dummy environment).
+    if !is_version && let Err(e) = stdin.read_to_end(&mut input) {
+        return failure(
+            &CniError::new(
+                code::IO_FAILURE,
+                format!("reading the network configuration from stdin: {e}"),
+            ),
+            CniVersion::LATEST.as_str(),
+        );
+    }
+    let version_hint = serde_json::from_slice::<serde_json::Value>(&input)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
+        .filter(|v| CniVersion::parse(v).is_some())
+        .unwrap_or_else(|| CniVersion::LATEST.as_str().to_owned());
+    match dispatch(get, &input) {
+        Ok(stdout) => Outcome {
+            stdout,
+            exit_code: 0,
+        },
+        Err(e) => {
+            warn!(code = e.code, error = %e, "failed");
+            failure(&e, &version_hint)
+        }
+    }
+}
+
+fn failure(e: &CniError, version: &str) -> Outcome {
+    let mut stdout = serde_json::to_vec(&e.to_json(version)).unwrap_or_default();
+    stdout.push(b'\n');
+    Outcome {
+        stdout,
+        exit_code: 1,
+    }
+}
+
+fn to_stdout(value: &impl serde::Serialize) -> Result<Vec<u8>, CniError> {
+    let mut out = serde_json::to_vec(value)
+        .map_err(|e| CniError::new(code::INTERNAL, format!("encoding the result: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+fn dispatch(get: &dyn Fn(&str) -> Option<String>, input: &[u8]) -> Result<Vec<u8>, CniError> {
+    let env = match parse_env(get) {
+        Ok(env) => env,
+        Err(e) => {
+            if get("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+                eprintln_about();
+            }
+            return Err(e);
+        }
+    };
+    if env.command == Command::Version {
+        return to_stdout(&VersionInfo {
+            cni_version: CniVersion::LATEST.as_str().to_owned(),
+            supported_versions: SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+        });
+    }
+    let (conf, version) = parse_config(input)?;
+    init_logging(&conf);
+    match env.command {
+        Command::Check if version < CniVersion::V0_4_0 => {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("config version {version} does not allow CHECK (0.4.0 or newer needed)"),
+            ));
+        }
+        Command::Gc | Command::Status if version < CniVersion::V1_1_0 => {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!(
+                    "config version {version} does not allow {} (1.1.0 or newer needed)",
+                    if env.command == Command::Gc {
+                        "GC"
+                    } else {
+                        "STATUS"
+                    }
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let raw: serde_json::Value = serde_json::from_slice(input)
+        .map_err(|e| CniError::new(code::DECODING_FAILURE, e.to_string()))?;
+    let plugin = Plugin {
+        env: &env,
+        conf: &conf,
+        raw: &raw,
+        version,
+        get,
+    };
+    info!(command = ?env.command, container = %env.container_id, ifname = %env.ifname, network = %conf.name, "invoked");
+    match env.command {
+        Command::Add => {
+            let result = plugin.add()?;
+            to_stdout(&result.for_version(version))
+        }
+        Command::Del => plugin.del().map(|()| Vec::new()),
+        Command::Check => plugin.check().map(|()| Vec::new()),
+        Command::Gc => plugin.gc().map(|()| Vec::new()),
+        Command::Status => plugin.status().map(|()| Vec::new()),
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+#[expect(
+    clippy::print_stderr,
+    reason = "the about text a plugin prints when run without a command"
+)]
+fn eprintln_about() {
+    eprintln!(
+        "gannet-cni v{}: routed pod networking\nCNI protocol versions supported: {}",
+        env!("CARGO_PKG_VERSION"),
+        SUPPORTED_VERSIONS.join(", ")
+    );
+}
+
+fn init_logging(conf: &NetConf) {
+    use tracing_subscriber::EnvFilter;
+    let filter = conf
+        .log_level
+        .clone()
+        .or_else(|| std::env::var(LOG_ENV).ok())
+        .unwrap_or_else(|| {
+            if conf.log_file.is_some() {
+                "info"
+            } else {
+                "warn"
+            }
+            .to_owned()
+        });
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if let Some(path) = &conf.log_file {
+        match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => {
+                let _ = builder
+                    .with_ansi(false)
+                    .with_writer(Mutex::new(file))
+                    .try_init();
+                return;
+            }
+            Err(e) => {
+                let _ = tracing_subscriber::fmt()
+                    .with_writer(std::io::stderr)
+                    .try_init();
+                warn!(path = %path.display(), error = %e, "cannot open the log file; logging to stderr");
+                return;
+            }
+        }
+    }
+    let _ = builder.with_writer(std::io::stderr).try_init();
+}
+
+struct Plugin<'a> {
+    env: &'a CniEnv,
+    conf: &'a NetConf,
+    raw: &'a serde_json::Value,
+    version: CniVersion,
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Where addresses come from, resolved.
+struct Pool {
+    ranges: Vec<Vec<RangeConf>>,
+    mtu: u32,
+}
+
+fn internal(e: impl std::fmt::Display) -> CniError {
+    CniError::new(code::INTERNAL, e.to_string())
+}
+
+fn ipam_error(e: &IpamError) -> CniError {
+    match e {
+        IpamError::Exhausted { .. } => {
+            CniError::new(code::POOL_EXHAUSTED, format!("IP pool exhausted: {e}"))
+        }
+        IpamError::Io { .. } => CniError::new(code::IO_FAILURE, e.to_string()),
+    }
+}
+
+impl Plugin<'_> {
+    fn attachment(&self) -> Attachment {
+        Attachment {
+            container_id: self.env.container_id.clone(),
+            ifname: self.env.ifname.clone(),
+        }
+    }
+
+    fn store(&self) -> Store {
+        Store::new(self.conf.data_dir())
+    }
+
+    /// The ranges and MTU: from the configuration, else from the subnet file.
+    fn pool(&self) -> Result<Pool, CniError> {
+        let configured = self.conf.configured_ranges();
+        let needs_file =
+            configured.is_none() || self.conf.subnet_file.is_some() && self.conf.mtu.is_none();
+        let file = if needs_file {
+            let path = self
+                .conf
+                .subnet_file
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SUBNET_FILE.into());
+            match SubnetEnv::load(&path) {
+                Ok(env) => Some(env),
+                Err(e @ SubnetEnvError::Missing(_)) => {
+                    return Err(CniError::new(
+                        code::TRY_AGAIN_LATER,
+                        format!("{e}; the node agent writes it, or set `ipam.ranges`"),
+                    ));
+                }
+                Err(e @ SubnetEnvError::Read { .. }) => {
+                    return Err(CniError::new(code::IO_FAILURE, e.to_string()));
+                }
+                Err(e) => return Err(CniError::new(code::INVALID_NETWORK_CONFIG, e.to_string())),
+            }
+        } else {
+            None
+        };
+        if let Some(env) = &file
+            && env.ipmasq == Some(false)
+        {
+            info!("FLANNEL_IPMASQ=false: gannet-cni sets up no masquerading");
+        }
+        let ranges = match configured {
+            Some(ranges) => ranges,
+            None => file.as_ref().map(SubnetEnv::ranges).unwrap_or_default(),
+        };
+        let mtu = self
+            .conf
+            .mtu
+            .or_else(|| file.as_ref().and_then(|f| f.mtu))
+            .unwrap_or(DEFAULT_MTU);
+        Ok(Pool { ranges, mtu })
+    }
+
+    fn extra_routes(&self) -> Vec<Cidr> {
+        self.conf
+            .ipam
+            .as_ref()
+            .and_then(|i| i.routes.as_ref())
+            .map(|routes| {
+                routes
+                    .iter()
+                    .map(|r| r.dst)
+                    .filter(|d| d.prefix() > 0)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn delegate(&self) -> Result<Delegate, CniError> {
+        Delegate::find(self.conf.ipam_type(), &self.env.path)
+    }
+
+    fn open_netns(&self) -> Result<(std::path::PathBuf, File), CniError> {
+        let path = self.env.netns.clone().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENVIRONMENT,
+                "required environment variables [CNI_NETNS] missing",
+            )
+        })?;
+        let file = netns::open(&path).map_err(|e| {
+            CniError::new(
+                code::INVALID_ENVIRONMENT,
+                format!(
+                    "CNI_NETNS={}: cannot open the network namespace: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        if netns::is_own(&file).unwrap_or(false) {
+            return Err(CniError::new(
+                code::INVALID_ENVIRONMENT,
+                format!(
+                    "CNI_NETNS={} is the plugin's own network namespace",
+                    path.display()
+                ),
+            ));
+        }
+        Ok((path, file))
+    }
+
+    fn agent_call(&self, body: RequestBody) -> Result<(), agent_api::AgentError> {
+        match &self.conf.agent_socket {
+            None => Ok(()),
+            Some(socket) => {
+                agent_api::call(socket, &Request::new(body), agent_api::DEFAULT_TIMEOUT).map(drop)
+            }
+        }
+    }
+
+    fn pause(&self, point: &str) {
+        let Some(spec) = (self.get)(PAUSE_ENV) else {
+            return;
+        };
+        let Some((wanted, marker)) = spec.split_once(':') else {
+            return;
+        };
+        if wanted != point {
+            return;
+        }
+        warn!(point, "test hook: pausing");
+        let _ = std::fs::write(marker, point);
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    fn add(&self) -> Result<CniResult, CniError> {
+        let attachment = self.attachment();
+        let (netns_path, netns_file) = self.open_netns()?;
+        if let Err(e) = self.agent_call(RequestBody::Status) {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("the gannet agent is not ready: {e}"),
+            ));
+        }
+        let mut host = Netlink::open().map_err(internal)?;
+        // Addresses.
+        let (ips, mtu) = if self.conf.builtin_ipam() {
+            let pool = self.pool()?;
+            let ips = self
+                .store()
+                .allocate(&pool.ranges, &attachment)
+                .map_err(|e| ipam_error(&e))?;
+            (ips, pool.mtu)
+        } else {
+            let delegate = self.delegate()?;
+            let version = delegate.negotiate(self.version)?;
+            let out = delegate.call("ADD", self.raw, version)?.ok_or_else(|| {
+                CniError::new(
+                    code::INTERNAL,
+                    format!("IPAM plugin {} returned no result", self.conf.ipam_type()),
+                )
+            })?;
+            let result = CniResult::from_value(out).map_err(|e| {
+                CniError::new(
+                    code::DECODING_FAILURE,
+                    format!("IPAM plugin {}: invalid result: {e}", self.conf.ipam_type()),
+                )
+            })?;
+            let ips: Vec<Cidr> = result
+                .ips
+                .iter()
+                .map(|ip| Cidr::host(ip.address.addr()))
+                .collect();
+            (ips, self.conf.mtu.unwrap_or(DEFAULT_MTU))
+        };
+        info!(ips = ?ips.iter().map(ToString::to_string).collect::<Vec<_>>(), "addresses reserved");
+        self.pause("after-ipam");
+        let extra_routes = self.extra_routes();
+        let spec = PodSpec {
+            network: &self.conf.name,
+            attachment: &attachment,
+            netns_path: &netns_path,
+            netns: &netns_file,
+            ips: &ips,
+            mtu,
+            extra_routes: &extra_routes,
+        };
+        let links = match network::setup(&mut host, &spec) {
+            Ok(links) => links,
+            Err(e) => {
+                self.release_addresses(&attachment);
+                return Err(CniError::new(
+                    code::INTERNAL,
+                    format!("setting up the pod interface: {e}"),
+                ));
+            }
+        };
+        self.pause("after-veth");
+        let endpoint = Endpoint {
+            network: self.conf.name.clone(),
+            container_id: attachment.container_id.clone(),
+            if_name: attachment.ifname.clone(),
+            netns: netns_path.clone(),
+            ips: ips.clone(),
+            mac: format_mac(&links.pod.mac),
+            host_if_name: links.host.name.clone(),
+            host_if_index: links.host.index,
+            host_mac: format_mac(&links.host.mac),
+            pod_namespace: self.env.pod_namespace().map(str::to_owned),
+            pod_name: self.env.pod_name().map(str::to_owned),
+        };
+        if let Err(e) = self.agent_call(RequestBody::Register { endpoint }) {
+            let _ = network::teardown(&mut host, &self.conf.name, &attachment);
+            self.release_addresses(&attachment);
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("registering the endpoint with the gannet agent: {e}"),
+            ));
+        }
+        let mut ours = CniResult {
+            cni_version: String::new(),
+            interfaces: vec![
+                Interface {
+                    name: links.host.name.clone(),
+                    mac: format_mac(&links.host.mac),
+                    mtu: Some(mtu),
+                    ..Interface::default()
+                },
+                Interface {
+                    name: attachment.ifname.clone(),
+                    mac: format_mac(&links.pod.mac),
+                    sandbox: netns_path.display().to_string(),
+                    mtu: Some(mtu),
+                    ..Interface::default()
+                },
+            ],
+            ips: ips
+                .iter()
+                .map(|ip| IpConfig {
+                    version: None,
+                    address: *ip,
+                    gateway: Some(gateway_for(ip.addr())),
+                    interface: Some(1),
+                })
+                .collect(),
+            routes: Vec::new(),
+            dns: self.conf.dns.clone().unwrap_or_default(),
+        };
+        let mut families: Vec<bool> = ips.iter().map(Cidr::is_ipv4).collect();
+        families.dedup();
+        for v4 in families {
+            let gw = gateway_for(if v4 {
+                "0.0.0.0".parse().expect("ip")
+            } else {
+                "::".parse().expect("ip")
+            });
+            let default = if v4 { "0.0.0.0/0" } else { "::/0" };
+            for dst in std::iter::once(default.parse::<Cidr>().expect("cidr")).chain(
+                extra_routes
+                    .iter()
+                    .filter(|r| r.is_ipv4() == v4)
+                    .map(Cidr::truncated),
+            ) {
+                ours.routes.push(Route {
+                    dst,
+                    gw: Some(gw),
+                    mtu: None,
+                    advmss: None,
+                    priority: None,
+                    table: None,
+                    scope: None,
+                });
+            }
+        }
+        let result = match &self.conf.prev_result {
+            Some(prev) => {
+                let mut merged = CniResult::from_value(prev.clone()).map_err(|e| {
+                    CniError::new(
+                        code::DECODING_FAILURE,
+                        format!("network configuration: field `prevResult`: {e}"),
+                    )
+                })?;
+                merged.append(ours);
+                merged
+            }
+            None => ours,
+        };
+        info!(host_if = %links.host.name, "pod interface ready");
+        Ok(result)
+    }
+
+    /// Best-effort release after a failed ADD.
+    fn release_addresses(&self, attachment: &Attachment) {
+        let outcome = if self.conf.builtin_ipam() {
+            self.store()
+                .release(attachment)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else {
+            self.delegate()
+                .and_then(|d| {
+                    let version = d.negotiate(self.version)?;
+                    d.call("DEL", self.raw, version).map(drop)
+                })
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = outcome {
+            warn!(error = %e, "releasing the addresses after a failed ADD");
+        }
+    }
+
+    fn del(&self) -> Result<(), CniError> {
+        let attachment = self.attachment();
+        if let Err(e) = self.agent_call(RequestBody::Unregister {
+            network: self.conf.name.clone(),
+            container_id: attachment.container_id.clone(),
+            if_name: attachment.ifname.clone(),
+        }) {
+            warn!(error = %e, "unregistering from the gannet agent failed; it will reconcile");
+        }
+        let mut host = Netlink::open().map_err(internal)?;
+        let existed =
+            network::teardown(&mut host, &self.conf.name, &attachment).map_err(internal)?;
+        if self.conf.builtin_ipam() {
+            let released = self
+                .store()
+                .release(&attachment)
+                .map_err(|e| ipam_error(&e))?;
+            info!(link_existed = existed, released = ?released, "deleted");
+        } else {
+            let delegate = self.delegate()?;
+            let version = delegate.negotiate(self.version)?;
+            delegate.call("DEL", self.raw, version)?;
+            info!(link_existed = existed, "deleted");
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), CniError> {
+        let attachment = self.attachment();
+        let prev = self.conf.prev_result.clone().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_NETWORK_CONFIG,
+                "network configuration: CHECK needs `prevResult`",
+            )
+        })?;
+        let result = CniResult::from_value(prev).map_err(|e| {
+            CniError::new(
+                code::DECODING_FAILURE,
+                format!("network configuration: field `prevResult`: {e}"),
+            )
+        })?;
+        let netns_path = self.env.netns.clone().unwrap_or_default();
+        let mismatch = |diffs: Vec<String>| {
+            CniError::new(
+                code::CHECK_MISMATCH,
+                format!(
+                    "CHECK found {} difference(s): {}",
+                    diffs.len(),
+                    diffs.join("; ")
+                ),
+            )
+        };
+        let Some(pod_index) = result
+            .interfaces
+            .iter()
+            .position(|i| i.name == attachment.ifname && Path::new(&i.sandbox) == netns_path)
+        else {
+            return Err(mismatch(vec![format!(
+                "prevResult has no interface {} in sandbox {}",
+                attachment.ifname,
+                netns_path.display()
+            )]));
+        };
+        let host_name = host_if_name(&self.conf.name, &attachment);
+        let host_mac = result
+            .interfaces
+            .iter()
+            .find(|i| i.name == host_name && i.sandbox.is_empty())
+            .map(|i| i.mac.clone())
+            .unwrap_or_default();
+        let ips: Vec<Cidr> = result
+            .ips
+            .iter()
+            .filter(|ip| ip.interface == Some(pod_index))
+            .map(|ip| Cidr::host(ip.address.addr()))
+            .collect();
+        let (netns_path, netns_file) = match self.open_netns() {
+            Ok(ns) => ns,
+            Err(e) => return Err(mismatch(vec![e.msg])),
+        };
+        let extra_routes = self.extra_routes();
+        let mut host = Netlink::open().map_err(internal)?;
+        let mut diffs = network::check(
+            &mut host,
+            &Expected {
+                network: &self.conf.name,
+                attachment: &attachment,
+                netns_path: &netns_path,
+                netns: &netns_file,
+                pod_mac: &result.interfaces[pod_index].mac,
+                host_mac: &host_mac,
+                ips: &ips,
+                extra_routes: &extra_routes,
+            },
+        )
+        .map_err(internal)?;
+        if self.conf.builtin_ipam() {
+            let mut allocated: Vec<String> = self
+                .store()
+                .lookup(&attachment)
+                .map_err(|e| ipam_error(&e))?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let mut expected: Vec<String> = ips.iter().map(|ip| ip.addr().to_string()).collect();
+            allocated.sort();
+            expected.sort();
+            if allocated != expected {
+                diffs.push(format!(
+                    "the IPAM store holds [{}] for {}/{}, the result says [{}]",
+                    allocated.join(", "),
+                    attachment.container_id,
+                    attachment.ifname,
+                    expected.join(", ")
+                ));
+            }
+        } else {
+            let delegate = self.delegate()?;
+            let version = delegate.negotiate(self.version)?;
+            if version >= CniVersion::V0_4_0
+                && let Err(e) = delegate.call("CHECK", self.raw, version)
+            {
+                diffs.push(e.to_string());
+            }
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(mismatch(diffs))
+        }
+    }
+
+    fn gc(&self) -> Result<(), CniError> {
+        let Some(valid) = self.conf.gc_attachments() else {
+            warn!("GC without cni.dev/valid-attachments: nothing is removed");
+            return Ok(());
+        };
+        let valid: HashSet<Attachment> = valid.iter().cloned().collect();
+        let mut host = Netlink::open().map_err(internal)?;
+        let mut stale: Vec<(crate::netlink::Link, Attachment)> =
+            network::host_interfaces(&mut host, &self.conf.name).map_err(internal)?;
+        if self.conf.builtin_ipam() {
+            // An ADD killed between creating the pair and labelling it left a link without alias;
+            // its name follows from the attachment its address record names.
+            for record in self.store().list().map_err(|e| ipam_error(&e))? {
+                if valid.contains(&record.attachment)
+                    || stale.iter().any(|(_, a)| a == &record.attachment)
+                {
+                    continue;
+                }
+                let name = host_if_name(&self.conf.name, &record.attachment);
+                if let Some(link) = host.link_by_name(&name).map_err(internal)? {
+                    stale.push((link, record.attachment));
+                }
+            }
+        }
+        for (link, attachment) in stale {
+            if valid.contains(&attachment) {
+                continue;
+            }
+            info!(link = %link.name, container = %attachment.container_id, ifname = %attachment.ifname, "GC: removing a stale interface");
+            host.delete_link(link.index).map_err(internal)?;
+            if let Err(e) = self.agent_call(RequestBody::Unregister {
+                network: self.conf.name.clone(),
+                container_id: attachment.container_id.clone(),
+                if_name: attachment.ifname.clone(),
+            }) {
+                warn!(error = %e, "GC: unregistering from the gannet agent failed");
+            }
+        }
+        if self.conf.builtin_ipam() {
+            let released = self.store().gc(&valid).map_err(|e| ipam_error(&e))?;
+            for r in released {
+                info!(ip = %r.ip, container = %r.attachment.container_id, ifname = %r.attachment.ifname, "GC: released");
+            }
+        } else {
+            let delegate = self.delegate()?;
+            let version = delegate.negotiate(self.version)?;
+            if version >= CniVersion::V1_1_0 {
+                delegate.call("GC", self.raw, version)?;
+            } else {
+                info!(plugin = %self.conf.ipam_type(), "the IPAM plugin predates GC; skipped");
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        if self.conf.builtin_ipam() {
+            let pool = self.pool().map_err(|e| {
+                CniError::new(
+                    code::PLUGIN_NOT_AVAILABLE,
+                    format!("no address pool: {}", e.msg),
+                )
+            })?;
+            if pool.ranges.is_empty() {
+                return Err(CniError::new(
+                    code::PLUGIN_NOT_AVAILABLE,
+                    "no address pool configured",
+                ));
+            }
+        } else {
+            let delegate = self
+                .delegate()
+                .map_err(|e| CniError::new(code::PLUGIN_NOT_AVAILABLE, e.msg))?;
+            let version = delegate.negotiate(self.version)?;
+            if version >= CniVersion::V1_1_0 {
+                delegate.call("STATUS", self.raw, version)?;
+            }
+        }
+        if let Err(e) = self.agent_call(RequestBody::Status) {
+            return Err(CniError::new(
+                code::PLUGIN_NOT_AVAILABLE,
+                format!("the gannet agent is not ready: {e}"),
+            ));
+        }
+        Ok(())
+    }
+}
