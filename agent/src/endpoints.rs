@@ -266,3 +266,9 @@ pub fn cleanup(state_dir: &Path) -> Result<usize, crate::datapath::DataPathError
     let _ = fs::remove_dir(state_dir);
     Ok(removed)
 }
+
+/// Whether a gannetd answers on the CNI socket of `state_dir`.
+#[must_use]
+pub fn agent_running(state_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(state_dir.join(SOCKET)).is_ok()
+}

@@ -81,6 +81,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE as u8);
                 }
             };
+            if endpoints::agent_running(&config.state_dir) {
+                error!(
+                    state_dir = %config.state_dir.display(),
+                    "gannetd is still running (its CNI socket answers): stop it before cleanup"
+                );
+                return ExitCode::FAILURE;
+            }
             match datapath::cleanup(&config.bpf_root)
                 .and_then(|r| endpoints::cleanup(&config.state_dir).map(|s| r.len() + s))
             {

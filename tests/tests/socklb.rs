@@ -510,6 +510,18 @@ fn cleanup_detaches_everything() {
         &c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]),
         "before cleanup",
     );
+    let refused = c
+        .agent
+        .cleanup()
+        .expect_err("cleanup must refuse while gannetd runs");
+    assert!(
+        refused.to_string().contains("still running"),
+        "the refusal must say why: {refused:#}"
+    );
+    assert!(
+        c.agent.bpf_root().exists(),
+        "a refused cleanup removes nothing"
+    );
     c.agent.stop(libc::SIGTERM).unwrap();
     // SIGTERM leaves the data plane running.
     assert_all_ok(
