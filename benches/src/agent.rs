@@ -1,0 +1,282 @@
+//! gannetd under the harness's control: started on the benchmark's own cgroup and bpffs directory,
+//! fed through a manifest directory, stopped and cleaned up by a guard.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use gannet_testkit::{Cgroup, ChildGuard, cgroup2_root, run_in, spawn};
+
+use crate::util::check_interrupted;
+
+/// The log line gannetd writes once its programs are attached.
+const ATTACHED: &str = "socket load balancer attached";
+/// The log line gannetd writes after applying a change of the manifests.
+const SYNCED: &str = "services synced";
+/// How long gannetd may take to load and attach its programs.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long gannetd may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `gannetd cleanup` may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often gannetd scans the manifest directory (its `--sync-interval-ms`).
+pub const SYNC_INTERVAL_MS: u64 = 50;
+
+/// The bpffs directory of this process's gannetd: `/sys/fs/bpf/gannet-bench-<pid>`.
+#[must_use]
+pub fn bpf_root() -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/gannet-bench-{}", std::process::id()))
+}
+
+/// A running gannetd; dropping it stops it (SIGTERM, then SIGKILL) and runs `gannetd cleanup`.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<ChildGuard>,
+    gannetd: PathBuf,
+    bpf_root: PathBuf,
+    cgroup: PathBuf,
+    /// How many bytes of gannetd's stderr have been looked at for sync lines.
+    log_seen: usize,
+}
+
+/// What one "services synced" line reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SyncReport {
+    added: u64,
+    updated: u64,
+    unchanged: u64,
+    removed: u64,
+    failed: u64,
+}
+
+impl Agent {
+    /// Starts `gannetd` attached to `cgroup`, serving `manifest_dir`, and waits until its programs
+    /// are attached.
+    ///
+    /// # Errors
+    /// If `cgroup` is the cgroup v2 root (never attach there), a stale bpffs directory is in the
+    /// way, or gannetd does not come up.
+    pub fn start(gannetd: &Path, cgroup: &Cgroup, manifest_dir: &Path) -> anyhow::Result<Agent> {
+        let root = cgroup2_root()?;
+        ensure!(
+            cgroup.path() != root && cgroup.path().starts_with(&root),
+            "refusing to attach to {}: not a sub-directory of the cgroup v2 root {}",
+            cgroup.path().display(),
+            root.display()
+        );
+        let bpf_root = bpf_root();
+        ensure!(
+            !bpf_root.exists(),
+            "{} exists already (left by an earlier run?); remove it with `gannetd cleanup --bpf-root {}`",
+            bpf_root.display(),
+            bpf_root.display()
+        );
+        let mut cmd = Command::new(gannetd);
+        cmd.env("GANNET_LOG", "info")
+            .arg("--cgroup-path")
+            .arg(cgroup.path())
+            .arg("--bpf-root")
+            .arg(&bpf_root)
+            .arg("--manifest-dir")
+            .arg(manifest_dir)
+            .args(["--node-name", "bench", "--log-format", "json"])
+            .arg(format!("--sync-interval-ms={SYNC_INTERVAL_MS}"));
+        let child = spawn(cmd, None, None).context("starting gannetd")?;
+        // From here on the guard cleans up, also if gannetd never gets ready.
+        let mut agent = Agent {
+            child: Some(child),
+            gannetd: gannetd.to_path_buf(),
+            bpf_root,
+            cgroup: cgroup.path().to_path_buf(),
+            log_seen: 0,
+        };
+        agent.wait_for_log(ATTACHED, START_TIMEOUT)?;
+        Ok(agent)
+    }
+
+    fn child(&mut self) -> anyhow::Result<&mut ChildGuard> {
+        self.child.as_mut().context("gannetd was stopped")
+    }
+
+    fn wait_for_log(&mut self, message: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child()?;
+            let log = child.stderr_so_far();
+            if log.contains(message) {
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("gannetd exited ({status}) before logging {message:?}:\n{log}");
+            }
+            if Instant::now() >= deadline {
+                bail!("gannetd did not log {message:?} within {timeout:?}:\n{log}");
+            }
+            check_interrupted()?;
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until gannetd's latest sync report (since the last call) says that `expected`
+    /// services are programmed, and returns how long that took from `since`.
+    ///
+    /// # Errors
+    /// If gannetd reports failed services or exits, or `timeout` passes first.
+    pub fn wait_synced(
+        &mut self,
+        expected: u64,
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.log_seen;
+            let child = self.child()?;
+            let log = child.stderr_so_far();
+            let mut programmed = None;
+            let mut consumed = seen;
+            for line in log.get(seen..).unwrap_or_default().split_inclusive('\n') {
+                if !line.ends_with('\n') {
+                    break;
+                }
+                consumed += line.len();
+                if let Some(report) = parse_sync(line) {
+                    ensure!(
+                        report.failed == 0,
+                        "gannetd failed to program {} services: {line}",
+                        report.failed
+                    );
+                    programmed = Some(report.added + report.updated + report.unchanged);
+                }
+            }
+            if programmed == Some(expected) {
+                self.log_seen = consumed;
+                return Ok(since.elapsed());
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("gannetd exited ({status}) before programming {expected} services:\n{log}");
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "gannetd did not report {expected} programmed services within {timeout:?}:\n{}",
+                    tail(&log, 4000)
+                );
+            }
+            check_interrupted()?;
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops gannetd (SIGTERM, SIGKILL after a timeout) and removes its programs, links and pins
+    /// with `gannetd cleanup`. Idempotent.
+    ///
+    /// # Errors
+    /// If cleanup fails or leaves the bpffs directory behind.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(libc::SIGTERM);
+            // wait_output kills the child if it does not exit in time.
+            let _ = child.wait_output(STOP_TIMEOUT);
+        }
+        if !self.bpf_root.exists() {
+            return Ok(());
+        }
+        let mut cmd = Command::new(&self.gannetd);
+        cmd.arg("cleanup")
+            .arg("--bpf-root")
+            .arg(&self.bpf_root)
+            .arg("--cgroup-path")
+            .arg(&self.cgroup);
+        let output = run_in(cmd, None, None, CLEANUP_TIMEOUT).context("running gannetd cleanup")?;
+        if !output.status.success() || self.bpf_root.exists() {
+            // Last resort: unpinning the links detaches the programs.
+            let removed = fs::remove_dir_all(&self.bpf_root);
+            bail!(
+                "`gannetd cleanup --bpf-root {}` failed ({}): {}{}",
+                self.bpf_root.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim(),
+                match removed {
+                    Ok(()) => "; removed the directory instead".to_owned(),
+                    Err(err) => format!("; removing the directory failed too: {err}"),
+                }
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop() {
+            eprintln!("gannet-bench: stopping gannetd: {err:#}");
+        }
+    }
+}
+
+/// The counts of a JSON "services synced" log line.
+fn parse_sync(line: &str) -> Option<SyncReport> {
+    if !line.contains(SYNCED) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    let field = |name: &str| {
+        value
+            .get(name)
+            .or_else(|| value.get("fields").and_then(|f| f.get(name)))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let message = value
+        .get("message")
+        .or_else(|| value.get("fields").and_then(|f| f.get("message")))
+        .and_then(serde_json::Value::as_str)?;
+    (message == SYNCED).then(|| SyncReport {
+        added: field("added"),
+        updated: field("updated"),
+        unchanged: field("unchanged"),
+        removed: field("removed"),
+        failed: field("failed"),
+    })
+}
+
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_gannetds_json_sync_lines() {
+        let line = r#"{"timestamp":"2026-01-01T00:00:00Z","level":"INFO","added":1000,"updated":0,"removed":0,"unchanged":0,"failed":0,"message":"services synced","target":"gannet_agent::run"}"#;
+        assert_eq!(
+            parse_sync(line),
+            Some(SyncReport {
+                added: 1000,
+                ..SyncReport::default()
+            })
+        );
+        assert_eq!(
+            parse_sync(r#"{"message":"socket load balancer attached"}"#),
+            None
+        );
+        assert_eq!(parse_sync("services synced added=3"), None);
+    }
+
+    #[test]
+    fn bpf_root_is_per_process() {
+        assert_eq!(
+            bpf_root(),
+            PathBuf::from(format!("/sys/fs/bpf/gannet-bench-{}", std::process::id()))
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! PNG charts: one per metric, grouped bars (x: services programmed, bars: the four paths as a
+//! ratio to direct).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, anyhow, bail};
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::peer::Metric;
+use crate::report::{GOAL_CRR, GOAL_RR};
+use crate::results::{RunResult, Variant};
+
+/// Environment variable naming the TrueType font for the charts.
+pub const FONT_ENV: &str = "GANNET_BENCH_FONT";
+/// The font used when [`FONT_ENV`] is not set (Debian's `fonts-dejavu-core`).
+pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// The family name the font is registered under.
+const FAMILY: &str = "sans-serif";
+const SIZE: (u32, u32) = (1100, 620);
+
+/// The font file the charts will use.
+#[must_use]
+pub fn font_path() -> PathBuf {
+    std::env::var_os(FONT_ENV).map_or_else(|| PathBuf::from(DEFAULT_FONT), PathBuf::from)
+}
+
+/// Loads the chart font once; call it before a long run so a missing font fails early.
+///
+/// # Errors
+/// If the font file is missing or not a usable font; the message says how to install it.
+pub fn load_font() -> anyhow::Result<()> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let path = font_path();
+            let bytes = fs::read(&path).map_err(|err| {
+                format!(
+                    "chart font {}: {err}; install it with `apt-get install fonts-dejavu-core` \
+                     or point ${FONT_ENV} at a TrueType font",
+                    path.display()
+                )
+            })?;
+            // plotters keeps registered fonts for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font(FAMILY, FontStyle::Normal, bytes)
+                .map_err(|_| format!("chart font {}: not a usable TrueType font", path.display()))
+        })
+        .clone()
+        .map_err(|message| anyhow!(message))
+}
+
+fn color(variant: Variant) -> RGBColor {
+    match variant {
+        Variant::Direct => RGBColor(120, 120, 120),
+        Variant::Gannet => RGBColor(0, 114, 178),
+        Variant::KubeProxyNft => RGBColor(230, 159, 0),
+        Variant::KubeProxyIptables => RGBColor(213, 94, 0),
+    }
+}
+
+fn goal(metric: Metric) -> Option<f64> {
+    match metric {
+        Metric::Rr => Some(GOAL_RR),
+        Metric::Crr => Some(GOAL_CRR),
+        Metric::Stream => None,
+    }
+}
+
+/// Draws the chart of `metric` over `runs` into the PNG file `path`.
+///
+/// # Errors
+/// If the font cannot be loaded, there is nothing to draw, or drawing or writing fails.
+pub fn render(path: &Path, metric: Metric, runs: &[RunResult]) -> anyhow::Result<()> {
+    load_font()?;
+    if runs.is_empty() {
+        bail!("no results to chart");
+    }
+    draw(path, metric, runs).map_err(|err| anyhow!("drawing {}: {err}", path.display()))?;
+    fs::metadata(path).with_context(|| format!("{} was not written", path.display()))?;
+    Ok(())
+}
+
+fn draw(path: &Path, metric: Metric, runs: &[RunResult]) -> Result<(), Box<dyn std::error::Error>> {
+    let groups = runs.len();
+    let ratios: Vec<f64> = runs
+        .iter()
+        .flat_map(|run| {
+            Variant::ALL
+                .into_iter()
+                .filter_map(move |v| run.get(v, metric).and_then(|r| r.ratio_to_direct))
+        })
+        .collect();
+    // Headroom above the bars for the legend.
+    let top = ratios.iter().copied().fold(1.0_f64, f64::max) * 1.5;
+
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let labels: Vec<String> = runs
+        .iter()
+        .map(|run| {
+            let direct = run
+                .get(Variant::Direct, metric)
+                .map(|r| {
+                    format!(
+                        " (direct: {} {})",
+                        crate::report::format_value(metric, r.median),
+                        metric.unit()
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{} service{}{direct}",
+                crate::report::thousands(run.services as f64),
+                if run.services == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{metric}: {} — ratio to direct", metric.describe()),
+            (FAMILY, 22),
+        )
+        .margin(16)
+        .x_label_area_size(56)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..groups as f64, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        // Key points every 0.5: the group centres get the labels, the boundaries none.
+        .x_labels(2 * groups + 1)
+        .x_label_formatter(&|x| {
+            let centre = x - 0.5;
+            if (centre - centre.round()).abs() > 1e-6 || centre < 0.0 {
+                return String::new();
+            }
+            labels
+                .get(centre.round() as usize)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .x_desc("services programmed")
+        .y_desc("ratio to direct (higher is better)")
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .label_style((FAMILY, 16))
+        .axis_desc_style((FAMILY, 16))
+        .draw()?;
+
+    // The limit: direct = 1.
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (groups as f64, 1.0)],
+        BLACK.stroke_width(1),
+    )))?;
+    if let Some(goal) = goal(metric) {
+        let style = color(Variant::Gannet).stroke_width(2);
+        chart
+            .draw_series(std::iter::once(DashedPathElement::new(
+                vec![(0.0, goal), (groups as f64, goal)],
+                8,
+                6,
+                style,
+            )))?
+            .label(format!("gannet goal {goal:.2}×"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+
+    let slot = 0.8 / Variant::ALL.len() as f64;
+    let value_style = TextStyle::from((FAMILY, 14).into_font())
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
+    for (index, variant) in Variant::ALL.into_iter().enumerate() {
+        let fill = color(variant);
+        let bars: Vec<(f64, f64)> = runs
+            .iter()
+            .enumerate()
+            .filter_map(|(g, run)| {
+                let ratio = run.get(variant, metric)?.ratio_to_direct?;
+                Some((g as f64 + 0.1 + index as f64 * slot, ratio))
+            })
+            .collect();
+        chart
+            .draw_series(bars.iter().map(|&(x, ratio)| {
+                Rectangle::new(
+                    [(x + slot * 0.06, 0.0), (x + slot * 0.94, ratio)],
+                    fill.filled(),
+                )
+            }))?
+            .label(format!("{} ({})", variant.name(), variant.letter()))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], fill.filled()));
+        chart.draw_series(bars.iter().map(|&(x, ratio)| {
+            Text::new(
+                format!("{ratio:.2}"),
+                (x + slot / 2.0, ratio + top * 0.005),
+                value_style.clone(),
+            )
+        }))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FAMILY, 15))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

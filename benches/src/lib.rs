@@ -1,0 +1,18 @@
+//! gannet's benchmark harness: scenarios that compare gannet's socket-level service load balancing
+//! with the limit (no load balancer) and with kube-proxy's nftables and iptables rules, on a routed
+//! node built from network namespaces, and the reports they write.
+
+pub mod agent;
+pub mod chart;
+pub mod clusterip;
+pub mod kubeproxy;
+pub mod machine;
+pub mod peer;
+pub mod report;
+pub mod results;
+pub mod services;
+pub mod topology;
+pub mod util;
+
+// Used only by the `gannet-bench` binary; `unused_crate_dependencies` is checked per target.
+use clap as _;

@@ -1,0 +1,359 @@
+//! `gannet-bench`: runs a benchmark scenario and writes `results.json`, `results.md` and charts.
+#![expect(
+    unused_crate_dependencies,
+    reason = "the dependencies are the library's; this binary only calls into it"
+)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use gannet_bench::clusterip::{self, Tools};
+use gannet_bench::kubeproxy::{iptables, nft};
+use gannet_bench::peer::Metric;
+use gannet_bench::results::Results;
+use gannet_bench::services::{MAX_SERVICES, bench_services, manifests_yaml};
+use gannet_bench::util::{self, ScratchDir};
+use gannet_bench::{chart, machine, report};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// `EX_USAGE` from sysexits.h.
+const EXIT_USAGE: u8 = 64;
+/// The workspace the harness was built from (for building the binaries it needs and the commit).
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gannet-bench",
+    version,
+    about = "gannet's benchmarks: socket-level service load balancing against the limit and kube-proxy. Needs root."
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Client pod → ClusterIP → backend pod: direct, gannet, kube-proxy nftables and iptables
+    /// rules, at 1, 1 000 and 10 000 programmed services.
+    Clusterip(ClusterIpArgs),
+    /// Print what the clusterip scenario programs for N services: kube-proxy's nftables rules,
+    /// its iptables-restore input, or gannetd's manifests. Needs no root.
+    Rules(RulesArgs),
+}
+
+#[derive(Debug, Args)]
+struct RulesArgs {
+    /// What to print.
+    #[arg(value_enum)]
+    what: RulesKind,
+    /// Number of services (the last one is the measured one).
+    #[arg(long, default_value_t = 2)]
+    services: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RulesKind {
+    /// `nft -f` input (kube-proxy's nftables mode).
+    Nft,
+    /// `iptables-restore --noflush` input (kube-proxy's iptables mode).
+    Iptables,
+    /// Service and EndpointSlice YAML (gannetd's manifest directory).
+    Manifests,
+}
+
+fn print_rules(args: &RulesArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let services = bench_services(args.services, &clusterip::BACKEND_IPS)?;
+    let text = match args.what {
+        RulesKind::Nft => nft::ruleset(&services),
+        RulesKind::Iptables => iptables::restore_input(&services),
+        RulesKind::Manifests => manifests_yaml(&services),
+    };
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+struct ClusterIpArgs {
+    /// A short run (1 and 1 000 services, 2 rounds of 0.5 s): under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write results.json, results.md and the charts [default: bench-results/<UTC time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Numbers of services to measure at, comma-separated [default: 1,1000,10000; --quick: 1,1000].
+    #[arg(long, value_delimiter = ',')]
+    services: Option<Vec<usize>>,
+    /// Measurements of every path and metric per number of services [default: 3; --quick: 2].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Length of one measurement in seconds [default: 2; --quick: 0.5].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Seed of the random measurement order [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The CPU that every peer (client and servers) runs on [default: the last CPU].
+    #[arg(long, conflicts_with = "no_pin")]
+    cpu: Option<usize>,
+    /// Let the scheduler place the peers (results then depend on where it puts them).
+    #[arg(long)]
+    no_pin: bool,
+    /// Do not build gannetd and gannet-bench-peer first (done by default under `cargo run`).
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl ClusterIpArgs {
+    /// The scenario's configuration; every problem, each naming its flag, if any.
+    fn config(&self) -> Result<clusterip::Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let service_counts = self.services.clone().unwrap_or_else(|| {
+            if self.quick {
+                vec![1, 1000]
+            } else {
+                vec![1, 1000, 10_000]
+            }
+        });
+        if service_counts.is_empty() {
+            errors.push("--services: give at least one number".to_owned());
+        }
+        for &n in &service_counts {
+            if !(1..=MAX_SERVICES).contains(&n) {
+                errors.push(format!(
+                    "--services {n}: must be between 1 and {MAX_SERVICES}"
+                ));
+            }
+        }
+        let rounds = self.rounds.unwrap_or(if self.quick { 2 } else { 3 });
+        if rounds == 0 {
+            errors.push("--rounds 0: must be at least 1".to_owned());
+        }
+        let seconds = self.seconds.unwrap_or(if self.quick { 0.5 } else { 2.0 });
+        if !(0.05..=600.0).contains(&seconds) {
+            errors.push(format!("--seconds {seconds}: must be between 0.05 and 600"));
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let peer_cpu = if self.no_pin {
+            None
+        } else {
+            let cpu = self.cpu.unwrap_or(cpus - 1);
+            if cpu >= cpus {
+                errors.push(format!(
+                    "--cpu {cpu}: this machine has CPUs 0 to {}",
+                    cpus - 1
+                ));
+            }
+            Some(cpu)
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(clusterip::Config {
+            peer_cpu,
+            quick: self.quick,
+            service_counts,
+            rounds,
+            duration: Duration::from_secs_f64(seconds),
+            warmup: Duration::from_secs_f64(if self.quick { 0.1 } else { 0.2 }),
+            seed: self.seed.unwrap_or_else(util::clock_seed),
+        })
+    }
+}
+
+/// Checks what the run needs before anything is created, all problems at once.
+fn preflight() -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        problems.push(
+            "must run as root: it creates network namespaces and a cgroup and loads eBPF programs \
+             (sudo -E cargo run --release -p gannet-bench -- clusterip)"
+                .to_owned(),
+        );
+    }
+    for tool in ["ip", "nft", "iptables", "iptables-restore", "sysctl"] {
+        if machine::which(tool).is_none() {
+            problems.push(format!(
+                "`{tool}` is not on the PATH (Debian: apt-get install iproute2 nftables iptables procps)"
+            ));
+        }
+    }
+    if let Err(err) = gannet_testkit::cgroup2_root() {
+        problems.push(format!("{err:#}"));
+    }
+    if let Err(err) = chart::load_font() {
+        problems.push(format!("{err:#}"));
+    }
+    if !problems.is_empty() {
+        bail!("cannot run:\n  {}", problems.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Under `cargo run`, builds gannetd and gannet-bench-peer with the profile this binary has.
+fn build_binaries() -> anyhow::Result<()> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    let profile = exe
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|name| name.to_str())
+        .unwrap_or("debug");
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(Path::new(WORKSPACE).join("Cargo.toml"));
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    cmd.args(["-p", "gannet-agent", "-p", "gannet-bench", "--bins"]);
+    eprintln!("gannet-bench: building gannetd and gannet-bench-peer ({profile})");
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building gannetd and gannet-bench-peer failed ({status})");
+    }
+    Ok(())
+}
+
+/// The binaries next to this one (or in `$GANNET_BIN_DIR`).
+fn tools() -> anyhow::Result<Tools> {
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    let dir = std::env::var_os(gannet_testkit::BIN_DIR_ENV).map(PathBuf::from);
+    let find = |name: &str, build: &str| {
+        gannet_testkit::find_bin(name, dir.as_deref(), &exe)
+            .with_context(|| format!("{name} is needed; build it with `{build}`"))
+    };
+    Ok(Tools {
+        gannetd: find("gannetd", "cargo build --release -p gannet-agent")?,
+        peer: find("gannet-bench-peer", "cargo build --release -p gannet-bench")?,
+    })
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:30.cyan/blue}] {pos}/{len} measurements  {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn write_reports(out: &Path, results: &Results) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let json = out.join("results.json");
+    fs::write(&json, serde_json::to_string_pretty(results)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    written.push(json);
+    let mut charts = Vec::new();
+    for metric in Metric::ALL {
+        let file = format!("{metric}.png");
+        let path = out.join(&file);
+        chart::render(&path, metric, &results.runs)?;
+        charts.push((metric, file));
+        written.push(path);
+    }
+    let md = out.join("results.md");
+    fs::write(&md, report::render(results, &charts))
+        .with_context(|| format!("writing {}", md.display()))?;
+    written.push(md);
+    Ok(written)
+}
+
+fn clusterip(args: &ClusterIpArgs, config: &clusterip::Config) -> anyhow::Result<()> {
+    preflight()?;
+    if !args.no_build {
+        build_binaries()?;
+    }
+    let tools = tools()?;
+    let started = SystemTime::now();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("bench-results").join(util::compact_timestamp(started)));
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let machine = machine::collect(Some(Path::new(WORKSPACE)));
+    let clock = Instant::now();
+
+    let progress = progress_bar(config.measurements());
+    let scratch = ScratchDir::new()?;
+    let mut warnings = Vec::new();
+    let outcome = clusterip::run(config, &tools, &progress, scratch.path(), &mut warnings);
+    progress.finish_and_clear();
+    drop(scratch);
+    let runs = outcome?;
+
+    let results = Results {
+        scenario: "clusterip",
+        started_at: util::rfc3339(started),
+        wall_seconds: clock.elapsed().as_secs_f64(),
+        settings: config.settings(),
+        machine,
+        runs,
+        warnings,
+    };
+    let written = write_reports(&out, &results)?;
+    for warning in &results.warnings {
+        eprintln!("gannet-bench: warning: {warning}");
+    }
+    eprintln!(
+        "gannet-bench: clusterip done in {:.0} s; wrote {}",
+        results.wall_seconds,
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::catch_interrupts();
+    match &cli.scenario {
+        Scenario::Rules(args) => match print_rules(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("gannet-bench: {err:#}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Scenario::Clusterip(args) => {
+            let config = match args.config() {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("gannet-bench: invalid arguments:");
+                    for error in errors {
+                        eprintln!("  {error}");
+                    }
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match clusterip(args, &config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("gannet-bench: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
