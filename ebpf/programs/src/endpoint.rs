@@ -7,9 +7,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
     programs::TcContext,
 };
-use gannet_common::{
-    DEFAULT_MAX_ENDPOINTS, EndpointKey, EndpointStats, EndpointValue,
-};
+use gannet_common::{DEFAULT_MAX_ENDPOINTS, EndpointKey, EndpointStats, EndpointValue};
 
 use crate::packet;
 
@@ -78,7 +76,10 @@ pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
     }
     count(peer.ifindex, Direction::ToPod, len);
     // SAFETY: helper valid at tc ingress; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
-    #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* verdicts fit in i32")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "TC_ACT_* verdicts fit in i32"
+    )]
     let verdict = unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32;
     verdict
 }

@@ -3,7 +3,10 @@
 #![no_std]
 #![cfg_attr(
     target_arch = "bpf",
-    expect(unused_crate_dependencies, reason = "build-std links compiler_builtins into every crate")
+    expect(
+        unused_crate_dependencies,
+        reason = "build-std links compiler_builtins into every crate"
+    )
 )]
 
 // The binaries use these; the library only exists as the build-dependency anchor.
