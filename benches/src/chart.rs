@@ -20,8 +20,8 @@ pub const FONT_ENV: &str = "GANNET_BENCH_FONT";
 /// The font used when [`FONT_ENV`] is not set (Debian's `fonts-dejavu-core`).
 pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 /// The family name the font is registered under.
-const FAMILY: &str = "sans-serif";
-const SIZE: (u32, u32) = (1100, 620);
+pub(crate) const FAMILY: &str = "sans-serif";
+pub(crate) const SIZE: (u32, u32) = (1100, 620);
 
 /// The font file the charts will use.
 #[must_use]

@@ -1,10 +1,12 @@
 //! gannet's benchmark harness: scenarios that compare gannet's socket-level service load balancing
 //! with the limit (no load balancer) and with kube-proxy's nftables and iptables rules, on a routed
-//! node built from network namespaces, and the reports they write.
+//! node built from network namespaces; gannet-cni's ADD/DEL latency next to the reference CNI
+//! plugins; and the reports they write.
 
 pub mod agent;
 pub mod chart;
 pub mod clusterip;
+pub mod cni;
 pub mod kubeproxy;
 pub mod machine;
 pub mod peer;

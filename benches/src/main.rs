@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use gannet_bench::clusterip::{self, Tools};
+use gannet_bench::cni::{self, rootns};
 use gannet_bench::kubeproxy::{iptables, nft};
 use gannet_bench::peer::Metric;
 use gannet_bench::results::Results;
@@ -41,6 +42,9 @@ enum Scenario {
     /// Client pod → ClusterIP → backend pod: direct, gannet, kube-proxy nftables and iptables
     /// rules, at 1, 1 000 and 10 000 programmed services.
     Clusterip(ClusterIpArgs),
+    /// CNI ADD and DEL latency and pods per second: gannet-cni next to the reference bridge +
+    /// host-local plugins, for 200 pods each.
+    Cni(CniArgs),
     /// Print what the clusterip scenario programs for N services: kube-proxy's nftables rules,
     /// its iptables-restore input, or gannetd's manifests. Needs no root.
     Rules(RulesArgs),
@@ -166,29 +170,112 @@ impl ClusterIpArgs {
     }
 }
 
-/// Checks what the run needs before anything is created, all problems at once.
-fn preflight() -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+struct CniArgs {
+    /// A short run: 50 pods per plugin.
+    #[arg(long)]
+    quick: bool,
+    /// Pods per plugin [default: 200; --quick: 50].
+    #[arg(long)]
+    pods: Option<usize>,
+    /// Where to write results.json, results.md and the chart [default: bench-results/<UTC time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Pods per round and plugin (× the concurrency above 1).
+    #[arg(long, default_value_t = 10)]
+    round_size: usize,
+    /// Also measure with this many invocations of a plugin at a time (1: sequential only).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seed of the random plugin order of the rounds [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The directory with the reference plugins `bridge` and `host-local`.
+    #[arg(long, default_value = cni::REFERENCE_DIR)]
+    reference_dir: PathBuf,
+    /// Do not build gannet-cni first (done by default under `cargo run`).
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl CniArgs {
+    /// The scenario's configuration; every problem, each naming its flag, if any.
+    fn config(&self) -> Result<cni::Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let pods = self.pods.unwrap_or(if self.quick { 50 } else { 200 });
+        if !(1..=cni::MAX_PODS).contains(&pods) {
+            errors.push(format!(
+                "--pods {pods}: must be between 1 and {} (both plugins take addresses from a /24)",
+                cni::MAX_PODS
+            ));
+        }
+        if !(1..=1000).contains(&self.round_size) {
+            errors.push(format!(
+                "--round-size {}: must be between 1 and 1000",
+                self.round_size
+            ));
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            errors.push(format!(
+                "--concurrency {}: must be between 1 and 64",
+                self.concurrency
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut concurrency = vec![1];
+        if self.concurrency > 1 {
+            concurrency.push(self.concurrency);
+        }
+        Ok(cni::Config {
+            quick: self.quick,
+            pods,
+            round_size: self.round_size,
+            concurrency,
+            seed: self.seed.unwrap_or_else(util::clock_seed),
+        })
+    }
+}
+
+/// Checks what a run needs before anything is created, all problems at once: root, `tools` on
+/// the PATH, cgroup v2 if `cgroup`, the chart font, and `files`.
+fn preflight(
+    scenario: &str,
+    tools: &[&str],
+    cgroup: bool,
+    files: &[(&Path, &str)],
+) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        problems.push(
-            "must run as root: it creates network namespaces and a cgroup and loads eBPF programs \
-             (sudo -E cargo run --release -p gannet-bench -- clusterip)"
-                .to_owned(),
-        );
+        problems.push(format!(
+            "must run as root: it creates network namespaces{} \
+             (sudo -E cargo run --release -p gannet-bench -- {scenario})",
+            if cgroup {
+                " and a cgroup and loads eBPF programs"
+            } else {
+                " and runs CNI plugins in them"
+            }
+        ));
     }
-    for tool in ["ip", "nft", "iptables", "iptables-restore", "sysctl"] {
+    for tool in tools {
         if machine::which(tool).is_none() {
             problems.push(format!(
                 "`{tool}` is not on the PATH (Debian: apt-get install iproute2 nftables iptables procps)"
             ));
         }
     }
-    if let Err(err) = gannet_testkit::cgroup2_root() {
+    if cgroup && let Err(err) = gannet_testkit::cgroup2_root() {
         problems.push(format!("{err:#}"));
     }
     if let Err(err) = chart::load_font() {
         problems.push(format!("{err:#}"));
+    }
+    for (file, hint) in files {
+        if !file.is_file() {
+            problems.push(format!("{} is missing ({hint})", file.display()));
+        }
     }
     if !problems.is_empty() {
         bail!("cannot run:\n  {}", problems.join("\n  "));
@@ -196,8 +283,8 @@ fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Under `cargo run`, builds gannetd and gannet-bench-peer with the profile this binary has.
-fn build_binaries() -> anyhow::Result<()> {
+/// Under `cargo run`, builds `packages`' binaries with the profile this binary has.
+fn build_binaries(packages: &[&str], what: &str) -> anyhow::Result<()> {
     let Some(cargo) = std::env::var_os("CARGO") else {
         return Ok(());
     };
@@ -220,11 +307,14 @@ fn build_binaries() -> anyhow::Result<()> {
             cmd.args(["--profile", other]);
         }
     }
-    cmd.args(["-p", "gannet-agent", "-p", "gannet-bench", "--bins"]);
-    eprintln!("gannet-bench: building gannetd and gannet-bench-peer ({profile})");
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    cmd.arg("--bins");
+    eprintln!("gannet-bench: building {what} ({profile})");
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
-        bail!("building gannetd and gannet-bench-peer failed ({status})");
+        bail!("building {what} failed ({status})");
     }
     Ok(())
 }
@@ -243,12 +333,12 @@ fn tools() -> anyhow::Result<Tools> {
     })
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
+fn progress_bar(total: u64, unit: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] [{bar:30.cyan/blue}] {pos}/{len} measurements  {wide_msg}",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {unit}  {{wide_msg}}"
+        ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
@@ -278,9 +368,17 @@ fn write_reports(out: &Path, results: &Results) -> anyhow::Result<Vec<PathBuf>> 
 }
 
 fn clusterip(args: &ClusterIpArgs, config: &clusterip::Config) -> anyhow::Result<()> {
-    preflight()?;
+    preflight(
+        "clusterip",
+        &["ip", "nft", "iptables", "iptables-restore", "sysctl"],
+        true,
+        &[],
+    )?;
     if !args.no_build {
-        build_binaries()?;
+        build_binaries(
+            &["gannet-agent", "gannet-bench"],
+            "gannetd and gannet-bench-peer",
+        )?;
     }
     let tools = tools()?;
     let started = SystemTime::now();
@@ -292,7 +390,7 @@ fn clusterip(args: &ClusterIpArgs, config: &clusterip::Config) -> anyhow::Result
     let machine = machine::collect(Some(Path::new(WORKSPACE)));
     let clock = Instant::now();
 
-    let progress = progress_bar(config.measurements());
+    let progress = progress_bar(config.measurements(), "measurements");
     let scratch = ScratchDir::new()?;
     let mut warnings = Vec::new();
     let outcome = clusterip::run(config, &tools, &progress, scratch.path(), &mut warnings);
@@ -325,6 +423,103 @@ fn clusterip(args: &ClusterIpArgs, config: &clusterip::Config) -> anyhow::Result
     Ok(())
 }
 
+fn write_cni_reports(out: &Path, results: &cni::results::Results) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let json = out.join("results.json");
+    fs::write(&json, serde_json::to_string_pretty(results)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    written.push(json);
+    let chart_file = "latency.png";
+    let chart_path = out.join(chart_file);
+    cni::chart::render(&chart_path, &results.phases)?;
+    written.push(chart_path);
+    let md = out.join("results.md");
+    fs::write(&md, cni::report::render(results, Some(chart_file)))
+        .with_context(|| format!("writing {}", md.display()))?;
+    written.push(md);
+    Ok(written)
+}
+
+fn cni_tools(args: &CniArgs) -> anyhow::Result<cni::Tools> {
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    let dir = std::env::var_os(gannet_testkit::BIN_DIR_ENV).map(PathBuf::from);
+    Ok(cni::Tools {
+        gannet_cni: gannet_testkit::find_bin("gannet-cni", dir.as_deref(), &exe)
+            .context("gannet-cni is needed; build it with `cargo build --release -p gannet-cni`")?,
+        reference_dir: args.reference_dir.clone(),
+    })
+}
+
+fn cni(args: &CniArgs, config: &cni::Config) -> anyhow::Result<()> {
+    let bridge = args.reference_dir.join("bridge");
+    let host_local = args.reference_dir.join("host-local");
+    let hint = "Debian: apt-get install containernetworking-plugins, or --reference-dir";
+    preflight(
+        "cni",
+        &["ip", "nft", "readlink"],
+        false,
+        &[(&bridge, hint), (&host_local, hint)],
+    )?;
+    if !args.no_build {
+        build_binaries(&["gannet-cni"], "gannet-cni")?;
+    }
+    let tools = cni_tools(args)?;
+    let started = SystemTime::now();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("bench-results").join(util::compact_timestamp(started)));
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let machine = machine::collect(Some(Path::new(WORKSPACE)));
+    let before = rootns::take().context("reading the root network namespace")?;
+    let clock = Instant::now();
+
+    let progress = progress_bar(config.invocations(), "invocations");
+    let scratch = ScratchDir::new()?;
+    let plugins = cni::plugin_infos(&tools, scratch.path(), &machine.gannet_commit);
+    let outcome = cni::run(config, &tools, &progress, scratch.path());
+    progress.finish_and_clear();
+    drop(scratch);
+    let after = rootns::take().context("reading the root network namespace again")?;
+    let differences = rootns::differences(&before, &after);
+    let phases = outcome?;
+
+    let results = cni::results::Results {
+        scenario: "cni",
+        started_at: util::rfc3339(started),
+        wall_seconds: clock.elapsed().as_secs_f64(),
+        settings: config.settings(),
+        machine,
+        plugins,
+        phases,
+        root_namespace: cni::results::RootCheck {
+            in_init_netns: rootns::in_init_netns(),
+            links: before.links.clone(),
+            nft_ruleset_lines: before.nft_ruleset.lines().count(),
+            sysctls_compared: before.sysctls.len(),
+            differences,
+        },
+        warnings: Vec::new(),
+    };
+    let written = write_cni_reports(&out, &results)?;
+    eprintln!(
+        "gannet-bench: cni done in {:.0} s; wrote {}",
+        results.wall_seconds,
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !results.root_namespace.differences.is_empty() {
+        bail!(
+            "the root network namespace changed during the run:\n  {}",
+            results.root_namespace.differences.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     util::catch_interrupts();
@@ -348,6 +543,25 @@ fn main() -> ExitCode {
                 }
             };
             match clusterip(args, &config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("gannet-bench: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Scenario::Cni(args) => {
+            let config = match args.config() {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("gannet-bench: invalid arguments:");
+                    for error in errors {
+                        eprintln!("  {error}");
+                    }
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match cni(args, &config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("gannet-bench: {err:#}");
