@@ -1,0 +1,32 @@
+//! gannet-control's API: the protobuf services (generated at build time from `proto/`), the
+//! Kubernetes objects they carry, and a client for gannetctl and agents.
+//!
+//! - [`pb`]: the generated messages, clients and servers (`gannet.control.v1`);
+//! - [`Object`] and [`Kind`]: the four kinds served, as k8s-openapi types, and their framing;
+//! - [`Client`]: one method per RPC; [`ListWatch`]: list, then watch, resume, relist.
+
+mod client;
+mod object;
+mod problem;
+
+/// The generated protobuf messages and tonic services.
+#[expect(
+    clippy::doc_markdown,
+    clippy::default_trait_access,
+    clippy::too_many_lines,
+    reason = "generated code"
+)]
+pub mod pb {
+    tonic::include_proto!("gannet.control.v1");
+}
+
+pub use client::{
+    Applied, Auth, Change, Client, ClientError, Credentials, DEFAULT_SOCKET, DeleteOptions,
+    EventType, ListWatch, MAX_MESSAGE_SIZE, NodeRegistration, ObjectList, Outcome, Registered,
+    SERVER_ENV, ServerAddr, WatchEvent, WatchStream,
+};
+pub use object::{ConvertError, DEFAULT_NAMESPACE, Kind, Object, Typed, object_label};
+pub use problem::{MAX_PROBLEMS, Problem, invalid_status, problems_of};
+
+// The generated code names `tonic_prost::ProstCodec`.
+use tonic_prost as _;

@@ -1,0 +1,561 @@
+//! Command line of gannet-control, parsed and validated in one place. Every problem is collected
+//! and reported together; bad configuration exits with status 64 (`EX_USAGE`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+use crate::alloc::{Family, PodNetwork};
+use crate::certs;
+use crate::controller::nodes::Lifecycle;
+use crate::registry::Network;
+use crate::server::{Listen, Options, TlsMaterial};
+
+/// `EX_USAGE` from sysexits.h.
+pub const EXIT_USAGE: u8 = 64;
+/// The embedded store's file in `--data-dir`.
+pub const STORE_FILE: &str = "control.redb";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gannet-control",
+    version,
+    about = "gannet's compact control plane: Services, EndpointSlices, Pods and Nodes over gRPC",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Write a CA, a server certificate, an agent client certificate and gannetctl's token.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Directory of the embedded store (`control.redb`); unused with --etcd-endpoints.
+    #[arg(
+        long,
+        default_value = "/var/lib/gannet/control",
+        env = "GANNET_CONTROL_DATA_DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Where to serve: `unix:PATH` (mode --socket-mode), or `HOST:PORT` (TLS; plain only with
+    /// --insecure on loopback). Repeatable.
+    #[arg(long, default_value = "unix:/run/gannet/control.sock")]
+    pub listen: Vec<String>,
+    /// Pod network(s), at most one IPv4 and one IPv6, comma-separated; each node leases one subnet.
+    #[arg(long, value_delimiter = ',', default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Vec<String>,
+    /// Prefix length of each node's IPv4 pod subnet.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size_ipv4: u8,
+    /// Prefix length of each node's IPv6 pod subnet.
+    #[arg(long, default_value_t = 64)]
+    pub node_cidr_mask_size_ipv6: u8,
+    /// Service network(s) for cluster IPs, at most one IPv4 and one IPv6, comma-separated; the
+    /// first is the default family.
+    #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
+    pub service_cidr: Vec<String>,
+    /// Node ports are allocated from this range.
+    #[arg(long, default_value = "30000-32767")]
+    pub node_port_range: String,
+    /// Store everything in etcd v3 (comma-separated `http://HOST:PORT`) instead of --data-dir:
+    /// several gannet-control replicas can then serve one cluster.
+    #[arg(long, value_delimiter = ',', env = "GANNET_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/gannet/")]
+    pub etcd_prefix: String,
+    /// TLS material for TCP listeners, as `gannet-control certs` writes it (server.pem,
+    /// server-key.pem, ca.pem for agents' client certificates, token for gannetctl).
+    #[arg(long, default_value = "/etc/gannet/pki")]
+    pub tls_dir: PathBuf,
+    /// Serve TCP listeners without TLS or authentication (loopback addresses only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Mode of unix sockets (octal): who may connect is who may write the socket.
+    #[arg(long, default_value = "0660")]
+    pub socket_mode: String,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_interval_seconds: u64,
+    /// A node without a heartbeat for this long is `NotReady` (its pod CIDR lease has expired).
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_seconds: u64,
+    /// An expired pod CIDR lease is released after this many more seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub pod_cidr_release_grace_seconds: u64,
+    /// Revisions of history kept for watches to resume from (0: never compact).
+    #[arg(long, default_value_t = 10_000)]
+    pub history_revisions: u64,
+    /// Log format (level from `GANNET_LOG`, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long, default_value = "/etc/gannet/pki")]
+    pub out: PathBuf,
+    /// Names and addresses of the server certificate, comma-separated (default: localhost,
+    /// 127.0.0.1, `::1` and this host's name).
+    #[arg(long, value_delimiter = ',')]
+    pub host: Vec<String>,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Where objects are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Embedded {
+        path: PathBuf,
+    },
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+/// Validated configuration of `gannet-control run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub store: StoreConfig,
+    pub data_dir: PathBuf,
+    pub options: Options,
+}
+
+/// All configuration problems found, one per line, each naming its flag.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for error in &self.0 {
+            writeln!(f, "  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+fn parse_cidrs(flag: &str, values: &[String], errors: &mut Vec<String>) -> Vec<IpNet> {
+    let mut cidrs: Vec<IpNet> = Vec::new();
+    for value in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        match value.parse::<IpNet>() {
+            Ok(cidr) if cidr.network() != cidr.addr() => errors.push(format!(
+                "{flag} {value}: has host bits set (did you mean {}?)",
+                cidr.trunc()
+            )),
+            Ok(cidr) => {
+                if cidrs
+                    .iter()
+                    .any(|c| Family::of(c.addr()) == Family::of(cidr.addr()))
+                {
+                    errors.push(format!(
+                        "{flag} {value}: at most one {} CIDR",
+                        Family::of(cidr.addr()).name()
+                    ));
+                } else {
+                    cidrs.push(cidr);
+                }
+            }
+            Err(_) => errors.push(format!("{flag} {value}: not a CIDR (e.g. 10.96.0.0/12)")),
+        }
+    }
+    if cidrs.is_empty() && !values.is_empty() {
+        // Already reported.
+    } else if cidrs.is_empty() {
+        errors.push(format!("{flag}: at least one CIDR is required"));
+    }
+    cidrs
+}
+
+fn is_loopback_listener(listen: &Listen) -> bool {
+    match listen {
+        Listen::Unix(_) => true,
+        Listen::Tcp(addr) => addr.ip().is_loopback(),
+    }
+}
+
+fn read_file(dir: &Path, name: &str, errors: &mut Vec<String>) -> Option<Vec<u8>> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(error) => {
+            errors.push(format!(
+                "--tls-dir {}: cannot read {name}: {error} (write the files with `gannet-control certs --out {}`)",
+                dir.display(),
+                dir.display()
+            ));
+            None
+        }
+    }
+}
+
+impl RunArgs {
+    /// Checks every flag; reads the TLS material when a TCP listener needs it.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its flag.
+    pub fn validate(&self) -> Result<RunConfig, ConfigErrors> {
+        let mut errors = Vec::new();
+
+        let mut listen = Vec::new();
+        for text in &self.listen {
+            match text.parse::<Listen>() {
+                Ok(parsed) => listen.push(parsed),
+                Err(error) => errors.push(format!("--listen {error}")),
+            }
+        }
+        if listen.is_empty() && !self.listen.is_empty() {
+            // Reported above.
+        } else if listen.is_empty() {
+            errors.push("--listen: at least one listener is required".to_owned());
+        }
+        if self.insecure {
+            for bad in listen.iter().filter(|l| !is_loopback_listener(l)) {
+                errors.push(format!(
+                    "--insecure: {bad} is not a loopback address; plain TCP is only served on \
+                     127.0.0.1 or ::1 (drop --insecure to serve TLS)"
+                ));
+            }
+        }
+        let needs_tls = !self.insecure && listen.iter().any(|l| matches!(l, Listen::Tcp(_)));
+        let tls = if needs_tls {
+            let cert = read_file(&self.tls_dir, certs::SERVER_CERT, &mut errors);
+            let key = read_file(&self.tls_dir, certs::SERVER_KEY, &mut errors);
+            let ca = read_file(&self.tls_dir, certs::CA_CERT, &mut errors);
+            let token = std::fs::read_to_string(self.tls_dir.join(certs::TOKEN))
+                .ok()
+                .map(|token| token.trim().to_owned())
+                .filter(|token| !token.is_empty());
+            match (cert, key, ca) {
+                (Some(cert_pem), Some(key_pem), Some(client_ca_pem)) => Some(TlsMaterial {
+                    cert_pem,
+                    key_pem,
+                    client_ca_pem,
+                    token,
+                }),
+                _ => None,
+            }
+        } else {
+            None
+        };
+
+        let cluster_cidrs = parse_cidrs("--cluster-cidr", &self.cluster_cidr, &mut errors);
+        let mut pod_networks = Vec::new();
+        for cidr in cluster_cidrs {
+            let (flag, mask, max) = match cidr {
+                IpNet::V4(_) => (
+                    "--node-cidr-mask-size-ipv4",
+                    self.node_cidr_mask_size_ipv4,
+                    30,
+                ),
+                IpNet::V6(_) => (
+                    "--node-cidr-mask-size-ipv6",
+                    self.node_cidr_mask_size_ipv6,
+                    126,
+                ),
+            };
+            if mask < cidr.prefix_len() || mask > max {
+                errors.push(format!(
+                    "{flag} {mask}: must be between the cluster CIDR's prefix length ({}, {cidr}) and {max}",
+                    cidr.prefix_len()
+                ));
+            } else {
+                pod_networks.push(PodNetwork {
+                    cidr,
+                    node_prefix: mask,
+                });
+            }
+        }
+        let service_cidrs = parse_cidrs("--service-cidr", &self.service_cidr, &mut errors);
+        for cidr in &service_cidrs {
+            if cidr.max_prefix_len() - cidr.prefix_len() < 2 {
+                errors.push(format!(
+                    "--service-cidr {cidr}: too small to hold a cluster IP"
+                ));
+            }
+        }
+
+        let node_ports = match self
+            .node_port_range
+            .split_once('-')
+            .map(|(a, b)| (a.trim().parse::<u16>(), b.trim().parse::<u16>()))
+        {
+            Some((Ok(first), Ok(last))) if first >= 1 && first <= last => first..=last,
+            _ => {
+                errors.push(format!(
+                    "--node-port-range {}: must be FIRST-LAST with 1 <= FIRST <= LAST <= 65535 (e.g. 30000-32767)",
+                    self.node_port_range
+                ));
+                crate::alloc::DEFAULT_NODE_PORTS
+            }
+        };
+
+        let socket_mode = match u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => mode,
+            _ => {
+                errors.push(format!(
+                    "--socket-mode {}: must be an octal file mode such as 0660 or 0600",
+                    self.socket_mode
+                ));
+                0o660
+            }
+        };
+
+        let store = if self.etcd_endpoints.iter().any(|e| !e.trim().is_empty()) {
+            let mut endpoints = Vec::new();
+            for endpoint in self
+                .etcd_endpoints
+                .iter()
+                .map(|e| e.trim())
+                .filter(|e| !e.is_empty())
+            {
+                let hostport = endpoint
+                    .strip_prefix("http://")
+                    .or_else(|| endpoint.strip_prefix("https://").map(|_| ""))
+                    .unwrap_or(endpoint);
+                if endpoint.starts_with("https://") {
+                    errors.push(format!(
+                        "--etcd-endpoints {endpoint}: TLS to etcd is not supported yet; use http:// on a private network or loopback"
+                    ));
+                } else if hostport
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    errors.push(format!(
+                        "--etcd-endpoints {endpoint}: must be http://HOST:PORT or HOST:PORT"
+                    ));
+                } else {
+                    endpoints.push(endpoint.to_owned());
+                }
+            }
+            if !self.etcd_prefix.starts_with('/') {
+                errors.push(format!(
+                    "--etcd-prefix {}: must start with '/'",
+                    self.etcd_prefix
+                ));
+            }
+            StoreConfig::Etcd {
+                endpoints,
+                prefix: self.etcd_prefix.clone(),
+            }
+        } else {
+            if !self.data_dir.is_absolute() {
+                errors.push(format!(
+                    "--data-dir {}: must be an absolute path",
+                    self.data_dir.display()
+                ));
+            } else if self.data_dir.exists() && !self.data_dir.is_dir() {
+                errors.push(format!(
+                    "--data-dir {}: not a directory",
+                    self.data_dir.display()
+                ));
+            }
+            StoreConfig::Embedded {
+                path: self.data_dir.join(STORE_FILE),
+            }
+        };
+
+        for (flag, value) in [
+            (
+                "--heartbeat-interval-seconds",
+                self.heartbeat_interval_seconds,
+            ),
+            (
+                "--node-monitor-grace-seconds",
+                self.node_monitor_grace_seconds,
+            ),
+        ] {
+            if value == 0 {
+                errors.push(format!("{flag}: must be at least 1"));
+            }
+        }
+        if self.node_monitor_grace_seconds <= self.heartbeat_interval_seconds {
+            errors.push(format!(
+                "--node-monitor-grace-seconds {}: must be longer than --heartbeat-interval-seconds ({})",
+                self.node_monitor_grace_seconds, self.heartbeat_interval_seconds
+            ));
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let grace = Duration::from_secs(self.node_monitor_grace_seconds);
+        Ok(RunConfig {
+            store,
+            data_dir: self.data_dir.clone(),
+            options: Options {
+                listen,
+                insecure: self.insecure,
+                tls,
+                socket_mode,
+                network: Network {
+                    service_cidrs,
+                    pod_networks,
+                    node_ports,
+                },
+                heartbeat_interval: Duration::from_secs(self.heartbeat_interval_seconds),
+                lifecycle: Lifecycle {
+                    period: (grace / 8).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+                    grace,
+                    release_grace: Duration::from_secs(self.pod_cidr_release_grace_seconds),
+                },
+                compaction: (self.history_revisions > 0)
+                    .then(|| (Duration::from_secs(60), self.history_revisions)),
+            },
+        })
+    }
+}
+
+impl CertsArgs {
+    /// The server certificate's names: the given ones, or localhost, loopback and the host name.
+    #[must_use]
+    pub fn hosts(&self) -> Vec<String> {
+        let given: Vec<String> = self
+            .host
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if !given.is_empty() {
+            return given;
+        }
+        let mut hosts = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            let name = name.trim();
+            if !name.is_empty() && name != "localhost" {
+                hosts.push(name.to_owned());
+            }
+        }
+        hosts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["gannet-control"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("test flags parse").run
+    }
+
+    #[test]
+    fn defaults_make_a_one_machine_setup() {
+        let config = args(&[]).validate().expect("defaults are valid");
+        assert_eq!(
+            config.store,
+            StoreConfig::Embedded {
+                path: PathBuf::from("/var/lib/gannet/control/control.redb")
+            }
+        );
+        assert_eq!(
+            config.options.listen,
+            vec![Listen::Unix(PathBuf::from("/run/gannet/control.sock"))]
+        );
+        assert_eq!(config.options.network, Network::default());
+        assert_eq!(config.options.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_flag() {
+        let errors = args(&[
+            "--listen",
+            "0.0.0.0:7000",
+            "--insecure",
+            "--cluster-cidr",
+            "10.244.0.1/16,fd00::/48",
+            "--node-cidr-mask-size-ipv6",
+            "40",
+            "--service-cidr",
+            "nonsense",
+            "--node-port-range",
+            "9-2",
+            "--socket-mode",
+            "999",
+            "--etcd-endpoints",
+            "etcd-without-port",
+        ])
+        .validate()
+        .expect_err("all wrong")
+        .0;
+        let flags: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(' ').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            flags,
+            vec![
+                "--insecure:",
+                "--cluster-cidr",
+                "--node-cidr-mask-size-ipv6",
+                "--service-cidr",
+                "--node-port-range",
+                "--socket-mode",
+                "--etcd-endpoints",
+            ],
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn tls_listener_needs_the_certificates() {
+        let dir = std::env::temp_dir().join(format!("gannet-config-{}", std::process::id()));
+        let errors = args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            dir.to_str().expect("utf-8"),
+        ])
+        .validate()
+        .expect_err("no files")
+        .0;
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors[0].contains("server.pem"), "{errors:#?}");
+    }
+
+    #[test]
+    fn dual_stack_networks() {
+        let config = args(&[
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+            "--service-cidr",
+            "fd00:96::/108,10.96.0.0/16",
+        ])
+        .validate()
+        .expect("valid");
+        let network = config.options.network;
+        assert_eq!(network.pod_networks.len(), 2);
+        assert_eq!(network.pod_networks[1].node_prefix, 64);
+        assert_eq!(network.service_cidrs[0].to_string(), "fd00:96::/108");
+    }
+}

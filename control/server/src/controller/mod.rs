@@ -1,0 +1,4 @@
+//! Controllers: loops that keep derived objects in line with the objects they come from.
+
+pub mod endpoints;
+pub mod nodes;

@@ -1,0 +1,160 @@
+//! The node lifecycle controller: Ready → Unknown (`NotReady`) when an agent stops sending
+//! heartbeats, the pod CIDR lease released only after a further grace period, and terminating
+//! Pods removed once their grace period is over.
+//!
+//! Only nodes that have sent a heartbeat are watched over: a Node applied by hand, without an
+//! agent, keeps what it was given.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gannet_api::{Kind, Object};
+use k8s_openapi::api::core::v1::Node;
+
+use crate::registry::{ApiError, Registry, set_ready};
+
+/// When the lifecycle controller acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// How often nodes are checked.
+    pub period: Duration,
+    /// A node without a heartbeat for this long is `NotReady` (its lease has expired).
+    pub grace: Duration,
+    /// An expired lease's pod CIDRs are released after this much more.
+    pub release_grace: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            period: Duration::from_secs(5),
+            grace: Duration::from_secs(40),
+            release_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+fn last_heartbeat(node: &Node) -> Option<jiff::Timestamp> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?
+        .last_heartbeat_time
+        .as_ref()
+        .map(|time| time.0)
+}
+
+fn ready_status(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
+}
+
+fn has_pod_cidrs(node: &Node) -> bool {
+    node.spec.as_ref().is_some_and(|spec| {
+        spec.pod_cidrs.as_ref().is_some_and(|c| !c.is_empty()) || spec.pod_cidr.is_some()
+    })
+}
+
+/// Runs until the task is dropped.
+pub async fn run(registry: Arc<Registry>, lifecycle: Lifecycle) {
+    let mut ticker = tokio::time::interval(lifecycle.period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = check(&registry, lifecycle).await {
+            tracing::warn!(%error, "node lifecycle check failed");
+        }
+    }
+}
+
+/// One round over all nodes and terminating pods.
+///
+/// # Errors
+/// Store errors.
+pub async fn check(registry: &Registry, lifecycle: Lifecycle) -> Result<(), ApiError> {
+    let now = jiff::Timestamp::now();
+    let (nodes, _) = registry.list(Kind::Node, None).await?;
+    for object in nodes {
+        let Object::Node(node) = object else { continue };
+        let Some(heartbeat) = last_heartbeat(&node) else {
+            continue;
+        };
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let silent = now.duration_since(heartbeat);
+        let silent = Duration::try_from(silent).unwrap_or_default();
+        if silent < lifecycle.grace {
+            continue;
+        }
+        let revision: u64 = node
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or(0);
+        if silent >= lifecycle.grace + lifecycle.release_grace && has_pod_cidrs(&node) {
+            if registry.release_pod_cidrs(&node, revision).await? {
+                tracing::info!(
+                    node = name,
+                    silent_s = silent.as_secs(),
+                    "released the pod CIDR lease of a node gone silent"
+                );
+            }
+            continue;
+        }
+        if ready_status(&node) == Some("True") {
+            let mut next = (*node).clone();
+            set_ready(
+                &mut next,
+                "Unknown",
+                "NodeStatusUnknown",
+                "gannet agent stopped posting node status",
+                false,
+            );
+            match registry.update_status(Object::from(next)).await {
+                Ok(_) => tracing::info!(
+                    node = name,
+                    silent_s = silent.as_secs(),
+                    "node is NotReady: no heartbeat"
+                ),
+                Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    let (pods, _) = registry.list(Kind::Pod, None).await?;
+    for object in pods {
+        let Object::Pod(pod) = object else { continue };
+        let Some(deadline) = &pod.metadata.deletion_timestamp else {
+            continue;
+        };
+        if deadline.0 > now {
+            continue;
+        }
+        let revision = pod
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse().ok());
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match registry
+            .delete(Kind::Pod, &namespace, &name, revision, None)
+            .await
+        {
+            Ok(_) => tracing::debug!(
+                pod = format!("{namespace}/{name}"),
+                "terminating pod removed"
+            ),
+            Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}

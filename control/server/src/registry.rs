@@ -1,0 +1,1666 @@
+//! The API's semantics over a [`Store`]: objects stored as Kubernetes JSON under
+//! `registry/<resource>/<namespace>/<name>`, `resourceVersion` as the store revision, validation
+//! before anything is written, allocation of cluster IPs, node ports and pod CIDRs (one store key
+//! per allocated value under `alloc/`, claimed in the same transaction as the object), and
+//! optimistic concurrency: every write compares the revisions it read, so replicas sharing one
+//! etcd never overwrite each other's changes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gannet_api::{Kind, Object, Problem, object_label};
+use gannet_k8s::FieldProblem;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, Service, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::alloc::{
+    self, DEFAULT_NODE_PORTS, Family, PodNetwork, is_usable_cluster_ip, pick_cluster_ip,
+    pick_node_port,
+};
+use crate::store::{Compare, EventKind, EventStream, KeyValue, Op, Revision, Store, StoreError};
+use crate::validate::{VTEP_MAC_ANNOTATION, is_mac, problem, validate};
+
+/// Where a node's pod CIDRs are remembered after its lease was released, so that it gets them
+/// back if they are still free when it returns.
+pub const RELEASED_CIDRS_ANNOTATION: &str = "gannet.io/released-pod-cidrs";
+/// Store keys of objects start with this.
+pub const REGISTRY_PREFIX: &str = "registry/";
+const CLUSTER_IPS: &str = "alloc/clusterips/";
+const NODE_PORTS: &str = "alloc/nodeports/";
+const POD_CIDRS: &str = "alloc/podcidrs/";
+/// Writes retried after losing a race with another writer before giving up.
+const ATTEMPTS: usize = 16;
+/// From this many objects of one kind in a request on, the kind is listed rather than read one
+/// by one.
+const LIST_THRESHOLD: usize = 8;
+
+/// What the registry allocates from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    /// At most one per family; the first is the primary family of new Services.
+    pub service_cidrs: Vec<IpNet>,
+    /// At most one per family.
+    pub pod_networks: Vec<PodNetwork>,
+    pub node_ports: RangeInclusive<u16>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            service_cidrs: vec!["10.96.0.0/12".parse().expect("valid default")],
+            pod_networks: vec![PodNetwork {
+                cidr: "10.244.0.0/16".parse().expect("valid default"),
+                node_prefix: 24,
+            }],
+            node_ports: DEFAULT_NODE_PORTS,
+        }
+    }
+}
+
+/// Errors of the API, each one gRPC status code (see the `.proto`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{} problem(s), nothing applied", .0.len())]
+    Invalid(Vec<Problem>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Expired(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Compacted { .. } => Self::Expired(format!("{error}: list again")),
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// One change of a watched kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectEvent {
+    pub kind: EventKind,
+    /// Whether a put created the object.
+    pub created: bool,
+    /// With `resourceVersion` set to `revision` (for a delete: the last state).
+    pub object: Object,
+    pub revision: Revision,
+}
+
+/// The changes of one kind; all events of one revision come in one batch.
+#[derive(Debug)]
+pub struct ObjectWatch {
+    kind: Kind,
+    stream: EventStream,
+}
+
+impl ObjectWatch {
+    /// The next batch; `None` when the store went away.
+    pub async fn next(&mut self) -> Option<Result<Vec<ObjectEvent>, ApiError>> {
+        let batch = match self.stream.next().await? {
+            Ok(batch) => batch,
+            Err(error) => return Some(Err(error.into())),
+        };
+        let mut events = Vec::with_capacity(batch.len());
+        for event in batch {
+            let mut object = match Object::from_json(self.kind, &event.value) {
+                Ok(object) => object,
+                Err(error) => {
+                    return Some(Err(ApiError::Internal(format!(
+                        "stored {}: {error}",
+                        event.key
+                    ))));
+                }
+            };
+            object.metadata_mut().resource_version = Some(event.revision.to_string());
+            events.push(ObjectEvent {
+                kind: event.kind,
+                created: event.created,
+                object,
+                revision: event.revision,
+            });
+        }
+        Some(Ok(events))
+    }
+}
+
+/// The outcome of one object of an apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub objects: Vec<(Object, Outcome)>,
+    pub revision: Revision,
+}
+
+/// The store key of an object.
+#[must_use]
+pub fn object_key(kind: Kind, namespace: &str, name: &str) -> String {
+    if kind.namespaced() {
+        let namespace = if namespace.is_empty() {
+            gannet_api::DEFAULT_NAMESPACE
+        } else {
+            namespace
+        };
+        format!("{REGISTRY_PREFIX}{}/{namespace}/{name}", kind.plural())
+    } else {
+        format!("{REGISTRY_PREFIX}{}/{name}", kind.plural())
+    }
+}
+
+/// The key prefix of a kind's objects (in one namespace, or all).
+#[must_use]
+pub fn kind_prefix(kind: Kind, namespace: Option<&str>) -> String {
+    match namespace.filter(|ns| !ns.is_empty() && kind.namespaced()) {
+        Some(namespace) => format!("{REGISTRY_PREFIX}{}/{namespace}/", kind.plural()),
+        None => format!("{REGISTRY_PREFIX}{}/", kind.plural()),
+    }
+}
+
+/// The kind whose objects are stored under `key`.
+#[must_use]
+pub fn kind_of_key(key: &str) -> Option<Kind> {
+    let rest = key.strip_prefix(REGISTRY_PREFIX)?;
+    let plural = rest.split('/').next()?;
+    Kind::ALL.into_iter().find(|kind| kind.plural() == plural)
+}
+
+fn object_key_of(object: &Object) -> String {
+    object_key(object.kind(), object.namespace(), object.name())
+}
+
+/// Decodes a stored object and sets its `resourceVersion`.
+pub(crate) fn decode(kind: Kind, kv: &KeyValue) -> Result<Object, ApiError> {
+    let mut object = Object::from_json(kind, &kv.value)
+        .map_err(|error| ApiError::Internal(format!("stored {}: {error}", kv.key)))?;
+    object.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
+    Ok(object)
+}
+
+/// The JSON that is stored: the object without `resourceVersion`.
+pub(crate) fn encode(object: &Object) -> Result<Vec<u8>, ApiError> {
+    let mut object = object.clone();
+    object.metadata_mut().resource_version = None;
+    object
+        .to_json()
+        .map_err(|error| ApiError::Internal(error.to_string()))
+}
+
+pub(crate) fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn new_uid() -> String {
+    let a = alloc::random();
+    let b = alloc::random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn cidr_key(cidr: &IpNet) -> String {
+    format!("{POD_CIDRS}{}", cidr.to_string().replace('/', "_"))
+}
+
+fn cluster_ip_key(ip: IpAddr) -> String {
+    format!("{CLUSTER_IPS}{ip}")
+}
+
+fn node_port_key(port: u16) -> String {
+    format!("{NODE_PORTS}{port}")
+}
+
+fn service_owner(namespace: &str, name: &str) -> String {
+    format!("services/{namespace}/{name}")
+}
+
+/// `Service default/web` from an owner value.
+fn owner_label(owner: &str) -> String {
+    match owner.strip_prefix("services/") {
+        Some(rest) => format!("Service {rest}"),
+        None => format!("Node {owner}"),
+    }
+}
+
+/// The allocations known to a request: what the store holds, and what the request claims.
+#[derive(Debug, Default)]
+struct Allocations {
+    /// Value → (owner, revision of its key).
+    cluster_ips: HashMap<IpAddr, (String, Revision)>,
+    node_ports: HashMap<u16, (String, Revision)>,
+    pod_cidrs: HashMap<IpNet, (String, Revision)>,
+    /// Claimed by objects of this request: value → owner.
+    claimed_ips: HashMap<IpAddr, String>,
+    claimed_ports: HashMap<u16, String>,
+    claimed_cidrs: HashMap<IpNet, String>,
+    /// Keys to create (compare: absent) and to delete (compare: as read).
+    new_keys: Vec<(String, String)>,
+    released: Vec<(String, Revision)>,
+}
+
+impl Allocations {
+    async fn load(store: &dyn Store, services: bool, nodes: bool) -> Result<Self, ApiError> {
+        let mut allocations = Self::default();
+        if services {
+            for kv in store.list(CLUSTER_IPS).await?.0 {
+                if let Ok(ip) = kv.key[CLUSTER_IPS.len()..].parse() {
+                    allocations.cluster_ips.insert(ip, owner_of(&kv));
+                }
+            }
+            for kv in store.list(NODE_PORTS).await?.0 {
+                if let Ok(port) = kv.key[NODE_PORTS.len()..].parse() {
+                    allocations.node_ports.insert(port, owner_of(&kv));
+                }
+            }
+        }
+        if nodes {
+            for kv in store.list(POD_CIDRS).await?.0 {
+                if let Ok(cidr) = kv.key[POD_CIDRS.len()..].replace('_', "/").parse() {
+                    allocations.pod_cidrs.insert(cidr, owner_of(&kv));
+                }
+            }
+        }
+        Ok(allocations)
+    }
+
+    /// Who holds `ip` other than `owner`, if anyone.
+    fn ip_holder(&self, ip: IpAddr, owner: &str) -> Option<String> {
+        let stored = self.cluster_ips.get(&ip).map(|(holder, _)| holder);
+        let claimed = self.claimed_ips.get(&ip);
+        stored
+            .into_iter()
+            .chain(claimed)
+            .find(|holder| *holder != owner)
+            .cloned()
+    }
+
+    fn port_holder(&self, port: u16, owner: &str) -> Option<String> {
+        let stored = self.node_ports.get(&port).map(|(holder, _)| holder);
+        stored
+            .into_iter()
+            .chain(self.claimed_ports.get(&port))
+            .find(|holder| *holder != owner)
+            .cloned()
+    }
+
+    fn cidr_holder(&self, cidr: &IpNet, owner: &str) -> Option<String> {
+        let stored = self.pod_cidrs.get(cidr).map(|(holder, _)| holder);
+        stored
+            .into_iter()
+            .chain(self.claimed_cidrs.get(cidr))
+            .find(|holder| *holder != owner)
+            .cloned()
+    }
+
+    fn claim_ip(&mut self, ip: IpAddr, owner: &str) {
+        if self
+            .cluster_ips
+            .get(&ip)
+            .is_none_or(|(holder, _)| holder != owner)
+            && self.claimed_ips.insert(ip, owner.to_owned()).is_none()
+        {
+            self.new_keys.push((cluster_ip_key(ip), owner.to_owned()));
+        }
+    }
+
+    fn claim_port(&mut self, port: u16, owner: &str) {
+        if self
+            .node_ports
+            .get(&port)
+            .is_none_or(|(holder, _)| holder != owner)
+            && self.claimed_ports.insert(port, owner.to_owned()).is_none()
+        {
+            self.new_keys.push((node_port_key(port), owner.to_owned()));
+        }
+    }
+
+    fn claim_cidr(&mut self, cidr: IpNet, owner: &str) {
+        if self
+            .pod_cidrs
+            .get(&cidr)
+            .is_none_or(|(holder, _)| holder != owner)
+            && self.claimed_cidrs.insert(cidr, owner.to_owned()).is_none()
+        {
+            self.new_keys.push((cidr_key(&cidr), owner.to_owned()));
+        }
+    }
+
+    fn release_ip(&mut self, ip: IpAddr, owner: &str) {
+        if let Some((holder, revision)) = self.cluster_ips.get(&ip)
+            && holder == owner
+        {
+            self.released.push((cluster_ip_key(ip), *revision));
+        }
+    }
+
+    fn release_port(&mut self, port: u16, owner: &str) {
+        if let Some((holder, revision)) = self.node_ports.get(&port)
+            && holder == owner
+        {
+            self.released.push((node_port_key(port), *revision));
+        }
+    }
+
+    fn used_ips(&self) -> HashSet<IpAddr> {
+        self.cluster_ips
+            .keys()
+            .chain(self.claimed_ips.keys())
+            .copied()
+            .collect()
+    }
+
+    fn used_ports(&self) -> HashSet<u16> {
+        self.node_ports
+            .keys()
+            .chain(self.claimed_ports.keys())
+            .copied()
+            .collect()
+    }
+
+    fn used_cidrs(&self) -> HashSet<IpNet> {
+        self.pod_cidrs
+            .keys()
+            .chain(self.claimed_cidrs.keys())
+            .copied()
+            .collect()
+    }
+}
+
+fn owner_of(kv: &KeyValue) -> (String, Revision) {
+    (
+        String::from_utf8_lossy(&kv.value).into_owned(),
+        kv.mod_revision,
+    )
+}
+
+/// The API's semantics over a store.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    network: Network,
+    heartbeat_interval: Duration,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("store", &self.store.backend())
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
+}
+
+fn service_type(spec: &ServiceSpec) -> String {
+    spec.type_
+        .clone()
+        .filter(|type_| !type_.is_empty())
+        .unwrap_or_else(|| "ClusterIP".to_owned())
+}
+
+/// The cluster IPs a spec holds (not `None`), parsed; unparsable entries are left out.
+fn cluster_ips_of(spec: Option<&ServiceSpec>) -> Vec<IpAddr> {
+    let Some(spec) = spec else {
+        return Vec::new();
+    };
+    let entries: Vec<&String> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().collect(),
+        _ => spec.cluster_ip.iter().filter(|ip| !ip.is_empty()).collect(),
+    };
+    entries.iter().filter_map(|ip| ip.parse().ok()).collect()
+}
+
+fn node_ports_of(spec: Option<&ServiceSpec>) -> Vec<u16> {
+    spec.and_then(|spec| spec.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|port| port.node_port.and_then(|np| u16::try_from(np).ok()))
+        .collect()
+}
+
+fn pod_cidrs_of(node: &Node) -> Vec<IpNet> {
+    let Some(spec) = &node.spec else {
+        return Vec::new();
+    };
+    match spec.pod_cidrs.as_deref() {
+        Some(cidrs) if !cidrs.is_empty() => cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+        _ => spec
+            .pod_cidr
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect(),
+    }
+}
+
+/// Sets the node's Ready condition; the transition time changes only with the status.
+pub(crate) fn set_ready(
+    node: &mut Node,
+    status: &str,
+    reason: &str,
+    message: &str,
+    heartbeat: bool,
+) {
+    let now = now();
+    let node_status = node.status.get_or_insert_with(NodeStatus::default);
+    let conditions = node_status.conditions.get_or_insert_with(Vec::new);
+    let index = match conditions.iter().position(|c| c.type_ == "Ready") {
+        Some(index) => index,
+        None => {
+            conditions.push(NodeCondition {
+                type_: "Ready".to_owned(),
+                status: String::new(),
+                ..NodeCondition::default()
+            });
+            conditions.len() - 1
+        }
+    };
+    let condition = &mut conditions[index];
+    if condition.status != status {
+        condition.last_transition_time = Some(now.clone());
+    }
+    condition.status = status.to_owned();
+    condition.reason = Some(reason.to_owned());
+    condition.message = Some(message.to_owned());
+    if heartbeat {
+        condition.last_heartbeat_time = Some(now);
+    }
+}
+
+impl Registry {
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, network: Network, heartbeat_interval: Duration) -> Self {
+        Self {
+            store,
+            network,
+            heartbeat_interval,
+        }
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    #[must_use]
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    #[must_use]
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// One object.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`].
+    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object, ApiError> {
+        let key = object_key(kind, namespace, name);
+        match self.store.get(&key).await? {
+            Some(kv) => decode(kind, &kv),
+            None => Err(ApiError::NotFound(format!(
+                "{} not found",
+                object_label(kind, namespace, name)
+            ))),
+        }
+    }
+
+    /// The objects of a kind and the revision they are consistent at.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Object>, Revision), ApiError> {
+        let (items, revision) = self.store.list(&kind_prefix(kind, namespace)).await?;
+        let objects = items
+            .iter()
+            .map(|kv| decode(kind, kv))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((objects, revision))
+    }
+
+    /// The changes of a kind after `after` (0: from now on).
+    ///
+    /// # Errors
+    /// [`ApiError::Expired`] for a compacted revision.
+    pub async fn watch(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        after: Revision,
+    ) -> Result<ObjectWatch, ApiError> {
+        let stream = self
+            .store
+            .watch(&kind_prefix(kind, namespace), after)
+            .await?;
+        Ok(ObjectWatch { kind, stream })
+    }
+
+    /// Creates or updates `objects`, all or none (see the `.proto`).
+    ///
+    /// # Errors
+    /// [`ApiError::Invalid`] with every problem; [`ApiError::Conflict`] for a stale
+    /// `resourceVersion`.
+    pub async fn apply(&self, objects: Vec<Object>, dry_run: bool) -> Result<Applied, ApiError> {
+        let mut problems = Vec::new();
+        let mut keys: HashMap<String, usize> = HashMap::new();
+        for (index, object) in objects.iter().enumerate() {
+            let label = object.label();
+            for found in validate(object) {
+                problems.push(Problem {
+                    index,
+                    object: label.clone(),
+                    field: found.field,
+                    message: found.message,
+                });
+            }
+            if let Some(first) = keys.insert(object_key_of(object), index) {
+                problems.push(Problem {
+                    index,
+                    object: label,
+                    field: None,
+                    message: format!("given twice in one request (also object {})", first + 1),
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::Invalid(problems));
+        }
+        for attempt in 0..ATTEMPTS {
+            if let Some(applied) = self.try_apply(&objects, dry_run).await? {
+                return Ok(applied);
+            }
+            tracing::debug!(attempt, "apply raced with another writer, retrying");
+            tokio::time::sleep(Duration::from_millis(5 * (attempt as u64 + 1))).await;
+        }
+        Err(ApiError::Conflict(
+            "the objects kept changing under concurrent writers; try again".to_owned(),
+        ))
+    }
+
+    /// Reads the current state of every object of the request.
+    async fn read_existing(&self, objects: &[Object]) -> Result<Vec<Option<KeyValue>>, ApiError> {
+        let mut per_kind: BTreeMap<Kind, usize> = BTreeMap::new();
+        for object in objects {
+            *per_kind.entry(object.kind()).or_default() += 1;
+        }
+        let mut listed: HashMap<String, KeyValue> = HashMap::new();
+        for (kind, count) in &per_kind {
+            if *count >= LIST_THRESHOLD {
+                for kv in self.store.list(&kind_prefix(*kind, None)).await?.0 {
+                    listed.insert(kv.key.clone(), kv);
+                }
+            }
+        }
+        let mut existing = Vec::with_capacity(objects.len());
+        for object in objects {
+            let key = object_key_of(object);
+            if per_kind[&object.kind()] >= LIST_THRESHOLD {
+                existing.push(listed.remove(&key));
+            } else {
+                existing.push(self.store.get(&key).await?);
+            }
+        }
+        Ok(existing)
+    }
+
+    /// One attempt; `None` when a compare failed (a concurrent writer won).
+    async fn try_apply(
+        &self,
+        objects: &[Object],
+        dry_run: bool,
+    ) -> Result<Option<Applied>, ApiError> {
+        let existing = self.read_existing(objects).await?;
+        let services = objects.iter().any(|o| o.kind() == Kind::Service);
+        let nodes = objects.iter().any(|o| o.kind() == Kind::Node);
+        let mut allocations = Allocations::load(self.store.as_ref(), services, nodes).await?;
+
+        let mut problems = Vec::new();
+        let mut prepared = Vec::with_capacity(objects.len());
+        for (index, (object, stored)) in objects.iter().zip(&existing).enumerate() {
+            let old = stored
+                .as_ref()
+                .map(|kv| decode(object.kind(), kv))
+                .transpose()?;
+            if let Some(given) = object
+                .metadata()
+                .resource_version
+                .as_deref()
+                .filter(|rv| !rv.is_empty())
+            {
+                let current = stored.as_ref().map(|kv| kv.mod_revision);
+                if current.map(|revision| revision.to_string()).as_deref() != Some(given) {
+                    let now = current.map_or_else(
+                        || "it does not exist".to_owned(),
+                        |r| format!("it is at {r}"),
+                    );
+                    return Err(ApiError::Conflict(format!(
+                        "{}: resourceVersion {given} is stale ({now}): get the object again and retry",
+                        object.label()
+                    )));
+                }
+            }
+            let mut found = Vec::new();
+            let next = self.prepare(object.clone(), old.as_ref(), &mut allocations, &mut found);
+            problems.extend(found.into_iter().map(|found| Problem {
+                index,
+                object: object.label(),
+                field: found.field,
+                message: found.message,
+            }));
+            prepared.push((next, old));
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::Invalid(problems));
+        }
+
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        let mut outcomes = Vec::with_capacity(prepared.len());
+        for ((next, old), stored) in prepared.iter().zip(&existing) {
+            let key = object_key_of(next);
+            let unchanged = old.as_ref().is_some_and(|old| {
+                let mut old = old.clone();
+                old.metadata_mut().resource_version = None;
+                old == *next
+            });
+            outcomes.push(if unchanged {
+                Outcome::Unchanged
+            } else if old.is_some() {
+                Outcome::Configured
+            } else {
+                Outcome::Created
+            });
+            compares.push(Compare {
+                key: key.clone(),
+                mod_revision: stored.as_ref().map_or(0, |kv| kv.mod_revision),
+            });
+            if !unchanged {
+                ops.push(Op::Put {
+                    key,
+                    value: encode(next)?,
+                });
+            }
+        }
+        for (key, owner) in allocations.new_keys {
+            compares.push(Compare {
+                key: key.clone(),
+                mod_revision: 0,
+            });
+            ops.push(Op::Put {
+                key,
+                value: owner.into_bytes(),
+            });
+        }
+        for (key, revision) in allocations.released {
+            compares.push(Compare {
+                key: key.clone(),
+                mod_revision: revision,
+            });
+            ops.push(Op::Delete { key });
+        }
+
+        let revision = if dry_run || ops.is_empty() {
+            self.store.current_revision().await?
+        } else {
+            match self.store.txn(compares, ops).await? {
+                Some(revision) => revision,
+                None => return Ok(None),
+            }
+        };
+        let objects = prepared
+            .into_iter()
+            .zip(outcomes)
+            .map(|((mut next, old), outcome)| {
+                let version = match (outcome, dry_run) {
+                    (Outcome::Unchanged, _) | (_, true) => {
+                        old.and_then(|old| old.metadata().resource_version.clone())
+                    }
+                    _ => Some(revision.to_string()),
+                };
+                next.metadata_mut().resource_version = version;
+                (next, outcome)
+            })
+            .collect();
+        Ok(Some(Applied { objects, revision }))
+    }
+
+    /// The object to store for `object`, given what is stored: defaults, allocations, state that
+    /// apply keeps (status, uid, creation time).
+    fn prepare(
+        &self,
+        mut object: Object,
+        old: Option<&Object>,
+        allocations: &mut Allocations,
+        problems: &mut Vec<FieldProblem>,
+    ) -> Object {
+        let namespace = object.namespace().to_owned();
+        {
+            let meta: &mut ObjectMeta = object.metadata_mut();
+            meta.namespace = (!namespace.is_empty()).then_some(namespace);
+            meta.resource_version = None;
+            meta.managed_fields = None;
+            let old_meta = old.map(Object::metadata);
+            meta.uid = old_meta
+                .and_then(|m| m.uid.clone())
+                .or_else(|| Some(new_uid()));
+            meta.creation_timestamp = old_meta
+                .and_then(|m| m.creation_timestamp.clone())
+                .or_else(|| Some(now()));
+        }
+        match (&mut object, old) {
+            (Object::Service(service), old) => {
+                let old = match old {
+                    Some(Object::Service(old)) => Some(old.as_ref()),
+                    _ => None,
+                };
+                self.prepare_service(service, old, allocations, problems);
+            }
+            (Object::Node(node), old) => {
+                let old = match old {
+                    Some(Object::Node(old)) => Some(old.as_ref()),
+                    _ => None,
+                };
+                self.prepare_node(node, old, allocations, problems);
+            }
+            (Object::Pod(pod), old) => {
+                let old = match old {
+                    Some(Object::Pod(old)) => Some(old.as_ref()),
+                    _ => None,
+                };
+                prepare_pod(pod, old);
+            }
+            (Object::EndpointSlice(_), _) => {}
+        }
+        object
+    }
+
+    fn prepare_service(
+        &self,
+        service: &mut Service,
+        old: Option<&Service>,
+        allocations: &mut Allocations,
+        problems: &mut Vec<FieldProblem>,
+    ) {
+        let owner = service_owner(
+            service.metadata.namespace.as_deref().unwrap_or_default(),
+            service.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let old_spec = old.and_then(|old| old.spec.as_ref());
+        if service.status.is_none() {
+            service.status = old.and_then(|old| old.status.clone());
+        }
+        let spec = service.spec.get_or_insert_with(ServiceSpec::default);
+        let type_ = service_type(spec);
+        spec.type_ = Some(type_.clone());
+
+        // Cluster IPs.
+        let old_ips = cluster_ips_of(old_spec);
+        let from_list = spec.cluster_ips.as_ref().is_some_and(|ips| !ips.is_empty());
+        let given: Vec<String> = if from_list {
+            spec.cluster_ips.clone().unwrap_or_default()
+        } else {
+            spec.cluster_ip
+                .iter()
+                .filter(|ip| !ip.is_empty())
+                .cloned()
+                .collect()
+        };
+        let mut new_ips: Vec<IpAddr> = Vec::new();
+        if type_ == "ExternalName" {
+            spec.cluster_ip = None;
+            spec.cluster_ips = None;
+            spec.ip_families = None;
+            spec.ip_family_policy = None;
+        } else if given.first().is_some_and(|ip| ip == "None") {
+            if !old_ips.is_empty() {
+                problems.push(problem(
+                    "spec.clusterIP",
+                    format!(
+                        "field is immutable: it is {}, it cannot become None",
+                        old_ips[0]
+                    ),
+                ));
+            }
+            spec.cluster_ip = Some("None".to_owned());
+            spec.cluster_ips = Some(vec!["None".to_owned()]);
+        } else if !given.is_empty() {
+            let parsed: Vec<IpAddr> = given.iter().filter_map(|ip| ip.parse().ok()).collect();
+            if !old_ips.is_empty() && old_ips != parsed {
+                problems.push(problem(
+                    "spec.clusterIP",
+                    format!(
+                        "field is immutable: it is {}",
+                        old_ips
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                ));
+            }
+            for (i, ip) in parsed.iter().enumerate() {
+                let field = if from_list {
+                    format!("spec.clusterIPs[{i}]")
+                } else {
+                    "spec.clusterIP".to_owned()
+                };
+                let family = Family::of(*ip);
+                match self.service_cidr(family) {
+                    None => problems.push(problem(
+                        field,
+                        format!(
+                            "no {} service CIDR is configured (--service-cidr)",
+                            family.name()
+                        ),
+                    )),
+                    Some(cidr) if !is_usable_cluster_ip(&cidr, *ip) => problems.push(problem(
+                        field,
+                        format!("{ip} is not a usable address of the service CIDR {cidr}"),
+                    )),
+                    Some(_) => {
+                        if let Some(holder) = allocations.ip_holder(*ip, &owner) {
+                            problems.push(problem(
+                                field,
+                                format!("{ip} is already allocated to {}", owner_label(&holder)),
+                            ));
+                        }
+                    }
+                }
+            }
+            new_ips = parsed;
+        } else if !old_ips.is_empty() {
+            new_ips.clone_from(&old_ips);
+        } else {
+            for family in self.service_families(spec, problems) {
+                let Some(cidr) = self.service_cidr(family) else {
+                    continue;
+                };
+                match pick_cluster_ip(&cidr, &allocations.used_ips()) {
+                    Some(ip) => {
+                        allocations.claimed_ips.insert(ip, owner.clone());
+                        allocations
+                            .new_keys
+                            .push((cluster_ip_key(ip), owner.clone()));
+                        new_ips.push(ip);
+                    }
+                    None => problems.push(problem(
+                        "spec.clusterIP",
+                        format!("the service CIDR {cidr} has no free address left"),
+                    )),
+                }
+            }
+        }
+        if !new_ips.is_empty() {
+            for ip in &new_ips {
+                allocations.claim_ip(*ip, &owner);
+            }
+            spec.cluster_ip = Some(new_ips[0].to_string());
+            spec.cluster_ips = Some(new_ips.iter().map(ToString::to_string).collect());
+            spec.ip_families = Some(
+                new_ips
+                    .iter()
+                    .map(|ip| Family::of(*ip).name().to_owned())
+                    .collect(),
+            );
+            if spec.ip_family_policy.as_deref().is_none_or(str::is_empty) {
+                spec.ip_family_policy = Some(
+                    if new_ips.len() > 1 {
+                        "PreferDualStack"
+                    } else {
+                        "SingleStack"
+                    }
+                    .to_owned(),
+                );
+            }
+        }
+        for ip in &old_ips {
+            if !new_ips.contains(ip) {
+                allocations.release_ip(*ip, &owner);
+            }
+        }
+
+        // Ports: defaults and node ports.
+        let allocate_node_ports = type_ == "NodePort"
+            || (type_ == "LoadBalancer" && spec.allocate_load_balancer_node_ports != Some(false));
+        let old_ports: Vec<&k8s_openapi::api::core::v1::ServicePort> = old_spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut new_node_ports: Vec<u16> = Vec::new();
+        let mut seen: HashMap<(u16, String), usize> = HashMap::new();
+        for (i, port) in spec.ports.iter_mut().flatten().enumerate() {
+            let protocol = port
+                .protocol
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "TCP".to_owned());
+            port.protocol = Some(protocol.clone());
+            if port.target_port.is_none() {
+                port.target_port = Some(IntOrString::Int(port.port));
+            }
+            if !allocate_node_ports {
+                if type_ != "LoadBalancer" {
+                    port.node_port = None;
+                }
+                continue;
+            }
+            let field = format!("spec.ports[{i}].nodePort");
+            let node_port = if let Some(given) = port.node_port {
+                let Ok(given) = u16::try_from(given) else {
+                    continue;
+                };
+                if !self.network.node_ports.contains(&given) {
+                    problems.push(problem(
+                        field.clone(),
+                        format!(
+                            "{given} is outside the node port range {}-{}",
+                            self.network.node_ports.start(),
+                            self.network.node_ports.end()
+                        ),
+                    ));
+                } else if let Some(holder) = allocations.port_holder(given, &owner) {
+                    problems.push(problem(
+                        field.clone(),
+                        format!("{given} is already allocated to {}", owner_label(&holder)),
+                    ));
+                }
+                given
+            } else if let Some(kept) = old_ports
+                .iter()
+                .find(|old| {
+                    old.protocol.as_deref().unwrap_or("TCP") == protocol
+                        && (old.port == port.port || (old.name.is_some() && old.name == port.name))
+                })
+                .and_then(|old| old.node_port.and_then(|np| u16::try_from(np).ok()))
+                .filter(|kept| !new_node_ports.contains(kept))
+            {
+                kept
+            } else {
+                let mut used = allocations.used_ports();
+                used.extend(&new_node_ports);
+                let Some(picked) = pick_node_port(&self.network.node_ports, &used) else {
+                    problems.push(problem(field, "no free node port left"));
+                    continue;
+                };
+                picked
+            };
+            if let Some(first) = seen.insert((node_port, protocol.clone()), i) {
+                problems.push(problem(
+                    field,
+                    format!("duplicate nodePort {node_port}/{protocol} (also spec.ports[{first}])"),
+                ));
+            }
+            port.node_port = Some(i32::from(node_port));
+            new_node_ports.push(node_port);
+        }
+        for port in &new_node_ports {
+            allocations.claim_port(*port, &owner);
+        }
+        for port in node_ports_of(old_spec) {
+            if !new_node_ports.contains(&port) {
+                allocations.release_port(port, &owner);
+            }
+        }
+
+        // Defaults, as the API server sets them.
+        if type_ != "ExternalName" {
+            if spec.session_affinity.as_deref().is_none_or(str::is_empty) {
+                spec.session_affinity = Some("None".to_owned());
+            }
+            if spec.session_affinity.as_deref() == Some("ClientIP") {
+                let config = spec
+                    .session_affinity_config
+                    .get_or_insert_with(Default::default);
+                let client_ip = config.client_ip.get_or_insert_with(Default::default);
+                client_ip.timeout_seconds.get_or_insert(10_800);
+            }
+            if spec
+                .internal_traffic_policy
+                .as_deref()
+                .is_none_or(str::is_empty)
+            {
+                spec.internal_traffic_policy = Some("Cluster".to_owned());
+            }
+            if matches!(type_.as_str(), "NodePort" | "LoadBalancer")
+                && spec
+                    .external_traffic_policy
+                    .as_deref()
+                    .is_none_or(str::is_empty)
+            {
+                spec.external_traffic_policy = Some("Cluster".to_owned());
+            }
+        }
+    }
+
+    fn service_cidr(&self, family: Family) -> Option<IpNet> {
+        self.network
+            .service_cidrs
+            .iter()
+            .find(|cidr| Family::of(cidr.addr()) == family)
+            .copied()
+    }
+
+    fn pod_network(&self, family: Family) -> Option<PodNetwork> {
+        self.network
+            .pod_networks
+            .iter()
+            .find(|network| Family::of(network.cidr.addr()) == family)
+            .copied()
+    }
+
+    /// The families a new Service gets cluster IPs of.
+    fn service_families(
+        &self,
+        spec: &ServiceSpec,
+        problems: &mut Vec<FieldProblem>,
+    ) -> Vec<Family> {
+        let configured: Vec<Family> = self
+            .network
+            .service_cidrs
+            .iter()
+            .map(|cidr| Family::of(cidr.addr()))
+            .collect();
+        let requested: Vec<Family> = spec
+            .ip_families
+            .iter()
+            .flatten()
+            .filter_map(|family| Family::parse(family))
+            .collect();
+        for (i, family) in requested.iter().enumerate() {
+            if !configured.contains(family)
+                && (i == 0 || spec.ip_family_policy.as_deref() == Some("RequireDualStack"))
+            {
+                problems.push(problem(
+                    format!("spec.ipFamilies[{i}]"),
+                    format!(
+                        "no {} service CIDR is configured (--service-cidr)",
+                        family.name()
+                    ),
+                ));
+            }
+        }
+        let policy = spec.ip_family_policy.as_deref().unwrap_or("SingleStack");
+        match policy {
+            "RequireDualStack" | "PreferDualStack" => {
+                if policy == "RequireDualStack" && configured.len() < 2 {
+                    problems.push(problem(
+                        "spec.ipFamilyPolicy",
+                        "RequireDualStack needs an IPv4 and an IPv6 service CIDR (--service-cidr)",
+                    ));
+                }
+                let mut families: Vec<Family> = requested
+                    .iter()
+                    .copied()
+                    .filter(|family| configured.contains(family))
+                    .collect();
+                for family in &configured {
+                    if !families.contains(family) {
+                        families.push(*family);
+                    }
+                }
+                families
+            }
+            _ => {
+                if requested.len() > 1 {
+                    problems.push(problem(
+                        "spec.ipFamilies",
+                        "SingleStack allows one family (set ipFamilyPolicy for dual-stack)",
+                    ));
+                }
+                requested
+                    .first()
+                    .or(configured.first())
+                    .filter(|family| configured.contains(family))
+                    .into_iter()
+                    .copied()
+                    .collect()
+            }
+        }
+    }
+
+    fn prepare_node(
+        &self,
+        node: &mut Node,
+        old: Option<&Node>,
+        allocations: &mut Allocations,
+        problems: &mut Vec<FieldProblem>,
+    ) {
+        let owner = node.metadata.name.clone().unwrap_or_default();
+        if node.status.is_none() {
+            node.status = old.and_then(|old| old.status.clone());
+        }
+        let given = pod_cidrs_of(node);
+        let old_cidrs = old.map(pod_cidrs_of).unwrap_or_default();
+        let mut cidrs = Vec::new();
+        if !given.is_empty() {
+            if !old_cidrs.is_empty() && old_cidrs != given {
+                problems.push(problem(
+                    "spec.podCIDRs",
+                    format!(
+                        "field is immutable once set: it is {}",
+                        old_cidrs
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                ));
+            }
+            for (i, cidr) in given.iter().enumerate() {
+                let field = format!("spec.podCIDRs[{i}]");
+                match self.pod_network(Family::of(cidr.addr())) {
+                    None => problems.push(problem(
+                        field,
+                        format!(
+                            "no {} cluster CIDR is configured (--cluster-cidr)",
+                            Family::of(cidr.addr()).name()
+                        ),
+                    )),
+                    Some(network) if !network.holds(cidr) => problems.push(problem(
+                        field,
+                        format!(
+                            "{cidr} is not a /{} subnet of the cluster CIDR {}",
+                            network.node_prefix, network.cidr
+                        ),
+                    )),
+                    Some(_) => {
+                        if let Some(holder) = allocations.cidr_holder(cidr, &owner) {
+                            problems.push(problem(
+                                field,
+                                format!("{cidr} is leased to {}", owner_label(&holder)),
+                            ));
+                        }
+                    }
+                }
+            }
+            cidrs = given;
+        } else if !old_cidrs.is_empty() {
+            cidrs = old_cidrs;
+        } else {
+            let released: Vec<IpNet> = node
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(RELEASED_CIDRS_ANNOTATION))
+                .or_else(|| {
+                    old.and_then(|old| old.metadata.annotations.as_ref())
+                        .and_then(|a| a.get(RELEASED_CIDRS_ANNOTATION))
+                })
+                .map(|text| text.split(',').filter_map(|c| c.parse().ok()).collect())
+                .unwrap_or_default();
+            for network in &self.network.pod_networks {
+                let previous = released.iter().find(|cidr| {
+                    network.holds(cidr) && allocations.cidr_holder(cidr, &owner).is_none()
+                });
+                let chosen = previous
+                    .copied()
+                    .or_else(|| network.first_free(&allocations.used_cidrs()));
+                match chosen {
+                    Some(cidr) => {
+                        allocations.claim_cidr(cidr, &owner);
+                        cidrs.push(cidr);
+                    }
+                    None => problems.push(problem(
+                        "spec.podCIDRs",
+                        format!(
+                            "the cluster CIDR {} has no free /{} left",
+                            network.cidr, network.node_prefix
+                        ),
+                    )),
+                }
+            }
+        }
+        for cidr in &cidrs {
+            allocations.claim_cidr(*cidr, &owner);
+        }
+        if !cidrs.is_empty() {
+            let spec = node.spec.get_or_insert_with(NodeSpec::default);
+            spec.pod_cidr = Some(cidrs[0].to_string());
+            spec.pod_cidrs = Some(cidrs.iter().map(ToString::to_string).collect());
+            if let Some(annotations) = &mut node.metadata.annotations {
+                annotations.remove(RELEASED_CIDRS_ANNOTATION);
+            }
+        }
+    }
+
+    /// Deletes an object (see the `.proto`) and returns its last state and the revision.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`], [`ApiError::Conflict`].
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition: Option<Revision>,
+        grace_period_seconds: Option<i64>,
+    ) -> Result<(Object, Revision), ApiError> {
+        let key = object_key(kind, namespace, name);
+        let label = object_label(kind, namespace, name);
+        for _ in 0..ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(ApiError::NotFound(format!("{label} not found")));
+            };
+            if let Some(given) = precondition
+                && given != kv.mod_revision
+            {
+                return Err(ApiError::Conflict(format!(
+                    "{label}: resourceVersion {given} is stale (it is at {})",
+                    kv.mod_revision
+                )));
+            }
+            let mut object = decode(kind, &kv)?;
+            let mut compares = vec![Compare {
+                key: key.clone(),
+                mod_revision: kv.mod_revision,
+            }];
+            if let (Object::Pod(pod), Some(grace @ 1..)) = (&mut object, grace_period_seconds) {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    return Ok((object, kv.mod_revision));
+                }
+                let deadline = jiff::Timestamp::now()
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or(jiff::Timestamp::MAX);
+                pod.metadata.deletion_timestamp = Some(Time(deadline));
+                pod.metadata.deletion_grace_period_seconds = Some(grace);
+                let value = encode(&object)?;
+                if let Some(revision) = self
+                    .store
+                    .txn(
+                        compares,
+                        vec![Op::Put {
+                            key: key.clone(),
+                            value,
+                        }],
+                    )
+                    .await?
+                {
+                    object.metadata_mut().resource_version = Some(revision.to_string());
+                    return Ok((object, revision));
+                }
+                continue;
+            }
+            let mut ops = vec![Op::Delete { key: key.clone() }];
+            let (owner, alloc_keys): (String, Vec<String>) = match &object {
+                Object::Service(service) => (
+                    service_owner(namespace_or_default(namespace), name),
+                    cluster_ips_of(service.spec.as_ref())
+                        .into_iter()
+                        .map(cluster_ip_key)
+                        .chain(
+                            node_ports_of(service.spec.as_ref())
+                                .into_iter()
+                                .map(node_port_key),
+                        )
+                        .collect(),
+                ),
+                Object::Node(node) => (
+                    name.to_owned(),
+                    pod_cidrs_of(node).iter().map(cidr_key).collect(),
+                ),
+                _ => (String::new(), Vec::new()),
+            };
+            for alloc_key in alloc_keys {
+                if let Some(held) = self.store.get(&alloc_key).await?
+                    && held.value == owner.as_bytes()
+                {
+                    compares.push(Compare {
+                        key: alloc_key.clone(),
+                        mod_revision: held.mod_revision,
+                    });
+                    ops.push(Op::Delete { key: alloc_key });
+                }
+            }
+            if let Some(revision) = self.store.txn(compares, ops).await? {
+                object.metadata_mut().resource_version = Some(revision.to_string());
+                return Ok((object, revision));
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "{label} kept changing under concurrent writers; try again"
+        )))
+    }
+
+    /// Replaces the status of a Pod, Service or Node.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`], [`ApiError::Invalid`], [`ApiError::Conflict`].
+    pub async fn update_status(&self, object: Object) -> Result<Object, ApiError> {
+        let kind = object.kind();
+        let label = object.label();
+        if kind == Kind::EndpointSlice {
+            return Err(ApiError::Invalid(vec![Problem {
+                index: 0,
+                object: label,
+                field: Some("status".to_owned()),
+                message: "EndpointSlices have no status".to_owned(),
+            }]));
+        }
+        let key = object_key(kind, object.namespace(), object.name());
+        let precondition = object
+            .metadata()
+            .resource_version
+            .clone()
+            .filter(|rv| !rv.is_empty());
+        for _ in 0..ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(ApiError::NotFound(format!("{label} not found")));
+            };
+            if let Some(given) = &precondition
+                && *given != kv.mod_revision.to_string()
+            {
+                return Err(ApiError::Conflict(format!(
+                    "{label}: resourceVersion {given} is stale (it is at {})",
+                    kv.mod_revision
+                )));
+            }
+            let current = decode(kind, &kv)?;
+            let mut next = current.clone();
+            match (&mut next, &object) {
+                (Object::Pod(next), Object::Pod(given)) => next.status.clone_from(&given.status),
+                (Object::Service(next), Object::Service(given)) => {
+                    next.status.clone_from(&given.status);
+                }
+                (Object::Node(next), Object::Node(given)) => next.status.clone_from(&given.status),
+                _ => return Err(ApiError::Internal("kind mismatch".to_owned())),
+            }
+            let problems: Vec<Problem> = validate(&next)
+                .into_iter()
+                .map(|found| Problem {
+                    index: 0,
+                    object: label.clone(),
+                    field: found.field,
+                    message: found.message,
+                })
+                .collect();
+            if !problems.is_empty() {
+                return Err(ApiError::Invalid(problems));
+            }
+            if next == current {
+                return Ok(current);
+            }
+            let value = encode(&next)?;
+            if let Some(revision) = self
+                .store
+                .txn(
+                    vec![Compare {
+                        key: key.clone(),
+                        mod_revision: kv.mod_revision,
+                    }],
+                    vec![Op::Put {
+                        key: key.clone(),
+                        value,
+                    }],
+                )
+                .await?
+            {
+                next.metadata_mut().resource_version = Some(revision.to_string());
+                return Ok(next);
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "{label} kept changing under concurrent writers; try again"
+        )))
+    }
+
+    /// Registers (or re-registers) a node: addresses, VTEP MAC, labels, Ready; the pod CIDR lease
+    /// is kept, or given back, or allocated.
+    ///
+    /// # Errors
+    /// [`ApiError::Invalid`] for bad input, [`ApiError::Exhausted`] when no pod CIDR is free.
+    pub async fn register_node(
+        &self,
+        name: &str,
+        internal_ips: &[String],
+        vtep_mac: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(Node, Vec<String>), ApiError> {
+        let label = object_label(Kind::Node, "", name);
+        let mut problems = Vec::new();
+        for (i, ip) in internal_ips.iter().enumerate() {
+            if ip.parse::<IpAddr>().is_err() {
+                problems.push(Problem {
+                    index: 0,
+                    object: label.clone(),
+                    field: Some(format!("internal_ips[{i}]")),
+                    message: format!("{ip:?} is not an IP address"),
+                });
+            }
+        }
+        if let Some(mac) = vtep_mac
+            && !is_mac(mac)
+        {
+            problems.push(Problem {
+                index: 0,
+                object: label.clone(),
+                field: Some("vtep_mac".to_owned()),
+                message: format!("{mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::Invalid(problems));
+        }
+        self.update_node(name, true, |node| {
+            let meta = &mut node.metadata;
+            let node_labels = meta.labels.get_or_insert_with(BTreeMap::new);
+            node_labels.extend(labels.clone());
+            node_labels.insert("kubernetes.io/hostname".to_owned(), name.to_owned());
+            if let Some(mac) = vtep_mac {
+                meta.annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(VTEP_MAC_ANNOTATION.to_owned(), mac.to_owned());
+            }
+            let status = node.status.get_or_insert_with(NodeStatus::default);
+            let mut addresses: Vec<NodeAddress> = internal_ips
+                .iter()
+                .map(|ip| NodeAddress {
+                    address: ip.clone(),
+                    type_: "InternalIP".to_owned(),
+                })
+                .collect();
+            addresses.push(NodeAddress {
+                address: name.to_owned(),
+                type_: "Hostname".to_owned(),
+            });
+            status.addresses = Some(addresses);
+            set_ready(
+                node,
+                "True",
+                "GannetAgentReady",
+                "gannet agent is posting ready status",
+                true,
+            );
+        })
+        .await
+    }
+
+    /// Records a heartbeat: the node stays (or becomes) Ready.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when the node is not registered.
+    pub async fn heartbeat(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        let (_, cidrs) = self
+            .update_node(name, false, |node| {
+                set_ready(
+                    node,
+                    "True",
+                    "GannetAgentReady",
+                    "gannet agent is posting ready status",
+                    true,
+                );
+            })
+            .await?;
+        Ok(cidrs)
+    }
+
+    async fn update_node(
+        &self,
+        name: &str,
+        create: bool,
+        change: impl Fn(&mut Node),
+    ) -> Result<(Node, Vec<String>), ApiError> {
+        for _ in 0..ATTEMPTS {
+            let mut node = match self.get(Kind::Node, "", name).await {
+                Ok(Object::Node(node)) => *node,
+                Ok(_) => return Err(ApiError::Internal("kind mismatch".to_owned())),
+                Err(ApiError::NotFound(_)) if create => Node {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_owned()),
+                        ..ObjectMeta::default()
+                    },
+                    ..Node::default()
+                },
+                Err(ApiError::NotFound(_)) => {
+                    return Err(ApiError::NotFound(format!(
+                        "Node {name} is not registered: register it first"
+                    )));
+                }
+                Err(error) => return Err(error),
+            };
+            change(&mut node);
+            match self.apply(vec![Object::from(node)], false).await {
+                Ok(mut applied) => {
+                    let Some((Object::Node(node), _)) = applied.objects.pop() else {
+                        return Err(ApiError::Internal("apply returned no node".to_owned()));
+                    };
+                    let cidrs = node
+                        .spec
+                        .as_ref()
+                        .and_then(|spec| spec.pod_cidrs.clone())
+                        .unwrap_or_default();
+                    return Ok((*node, cidrs));
+                }
+                Err(ApiError::Conflict(_)) => {}
+                Err(ApiError::Invalid(problems))
+                    if problems.iter().any(|p| p.message.contains("has no free")) =>
+                {
+                    return Err(ApiError::Exhausted(
+                        problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "Node {name} kept changing under concurrent writers; try again"
+        )))
+    }
+
+    /// Releases a node's pod CIDR lease: the alloc keys go, and the CIDRs are remembered in an
+    /// annotation so the node gets them back if they are still free when it returns. Used by the
+    /// node lifecycle controller after the grace period.
+    ///
+    /// # Errors
+    /// Store errors; `Ok(false)` when the node changed meanwhile (try again next round).
+    pub(crate) async fn release_pod_cidrs(
+        &self,
+        node: &Node,
+        revision: Revision,
+    ) -> Result<bool, ApiError> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let cidrs = pod_cidrs_of(node);
+        let key = object_key(Kind::Node, "", &name);
+        let mut next = node.clone();
+        if let Some(spec) = &mut next.spec {
+            spec.pod_cidr = None;
+            spec.pod_cidrs = None;
+        }
+        next.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(
+                RELEASED_CIDRS_ANNOTATION.to_owned(),
+                cidrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        let mut compares = vec![Compare {
+            key: key.clone(),
+            mod_revision: revision,
+        }];
+        let mut ops = vec![Op::Put {
+            key,
+            value: encode(&Object::from(next))?,
+        }];
+        for cidr in &cidrs {
+            let alloc_key = cidr_key(cidr);
+            if let Some(held) = self.store.get(&alloc_key).await?
+                && held.value == name.as_bytes()
+            {
+                compares.push(Compare {
+                    key: alloc_key.clone(),
+                    mod_revision: held.mod_revision,
+                });
+                ops.push(Op::Delete { key: alloc_key });
+            }
+        }
+        Ok(self.store.txn(compares, ops).await?.is_some())
+    }
+}
+
+fn namespace_or_default(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        gannet_api::DEFAULT_NAMESPACE
+    } else {
+        namespace
+    }
+}
+
+fn prepare_pod(pod: &mut Pod, old: Option<&Pod>) {
+    if pod.status.is_none() {
+        pod.status = old.and_then(|old| old.status.clone());
+    }
+    if let Some(old) = old
+        && old.metadata.deletion_timestamp.is_some()
+    {
+        pod.metadata
+            .deletion_timestamp
+            .clone_from(&old.metadata.deletion_timestamp);
+        pod.metadata.deletion_grace_period_seconds = old.metadata.deletion_grace_period_seconds;
+    }
+    if let Some(spec) = &mut pod.spec {
+        for container in &mut spec.containers {
+            for port in container.ports.iter_mut().flatten() {
+                if port.protocol.as_deref().is_none_or(str::is_empty) {
+                    port.protocol = Some("TCP".to_owned());
+                }
+            }
+        }
+    }
+}

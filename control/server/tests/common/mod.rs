@@ -1,0 +1,236 @@
+//! Helpers of the integration tests: real etcd members on loopback, a control plane on a unix
+//! socket in a per-test directory, polling.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different subset"
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gannet_api::{Client, Credentials, ServerAddr};
+use gannet_control::server::{self, ControlPlane, Listen, Options};
+use gannet_control::store::{EmbeddedStore, EtcdStore, Store};
+use gannet_testkit::ChildGuard;
+
+/// Debian's etcd-server.
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// Fails with a clear message when etcd is not installed.
+pub fn require_etcd() {
+    assert!(
+        Path::new(ETCD).is_file(),
+        "{ETCD} is missing: install Debian's etcd-server (apt-get install etcd-server); \
+         the etcd tests run the real etcd on loopback"
+    );
+}
+
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// One etcd member.
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    peer_url: String,
+    data_dir: PathBuf,
+    process: Option<ChildGuard>,
+}
+
+/// An etcd cluster of real members on loopback ports, in a temporary directory; killed and
+/// removed on drop (also when a test panics).
+pub struct Etcd {
+    pub members: Vec<Member>,
+    cluster: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts `size` members and waits until the cluster serves.
+    pub fn start(size: usize) -> Self {
+        require_etcd();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let token = format!("gannet-test-{}-{}", std::process::id(), free_port());
+        let mut members = Vec::new();
+        for i in 0..size {
+            let name = format!("m{i}");
+            members.push(Member {
+                data_dir: dir.path().join(&name),
+                name,
+                client_url: format!("http://127.0.0.1:{}", free_port()),
+                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                process: None,
+            });
+        }
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = Self {
+            members,
+            cluster,
+            token,
+            _dir: dir,
+        };
+        for i in 0..size {
+            etcd.spawn(i);
+        }
+        etcd.wait_ready();
+        etcd
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let member = &self.members[i];
+        let mut command = Command::new(ETCD);
+        command
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .args(["--listen-client-urls", &member.client_url])
+            .args(["--advertise-client-urls", &member.client_url])
+            .args(["--listen-peer-urls", &member.peer_url])
+            .args(["--initial-advertise-peer-urls", &member.peer_url])
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--log-level", "warn"]);
+        let guard = gannet_testkit::spawn(command, None, None).expect("starting etcd");
+        self.members[i].process = Some(guard);
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Kills member `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut process) = self.members[i].process.take() {
+            process.kill(libc::SIGKILL).expect("killing etcd");
+            let _ = process.wait_output(Duration::from_secs(5));
+        }
+    }
+
+    fn wait_ready(&self) {
+        let endpoints = self.endpoints();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        runtime.block_on(async {
+            let store = EtcdStore::new(&endpoints, "/ready-check/").expect("endpoints");
+            loop {
+                // A write needs a leader: the cluster is up.
+                match store
+                    .txn(
+                        Vec::new(),
+                        vec![gannet_control::store::Op::Put {
+                            key: "probe".to_owned(),
+                            value: b"1".to_vec(),
+                        }],
+                    )
+                    .await
+                {
+                    Ok(Some(_)) => return,
+                    result => assert!(
+                        Instant::now() < deadline,
+                        "etcd did not become ready within 20s: {result:?}; stderr of m0: {}",
+                        self.members[0]
+                            .process
+                            .as_ref()
+                            .map(ChildGuard::stderr_so_far)
+                            .unwrap_or_default()
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+}
+
+/// An embedded store in a fresh temporary directory (kept alive by the returned guard).
+pub fn embedded() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = EmbeddedStore::open(&dir.path().join("control.redb")).expect("opening the store");
+    (Arc::new(store), dir)
+}
+
+/// A control plane on a unix socket in its own temporary directory.
+pub struct Plane {
+    pub plane: ControlPlane,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Plane {
+    pub async fn start(store: Arc<dyn Store>, mut options: Options) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let socket = dir.path().join("control.sock");
+        options.listen.insert(0, Listen::Unix(socket.clone()));
+        let plane = server::start(store, options)
+            .await
+            .expect("starting the control plane");
+        Self { plane, socket, dir }
+    }
+
+    pub fn addr(&self) -> ServerAddr {
+        ServerAddr::Unix(self.socket.clone())
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr(), &Credentials::default())
+            .await
+            .expect("connecting over the unix socket")
+    }
+}
+
+/// Options for tests: fast node lifecycle, no background compaction.
+pub fn test_options() -> Options {
+    Options {
+        compaction: None,
+        ..Options::default()
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Parses a YAML or JSON object of a served kind.
+pub fn object(yaml: &str) -> gannet_api::Object {
+    let value: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("test YAML");
+    let kind = gannet_api::Kind::from_type(
+        value["apiVersion"].as_str().expect("apiVersion"),
+        value["kind"].as_str().expect("kind"),
+    )
+    .expect("a served kind");
+    gannet_api::Object::from_json(kind, value.to_string().as_bytes()).expect("test object")
+}

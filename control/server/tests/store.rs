@@ -1,0 +1,342 @@
+//! The store contract, run against both backends: the embedded redb file and a real etcd on
+//! loopback. Then what only etcd does: replicas sharing it, and a member killed under writes.
+
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test binary links every dependency of the package"
+)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Etcd, embedded};
+use gannet_control::store::{Compare, EtcdStore, EventKind, Op, Store, StoreError};
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put {
+        key: key.to_owned(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+fn absent(key: &str) -> Compare {
+    Compare {
+        key: key.to_owned(),
+        mod_revision: 0,
+    }
+}
+
+async fn transactions_compare_and_list_is_consistent(store: Arc<dyn Store>) {
+    let first = store
+        .txn(
+            vec![absent("a/1"), absent("a/2")],
+            vec![put("a/1", "x"), put("a/2", "y")],
+        )
+        .await
+        .expect("txn")
+        .expect("both absent");
+    // The same compare fails now, and writes nothing.
+    let again = store
+        .txn(vec![absent("a/1")], vec![put("a/3", "z")])
+        .await
+        .expect("txn");
+    assert_eq!(again, None, "compare on an existing key must fail");
+    assert_eq!(
+        store.get("a/3").await.expect("get"),
+        None,
+        "a failed txn wrote"
+    );
+
+    let (items, revision) = store.list("a/").await.expect("list");
+    assert_eq!(revision, first);
+    assert_eq!(
+        items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
+        vec!["a/1", "a/2"]
+    );
+    assert!(
+        items
+            .iter()
+            .all(|kv| kv.mod_revision == first && kv.create_revision == first)
+    );
+
+    let updated = store
+        .txn(
+            vec![Compare {
+                key: "a/1".to_owned(),
+                mod_revision: first,
+            }],
+            vec![
+                put("a/1", "x2"),
+                Op::Delete {
+                    key: "a/2".to_owned(),
+                },
+            ],
+        )
+        .await
+        .expect("txn")
+        .expect("revision matches");
+    assert!(updated > first);
+    let a1 = store.get("a/1").await.expect("get").expect("a/1 exists");
+    assert_eq!(
+        (a1.value.as_slice(), a1.mod_revision, a1.create_revision),
+        (&b"x2"[..], updated, first)
+    );
+    assert_eq!(store.get("a/2").await.expect("get"), None);
+    // A prefix is a prefix: "a/" does not list "ab".
+    store
+        .txn(Vec::new(), vec![put("ab", "other")])
+        .await
+        .expect("txn");
+    assert_eq!(store.list("a/").await.expect("list").0.len(), 1);
+}
+
+async fn watch_resumes_and_compaction_expires(store: Arc<dyn Store>) {
+    let r1 = store
+        .txn(Vec::new(), vec![put("w/1", "a")])
+        .await
+        .expect("txn")
+        .expect("written");
+    let r2 = store
+        .txn(Vec::new(), vec![put("w/2", "b"), put("w/3", "c")])
+        .await
+        .expect("txn")
+        .expect("written");
+    let r3 = store
+        .txn(
+            Vec::new(),
+            vec![
+                Op::Delete {
+                    key: "w/1".to_owned(),
+                },
+                put("other/x", "-"),
+            ],
+        )
+        .await
+        .expect("txn")
+        .expect("written");
+
+    // From r1: the two later revisions, each one batch, only keys under the prefix.
+    let mut watch = store.watch("w/", r1).await.expect("watch");
+    let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event within 10s")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(
+        batch
+            .iter()
+            .map(|e| (e.key.as_str(), e.revision, e.kind, e.created))
+            .collect::<Vec<_>>(),
+        vec![
+            ("w/2", r2, EventKind::Put, true),
+            ("w/3", r2, EventKind::Put, true)
+        ]
+    );
+    let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event within 10s")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(batch.len(), 1, "{batch:?}");
+    assert_eq!(
+        (batch[0].key.as_str(), batch[0].kind, batch[0].revision),
+        ("w/1", EventKind::Delete, r3)
+    );
+    assert_eq!(batch[0].value, b"a", "a delete carries the last value");
+
+    // Live events arrive too.
+    let r4 = store
+        .txn(Vec::new(), vec![put("w/2", "b2")])
+        .await
+        .expect("txn")
+        .expect("written");
+    let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a live event within 10s")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(
+        (batch[0].key.as_str(), batch[0].revision, batch[0].created),
+        ("w/2", r4, false)
+    );
+    drop(watch);
+
+    // After compaction, resuming from before it is an explicit error; from after it works.
+    store.compact(r3).await.expect("compact");
+    let expired = match store.watch("w/", r1).await {
+        Err(error) => error,
+        Ok(mut watch) => tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("an answer within 10s")
+            .expect("stream open")
+            .expect_err("a watch from a compacted revision must fail"),
+    };
+    assert!(
+        matches!(expired, StoreError::Compacted { .. }),
+        "{expired:?}"
+    );
+    let mut watch = store
+        .watch("w/", r3)
+        .await
+        .expect("watch after the compacted revision");
+    let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event within 10s")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(batch[0].revision, r4);
+}
+
+#[tokio::test]
+async fn embedded_transactions_compare_and_list_is_consistent() {
+    let (store, _dir) = embedded();
+    transactions_compare_and_list_is_consistent(store).await;
+}
+
+#[tokio::test]
+async fn embedded_watch_resumes_and_compaction_expires() {
+    let (store, _dir) = embedded();
+    watch_resumes_and_compaction_expires(store).await;
+}
+
+#[tokio::test]
+async fn embedded_store_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("control.redb");
+    let revision = {
+        let store = gannet_control::store::EmbeddedStore::open(&path).expect("open");
+        store
+            .txn(Vec::new(), vec![put("first", "-")])
+            .await
+            .expect("txn");
+        store
+            .txn(Vec::new(), vec![put("k", "v")])
+            .await
+            .expect("txn")
+            .expect("written")
+    };
+    let store = gannet_control::store::EmbeddedStore::open(&path).expect("reopen");
+    assert_eq!(store.current_revision().await.expect("revision"), revision);
+    let kv = store.get("k").await.expect("get").expect("kept");
+    assert_eq!(kv.value, b"v");
+    let mut watch = store.watch("", revision - 1).await.expect("history kept");
+    let batch = watch.next().await.expect("open").expect("ok");
+    assert_eq!(batch[0].key, "k");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_contract() {
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
+        .await
+        .expect("etcd");
+    let store: Arc<dyn Store> = Arc::new(EtcdStore::new(&etcd.endpoints(), "/t1/").expect("store"));
+    transactions_compare_and_list_is_consistent(Arc::clone(&store)).await;
+    // A second prefix on the same etcd sees nothing of the first.
+    let other: Arc<dyn Store> = Arc::new(EtcdStore::new(&etcd.endpoints(), "/t2/").expect("store"));
+    assert!(other.list("").await.expect("list").0.is_empty());
+    watch_resumes_and_compaction_expires(other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_write_through_one_replica_reaches_a_watcher_on_another() {
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
+        .await
+        .expect("etcd");
+    let replica_a = EtcdStore::new(&etcd.endpoints(), "/gannet/").expect("store");
+    let replica_b = EtcdStore::new(&etcd.endpoints(), "/gannet/").expect("store");
+    let mut watch = replica_b.watch("registry/", 0).await.expect("watch");
+    let revision = replica_a
+        .txn(Vec::new(), vec![put("registry/services/default/web", "{}")])
+        .await
+        .expect("txn")
+        .expect("written");
+    let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("replica B sees replica A's write within 10s")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(
+        (batch[0].key.as_str(), batch[0].revision),
+        ("registry/services/default/web", revision)
+    );
+}
+
+/// Three members; one is killed while a writer keeps writing through the store (which fails over
+/// between members) and a watcher keeps watching: every acknowledged write is in etcd afterwards,
+/// and the watcher saw every one of them, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_three_members_one_killed_while_writing_loses_nothing() {
+    let mut etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
+        .await
+        .expect("etcd");
+    let endpoints = etcd.endpoints();
+    let writer = Arc::new(EtcdStore::new(&endpoints, "/gannet/").expect("store"));
+    // The watcher prefers the member that will be killed, so it has to resume elsewhere.
+    let watcher = EtcdStore::new(&endpoints, "/gannet/").expect("store");
+    let start = writer.current_revision().await.expect("revision");
+    let mut watch = watcher.watch("load/", start).await.expect("watch");
+
+    const WRITES: usize = 300;
+    let task = {
+        let writer = Arc::clone(&writer);
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..WRITES {
+                let key = format!("load/{i:04}");
+                // Each write is retried by the store across members; a write that still fails
+                // is not acknowledged and must not be counted.
+                if let Ok(Some(revision)) = writer
+                    .txn(vec![absent(&key)], vec![put(&key, &i.to_string())])
+                    .await
+                {
+                    acknowledged.push((key, revision));
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| etcd.kill(0));
+    let acknowledged = task.await.expect("writer");
+    assert!(
+        acknowledged.len() >= WRITES * 9 / 10,
+        "only {} of {WRITES} writes succeeded with two of three members up",
+        acknowledged.len()
+    );
+    let (stored, _) = writer.list("load/").await.expect("list from the survivors");
+    let stored: std::collections::HashMap<String, u64> = stored
+        .into_iter()
+        .map(|kv| (kv.key, kv.mod_revision))
+        .collect();
+    for (key, revision) in &acknowledged {
+        assert_eq!(
+            stored.get(key),
+            Some(revision),
+            "acknowledged write {key} lost"
+        );
+    }
+    let mut seen = Vec::new();
+    while seen.len() < stored.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(15), watch.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "watcher stalled after {} of {} events",
+                    seen.len(),
+                    stored.len()
+                )
+            })
+            .expect("open")
+            .expect("no error");
+        seen.extend(batch.into_iter().map(|event| (event.key, event.revision)));
+    }
+    let mut expected: Vec<(String, u64)> = stored.into_iter().collect();
+    expected.sort_by_key(|(_, revision)| *revision);
+    assert_eq!(
+        seen, expected,
+        "the watcher must see every write once, in revision order"
+    );
+}
