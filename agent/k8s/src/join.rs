@@ -73,6 +73,33 @@ pub fn desired_state(
     join(services, slices)
 }
 
+/// [`desired_state`] for objects that were not read from files, such as a control plane's watch:
+/// errors name `source` where they would name a file (e.g. `unix:/run/gannet/control.sock`).
+/// Borrows the objects, so a caller that keeps them can join a few at a time cheaply.
+pub fn desired_state_of<'a>(
+    source: &Path,
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> (DesiredState, Vec<ManifestError>) {
+    let services = services
+        .into_iter()
+        .map(|object| Located {
+            file: source,
+            document: 0,
+            object,
+        })
+        .collect();
+    let slices = slices
+        .into_iter()
+        .map(|object| Located {
+            file: source,
+            document: 0,
+            object,
+        })
+        .collect();
+    join(services, slices)
+}
+
 pub(crate) fn join(
     mut services: Vec<Located<'_, Service>>,
     mut slices: Vec<Located<'_, EndpointSlice>>,

@@ -27,9 +27,10 @@ pub use check::{
 };
 pub use dir::{ManifestDir, ScanOutcome};
 pub use error::ManifestError;
-pub use join::desired_state;
+pub use join::{desired_state, desired_state_of};
 pub use model::{Backend, DesiredState, Frontend, Protocol, ServicePort};
 pub use parse::{Object, parse_documents};
+pub use validate::SERVICE_NAME_LABEL;
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use crate::error::FieldError;
 use crate::model::Protocol;
 
 /// The label by which an `EndpointSlice` names the Service it belongs to.
-pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const DEFAULT_NAMESPACE: &str = "default";
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;

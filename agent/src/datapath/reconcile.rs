@@ -321,9 +321,7 @@ impl<M: ServiceMaps> Reconciler<M> {
     /// Programs `desired`. With `prune`, frontends absent from `desired` are removed;
     /// without it (a source that is known to be incomplete) they are kept.
     pub fn apply(&mut self, desired: &DesiredState, prune: bool, now: Instant) -> ApplyReport {
-        let mut report = ApplyReport::default();
-        let mut purge: HashMap<u32, Option<BTreeSet<u32>>> = HashMap::new();
-
+        let mut batch = Batch::default();
         if prune {
             let gone: Vec<Frontend> = self
                 .services
@@ -332,45 +330,86 @@ impl<M: ServiceMaps> Reconciler<M> {
                 .copied()
                 .collect();
             for frontend in gone {
-                match self.remove(&frontend, now) {
-                    Ok(id) => {
-                        purge.insert(id, None);
-                        report.removed += 1;
-                    }
-                    Err(e) => report.failed.push((frontend, e.to_string())),
-                }
+                self.remove_into(&mut batch, &frontend, now);
             }
         }
-
         for (frontend, spec) in &desired.services {
-            match self.program(frontend, spec, now) {
-                Ok(Change::Unchanged) => report.unchanged += 1,
-                Ok(Change::Added) => report.added += 1,
-                Ok(Change::Updated { id, removed }) => {
-                    report.updated += 1;
-                    if !removed.is_empty()
-                        && let Some(set) = purge.entry(id).or_insert_with(|| Some(BTreeSet::new()))
-                    {
-                        set.extend(removed);
-                    }
+            self.program_into(&mut batch, frontend, spec, now);
+        }
+        self.finish(batch)
+    }
+
+    /// Programs a diff: `Some` frontends are added or updated, `None` ones removed (removing
+    /// one that is not programmed is nothing). For sources that know what changed, such as a
+    /// watch, so a change costs what it touches rather than a pass over every service.
+    pub fn apply_changes(
+        &mut self,
+        changes: &BTreeMap<Frontend, Option<ServicePort>>,
+        now: Instant,
+    ) -> ApplyReport {
+        let mut batch = Batch::default();
+        for (frontend, change) in changes {
+            match change {
+                Some(spec) => self.program_into(&mut batch, frontend, spec, now),
+                None if self.services.contains_key(frontend) => {
+                    self.remove_into(&mut batch, frontend, now);
                 }
-                Err(e) => {
-                    error!(
-                        service = %format_args!("{}/{}", spec.namespace, spec.name),
-                        port = %spec.port_name,
-                        %frontend,
-                        error = %e,
-                        "could not program service; it keeps its previous state"
-                    );
-                    report.failed.push((*frontend, e.to_string()));
-                }
+                None => {}
             }
         }
+        self.finish(batch)
+    }
 
-        if !purge.is_empty() {
-            self.purge_affinity(&purge);
+    fn remove_into(&mut self, batch: &mut Batch, frontend: &Frontend, now: Instant) {
+        match self.remove(frontend, now) {
+            Ok(id) => {
+                batch.purge.insert(id, None);
+                batch.report.removed += 1;
+            }
+            Err(e) => batch.report.failed.push((*frontend, e.to_string())),
         }
-        report
+    }
+
+    fn program_into(
+        &mut self,
+        batch: &mut Batch,
+        frontend: &Frontend,
+        spec: &ServicePort,
+        now: Instant,
+    ) {
+        let report = &mut batch.report;
+        match self.program(frontend, spec, now) {
+            Ok(Change::Unchanged) => report.unchanged += 1,
+            Ok(Change::Added) => report.added += 1,
+            Ok(Change::Updated { id, removed }) => {
+                report.updated += 1;
+                if !removed.is_empty()
+                    && let Some(set) = batch
+                        .purge
+                        .entry(id)
+                        .or_insert_with(|| Some(BTreeSet::new()))
+                {
+                    set.extend(removed);
+                }
+            }
+            Err(e) => {
+                error!(
+                    service = %format_args!("{}/{}", spec.namespace, spec.name),
+                    port = %spec.port_name,
+                    %frontend,
+                    error = %e,
+                    "could not program service; it keeps its previous state"
+                );
+                report.failed.push((*frontend, e.to_string()));
+            }
+        }
+    }
+
+    fn finish(&mut self, batch: Batch) -> ApplyReport {
+        if !batch.purge.is_empty() {
+            self.purge_affinity(&batch.purge);
+        }
+        batch.report
     }
 
     /// Frees what switches released more than the grace period ago.
@@ -613,6 +652,13 @@ impl<M: ServiceMaps> Reconciler<M> {
             Err(e) => warn!(error = %e, "could not purge affinity entries"),
         }
     }
+}
+
+/// What one apply has done so far, and whose affinity entries to purge at its end.
+#[derive(Default)]
+struct Batch {
+    report: ApplyReport,
+    purge: HashMap<u32, Option<BTreeSet<u32>>>,
 }
 
 enum Change {

@@ -345,3 +345,62 @@ fn without_prune_absent_services_stay() {
     assert_eq!(report.removed, 0);
     assert_eq!(r.maps().resolve(&a), Some(backends(&[1])));
 }
+
+#[test]
+fn changes_touch_only_the_named_frontends() {
+    let t0 = Instant::now();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let a = frontend(1, 80);
+    let b = frontend(2, 80);
+    let c = frontend(3, 80);
+    r.apply(
+        &state(&[(a, backends(&[1, 2])), (b, backends(&[3]))]),
+        true,
+        t0,
+    );
+    let ops_before = r.maps().ops;
+    let spec_c = state(&[(c, backends(&[4]))]).services[&c].clone();
+    let spec_a = state(&[(a, backends(&[2]))]).services[&a].clone();
+    let changes: BTreeMap<Frontend, Option<ServicePort>> = [
+        (a, Some(spec_a)),
+        (b, None),
+        (c, Some(spec_c)),
+        // Removing a frontend that was never programmed is nothing.
+        (frontend(9, 80), None),
+    ]
+    .into_iter()
+    .collect();
+    let report = r.apply_changes(&changes, t0);
+    assert_eq!(
+        (
+            report.added,
+            report.updated,
+            report.removed,
+            report.unchanged
+        ),
+        (1, 1, 1, 0),
+        "{report:?}"
+    );
+    assert!(r.maps().ops > ops_before);
+    assert_eq!(r.maps().resolve(&a), Some(backends(&[2])));
+    assert_eq!(r.maps().resolve(&b), None);
+    assert_eq!(r.maps().resolve(&c), Some(backends(&[4])));
+    r.collect_garbage(t0 + GRACE * 2);
+    let mut left: Vec<_> = r.maps().backends.values().map(|v| v.addr[15]).collect();
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        vec![2, 4],
+        "backends 1 and 3 freed after the grace period"
+    );
+    // The same changes again write nothing.
+    let ops_before = r.maps().ops;
+    let again: BTreeMap<_, _> = changes.into_iter().filter(|(f, _)| *f != b).collect();
+    let report = r.apply_changes(&again, t0);
+    assert_eq!(report.unchanged, 2, "{report:?}");
+    assert_eq!(
+        r.maps().ops,
+        ops_before,
+        "unchanged frontends write nothing"
+    );
+}

@@ -31,7 +31,7 @@ use crate::registry::{
 use crate::store::{Compare, EventKind, KeyValue, Op, Revision};
 
 /// The label naming the Service of an `EndpointSlice`.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use gannet_k8s::SERVICE_NAME_LABEL;
 /// The label naming who manages an `EndpointSlice`.
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// This controller's value of [`MANAGED_BY_LABEL`].
