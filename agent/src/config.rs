@@ -3,17 +3,23 @@
 
 use std::{
     fmt,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gannet_api::{Credentials, ServerAddr, pki};
 use gannet_common::{
     DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_REV_NAT,
     DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
 };
 
+use crate::control::ControlConfig;
 use crate::sys;
+
+/// File name of the subnet file in the state directory (unless `--subnet-file` says otherwise).
+pub const SUBNET_FILE: &str = "subnet.env";
 
 /// `EX_USAGE` from sysexits.h.
 pub const EXIT_USAGE: i32 = 64;
@@ -69,9 +75,34 @@ pub struct RunArgs {
     /// Name of this node (defaults to the host name).
     #[arg(long, env = "GANNET_NODE_NAME")]
     pub node_name: Option<String>,
-    /// Directory of Kubernetes YAML (v1 Service, discovery.k8s.io/v1 EndpointSlice) to serve.
+    /// Directory of Kubernetes YAML (v1 Service, discovery.k8s.io/v1 EndpointSlice) to serve,
+    /// instead of taking services from a control plane.
     #[arg(long, env = "GANNET_MANIFEST_DIR")]
     pub manifest_dir: Option<PathBuf>,
+    /// The control plane: `unix:PATH` or `https://HOST:PORT` (`http://` for a loopback server
+    /// started with `--insecure`). The default when no `--manifest-dir` is given:
+    /// `unix:/run/gannet/control.sock`.
+    #[arg(long, env = "GANNET_CONTROL")]
+    pub control: Option<String>,
+    /// For `https` control planes: the directory with `ca.pem`, `agent.pem` and `agent-key.pem`
+    /// (`gannet-control certs`).
+    #[arg(
+        long,
+        default_value = "/etc/gannet/pki",
+        env = "GANNET_CONTROL_TLS_DIR"
+    )]
+    pub control_tls_dir: PathBuf,
+    /// This node's address as reported to the control plane (repeatable, or comma-separated);
+    /// default: the global addresses of the network namespace gannetd runs in.
+    #[arg(long, value_delimiter = ',')]
+    pub node_ip: Vec<String>,
+    /// Where the node's pod-CIDR lease is written for gannet-cni (Flannel's `subnet.env` keys);
+    /// default: `subnet.env` in `--state-dir`.
+    #[arg(long, env = "GANNET_SUBNET_FILE")]
+    pub subnet_file: Option<PathBuf>,
+    /// The pods' MTU, written to the subnet file.
+    #[arg(long, default_value_t = 1500)]
+    pub pod_mtu: u32,
     /// How often the manifest directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub sync_interval_ms: u64,
@@ -112,6 +143,15 @@ pub struct Capacity {
     pub endpoints: u32,
 }
 
+/// Where gannetd takes its services from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A directory of manifests, scanned every `--sync-interval-ms`.
+    Manifests(PathBuf),
+    /// A control plane, watched.
+    Control(ControlConfig),
+}
+
 /// Validated configuration of `gannetd run`.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -119,7 +159,7 @@ pub struct RunConfig {
     pub cgroup_path: PathBuf,
     pub bpf_root: PathBuf,
     pub state_dir: PathBuf,
-    pub manifest_dir: PathBuf,
+    pub source: Source,
     pub sync_interval: Duration,
     pub capacity: Capacity,
 }
@@ -185,19 +225,7 @@ impl RunArgs {
         check_cgroup(&self.common.cgroup_path, &mut errors);
         check_bpf_root(&self.common.bpf_root, &mut errors);
         check_state_dir(&self.common.state_dir, &mut errors);
-        let manifest_dir = match &self.manifest_dir {
-            None => {
-                errors.push(
-                    "--manifest-dir: required: gannetd needs a source of services".to_owned(),
-                );
-                PathBuf::new()
-            }
-            Some(dir) if !dir.is_dir() => {
-                errors.push(format!("--manifest-dir {}: not a directory", dir.display()));
-                dir.clone()
-            }
-            Some(dir) => dir.clone(),
-        };
+        let source = self.source(&mut errors);
         let node_name = match &self.node_name {
             Some(name) if name.trim().is_empty() => {
                 errors.push("--node-name: must not be empty".to_owned());
@@ -232,7 +260,7 @@ impl RunArgs {
             cgroup_path: self.common.cgroup_path.clone(),
             bpf_root: self.common.bpf_root.clone(),
             state_dir: self.common.state_dir.clone(),
-            manifest_dir,
+            source,
             sync_interval: Duration::from_millis(self.sync_interval_ms),
             capacity: Capacity {
                 services: self.max_services,
@@ -242,6 +270,84 @@ impl RunArgs {
                 affinity: self.max_affinity,
                 endpoints: self.max_endpoints,
             },
+        })
+    }
+}
+
+impl RunArgs {
+    fn source(&self, errors: &mut Vec<String>) -> Source {
+        let control = match (&self.manifest_dir, &self.control) {
+            (Some(_), Some(_)) => {
+                errors.push(
+                    "--manifest-dir and --control: give one source of services, not both"
+                        .to_owned(),
+                );
+                return Source::Manifests(PathBuf::new());
+            }
+            (Some(dir), None) => {
+                if !dir.is_dir() {
+                    errors.push(format!("--manifest-dir {}: not a directory", dir.display()));
+                }
+                return Source::Manifests(dir.clone());
+            }
+            (None, Some(text)) => text.clone(),
+            (None, None) => format!("unix:{}", gannet_api::DEFAULT_SOCKET),
+        };
+        let server = match control.parse::<ServerAddr>() {
+            Ok(server) => server,
+            Err(e) => {
+                errors.push(format!("--control {control}: {e}"));
+                ServerAddr::default()
+            }
+        };
+        let mut credentials = Credentials::default();
+        if matches!(server, ServerAddr::Https { .. }) {
+            let dir = &self.control_tls_dir;
+            let mut read = |name: &str| match std::fs::read(dir.join(name)) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    errors.push(format!(
+                        "--control-tls-dir {}: {name}: {e} (gannet-control certs writes it)",
+                        dir.display()
+                    ));
+                    None
+                }
+            };
+            credentials.ca_pem = read(pki::CA_CERT);
+            let cert = read(pki::AGENT_CERT);
+            let key = read(pki::AGENT_KEY);
+            credentials.identity = cert.zip(key);
+        }
+        let mut node_ips = Vec::new();
+        for text in &self.node_ip {
+            match text.parse::<IpAddr>() {
+                Ok(ip) => node_ips.push(ip),
+                Err(_) => errors.push(format!("--node-ip {text}: not an IP address")),
+            }
+        }
+        if !(576..=65535).contains(&self.pod_mtu) {
+            errors.push(format!(
+                "--pod-mtu {}: must be between 576 and 65535",
+                self.pod_mtu
+            ));
+        }
+        let subnet_file = match &self.subnet_file {
+            Some(path) if !path.is_absolute() => {
+                errors.push(format!(
+                    "--subnet-file {}: must be an absolute path",
+                    path.display()
+                ));
+                path.clone()
+            }
+            Some(path) => path.clone(),
+            None => self.common.state_dir.join(SUBNET_FILE),
+        };
+        Source::Control(ControlConfig {
+            server,
+            credentials,
+            node_ips,
+            subnet_file,
+            pod_mtu: self.pod_mtu,
         })
     }
 }

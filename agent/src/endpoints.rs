@@ -41,6 +41,15 @@ pub struct Record {
     pub pod: Option<String>,
 }
 
+/// A pod whose network a request changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodChange {
+    /// `namespace/name`, or `name` when the runtime gave no namespace.
+    pub pod: String,
+    /// Its addresses; empty when its endpoint went away.
+    pub ips: Vec<IpAddr>,
+}
+
 /// Endpoints by `network/containerId/ifName`.
 pub struct Registry {
     path: PathBuf,
@@ -97,8 +106,38 @@ impl Registry {
         fs::rename(&tmp, &self.path)
     }
 
-    /// Acts on one request and says how it went.
-    pub fn handle(&mut self, request: Request, fast_path: &mut PodFastPath) -> Response {
+    /// Acts on one request and says how it went, and which pod's network it changed (for the
+    /// pod's status in a control plane).
+    pub fn handle(
+        &mut self,
+        request: Request,
+        fast_path: &mut PodFastPath,
+    ) -> (Response, Option<PodChange>) {
+        let mut change = None;
+        let response = self.act(request, fast_path, &mut change);
+        if !response.ok {
+            change = None;
+        }
+        (response, change)
+    }
+
+    /// The pods of the registered endpoints (those registered with a pod name) and their
+    /// addresses.
+    pub fn pods(&self) -> impl Iterator<Item = PodChange> + '_ {
+        self.records.values().filter_map(|r| {
+            r.pod.as_ref().map(|pod| PodChange {
+                pod: pod.clone(),
+                ips: r.ips.clone(),
+            })
+        })
+    }
+
+    fn act(
+        &mut self,
+        request: Request,
+        fast_path: &mut PodFastPath,
+        change: &mut Option<PodChange>,
+    ) -> Response {
         if request.api_version != agent_api::API_VERSION {
             return Response::error(format!(
                 "apiVersion {} is not supported (gannetd speaks {})",
@@ -143,6 +182,10 @@ impl Registry {
                     _ => None,
                 };
                 info!(endpoint = %key, pod = ?pod, ips = ?ips, host_if = %endpoint.host_if_name, "endpoint registered");
+                *change = pod.clone().map(|pod| PodChange {
+                    pod,
+                    ips: ips.clone(),
+                });
                 self.records.insert(
                     key,
                     Record {
@@ -168,6 +211,10 @@ impl Registry {
                     return Response::error(format!("endpoint {key}: {e}"));
                 }
                 info!(endpoint = %key, pod = ?record.pod, "endpoint unregistered");
+                *change = record.pod.map(|pod| PodChange {
+                    pod,
+                    ips: Vec::new(),
+                });
                 self.persist()
             }
         }
@@ -250,11 +297,11 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
     }
 }
 
-/// Removes the socket and the registry from the state directory (and the directory, when that
+/// Removes the socket, the registry and the subnet file from the state directory (and the directory, when that
 /// leaves it empty). Returns how many files went.
 pub fn cleanup(state_dir: &Path) -> Result<usize, crate::datapath::DataPathError> {
     let mut removed = 0;
-    for name in [SOCKET, REGISTRY] {
+    for name in [SOCKET, REGISTRY, crate::config::SUBNET_FILE] {
         let path = state_dir.join(name);
         match fs::remove_file(&path) {
             Ok(()) => removed += 1,

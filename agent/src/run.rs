@@ -1,35 +1,158 @@
-//! The agent's main loop: the manifest directory feeds the reconciler until a signal arrives.
+//! The agent's main loop: a source of services (a manifest directory or the control plane)
+//! feeds the reconciler, and gannet-cni's registrations feed the pod fast path, until a signal
+//! arrives.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gannet_k8s::ManifestDir;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
+    time::{Interval, MissedTickBehavior},
 };
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::RunConfig,
+    config::{RunConfig, Source},
+    control::{Control, PodReport, Update},
     datapath::{
-        SockLb,
+        BpfMaps, SockLb,
         pods::PodFastPath,
-        reconcile::{DEFAULT_GRACE, Reconciler},
+        reconcile::{ApplyReport, DEFAULT_GRACE, Reconciler},
     },
     endpoints::{self, Registry},
 };
+
+/// How often released map entries are looked at for freeing.
+const GARBAGE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Where services come from.
+enum Services {
+    Manifests {
+        dir: ManifestDir,
+        tick: Interval,
+        /// Until one scan of the directory has been free of errors, a service that is missing
+        /// from it may only be missing because its file is invalid: keep what the previous agent
+        /// programmed rather than remove it.
+        had_clean_scan: bool,
+    },
+    Control(Control),
+}
+
+impl Services {
+    fn new(config: &RunConfig) -> anyhow::Result<Self> {
+        Ok(match &config.source {
+            Source::Manifests(dir) => {
+                let mut tick = tokio::time::interval(config.sync_interval);
+                tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                Self::Manifests {
+                    dir: ManifestDir::new(dir),
+                    tick,
+                    had_clean_scan: false,
+                }
+            }
+            Source::Control(control) => Self::Control(
+                Control::start(control.clone(), &config.node_name)
+                    .with_context(|| format!("connecting to {}", control.server))?,
+            ),
+        })
+    }
+
+    /// Waits for the next change and programs it. Cancel-safe: it only waits in a tick or a
+    /// channel receive.
+    async fn next(&mut self, reconciler: &mut Reconciler<BpfMaps>) {
+        match self {
+            Self::Manifests {
+                dir,
+                tick,
+                had_clean_scan,
+            } => {
+                tick.tick().await;
+                match dir.scan() {
+                    Ok(None) => {}
+                    Ok(Some(outcome)) => {
+                        for e in &outcome.errors {
+                            error!(error = %e, "manifest rejected; its last good version stays in effect");
+                        }
+                        *had_clean_scan |= outcome.errors.is_empty();
+                        let report =
+                            reconciler.apply(&outcome.state, *had_clean_scan, Instant::now());
+                        debug!(
+                            frontends = outcome.state.services.len(),
+                            errors = outcome.errors.len(),
+                            "manifests applied"
+                        );
+                        log_report(&report);
+                    }
+                    Err(e) => warn!(
+                        error = %e,
+                        "cannot read the manifest directory; keeping the current state"
+                    ),
+                }
+            }
+            Self::Control(control) => {
+                let Some(update) = control.updates.recv().await else {
+                    // The control tasks never end on their own; only a panic stops them.
+                    error!("the control-plane client stopped; the last state stays programmed");
+                    std::future::pending::<()>().await;
+                    return;
+                };
+                let report = match update {
+                    Update::Full(state) => {
+                        let report = reconciler.apply(&state, true, Instant::now());
+                        info!(
+                            frontends = state.services.len(),
+                            "programmed the control plane's services"
+                        );
+                        report
+                    }
+                    Update::Changes(changes) => reconciler.apply_changes(&changes, Instant::now()),
+                };
+                log_report(&report);
+            }
+        }
+    }
+
+    fn report_pod(&self, report: PodReport) {
+        if let Self::Control(control) = self {
+            control.report_pod(report);
+        }
+    }
+}
+
+fn log_report(report: &ApplyReport) {
+    if report.changed() {
+        info!(
+            added = report.added,
+            updated = report.updated,
+            removed = report.removed,
+            unchanged = report.unchanged,
+            failed = report.failed.len(),
+            "services synced"
+        );
+    }
+}
 
 /// Runs until SIGTERM or SIGINT. The data plane stays in place when this returns: programs stay
 /// attached through their pinned links and the maps keep serving, so a restarted gannetd adopts
 /// them without a gap.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    info!(
-        node = %config.node_name,
-        cgroup = %config.cgroup_path.display(),
-        manifest_dir = %config.manifest_dir.display(),
-        "gannetd starting"
-    );
+    match &config.source {
+        Source::Manifests(dir) => info!(
+            node = %config.node_name,
+            cgroup = %config.cgroup_path.display(),
+            manifest_dir = %dir.display(),
+            "gannetd starting"
+        ),
+        Source::Control(control) => info!(
+            node = %config.node_name,
+            cgroup = %config.cgroup_path.display(),
+            control = %control.server,
+            subnet_file = %control.subnet_file.display(),
+            "gannetd starting"
+        ),
+    }
     let lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
     let mut reconciler = Reconciler::adopt(lb.maps, DEFAULT_GRACE)?;
     let mut fast_path = PodFastPath::load(&config.bpf_root, config.capacity.endpoints)?;
@@ -42,60 +165,32 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (calls_tx, mut calls) = mpsc::channel(64);
     let socket = endpoints::serve(&config.state_dir, calls_tx)
         .with_context(|| format!("listening in {}", config.state_dir.display()))?;
+    let mut services = Services::new(&config)?;
+    // Pods registered before a restart: their status may not have reached the control plane.
+    for pod in registry.pods() {
+        services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));
+    }
     info!(socket = %socket.display(), "ready for CNI endpoints");
-    let mut source = ManifestDir::new(&config.manifest_dir);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(config.sync_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Until one scan of the directory has been free of errors, a service that is missing from
-    // it may only be missing because its file is invalid: keep what the previous agent
-    // programmed rather than remove it.
-    let mut had_clean_scan = false;
+    let mut garbage = tokio::time::interval(GARBAGE_INTERVAL);
+    garbage.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: exiting, data plane left running"); break; }
             _ = sigint.recv() => { info!("SIGINT: exiting, data plane left running"); break; }
             Some((request, reply)) = calls.recv() => {
-                let _ = reply.send(registry.handle(request, &mut fast_path));
-                continue;
-            }
-            _ = tick.tick() => {}
-        }
-        let now = Instant::now();
-        match source.scan() {
-            Ok(None) => {}
-            Ok(Some(outcome)) => {
-                for e in &outcome.errors {
-                    error!(error = %e, "manifest rejected; its last good version stays in effect");
-                }
-                had_clean_scan |= outcome.errors.is_empty();
-                let report = reconciler.apply(&outcome.state, had_clean_scan, now);
-                debug!(
-                    frontends = outcome.state.services.len(),
-                    errors = outcome.errors.len(),
-                    "manifests applied"
-                );
-                if report.changed() {
-                    info!(
-                        added = report.added,
-                        updated = report.updated,
-                        removed = report.removed,
-                        unchanged = report.unchanged,
-                        failed = report.failed.len(),
-                        "services synced"
-                    );
+                let (response, change) = registry.handle(request, &mut fast_path);
+                let _ = reply.send(response);
+                if let Some(change) = change {
+                    services.report_pod(PodReport::for_pod(&change.pod, change.ips));
                 }
             }
-            Err(e) => warn!(
-                dir = %config.manifest_dir.display(),
-                error = %e,
-                "cannot read the manifest directory; keeping the current state"
-            ),
+            () = services.next(&mut reconciler) => {}
+            _ = garbage.tick() => reconciler.collect_garbage(Instant::now()),
         }
-        reconciler.collect_garbage(now);
     }
     Ok(())
 }

@@ -170,6 +170,31 @@ impl SubnetEnv {
         Ok(env)
     }
 
+    /// The file's text, as [`SubnetEnv::parse`] reads it back: one `KEY=VALUE` line per set field.
+    #[must_use]
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        let mut line = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                let _ = writeln!(text, "{key}={value}");
+            }
+        };
+        line("FLANNEL_NETWORK", self.network.map(|c| c.to_string()));
+        line("FLANNEL_SUBNET", self.subnet.map(|c| c.to_string()));
+        line(
+            "FLANNEL_IPV6_NETWORK",
+            self.ipv6_network.map(|c| c.to_string()),
+        );
+        line(
+            "FLANNEL_IPV6_SUBNET",
+            self.ipv6_subnet.map(|c| c.to_string()),
+        );
+        line("FLANNEL_MTU", self.mtu.map(|m| m.to_string()));
+        line("FLANNEL_IPMASQ", self.ipmasq.map(|b| b.to_string()));
+        text
+    }
+
     /// The range sets to allocate from: one per family, the written address reserved as gateway
     /// when it is not the network address.
     #[must_use]
@@ -209,6 +234,24 @@ mod tests {
         assert_eq!(
             ranges[0][0].gateway,
             Some("10.244.1.1".parse().expect("ip"))
+        );
+    }
+
+    #[test]
+    fn render_reads_back() {
+        let env = SubnetEnv::parse(
+            Path::new("x"),
+            "FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_SUBNET=fd00:244:0:1::1/64\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n",
+        )
+        .expect("valid");
+        let text = env.render();
+        assert_eq!(
+            SubnetEnv::parse(Path::new("x"), &text).expect("rendered"),
+            env
+        );
+        assert!(
+            !text.contains("FLANNEL_NETWORK"),
+            "unset keys are left out: {text}"
         );
     }
 

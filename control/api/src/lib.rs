@@ -20,6 +20,17 @@ pub mod pb {
     tonic::include_proto!("gannet.control.v1");
 }
 
+/// File names in the TLS directory that `gannet-control certs` writes and clients read.
+pub mod pki {
+    /// The cluster CA's certificate.
+    pub const CA_CERT: &str = "ca.pem";
+    /// The agents' client certificate and its key.
+    pub const AGENT_CERT: &str = "agent.pem";
+    pub const AGENT_KEY: &str = "agent-key.pem";
+    /// The administrators' bearer token (gannetctl).
+    pub const TOKEN: &str = "token";
+}
+
 pub use client::{
     Applied, Auth, Change, Client, ClientError, Credentials, DEFAULT_SOCKET, DeleteOptions,
     EventType, ListWatch, MAX_MESSAGE_SIZE, NodeRegistration, ObjectList, Outcome, Registered,

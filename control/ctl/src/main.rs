@@ -140,14 +140,14 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let server: ServerAddr = cli.server.parse()?;
     let mut credentials = Credentials::default();
     if let ServerAddr::Https { .. } = server {
-        let ca = cli.tls_dir.join("ca.pem");
+        let ca = cli.tls_dir.join(gannet_api::pki::CA_CERT);
         credentials.ca_pem = Some(
             std::fs::read(&ca).with_context(|| format!("--tls-dir: reading {}", ca.display()))?,
         );
         credentials.token = match &cli.token {
             Some(token) => Some(token.clone()),
             None => {
-                let path = cli.tls_dir.join("token");
+                let path = cli.tls_dir.join(gannet_api::pki::TOKEN);
                 Some(
                     std::fs::read_to_string(&path)
                         .with_context(|| {

@@ -20,13 +20,10 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-pub const CA_CERT: &str = "ca.pem";
+pub use gannet_api::pki::{AGENT_CERT, AGENT_KEY, CA_CERT, TOKEN};
 pub const CA_KEY: &str = "ca-key.pem";
 pub const SERVER_CERT: &str = "server.pem";
 pub const SERVER_KEY: &str = "server-key.pem";
-pub const AGENT_CERT: &str = "agent.pem";
-pub const AGENT_KEY: &str = "agent-key.pem";
-pub const TOKEN: &str = "token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {

@@ -1,0 +1,329 @@
+//! gannetd as a client of gannet-control (`--control`): the node's registration and lease, the
+//! watch of Services, `EndpointSlices` and Nodes, and pod status reports.
+//!
+//! The watch feeds the same boundary as a manifest directory: the main loop gets
+//! [`Update::Full`] once both kinds are listed (programmed with pruning, so whatever an earlier
+//! agent programmed and the control plane no longer has goes), then [`Update::Changes`], diffs of
+//! just the frontends that changed. Every kind is list-watched by a task of its own that resumes
+//! from its last complete revision after a broken stream, lists again when that revision was
+//! compacted, and backs off while the control plane is away; the last known state stays
+//! programmed all that time.
+
+pub mod cache;
+pub mod node;
+pub mod pods;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use gannet_api::{Change, Client, ClientError, Credentials, Kind, ListWatch, Object, ServerAddr};
+use gannet_k8s::DesiredState;
+use k8s_openapi::api::core::v1::Node;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use cache::{Changes, ServiceCache};
+pub use pods::PodReport;
+
+/// How gannetd reaches the control plane and what it says about its node.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub server: ServerAddr,
+    pub credentials: Credentials,
+    /// Reported as the node's `InternalIP`s; empty: the namespace's global addresses.
+    pub node_ips: Vec<IpAddr>,
+    /// Where the node's lease is written for gannet-cni (Flannel's `subnet.env` format).
+    pub subnet_file: PathBuf,
+    /// `FLANNEL_MTU` of the subnet file: the pods' MTU.
+    pub pod_mtu: u32,
+}
+
+/// What the main loop is to program.
+#[derive(Debug)]
+pub enum Update {
+    /// Everything, the first time both kinds are known: program it and remove the rest.
+    Full(DesiredState),
+    /// Frontends to program (`Some`) or remove (`None`).
+    Changes(Changes),
+}
+
+/// The running control-plane client.
+pub struct Control {
+    pub updates: mpsc::Receiver<Update>,
+    reports: mpsc::UnboundedSender<PodReport>,
+}
+
+impl Control {
+    /// Starts the tasks (on the current runtime). Nothing is sent before the control plane
+    /// answers; until then the data plane keeps what it has.
+    ///
+    /// # Errors
+    /// When the credentials are unusable.
+    pub fn start(config: ControlConfig, node_name: &str) -> Result<Self, ClientError> {
+        let client = Client::lazy(&config.server, &config.credentials)?;
+        let (events_tx, events) = mpsc::channel(256);
+        for kind in [Kind::Service, Kind::EndpointSlice, Kind::Node] {
+            tokio::spawn(watch(kind, client.clone(), events_tx.clone()));
+        }
+        let (updates_tx, updates) = mpsc::channel(16);
+        let source = PathBuf::from(config.server.to_string());
+        tokio::spawn(aggregate(events, updates_tx, source));
+        let (reports, reports_rx) = mpsc::unbounded_channel();
+        tokio::spawn(pods::run(client.clone(), node_name.to_owned(), reports_rx));
+        tokio::spawn(node::run(client, node_name.to_owned(), config));
+        Ok(Self { updates, reports })
+    }
+
+    /// Queues a pod status report (sent when the control plane takes it).
+    pub fn report_pod(&self, report: PodReport) {
+        let _ = self.reports.send(report);
+    }
+}
+
+/// Exponential backoff with jitter, from 100 ms to 5 s.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LAST: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The delay before the next attempt: the current step ± 25 %.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(Self::LAST);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        // 0.75 .. 1.25 of the step.
+        step.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
+    }
+}
+
+/// List-watches one kind forever, sending every change to `events`.
+async fn watch(kind: Kind, mut client: Client, events: mpsc::Sender<(Kind, Change)>) {
+    let mut list_watch = ListWatch::new(kind, None);
+    let mut backoff = Backoff::new();
+    let mut away_since: Option<Instant> = None;
+    loop {
+        match list_watch.next(&mut client).await {
+            Ok(change) => {
+                if let Some(since) = away_since.take() {
+                    info!(
+                        %kind,
+                        away = ?since.elapsed(),
+                        revision = ?list_watch.revision(),
+                        "watching the control plane again"
+                    );
+                }
+                backoff.reset();
+                if events.send((kind, change)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                if away_since.is_none() {
+                    away_since = Some(Instant::now());
+                    if error.is_transient() {
+                        warn!(%kind, %error, "control plane unreachable; the last known state stays programmed");
+                    } else {
+                        error!(%kind, %error, "the control plane refuses the watch; the last known state stays programmed");
+                    }
+                } else {
+                    debug!(%kind, %error, ?delay, "watch failed again");
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Folds the watch events into the cache and sends what changed to the main loop: events that
+/// arrive together are applied together.
+async fn aggregate(
+    mut events: mpsc::Receiver<(Kind, Change)>,
+    updates: mpsc::Sender<Update>,
+    source: PathBuf,
+) {
+    let mut cache = ServiceCache::new(&source);
+    let mut nodes = Nodes::default();
+    let mut sent_full = false;
+    while let Some(event) = events.recv().await {
+        absorb(&mut cache, &mut nodes, event);
+        while let Ok(event) = events.try_recv() {
+            absorb(&mut cache, &mut nodes, event);
+        }
+        if !cache.synced() {
+            continue;
+        }
+        let (changes, errors) = cache.take_changes();
+        for error in &errors {
+            error!(%error, "service not served as given; what it had before stays in effect");
+        }
+        let update = if sent_full {
+            if changes.is_empty() {
+                continue;
+            }
+            Update::Changes(changes)
+        } else {
+            sent_full = true;
+            info!(
+                services = cache.service_count(),
+                endpoint_slices = cache.slice_count(),
+                "control plane state received"
+            );
+            Update::Full(cache.desired_state())
+        };
+        if updates.send(update).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn absorb(cache: &mut ServiceCache, nodes: &mut Nodes, (kind, change): (Kind, Change)) {
+    match change {
+        Change::Synced { objects, revision } => {
+            debug!(%kind, objects = objects.len(), revision, "listed");
+            match kind {
+                Kind::Service => cache.sync_services(
+                    objects
+                        .into_iter()
+                        .filter_map(|o| match o {
+                            Object::Service(s) => Some(*s),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                Kind::EndpointSlice => cache.sync_slices(
+                    objects
+                        .into_iter()
+                        .filter_map(|o| match o {
+                            Object::EndpointSlice(s) => Some(*s),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                Kind::Node => nodes.sync(objects.into_iter().filter_map(|o| match o {
+                    Object::Node(n) => Some(*n),
+                    _ => None,
+                })),
+                Kind::Pod => {}
+            }
+        }
+        Change::Applied { object, .. } => match object {
+            Object::Service(s) => cache.put_service(*s),
+            Object::EndpointSlice(s) => cache.put_slice(*s),
+            Object::Node(n) => nodes.put(&n),
+            Object::Pod(_) => {}
+        },
+        Change::Deleted { object, .. } => match object {
+            Object::Service(s) => cache.delete_service(&s),
+            Object::EndpointSlice(s) => cache.delete_slice(&s),
+            Object::Node(n) => nodes.delete(&n),
+            Object::Pod(_) => {}
+        },
+    }
+}
+
+/// What a node is to its peers: its pod CIDRs, addresses and readiness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Peer {
+    pod_cidrs: Vec<String>,
+    internal_ips: Vec<String>,
+    ready: bool,
+}
+
+impl Peer {
+    fn of(node: &Node) -> Self {
+        let status = node.status.as_ref();
+        Self {
+            pod_cidrs: node
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.pod_cidrs.clone())
+                .unwrap_or_default(),
+            internal_ips: status
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|a| a.type_ == "InternalIP")
+                .map(|a| a.address.clone())
+                .collect(),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+        }
+    }
+}
+
+/// The cluster's nodes, as the overlay will need them; for now their changes are logged.
+#[derive(Debug, Default)]
+struct Nodes {
+    peers: BTreeMap<String, Peer>,
+}
+
+impl Nodes {
+    fn sync(&mut self, nodes: impl Iterator<Item = Node>) {
+        let listed: BTreeMap<String, Peer> = nodes
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), Peer::of(&n)))
+            .collect();
+        for name in self.peers.keys() {
+            if !listed.contains_key(name) {
+                info!(node = name, "node left the cluster");
+            }
+        }
+        for (name, peer) in &listed {
+            self.log_change(name, peer);
+        }
+        self.peers = listed;
+    }
+
+    fn put(&mut self, node: &Node) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let peer = Peer::of(node);
+        self.log_change(&name, &peer);
+        self.peers.insert(name, peer);
+    }
+
+    fn delete(&mut self, node: &Node) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if self.peers.remove(&name).is_some() {
+            info!(node = name, "node left the cluster");
+        }
+    }
+
+    fn log_change(&self, name: &str, peer: &Peer) {
+        match self.peers.get(name) {
+            None => info!(
+                node = name,
+                pod_cidrs = ?peer.pod_cidrs,
+                internal_ips = ?peer.internal_ips,
+                ready = peer.ready,
+                "node in the cluster"
+            ),
+            Some(old) if old != peer => info!(
+                node = name,
+                pod_cidrs = ?peer.pod_cidrs,
+                internal_ips = ?peer.internal_ips,
+                ready = peer.ready,
+                "node changed"
+            ),
+            Some(_) => {}
+        }
+    }
+}
