@@ -25,6 +25,8 @@ pub struct Agent {
     state_dir: PathBuf,
     /// The network namespace gannetd runs in (`None`: the test's own).
     netns: Option<PathBuf>,
+    /// `--control ADDR` instead of `--manifest-dir`.
+    control: Option<String>,
     extra_args: Vec<String>,
     /// Log output of earlier runs (before restarts), for messages.
     past_logs: String,
@@ -50,6 +52,31 @@ impl Agent {
         cgroup: &Cgroup,
         extra_args: &[&str],
     ) -> anyhow::Result<Agent> {
+        Self::launch_new(netns, cgroup, None, extra_args)
+    }
+
+    /// Starts gannetd with its services from the control plane at `control` (`--control`),
+    /// reporting the node address 192.0.2.10 (a documentation address: nothing is sent to it).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with_control(
+        netns: Option<&Netns>,
+        cgroup: &Cgroup,
+        control: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let mut args = vec!["--node-ip", "192.0.2.10"];
+        args.extend_from_slice(extra_args);
+        Self::launch_new(netns, cgroup, Some(control), &args)
+    }
+
+    fn launch_new(
+        netns: Option<&Netns>,
+        cgroup: &Cgroup,
+        control: Option<&str>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
         let name = unique_name("gannet-test");
         let manifest_dir = std::env::temp_dir().join(format!("{name}-manifests"));
         fs::create_dir_all(&manifest_dir)
@@ -61,6 +88,7 @@ impl Agent {
             manifest_dir,
             state_dir: std::env::temp_dir().join(format!("{name}-state")),
             netns: netns.map(|n| n.path().to_owned()),
+            control: control.map(str::to_owned),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             past_logs: String::new(),
         };
@@ -73,10 +101,12 @@ impl Agent {
         cmd.arg("--cgroup-path")
             .arg(&self.cgroup)
             .arg("--bpf-root")
-            .arg(&self.bpf_root)
-            .arg("--manifest-dir")
-            .arg(&self.manifest_dir)
-            .arg("--state-dir")
+            .arg(&self.bpf_root);
+        match &self.control {
+            Some(control) => cmd.arg("--control").arg(control),
+            None => cmd.arg("--manifest-dir").arg(&self.manifest_dir),
+        };
+        cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--node-name", "test-node", "--sync-interval-ms", "50"])
             .args(&self.extra_args)
@@ -99,6 +129,12 @@ impl Agent {
     #[must_use]
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// The subnet file gannetd writes from its lease (with `--control`).
+    #[must_use]
+    pub fn subnet_file(&self) -> PathBuf {
+        self.state_dir.join("subnet.env")
     }
 
     /// The CNI socket gannet-cni registers endpoints on.

@@ -9,6 +9,8 @@
 pub mod agent;
 mod cgroup;
 mod cmd;
+pub mod cni;
+pub mod control;
 mod netns;
 mod podnet;
 pub mod probe;

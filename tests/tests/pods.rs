@@ -8,56 +8,17 @@
     reason = "integration tests link all of the package's dependencies; these use the kit"
 )]
 
-use std::{io::Write as _, path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use gannet_testkit::{
     Cgroup, Netns,
     agent::Agent,
     bin_path,
+    cni::{cni, pod_ip},
     probe::{Report, parse_json_output},
     run_in, spawn, unique_name,
 };
 use serde_json::{Value, json};
-
-/// Runs gannet-cni `command` in the node namespace for `pod`, as a runtime would.
-fn cni(node: &Netns, pod: &Netns, command: &str, container: &str, conf: &Value) -> Value {
-    let mut cmd = Command::new(bin_path("gannet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .env(
-            "CNI_ARGS",
-            format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={container}"),
-        );
-    let mut child = spawn(cmd, Some(node), None).expect("starting gannet-cni");
-    child
-        .stdin()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("writing the config");
-    child.close_stdin();
-    let output = child
-        .wait_output(Duration::from_secs(20))
-        .expect("gannet-cni exits");
-    assert!(
-        output.status.success(),
-        "gannet-cni {command} for {container} failed: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if output.stdout.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&output.stdout).expect("gannet-cni result is JSON")
-}
-
-fn pod_ip(result: &Value) -> String {
-    let cidr = result["ips"][0]["address"].as_str().expect("an address");
-    cidr.split('/').next().unwrap().to_owned()
-}
 
 fn conf(ipam_dir: &Path, agent_socket: Option<&Path>) -> Value {
     let mut conf = json!({

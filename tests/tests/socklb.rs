@@ -559,6 +559,10 @@ fn bad_configuration_exits_64_naming_every_flag() {
             "relative/path",
             "--max-services",
             "0",
+            "--control",
+            "tcp://nowhere",
+            "--node-ip",
+            "not-an-ip",
         ])
         .output()
         .unwrap();
@@ -568,11 +572,22 @@ fn bad_configuration_exits_64_naming_every_flag() {
         "--cgroup-path /proc",
         "--bpf-root relative/path",
         "--max-services 0",
-        "--manifest-dir",
+        "--control tcp://nowhere",
+        "--node-ip not-an-ip",
     ] {
         assert!(
             stderr.contains(flag),
             "the error must name {flag}: {stderr}"
         );
     }
+    let both = Command::new(bin_path("gannetd"))
+        .args(["--manifest-dir", "/tmp", "--control", "unix:/tmp/x.sock"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert_eq!(both.status.code(), Some(64), "stderr: {stderr}");
+    assert!(
+        stderr.contains("--manifest-dir and --control"),
+        "two sources of services are refused: {stderr}"
+    );
 }
