@@ -1,31 +1,36 @@
-//! The gannet demo: a simulated node in network namespaces, gannetd attached to a client pod's
-//! cgroup, the Kubernetes manifests of `examples/demo/`, and real traffic through the ClusterIP.
-//! Everything it creates is removed when it ends, also on Ctrl-C or failure.
+//! The gannet demo: gannet-control on its embedded defaults, gannetd in a simulated node's network
+//! namespace taking its services and its pod-CIDR lease from it, pods wired by the real gannet-cni,
+//! the Kubernetes manifests of `examples/demo/` applied with gannetctl, and real traffic through
+//! the ClusterIP. Everything it creates is removed when it ends, also on Ctrl-C or failure.
 
 use std::{
-    collections::BTreeMap,
+    path::PathBuf,
     process::{Command, ExitCode},
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use gannet_testkit::{
-    Cgroup, ChildGuard, PodNet,
+    Cgroup, ChildGuard, Netns,
     agent::Agent,
     bin_path,
+    control::ControlPlane,
     probe::{Report, parse_json_output},
     run_in, spawn,
 };
+use serde_json::{Value, json};
 
 use clap as _;
 use serde as _;
-use serde_json as _;
 
 const WEB: &str = include_str!("../../../examples/demo/web.yaml");
-const WEB_3_NOT_READY: &str = include_str!("../../../examples/demo/web-3-not-ready.yaml");
+const WEB_4: &str = include_str!("../../../examples/demo/web-4.yaml");
 const EMPTY: &str = include_str!("../../../examples/demo/empty.yaml");
-const PODS: [&str; 4] = ["client", "web-1", "web-2", "web-3"];
+const VIP: &str = "10.96.0.10";
+const TO_HTTP: &str = "10.96.0.10:80";
+/// How long the demo waits for something gannet does in the background.
+const WAIT: Duration = Duration::from_secs(20);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -68,11 +73,72 @@ fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A pod of the demo: its network namespace (wired by gannet-cni) and, for web pods, its server.
+struct DemoPod {
+    name: &'static str,
+    _server: Option<ChildGuard>,
+    netns: Netns,
+}
+
+/// Field order is drop order: pods' networks go (CNI DEL) while gannetd still runs, then gannetd,
+/// then the control plane, the cgroup and the node.
 struct Demo {
+    pods: Vec<DemoPod>,
     agent: Agent,
-    _servers: Vec<ChildGuard>,
+    plane: ControlPlane,
+    cni_conf: Value,
+    ipam_dir: PathBuf,
     cgroup: Cgroup,
-    net: PodNet,
+    node: Netns,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        for pod in &self.pods {
+            let _ = cni_run(&self.node, &pod.netns, "DEL", pod.name, &self.cni_conf);
+        }
+        let _ = std::fs::remove_dir_all(&self.ipam_dir);
+    }
+}
+
+/// Runs gannet-cni as a runtime does, for `default/<name>`; returns its result.
+fn cni_run(
+    node: &Netns,
+    pod: &Netns,
+    command: &str,
+    name: &str,
+    conf: &Value,
+) -> anyhow::Result<Value> {
+    use std::io::Write as _;
+    let mut cmd = Command::new(bin_path("gannet-cni"));
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("demo-{name}"))
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+        );
+    let mut child = spawn(cmd, Some(node), None)?;
+    child
+        .stdin()
+        .context("gannet-cni stdin")?
+        .write_all(conf.to_string().as_bytes())?;
+    child.close_stdin();
+    let output = child.wait_output(Duration::from_secs(20))?;
+    if !output.status.success() {
+        bail!(
+            "gannet-cni {command} {name}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if output.stdout.is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 impl Demo {
@@ -82,7 +148,7 @@ impl Demo {
         cmd.args(args);
         let output = run_in(
             cmd,
-            Some(&self.net.pods()[0].netns),
+            Some(&self.pods[0].netns),
             Some(&self.cgroup),
             Duration::from_secs(60),
         )?;
@@ -95,55 +161,153 @@ impl Demo {
             println!("      gannetd: {msg}");
         }
     }
-}
 
-fn bars(backends: &BTreeMap<String, u64>, total: u64) {
-    for name in &PODS[1..] {
-        let n = backends.get(*name).copied().unwrap_or(0);
-        let width = usize::try_from(n * 40 / total.max(1)).unwrap_or(0);
-        println!("        {name:<6} {:<40} {n:>4}", "█".repeat(width));
+    /// Creates a pod's namespace, wires it with gannet-cni and (for web pods) starts its server.
+    fn add_pod(&mut self, name: &'static str) -> anyhow::Result<()> {
+        check_interrupted()?;
+        let netns = Netns::new(name)?;
+        let result = cni_run(&self.node, &netns, "ADD", name, &self.cni_conf)?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .context("gannet-cni returned no address")?
+            .to_owned();
+        let server = if name.starts_with("web") {
+            let mut cmd = Command::new(bin_path("gannet-probe"));
+            cmd.args(["serve", "--name", name, "--listen", "0.0.0.0:8080"]);
+            let mut server = spawn(cmd, Some(&netns), None)?;
+            server.wait_for_line("ready", Duration::from_secs(10))?;
+            Some(server)
+        } else {
+            None
+        };
+        println!("        {name:<7} {ip}");
+        self.pods.push(DemoPod {
+            name,
+            _server: server,
+            netns,
+        });
+        Ok(())
+    }
+
+    /// `gannetctl ARGS`, echoed with its output indented.
+    fn gannetctl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> {
+        check_interrupted()?;
+        let output = self.plane.ctl(args, stdin)?;
+        if !output.status.success() {
+            bail!(
+                "gannetctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        println!("      $ gannetctl {}", args.join(" "));
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            println!("        {line}");
+        }
+        Ok(())
+    }
+
+    /// Waits until the data plane serves `frontend` with exactly `backends` (`ip:port`).
+    fn wait_backends(&self, frontend: &str, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            check_interrupted()?;
+            let status = self.agent.status()?;
+            let now = status["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| {
+                    s["frontend"]
+                        .as_str()
+                        .is_some_and(|f| f.starts_with(frontend))
+                })
+                .and_then(|s| s["backends"].as_array().map(Vec::len));
+            if now == Some(count) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{frontend} has {now:?} backends after {WAIT:?}, not {count}; gannetd log:\n{}",
+                    self.agent.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn bars(&self, report: &Report) {
+        let total: u64 = report.backends.values().sum();
+        for pod in self.pods.iter().filter(|p| p.name.starts_with("web")) {
+            let n = report.backends.get(pod.name).copied().unwrap_or(0);
+            let width = usize::try_from(n * 40 / total.max(1)).unwrap_or(0);
+            println!("        {:<6} {:<40} {n:>4}", pod.name, "█".repeat(width));
+        }
     }
 }
 
 fn demo() -> anyhow::Result<()> {
-    println!("gannet demo: socket-level ClusterIP load balancing by real eBPF programs\n");
-
-    println!("[1/6] A simulated node in network namespaces: a client pod and three web pods");
-    let net = PodNet::new(PODS.len()).context("building the pod network")?;
-    for (pod, name) in net.pods().iter().zip(PODS) {
-        println!("        {name:<7} {}", pod.ipv4);
-    }
-    let mut servers = Vec::new();
-    for (pod, name) in net.pods().iter().zip(PODS).skip(1) {
-        let mut cmd = Command::new(bin_path("gannet-probe"));
-        cmd.args(["serve", "--name", name, "--listen", "0.0.0.0:8080"]);
-        let mut server = spawn(cmd, Some(&pod.netns), None)?;
-        server.wait_for_line("ready", Duration::from_secs(10))?;
-        servers.push(server);
-    }
-    let cgroup = Cgroup::new()?;
-
     println!(
-        "\n[2/6] gannetd attached to the client's cgroup {}",
+        "gannet demo: gannet-control, gannetd and gannet-cni on a simulated node; real eBPF, real packets\n"
+    );
+
+    println!("[1/7] gannet-control on its embedded defaults (one store file, a unix socket)");
+    let plane = ControlPlane::start(&[])?;
+    println!("      serving on {}", plane.addr());
+
+    let node = Netns::new("node")?;
+    let cgroup = Cgroup::new()?;
+    println!(
+        "\n[2/7] gannetd joins, in a node namespace, attached to the pods' cgroup {}",
         cgroup.path().display()
     );
-    let agent = Agent::start(&cgroup, &[])?;
+    let mut agent = Agent::start_with_control(Some(&node), &cgroup, &plane.addr(), &[])?;
+    agent.wait_log("subnet file written", 1)?;
+    let lease = std::fs::read_to_string(agent.subnet_file())?;
+    println!(
+        "      node registered; its lease, as gannet-cni reads it ({}):",
+        agent.subnet_file().display()
+    );
+    for line in lease.lines() {
+        println!("        {line}");
+    }
+    let ipam_dir = std::env::temp_dir().join(gannet_testkit::unique_name("gannet-demo-ipam"));
+    let cni_conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "gannet-demo",
+        "type": "gannet-cni",
+        "subnetFile": agent.subnet_file(),
+        "agentSocket": agent.cni_socket(),
+        "ipam": {"type": "gannet", "dataDir": ipam_dir},
+    });
     let mut demo = Demo {
+        pods: Vec::new(),
         agent,
-        _servers: servers,
+        plane,
+        cni_conf,
+        ipam_dir,
         cgroup,
-        net,
+        node,
     };
-    println!("      pinned under {}", demo.agent.bpf_root().display());
 
     println!(
-        "\n[3/6] Apply examples/demo/web.yaml: Service web (10.96.0.10) with 3 ready endpoints"
+        "\n[3/7] gannetctl apply -f examples/demo/web.yaml: Service web ({VIP}) selecting pods web-1..3"
     );
-    demo.agent.apply("web.yaml", WEB, "manifests applied")?;
+    demo.gannetctl(&["apply", "-f", "-"], Some(WEB))?;
+    println!("      gannet-cni wires the pods (addresses from the node's lease):");
+    for name in ["client", "web-1", "web-2", "web-3"] {
+        demo.add_pod(name)?;
+    }
+    demo.wait_backends(TO_HTTP, 3)?;
+    println!(
+        "      gannetd reported their addresses; the endpoints controller made them endpoints:"
+    );
+    demo.gannetctl(&["get", "endpointslices"], None)?;
     demo.gannetd_said("services synced");
-    let report = demo.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "300"])?;
-    println!("      300 new TCP connections from the client to 10.96.0.10:80:");
-    bars(&report.backends, 300);
+    let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
+    println!("      300 new TCP connections from the client to {TO_HTTP}:");
+    demo.bars(&report);
     let peers: Vec<&String> = report.peers.keys().collect();
     println!(
         "      getpeername() in the client says: {peers:?}; failed: {}",
@@ -156,16 +320,16 @@ fn demo() -> anyhow::Result<()> {
         udp.backends.keys().collect::<Vec<_>>()
     );
 
-    println!("\n[4/6] web-3 fails its readiness probe: apply examples/demo/web-3-not-ready.yaml");
-    demo.agent
-        .apply("web.yaml", WEB_3_NOT_READY, "manifests applied")?;
-    demo.gannetd_said("services synced");
-    let report = demo.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "300"])?;
+    println!("\n[4/7] web-3 is shutting down: deleted with a grace period, it turns terminating");
+    demo.gannetctl(&["delete", "pod", "web-3", "--grace-period", "120"], None)?;
+    demo.wait_backends(TO_HTTP, 2)?;
+    let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
     println!("      300 new connections:");
-    bars(&report.backends, 300);
+    demo.bars(&report);
 
-    println!("\n[5/6] A service without ready pods: apply examples/demo/empty.yaml");
-    demo.agent.apply("empty.yaml", EMPTY, "manifests applied")?;
+    println!("\n[5/7] A service that selects no pod: gannetctl apply -f examples/demo/empty.yaml");
+    demo.gannetctl(&["apply", "-f", "-"], Some(EMPTY))?;
+    demo.wait_backends("10.96.0.20:80", 0)?;
     let report = demo.probe(&["tcp", "--to", "10.96.0.20:80", "--count", "1"])?;
     println!(
         "      connect() to 10.96.0.20:80 fails with {:?} after {} µs (no timeout, no packet to the VIP)",
@@ -174,20 +338,23 @@ fn demo() -> anyhow::Result<()> {
     );
 
     println!(
-        "\n[6/6] gannetd is killed (SIGKILL) and restarted while the client loops through the service"
+        "\n[6/7] gannet-control stops, and gannetd is killed (SIGKILL) and restarted, while the client loops through the service"
     );
     let mut cmd = Command::new(bin_path("gannet-probe"));
     cmd.args([
         "loop",
         "--to",
-        "10.96.0.10:80",
+        TO_HTTP,
         "--duration-ms",
-        "3000",
+        "4000",
         "--interval-ms",
         "1",
     ]);
-    let mut looping = spawn(cmd, Some(&demo.net.pods()[0].netns), Some(&demo.cgroup))?;
-    std::thread::sleep(Duration::from_millis(800));
+    let mut looping = spawn(cmd, Some(&demo.pods[0].netns), Some(&demo.cgroup))?;
+    std::thread::sleep(Duration::from_millis(500));
+    demo.plane.stop()?;
+    println!("      gannet-control stopped");
+    std::thread::sleep(Duration::from_millis(500));
     demo.agent.stop(libc::SIGKILL)?;
     println!("      gannetd killed; programs stay attached through their pinned links");
     std::thread::sleep(Duration::from_millis(800));
@@ -199,5 +366,15 @@ fn demo() -> anyhow::Result<()> {
         report.ok + report.failed,
         report.failed
     );
+
+    println!("\n[7/7] gannet-control is back; a new pod web-4 starts (examples/demo/web-4.yaml)");
+    demo.plane.restart()?;
+    demo.gannetctl(&["apply", "-f", "-"], Some(WEB_4))?;
+    demo.add_pod("web-4")?;
+    demo.wait_backends(TO_HTTP, 3)?;
+    demo.gannetd_said("watching the control plane again");
+    let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
+    println!("      300 new connections:");
+    demo.bars(&report);
     check_interrupted()
 }
