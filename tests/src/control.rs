@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{ChildGuard, bin_path, spawn, unique_name};
+use crate::{ChildGuard, Netns, bin_path, spawn, unique_name};
 
 /// How long gannet-control may take to start serving.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -22,6 +22,8 @@ pub struct ControlPlane {
     child: Option<ChildGuard>,
     dir: PathBuf,
     socket: PathBuf,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<PathBuf>,
     extra_args: Vec<String>,
     past_logs: String,
 }
@@ -33,12 +35,21 @@ impl ControlPlane {
     /// # Errors
     /// If it cannot start or does not serve in time; the error quotes its log.
     pub fn start(extra_args: &[&str]) -> anyhow::Result<ControlPlane> {
+        Self::start_in(None, extra_args)
+    }
+
+    /// Like [`start`](Self::start), in `netns` (for TCP listeners: a namespace of the test's own).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_in(netns: Option<&Netns>, extra_args: &[&str]) -> anyhow::Result<ControlPlane> {
         let dir = std::env::temp_dir().join(unique_name("gannet-cp"));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut plane = ControlPlane {
             child: None,
             socket: dir.join("control.sock"),
             dir,
+            netns: netns.map(|n| n.path().to_owned()),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             past_logs: String::new(),
         };
@@ -54,7 +65,8 @@ impl ControlPlane {
             .arg(format!("unix:{}", self.socket.display()))
             .args(&self.extra_args)
             .env("GANNET_LOG", "info");
-        self.child = Some(spawn(cmd, None, None)?);
+        let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
+        self.child = Some(spawn(cmd, netns.as_ref(), None)?);
         let deadline = Instant::now() + CONTROL_TIMEOUT;
         // This run's log, not the earlier runs'.
         let started = |plane: &Self| {

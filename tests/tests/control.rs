@@ -355,3 +355,73 @@ spec:
     drop(agent);
     let _ = std::fs::remove_dir_all(&ipam_dir);
 }
+
+/// A directory removed on drop.
+struct ScratchDir(std::path::PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn gannetd_joins_a_tls_control_plane_with_its_agent_certificate() {
+    let pki = ScratchDir(std::env::temp_dir().join(unique_name("gannet-pki")));
+    let output = Command::new(bin_path("gannet-control"))
+        .arg("certs")
+        .arg("--out")
+        .arg(&pki.0)
+        .args(["--host", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "gannet-control certs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // TLS on loopback of a namespace of the test's own (a fresh one: the port is free).
+    let node = Netns::new("tls").unwrap();
+    let pki_dir = pki.0.to_str().unwrap();
+    let plane = ControlPlane::start_in(
+        Some(&node),
+        &["--listen", "127.0.0.1:7443", "--tls-dir", pki_dir],
+    )
+    .unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let mut agent = Agent::start_with_control(
+        Some(&node),
+        &cgroup,
+        "https://127.0.0.1:7443",
+        &["--control-tls-dir", pki_dir],
+    )
+    .unwrap();
+    agent.wait_log("subnet file written", 1).unwrap();
+    plane
+        .apply(&service_with_slice(&[("10.244.7.7".to_owned(), true)]))
+        .unwrap();
+    agent.wait_log("services synced", 1).unwrap();
+    let status = agent.status().unwrap();
+    let web = status["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["frontend"] == "10.96.0.10:80/TCP")
+        .unwrap_or_else(|| panic!("the service is programmed: {status}"));
+    assert_eq!(web["backends"], json!(["10.244.7.7:8080"]), "{status}");
+
+    // Without the agent certificate the agent cannot start: the flag names the missing file.
+    let empty = ScratchDir(std::env::temp_dir().join(unique_name("gannet-nopki")));
+    std::fs::create_dir_all(&empty.0).unwrap();
+    let refused = Command::new(bin_path("gannetd"))
+        .args(["--control", "https://127.0.0.1:7443", "--control-tls-dir"])
+        .arg(&empty.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--control-tls-dir") && stderr.contains("agent.pem"),
+        "names the flag and the file: {stderr}"
+    );
+}
