@@ -557,6 +557,14 @@ impl Registry {
         namespace: Option<&str>,
         after: Revision,
     ) -> Result<ObjectWatch, ApiError> {
+        // A revision this store never reached was handed out by another store (the control
+        // plane's data was replaced): waiting for it would hide every change until then.
+        let current = self.store.current_revision().await?;
+        if after > current {
+            return Err(ApiError::Expired(format!(
+                "revision {after} is ahead of the store (at {current}): its data was replaced; list again"
+            )));
+        }
         let stream = self
             .store
             .watch(&kind_prefix(kind, namespace), after)

@@ -426,6 +426,28 @@ async fn compacted_watch_is_expired_and_list_watch_relists() {
 }
 
 #[tokio::test]
+async fn a_watch_from_a_revision_the_store_never_reached_is_expired() {
+    // As after the control plane's data was replaced: a client resumes from its old revision.
+    let (store, _dir) = embedded();
+    let plane = Plane::start(store, test_options()).await;
+    let mut client = plane.client().await;
+    let revision = client
+        .apply(&[object(WEB)], false)
+        .await
+        .expect("apply")
+        .revision;
+    match client.watch(Kind::Service, None, revision + 1000).await {
+        Err(ClientError::Expired(message)) => assert!(message.contains("ahead"), "{message}"),
+        other => panic!("expected an expired watch, got {other:?}"),
+    }
+    let mut watcher = ListWatch::resume(Kind::Service, None, revision + 1000);
+    match watcher.next(&mut client).await.expect("relist") {
+        Change::Synced { objects, .. } => assert_eq!(objects.len(), 1),
+        other => panic!("expected a relist, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn endpoints_controller_follows_pods() {
     let (store, _dir) = embedded();
     let mut options = test_options();
