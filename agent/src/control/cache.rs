@@ -33,6 +33,50 @@ fn owner_of(slice: &EndpointSlice) -> Option<ObjectKey> {
     Some((namespace, service.clone()))
 }
 
+/// Only what the join reads of an object's metadata: its name, namespace and (for slices) the
+/// label naming its Service. With 10 000 Services and their slices, annotations, managed fields
+/// and the like would be most of the agent's memory.
+fn slim_meta(meta: ObjectMeta, keep_service_label: bool) -> ObjectMeta {
+    let labels = if keep_service_label {
+        meta.labels.and_then(|labels| {
+            labels
+                .get_key_value(SERVICE_NAME_LABEL)
+                .map(|(k, v)| std::iter::once((k.clone(), v.clone())).collect())
+        })
+    } else {
+        None
+    };
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        labels,
+        ..ObjectMeta::default()
+    }
+}
+
+fn slim_service(service: Service) -> Service {
+    Service {
+        metadata: slim_meta(service.metadata, false),
+        spec: service.spec,
+        status: None,
+    }
+}
+
+/// Endpoints keep their addresses and conditions: target references, node names, zones and
+/// hints do not decide where connections go.
+fn slim_slice(mut slice: EndpointSlice) -> EndpointSlice {
+    slice.metadata = slim_meta(slice.metadata, true);
+    for endpoint in &mut slice.endpoints {
+        endpoint.target_ref = None;
+        endpoint.node_name = None;
+        endpoint.zone = None;
+        endpoint.hints = None;
+        endpoint.hostname = None;
+        endpoint.deprecated_topology = None;
+    }
+    slice
+}
+
 /// The frontend diff of one [`ServiceCache::take_changes`]: `Some` to program, `None` to remove.
 pub type Changes = BTreeMap<Frontend, Option<ServicePort>>;
 
@@ -99,6 +143,7 @@ impl ServiceCache {
     }
 
     pub fn put_service(&mut self, service: Service) {
+        let service = slim_service(service);
         let key = key_of(&service.metadata);
         self.dirty.insert(key.clone());
         self.services.insert(key, service);
@@ -123,6 +168,7 @@ impl ServiceCache {
     }
 
     pub fn put_slice(&mut self, slice: EndpointSlice) {
+        let slice = slim_slice(slice);
         let key = key_of(&slice.metadata);
         // A slice can move to another Service when its label changes.
         self.remove_slice(&key);
