@@ -300,25 +300,25 @@ spec:
             (pod["status"]["podIP"] == web_ip.as_str()).then_some(())
         },
     );
+    let tcp = |count: &str| {
+        probe(
+            &client,
+            &cgroup,
+            &[
+                "--timeout-ms",
+                "500",
+                "tcp",
+                "--to",
+                &to_vip,
+                "--count",
+                count,
+            ],
+        )
+    };
     let report = eventually(
         "the ClusterIP to reach the new pod",
         Duration::from_secs(10),
-        || {
-            let report = probe(
-                &client,
-                &cgroup,
-                &[
-                    "--timeout-ms",
-                    "500",
-                    "tcp",
-                    "--to",
-                    &to_vip,
-                    "--count",
-                    "10",
-                ],
-            );
-            (report.ok == 10).then_some(report)
-        },
+        || Some(tcp("10")).filter(|report| report.ok == 10),
     );
     assert_eq!(report.backend_count("web-1"), 10, "{report:?}");
 
@@ -327,22 +327,7 @@ spec:
     let refused = eventually(
         "the service to lose its only endpoint",
         Duration::from_secs(10),
-        || {
-            let report = probe(
-                &client,
-                &cgroup,
-                &[
-                    "--timeout-ms",
-                    "500",
-                    "tcp",
-                    "--to",
-                    &to_vip,
-                    "--count",
-                    "3",
-                ],
-            );
-            (report.error_count("ECONNREFUSED") == 3).then_some(report)
-        },
+        || Some(tcp("3")).filter(|report| report.error_count("ECONNREFUSED") == 3),
     );
     assert_eq!(refused.ok, 0, "{refused:?}");
     let pod = plane.get_json("pod", "web-1").unwrap();

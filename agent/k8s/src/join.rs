@@ -77,27 +77,25 @@ pub fn desired_state(
 /// errors name `source` where they would name a file (e.g. `unix:/run/gannet/control.sock`).
 /// Borrows the objects, so a caller that keeps them can join a few at a time cheaply.
 pub fn desired_state_of<'a>(
-    source: &Path,
+    source: &'a Path,
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> (DesiredState, Vec<ManifestError>) {
-    let services = services
+    join(locate(source, services), locate(source, slices))
+}
+
+fn locate<'a, T: 'a>(
+    file: &'a Path,
+    objects: impl IntoIterator<Item = &'a T>,
+) -> Vec<Located<'a, T>> {
+    objects
         .into_iter()
         .map(|object| Located {
-            file: source,
+            file,
             document: 0,
             object,
         })
-        .collect();
-    let slices = slices
-        .into_iter()
-        .map(|object| Located {
-            file: source,
-            document: 0,
-            object,
-        })
-        .collect();
-    join(services, slices)
+        .collect()
 }
 
 pub(crate) fn join(
