@@ -1,12 +1,14 @@
 //! gannet's benchmark harness: scenarios that compare gannet's socket-level service load balancing
 //! with the limit (no load balancer) and with kube-proxy's nftables and iptables rules, on a routed
 //! node built from network namespaces; gannet-cni's ADD/DEL latency next to the reference CNI
-//! plugins; and the reports they write.
+//! plugins; gannet-control's full and incremental syncs to gannetd agents next to kube-proxy's rule
+//! loads; and the reports they write.
 
 pub mod agent;
 pub mod chart;
 pub mod clusterip;
 pub mod cni;
+pub mod control;
 pub mod kubeproxy;
 pub mod machine;
 pub mod peer;

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use gannet_bench::clusterip::{self, Tools};
 use gannet_bench::cni::{self, rootns};
+use gannet_bench::control;
 use gannet_bench::kubeproxy::{iptables, nft};
 use gannet_bench::peer::Metric;
 use gannet_bench::results::Results;
@@ -45,6 +46,10 @@ enum Scenario {
     /// CNI ADD and DEL latency and pods per second: gannet-cni next to the reference bridge +
     /// host-local plugins, for 200 pods each.
     Cni(CniArgs),
+    /// gannet-control feeding gannetd: full sync of 10 000 services × 10 endpoints to fresh
+    /// agents (time, RSS), incremental change latency with 3 agents watching, and kube-proxy's
+    /// nft -f / iptables-restore of the same services.
+    Control(ControlArgs),
     /// Print what the clusterip scenario programs for N services: kube-proxy's nftables rules,
     /// its iptables-restore input, or gannetd's manifests. Needs no root.
     Rules(RulesArgs),
@@ -238,12 +243,132 @@ impl CniArgs {
     }
 }
 
+#[derive(Debug, Args)]
+struct ControlArgs {
+    /// A short run: 1 000 services, 50 changes, 5 gannetctl runs.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write results.json and results.md [default: bench-results/<UTC time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Services stored [default: 10000; --quick: 1000].
+    #[arg(long)]
+    services: Option<usize>,
+    /// Endpoints per service (one EndpointSlice each).
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// gannetd agents, started one after another, all watching during the changes.
+    #[arg(long, default_value_t = 3)]
+    agents: usize,
+    /// Incremental changes through the gRPC Apply [default: 200; --quick: 50].
+    #[arg(long)]
+    changes: Option<usize>,
+    /// Changes through `gannetctl apply -f` [default: 10; --quick: 5].
+    #[arg(long)]
+    cli_applies: Option<usize>,
+    /// Objects per Apply call while loading gannet-control.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Seconds `nft -f` and `iptables-restore` may take each before they are killed.
+    #[arg(long, default_value_t = 600)]
+    peer_timeout: u64,
+    /// Do not load kube-proxy's rule sets.
+    #[arg(long)]
+    no_peers: bool,
+    /// Seed of the choice of changed services and endpoints [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Extra environment for every gannetd, `KEY=VALUE` (repeatable), e.g. `MALLOC_ARENA_MAX=1`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    gannetd_env: Vec<String>,
+    /// Do not build gannetd, gannet-control and gannetctl first (done by default under `cargo run`).
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl ControlArgs {
+    /// The scenario's configuration; every problem, each naming its flag, if any.
+    fn config(&self) -> Result<control::Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let services = self
+            .services
+            .unwrap_or(if self.quick { 1000 } else { 10_000 });
+        if !(1..=control::objects::MAX_SERVICES).contains(&services) {
+            errors.push(format!(
+                "--services {services}: must be between 1 and {}",
+                control::objects::MAX_SERVICES
+            ));
+        }
+        if !(1..=control::objects::MAX_ENDPOINTS_PER_SERVICE).contains(&self.endpoints) {
+            errors.push(format!(
+                "--endpoints {}: must be between 1 and {}",
+                self.endpoints,
+                control::objects::MAX_ENDPOINTS_PER_SERVICE
+            ));
+        } else if services * self.endpoints > control::objects::MAX_ENDPOINTS {
+            errors.push(format!(
+                "--services × --endpoints: at most {} endpoints in all",
+                control::objects::MAX_ENDPOINTS
+            ));
+        }
+        if !(1..=16).contains(&self.agents) {
+            errors.push(format!(
+                "--agents {}: must be between 1 and 16",
+                self.agents
+            ));
+        }
+        let changes = self.changes.unwrap_or(if self.quick { 50 } else { 200 });
+        let cli_applies = self.cli_applies.unwrap_or(if self.quick { 5 } else { 10 });
+        if changes + cli_applies > 100_000 {
+            errors.push("--changes + --cli-applies: at most 100 000".to_owned());
+        }
+        if !(1..=100_000).contains(&self.batch) {
+            errors.push(format!(
+                "--batch {}: must be between 1 and 100 000",
+                self.batch
+            ));
+        }
+        if !(1..=3600).contains(&self.peer_timeout) {
+            errors.push(format!(
+                "--peer-timeout {}: must be between 1 and 3600 seconds",
+                self.peer_timeout
+            ));
+        }
+        let mut gannetd_env = Vec::new();
+        for pair in &self.gannetd_env {
+            match pair.split_once('=') {
+                Some((key, value)) if !key.is_empty() => {
+                    gannetd_env.push((key.to_owned(), value.to_owned()));
+                }
+                _ => errors.push(format!("--gannetd-env {pair:?}: must be KEY=VALUE")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(control::Config {
+            quick: self.quick,
+            services,
+            endpoints_per_service: self.endpoints,
+            agents: self.agents,
+            changes,
+            cli_applies,
+            batch: self.batch,
+            peer_timeout: Duration::from_secs(self.peer_timeout),
+            peers: !self.no_peers,
+            seed: self.seed.unwrap_or_else(util::clock_seed),
+            gannetd_env,
+        })
+    }
+}
+
 /// Checks what a run needs before anything is created, all problems at once: root, `tools` on
-/// the PATH, cgroup v2 if `cgroup`, the chart font, and `files`.
+/// the PATH, cgroup v2 if `cgroup`, the chart font if `charts`, and `files`.
 fn preflight(
     scenario: &str,
     tools: &[&str],
     cgroup: bool,
+    charts: bool,
     files: &[(&Path, &str)],
 ) -> anyhow::Result<()> {
     let mut problems = Vec::new();
@@ -269,7 +394,7 @@ fn preflight(
     if cgroup && let Err(err) = gannet_testkit::cgroup2_root() {
         problems.push(format!("{err:#}"));
     }
-    if let Err(err) = chart::load_font() {
+    if charts && let Err(err) = chart::load_font() {
         problems.push(format!("{err:#}"));
     }
     for (file, hint) in files {
@@ -372,6 +497,7 @@ fn clusterip(args: &ClusterIpArgs, config: &clusterip::Config) -> anyhow::Result
         "clusterip",
         &["ip", "nft", "iptables", "iptables-restore", "sysctl"],
         true,
+        true,
         &[],
     )?;
     if !args.no_build {
@@ -458,6 +584,7 @@ fn cni(args: &CniArgs, config: &cni::Config) -> anyhow::Result<()> {
         "cni",
         &["ip", "nft", "readlink"],
         false,
+        true,
         &[(&bridge, hint), (&host_local, hint)],
     )?;
     if !args.no_build {
@@ -520,6 +647,126 @@ fn cni(args: &CniArgs, config: &cni::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn control_tools() -> anyhow::Result<control::Tools> {
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    let dir = std::env::var_os(gannet_testkit::BIN_DIR_ENV).map(PathBuf::from);
+    let find = |name: &str, package: &str| {
+        gannet_testkit::find_bin(name, dir.as_deref(), &exe).with_context(|| {
+            format!("{name} is needed; build it with `cargo build --release -p {package}`")
+        })
+    };
+    Ok(control::Tools {
+        gannetd: find("gannetd", "gannet-agent")?,
+        gannet_control: find("gannet-control", "gannet-control")?,
+        gannetctl: find("gannetctl", "gannetctl")?,
+    })
+}
+
+fn run_control(args: &ControlArgs, config: &control::Config) -> anyhow::Result<()> {
+    let mut tools_needed = vec!["ip", "nft", "ps"];
+    if config.peers {
+        tools_needed.extend(["iptables", "iptables-restore", "iptables-save"]);
+    }
+    preflight("control", &tools_needed, true, false, &[])?;
+    if !args.no_build {
+        build_binaries(
+            &["gannet-agent", "gannet-control", "gannetctl"],
+            "gannetd, gannet-control and gannetctl",
+        )?;
+    }
+    let tools = control_tools()?;
+    let started = SystemTime::now();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("bench-results").join(util::compact_timestamp(started)));
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let machine = machine::collect(Some(Path::new(WORKSPACE)));
+    let loadavg_start = control::loadavg();
+    let busy = control::busy_processes();
+    let before = rootns::take().context("reading the root network namespace")?;
+    let clock = Instant::now();
+
+    let steps = config.services + config.agents + config.changes + config.cli_applies;
+    let progress = progress_bar(steps as u64, "steps");
+    let scratch = ScratchDir::new()?;
+    let mut warnings = Vec::new();
+    let outcome = control::run(config, &tools, &progress, scratch.path(), &mut warnings);
+    progress.finish_and_clear();
+    drop(scratch);
+    let after = rootns::take().context("reading the root network namespace again")?;
+    let differences = rootns::differences(&before, &after);
+    let measured = outcome?;
+
+    let goals = control::report::goals(
+        &measured.agents,
+        &measured.incremental,
+        &measured.peers,
+        config.services,
+    );
+    let results = control::report::Results {
+        scenario: "control",
+        started_at: util::rfc3339(started),
+        wall_seconds: clock.elapsed().as_secs_f64(),
+        settings: config.settings(),
+        machine,
+        load: control::report::Load {
+            loadavg_start,
+            loadavg_before_sync: measured.loadavg_before_sync,
+            loadavg_end: control::loadavg(),
+            busy_processes_at_start: busy,
+        },
+        store: measured.store,
+        agents: measured.agents,
+        incremental: measured.incremental,
+        cli: measured.cli,
+        peers: measured.peers,
+        goals,
+        root_namespace: cni::results::RootCheck {
+            in_init_netns: rootns::in_init_netns(),
+            links: before.links.clone(),
+            nft_ruleset_lines: before.nft_ruleset.lines().count(),
+            sysctls_compared: before.sysctls.len(),
+            differences,
+        },
+        warnings,
+    };
+    let json = out.join("results.json");
+    fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let md = out.join("results.md");
+    fs::write(&md, control::report::render(&results))
+        .with_context(|| format!("writing {}", md.display()))?;
+    for warning in &results.warnings {
+        eprintln!("gannet-bench: warning: {warning}");
+    }
+    for goal in &results.goals {
+        eprintln!(
+            "gannet-bench: {}: {} ({})",
+            goal.goal,
+            goal.measured,
+            match goal.met {
+                Some(true) => "met",
+                Some(false) => "not met",
+                None => "undecided",
+            }
+        );
+    }
+    eprintln!(
+        "gannet-bench: control done in {:.0} s; wrote {}, {}",
+        results.wall_seconds,
+        json.display(),
+        md.display()
+    );
+    if !results.root_namespace.differences.is_empty() {
+        bail!(
+            "the root network namespace changed during the run:\n  {}",
+            results.root_namespace.differences.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     util::catch_interrupts();
@@ -543,6 +790,25 @@ fn main() -> ExitCode {
                 }
             };
             match clusterip(args, &config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("gannet-bench: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Scenario::Control(args) => {
+            let config = match args.config() {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("gannet-bench: invalid arguments:");
+                    for error in errors {
+                        eprintln!("  {error}");
+                    }
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match run_control(args, &config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("gannet-bench: {err:#}");
