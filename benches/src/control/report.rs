@@ -47,6 +47,9 @@ pub struct StoreLoad {
     pub seconds: f64,
     /// The slowest Apply call.
     pub slowest_call_seconds: f64,
+    /// Listing both kinds afterwards with `gannet_api::Client::list` (decoded as an agent does),
+    /// one after the other.
+    pub list_seconds: f64,
     /// gannet-control's memory after loading.
     pub control_memory: Option<Memory>,
 }
@@ -71,7 +74,7 @@ pub struct AgentSync {
     pub frontends: u64,
     /// The `services synced` line after it: added + updated + unchanged.
     pub programmed: u64,
-    /// Right after the full sync.
+    /// Right after the `services synced` line that follows the full sync.
     pub memory_after_sync: Memory,
     /// At the end of the incremental changes.
     pub memory_at_end: Option<Memory>,
@@ -399,7 +402,9 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(
         out,
         "\n## Loading gannet-control\n\n{} objects ({} Services, {} EndpointSlices) in {} Apply \
-         calls of up to {} objects: {} ({:.0} objects/s), slowest call {}.{}\n",
+         calls of up to {} objects: {} ({:.0} objects/s), slowest call {}. Listing both kinds \
+         back with `gannet_api::Client::list` (the calls and decoding an agent's first sync \
+         makes): {}.{}\n",
         r.store.objects,
         s.services,
         s.services,
@@ -408,6 +413,7 @@ pub fn render(r: &Results) -> String {
         seconds(r.store.seconds),
         r.store.objects as f64 / r.store.seconds.max(1e-9),
         seconds(r.store.slowest_call_seconds),
+        seconds(r.store.list_seconds),
         r.store.control_memory.map_or_else(String::new, |m| format!(
             " gannet-control's RSS then: {} (peak {}).",
             mib(m.rss_kib),
