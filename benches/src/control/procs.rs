@@ -24,6 +24,8 @@ use crate::util::check_interrupted;
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `gannetd cleanup` may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a process exited, how long to wait for the end of its stderr.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// How long gannet-control may take to start serving.
 const CONTROL_START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -308,8 +310,30 @@ impl Logged {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        // A grandchild that inherited stderr (a wrapper such as heaptrack starts the real
+        // program as its child) may keep the pipe open: wait a moment for its end, then leave
+        // the reader thread behind rather than hang.
+        let deadline = Instant::now() + OUTPUT_GRACE;
+        let closed = {
+            let (lock, ready) = &*self.log;
+            let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            while state.closed.is_none() && Instant::now() < deadline {
+                state = ready
+                    .wait_timeout(state, deadline.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            state.closed.is_some()
+        };
         if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+            if closed {
+                let _ = reader.join();
+            } else {
+                eprintln!(
+                    "gannet-bench: {} exited, but something it started still holds its stderr",
+                    self.what
+                );
+            }
         }
     }
 }
@@ -597,6 +621,24 @@ mod tests {
             .wait_exit(Duration::from_secs(5))
             .expect("exit");
         assert_eq!(status.code(), Some(3));
+    }
+
+    #[test]
+    fn stopping_does_not_hang_on_a_grandchild_holding_stderr() {
+        let mut cmd = Command::new("sh");
+        // The background sleep keeps stderr open after sh is gone; it is killed below.
+        cmd.args(["-c", "sleep 30 & echo $! >&2; wait"]);
+        let mut child = Logged::spawn(cmd, None, "sh").expect("sh");
+        let (_, line) = child
+            .wait_line(0, Duration::from_secs(5), "the pid", |_| true)
+            .expect("pid line");
+        let grandchild: libc::pid_t = line.text.trim().parse().expect("a pid");
+        let start = Instant::now();
+        child.stop();
+        let took = start.elapsed();
+        // SAFETY: kill(2) has no memory-safety preconditions; the sleep is ours.
+        unsafe { libc::kill(grandchild, libc::SIGKILL) };
+        assert!(took < Duration::from_secs(8), "stop took {took:?}");
     }
 
     #[test]
