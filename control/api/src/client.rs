@@ -472,6 +472,19 @@ impl Client {
         kind: Kind,
         namespace: Option<&str>,
     ) -> Result<ObjectList, ClientError> {
+        let (items, revision) = self.list_encoded(kind, namespace).await?;
+        let items = items
+            .iter()
+            .map(Object::from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ObjectList { items, revision })
+    }
+
+    async fn list_encoded(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<pb::Object>, u64), ClientError> {
         let response = self
             .resources
             .list(pb::ListRequest {
@@ -480,15 +493,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        let items = response
-            .items
-            .iter()
-            .map(Object::from_pb)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ObjectList {
-            items,
-            revision: response.revision,
-        })
+        Ok((response.items, response.revision))
     }
 
     /// The changes to objects of `kind` after `revision` (0: from now on).
@@ -657,12 +662,48 @@ fn endpoint(server: &ServerAddr, credentials: &Credentials) -> Result<Endpoint, 
     Ok(endpoint)
 }
 
+/// The objects of a full list, decoded from their JSON one at a time as they are taken: a
+/// consumer that keeps less than the whole objects (an agent) never holds a large list twice,
+/// as JSON and as objects.
+#[derive(Clone, Debug)]
+pub struct ListedObjects {
+    items: std::vec::IntoIter<pb::Object>,
+}
+
+impl ListedObjects {
+    /// Decodes all of them; the first object that does not decode fails the whole list.
+    ///
+    /// # Errors
+    /// [`ClientError::Convert`] naming the object.
+    pub fn decode_all(self) -> Result<Vec<Object>, ClientError> {
+        self.map(|object| object.map_err(ClientError::from))
+            .collect()
+    }
+}
+
+impl Iterator for ListedObjects {
+    type Item = Result<Object, ConvertError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.items.next().map(|object| Object::from_pb(&object))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.items.size_hint()
+    }
+}
+
+impl ExactSizeIterator for ListedObjects {}
+
 /// One change seen by [`ListWatch::next`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Change {
     /// A full list: replace everything known of this kind with `objects`. The first change, and
     /// again whenever the watch expired.
-    Synced { objects: Vec<Object>, revision: u64 },
+    Synced {
+        objects: ListedObjects,
+        revision: u64,
+    },
     /// Created or updated.
     Applied { object: Object, revision: u64 },
     /// Deleted; `object` is its last state.
@@ -737,11 +778,15 @@ impl ListWatch {
     pub async fn next(&mut self, client: &mut Client) -> Result<Change, ClientError> {
         loop {
             let Some(revision) = self.revision else {
-                let list = client.list(self.kind, self.namespace.as_deref()).await?;
-                self.revision = Some(list.revision);
+                let (items, revision) = client
+                    .list_encoded(self.kind, self.namespace.as_deref())
+                    .await?;
+                self.revision = Some(revision);
                 return Ok(Change::Synced {
-                    objects: list.items,
-                    revision: list.revision,
+                    objects: ListedObjects {
+                        items: items.into_iter(),
+                    },
+                    revision,
                 });
             };
             let stream = match &mut self.stream {

@@ -287,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
                 };
                 let objects: Vec<Object> = match change {
-                    Ok(Change::Synced { objects, .. }) => objects,
+                    Ok(Change::Synced { objects, .. }) => objects.decode_all()?,
                     Ok(Change::Applied { object, .. } | Change::Deleted { object, .. }) => {
                         vec![object]
                     }
