@@ -105,6 +105,8 @@ impl Services {
                             frontends = state.services.len(),
                             "programmed the control plane's services"
                         );
+                        drop(state);
+                        release_free_memory();
                         report
                     }
                     Update::Changes(changes) => reconciler.apply_changes(&changes, Instant::now()),
@@ -118,6 +120,17 @@ impl Services {
         if let Self::Control(control) = self {
             control.report_pod(report);
         }
+    }
+}
+
+/// Hands the heap's free pages back to the kernel. The first full list of a large cluster
+/// (its JSON, then the Kubernetes objects it decodes to) needs several times the memory of what
+/// the agent keeps; without this the peak stays resident.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

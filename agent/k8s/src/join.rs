@@ -21,7 +21,12 @@ pub(crate) struct Located<'a, T> {
 }
 
 impl<T> Located<'_, T> {
-    fn error(&self, object: String, field: Option<String>, message: String) -> ManifestError {
+    pub(crate) fn error(
+        &self,
+        object: String,
+        field: Option<String>,
+        message: String,
+    ) -> ManifestError {
         ManifestError {
             file: self.file.to_owned(),
             document: self.document,
@@ -73,31 +78,6 @@ pub fn desired_state(
     join(services, slices)
 }
 
-/// [`desired_state`] for objects that were not read from files, such as a control plane's watch:
-/// errors name `source` where they would name a file (e.g. `unix:/run/gannet/control.sock`).
-/// Borrows the objects, so a caller that keeps them can join a few at a time cheaply.
-pub fn desired_state_of<'a>(
-    source: &'a Path,
-    services: impl IntoIterator<Item = &'a Service>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> (DesiredState, Vec<ManifestError>) {
-    join(locate(source, services), locate(source, slices))
-}
-
-fn locate<'a, T: 'a>(
-    file: &'a Path,
-    objects: impl IntoIterator<Item = &'a T>,
-) -> Vec<Located<'a, T>> {
-    objects
-        .into_iter()
-        .map(|object| Located {
-            file,
-            document: 0,
-            object,
-        })
-        .collect()
-}
-
 pub(crate) fn join(
     mut services: Vec<Located<'_, Service>>,
     mut slices: Vec<Located<'_, EndpointSlice>>,
@@ -137,8 +117,8 @@ pub(crate) fn join(
             ));
             continue;
         }
-        let backends = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
-        match add_service(&mut state, &service, backends) {
+        let backends: Vec<&ValidSlice> = slices.get(&key).into_iter().flatten().collect();
+        match add_service(&mut state, &service, &backends) {
             Ok(()) => {
                 defined.insert(key, located.place());
             }
@@ -209,10 +189,10 @@ fn index_slices(
 
 /// Adds every frontend of `service`, or none of them when one is already taken (returned with its
 /// port).
-fn add_service<'s>(
+pub(crate) fn add_service<'s>(
     state: &mut DesiredState,
     service: &'s ValidService,
-    slices: &[ValidSlice],
+    slices: &[&ValidSlice],
 ) -> Result<(), (&'s ValidServicePort, Frontend)> {
     let mut frontends = Vec::with_capacity(service.ports.len() * service.cluster_ips.len());
     for port in &service.ports {
@@ -245,7 +225,7 @@ fn add_service<'s>(
 
 /// The ready endpoints of the slices of `family` that expose `port` (same name, same protocol),
 /// sorted.
-fn backends(slices: &[ValidSlice], family: Family, port: &ValidServicePort) -> Vec<Backend> {
+fn backends(slices: &[&ValidSlice], family: Family, port: &ValidServicePort) -> Vec<Backend> {
     let mut backends = Vec::new();
     for slice in slices.iter().filter(|slice| slice.family == family) {
         let matching = slice

@@ -20,6 +20,7 @@ mod join;
 mod model;
 mod parse;
 mod validate;
+mod watched;
 
 pub use check::{
     ClusterIp, FieldProblem, RawDocument, check_endpoint_slice_object, check_service_object,
@@ -27,10 +28,11 @@ pub use check::{
 };
 pub use dir::{ManifestDir, ScanOutcome};
 pub use error::ManifestError;
-pub use join::{desired_state, desired_state_of};
+pub use join::desired_state;
 pub use model::{Backend, DesiredState, Frontend, Protocol, ServicePort};
 pub use parse::{Object, parse_documents};
 pub use validate::SERVICE_NAME_LABEL;
+pub use watched::{WatchedService, WatchedSlice};
 
 #[cfg(test)]
 mod tests;

@@ -1,15 +1,18 @@
 //! What the agent knows of the control plane's Services and `EndpointSlices`, and the frontends
 //! they make, kept per Service so a watch event costs what it touches.
 //!
-//! Events mark Services dirty; [`ServiceCache::take_changes`] joins only the dirty ones again
-//! (with [`gannet_k8s::desired_state_of`], the same join as for a manifest directory) and returns
-//! the frontends whose programming differs from what it returned before: the diff for
-//! [`Reconciler::apply_changes`](crate::datapath::reconcile::Reconciler::apply_changes).
+//! Objects are checked as they arrive and kept as [`WatchedService`] and [`WatchedSlice`] (what
+//! the join reads of them, a small part of their size). Events mark Services dirty;
+//! [`ServiceCache::take_changes`] joins only the dirty ones again (the same join as for a manifest
+//! directory) and returns the frontends whose programming differs from what it returned before:
+//! the diff for [`Reconciler::apply_changes`](crate::datapath::reconcile::Reconciler::apply_changes).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry};
 use std::path::{Path, PathBuf};
 
-use gannet_k8s::{DesiredState, Frontend, ManifestError, SERVICE_NAME_LABEL, ServicePort};
+use gannet_k8s::{
+    DesiredState, Frontend, ManifestError, ServicePort, WatchedService, WatchedSlice,
+};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,57 +29,6 @@ fn key_of(meta: &ObjectMeta) -> ObjectKey {
     )
 }
 
-/// The Service an `EndpointSlice` belongs to, by its `kubernetes.io/service-name` label.
-fn owner_of(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let (namespace, _) = key_of(&slice.metadata);
-    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some((namespace, service.clone()))
-}
-
-/// Only what the join reads of an object's metadata: its name, namespace and (for slices) the
-/// label naming its Service. With 10 000 Services and their slices, annotations, managed fields
-/// and the like would be most of the agent's memory.
-fn slim_meta(meta: ObjectMeta, keep_service_label: bool) -> ObjectMeta {
-    let labels = if keep_service_label {
-        meta.labels.and_then(|labels| {
-            labels
-                .get_key_value(SERVICE_NAME_LABEL)
-                .map(|(k, v)| std::iter::once((k.clone(), v.clone())).collect())
-        })
-    } else {
-        None
-    };
-    ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        labels,
-        ..ObjectMeta::default()
-    }
-}
-
-fn slim_service(service: Service) -> Service {
-    Service {
-        metadata: slim_meta(service.metadata, false),
-        spec: service.spec,
-        status: None,
-    }
-}
-
-/// Endpoints keep their addresses and conditions: target references, node names, zones and
-/// hints do not decide where connections go.
-fn slim_slice(mut slice: EndpointSlice) -> EndpointSlice {
-    slice.metadata = slim_meta(slice.metadata, true);
-    for endpoint in &mut slice.endpoints {
-        endpoint.target_ref = None;
-        endpoint.node_name = None;
-        endpoint.zone = None;
-        endpoint.hints = None;
-        endpoint.hostname = None;
-        endpoint.deprecated_topology = None;
-    }
-    slice
-}
-
 /// The frontend diff of one [`ServiceCache::take_changes`]: `Some` to program, `None` to remove.
 pub type Changes = BTreeMap<Frontend, Option<ServicePort>>;
 
@@ -85,9 +37,9 @@ pub type Changes = BTreeMap<Frontend, Option<ServicePort>>;
 pub struct ServiceCache {
     /// Named in errors where a manifest error names its file.
     source: PathBuf,
-    services: HashMap<ObjectKey, Service>,
+    services: HashMap<ObjectKey, WatchedService>,
     /// Slices by their own key, with the Service they belong to.
-    slices: HashMap<ObjectKey, (Option<ObjectKey>, EndpointSlice)>,
+    slices: HashMap<ObjectKey, (Option<ObjectKey>, WatchedSlice)>,
     /// Slice keys by the Service they belong to.
     slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// The frontends each Service made at its last join, served or not.
@@ -95,6 +47,8 @@ pub struct ServiceCache {
     /// Which Service serves a frontend (the first to claim it).
     owner: HashMap<Frontend, ObjectKey>,
     dirty: BTreeSet<ObjectKey>,
+    /// Problems of objects received since the last [`ServiceCache::take_changes`].
+    errors: Vec<ManifestError>,
     services_synced: bool,
     slices_synced: bool,
 }
@@ -110,6 +64,7 @@ impl ServiceCache {
             made: HashMap::new(),
             owner: HashMap::new(),
             dirty: BTreeSet::new(),
+            errors: Vec::new(),
             services_synced: false,
             slices_synced: false,
         }
@@ -132,21 +87,40 @@ impl ServiceCache {
         self.slices.len()
     }
 
-    /// Replaces every Service with `services` (a full list).
-    pub fn sync_services(&mut self, services: Vec<Service>) {
-        self.dirty.extend(self.services.keys().cloned());
-        self.services.clear();
+    /// Replaces every Service with `services` (a full list). An invalid one keeps its previous
+    /// version, if any.
+    pub fn sync_services(&mut self, services: impl IntoIterator<Item = Service>) {
+        let mut previous = std::mem::take(&mut self.services);
+        self.dirty.extend(previous.keys().cloned());
         for service in services {
-            self.put_service(service);
+            let key = key_of(&service.metadata);
+            if !self.check_service(&key, &service)
+                && let Some(kept) = previous.remove(&key)
+            {
+                self.services.insert(key, kept);
+            }
         }
         self.services_synced = true;
     }
 
-    pub fn put_service(&mut self, service: Service) {
-        let service = slim_service(service);
+    /// Adds or replaces a Service; an invalid one leaves its previous version in effect.
+    pub fn put_service(&mut self, service: &Service) {
         let key = key_of(&service.metadata);
-        self.dirty.insert(key.clone());
-        self.services.insert(key, service);
+        self.check_service(&key, service);
+    }
+
+    fn check_service(&mut self, key: &ObjectKey, service: &Service) -> bool {
+        match WatchedService::check(&self.source, service) {
+            Ok(watched) => {
+                self.dirty.insert(key.clone());
+                self.services.insert(key.clone(), watched);
+                true
+            }
+            Err(problems) => {
+                self.errors.extend(problems);
+                false
+            }
+        }
     }
 
     pub fn delete_service(&mut self, service: &Service) {
@@ -155,24 +129,45 @@ impl ServiceCache {
         self.dirty.insert(key);
     }
 
-    /// Replaces every `EndpointSlice` with `slices` (a full list).
-    pub fn sync_slices(&mut self, slices: Vec<EndpointSlice>) {
-        let old: Vec<ObjectKey> = self.slices.keys().cloned().collect();
-        for key in old {
-            self.remove_slice(&key);
-        }
+    /// Replaces every `EndpointSlice` with `slices` (a full list). An invalid one keeps its
+    /// previous version, if any.
+    pub fn sync_slices(&mut self, slices: impl IntoIterator<Item = EndpointSlice>) {
+        let mut previous = std::mem::take(&mut self.slices);
+        self.slices_of.clear();
+        self.dirty
+            .extend(previous.values().filter_map(|(owner, _)| owner.clone()));
         for slice in slices {
-            self.put_slice(slice);
+            let key = key_of(&slice.metadata);
+            match WatchedSlice::check(&self.source, &slice) {
+                Ok(watched) => self.insert_slice(key, watched),
+                Err(problems) => {
+                    self.errors.extend(problems);
+                    if let Some((_, kept)) = previous.remove(&key) {
+                        self.insert_slice(key, kept);
+                    }
+                }
+            }
         }
         self.slices_synced = true;
     }
 
-    pub fn put_slice(&mut self, slice: EndpointSlice) {
-        let slice = slim_slice(slice);
-        let key = key_of(&slice.metadata);
-        // A slice can move to another Service when its label changes.
-        self.remove_slice(&key);
-        let owner = owner_of(&slice);
+    /// Adds or replaces an `EndpointSlice`; an invalid one leaves its previous version in effect.
+    pub fn put_slice(&mut self, slice: &EndpointSlice) {
+        match WatchedSlice::check(&self.source, slice) {
+            Ok(watched) => {
+                let key = key_of(&slice.metadata);
+                // A slice can move to another Service when its label changes.
+                self.remove_slice(&key);
+                self.insert_slice(key, watched);
+            }
+            Err(problems) => self.errors.extend(problems),
+        }
+    }
+
+    fn insert_slice(&mut self, key: ObjectKey, slice: WatchedSlice) {
+        let owner = slice
+            .service()
+            .map(|(namespace, name)| (namespace.to_owned(), name.to_owned()));
         if let Some(service) = &owner {
             self.slices_of
                 .entry(service.clone())
@@ -204,11 +199,11 @@ impl ServiceCache {
     /// remove, with the problems of Services that cannot be served.
     pub fn take_changes(&mut self) -> (Changes, Vec<ManifestError>) {
         let mut changes = Changes::new();
-        let mut errors = Vec::new();
+        let mut errors = std::mem::take(&mut self.errors);
         let mut freed = Vec::new();
         let dirty = std::mem::take(&mut self.dirty);
         for key in &dirty {
-            let new = self.join(key, &mut errors);
+            let new = self.join(key);
             let old = self.made.remove(key).unwrap_or_default();
             for frontend in old.keys() {
                 if !new.contains_key(frontend) && self.owner.get(frontend) == Some(key) {
@@ -266,11 +261,7 @@ impl ServiceCache {
         }
     }
 
-    fn join(
-        &self,
-        key: &ObjectKey,
-        errors: &mut Vec<ManifestError>,
-    ) -> BTreeMap<Frontend, ServicePort> {
+    fn join(&self, key: &ObjectKey) -> BTreeMap<Frontend, ServicePort> {
         let Some(service) = self.services.get(key) else {
             return BTreeMap::new();
         };
@@ -280,10 +271,7 @@ impl ServiceCache {
             .into_iter()
             .flatten()
             .filter_map(|slice| self.slices.get(slice).map(|(_, slice)| slice));
-        let (state, problems) =
-            gannet_k8s::desired_state_of(&self.source, std::iter::once(service), slices);
-        errors.extend(problems);
-        state.services
+        service.frontends(slices)
     }
 
     fn conflict(&self, key: &ObjectKey, frontend: &Frontend, owner: &ObjectKey) -> ManifestError {
@@ -375,7 +363,7 @@ mod tests {
         assert!(cache.take_changes().0.is_empty());
 
         // A second slice for web: only web changes.
-        cache.put_slice(slice("web-2", "web", &["10.244.0.6"]));
+        cache.put_slice(&slice("web-2", "web", &["10.244.0.6"]));
         let (changes, _) = cache.take_changes();
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(
@@ -387,7 +375,7 @@ mod tests {
         );
 
         // The same slice again, unchanged: nothing to program.
-        cache.put_slice(slice("web-2", "web", &["10.244.0.6"]));
+        cache.put_slice(&slice("web-2", "web", &["10.244.0.6"]));
         assert!(cache.take_changes().0.is_empty());
 
         // Deleting db removes its frontend.
@@ -397,9 +385,9 @@ mod tests {
         assert_eq!(changes[&frontend("10.96.0.11")], None);
 
         // A slice moving to another Service changes both.
-        cache.put_service(service("db", "10.96.0.11"));
+        cache.put_service(&service("db", "10.96.0.11"));
         cache.take_changes();
-        cache.put_slice(slice("web-2", "db", &["10.244.0.6"]));
+        cache.put_slice(&slice("web-2", "db", &["10.244.0.6"]));
         let (changes, _) = cache.take_changes();
         assert_eq!(
             backends_of(&changes, "10.96.0.10"),
@@ -435,7 +423,7 @@ mod tests {
         cache.sync_slices(vec![]);
         cache.sync_services(vec![service("a", "10.96.0.10")]);
         cache.take_changes();
-        cache.put_service(service("b", "10.96.0.10"));
+        cache.put_service(&service("b", "10.96.0.10"));
         let (changes, errors) = cache.take_changes();
         assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(errors.len(), 1);

@@ -197,26 +197,22 @@ fn absorb(cache: &mut ServiceCache, nodes: &mut Nodes, (kind, change): (Kind, Ch
     match change {
         Change::Synced { objects, revision } => {
             debug!(%kind, objects = objects.len(), revision, "listed");
+            // Decoded one at a time and kept only in the cache's small form.
+            let objects = objects.filter_map(|object| {
+                object
+                    .inspect_err(|error| error!(%kind, %error, "an object of the list does not decode; it is left out"))
+                    .ok()
+            });
             match kind {
-                Kind::Service => cache.sync_services(
-                    objects
-                        .into_iter()
-                        .filter_map(|o| match o {
-                            Object::Service(s) => Some(*s),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                Kind::EndpointSlice => cache.sync_slices(
-                    objects
-                        .into_iter()
-                        .filter_map(|o| match o {
-                            Object::EndpointSlice(s) => Some(*s),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                Kind::Node => nodes.sync(objects.into_iter().filter_map(|o| match o {
+                Kind::Service => cache.sync_services(objects.filter_map(|o| match o {
+                    Object::Service(s) => Some(*s),
+                    _ => None,
+                })),
+                Kind::EndpointSlice => cache.sync_slices(objects.filter_map(|o| match o {
+                    Object::EndpointSlice(s) => Some(*s),
+                    _ => None,
+                })),
+                Kind::Node => nodes.sync(objects.filter_map(|o| match o {
                     Object::Node(n) => Some(*n),
                     _ => None,
                 })),
@@ -224,8 +220,8 @@ fn absorb(cache: &mut ServiceCache, nodes: &mut Nodes, (kind, change): (Kind, Ch
             }
         }
         Change::Applied { object, .. } => match object {
-            Object::Service(s) => cache.put_service(*s),
-            Object::EndpointSlice(s) => cache.put_slice(*s),
+            Object::Service(s) => cache.put_service(&s),
+            Object::EndpointSlice(s) => cache.put_slice(&s),
             Object::Node(n) => nodes.put(&n),
             Object::Pod(_) => {}
         },
