@@ -388,6 +388,13 @@ impl Plugin<'_> {
             ));
         }
         let requests = parse_requests(self.conf, self.env)?;
+        if !requests.ips.is_empty() || requests.mac.is_some() {
+            info!(
+                ips = ?requests.ips.iter().map(|(ip, from)| format!("{ip} ({from})")).collect::<Vec<_>>(),
+                mac = ?requests.mac.as_ref().map(|(mac, from)| format!("{} ({from})", format_mac(mac))),
+                "requested by the runtime"
+            );
+        }
         let mut host = Netlink::open().map_err(internal)?;
         // Addresses.
         let (ips, mtu) = if self.conf.builtin_ipam() {
