@@ -173,3 +173,27 @@ fn gc_removes_the_pair_of_a_deletion_that_never_ran() {
         .expect_ok("DEL");
     node.wait_for_tombstones(&[&pod]);
 }
+
+#[test]
+fn del_without_the_netns_deletes_a_live_pair_at_once() {
+    let node = Node::new();
+    let conf = node.config("1.0.0", &["10.28.0.0/24"]);
+    let pod = Netns::new("pod").expect("pod netns");
+    let att = Attach::new("nonetns", &pod);
+    node.exec("gannet-cni", "ADD", Some(&att), &conf)
+        .expect_ok("ADD");
+    let mut no_netns = att.clone();
+    no_netns.netns = String::new();
+    node.exec("gannet-cni", "DEL", Some(&no_netns), &conf)
+        .expect_ok("DEL without CNI_NETNS");
+    // The pod end could not have been renamed: the pair must be gone already, not retired.
+    let veths = ip(&node.ns, &["-o", "link", "show", "type", "veth"]);
+    assert!(veths.trim().is_empty(), "veths left: {veths}");
+    assert_eq!(link_names(&pod), ["lo"], "the pod still has links");
+    assert!(node.allocations("gnet").is_empty());
+    node.exec("gannet-cni", "ADD", Some(&att), &conf)
+        .expect_ok("ADD again");
+    node.exec("gannet-cni", "DEL", Some(&att), &conf)
+        .expect_ok("DEL");
+    node.wait_for_tombstones(&[&pod]);
+}
