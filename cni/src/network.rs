@@ -345,48 +345,39 @@ pub fn retire(
             Retired::Absent
         })
     };
-    let (pod_path, pod_ns) = match pod {
+    let pod = match pod {
         PodNetns::Unknown => return delete_now(host),
-        PodNetns::Gone => (None, None),
-        PodNetns::Open(path, file) => (Some(path), Some(file)),
+        PodNetns::Gone => None,
+        PodNetns::Open(path, file) => Some((path, file)),
     };
     if !host.set_down(link.index)? {
         return Ok(Retired::Absent);
     }
-    let ifname = &attachment.ifname;
-    let (Some(pod_path), Some(pod_ns)) = (pod_path, pod_ns) else {
-        return rename_host(host, &link, delete_now);
-    };
-    let pod_side = netns::run_in(pod_ns, || -> Result<(), NetlinkError> {
-        let mut pod = Netlink::open()?;
-        let Some(peer) = pod.link_by_name(ifname)? else {
-            return Ok(());
-        };
-        // Only our veth's own peer: anything else of that name is not ours to touch.
-        if peer.kind.as_deref() != Some("veth") || peer.peer_index != Some(link.index) {
-            return Ok(());
+    if let Some((pod_path, pod_ns)) = pod {
+        let ifname = &attachment.ifname;
+        let pod_side = netns::run_in(pod_ns, || -> Result<(), NetlinkError> {
+            let mut pod = Netlink::open()?;
+            let Some(peer) = pod.link_by_name(ifname)? else {
+                return Ok(());
+            };
+            // Only our veth's own peer: anything else of that name is not ours to touch.
+            if peer.kind.as_deref() != Some("veth") || peer.peer_index != Some(link.index) {
+                return Ok(());
+            }
+            pod.set_down(peer.index)?;
+            pod.rename(peer.index, &tombstone_name(peer.index))?;
+            Ok(())
+        })
+        .map_err(|source| NetError::Netns {
+            path: pod_path.to_path_buf(),
+            source,
+        })
+        .and_then(|r| r.map_err(NetError::from));
+        if let Err(e) = pod_side {
+            tracing::warn!(error = %e, "cannot retire the pod end; deleting the pair now");
+            return delete_now(host);
         }
-        pod.set_down(peer.index)?;
-        pod.rename(peer.index, &tombstone_name(peer.index))?;
-        Ok(())
-    })
-    .map_err(|source| NetError::Netns {
-        path: pod_path.to_path_buf(),
-        source,
-    })
-    .and_then(|r| r.map_err(NetError::from));
-    if let Err(e) = pod_side {
-        tracing::warn!(error = %e, "cannot retire the pod end; deleting the pair now");
-        return delete_now(host);
     }
-    rename_host(host, &link, delete_now)
-}
-
-fn rename_host(
-    host: &mut Netlink,
-    link: &Link,
-    delete_now: impl FnOnce(&mut Netlink) -> Result<Retired, NetError>,
-) -> Result<Retired, NetError> {
     let tombstone = tombstone_name(link.index);
     match host.rename(link.index, &tombstone) {
         Ok(true) => Ok(Retired::Tombstone(tombstone)),

@@ -30,7 +30,8 @@ use crate::subnet_env::{SubnetEnv, SubnetEnvError};
 /// Environment variable of the test hook that pauses `ADD` at a point: `<point>:<marker file>`,
 /// point `after-ipam` (addresses reserved, no link yet), `after-veth` (veth pair created, before
 /// the agent is told) or, in `DEL`, `before-reap` (the pair retired and the addresses released,
-/// its deletion not started). The plugin creates the marker file and sleeps, so a test can kill it there.
+/// its deletion not started). The plugin creates the marker file and sleeps, so a test can kill it
+/// there.
 pub const PAUSE_ENV: &str = "GANNET_CNI_DEBUG_PAUSE";
 
 /// Environment variable with the log filter when the configuration sets no `logLevel`.
@@ -588,10 +589,26 @@ impl Plugin<'_> {
         let retired =
             network::retire(&mut host, &self.conf.name, &attachment, pod).map_err(internal)?;
         drop(pod_ns);
+        let released = self.release_for_del(&retired);
+        // Even if the addresses could not be released: a retried DEL would not find the pair.
+        if let Retired::Tombstone(name) = &retired {
+            self.pause("before-reap");
+            if let Err(e) = reaper::delete_links_detached(std::slice::from_ref(name)) {
+                warn!(link = %name, error = %e, "cannot start the deletion process; deleting now");
+                if let Ok(Some(link)) = host.link_by_name(name) {
+                    host.delete_link(link.index).map_err(internal)?;
+                }
+            }
+        }
+        released
+    }
+
+    /// DEL's address release (built in or delegated).
+    fn release_for_del(&self, retired: &Retired) -> Result<(), CniError> {
         if self.conf.builtin_ipam() {
             let released = self
                 .store()
-                .release(&attachment)
+                .release(&self.attachment())
                 .map_err(|e| ipam_error(&e))?;
             info!(link = ?retired, released = ?released, "deleted");
         } else {
@@ -599,17 +616,6 @@ impl Plugin<'_> {
             let version = delegate.negotiate(self.version)?;
             delegate.call("DEL", self.raw, version)?;
             info!(link = ?retired, "deleted");
-        }
-        if let Retired::Tombstone(_) = retired {
-            self.pause("before-reap");
-        }
-        if let Retired::Tombstone(name) = retired
-            && let Err(e) = reaper::delete_links_detached(std::slice::from_ref(&name))
-        {
-            warn!(link = %name, error = %e, "cannot start the deletion process; deleting now");
-            if let Ok(Some(link)) = host.link_by_name(&name) {
-                host.delete_link(link.index).map_err(internal)?;
-            }
         }
         Ok(())
     }
