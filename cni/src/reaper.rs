@@ -24,7 +24,7 @@ use crate::netlink::delete_link_request;
 /// grandchild process, without waiting for the deletion.
 ///
 /// # Errors
-/// If `fork(2)` fails (nothing was started then).
+/// If `fork(2)` fails (nothing was started then) or waiting for the intermediate child fails.
 pub fn delete_links_detached(names: &[String]) -> io::Result<()> {
     if names.is_empty() {
         return Ok(());
@@ -45,8 +45,11 @@ pub fn delete_links_detached(names: &[String]) -> io::Result<()> {
                     return Ok(());
                 }
                 let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    // SIGCHLD ignored (inherited from the runtime): the kernel reaped the child.
+                    Some(libc::ECHILD) => return Ok(()),
+                    _ => return Err(err),
                 }
             }
         }
