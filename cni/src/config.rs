@@ -65,6 +65,9 @@ pub struct NetConf {
     /// Capability arguments from the runtime.
     #[serde(default)]
     pub runtime_config: Option<serde_json::Value>,
+    /// The `args` convention (`args.cni.ips`, `args.cni.mac`).
+    #[serde(default)]
+    pub args: Option<serde_json::Value>,
     /// `GC`: the attachments still in use.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
@@ -182,6 +185,147 @@ impl NetConf {
             .as_deref()
             .or(self.attachments.as_deref())
     }
+}
+
+/// Where a requested address or MAC came from, for error messages and codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `CNI_ARGS` key `IP`/`MAC` (an environment variable: errors have code 4).
+    CniArgs(&'static str),
+    /// A field of the network configuration (`runtimeConfig.ips[0]`, `args.cni.mac`: code 7).
+    Field(String),
+}
+
+impl Source {
+    /// The error code for an invalid value from here.
+    #[must_use]
+    pub fn code(&self) -> u32 {
+        match self {
+            Source::CniArgs(_) => code::INVALID_ENVIRONMENT,
+            Source::Field(_) => code::INVALID_NETWORK_CONFIG,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::CniArgs(key) => write!(f, "CNI_ARGS {key}"),
+            Source::Field(field) => write!(f, "field `{field}`"),
+        }
+    }
+}
+
+/// What the runtime asked for this attachment: static addresses and a MAC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// Addresses, each with where it came from.
+    pub ips: Vec<(IpAddr, Source)>,
+    /// The pod interface's MAC.
+    pub mac: Option<([u8; 6], Source)>,
+}
+
+/// Reads the requested addresses and MAC: the `ips`/`mac` capabilities (`runtimeConfig`), else
+/// the `args.cni` convention, else `CNI_ARGS` `IP=` (comma-separated) and `MAC=`. An address may
+/// carry a prefix length (`10.1.2.3/24`, as the `ips` capability has it), which is ignored: a pod
+/// address is always a `/32` or `/128`.
+///
+/// # Errors
+/// 4 for an invalid `CNI_ARGS` value, 7 for an invalid field, naming it.
+pub fn parse_requests(conf: &NetConf, env: &CniEnv) -> Result<Requests, CniError> {
+    let field = |path: &str, key: &str| -> Option<(serde_json::Value, String)> {
+        let mut value = match path {
+            "runtimeConfig" => conf.runtime_config.as_ref()?,
+            _ => conf.args.as_ref()?.get("cni")?,
+        };
+        value = value.get(key)?;
+        Some((value.clone(), format!("{path}.{key}")))
+    };
+    let mut out = Requests::default();
+    let ips_field = field("runtimeConfig", "ips").or_else(|| field("args.cni", "ips"));
+    if let Some((value, name)) = ips_field {
+        let list = value.as_array().ok_or_else(|| {
+            CniError::new(
+                code::DECODING_FAILURE,
+                format!("network configuration: field `{name}`: expected an array of addresses"),
+            )
+        })?;
+        for (i, item) in list.iter().enumerate() {
+            let source = Source::Field(format!("{name}[{i}]"));
+            let text = item.as_str().unwrap_or_default();
+            let ip = parse_requested_ip(text).ok_or_else(|| {
+                CniError::new(
+                    source.code(),
+                    format!("network configuration: {source}: {item} is not an IP address"),
+                )
+            })?;
+            out.ips.push((ip, source));
+        }
+    } else if let Some(text) = env.args.get("IP").filter(|t| !t.is_empty()) {
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let ip = parse_requested_ip(part).ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_ENVIRONMENT,
+                    format!("invalid environment variables: CNI_ARGS IP={text}: {part:?} is not an IP address"),
+                )
+            })?;
+            out.ips.push((ip, Source::CniArgs("IP")));
+        }
+    }
+    let mac_field = field("runtimeConfig", "mac").or_else(|| field("args.cni", "mac"));
+    let mac = match mac_field {
+        Some((value, name)) => Some((
+            value.as_str().unwrap_or_default().to_owned(),
+            Source::Field(name),
+        )),
+        None => env
+            .args
+            .get("MAC")
+            .filter(|t| !t.is_empty())
+            .map(|t| (t.clone(), Source::CniArgs("MAC"))),
+    };
+    if let Some((text, source)) = mac {
+        let bytes = parse_mac(&text).map_err(|why| {
+            let what = match &source {
+                Source::CniArgs(_) => format!("invalid environment variables: {source}={text}"),
+                Source::Field(_) => format!("network configuration: {source}: {text:?}"),
+            };
+            CniError::new(source.code(), format!("{what}: {why}"))
+        })?;
+        out.mac = Some((bytes, source));
+    }
+    Ok(out)
+}
+
+fn parse_requested_ip(text: &str) -> Option<IpAddr> {
+    let addr = text.split_once('/').map_or(text, |(addr, prefix)| {
+        if prefix.parse::<u8>().is_ok() {
+            addr
+        } else {
+            ""
+        }
+    });
+    addr.parse().ok()
+}
+
+/// `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast address other than all zeros.
+fn parse_mac(text: &str) -> Result<[u8; 6], &'static str> {
+    let parts: Vec<&str> = text.split([':', '-']).collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+        return Err("not a MAC address (six two-digit hex octets separated by `:`)");
+    }
+    let mut mac = [0_u8; 6];
+    for (byte, part) in mac.iter_mut().zip(&parts) {
+        *byte = u8::from_str_radix(part, 16)
+            .map_err(|_| "not a MAC address (six two-digit hex octets separated by `:`)")?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err("a multicast MAC address cannot be an interface's");
+    }
+    if mac == [0; 6] {
+        return Err("the all-zero MAC address cannot be an interface's");
+    }
+    Ok(mac)
 }
 
 /// Parses stdin. Returns the configuration and its version.
@@ -632,5 +776,63 @@ mod tests {
         .expect("the delegate's settings are not ours to check");
         assert!(!conf.builtin_ipam());
         assert_eq!(conf.ipam_type(), "host-local");
+    }
+
+    #[test]
+    fn requests_from_capabilities_args_and_cni_args() {
+        let env = |args: &str| {
+            parse_env(&|name: &str| match name {
+                "CNI_COMMAND" => Some("ADD".into()),
+                "CNI_CONTAINERID" => Some("c".into()),
+                "CNI_IFNAME" => Some("eth0".into()),
+                "CNI_NETNS" => Some("/x".into()),
+                "CNI_ARGS" => Some(args.into()),
+                _ => None,
+            })
+            .expect("env")
+        };
+        let conf = |extra: &str| {
+            parse_config(format!(r#"{{"cniVersion":"1.0.0","name":"n"{extra}}}"#).as_bytes())
+                .expect("conf")
+                .0
+        };
+        let r = parse_requests(
+            &conf(""),
+            &env("IgnoreUnknown=1;IP=10.0.0.5,fd00::5;MAC=02:00:00:00:00:01"),
+        )
+        .expect("CNI_ARGS");
+        assert_eq!(
+            r.ips,
+            [
+                ("10.0.0.5".parse().expect("ip"), Source::CniArgs("IP")),
+                ("fd00::5".parse().expect("ip"), Source::CniArgs("IP"))
+            ]
+        );
+        assert_eq!(r.mac, Some(([2, 0, 0, 0, 0, 1], Source::CniArgs("MAC"))));
+        let r = parse_requests(
+            &conf(r#","runtimeConfig":{"ips":["10.0.0.7/24"],"mac":"02:00:00:00:00:02"}"#),
+            &env("IP=10.0.0.5;MAC=02:00:00:00:00:01"),
+        )
+        .expect("capabilities win");
+        assert_eq!(r.ips[0].0.to_string(), "10.0.0.7");
+        assert_eq!(r.ips[0].1.to_string(), "field `runtimeConfig.ips[0]`");
+        assert_eq!(r.mac.expect("mac").0, [2, 0, 0, 0, 0, 2]);
+        let err = parse_requests(&conf(""), &env("IP=10.0.0.300")).expect_err("bad ip");
+        assert_eq!(err.code, 4);
+        assert!(err.msg.contains("CNI_ARGS IP=10.0.0.300"), "{err}");
+        let err = parse_requests(&conf(""), &env("MAC=01:00:5e:00:00:01")).expect_err("multicast");
+        assert_eq!(err.code, 4);
+        assert!(
+            err.msg.contains("CNI_ARGS MAC=01:00:5e:00:00:01") && err.msg.contains("multicast"),
+            "{err}"
+        );
+        let err = parse_requests(&conf(r#","runtimeConfig":{"ips":["x"]}"#), &env(""))
+            .expect_err("bad field");
+        assert_eq!(err.code, 7);
+        assert!(err.msg.contains("runtimeConfig.ips[0]"), "{err}");
+        let err = parse_requests(&conf(r#","args":{"cni":{"mac":"zz"}}"#), &env(""))
+            .expect_err("bad args.cni.mac");
+        assert_eq!(err.code, 7);
+        assert!(err.msg.contains("args.cni.mac"), "{err}");
     }
 }

@@ -45,6 +45,7 @@ pub fn sample_conflist() -> serde_json::Value {
         "plugins": [
             {
                 "type": BINARY_NAME,
+                "capabilities": { "ips": true, "mac": true },
                 "subnetFile": crate::config::DEFAULT_SUBNET_FILE,
                 "ipam": { "type": "gannet", "dataDir": crate::config::DEFAULT_DATA_DIR },
                 "logFile": "/var/log/gannet-cni.log"

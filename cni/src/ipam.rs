@@ -4,9 +4,11 @@
 //! Layout of a network's store directory:
 //!
 //! ```text
-//! lock                   flock(2)ed exclusively for every operation
+//! lock                   flock(2)ed exclusively for every operation; also holds the round-robin
+//!                        hints (the last address handed out per range set, fixed-size slots)
 //! 10.244.1.5             one file per allocated address: "<container id>\n<ifname>\n"
-//! last_reserved_ip.0     the last address handed out from range set 0 (round-robin start)
+//! attachments/<id>:<if>  the attachment's index: "<container id>\n<ifname>\n<address>\n..."
+//! index.v1               marker: every record of an indexable attachment is in its index
 //! .tmp-<pid>-<n>         a record being written (removed by GC once its writer is gone)
 //! ```
 //!
@@ -15,12 +17,22 @@
 //! complete, and two allocations of one address are impossible even without the lock. A plugin
 //! killed after the link leaves an allocation that names its container, which the runtime's `DEL`
 //! or `GC` (or a retried `ADD` of the same attachment, which reuses it) reclaims.
+//!
+//! The address records are the truth; the index only makes lookups by attachment O(1) instead of
+//! a scan of every record. It is kept a superset of the truth: an `ADD` writes the attachment's
+//! index (atomically: temporary file and `rename(2)`) *before* it links a new record, and a `DEL`
+//! removes the records before the index. An address listed in an index counts only if its record
+//! names that attachment, so a plugin killed between the two steps leaves a harmless stale entry,
+//! never a record the index does not know about. A store written by an older version is indexed
+//! once (one scan) on first use, then `index.v1` is created. Attachments whose index name would
+//! not fit a file name (container ids over ~240 bytes) are served by scanning.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,8 +40,15 @@ use crate::config::{Attachment, RangeConf};
 use crate::net::{self, Cidr};
 
 const LOCK_FILE: &str = "lock";
-const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+const INDEX_DIR: &str = "attachments";
+const INDEX_MARKER: &str = "index.v1";
+/// Written by versions before the index; removed by the first `GC` after an upgrade.
+const OLD_LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const TMP_PREFIX: &str = ".tmp-";
+/// Bytes per round-robin hint slot in the lock file (an IPv6 address has at most 39 characters).
+const HINT_SLOT: u64 = 48;
+/// The longest file name (`NAME_MAX`).
+const NAME_MAX: usize = 255;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -45,6 +64,47 @@ pub enum IpamError {
         ranges: String,
         /// How many addresses of the set are allocated.
         allocated: usize,
+    },
+    /// A requested address lies in no range of any range set (or is a network, broadcast or
+    /// gateway address, or outside `rangeStart`..`rangeEnd`).
+    #[error("requested address {ip} is not inside any configured range ({ranges})")]
+    OutOfRange {
+        /// The address.
+        ip: IpAddr,
+        /// Every configured range, for the message.
+        ranges: String,
+    },
+    /// Two requested addresses fall into one range set.
+    #[error(
+        "requested addresses {first} and {second} both fall into range set {set}; one address per range set"
+    )]
+    TwoInOneSet {
+        /// The range set.
+        set: usize,
+        /// The first.
+        first: IpAddr,
+        /// The second.
+        second: IpAddr,
+    },
+    /// A requested address is allocated to another attachment, or the attachment already holds
+    /// another address of that range set.
+    #[error("requested address {ip} is already allocated to {holder}")]
+    InUse {
+        /// The address.
+        ip: IpAddr,
+        /// Who holds it (`<container id>/<ifname>`).
+        holder: String,
+    },
+    /// The attachment already holds another address of the requested address's range set (an
+    /// `ADD` retried with another request).
+    #[error("requested address {ip}: {holder} already holds {held} from the same range set")]
+    AlreadyHolds {
+        /// The requested address.
+        ip: IpAddr,
+        /// The address held.
+        held: IpAddr,
+        /// The attachment (`<container id>/<ifname>`).
+        holder: String,
     },
     /// A filesystem operation failed.
     #[error("IPAM store {}: {what}: {source}", path.display())]
@@ -78,9 +138,61 @@ pub struct Store {
     dir: PathBuf,
 }
 
-/// The store's lock, released on drop.
+/// The store's lock, released on drop; its file also holds the round-robin hints.
 struct Lock {
-    _file: File,
+    file: File,
+}
+
+impl Lock {
+    /// The last address handed out from range set `set` (only a hint: anything unreadable is
+    /// `None`).
+    fn hint(&self, set: usize) -> Option<IpAddr> {
+        let mut slot = [0_u8; HINT_SLOT as usize];
+        let n = self.file.read_at(&mut slot, set as u64 * HINT_SLOT).ok()?;
+        std::str::from_utf8(&slot[..n])
+            .ok()?
+            .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .parse()
+            .ok()
+    }
+
+    /// Records `ip` as the last address handed out from `set`; a lost or torn write only moves
+    /// where the next search starts.
+    fn set_hint(&self, set: usize, ip: IpAddr) {
+        let mut slot = [b' '; HINT_SLOT as usize];
+        let text = ip.to_string();
+        slot[..text.len()].copy_from_slice(text.as_bytes());
+        slot[HINT_SLOT as usize - 1] = b'\n';
+        let _ = self.file.write_all_at(&slot, set as u64 * HINT_SLOT);
+    }
+}
+
+fn parse_record(text: &str) -> Option<Attachment> {
+    let mut lines = text.lines();
+    match (lines.next(), lines.next()) {
+        (Some(id), Some(ifname)) if !id.is_empty() && !ifname.is_empty() => Some(Attachment {
+            container_id: id.to_owned(),
+            ifname: ifname.to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+fn record_text(attachment: &Attachment) -> String {
+    format!("{}\n{}\n", attachment.container_id, attachment.ifname)
+}
+
+fn describe(attachment: &Attachment) -> String {
+    format!("{}/{}", attachment.container_id, attachment.ifname)
+}
+
+/// Every range of `sets`, for messages.
+fn all_ranges(sets: &[Vec<RangeConf>]) -> String {
+    sets.iter()
+        .flatten()
+        .map(|r| r.subnet.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Store {
@@ -102,19 +214,121 @@ impl Store {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "opening the lock"))?;
         loop {
             // SAFETY: flock(2) on a descriptor `file` keeps open.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(Lock { _file: file });
+                let lock = Lock { file };
+                self.ensure_indexed()?;
+                return Ok(lock);
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
                 return Err(io_err(&path, "locking")(err));
             }
         }
+    }
+
+    /// Under the lock: indexes a store written before the index existed (once).
+    fn ensure_indexed(&self) -> Result<(), IpamError> {
+        let marker = self.dir.join(INDEX_MARKER);
+        if marker.exists() {
+            return Ok(());
+        }
+        let (records, _) = self.scan()?;
+        let mut by_attachment: BTreeMap<&Attachment, Vec<IpAddr>> = BTreeMap::new();
+        for record in &records {
+            by_attachment
+                .entry(&record.attachment)
+                .or_default()
+                .push(record.ip);
+        }
+        for (attachment, ips) in by_attachment {
+            self.write_index(attachment, &ips)?;
+        }
+        File::create(&marker).map_err(io_err(&marker, "creating the index marker"))?;
+        Ok(())
+    }
+
+    /// The index file of `attachment`, if its name fits.
+    fn index_path(&self, attachment: &Attachment) -> Option<PathBuf> {
+        let name = format!("{}:{}", attachment.container_id, attachment.ifname);
+        (name.len() <= NAME_MAX).then(|| self.dir.join(INDEX_DIR).join(name))
+    }
+
+    /// The attachment that record `ip` names, if the record exists and is complete.
+    fn holder(&self, ip: IpAddr) -> Result<Option<Attachment>, IpamError> {
+        let path = self.dir.join(ip.to_string());
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(parse_record(&text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, "reading a record")(e)),
+        }
+    }
+
+    /// The addresses held by `attachment`: from its index (each checked against its record), or
+    /// by a scan when the attachment cannot be indexed.
+    fn held(&self, attachment: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
+        let Some(path) = self.index_path(attachment) else {
+            let (records, _) = self.scan()?;
+            return Ok(records
+                .into_iter()
+                .filter(|r| &r.attachment == attachment)
+                .map(|r| r.ip)
+                .collect());
+        };
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&path, "reading an index")(e)),
+        };
+        let mut held = Vec::new();
+        for ip in text
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.parse::<IpAddr>().ok())
+        {
+            if self.holder(ip)?.as_ref() == Some(attachment) && !held.contains(&ip) {
+                held.push(ip);
+            }
+        }
+        Ok(held)
+    }
+
+    /// Replaces the index of `attachment` (atomically) with `ips`; an empty list removes it.
+    fn write_index(&self, attachment: &Attachment, ips: &[IpAddr]) -> Result<(), IpamError> {
+        let Some(path) = self.index_path(attachment) else {
+            return Ok(());
+        };
+        if ips.is_empty() {
+            return match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err(&path, "removing an index")(e)),
+            };
+        }
+        let mut text = record_text(attachment);
+        for ip in ips {
+            text.push_str(&ip.to_string());
+            text.push('\n');
+        }
+        let tmp = self.write_tmp(&text)?;
+        let rename = fs::rename(&tmp, &path);
+        let rename = match rename {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let dir = self.dir.join(INDEX_DIR);
+                fs::create_dir_all(&dir).map_err(io_err(&dir, "creating the index directory"))?;
+                fs::rename(&tmp, &path)
+            }
+            other => other,
+        };
+        rename.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_err(&path, "writing an index")(e)
+        })
     }
 
     /// Every allocation record (records that cannot be parsed are skipped; see [`Store::gc`]).
@@ -135,7 +349,7 @@ impl Store {
             let entry = entry.map_err(io_err(&self.dir, "listing"))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(TMP_PREFIX) {
+            if name.starts_with(TMP_PREFIX) || name.starts_with(OLD_LAST_RESERVED_PREFIX) {
                 junk.push(entry.path());
                 continue;
             }
@@ -147,20 +361,11 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err(&entry.path(), "reading a record")(e)),
             };
-            let mut lines = text.lines();
-            match (lines.next(), lines.next()) {
-                (Some(id), Some(ifname)) if !id.is_empty() && !ifname.is_empty() => {
-                    records.push(Allocation {
-                        ip,
-                        attachment: Attachment {
-                            container_id: id.to_owned(),
-                            ifname: ifname.to_owned(),
-                        },
-                    });
-                }
+            match parse_record(&text) {
+                Some(attachment) => records.push(Allocation { ip, attachment }),
                 // An empty record can only come from a crash of the machine (not of a plugin)
                 // between the file's creation and its data reaching the disk.
-                _ => junk.push(entry.path()),
+                None => junk.push(entry.path()),
             }
         }
         records.sort_by_key(|r| net::to_bits(r.ip));
@@ -172,103 +377,160 @@ impl Store {
     /// # Errors
     /// If the store cannot be read.
     pub fn lookup(&self, attachment: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|r| &r.attachment == attachment)
-            .map(|r| r.ip)
-            .collect())
+        let _lock = self.lock()?;
+        let mut held = self.held(attachment)?;
+        held.sort_by_key(|ip| net::to_bits(*ip));
+        Ok(held)
     }
 
     /// Allocates one address from each range set for `attachment`, or returns the ones it already
-    /// holds (a retried `ADD`).
+    /// holds (a retried `ADD`). A `requested` address is taken in the range set it falls into
+    /// (it must lie in one of the set's ranges, not be a gateway, and be free or already held by
+    /// `attachment`); sets without a requested address get the next free one.
     ///
     /// # Errors
-    /// [`IpamError::Exhausted`] if a set has no free address (nothing stays allocated then), or a
-    /// filesystem error.
+    /// [`IpamError::Exhausted`] if a set has no free address, [`IpamError::OutOfRange`],
+    /// [`IpamError::TwoInOneSet`] or [`IpamError::InUse`] for a requested address (nothing stays
+    /// allocated then), or a filesystem error.
     pub fn allocate(
         &self,
         sets: &[Vec<RangeConf>],
         attachment: &Attachment,
+        requested: &[IpAddr],
     ) -> Result<Vec<Cidr>, IpamError> {
-        let _lock = self.lock()?;
-        let (records, _) = self.scan()?;
-        let taken: HashSet<IpAddr> = records.iter().map(|r| r.ip).collect();
-        let mut out = Vec::new();
-        let mut created = Vec::new();
-        for (index, set) in sets.iter().enumerate() {
-            if let Some(existing) = records.iter().find(|r| {
-                &r.attachment == attachment && set.iter().any(|range| range.subnet.contains(r.ip))
-            }) {
-                out.push(Cidr::host(existing.ip));
-                continue;
+        // Which set each requested address belongs to, checked before touching the store.
+        let mut wanted: Vec<Option<IpAddr>> = vec![None; sets.len()];
+        for &ip in requested {
+            let Some(index) = sets.iter().position(|set| usable_in(set, ip)) else {
+                return Err(IpamError::OutOfRange {
+                    ip,
+                    ranges: all_ranges(sets),
+                });
+            };
+            if let Some(first) = wanted[index]
+                && first != ip
+            {
+                return Err(IpamError::TwoInOneSet {
+                    set: index,
+                    first,
+                    second: ip,
+                });
             }
-            match self.allocate_in_set(index, set, attachment, &taken) {
-                Ok(ip) => {
-                    created.push(ip);
-                    out.push(Cidr::host(ip));
+            wanted[index] = Some(ip);
+        }
+        let lock = self.lock()?;
+        let held = self.held(attachment)?;
+        let mut out = Vec::new();
+        // (set, address) still to be linked.
+        let mut new: Vec<(usize, IpAddr)> = Vec::new();
+        for (index, set) in sets.iter().enumerate() {
+            let mine = held
+                .iter()
+                .copied()
+                .find(|ip| set.iter().any(|range| range.subnet.contains(*ip)));
+            match (mine, wanted[index]) {
+                (Some(ip), None) => out.push(ip),
+                (Some(ip), Some(want)) if ip == want => out.push(ip),
+                (Some(ip), Some(want)) => {
+                    return Err(IpamError::AlreadyHolds {
+                        ip: want,
+                        held: ip,
+                        holder: describe(attachment),
+                    });
                 }
-                Err(e) => {
-                    for ip in created {
-                        let _ = fs::remove_file(self.dir.join(ip.to_string()));
+                (None, Some(want)) => {
+                    if let Some(holder) = self.holder(want)? {
+                        return Err(IpamError::InUse {
+                            ip: want,
+                            holder: describe(&holder),
+                        });
                     }
-                    return Err(e);
+                    new.push((index, want));
+                    out.push(want);
+                }
+                (None, None) => {
+                    let ip = self.next_free(index, set, &lock, &new)?;
+                    new.push((index, ip));
+                    out.push(ip);
                 }
             }
         }
-        Ok(out)
-    }
-
-    fn allocate_in_set(
-        &self,
-        index: usize,
-        set: &[RangeConf],
-        attachment: &Attachment,
-        taken: &HashSet<IpAddr>,
-    ) -> Result<IpAddr, IpamError> {
-        let last_path = self.dir.join(format!("{LAST_RESERVED_PREFIX}{index}"));
-        let last: Option<IpAddr> = fs::read_to_string(&last_path)
-            .ok()
-            .and_then(|t| t.trim().parse().ok());
-        let candidates = Candidates::new(set, last);
-        let record = format!("{}\n{}\n", attachment.container_id, attachment.ifname);
+        if new.is_empty() {
+            return Ok(out.into_iter().map(Cidr::host).collect());
+        }
+        // The index first: a crash after it leaves only stale entries (see the module docs).
+        let mut listed = held.clone();
+        listed.extend(new.iter().map(|(_, ip)| *ip));
+        self.write_index(attachment, &listed)?;
+        let record = record_text(attachment);
         let tmp = self.write_tmp(&record)?;
+        let mut linked = Vec::new();
         let result = (|| {
-            for ip in candidates {
-                if taken.contains(&ip) {
-                    continue;
-                }
+            for &(index, ip) in &new {
                 let path = self.dir.join(ip.to_string());
                 match fs::hard_link(&tmp, &path) {
-                    Ok(()) => return Ok(Some(ip)),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Ok(()) => {
+                        linked.push(ip);
+                        if !requested.contains(&ip) {
+                            lock.set_hint(index, ip);
+                        }
+                    }
+                    // Only a writer that bypassed the lock can get here between our check and
+                    // the link; the link still guarantees that nothing is handed out twice.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(IpamError::InUse {
+                            ip,
+                            holder: "a concurrent writer".to_owned(),
+                        });
+                    }
                     Err(e) => return Err(io_err(&path, "creating a record")(e)),
                 }
             }
-            Ok(None)
+            Ok(())
         })();
         let _ = fs::remove_file(&tmp);
-        let Some(ip) = result? else {
-            return Err(IpamError::Exhausted {
-                set: index,
-                ranges: set
-                    .iter()
-                    .map(|r| r.subnet.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                allocated: taken
-                    .iter()
-                    .filter(|ip| set.iter().any(|r| r.subnet.contains(**ip)))
-                    .count(),
-            });
-        };
-        // Only a hint for where the next search starts: losing it is harmless.
-        if let Ok(tmp) = self.write_tmp(&ip.to_string())
-            && fs::rename(&tmp, &last_path).is_err()
-        {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = result {
+            for ip in linked {
+                let _ = self.remove_record(ip);
+            }
+            let _ = self.write_index(attachment, &held);
+            return Err(e);
         }
-        Ok(ip)
+        Ok(out.into_iter().map(Cidr::host).collect())
+    }
+
+    /// The next free address of `set` after the round-robin hint, not in `pending`.
+    fn next_free(
+        &self,
+        index: usize,
+        set: &[RangeConf],
+        lock: &Lock,
+        pending: &[(usize, IpAddr)],
+    ) -> Result<IpAddr, IpamError> {
+        for ip in Candidates::new(set, lock.hint(index)) {
+            if pending.iter().any(|(_, p)| *p == ip) {
+                continue;
+            }
+            let path = self.dir.join(ip.to_string());
+            match fs::symlink_metadata(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ip),
+                Err(e) => return Err(io_err(&path, "checking a record")(e)),
+            }
+        }
+        let (records, _) = self.scan()?;
+        Err(IpamError::Exhausted {
+            set: index,
+            ranges: set
+                .iter()
+                .map(|r| r.subnet.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            allocated: records
+                .iter()
+                .filter(|r| set.iter().any(|range| range.subnet.contains(r.ip)))
+                .count(),
+        })
     }
 
     fn write_tmp(&self, content: &str) -> Result<PathBuf, IpamError> {
@@ -296,17 +558,18 @@ impl Store {
             return Ok(Vec::new());
         }
         let _lock = self.lock()?;
-        let (records, _) = self.scan()?;
-        let mut released = Vec::new();
-        for record in records.into_iter().filter(|r| &r.attachment == attachment) {
-            self.remove_record(record.ip)?;
-            released.push(record.ip);
+        let held = self.held(attachment)?;
+        for ip in &held {
+            self.remove_record(*ip)?;
         }
-        Ok(released)
+        // The records first, then the index (see the module docs).
+        self.write_index(attachment, &[])?;
+        Ok(held)
     }
 
-    /// Releases every allocation whose attachment is not in `valid`, removes unparsable records and
-    /// temporary files whose writer has exited; returns what was released.
+    /// Releases every allocation whose attachment is not in `valid`, removes unparsable records,
+    /// temporary files whose writer has exited and index entries without records; returns what
+    /// was released.
     ///
     /// # Errors
     /// If the store cannot be read or a record cannot be removed.
@@ -317,8 +580,11 @@ impl Store {
         let _lock = self.lock()?;
         let (records, junk) = self.scan()?;
         let mut released = Vec::new();
+        let mut kept: BTreeMap<Attachment, Vec<IpAddr>> = BTreeMap::new();
         for record in records {
-            if !valid.contains(&record.attachment) {
+            if valid.contains(&record.attachment) {
+                kept.entry(record.attachment).or_default().push(record.ip);
+            } else {
                 self.remove_record(record.ip)?;
                 released.push(record);
             }
@@ -335,6 +601,23 @@ impl Store {
                 let _ = fs::remove_file(&path);
             }
         }
+        // The index becomes exactly the records again.
+        let index_dir = self.dir.join(INDEX_DIR);
+        if let Ok(entries) = fs::read_dir(&index_dir) {
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let attachment = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| parse_record(&t));
+                let current = attachment.as_ref().and_then(|a| kept.get(a));
+                if current.is_none() {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        for (attachment, ips) in &kept {
+            self.write_index(attachment, ips)?;
+        }
         Ok(released)
     }
 
@@ -346,6 +629,34 @@ impl Store {
             Err(e) => Err(io_err(&path, "removing a record")(e)),
         }
     }
+}
+
+/// Whether `ip` is an address [`Candidates`] could hand out from `set`.
+fn usable_in(set: &[RangeConf], ip: IpAddr) -> bool {
+    let bits = net::to_bits(ip);
+    set.iter().any(|r| {
+        r.subnet.contains(ip)
+            && r.gateway != Some(ip)
+            && bounds(r).is_some_and(|(first, last)| (first..=last).contains(&bits))
+    })
+}
+
+/// The first and last usable address of a range, as integers.
+fn bounds(r: &RangeConf) -> Option<(u128, u128)> {
+    let network = net::to_bits(r.subnet.network());
+    let broadcast = net::to_bits(r.subnet.last());
+    let last_usable = if r.subnet.is_ipv4() {
+        broadcast - 1
+    } else {
+        broadcast
+    };
+    let first = r
+        .range_start
+        .map_or(network + 1, |s| net::to_bits(s).max(network + 1));
+    let last = r
+        .range_end
+        .map_or(last_usable, |e| net::to_bits(e).min(last_usable));
+    (first <= last).then_some((first, last))
 }
 
 /// The usable addresses of a range set in allocation order: starting after `last` (if it lies in
@@ -367,23 +678,9 @@ impl Candidates {
         let v4 = set.first().is_none_or(|r| r.subnet.is_ipv4());
         let ranges: Vec<(u128, u128, Option<u128>)> = set
             .iter()
-            .map(|r| {
-                let network = net::to_bits(r.subnet.network());
-                let broadcast = net::to_bits(r.subnet.last());
-                let last_usable = if r.subnet.is_ipv4() {
-                    broadcast - 1
-                } else {
-                    broadcast
-                };
-                let first = r
-                    .range_start
-                    .map_or(network + 1, |s| net::to_bits(s).max(network + 1));
-                let last = r
-                    .range_end
-                    .map_or(last_usable, |e| net::to_bits(e).min(last_usable));
-                (first, last, r.gateway.map(net::to_bits))
+            .filter_map(|r| {
+                bounds(r).map(|(first, last)| (first, last, r.gateway.map(net::to_bits)))
             })
-            .filter(|&(first, last, _)| first <= last)
             .collect();
         let total = ranges
             .iter()
@@ -495,19 +792,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::new(dir.path().join("net"));
         let sets = vec![vec![range("10.0.0.0/30")], vec![range("fd00::/126")]];
-        let a = store.allocate(&sets, &att("a")).expect("a");
+        let a = store.allocate(&sets, &att("a"), &[]).expect("a");
         assert_eq!(
             a.iter().map(ToString::to_string).collect::<Vec<_>>(),
             ["10.0.0.1/32", "fd00::1/128"]
         );
         assert_eq!(
-            store.allocate(&sets, &att("a")).expect("again"),
+            store.allocate(&sets, &att("a"), &[]).expect("again"),
             a,
             "a retried ADD reuses"
         );
-        let b = store.allocate(&sets, &att("b")).expect("b");
+        let b = store.allocate(&sets, &att("b"), &[]).expect("b");
         assert_eq!(b[0].to_string(), "10.0.0.2/32");
-        let err = store.allocate(&sets, &att("c")).expect_err("full");
+        let err = store.allocate(&sets, &att("c"), &[]).expect_err("full");
         assert!(
             matches!(
                 err,
@@ -526,7 +823,7 @@ mod tests {
         );
         assert_eq!(store.release(&att("a")).expect("release").len(), 2);
         assert!(store.release(&att("a")).expect("release twice").is_empty());
-        let c = store.allocate(&sets, &att("c")).expect("c");
+        let c = store.allocate(&sets, &att("c"), &[]).expect("c");
         assert_eq!(
             c[0].to_string(),
             "10.0.0.1/32",
@@ -537,5 +834,96 @@ mod tests {
         assert_eq!(gone.len(), 2);
         assert!(gone.iter().all(|r| r.attachment == att("b")));
         assert_eq!(store.lookup(&att("c")).expect("lookup").len(), 2);
+    }
+
+    #[test]
+    fn requested_addresses_and_the_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path().join("net"));
+        let mut v4 = range("10.0.0.0/24");
+        v4.range_start = Some("10.0.0.10".parse().expect("ip"));
+        v4.gateway = Some("10.0.0.20".parse().expect("ip"));
+        let sets = vec![vec![v4], vec![range("fd00::/120")]];
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let got = store
+            .allocate(&sets, &att("a"), &[ip("10.0.0.50")])
+            .expect("requested v4, dynamic v6");
+        assert_eq!(
+            got.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.50/32", "fd00::1/128"]
+        );
+        assert_eq!(
+            store
+                .allocate(&sets, &att("a"), &[ip("10.0.0.50")])
+                .expect("retried"),
+            got
+        );
+        for (bad, what) in [
+            ("10.0.0.5", "before rangeStart"),
+            ("10.0.0.20", "the gateway"),
+            ("10.0.0.255", "broadcast"),
+            ("10.1.0.1", "outside"),
+        ] {
+            let err = store
+                .allocate(&sets, &att("b"), &[ip(bad)])
+                .expect_err(what);
+            assert!(
+                matches!(err, IpamError::OutOfRange { ip: i, .. } if i == ip(bad)),
+                "{what}: {err}"
+            );
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        let err = store
+            .allocate(&sets, &att("b"), &[ip("10.0.0.50")])
+            .expect_err("taken");
+        assert!(err.to_string().contains("a/eth0"), "{err}");
+        let err = store
+            .allocate(&sets, &att("a"), &[ip("10.0.0.51")])
+            .expect_err("another request for a");
+        assert!(matches!(err, IpamError::AlreadyHolds { .. }), "{err}");
+        let err = store
+            .allocate(&sets, &att("b"), &[ip("10.0.0.60"), ip("10.0.0.61")])
+            .expect_err("two in one set");
+        assert!(
+            matches!(err, IpamError::TwoInOneSet { set: 0, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            store.list().expect("list").len(),
+            2,
+            "failures left nothing"
+        );
+        let b = store
+            .allocate(&sets, &att("b"), &[ip("fd00::77")])
+            .expect("requested v6");
+        assert_eq!(b[1].to_string(), "fd00::77/128");
+        assert_eq!(
+            b[0].to_string(),
+            "10.0.0.10/32",
+            "rangeStart, the first dynamic"
+        );
+
+        // The index agrees with the records; a stale index entry (a crash between writing the
+        // index and linking the record) counts for nothing.
+        let index = store.dir().join(INDEX_DIR).join("a:eth0");
+        let text = fs::read_to_string(&index).expect("index of a");
+        assert!(
+            text.contains("10.0.0.50") && text.contains("fd00::1"),
+            "{text}"
+        );
+        fs::write(&index, format!("{text}10.0.0.99\n")).expect("stale entry");
+        assert_eq!(
+            store.lookup(&att("a")).expect("lookup"),
+            [ip("10.0.0.50"), ip("fd00::1")]
+        );
+        assert_eq!(store.release(&att("a")).expect("release").len(), 2);
+        assert!(!index.exists(), "the index goes with the records");
+        assert_eq!(store.lookup(&att("b")).expect("lookup b").len(), 2);
+
+        // A store without the index (an older version's) is indexed on first use.
+        fs::remove_dir_all(store.dir().join(INDEX_DIR)).expect("drop the index");
+        fs::remove_file(store.dir().join(INDEX_MARKER)).expect("drop the marker");
+        assert_eq!(store.release(&att("b")).expect("release b").len(), 2);
+        assert!(store.list().expect("list").is_empty());
     }
 }

@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod netns;
 pub mod network;
 pub mod plugin;
+pub mod reaper;
 pub mod spec;
 pub mod subnet_env;
 

@@ -69,6 +69,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// `IFLA_IFALIAS`.
     pub alias: Option<String>,
+    /// `IFLA_LINK`: a veth's peer (its index in the peer's namespace).
+    pub peer_index: Option<u32>,
 }
 
 /// A route as the kernel reports it.
@@ -238,7 +240,8 @@ impl Netlink {
             .collect())
     }
 
-    /// Creates a veth pair: `name` here, `peer_name` directly inside `peer_netns`, both with `mtu`.
+    /// Creates a veth pair: `name` here, `peer_name` directly inside `peer_netns`, both with `mtu`,
+    /// the peer with `peer_mac` if given.
     ///
     /// # Errors
     /// If the kernel refuses (for example `EEXIST` when a name is taken).
@@ -248,10 +251,14 @@ impl Netlink {
         peer_name: &str,
         peer_netns: &File,
         mtu: u32,
+        peer_mac: Option<&[u8]>,
     ) -> Result<(), NetlinkError> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(peer_name.to_owned()));
+        if let Some(mac) = peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         peer.attributes.push(LinkAttribute::Mtu(mtu));
         peer.attributes
             .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
@@ -292,6 +299,47 @@ impl Netlink {
             0,
         )
         .map(drop)
+    }
+
+    /// Sets link `index` down; returns whether it existed.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason than the link's absence.
+    pub fn set_down(&mut self, index: u32) -> Result<bool, NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.header.change_mask = LinkFlags::Up;
+        match self.exchange(
+            &format!("setting link {index} down"),
+            RouteNetlinkMessage::SetLink(message),
+            0,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renames link `index` (the kernel wants it down); returns whether it existed.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason than the link's absence (`EEXIST`: the name is
+    /// taken).
+    pub fn rename(&mut self, index: u32, name: &str) -> Result<bool, NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_owned()));
+        match self.exchange(
+            &format!("renaming link {index} to {name}"),
+            RouteNetlinkMessage::SetLink(message),
+            0,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes link `index`; returns whether it existed.
@@ -522,6 +570,27 @@ impl Netlink {
     }
 }
 
+/// The bytes of an `RTM_DELLINK` request for the link called `name` (with an ACK requested), for
+/// a process that must not allocate to send it (see [`crate::reaper`]).
+#[must_use]
+pub fn delete_link_request(name: &str) -> Vec<u8> {
+    let mut message = LinkMessage::default();
+    message
+        .attributes
+        .push(LinkAttribute::IfName(name.to_owned()));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = 1;
+    let mut packet = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::DelLink(message)),
+    );
+    packet.finalize();
+    let mut buf = vec![0_u8; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    buf
+}
+
 fn family(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
@@ -539,6 +608,7 @@ fn parse_link(message: &LinkMessage) -> Link {
         up: message.header.flags.contains(LinkFlags::Up),
         kind: None,
         alias: None,
+        peer_index: None,
     };
     for attribute in &message.attributes {
         match attribute {
@@ -546,6 +616,7 @@ fn parse_link(message: &LinkMessage) -> Link {
             LinkAttribute::Address(mac) => link.mac.clone_from(mac),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+            LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {

@@ -31,6 +31,15 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 pub const HOST_IF_PREFIX: &str = "gnt";
 /// Prefix of the alias (`IFLA_IFALIAS`) of host-side interfaces: `gannet-cni:<network>/<id>/<if>`.
 pub const ALIAS_PREFIX: &str = "gannet-cni:";
+/// Prefix of retired ("tombstone") veth ends waiting for their deletion: `gnd` and the link's
+/// index in hex, on both sides (an index is unique in its namespace while the link exists).
+pub const TOMBSTONE_PREFIX: &str = "gnd";
+
+/// The tombstone name of link `index`.
+#[must_use]
+pub fn tombstone_name(index: u32) -> String {
+    format!("{TOMBSTONE_PREFIX}{index:x}")
+}
 
 /// Pod network failures.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +138,8 @@ pub struct PodSpec<'a> {
     pub mtu: u32,
     /// Extra destinations routed via the gateway (besides the default routes).
     pub extra_routes: &'a [Cidr],
+    /// The pod interface's MAC, if the runtime asked for one.
+    pub pod_mac: Option<&'a [u8]>,
 }
 
 /// The two ends of a pod's veth pair after setup.
@@ -161,7 +172,13 @@ pub fn setup(host: &mut Netlink, spec: &PodSpec<'_>) -> Result<PodLinks, NetErro
         }
         Ok(())
     })?;
-    host.create_veth(&host_name, &spec.attachment.ifname, spec.netns, spec.mtu)?;
+    host.create_veth(
+        &host_name,
+        &spec.attachment.ifname,
+        spec.netns,
+        spec.mtu,
+        spec.pod_mac,
+    )?;
     let result = configure(host, spec, &host_name);
     if result.is_err()
         && let Ok(Some(link)) = host.link_by_name(&host_name)
@@ -277,6 +294,119 @@ pub fn teardown(
         Some(link) => Ok(host.delete_link(link.index)?),
         None => Ok(false),
     }
+}
+
+/// The pod's namespace as `DEL` knows it.
+#[derive(Debug, Clone, Copy)]
+pub enum PodNetns<'a> {
+    /// `CNI_NETNS` was not given: the pod end cannot be reached.
+    Unknown,
+    /// `CNI_NETNS` no longer opens: whatever is left of the pod end is unreachable for everyone.
+    Gone,
+    /// The pod's namespace.
+    Open(&'a Path, &'a File),
+}
+
+/// What [`retire`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retired {
+    /// There was no host interface.
+    Absent,
+    /// The pair was deleted at once (its pod end could not be renamed).
+    Deleted,
+    /// The pair is down and renamed; the host end, called this, is still to be deleted (the pod
+    /// end goes with it).
+    Tombstone(String),
+}
+
+/// Takes an attachment's veth pair out of service without waiting for its deletion: the host end
+/// down (the kernel removes the routes through it, and the pod end loses its carrier), the pod
+/// end down and renamed to a tombstone in `pod` (so the pod's interface name is free), the host
+/// end renamed to a tombstone (so is the host name). When the pod's namespace is
+/// [`PodNetns::Unknown`] the pair is deleted at once (a later `ADD` in that namespace would find
+/// the old interface otherwise), as it is when a rename fails.
+///
+/// # Errors
+/// If netlink fails for another reason than the link's absence.
+pub fn retire(
+    host: &mut Netlink,
+    network: &str,
+    attachment: &Attachment,
+    pod: PodNetns<'_>,
+) -> Result<Retired, NetError> {
+    let name = host_if_name(network, attachment);
+    let Some(link) = host.link_by_name(&name)? else {
+        return Ok(Retired::Absent);
+    };
+    let delete_now = |host: &mut Netlink| -> Result<Retired, NetError> {
+        Ok(if host.delete_link(link.index)? {
+            Retired::Deleted
+        } else {
+            Retired::Absent
+        })
+    };
+    let pod = match pod {
+        PodNetns::Unknown => return delete_now(host),
+        PodNetns::Gone => None,
+        PodNetns::Open(path, file) => Some((path, file)),
+    };
+    if !host.set_down(link.index)? {
+        return Ok(Retired::Absent);
+    }
+    if let Some((pod_path, pod_ns)) = pod {
+        let ifname = &attachment.ifname;
+        let pod_side = netns::run_in(pod_ns, || -> Result<(), NetlinkError> {
+            let mut pod = Netlink::open()?;
+            let Some(peer) = pod.link_by_name(ifname)? else {
+                return Ok(());
+            };
+            // Only our veth's own peer: anything else of that name is not ours to touch.
+            if peer.kind.as_deref() != Some("veth") || peer.peer_index != Some(link.index) {
+                return Ok(());
+            }
+            pod.set_down(peer.index)?;
+            pod.rename(peer.index, &tombstone_name(peer.index))?;
+            Ok(())
+        })
+        .map_err(|source| NetError::Netns {
+            path: pod_path.to_path_buf(),
+            source,
+        })
+        .and_then(|r| r.map_err(NetError::from));
+        if let Err(e) = pod_side {
+            tracing::warn!(error = %e, "cannot retire the pod end; deleting the pair now");
+            return delete_now(host);
+        }
+    }
+    let tombstone = tombstone_name(link.index);
+    match host.rename(link.index, &tombstone) {
+        Ok(true) => Ok(Retired::Tombstone(tombstone)),
+        Ok(false) => Ok(Retired::Absent),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot rename the host end; deleting the pair now");
+            delete_now(host)
+        }
+    }
+}
+
+/// The tombstones in the calling namespace left by [`retire`] for `network` (whose deletion has
+/// not happened yet, or whose deleting process died).
+///
+/// # Errors
+/// If the links cannot be listed.
+pub fn tombstones(host: &mut Netlink, network: &str) -> Result<Vec<Link>, NetError> {
+    Ok(host
+        .links()?
+        .into_iter()
+        .filter(|link| {
+            link.name.starts_with(TOMBSTONE_PREFIX)
+                && link
+                    .alias
+                    .as_deref()
+                    .and_then(parse_alias)
+                    .is_some_and(|(net, _)| net == network)
+        })
+        .collect())
 }
 
 /// What `CHECK` expects: the result's view of one attachment.

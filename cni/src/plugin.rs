@@ -11,15 +11,16 @@ use tracing::{info, warn};
 
 use crate::agent_api::{self, Endpoint, Request, RequestBody};
 use crate::config::{
-    Attachment, CniEnv, Command, DEFAULT_MTU, DEFAULT_SUBNET_FILE, NetConf, RangeConf,
-    parse_config, parse_env,
+    Attachment, CniEnv, Command, DEFAULT_MTU, DEFAULT_SUBNET_FILE, NetConf, RangeConf, Requests,
+    Source, parse_config, parse_env, parse_requests,
 };
 use crate::delegate::Delegate;
 use crate::ipam::{IpamError, Store};
 use crate::net::Cidr;
 use crate::netlink::{Netlink, format_mac};
 use crate::netns;
-use crate::network::{self, Expected, PodSpec, gateway_for, host_if_name};
+use crate::network::{self, Expected, PodNetns, PodSpec, Retired, gateway_for, host_if_name};
+use crate::reaper;
 use crate::spec::{
     CniError, CniResult, CniVersion, Interface, IpConfig, Route, SUPPORTED_VERSIONS, VersionInfo,
     code,
@@ -27,8 +28,10 @@ use crate::spec::{
 use crate::subnet_env::{SubnetEnv, SubnetEnvError};
 
 /// Environment variable of the test hook that pauses `ADD` at a point: `<point>:<marker file>`,
-/// point `after-ipam` (addresses reserved, no link yet) or `after-veth` (veth pair created, before
-/// the agent is told). The plugin creates the marker file and sleeps, so a test can kill it there.
+/// point `after-ipam` (addresses reserved, no link yet), `after-veth` (veth pair created, before
+/// the agent is told) or, in `DEL`, `before-reap` (the pair retired and the addresses released,
+/// its deletion not started). The plugin creates the marker file and sleeps, so a test can kill it
+/// there.
 pub const PAUSE_ENV: &str = "GANNET_CNI_DEBUG_PAUSE";
 
 /// Environment variable with the log filter when the configuration sets no `logLevel`.
@@ -221,9 +224,29 @@ fn internal(e: impl std::fmt::Display) -> CniError {
 }
 
 fn ipam_error(e: &IpamError) -> CniError {
+    ipam_error_for(e, &Requests::default())
+}
+
+/// An IPAM error, naming where a requested address came from.
+fn ipam_error_for(e: &IpamError, requests: &Requests) -> CniError {
+    let source = |ip: &std::net::IpAddr| {
+        requests
+            .ips
+            .iter()
+            .find(|(requested, _)| requested == ip)
+            .map_or(Source::CniArgs("IP"), |(_, source)| source.clone())
+    };
     match e {
         IpamError::Exhausted { .. } => {
             CniError::new(code::POOL_EXHAUSTED, format!("IP pool exhausted: {e}"))
+        }
+        IpamError::OutOfRange { ip, .. } | IpamError::TwoInOneSet { second: ip, .. } => {
+            let source = source(ip);
+            CniError::new(source.code(), format!("{source} {ip}: {e}"))
+        }
+        IpamError::InUse { ip, .. } | IpamError::AlreadyHolds { ip, .. } => {
+            let source = source(ip);
+            CniError::new(code::ADDRESS_IN_USE, format!("{source} {ip}: {e}"))
         }
         IpamError::Io { .. } => CniError::new(code::IO_FAILURE, e.to_string()),
     }
@@ -365,14 +388,23 @@ impl Plugin<'_> {
                 format!("the gannet agent is not ready: {e}"),
             ));
         }
+        let requests = parse_requests(self.conf, self.env)?;
+        if !requests.ips.is_empty() || requests.mac.is_some() {
+            info!(
+                ips = ?requests.ips.iter().map(|(ip, from)| format!("{ip} ({from})")).collect::<Vec<_>>(),
+                mac = ?requests.mac.as_ref().map(|(mac, from)| format!("{} ({from})", format_mac(mac))),
+                "requested by the runtime"
+            );
+        }
         let mut host = Netlink::open().map_err(internal)?;
         // Addresses.
         let (ips, mtu) = if self.conf.builtin_ipam() {
             let pool = self.pool()?;
+            let requested: Vec<std::net::IpAddr> = requests.ips.iter().map(|(ip, _)| *ip).collect();
             let ips = self
                 .store()
-                .allocate(&pool.ranges, &attachment)
-                .map_err(|e| ipam_error(&e))?;
+                .allocate(&pool.ranges, &attachment, &requested)
+                .map_err(|e| ipam_error_for(&e, &requests))?;
             (ips, pool.mtu)
         } else {
             let delegate = self.delegate()?;
@@ -407,6 +439,7 @@ impl Plugin<'_> {
             ips: &ips,
             mtu,
             extra_routes: &extra_routes,
+            pod_mac: requests.mac.as_ref().map(|(mac, _)| &mac[..]),
         };
         let links = match network::setup(&mut host, &spec) {
             Ok(links) => links,
@@ -542,19 +575,47 @@ impl Plugin<'_> {
             warn!(error = %e, "unregistering from the gannet agent failed; it will reconcile");
         }
         let mut host = Netlink::open().map_err(internal)?;
-        let existed =
-            network::teardown(&mut host, &self.conf.name, &attachment).map_err(internal)?;
+        let pod_ns = self
+            .env
+            .netns
+            .as_ref()
+            .map(|path| (path, netns::open(path)));
+        let pod = match &pod_ns {
+            None => PodNetns::Unknown,
+            Some((path, Ok(file))) => PodNetns::Open(path, file),
+            Some((_, Err(_))) => PodNetns::Gone,
+        };
+        // Out of service now (down, no routes, names free); deleted by a detached process.
+        let retired =
+            network::retire(&mut host, &self.conf.name, &attachment, pod).map_err(internal)?;
+        drop(pod_ns);
+        let released = self.release_for_del(&retired);
+        // Even if the addresses could not be released: a retried DEL would not find the pair.
+        if let Retired::Tombstone(name) = &retired {
+            self.pause("before-reap");
+            if let Err(e) = reaper::delete_links_detached(std::slice::from_ref(name)) {
+                warn!(link = %name, error = %e, "cannot start the deletion process; deleting now");
+                if let Ok(Some(link)) = host.link_by_name(name) {
+                    host.delete_link(link.index).map_err(internal)?;
+                }
+            }
+        }
+        released
+    }
+
+    /// DEL's address release (built in or delegated).
+    fn release_for_del(&self, retired: &Retired) -> Result<(), CniError> {
         if self.conf.builtin_ipam() {
             let released = self
                 .store()
-                .release(&attachment)
+                .release(&self.attachment())
                 .map_err(|e| ipam_error(&e))?;
-            info!(link_existed = existed, released = ?released, "deleted");
+            info!(link = ?retired, released = ?released, "deleted");
         } else {
             let delegate = self.delegate()?;
             let version = delegate.negotiate(self.version)?;
             delegate.call("DEL", self.raw, version)?;
-            info!(link_existed = existed, "deleted");
+            info!(link = ?retired, "deleted");
         }
         Ok(())
     }
@@ -671,6 +732,11 @@ impl Plugin<'_> {
         };
         let valid: HashSet<Attachment> = valid.iter().cloned().collect();
         let mut host = Netlink::open().map_err(internal)?;
+        // Retired pairs whose deleting process died (or has not finished yet).
+        for link in network::tombstones(&mut host, &self.conf.name).map_err(internal)? {
+            info!(link = %link.name, "GC: removing a retired interface");
+            host.delete_link(link.index).map_err(internal)?;
+        }
         let mut stale: Vec<(crate::netlink::Link, Attachment)> =
             network::host_interfaces(&mut host, &self.conf.name).map_err(internal)?;
         if self.conf.builtin_ipam() {

@@ -100,6 +100,9 @@ pub mod code {
     pub const POOL_EXHAUSTED: u32 = 100;
     /// gannet: `CHECK` found the container's network different from the result.
     pub const CHECK_MISMATCH: u32 = 101;
+    /// gannet: a requested address (`CNI_ARGS` `IP=`, the `ips` capability) is allocated to
+    /// another attachment.
+    pub const ADDRESS_IN_USE: u32 = 102;
     /// Any other failure (the code the reference plugins use).
     pub const INTERNAL: u32 = 999;
 }

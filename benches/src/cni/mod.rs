@@ -56,6 +56,11 @@ pub const WARMUP_PODS: usize = 1;
 const POD_NAMESPACE: &str = "gannet-bench";
 /// How long one invocation may take.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// gannet-cni's `DEL` leaves the veth pair, down and renamed `gnd…`, to a detached process that
+/// deletes it; how long the checks wait for those to finish.
+const RETIRED_TIMEOUT: Duration = Duration::from_secs(60);
+/// The name prefix of such retired pairs.
+const RETIRED_PREFIX: &str = "gnd";
 
 /// The binaries the scenario runs.
 #[derive(Debug, Clone)]
@@ -376,21 +381,59 @@ impl PluginNode {
         );
         self.node
             .run(|| self.call(Verb::Del, "warmup", "warmup", &self.warmup))??;
-        let links = self.warmup.ip(&["-o", "link", "show"])?;
         ensure!(
-            links.lines().count() == 1,
-            "{}: the warm-up pod still has links after DEL: {links}",
+            !self.warmup.ip(&["-o", "link", "show"])?.contains(POD_IF),
+            "{}: the warm-up pod still has {POD_IF} after DEL",
             self.plugin
         );
-        Ok(())
+        self.wait_retired(&[&self.warmup])
+    }
+
+    /// The veths of the node: (all, not retired).
+    fn veth_counts(&self) -> anyhow::Result<(usize, usize)> {
+        let out = self.node.ip(&["-o", "link", "show", "type", "veth"])?;
+        let live = out
+            .lines()
+            .filter(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .is_some_and(|name| !name.starts_with(RETIRED_PREFIX))
+            })
+            .count();
+        Ok((out.lines().count(), live))
     }
 
     fn veth_count(&self) -> anyhow::Result<usize> {
-        Ok(self
-            .node
-            .ip(&["-o", "link", "show", "type", "veth"])?
-            .lines()
-            .count())
+        Ok(self.veth_counts()?.0)
+    }
+
+    /// Waits until the node has no veth left at all and each of `pods` only its loopback: the
+    /// retired pairs gannet-cni's `DEL` leaves to its detached deletion are gone.
+    fn wait_retired(&self, pods: &[&Netns]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + RETIRED_TIMEOUT;
+        loop {
+            let veths = self.veth_count()?;
+            if veths == 0 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{}: {RETIRED_TIMEOUT:?} after the last DEL the node still has {veths} veths",
+                self.plugin
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A veth pair goes as a whole: the pods' ends are gone too.
+        for pod in pods {
+            let links = pod.ip(&["-o", "link", "show"])?;
+            ensure!(
+                links.lines().count() == 1,
+                "{}: pod {} still has links after DEL: {links}",
+                self.plugin,
+                pod.name()
+            );
+        }
+        Ok(())
     }
 
     fn records(&self) -> anyhow::Result<usize> {
@@ -440,23 +483,25 @@ impl PluginNode {
         Ok(())
     }
 
-    /// After every pod's DEL: no veth, no record, and the first and last pod without `eth0`.
+    /// After every pod's DEL: at once no veth in service, no record, and the first and last pod
+    /// without `eth0`; then (waited for) no veth at all and no pod with more than its loopback.
     fn check_deleted(&self) -> anyhow::Result<()> {
-        let (veths, records) = (self.veth_count()?, self.records()?);
+        let ((_, live), records) = (self.veth_counts()?, self.records()?);
         ensure!(
-            veths == 0 && records == 0,
-            "{}: after every DEL the node still has {veths} veths and the store {records} records",
+            live == 0 && records == 0,
+            "{}: after every DEL the node still has {live} veths in service and the store \
+             {records} records",
             self.plugin
         );
         for pod in [0, self.pods.len() - 1] {
             let links = self.pods[pod].ip(&["-o", "link", "show"])?;
             ensure!(
-                links.lines().count() == 1,
-                "{}: pod {pod} still has links after DEL: {links}",
+                !links.contains(POD_IF),
+                "{}: pod {pod} still has {POD_IF} after DEL: {links}",
                 self.plugin
             );
         }
-        Ok(())
+        self.wait_retired(&[&self.pods[0], &self.pods[self.pods.len() - 1]])
     }
 }
 

@@ -236,8 +236,11 @@ pub fn render(results: &Results, chart: Option<&str>) -> String {
          times. Concurrency measured: {} (at more than 1, that many invocations of one plugin run \
          at once; on {} CPUs they also wait for a CPU).\n\
          - After all ADDs: one address per pod, all distinct, a veth and an address record per pod \
-         in the node, and the first and last pod holding their address; after all DELs: no veth, \
-         no record, no interface left in those pods.\n\
+         in the node, and the first and last pod holding their address; after all DELs, at once: no \
+         veth in service, no record, no `eth0` in those pods; and then (waited for, at most 60 s) \
+         no veth at all and no interface but `lo` in those pods. gannet-cni's DEL leaves its veth \
+         pair down and renamed to a detached process that deletes it: that deletion is not in \
+         its DEL latency, and it runs while the following DELs (of both plugins) are measured.\n\
          - Percentiles by nearest rank (always a measured value; with {} samples p99 is the {}th \
          fastest).\n\
          - Machine: {}; {} CPUs ({}); {}; gannet {}.\n",

@@ -425,13 +425,48 @@ impl Node {
 
     /// Links in the node namespace whose name starts with `gnt`.
     pub(crate) fn host_veths(&self) -> Vec<String> {
-        let out = self.ns.ip(&["-o", "link", "show"]).expect("ip link");
-        out.lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        link_names(&self.ns)
+            .into_iter()
             .filter(|n| n.starts_with("gnt"))
             .collect()
     }
+
+    /// Waits (at most 10 s) until no retired veth (`gnd…`, deleted by DEL's detached process)
+    /// is left in the node namespace or in any of `pods`; panics naming what is left.
+    pub(crate) fn wait_for_tombstones(&self, pods: &[&Netns]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut left: Vec<String> = link_names(&self.ns)
+                .into_iter()
+                .filter(|n| n.starts_with("gnd"))
+                .collect();
+            for pod in pods {
+                left.extend(
+                    link_names(pod)
+                        .into_iter()
+                        .filter(|n| n != "lo")
+                        .map(|n| format!("{n} in {}", pod.name())),
+                );
+            }
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "retired interfaces still there 10 s after DEL: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The names of the links in `ns`.
+pub(crate) fn link_names(ns: &Netns) -> Vec<String> {
+    let out = ns.ip(&["-o", "link", "show"]).expect("ip link");
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect()
 }
 
 /// Runs `ip args` in `ns` and returns stdout.

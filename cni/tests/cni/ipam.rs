@@ -65,6 +65,20 @@ fn hundred_concurrent_adds_get_distinct_addresses() {
         node.allocations("gnet")
     );
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    // The per-attachment index went with the records.
+    let index: Vec<String> = std::fs::read_dir(node.store("gnet").join("attachments"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        index.is_empty(),
+        "index entries left after every DEL: {index:?}"
+    );
+    node.wait_for_tombstones(&pods.iter().collect::<Vec<_>>());
 }
 
 #[test]
@@ -214,6 +228,17 @@ fn sigkill_during_add_then_gc_leaks_and_doubles_nothing() {
     node.gc(&conf, &[&keep]).expect_ok("GC after random kills");
     let left: Vec<(String, String)> = node.allocations("gnet");
     assert_eq!(left.len(), 1, "only keep's address stays: {left:?}");
+    let mut index: Vec<String> = std::fs::read_dir(node.store("gnet").join("attachments"))
+        .expect("index directory")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    index.sort();
+    assert_eq!(
+        index,
+        ["keep:eth0"],
+        "GC leaves the index matching the records"
+    );
     assert_eq!(format!("{}/32", left[0].0), addr(&kept));
     assert_eq!(
         node.host_veths().len(),

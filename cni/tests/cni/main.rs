@@ -9,7 +9,9 @@
 mod agent;
 mod chaining;
 mod conformance;
+mod del;
 mod errors;
 mod harness;
 mod ipam;
+mod requests;
 mod traffic;

@@ -126,4 +126,22 @@ fn pods_reach_each_other_and_their_node() {
         report.ok, 0,
         "pod b's address still answers after DEL: {report:?}"
     );
+
+    // The same attachment is added again at once (the old pair may still await its deletion):
+    // it works, and pod b answers on its new interface.
+    let b = node
+        .exec("gannet-cni", "ADD", Some(&Attach::new("b", &pod_b)), &conf)
+        .expect_ok("ADD b again right after its DEL");
+    let b4 = pod_ip(&b, 0);
+    assert_reached(
+        &tcp(&pod_a, &format!("{b4}:8080")),
+        "pod-b",
+        &format!("{b4}:8080"),
+        "pod a → pod b after b's DEL and ADD",
+    );
+    for (id, pod) in [("a", &pod_a), ("b", &pod_b)] {
+        node.exec("gannet-cni", "DEL", Some(&Attach::new(id, pod)), &conf)
+            .expect_ok("final DEL");
+    }
+    node.wait_for_tombstones(&[&pod_a, &pod_b]);
 }

@@ -30,6 +30,10 @@
 //!   which conmon starts with a reduced environment (`CONTAINERS_CONF` and `PATH` survive,
 //!   `CONTAINERS_STORAGE_CONF` does not; storage settings travel as flags). The pod's netns still
 //!   exists then, so DEL finds the veth;
+//! - `--ip` and `--ip6` (two addresses) arrive as the `ips` capability (`runtimeConfig.ips`,
+//!   plain addresses; a single address would be `CNI_ARGS` `IP=`), `--mac-address` as `CNI_ARGS`
+//!   `MAC=`; podman passes a taken static address on (this network's IPAM is not host-local, so
+//!   podman knows no subnets of it) and shows the plugin's refusal (code 102);
 //! - never `CHECK`, `GC` or `STATUS`;
 //! - here it needs `default_ulimits` within the machine's hard `nofile` limit (20000; without them
 //!   runc fails "error setting rlimit type 7: operation not permitted"), `runtime = "runc"` (crun

@@ -120,6 +120,41 @@ network_config_dir = "{conf}"
         cmd
     }
 
+    /// `podman run` arguments for container `name` on the gannet network with `extra` options.
+    fn run_args<'a>(&self, name: &'a str, parent: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "run",
+            "-i",
+            "--name",
+            name,
+            "--network",
+            NETWORK,
+            "--cgroup-parent",
+            parent,
+            "--pull",
+            "never",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "/bin/sh"]);
+        args
+    }
+
+    /// Starts container `name` with `extra` `podman run` options (see [`Runtime::start`]).
+    fn start_with(&mut self, name: &str, extra: &[&str]) -> Container {
+        let parent = self.sandbox.cgroups.parent();
+        let cmd = self.command(&self.run_args(name, &parent, extra));
+        let run = spawn(cmd, None, None).expect("starting podman run");
+        let mut container = Container::attach(name, run);
+        container.cni_id = self
+            .podman(
+                &["inspect", "--format", "{{.Id}}", name],
+                "podman inspect (id)",
+            )
+            .trim()
+            .to_owned();
+        container
+    }
+
     /// Runs `podman args…` to completion and returns stdout (panics if it fails).
     fn podman(&self, args: &[&str], what: &str) -> String {
         self.sandbox.run(self.command(args), what)
@@ -136,31 +171,7 @@ impl Runtime for Podman {
     }
 
     fn start(&mut self, name: &str) -> Container {
-        let parent = self.sandbox.cgroups.parent();
-        let cmd = self.command(&[
-            "run",
-            "-i",
-            "--name",
-            name,
-            "--network",
-            NETWORK,
-            "--cgroup-parent",
-            &parent,
-            "--pull",
-            "never",
-            IMAGE,
-            "/bin/sh",
-        ]);
-        let run = spawn(cmd, None, None).expect("starting podman run");
-        let mut container = Container::attach(name, run);
-        container.cni_id = self
-            .podman(
-                &["inspect", "--format", "{{.Id}}", name],
-                "podman inspect (id)",
-            )
-            .trim()
-            .to_owned();
-        container
+        self.start_with(name, &[])
     }
 
     fn check_runtime_view(&mut self, container: &Container, seen: &Attachment) {
@@ -252,4 +263,89 @@ fn podman_cni_backend_runs_pods_on_gannet_cni() {
         "podman does not list the gannet network: {networks}"
     );
     pods_reach_each_other_and_the_node(&mut podman);
+}
+
+/// podman's `--ip`, `--ip6` and `--mac-address`: with two addresses podman sends the `ips`
+/// capability (which the conflist `install` writes enables), the MAC as `CNI_ARGS` `MAC=`; the
+/// container gets exactly those, and a second container asking for a taken address is refused
+/// with gannet-cni's error.
+#[test]
+fn podman_static_addresses_and_mac_are_honoured() {
+    if let Some(why) = prerequisites_missing() {
+        skip("podman_static_addresses_and_mac_are_honoured", &why);
+        return;
+    }
+    let mut podman = Podman::new();
+    let v4 = format!("{}{}", crate::sandbox::POD_V4_PREFIX, 50);
+    let v6 = format!("{}{}", crate::sandbox::POD_V6_PREFIX, 50);
+    let mac = "02:42:0a:4d:00:32";
+    let mut c = podman.start_with("static", &["--ip", &v4, "--ip6", &v6, "--mac-address", mac]);
+    let v4_out = c.sh_ok("ip -o -4 addr show dev eth0");
+    let v6_out = c.sh_ok("ip -o -6 addr show dev eth0 scope global");
+    let link = c.sh_ok("ip -o link show dev eth0");
+    assert!(v4_out.contains(&format!("{v4}/32")), "{v4_out}");
+    assert!(v6_out.contains(&format!("{v6}/128")), "{v6_out}");
+    assert!(link.contains(&format!("link/ether {mac} ")), "{link}");
+    let log = podman.sandbox.plugin_log();
+    let asked = log
+        .lines()
+        .find(|l| l.contains("requested by the runtime"))
+        .unwrap_or_else(|| panic!("no request in the plugin's log:\n{log}"));
+    println!("podman --ip --ip6 --mac-address: {asked}");
+    assert!(
+        asked.contains("runtimeConfig.ips[0]")
+            && asked.contains("runtimeConfig.ips[1]")
+            && asked.contains("CNI_ARGS MAC"),
+        "podman 4.3 sends two addresses as the ips capability and the MAC in CNI_ARGS: {asked}"
+    );
+    let records = podman.sandbox.allocations();
+    for addr in [&v4, &v6] {
+        assert!(
+            records.contains(&(addr.clone(), c.cni_id.clone(), "eth0".to_owned())),
+            "{addr} is not recorded for the container: {records:?}"
+        );
+    }
+
+    // A second container asking for the same IPv4 address: podman reports the plugin's error.
+    let parent = podman.sandbox.cgroups.parent();
+    let args = podman.run_args("clash", &parent, &["--rm", "--ip", &v4]);
+    let mut cmd = podman.command(&args);
+    cmd.stdin(std::process::Stdio::null());
+    let output = run_in(cmd, None, None, Duration::from_secs(60)).expect("podman run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a taken address was given out: {stderr}"
+    );
+    assert!(
+        stderr.contains(&v4) && stderr.contains("already allocated"),
+        "podman's error does not carry gannet-cni's: {stderr}"
+    );
+    assert_eq!(
+        podman.sandbox.allocations().len(),
+        2,
+        "the refused container holds an address: {:?}",
+        podman.sandbox.allocations()
+    );
+
+    let id = c.cni_id.clone();
+    c.exit();
+    podman.sandbox.wait_until(
+        "DEL of the static container",
+        Duration::from_secs(20),
+        || {
+            let left: Vec<_> = podman
+                .sandbox
+                .allocations()
+                .into_iter()
+                .filter(|(_, owner, _)| *owner == id)
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still allocated: {left:?}"))
+            }
+        },
+    );
+    podman.remove("static");
 }
