@@ -31,6 +31,48 @@ pub fn bpf_root() -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/gannet-bench-{}", std::process::id()))
 }
 
+/// Runs `gannetd cleanup` for `bpf_root`, `cgroup` and (if given, then also removed) `state_dir`;
+/// if that fails or leaves the bpffs directory behind, removes the directory (unpinning the links
+/// detaches the programs) and says so.
+///
+/// # Errors
+/// If cleanup failed, whether or not the fallback worked.
+pub fn cleanup(
+    gannetd: &Path,
+    bpf_root: &Path,
+    cgroup: &Path,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new(gannetd);
+    cmd.arg("cleanup")
+        .arg("--bpf-root")
+        .arg(bpf_root)
+        .arg("--cgroup-path")
+        .arg(cgroup);
+    if let Some(state_dir) = state_dir {
+        cmd.arg("--state-dir").arg(state_dir);
+    }
+    let output = run_in(cmd, None, None, CLEANUP_TIMEOUT).context("running gannetd cleanup")?;
+    if let Some(state_dir) = state_dir {
+        let _ = fs::remove_dir_all(state_dir);
+    }
+    if !output.status.success() || bpf_root.exists() {
+        // Last resort: unpinning the links detaches the programs.
+        let removed = fs::remove_dir_all(bpf_root);
+        bail!(
+            "`gannetd cleanup --bpf-root {}` failed ({}): {}{}",
+            bpf_root.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            match removed {
+                Ok(()) => "; removed the directory instead".to_owned(),
+                Err(err) => format!("; removing the directory failed too: {err}"),
+            }
+        );
+    }
+    Ok(())
+}
+
 /// A running gannetd; dropping it stops it (SIGTERM, then SIGKILL) and runs `gannetd cleanup`.
 #[derive(Debug)]
 pub struct Agent {
@@ -184,28 +226,7 @@ impl Agent {
         if !self.bpf_root.exists() {
             return Ok(());
         }
-        let mut cmd = Command::new(&self.gannetd);
-        cmd.arg("cleanup")
-            .arg("--bpf-root")
-            .arg(&self.bpf_root)
-            .arg("--cgroup-path")
-            .arg(&self.cgroup);
-        let output = run_in(cmd, None, None, CLEANUP_TIMEOUT).context("running gannetd cleanup")?;
-        if !output.status.success() || self.bpf_root.exists() {
-            // Last resort: unpinning the links detaches the programs.
-            let removed = fs::remove_dir_all(&self.bpf_root);
-            bail!(
-                "`gannetd cleanup --bpf-root {}` failed ({}): {}{}",
-                self.bpf_root.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim(),
-                match removed {
-                    Ok(()) => "; removed the directory instead".to_owned(),
-                    Err(err) => format!("; removing the directory failed too: {err}"),
-                }
-            );
-        }
-        Ok(())
+        cleanup(&self.gannetd, &self.bpf_root, &self.cgroup, None)
     }
 }
 

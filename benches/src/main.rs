@@ -767,6 +767,31 @@ fn run_control(args: &ControlArgs, config: &control::Config) -> anyhow::Result<(
     Ok(())
 }
 
+/// Runs a scenario with its checked configuration: invalid arguments exit with `EX_USAGE`, each
+/// named; a failed run with 1.
+fn run_scenario<C>(
+    config: Result<C, Vec<String>>,
+    run: impl FnOnce(&C) -> anyhow::Result<()>,
+) -> ExitCode {
+    let config = match config {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("gannet-bench: invalid arguments:");
+            for error in errors {
+                eprintln!("  {error}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("gannet-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     util::catch_interrupts();
@@ -778,62 +803,8 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
-        Scenario::Clusterip(args) => {
-            let config = match args.config() {
-                Ok(config) => config,
-                Err(errors) => {
-                    eprintln!("gannet-bench: invalid arguments:");
-                    for error in errors {
-                        eprintln!("  {error}");
-                    }
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            };
-            match clusterip(args, &config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("gannet-bench: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Scenario::Control(args) => {
-            let config = match args.config() {
-                Ok(config) => config,
-                Err(errors) => {
-                    eprintln!("gannet-bench: invalid arguments:");
-                    for error in errors {
-                        eprintln!("  {error}");
-                    }
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            };
-            match run_control(args, &config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("gannet-bench: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Scenario::Cni(args) => {
-            let config = match args.config() {
-                Ok(config) => config,
-                Err(errors) => {
-                    eprintln!("gannet-bench: invalid arguments:");
-                    for error in errors {
-                        eprintln!("  {error}");
-                    }
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            };
-            match cni(args, &config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("gannet-bench: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Scenario::Clusterip(args) => run_scenario(args.config(), |config| clusterip(args, config)),
+        Scenario::Control(args) => run_scenario(args.config(), |config| run_control(args, config)),
+        Scenario::Cni(args) => run_scenario(args.config(), |config| cni(args, config)),
     }
 }

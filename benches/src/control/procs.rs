@@ -548,30 +548,12 @@ impl BenchAgent {
         if !self.bpf_root.exists() && !self.state_dir.exists() {
             return Ok(());
         }
-        let mut cmd = Command::new(&self.gannetd);
-        cmd.arg("cleanup")
-            .arg("--bpf-root")
-            .arg(&self.bpf_root)
-            .arg("--cgroup-path")
-            .arg(self.cgroup.path())
-            .arg("--state-dir")
-            .arg(&self.state_dir);
-        let output = run_in(cmd, None, None, CLEANUP_TIMEOUT).context("running gannetd cleanup")?;
-        let _ = fs::remove_dir_all(&self.state_dir);
-        if !output.status.success() || self.bpf_root.exists() {
-            let removed = fs::remove_dir_all(&self.bpf_root);
-            bail!(
-                "`gannetd cleanup --bpf-root {}` failed ({}): {}{}",
-                self.bpf_root.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim(),
-                match removed {
-                    Ok(()) => "; removed the directory instead".to_owned(),
-                    Err(err) => format!("; removing the directory failed too: {err}"),
-                }
-            );
-        }
-        Ok(())
+        crate::agent::cleanup(
+            &self.gannetd,
+            &self.bpf_root,
+            self.cgroup.path(),
+            Some(&self.state_dir),
+        )
     }
 }
 
