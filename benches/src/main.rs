@@ -508,11 +508,7 @@ fn clusterip(args: &ClusterIpArgs, config: &clusterip::Config) -> anyhow::Result
     }
     let tools = tools()?;
     let started = SystemTime::now();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("bench-results").join(util::compact_timestamp(started)));
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = output_dir(args.out.as_deref(), started)?;
     let machine = machine::collect(Some(Path::new(WORKSPACE)));
     let clock = Instant::now();
 
@@ -592,11 +588,7 @@ fn cni(args: &CniArgs, config: &cni::Config) -> anyhow::Result<()> {
     }
     let tools = cni_tools(args)?;
     let started = SystemTime::now();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("bench-results").join(util::compact_timestamp(started)));
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = output_dir(args.out.as_deref(), started)?;
     let machine = machine::collect(Some(Path::new(WORKSPACE)));
     let before = rootns::take().context("reading the root network namespace")?;
     let clock = Instant::now();
@@ -676,11 +668,7 @@ fn run_control(args: &ControlArgs, config: &control::Config) -> anyhow::Result<(
     }
     let tools = control_tools()?;
     let started = SystemTime::now();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("bench-results").join(util::compact_timestamp(started)));
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = output_dir(args.out.as_deref(), started)?;
     let machine = machine::collect(Some(Path::new(WORKSPACE)));
     let loadavg_start = control::loadavg();
     let busy = control::busy_processes();
@@ -765,6 +753,16 @@ fn run_control(args: &ControlArgs, config: &control::Config) -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+/// `--out`, or `bench-results/<UTC time>/`; created.
+fn output_dir(out: Option<&Path>, started: SystemTime) -> anyhow::Result<PathBuf> {
+    let out = out.map_or_else(
+        || Path::new("bench-results").join(util::compact_timestamp(started)),
+        Path::to_path_buf,
+    );
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(out)
 }
 
 /// Runs a scenario with its checked configuration: invalid arguments exit with `EX_USAGE`, each

@@ -616,83 +616,102 @@ fn peers(
 ) -> anyhow::Result<Peers> {
     let n = services.len();
     progress.set_message(format!("nft -f of kube-proxy's rules for {n} services"));
-    let nft_netns = Netns::new("cnft")?;
-    let rules = nft::ruleset(services);
-    let input_bytes = rules.len();
-    let file = scratch.join("kube-proxy.nft");
-    fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
-    let mut cmd = Command::new("nft");
-    cmd.arg("-f").arg(&file);
-    let nft_load = match timed_load(cmd, &nft_netns, timeout, "nft -f")? {
-        Some((seconds, user_seconds, system_seconds)) => {
+    let nft_load = load_peer(
+        PeerRun {
+            role: "cnft",
+            file: scratch.join("kube-proxy.nft"),
+            rules: nft::ruleset(services),
+            program: "nft",
+            args: &["-f"],
+            what: "nft -f",
+            timeout,
+        },
+        |netns| {
             let listed = output_in(
-                &nft_netns,
+                netns,
                 "nft",
                 &["list", "map", "ip", nft::TABLE, "service-ips"],
             )?;
-            let services_found = listed.matches(": goto service-").count();
+            let found = listed.matches(": goto service-").count();
             ensure!(
-                services_found == n,
-                "after nft -f the service-ips map holds {services_found} services, not {n}"
+                found == n,
+                "after nft -f the service-ips map holds {found} services, not {n}"
             );
-            PeerLoad::Done {
-                seconds,
-                user_seconds,
-                system_seconds,
-                input_bytes,
-                services_found,
-            }
-        }
-        None => PeerLoad::TimedOut {
-            timeout_seconds: timeout.as_secs_f64(),
-            input_bytes,
+            Ok(found)
         },
-    };
-    let _ = fs::remove_file(&file);
-    drop(nft_netns);
+    )?;
     check_interrupted()?;
 
     progress.set_message(format!(
         "iptables-restore of kube-proxy's rules for {n} services (up to {} s)",
         timeout.as_secs()
     ));
-    let ipt_netns = Netns::new("cipt")?;
-    let rules = iptables::restore_input(services);
-    let input_bytes = rules.len();
-    let file = scratch.join("kube-proxy.iptables");
-    fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
-    let mut cmd = Command::new("iptables-restore");
-    cmd.args(["-w", "30", "--noflush"]).arg(&file);
-    let ipt_load = match timed_load(cmd, &ipt_netns, timeout, "iptables-restore")? {
-        Some((seconds, user_seconds, system_seconds)) => {
-            let saved = output_in(&ipt_netns, "iptables-save", &["-t", "nat"])?;
-            let services_found = saved
+    let ipt_load = load_peer(
+        PeerRun {
+            role: "cipt",
+            file: scratch.join("kube-proxy.iptables"),
+            rules: iptables::restore_input(services),
+            program: "iptables-restore",
+            args: &["-w", "30", "--noflush"],
+            what: "iptables-restore",
+            timeout,
+        },
+        |netns| {
+            let saved = output_in(netns, "iptables-save", &["-t", "nat"])?;
+            let found = saved
                 .lines()
                 .filter(|l| l.starts_with("-A KUBE-SERVICES ") && l.contains(" -j KUBE-SVC-"))
                 .count();
             ensure!(
-                services_found == n,
-                "after iptables-restore KUBE-SERVICES jumps to {services_found} services, not {n}"
+                found == n,
+                "after iptables-restore KUBE-SERVICES jumps to {found} services, not {n}"
             );
-            PeerLoad::Done {
-                seconds,
-                user_seconds,
-                system_seconds,
-                input_bytes,
-                services_found,
-            }
-        }
-        None => PeerLoad::TimedOut {
-            timeout_seconds: timeout.as_secs_f64(),
-            input_bytes,
+            Ok(found)
         },
-    };
-    let _ = fs::remove_file(&file);
-    drop(ipt_netns);
+    )?;
     Ok(Peers {
         nft: nft_load,
         iptables_restore: ipt_load,
     })
+}
+
+/// One peer rule load: `program args… FILE` of `rules` in a fresh namespace named after `role`.
+struct PeerRun<'a> {
+    role: &'a str,
+    file: PathBuf,
+    rules: String,
+    program: &'a str,
+    args: &'a [&'a str],
+    what: &'a str,
+    timeout: Duration,
+}
+
+/// Runs `run`, then (if it finished in time) `count` in its namespace: how many services the
+/// loaded rules hold, checked by `count` itself.
+fn load_peer(
+    run: PeerRun<'_>,
+    count: impl FnOnce(&Netns) -> anyhow::Result<usize>,
+) -> anyhow::Result<PeerLoad> {
+    let netns = Netns::new(run.role)?;
+    let input_bytes = run.rules.len();
+    fs::write(&run.file, run.rules).with_context(|| format!("writing {}", run.file.display()))?;
+    let mut cmd = Command::new(run.program);
+    cmd.args(run.args).arg(&run.file);
+    let load = match timed_load(cmd, &netns, run.timeout, run.what)? {
+        Some((seconds, user_seconds, system_seconds)) => PeerLoad::Done {
+            seconds,
+            user_seconds,
+            system_seconds,
+            input_bytes,
+            services_found: count(&netns)?,
+        },
+        None => PeerLoad::TimedOut {
+            timeout_seconds: run.timeout.as_secs_f64(),
+            input_bytes,
+        },
+    };
+    let _ = fs::remove_file(&run.file);
+    Ok(load)
 }
 
 /// Runs the scenario. Everything it starts and creates is stopped and removed before it
