@@ -16,7 +16,9 @@ use gannet_common::{
 };
 
 use crate::control::ControlConfig;
+use crate::overlay::{DEFAULT_VXLAN_PORT, Mode, OverlayConfig};
 use crate::sys;
+use ipnet::IpNet;
 
 /// File name of the subnet file in the state directory (unless `--subnet-file` says otherwise).
 pub const SUBNET_FILE: &str = "subnet.env";
@@ -28,7 +30,7 @@ pub const EXIT_USAGE: i32 = 64;
 #[command(
     name = "gannetd",
     version,
-    about = "gannet node agent: eBPF service load balancing",
+    about = "gannet node agent: eBPF service load balancing and the pod network between nodes",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -39,6 +41,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; boxing would only complicate the clap derive"
+)]
 pub enum Command {
     /// Run the agent (the default when no subcommand is given).
     Run(RunArgs),
@@ -100,9 +106,35 @@ pub struct RunArgs {
     /// default: `subnet.env` in `--state-dir`.
     #[arg(long, env = "GANNET_SUBNET_FILE")]
     pub subnet_file: Option<PathBuf>,
-    /// The pods' MTU, written to the subnet file.
-    #[arg(long, default_value_t = 1500)]
-    pub pod_mtu: u32,
+    /// The pods' MTU, written to the subnet file; default: the underlay's MTU less the VXLAN
+    /// overhead (50) with `--overlay vxlan|ebpf`, the underlay's MTU with `host-gw`, 1500 with
+    /// `none`.
+    #[arg(long)]
+    pub pod_mtu: Option<u32>,
+    /// How pods reach pods of other nodes: `vxlan` (Flannel-compatible VXLAN), `host-gw`
+    /// (routes via the other nodes, one L2 segment), `ebpf` (VXLAN driven by tc programs), or
+    /// `none` (a single node).
+    #[arg(long, value_enum, default_value_t = Mode::Vxlan, env = "GANNET_OVERLAY")]
+    pub overlay: Mode,
+    /// The underlay interface the overlay uses; default: the one holding the first `--node-ip`
+    /// (or the first interface with a global address).
+    #[arg(long)]
+    pub overlay_interface: Option<String>,
+    /// The VXLAN network identifier (Flannel's default: 1).
+    #[arg(long, default_value_t = 1)]
+    pub vxlan_vni: u32,
+    /// The VXLAN UDP port (Flannel's default: 8472).
+    #[arg(long, default_value_t = DEFAULT_VXLAN_PORT)]
+    pub vxlan_port: u16,
+    /// What counts as inside the cluster for masquerade (repeatable, or comma-separated; one per
+    /// family); default: the control plane's cluster CIDRs. Required with `--manifest-dir` while
+    /// an overlay and masquerade are on.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// Masquerade traffic from this node's pods to destinations outside the cluster CIDR
+    /// (nftables, table `inet gannet`); `--masquerade=false` turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub masquerade: bool,
     /// How often the manifest directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub sync_interval_ms: u64,
@@ -162,6 +194,13 @@ pub struct RunConfig {
     pub source: Source,
     pub sync_interval: Duration,
     pub capacity: Capacity,
+    pub overlay: OverlayConfig,
+    /// `--pod-mtu`, when given.
+    pub pod_mtu: Option<u32>,
+    pub subnet_file: PathBuf,
+    pub masquerade: bool,
+    /// `--cluster-cidr`.
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 /// Validated configuration of `gannetd cleanup`.
@@ -252,10 +291,16 @@ impl RunArgs {
                 errors.push(format!("{flag} 0: must be at least 1"));
             }
         }
+        let (overlay, cluster_cidrs) = self.overlay_config(&source, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(RunConfig {
+            overlay,
+            cluster_cidrs,
+            pod_mtu: self.pod_mtu,
+            subnet_file: self.subnet_file(),
+            masquerade: self.masquerade,
             node_name,
             cgroup_path: self.common.cgroup_path.clone(),
             bpf_root: self.common.bpf_root.clone(),
@@ -325,30 +370,94 @@ impl RunArgs {
                 Err(_) => errors.push(format!("--node-ip {text}: not an IP address")),
             }
         }
-        if !(576..=65535).contains(&self.pod_mtu) {
-            errors.push(format!(
-                "--pod-mtu {}: must be between 576 and 65535",
-                self.pod_mtu
-            ));
-        }
-        let subnet_file = match &self.subnet_file {
-            Some(path) if !path.is_absolute() => {
-                errors.push(format!(
-                    "--subnet-file {}: must be an absolute path",
-                    path.display()
-                ));
-                path.clone()
-            }
-            Some(path) => path.clone(),
-            None => self.common.state_dir.join(SUBNET_FILE),
-        };
         Source::Control(ControlConfig {
             server,
             credentials,
             node_ips,
-            subnet_file,
-            pod_mtu: self.pod_mtu,
+            vtep_mac: None,
         })
+    }
+
+    fn subnet_file(&self) -> PathBuf {
+        self.subnet_file
+            .clone()
+            .unwrap_or_else(|| self.common.state_dir.join(SUBNET_FILE))
+    }
+
+    /// The overlay's settings and `--cluster-cidr`, checked.
+    fn overlay_config(
+        &self,
+        source: &Source,
+        errors: &mut Vec<String>,
+    ) -> (OverlayConfig, Vec<IpNet>) {
+        if let Some(mtu) = self.pod_mtu
+            && !(576..=65535).contains(&mtu)
+        {
+            errors.push(format!("--pod-mtu {mtu}: must be between 576 and 65535"));
+        }
+        if let Some(path) = &self.subnet_file
+            && !path.is_absolute()
+        {
+            errors.push(format!(
+                "--subnet-file {}: must be an absolute path",
+                path.display()
+            ));
+        }
+        if !(1..=0x00ff_ffff).contains(&self.vxlan_vni) {
+            errors.push(format!(
+                "--vxlan-vni {}: must be between 1 and 16777215",
+                self.vxlan_vni
+            ));
+        }
+        if self.vxlan_port == 0 {
+            errors.push("--vxlan-port 0: must be between 1 and 65535".to_owned());
+        }
+        if let Some(name) = &self.overlay_interface
+            && let Err(e) = sys::link_info(name)
+        {
+            errors.push(format!("--overlay-interface {name}: {e}"));
+        }
+        let mut cluster_cidrs: Vec<IpNet> = Vec::new();
+        for text in &self.cluster_cidr {
+            match text.parse::<IpNet>() {
+                Ok(net)
+                    if cluster_cidrs
+                        .iter()
+                        .any(|c| c.addr().is_ipv4() == net.addr().is_ipv4()) =>
+                {
+                    errors.push(format!("--cluster-cidr {text}: one CIDR per family"));
+                }
+                Ok(net) => cluster_cidrs.push(net.trunc()),
+                Err(_) => errors.push(format!("--cluster-cidr {text}: not a CIDR")),
+            }
+        }
+        if matches!(source, Source::Manifests(_))
+            && self.overlay != Mode::None
+            && self.masquerade
+            && cluster_cidrs.is_empty()
+        {
+            errors.push(
+                "--cluster-cidr: required with --manifest-dir and an overlay while --masquerade is on (it says what counts as inside the cluster); or give --masquerade=false".to_owned(),
+            );
+        }
+        let mut node_ips = Vec::new();
+        for text in &self.node_ip {
+            if let Ok(ip) = text.parse::<IpAddr>() {
+                node_ips.push(ip);
+            } else if !matches!(source, Source::Control(_)) {
+                errors.push(format!("--node-ip {text}: not an IP address"));
+            }
+        }
+        (
+            OverlayConfig {
+                mode: self.overlay,
+                interface: self.overlay_interface.clone(),
+                vni: self.vxlan_vni,
+                port: self.vxlan_port,
+                node_ips,
+            },
+            cluster_cidrs,
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use gannet_agent::{
     config::{Cli, Command, EXIT_USAGE},
-    datapath, endpoints, logging, run, status,
+    datapath, endpoints, logging, masquerade, overlay, run, status,
 };
 use tracing::{error, info};
 
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status(args) => match status::read(&args.bpf_root) {
+        Command::Status(args) => match status::read(&args.bpf_root, &args.state_dir) {
             Ok(status) => match serde_json::to_string_pretty(&status) {
                 Ok(json) => {
                     println!("{json}");
@@ -88,8 +88,28 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
+            let network = overlay::cleanup(&config.state_dir)
+                .map_err(|e| e.to_string())
+                .and_then(|mut removed| {
+                    if masquerade::remove().map_err(|e| e.to_string())? {
+                        removed.push(format!("nftables table inet {}", masquerade::TABLE));
+                    }
+                    Ok(removed)
+                });
+            let network = match network {
+                Ok(removed) => {
+                    for what in &removed {
+                        info!(removed = what, "overlay cleaned up");
+                    }
+                    removed.len()
+                }
+                Err(e) => {
+                    error!(error = %e, "cleanup of the overlay failed");
+                    return ExitCode::FAILURE;
+                }
+            };
             match datapath::cleanup(&config.bpf_root)
-                .and_then(|r| endpoints::cleanup(&config.state_dir).map(|s| r.len() + s))
+                .and_then(|r| endpoints::cleanup(&config.state_dir).map(|s| r.len() + s + network))
             {
                 Ok(removed) => {
                     info!(

@@ -22,6 +22,7 @@ use crate::{
         reconcile::{ApplyReport, DEFAULT_GRACE, Reconciler},
     },
     endpoints::{self, Registry},
+    network::NodeNetwork,
 };
 
 /// How often released map entries are looked at for freeing.
@@ -41,7 +42,7 @@ enum Services {
 }
 
 impl Services {
-    fn new(config: &RunConfig) -> anyhow::Result<Self> {
+    fn new(config: &RunConfig, network: &NodeNetwork) -> anyhow::Result<Self> {
         Ok(match &config.source {
             Source::Manifests(dir) => {
                 let mut tick = tokio::time::interval(config.sync_interval);
@@ -52,16 +53,25 @@ impl Services {
                     had_clean_scan: false,
                 }
             }
-            Source::Control(control) => Self::Control(
-                Control::start(control.clone(), &config.node_name)
-                    .with_context(|| format!("connecting to {}", control.server))?,
-            ),
+            Source::Control(control) => {
+                let mut control = control.clone();
+                control.vtep_mac = network.vtep_mac();
+                if control.node_ips.is_empty()
+                    && let Some(ip) = network.node_ip()
+                {
+                    control.node_ips.push(ip);
+                }
+                Self::Control(
+                    Control::start(control.clone(), &config.node_name)
+                        .with_context(|| format!("connecting to {}", control.server))?,
+                )
+            }
         })
     }
 
     /// Waits for the next change and programs it. Cancel-safe: it only waits in a tick or a
     /// channel receive.
-    async fn next(&mut self, reconciler: &mut Reconciler<BpfMaps>) {
+    async fn next(&mut self, reconciler: &mut Reconciler<BpfMaps>, network: &mut NodeNetwork) {
         match self {
             Self::Manifests {
                 dir,
@@ -84,6 +94,7 @@ impl Services {
                             "manifests applied"
                         );
                         log_report(&report);
+                        network.nodes(&outcome.nodes, *had_clean_scan);
                     }
                     Err(e) => warn!(
                         error = %e,
@@ -110,6 +121,14 @@ impl Services {
                         report
                     }
                     Update::Changes(changes) => reconciler.apply_changes(&changes, Instant::now()),
+                    Update::Nodes(nodes) => {
+                        network.nodes(&nodes, true);
+                        return;
+                    }
+                    Update::Lease(lease) => {
+                        network.lease(lease);
+                        return;
+                    }
                 };
                 log_report(&report);
             }
@@ -162,7 +181,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             node = %config.node_name,
             cgroup = %config.cgroup_path.display(),
             control = %control.server,
-            subnet_file = %control.subnet_file.display(),
+            subnet_file = %config.subnet_file.display(),
+            overlay = config.overlay.mode.name(),
             "gannetd starting"
         ),
     }
@@ -178,7 +198,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (calls_tx, mut calls) = mpsc::channel(64);
     let socket = endpoints::serve(&config.state_dir, calls_tx)
         .with_context(|| format!("listening in {}", config.state_dir.display()))?;
-    let mut services = Services::new(&config)?;
+    let mut network = NodeNetwork::start(&config).context("setting up the overlay")?;
+    let mut services = Services::new(&config, &network)?;
     // Pods registered before a restart: their status may not have reached the control plane.
     for pod in registry.pods() {
         services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));
@@ -201,7 +222,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     services.report_pod(PodReport::for_pod(&change.pod, change.ips));
                 }
             }
-            () = services.next(&mut reconciler) => {}
+            () = services.next(&mut reconciler, &mut network) => {}
             _ = garbage.tick() => reconciler.collect_garbage(Instant::now()),
         }
     }

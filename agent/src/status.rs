@@ -16,6 +16,9 @@ use crate::datapath::DataPathError;
 pub struct Status {
     pub services: Vec<ServiceStatus>,
     pub endpoints: Vec<EndpointStatus>,
+    /// The overlay and the other nodes it programmed (when gannetd runs one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<crate::overlay::OverlayStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,8 +54,8 @@ fn addr_port(addr: [u8; 16], port_be: u16) -> String {
     std::net::SocketAddr::new(ip(addr), u16::from_be(port_be)).to_string()
 }
 
-/// Reads the pinned maps under `bpf_root`.
-pub fn read(bpf_root: &Path) -> Result<Status, DataPathError> {
+/// Reads the pinned maps under `bpf_root`, and the overlay's report in `state_dir`.
+pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> {
     let map_err = |name| move |source| DataPathError::Map { name, source };
     let services: HashMap<_, ServiceKey, ServiceValue> =
         HashMap::try_from(open(bpf_root, map_names::SERVICES)?)
@@ -124,5 +127,6 @@ pub fn read(bpf_root: &Path) -> Result<Status, DataPathError> {
     Ok(Status {
         services: out,
         endpoints,
+        overlay: crate::overlay::read_status(state_dir),
     })
 }

@@ -125,6 +125,8 @@ impl Agent {
             .arg("--manifest-dir")
             .arg(manifest_dir)
             .args(["--node-name", "bench", "--log-format", "json"])
+            // One node: no overlay, no masquerade (this agent runs in the test's own namespace).
+            .args(["--overlay", "none", "--masquerade=false"])
             .arg(format!("--sync-interval-ms={SYNC_INTERVAL_MS}"));
         let child = spawn(cmd, None, None).context("starting gannetd")?;
         // From here on the guard cleans up, also if gannetd never gets ready.

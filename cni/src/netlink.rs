@@ -12,13 +12,13 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -71,6 +71,23 @@ pub struct Link {
     pub alias: Option<String>,
     /// `IFLA_LINK`: a veth's peer (its index in the peer's namespace).
     pub peer_index: Option<u32>,
+    /// A VXLAN device's settings.
+    pub vxlan: Option<Vxlan>,
+}
+
+/// A VXLAN device's settings, as created by [`Netlink::create_vxlan`] and reported back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Vxlan {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Source address of the encapsulated packets; `None` for a `collect_md` device.
+    pub local: Option<IpAddr>,
+    /// The underlay device (`dev`), by index.
+    pub underlay: Option<u32>,
+    /// `external`: the tunnel endpoint comes with each packet (`bpf_skb_set_tunnel_key`).
+    pub collect_metadata: bool,
 }
 
 /// A route as the kernel reports it.
@@ -84,6 +101,21 @@ pub struct RouteEntry {
     pub oif: Option<u32>,
     /// Table.
     pub table: u32,
+    /// `RTM_PROTOCOL`: who installed the route.
+    pub protocol: u8,
+    /// `RTNH_F_ONLINK`.
+    pub onlink: bool,
+}
+
+/// A VXLAN forwarding entry: frames for `mac` are sent to the VTEP at `dst`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// Link-layer address of the remote VTEP.
+    pub mac: Vec<u8>,
+    /// Underlay address of the remote VTEP.
+    pub dst: Option<IpAddr>,
+    /// `NUD_PERMANENT`.
+    pub permanent: bool,
 }
 
 /// A neighbour entry.
@@ -509,10 +541,7 @@ impl Netlink {
         message.header.kind = RouteType::Unicast;
         message
             .attributes
-            .push(NeighbourAttribute::Destination(match ip {
-                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-            }));
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
         message
             .attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
@@ -568,6 +597,298 @@ impl Netlink {
             })
             .collect())
     }
+
+    /// Creates a VXLAN device `name` (learning off: forwarding entries come from the agent only).
+    /// With `settings.collect_metadata` the device is `external`: no VNI, local address or
+    /// underlay of its own, the endpoint comes with each packet.
+    ///
+    /// # Errors
+    /// If the kernel refuses (for example `EEXIST` when the name or the VNI and port are taken).
+    pub fn create_vxlan(
+        &mut self,
+        name: &str,
+        settings: &Vxlan,
+        mtu: u32,
+        mac: &[u8],
+    ) -> Result<(), NetlinkError> {
+        let mut data = vec![InfoVxlan::Port(settings.port), InfoVxlan::Learning(false)];
+        if settings.collect_metadata {
+            data.push(InfoVxlan::CollectMetadata(true));
+        } else {
+            data.push(InfoVxlan::Id(settings.vni));
+            match settings.local {
+                Some(IpAddr::V4(ip)) => data.push(InfoVxlan::Local(ip)),
+                Some(IpAddr::V6(ip)) => data.push(InfoVxlan::Local6(ip)),
+                None => {}
+            }
+            if let Some(underlay) = settings.underlay {
+                data.push(InfoVxlan::Link(underlay));
+            }
+        }
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_owned()));
+        message.attributes.push(LinkAttribute::Mtu(mtu));
+        message
+            .attributes
+            .push(LinkAttribute::Address(mac.to_vec()));
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        self.exchange(
+            &format!(
+                "creating VXLAN device {name} (VNI {}, port {})",
+                settings.vni, settings.port
+            ),
+            RouteNetlinkMessage::NewLink(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Sets the MTU of link `index`.
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::Mtu(mtu));
+        self.exchange(
+            &format!("setting the MTU of link {index} to {mtu}"),
+            RouteNetlinkMessage::SetLink(message),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// Adds `cidr` to link `index` unless the link has it already.
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub fn ensure_address(&mut self, index: u32, cidr: Cidr) -> Result<(), NetlinkError> {
+        match self.add_address(index, cidr) {
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes `cidr` from link `index`; returns whether it was there.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason than the address's absence.
+    pub fn delete_address(&mut self, index: u32, cidr: Cidr) -> Result<bool, NetlinkError> {
+        let mut message = AddressMessage::default();
+        message.header.family = family(cidr.addr());
+        message.header.prefix_len = cidr.prefix();
+        message.header.index = index;
+        message
+            .attributes
+            .push(AddressAttribute::Local(cidr.addr()));
+        match self.exchange(
+            &format!("removing address {cidr} from link {index}"),
+            RouteNetlinkMessage::DelAddress(message),
+            0,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::EADDRNOTAVAIL | libc::ENODEV)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds or replaces the route to `dst` in the main table: via `gw` (on-link when `onlink`,
+    /// i.e. without a route to the gateway) out of link `oif`, marked as installed by `protocol`.
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub fn replace_route(
+        &mut self,
+        dst: Cidr,
+        gw: IpAddr,
+        oif: u32,
+        onlink: bool,
+        protocol: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut message = route_message(dst, protocol);
+        message.header.scope = RouteScope::Universe;
+        if onlink {
+            message.header.flags = RouteFlags::Onlink;
+        }
+        message
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        message.attributes.push(RouteAttribute::Oif(oif));
+        let onlink = if onlink { " onlink" } else { "" };
+        self.exchange(
+            &format!("replacing route {dst} via {gw} dev {oif}{onlink}"),
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Deletes the route to `dst` of the main table installed by `protocol`; returns whether it
+    /// was there.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason than the route's absence.
+    pub fn delete_route(&mut self, dst: Cidr, protocol: u8) -> Result<bool, NetlinkError> {
+        let message = route_message(dst, protocol);
+        match self.exchange(
+            &format!("deleting route {dst}"),
+            RouteNetlinkMessage::DelRoute(message),
+            0,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::ESRCH | libc::ENOENT)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the neighbour entry `ip` on link `index`; returns whether it was there.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason than the entry's absence.
+    pub fn delete_neighbour(&mut self, index: u32, ip: IpAddr) -> Result<bool, NetlinkError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = family(ip);
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+        match self.exchange(
+            &format!("deleting neighbour {ip} on link {index}"),
+            RouteNetlinkMessage::DelNeighbour(message),
+            0,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ENODEV)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn fdb_message(index: u32, mac: &[u8], dst: IpAddr) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Permanent;
+        message.header.flags = NeighbourFlags::Own;
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(dst)));
+        message
+    }
+
+    /// Adds or replaces the permanent forwarding entry `mac` → `dst` of VXLAN device `index`
+    /// (`bridge fdb replace MAC dev DEV dst DST self permanent`).
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub fn replace_fdb(&mut self, index: u32, mac: &[u8], dst: IpAddr) -> Result<(), NetlinkError> {
+        self.exchange(
+            &format!(
+                "replacing fdb entry {} dst {dst} on link {index}",
+                format_mac(mac)
+            ),
+            RouteNetlinkMessage::NewNeighbour(Self::fdb_message(index, mac, dst)),
+            NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Deletes the forwarding entry `mac` → `dst` of VXLAN device `index`; returns whether it was
+    /// there.
+    ///
+    /// # Errors
+    /// If the kernel refuses for another reason than the entry's absence.
+    pub fn delete_fdb(
+        &mut self,
+        index: u32,
+        mac: &[u8],
+        dst: IpAddr,
+    ) -> Result<bool, NetlinkError> {
+        match self.exchange(
+            &format!(
+                "deleting fdb entry {} dst {dst} on link {index}",
+                format_mac(mac)
+            ),
+            RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, mac, dst)),
+            0,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ENODEV)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The forwarding entries of VXLAN device `index` that have a destination.
+    ///
+    /// # Errors
+    /// If the dump fails.
+    pub fn fdb(&mut self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
+        let mut request = NeighbourMessage::default();
+        request.header.family = AddressFamily::Bridge;
+        let replies = self.exchange(
+            "listing fdb entries",
+            RouteNetlinkMessage::GetNeighbour(request),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => {
+                    let mut entry = FdbEntry {
+                        mac: Vec::new(),
+                        dst: None,
+                        permanent: n.header.state == NeighbourState::Permanent,
+                    };
+                    for attribute in &n.attributes {
+                        match attribute {
+                            NeighbourAttribute::LinkLayerAddress(mac) => entry.mac.clone_from(mac),
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                                entry.dst = Some(IpAddr::V4(*v4));
+                            }
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                                entry.dst = Some(IpAddr::V6(*v6));
+                            }
+                            _ => {}
+                        }
+                    }
+                    entry.dst.is_some().then_some(entry)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+fn route_message(dst: Cidr, protocol: u8) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    message.header.address_family = family(dst.addr());
+    message.header.destination_prefix_length = dst.prefix();
+    message.header.table = RT_TABLE_MAIN;
+    message.header.protocol = RouteProtocol::from(protocol);
+    message.header.kind = RouteType::Unicast;
+    if dst.prefix() > 0 {
+        message
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                dst.network(),
+            )));
+    }
+    message
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
 }
 
 /// The bytes of an `RTM_DELLINK` request for the link called `name` (with an ACK requested), for
@@ -609,6 +930,7 @@ fn parse_link(message: &LinkMessage) -> Link {
         kind: None,
         alias: None,
         peer_index: None,
+        vxlan: None,
     };
     for attribute in &message.attributes {
         match attribute {
@@ -619,8 +941,12 @@ fn parse_link(message: &LinkMessage) -> Link {
             LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = Some(kind.to_string());
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(attributes)) => {
+                            link.vxlan = Some(parse_vxlan(attributes));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -628,6 +954,22 @@ fn parse_link(message: &LinkMessage) -> Link {
         }
     }
     link
+}
+
+fn parse_vxlan(attributes: &[InfoVxlan]) -> Vxlan {
+    let mut vxlan = Vxlan::default();
+    for attribute in attributes {
+        match attribute {
+            InfoVxlan::Id(vni) => vxlan.vni = *vni,
+            InfoVxlan::Port(port) => vxlan.port = *port,
+            InfoVxlan::Local(ip) => vxlan.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => vxlan.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Link(index) => vxlan.underlay = Some(*index),
+            InfoVxlan::CollectMetadata(on) => vxlan.collect_metadata = *on,
+            _ => {}
+        }
+    }
+    vxlan
 }
 
 fn parse_route(message: &RouteMessage, ipv4: bool) -> Option<RouteEntry> {
@@ -658,6 +1000,8 @@ fn parse_route(message: &RouteMessage, ipv4: bool) -> Option<RouteEntry> {
         gw,
         oif,
         table,
+        protocol: u8::from(message.header.protocol),
+        onlink: message.header.flags.contains(RouteFlags::Onlink),
     })
 }
 

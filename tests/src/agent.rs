@@ -108,8 +108,24 @@ impl Agent {
         };
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
-            .args(["--node-name", "test-node", "--sync-interval-ms", "50"])
-            .args(&self.extra_args)
+            .args(["--sync-interval-ms", "50"]);
+        // Single-node tests run without an overlay and without masquerade unless they ask for
+        // them (some run in the test's own namespace, which must stay untouched).
+        let given = |flag: &str| {
+            self.extra_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        if !given("--node-name") {
+            cmd.args(["--node-name", "test-node"]);
+        }
+        if !given("--overlay") {
+            cmd.args(["--overlay", "none"]);
+        }
+        if !given("--masquerade") {
+            cmd.arg("--masquerade=false");
+        }
+        cmd.args(&self.extra_args)
             .env("GANNET_LOG", "gannet_agent=debug,gannetd=debug,info");
         // gannetd enters only the network namespace: it keeps this process's /sys, cgroup2
         // and bpffs mounts.
@@ -152,6 +168,8 @@ impl Agent {
             .arg("status")
             .arg("--bpf-root")
             .arg(&self.bpf_root)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .output()
             .context("running gannetd status")?;
         if !output.status.success() {
@@ -272,15 +290,17 @@ impl Agent {
     /// # Errors
     /// If cleanup fails.
     pub fn cleanup(&self) -> anyhow::Result<()> {
-        let output = Command::new(bin_path("gannetd"))
-            .arg("cleanup")
+        let mut cmd = Command::new(bin_path("gannetd"));
+        cmd.arg("cleanup")
             .arg("--bpf-root")
             .arg(&self.bpf_root)
             .arg("--cgroup-path")
             .arg(&self.cgroup)
             .arg("--state-dir")
-            .arg(&self.state_dir)
-            .output()
+            .arg(&self.state_dir);
+        // In the agent's namespace: the overlay's device, routes and nftables table are there.
+        let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
+        let output = crate::run_in(cmd, netns.as_ref(), None, AGENT_TIMEOUT)
             .context("running gannetd cleanup")?;
         if !output.status.success() {
             bail!(

@@ -1,5 +1,6 @@
 //! Test kit for gannet: throw-away network namespaces, cgroup v2 directories, a simulated node with
-//! pods on a bridge, child processes placed in both, and the `gannet-probe` traffic tool's reports.
+//! pods on a bridge, a simulated multi-node underlay, child processes placed in both, and the
+//! `gannet-probe` traffic tool's reports.
 //!
 //! Everything here is a guard that removes what it created when dropped, also when a test panics, and
 //! every name is unique per process and call, so tests run in parallel. Nothing is ever created in or
@@ -8,6 +9,7 @@
 
 pub mod agent;
 mod cgroup;
+pub mod cluster;
 mod cmd;
 pub mod cni;
 pub mod control;

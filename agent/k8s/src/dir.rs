@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use crate::error::ManifestError;
 use crate::join::{Located, join};
 use crate::model::DesiredState;
+use crate::node::ClusterNode;
 use crate::parse::{Document, Object, parse_file};
 
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -31,6 +32,8 @@ pub struct ScanOutcome {
     /// Every error in effect after this scan, in file-name order: those of files that do not parse,
     /// and conflicts between files. A consumer replaces its previous list with this one.
     pub errors: Vec<ManifestError>,
+    /// The `v1 Node`s of the directory, by name (for the overlay).
+    pub nodes: BTreeMap<String, ClusterNode>,
 }
 
 #[derive(Debug)]
@@ -159,6 +162,7 @@ impl ManifestDir {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         let mut errors = Vec::new();
+        let mut nodes = BTreeMap::new();
         for (path, file) in &self.files {
             errors.extend_from_slice(&file.errors);
             for document in &file.good {
@@ -173,6 +177,17 @@ impl ManifestDir {
                         document: document.index,
                         object: &**slice,
                     }),
+                    Object::Node(node) => {
+                        if nodes.insert(node.name.clone(), (**node).clone()).is_some() {
+                            errors.push(ManifestError {
+                                file: path.clone(),
+                                document: document.index,
+                                object: Some(format!("Node {}", node.name)),
+                                field: Some("metadata.name".to_owned()),
+                                message: "another file of the directory has a Node of this name; this one is used".to_owned(),
+                            });
+                        }
+                    }
                     Object::Ignored { .. } => {}
                 }
             }
@@ -181,7 +196,11 @@ impl ManifestDir {
         errors.extend(conflicts);
         // Stable: each file's errors keep their document order.
         errors.sort_by(|a, b| a.file.cmp(&b.file));
-        ScanOutcome { state, errors }
+        ScanOutcome {
+            state,
+            errors,
+            nodes,
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! - [`parse_documents`] reads one file (YAML or JSON, any number of documents);
 //! - [`desired_state`] joins Services and `EndpointSlices`;
+//! - [`cluster_node`] reduces a Node to the [`ClusterNode`] the overlay needs;
 //! - [`ManifestDir`] does both for a directory, re-reading only when it changed and keeping the
 //!   last good contents of a file while its current contents are broken;
 //! - [`check_service_object`], [`check_endpoint_slice_object`], [`read_documents`] and
@@ -18,6 +19,7 @@ mod dir;
 mod error;
 mod join;
 mod model;
+mod node;
 mod parse;
 mod validate;
 mod watched;
@@ -30,6 +32,7 @@ pub use dir::{ManifestDir, ScanOutcome};
 pub use error::ManifestError;
 pub use join::desired_state;
 pub use model::{Backend, DesiredState, Frontend, Protocol, ServicePort};
+pub use node::{ClusterNode, VTEP_MAC_ANNOTATION, cluster_node, format_mac, parse_mac};
 pub use parse::{Object, parse_documents};
 pub use validate::SERVICE_NAME_LABEL;
 pub use watched::{WatchedService, WatchedSlice};

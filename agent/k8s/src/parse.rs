@@ -2,12 +2,13 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{FieldError, ManifestError};
+use crate::node::{ClusterNode, check_node};
 use crate::validate::{check_service, check_slice, meta_label, object_label};
 
 /// One document of a manifest file.
@@ -15,6 +16,8 @@ use crate::validate::{check_service, check_slice, meta_label, object_label};
 pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    /// A `v1 Node`: a node of the cluster, for the overlay.
+    Node(Box<ClusterNode>),
     /// A kind gannet has no use for (a Deployment, a `ConfigMap`, ...), kept so callers can count
     /// it.
     Ignored {
@@ -32,7 +35,7 @@ pub(crate) struct Document {
 
 /// Reads every document of a manifest file.
 ///
-/// Empty documents are skipped. `v1` Services and `discovery.k8s.io/v1` `EndpointSlices` are read
+/// Empty documents are skipped. `v1` Services, `v1` Nodes and `discovery.k8s.io/v1` `EndpointSlices` are read
 /// and checked with the rules [`desired_state`](crate::desired_state) applies to a single object,
 /// so that a file holding an object gannet would refuse fails here, as a whole; any other kind is
 /// [`Object::Ignored`]. The errors of every document are collected, except that reading stops at
@@ -152,6 +155,15 @@ fn parse_object(map: Map<String, Value>) -> Result<Object, ObjectErrors> {
                 return Err((Some(meta_label("EndpointSlice", &slice.metadata)), problems));
             }
             Ok(Object::EndpointSlice(Box::new(slice)))
+        }
+        ("v1", "Node") => {
+            // Nodes belong to no namespace.
+            let label = format!("Node {}", name.unwrap_or_default());
+            let node: Node = typed(map, &label)?;
+            match check_node(&node) {
+                Ok(checked) => Ok(Object::Node(Box::new(checked))),
+                Err(problems) => Err((Some(label), problems)),
+            }
         }
         // The core group has only v1, and discovery.k8s.io/v1beta1 was removed in Kubernetes 1.25:
         // these are mistakes worth reporting. A Service of another group (Knative's, say) is a

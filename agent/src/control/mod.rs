@@ -19,13 +19,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gannet_api::{Change, Client, ClientError, Credentials, Kind, ListWatch, Object, ServerAddr};
-use gannet_k8s::DesiredState;
+use gannet_k8s::{ClusterNode, DesiredState};
 use k8s_openapi::api::core::v1::Node;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use cache::{Changes, ServiceCache};
 pub use pods::PodReport;
+
+use crate::subnet::Lease;
 
 /// How gannetd reaches the control plane and what it says about its node.
 #[derive(Clone, Debug)]
@@ -34,10 +36,9 @@ pub struct ControlConfig {
     pub credentials: Credentials,
     /// Reported as the node's `InternalIP`s; empty: the namespace's global addresses.
     pub node_ips: Vec<IpAddr>,
-    /// Where the node's lease is written for gannet-cni (Flannel's `subnet.env` format).
-    pub subnet_file: PathBuf,
-    /// `FLANNEL_MTU` of the subnet file: the pods' MTU.
-    pub pod_mtu: u32,
+    /// The VXLAN device's MAC, published as the node's `gannet.io/vtep-mac` (set once the
+    /// overlay has its device).
+    pub vtep_mac: Option<String>,
 }
 
 /// What the main loop is to program.
@@ -47,6 +48,11 @@ pub enum Update {
     Full(DesiredState),
     /// Frontends to program (`Some`) or remove (`None`).
     Changes(Changes),
+    /// The cluster's nodes (this one included), whenever one of them changed in a way the
+    /// overlay cares about; always the whole list.
+    Nodes(BTreeMap<String, ClusterNode>),
+    /// This node's lease, at registration and whenever it changes.
+    Lease(Lease),
 }
 
 /// The running control-plane client.
@@ -69,10 +75,10 @@ impl Control {
         }
         let (updates_tx, updates) = mpsc::channel(16);
         let source = PathBuf::from(config.server.to_string());
-        tokio::spawn(aggregate(events, updates_tx, source));
+        tokio::spawn(aggregate(events, updates_tx.clone(), source));
         let (reports, reports_rx) = mpsc::unbounded_channel();
         tokio::spawn(pods::run(client.clone(), node_name.to_owned(), reports_rx));
-        tokio::spawn(node::run(client, node_name.to_owned(), config));
+        tokio::spawn(node::run(client, node_name.to_owned(), config, updates_tx));
         Ok(Self { updates, reports })
     }
 
@@ -166,6 +172,11 @@ async fn aggregate(
         while let Ok(event) = events.try_recv() {
             absorb(&mut cache, &mut nodes, event);
         }
+        if let Some(cluster) = nodes.take_changed()
+            && updates.send(Update::Nodes(cluster)).await.is_err()
+        {
+            return;
+        }
         if !cache.synced() {
             continue;
         }
@@ -234,92 +245,85 @@ fn absorb(cache: &mut ServiceCache, nodes: &mut Nodes, (kind, change): (Kind, Ch
     }
 }
 
-/// What a node is to its peers: its pod CIDRs, addresses and readiness.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Peer {
-    pod_cidrs: Vec<String>,
-    internal_ips: Vec<String>,
-    ready: bool,
-}
-
-impl Peer {
-    fn of(node: &Node) -> Self {
-        let status = node.status.as_ref();
-        Self {
-            pod_cidrs: node
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.pod_cidrs.clone())
-                .unwrap_or_default(),
-            internal_ips: status
-                .and_then(|s| s.addresses.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|a| a.type_ == "InternalIP")
-                .map(|a| a.address.clone())
-                .collect(),
-            ready: status
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True"),
-        }
-    }
-}
-
-/// The cluster's nodes, as the overlay will need them; for now their changes are logged.
+/// The cluster's nodes as the overlay sees them; changes are logged, and handed on once the
+/// first complete list arrived.
 #[derive(Debug, Default)]
 struct Nodes {
-    peers: BTreeMap<String, Peer>,
+    nodes: BTreeMap<String, ClusterNode>,
+    synced: bool,
+    changed: bool,
 }
 
 impl Nodes {
-    fn sync(&mut self, nodes: impl Iterator<Item = Node>) {
-        let listed: BTreeMap<String, Peer> = nodes
-            .map(|n| (n.metadata.name.clone().unwrap_or_default(), Peer::of(&n)))
-            .collect();
-        for name in self.peers.keys() {
-            if !listed.contains_key(name) {
+    fn sync(&mut self, listed: impl Iterator<Item = Node>) {
+        let mut fresh = BTreeMap::new();
+        for node in listed {
+            if let Some(node) = checked(&node) {
+                fresh.insert(node.name.clone(), node);
+            }
+        }
+        for name in self.nodes.keys() {
+            if !fresh.contains_key(name) {
                 info!(node = name, "node left the cluster");
             }
         }
-        for (name, peer) in &listed {
-            self.log_change(name, peer);
+        for node in fresh.values() {
+            self.log_change(node);
         }
-        self.peers = listed;
+        self.changed |= !self.synced || fresh != self.nodes;
+        self.synced = true;
+        self.nodes = fresh;
     }
 
     fn put(&mut self, node: &Node) {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let peer = Peer::of(node);
-        self.log_change(&name, &peer);
-        self.peers.insert(name, peer);
+        let Some(node) = checked(node) else {
+            return;
+        };
+        self.log_change(&node);
+        if self.nodes.get(&node.name) != Some(&node) {
+            self.changed = true;
+            self.nodes.insert(node.name.clone(), node);
+        }
     }
 
     fn delete(&mut self, node: &Node) {
         let name = node.metadata.name.clone().unwrap_or_default();
-        if self.peers.remove(&name).is_some() {
+        if self.nodes.remove(&name).is_some() {
             info!(node = name, "node left the cluster");
+            self.changed = true;
         }
     }
 
-    fn log_change(&self, name: &str, peer: &Peer) {
-        match self.peers.get(name) {
-            None => info!(
-                node = name,
-                pod_cidrs = ?peer.pod_cidrs,
-                internal_ips = ?peer.internal_ips,
-                ready = peer.ready,
-                "node in the cluster"
-            ),
-            Some(old) if old != peer => info!(
-                node = name,
-                pod_cidrs = ?peer.pod_cidrs,
-                internal_ips = ?peer.internal_ips,
-                ready = peer.ready,
-                "node changed"
-            ),
-            Some(_) => {}
-        }
+    /// The whole list, when it changed since the last call and is complete.
+    fn take_changed(&mut self) -> Option<BTreeMap<String, ClusterNode>> {
+        (self.synced && std::mem::take(&mut self.changed)).then(|| self.nodes.clone())
     }
+
+    fn log_change(&self, node: &ClusterNode) {
+        let what = match self.nodes.get(&node.name) {
+            None => "node in the cluster",
+            Some(old) if old != node => "node changed",
+            Some(_) => return,
+        };
+        info!(
+            node = node.name,
+            pod_cidrs = ?node.pod_cidrs,
+            internal_ips = ?node.internal_ips,
+            vtep_mac = node.vtep_mac.map(gannet_k8s::format_mac).unwrap_or_default(),
+            "{what}"
+        );
+    }
+}
+
+/// The node, or `None` (logged) when it cannot be used.
+fn checked(node: &Node) -> Option<ClusterNode> {
+    gannet_k8s::cluster_node(node)
+        .inspect_err(|problems| {
+            error!(
+                node = node.metadata.name.as_deref().unwrap_or("?"),
+                problems = problems.join("; "),
+                "a Node the overlay cannot use; its previous version stays in effect"
+            );
+        })
+        .ok()
 }

@@ -1,27 +1,34 @@
-//! This node in the control plane: registration, the pod-CIDR lease, heartbeats, and the subnet
-//! file gannet-cni allocates pod addresses from.
+//! This node in the control plane: registration, the pod-CIDR lease and heartbeats. The lease
+//! goes to the main loop, which writes the subnet file gannet-cni allocates pod addresses from
+//! and hands the pod CIDRs to the overlay and the masquerade rules.
 
-use std::fs;
 use std::io;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use gannet_api::{Client, ClientError, NodeRegistration};
-use gannet_cni::net::Cidr;
-use gannet_cni::subnet_env::SubnetEnv;
+use ipnet::IpNet;
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use super::{Backoff, ControlConfig};
+use super::{Backoff, ControlConfig, Update};
+use crate::subnet::Lease;
 
-/// Registers the node, writes its subnet file and keeps the lease alive, for as long as the agent
-/// runs. Registers again when the control plane forgot the node; keeps the subnet file as it is
-/// while the control plane cannot be reached (the lease outlives short outages: pods keep
-/// getting addresses from it).
-pub(super) async fn run(mut client: Client, node_name: String, config: ControlConfig) {
+/// Registers the node, reports its lease and keeps the lease alive, for as long as the agent
+/// runs. Registers again when the control plane forgot the node; keeps the lease as it is while
+/// the control plane cannot be reached (the lease outlives short outages: pods keep getting
+/// addresses from it).
+pub(super) async fn run(
+    mut client: Client,
+    node_name: String,
+    config: ControlConfig,
+    updates: mpsc::Sender<Update>,
+) {
     let mut backoff = Backoff::new();
+    let mut reported: Option<Lease> = None;
     loop {
-        let interval = register(&mut client, &node_name, &config, &mut backoff).await;
+        let (interval, mut lease) = register(&mut client, &node_name, &config, &mut backoff).await;
+        report(&updates, &mut reported, &lease).await;
         let mut outage = false;
         loop {
             tokio::time::sleep(interval).await;
@@ -31,7 +38,8 @@ pub(super) async fn run(mut client: Client, node_name: String, config: ControlCo
                         info!("heartbeats reach the control plane again");
                         outage = false;
                     }
-                    write_lease(&config, &cidrs);
+                    lease.pod_cidrs = parse_cidrs("pod CIDR", &cidrs);
+                    report(&updates, &mut reported, &lease).await;
                 }
                 Err(ClientError::NotFound(reason)) => {
                     warn!(
@@ -53,13 +61,32 @@ pub(super) async fn run(mut client: Client, node_name: String, config: ControlCo
     }
 }
 
-/// Registers until it works; returns the heartbeat interval.
+/// Hands the lease to the main loop when it changed.
+async fn report(updates: &mpsc::Sender<Update>, reported: &mut Option<Lease>, lease: &Lease) {
+    if reported.as_ref() != Some(lease) && !lease.pod_cidrs.is_empty() {
+        *reported = Some(lease.clone());
+        let _ = updates.send(Update::Lease(lease.clone())).await;
+    }
+}
+
+fn parse_cidrs(what: &str, texts: &[String]) -> Vec<IpNet> {
+    texts
+        .iter()
+        .filter_map(|text| {
+            text.parse::<IpNet>()
+                .inspect_err(|_| error!(cidr = text, "the control plane sent an invalid {what}"))
+                .ok()
+        })
+        .collect()
+}
+
+/// Registers until it works; returns the heartbeat interval and the lease.
 async fn register(
     client: &mut Client,
     node_name: &str,
     config: &ControlConfig,
     backoff: &mut Backoff,
-) -> Duration {
+) -> (Duration, Lease) {
     let mut attempts = 0u32;
     loop {
         let internal_ips = if config.node_ips.is_empty() {
@@ -73,7 +100,7 @@ async fn register(
         let registration = NodeRegistration {
             name: node_name.to_owned(),
             internal_ips: internal_ips.clone(),
-            vtep_mac: None,
+            vtep_mac: config.vtep_mac.clone(),
             labels: std::collections::BTreeMap::new(),
         };
         match client.register_node(&registration).await {
@@ -85,9 +112,12 @@ async fn register(
                     heartbeat = ?registered.heartbeat_interval,
                     "node registered"
                 );
-                write_lease(config, &registered.pod_cidrs);
                 backoff.reset();
-                return registered.heartbeat_interval;
+                let lease = Lease {
+                    pod_cidrs: parse_cidrs("pod CIDR", &registered.pod_cidrs),
+                    cluster_cidrs: parse_cidrs("cluster CIDR", &registered.cluster_cidrs),
+                };
+                return (registered.heartbeat_interval, lease);
             }
             Err(error) => {
                 attempts += 1;
@@ -107,96 +137,9 @@ async fn register(
     }
 }
 
-/// Writes the subnet file for `pod_cidrs` when its contents change.
-fn write_lease(config: &ControlConfig, pod_cidrs: &[String]) {
-    let env = match subnet_env(pod_cidrs, config.pod_mtu) {
-        Ok(env) => env,
-        Err(error) => {
-            error!(
-                ?pod_cidrs,
-                error, "the node's lease is unusable; the subnet file is left as it is"
-            );
-            return;
-        }
-    };
-    let text = env.render();
-    let path = &config.subnet_file;
-    match fs::read_to_string(path) {
-        Ok(current) if current == text => return,
-        Ok(current) => warn!(
-            file = %path.display(),
-            before = current.trim().replace('\n', " "),
-            now = text.trim().replace('\n', " "),
-            "the node's pod CIDRs changed; new pods get addresses from the new lease"
-        ),
-        Err(_) => {}
-    }
-    match write_atomically(path, text.as_bytes()) {
-        Ok(()) => info!(file = %path.display(), ?pod_cidrs, "subnet file written"),
-        Err(error) => error!(file = %path.display(), %error, "cannot write the subnet file"),
-    }
-}
-
-/// The subnet file of a lease: Flannel's keys, each subnet written as its first address (as
-/// Flannel writes its gateway), so flannel-style consumers read it unchanged.
-///
-/// # Errors
-/// When a CIDR does not parse or a family is leased twice.
-pub fn subnet_env(pod_cidrs: &[String], mtu: u32) -> Result<SubnetEnv, String> {
-    let mut env = SubnetEnv {
-        network: None,
-        subnet: None,
-        ipv6_network: None,
-        ipv6_subnet: None,
-        mtu: Some(mtu),
-        // gannetd does not masquerade (yet): say so, so nobody relies on it.
-        ipmasq: Some(false),
-    };
-    for text in pod_cidrs {
-        let cidr: Cidr = text
-            .parse()
-            .map_err(|error| format!("pod CIDR {text:?}: {error}"))?;
-        let first = first_address(&cidr).ok_or_else(|| format!("pod CIDR {cidr} is too small"))?;
-        let slot = if cidr.is_ipv4() {
-            &mut env.subnet
-        } else {
-            &mut env.ipv6_subnet
-        };
-        if slot.replace(first).is_some() {
-            return Err(format!("two pod CIDRs of the family of {cidr}"));
-        }
-    }
-    if env.subnet.is_none() && env.ipv6_subnet.is_none() {
-        return Err("no pod CIDR".to_owned());
-    }
-    Ok(env)
-}
-
-fn first_address(cidr: &Cidr) -> Option<Cidr> {
-    let network = gannet_cni::net::to_bits(cidr.network());
-    let last = gannet_cni::net::to_bits(cidr.last());
-    (last > network + 1)
-        .then(|| {
-            Cidr::new(
-                gannet_cni::net::from_bits(cidr.network(), network + 1),
-                cidr.prefix(),
-            )
-        })
-        .flatten()
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
-}
-
 /// The addresses of this network namespace that other nodes could reach: global unicast
 /// addresses of interfaces that are up, not loopback, not link-local.
-fn node_addresses() -> io::Result<Vec<IpAddr>> {
+pub(crate) fn node_addresses() -> io::Result<Vec<IpAddr>> {
     let mut found = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
@@ -241,34 +184,4 @@ fn node_addresses() -> io::Result<Vec<IpAddr>> {
     // SAFETY: list came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(list) };
     Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leases_become_flannel_subnet_files() {
-        let env = subnet_env(
-            &["10.244.3.0/24".to_owned(), "fd00:244:0:3::/64".to_owned()],
-            1450,
-        )
-        .expect("valid lease");
-        let text = env.render();
-        assert_eq!(
-            text,
-            "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_SUBNET=fd00:244:0:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
-        );
-        // gannet-cni reads it back and allocates from the whole /24 but the written address.
-        let read = SubnetEnv::parse(Path::new("subnet.env"), &text).expect("gannet-cni reads it");
-        assert_eq!(read.ranges()[0][0].subnet.to_string(), "10.244.3.0/24");
-
-        for bad in [
-            &["nonsense".to_owned()][..],
-            &[],
-            &["10.0.0.0/24".to_owned(), "10.0.1.0/24".to_owned()],
-        ] {
-            assert!(subnet_env(bad, 1500).is_err(), "{bad:?}");
-        }
-    }
 }

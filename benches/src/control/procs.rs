@@ -501,6 +501,7 @@ impl BenchAgent {
             .args(["--node-name", &name])
             .arg(format!("--node-ip=192.0.2.{}", 10 + index))
             .args(["--log-format", "json"])
+            .args(["--overlay", "none", "--masquerade=false"])
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)));
         agent.process = Some(Logged::spawn(

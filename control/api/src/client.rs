@@ -327,6 +327,8 @@ pub struct Registered {
     /// One per family of the cluster CIDR, e.g. `10.244.3.0/24`.
     pub pod_cidrs: Vec<String>,
     pub heartbeat_interval: Duration,
+    /// The cluster's pod networks, e.g. `10.244.0.0/16` (empty from an older gannet-control).
+    pub cluster_cidrs: Vec<String>,
 }
 
 /// A connection to gannet-control. Cheap to clone; calls on clones share the connection, and a
@@ -603,6 +605,7 @@ impl Client {
         Ok(Registered {
             node: *node,
             pod_cidrs: response.pod_cidrs,
+            cluster_cidrs: response.cluster_cidrs,
             heartbeat_interval: Duration::from_secs(u64::from(
                 response.heartbeat_interval_seconds.max(1),
             )),

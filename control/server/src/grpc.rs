@@ -382,6 +382,13 @@ impl pb::nodes_server::Nodes for Api {
             heartbeat_interval_seconds: u32::try_from(self.registry.heartbeat_interval().as_secs())
                 .unwrap_or(u32::MAX)
                 .max(1),
+            cluster_cidrs: self
+                .registry
+                .network()
+                .pod_networks
+                .iter()
+                .map(|network| network.cidr.to_string())
+                .collect(),
         }))
     }
 

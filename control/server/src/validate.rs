@@ -12,8 +12,9 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// The annotation holding a node's VXLAN device MAC address.
-pub const VTEP_MAC_ANNOTATION: &str = "gannet.io/vtep-mac";
+/// The annotation holding a node's VXLAN device MAC address (defined once, with the agent's
+/// reading of Nodes).
+pub use gannet_k8s::VTEP_MAC_ANNOTATION;
 
 pub(crate) fn problem(field: impl Into<String>, message: impl Into<String>) -> FieldProblem {
     FieldProblem {

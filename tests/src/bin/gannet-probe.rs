@@ -3,13 +3,13 @@
 //! The logic lives in `gannet_testkit::probe`; this is its command line.
 
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use gannet_testkit::probe::{self, ClientOptions, Proto, Server, UdpOptions};
+use gannet_testkit::probe::{self, ClientOptions, IcmpOptions, Proto, Server, UdpOptions};
 use serde::Serialize;
 
 /// Exit status for a bad command line (`EX_USAGE`).
@@ -18,7 +18,7 @@ const EX_USAGE: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(
     name = "gannet-probe",
-    about = "TCP/UDP traffic probe for gannet's tests"
+    about = "TCP/UDP/ICMP traffic probe for gannet's tests"
 )]
 struct Cli {
     /// Timeout of every socket operation, in milliseconds.
@@ -48,6 +48,10 @@ enum Mode {
         /// Serve UDP.
         #[arg(long)]
         udp: bool,
+        /// Make TCP connections sinks for `stream`: read until EOF, then reply with the number of
+        /// bytes read and a newline, and close. UDP is unchanged.
+        #[arg(long)]
+        sink: bool,
     },
     /// COUNT new TCP connections, one request each.
     Tcp {
@@ -75,6 +79,32 @@ enum Mode {
     Hold {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// COUNT ICMP/ICMPv6 echo requests through a raw socket (needs `CAP_NET_RAW`), one at a time,
+    /// each waiting up to --timeout-ms for its reply.
+    Icmp {
+        #[arg(long, help = "Destination address, e.g. 10.99.0.13 or fd00:99::13")]
+        to: IpAddr,
+        /// Number of echo requests.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// ICMP payload bytes, as ping's -s: the IP packet is 28 (IPv4) or 48 (IPv6) bytes more.
+        #[arg(long, default_value_t = probe::DEFAULT_ICMP_SIZE)]
+        size: usize,
+        /// Forbid fragmentation (IPv4: `IP_PMTUDISC_DO`, DF set; IPv6: `IPV6_DONTFRAG`). Too big a
+        /// packet then fails with EMSGSIZE or frag-needed. Without it IPv4 packets leave with DF
+        /// clear and IPv6 ones are fragmented by the sender.
+        #[arg(long)]
+        dont_fragment: bool,
+    },
+    /// One TCP connection sending BYTES bytes to a `serve --sink` server, which replies with the
+    /// count it received after EOF.
+    Stream {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Number of bytes to send.
+        #[arg(long)]
+        bytes: u64,
     },
     /// A new connection (or UDP socket) and one request, repeatedly for --duration-ms.
     Loop {
@@ -144,9 +174,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             tcp,
             udp,
+            sink,
         } => {
             let (tcp, udp) = if tcp || udp { (tcp, udp) } else { (true, true) };
-            serve(&name, &listen, tcp, udp)
+            let server = Server::bind(&name, &listen, tcp, udp)?;
+            let server = if sink { server.with_sink() } else { server };
+            serve(&name, &server)
         }
         Mode::Tcp { client, count } => {
             print_json(&probe::tcp_count(&client.options(timeout), count))
@@ -167,6 +200,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = probe::hold(&client.options(timeout), io::stdin().lock(), io::stdout())?;
             print_json(&report)
         }
+        Mode::Icmp {
+            to,
+            count,
+            size,
+            dont_fragment,
+        } => print_json(&probe::icmp_echo(&IcmpOptions {
+            to,
+            count,
+            size,
+            dont_fragment,
+            timeout,
+        })?),
+        Mode::Stream { client, bytes } => {
+            print_json(&probe::stream(&client.options(timeout), bytes))
+        }
         Mode::Loop {
             client,
             duration_ms,
@@ -181,9 +229,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Binds, prints `ready`, serves until SIGTERM or SIGINT, then prints the report.
-fn serve(name: &str, listen: &[SocketAddr], tcp: bool, udp: bool) -> anyhow::Result<()> {
-    let server = Server::bind(name, listen, tcp, udp)?;
+/// Prints `ready`, serves until SIGTERM or SIGINT, then prints the report.
+fn serve(name: &str, server: &Server) -> anyhow::Result<()> {
     // Block the stop signals before any thread exists, so every thread inherits the mask and only
     // sigwait() below receives them.
     let signals = block_stop_signals()?;

@@ -135,7 +135,8 @@ fn unchanged_directory_scans_to_none() {
         scan_changed(&mut manifests),
         ScanOutcome {
             state: DesiredState::default(),
-            errors: vec![]
+            errors: vec![],
+            nodes: BTreeMap::new(),
         },
         "the first scan always reports, even an empty directory"
     );
@@ -415,7 +416,8 @@ fn broken_file_contributes_nothing_until_fixed_and_nothing_once_deleted() {
         scan_changed(&mut manifests),
         ScanOutcome {
             state: DesiredState::default(),
-            errors: vec![]
+            errors: vec![],
+            nodes: BTreeMap::new(),
         }
     );
 }
@@ -536,4 +538,69 @@ fn unreadable_file_is_reported_for_the_whole_file() {
             dir.file("web.yaml")
         )
     );
+}
+
+#[test]
+fn node_manifests_are_read_for_the_overlay() {
+    let dir = TempDir::new("nodes");
+    let mut manifests = ManifestDir::new(&dir.0);
+    dir.write(
+        "nodes.yaml",
+        "apiVersion: v1
+kind: Node
+metadata:
+  name: n1
+  annotations:
+    gannet.io/vtep-mac: 0e:00:00:00:00:01
+spec:
+  podCIDRs: [10.244.1.0/24]
+status:
+  addresses:
+  - type: InternalIP
+    address: 10.99.0.11
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: n2
+spec:
+  podCIDRs: [nonsense]
+",
+    );
+    let outcome = scan_changed(&mut manifests);
+    // The file holds a bad Node: the whole file is refused, naming the object and field.
+    assert!(outcome.nodes.is_empty(), "{outcome:?}");
+    let text = outcome
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("document 2: Node n2: spec.podCIDRs[0]"),
+        "{text}"
+    );
+
+    dir.write(
+        "nodes.yaml",
+        "apiVersion: v1
+kind: Node
+metadata:
+  name: n1
+  annotations:
+    gannet.io/vtep-mac: 0e:00:00:00:00:01
+spec:
+  podCIDRs: [10.244.1.0/24]
+status:
+  addresses:
+  - type: InternalIP
+    address: 10.99.0.11
+",
+    );
+    let outcome = scan_changed(&mut manifests);
+    assert!(outcome.errors.is_empty(), "{outcome:?}");
+    let n1 = &outcome.nodes["n1"];
+    assert_eq!(n1.pod_cidrs[0].to_string(), "10.244.1.0/24");
+    assert_eq!(n1.vtep_mac, Some([0x0e, 0, 0, 0, 0, 1]));
+    assert_eq!(n1.internal_ips[0].to_string(), "10.99.0.11");
 }

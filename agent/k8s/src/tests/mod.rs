@@ -84,7 +84,7 @@ pub(super) fn split(file: &str, objects: Vec<Object>) -> (InFile<Service>, InFil
         match object {
             Object::Service(service) => services.push((PathBuf::from(file), *service)),
             Object::EndpointSlice(slice) => slices.push((PathBuf::from(file), *slice)),
-            Object::Ignored { .. } => {}
+            Object::Node(_) | Object::Ignored { .. } => {}
         }
     }
     (services, slices)

@@ -33,6 +33,7 @@ fn shop_manifest_reads_every_document_in_order() {
                     slice.metadata.name.as_deref().unwrap_or("?")
                 )
             }
+            Object::Node(node) => format!("Node {}", node.name),
             Object::Ignored { kind, name } => format!("ignored {kind} {name}"),
         })
         .collect();

@@ -1,0 +1,646 @@
+//! The overlay: how pods of this node reach pods of the other nodes.
+//!
+//! What happens to a packet a pod sends to a pod of another node: the pod's default route takes
+//! it to the host side of its veth; the node routes it by its destination's pod CIDR, which this
+//! module programmed from the other node's Node object:
+//! - `vxlan` (Flannel's vxlan backend, wire-compatible): `10.244.2.0/24 via 10.244.2.0 dev
+//!   gannet.vxlan onlink`; the permanent neighbour `10.244.2.0 lladdr <its VTEP MAC>` and the
+//!   forwarding entry `<its VTEP MAC> dst <its node IP>` make the kernel's VXLAN device
+//!   encapsulate it to the other node (UDP 8472, VNI 1), whose device decapsulates it and routes
+//!   it to the pod's veth;
+//! - `host-gw`: `10.244.2.0/24 via <its node IP> dev <underlay>` (nodes on one L2 segment).
+//!
+//! Reconciled, never flushed: a node added, removed or changed touches only its own entries, every
+//! add is a replace (idempotent, no gap), and a restarted gannetd adopts what is programmed and
+//! removes only what no node needs any more (routes it owns carry the route protocol
+//! [`ROUTE_PROTOCOL`]).
+
+mod plan;
+pub mod underlay;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use gannet_cni::net::Cidr;
+use gannet_cni::netlink::{Netlink, NetlinkError, Vxlan};
+use gannet_k8s::{ClusterNode, format_mac};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, error, info, warn};
+
+use plan::{Entry, Plan, plan};
+use underlay::Underlay;
+
+/// The VXLAN device gannetd owns.
+pub const DEVICE: &str = "gannet.vxlan";
+/// The route protocol (`proto 87` in `ip route`) marking the routes gannetd owns.
+pub const ROUTE_PROTOCOL: u8 = 87;
+/// The overlay's report in the state directory, read by `gannetd status`.
+pub const STATUS_FILE: &str = "overlay.json";
+/// Flannel's VXLAN port (the Linux default, not IANA's 4789).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// VXLAN over IPv4: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+const VXLAN_OVERHEAD_V4: u32 = 50;
+/// VXLAN over IPv6: a 40-byte outer header.
+const VXLAN_OVERHEAD_V6: u32 = 70;
+
+/// How pods reach other nodes' pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Single node: nothing is programmed for other nodes.
+    None,
+    /// A kernel VXLAN device with a neighbour, a forwarding entry and a route per node.
+    Vxlan,
+    /// A route per node via its address (all nodes on one L2 segment).
+    HostGw,
+    /// A VXLAN device in external mode driven by tc programs.
+    Ebpf,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Vxlan => "vxlan",
+            Self::HostGw => "host-gw",
+            Self::Ebpf => "ebpf",
+        }
+    }
+}
+
+/// The overlay's settings.
+#[derive(Clone, Debug)]
+pub struct OverlayConfig {
+    pub mode: Mode,
+    /// `--overlay-interface`.
+    pub interface: Option<String>,
+    pub vni: u32,
+    pub port: u16,
+    /// `--node-ip`.
+    pub node_ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{0}")]
+    Underlay(String),
+}
+
+/// The VXLAN device.
+#[derive(Clone, Copy, Debug)]
+struct Vtep {
+    index: u32,
+    mac: [u8; 6],
+    mtu: u32,
+}
+
+/// What is programmed for one remote node.
+#[derive(Clone, Debug)]
+struct Programmed {
+    node: ClusterNode,
+    plan: Plan,
+}
+
+/// The running overlay.
+pub struct Overlay {
+    config: OverlayConfig,
+    node_name: String,
+    netlink: Netlink,
+    underlay: Underlay,
+    vtep: Option<Vtep>,
+    /// This node's pod CIDRs, as last given.
+    local_cidrs: Vec<IpNet>,
+    programmed: BTreeMap<String, Programmed>,
+    /// Whether the kernel was swept of stale entries (after the first complete node list).
+    swept: bool,
+    status_file: PathBuf,
+}
+
+impl Overlay {
+    /// Finds the underlay and creates (or adopts) the VXLAN device. Nothing is programmed for
+    /// other nodes until [`apply`](Self::apply).
+    ///
+    /// # Errors
+    /// When the underlay cannot be found or the device cannot be created.
+    pub fn start(
+        config: OverlayConfig,
+        node_name: &str,
+        state_dir: &Path,
+    ) -> Result<Self, OverlayError> {
+        let mut netlink = Netlink::open()?;
+        let underlay = underlay::find(&mut netlink, config.interface.as_deref(), &config.node_ips)?;
+        let mut overlay = Self {
+            node_name: node_name.to_owned(),
+            netlink,
+            vtep: None,
+            local_cidrs: Vec::new(),
+            programmed: BTreeMap::new(),
+            swept: false,
+            status_file: state_dir.join(STATUS_FILE),
+            underlay,
+            config,
+        };
+        if overlay.config.mode == Mode::Vxlan {
+            overlay.vtep = Some(overlay.ensure_device()?);
+        }
+        info!(
+            mode = overlay.config.mode.name(),
+            underlay = overlay.underlay.name,
+            node_ip = %overlay.underlay.ip,
+            underlay_mtu = overlay.underlay.mtu,
+            pod_mtu = overlay.pod_mtu(),
+            vtep_mac = overlay.vtep_mac().as_deref().unwrap_or("-"),
+            "overlay ready"
+        );
+        overlay.write_status();
+        Ok(overlay)
+    }
+
+    /// The MTU pods get: the VXLAN device's, or the underlay's for host-gw.
+    pub fn pod_mtu(&self) -> u32 {
+        self.vtep.map_or(self.underlay.mtu, |vtep| vtep.mtu)
+    }
+
+    /// The VXLAN device's MAC address, published on this node's Node.
+    pub fn vtep_mac(&self) -> Option<String> {
+        self.vtep.map(|vtep| format_mac(vtep.mac))
+    }
+
+    /// This node's address on the underlay.
+    pub fn node_ip(&self) -> IpAddr {
+        self.underlay.ip
+    }
+
+    fn device_settings(&self) -> Vxlan {
+        Vxlan {
+            vni: self.config.vni,
+            port: self.config.port,
+            local: Some(self.underlay.ip),
+            underlay: Some(self.underlay.index),
+            collect_metadata: false,
+        }
+    }
+
+    /// Creates the VXLAN device, or adopts the one a previous gannetd left (keeping its MAC),
+    /// recreating it only when its VNI, port, address or underlay changed.
+    fn ensure_device(&mut self) -> Result<Vtep, OverlayError> {
+        let overhead = if self.underlay.ip.is_ipv4() {
+            VXLAN_OVERHEAD_V4
+        } else {
+            VXLAN_OVERHEAD_V6
+        };
+        let mtu = self.underlay.mtu.saturating_sub(overhead);
+        let settings = self.device_settings();
+        if let Some(link) = self.netlink.link_by_name(DEVICE)? {
+            let same = link.kind.as_deref() == Some("vxlan")
+                && link.vxlan.as_ref().is_some_and(|v| {
+                    v.vni == settings.vni
+                        && v.port == settings.port
+                        && v.local == settings.local
+                        && v.underlay == settings.underlay
+                        && !v.collect_metadata
+                });
+            if same {
+                if link.mtu != mtu {
+                    self.netlink.set_mtu(link.index, mtu)?;
+                }
+                self.netlink.set_up(link.index, None)?;
+                let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
+                info!(
+                    device = DEVICE,
+                    mac = format_mac(mac),
+                    "adopted the VXLAN device"
+                );
+                return Ok(Vtep {
+                    index: link.index,
+                    mac,
+                    mtu,
+                });
+            }
+            warn!(
+                device = DEVICE,
+                was = ?link.vxlan,
+                now = ?settings,
+                "the VXLAN device's settings changed: recreating it (cross-node traffic pauses briefly)"
+            );
+            self.netlink.delete_link(link.index)?;
+        }
+        let mac = derived_mac(&self.node_name, self.config.vni);
+        self.netlink.create_vxlan(DEVICE, &settings, mtu, &mac)?;
+        let link = self
+            .netlink
+            .link_by_name(DEVICE)?
+            .ok_or_else(|| OverlayError::Underlay(format!("{DEVICE} vanished after creation")))?;
+        self.netlink.set_up(link.index, None)?;
+        info!(
+            device = DEVICE,
+            mac = format_mac(mac),
+            mtu,
+            vni = settings.vni,
+            port = settings.port,
+            "created the VXLAN device"
+        );
+        Ok(Vtep {
+            index: link.index,
+            mac,
+            mtu,
+        })
+    }
+
+    /// Programs the cluster's nodes (this one included: its pod CIDRs become the VXLAN device's
+    /// addresses). `complete` says `nodes` is the whole cluster: then entries gannetd owns that
+    /// no node needs are removed too (once, after a start; later removals follow the nodes).
+    pub fn apply(&mut self, nodes: &BTreeMap<String, ClusterNode>, complete: bool) {
+        if let Some(local) = nodes.get(&self.node_name) {
+            self.set_local(&local.pod_cidrs);
+        }
+        let mut taken: Vec<(String, IpNet)> = self
+            .local_cidrs
+            .iter()
+            .map(|cidr| (self.node_name.clone(), *cidr))
+            .collect();
+        let mut desired: BTreeMap<&str, Plan> = BTreeMap::new();
+        for (name, node) in nodes {
+            if *name == self.node_name {
+                continue;
+            }
+            let vtep = self.vtep.map(|v| v.index);
+            let plan = plan(self.config.mode, node, &self.underlay, vtep, &taken);
+            taken.extend(node.pod_cidrs.iter().map(|c| (name.clone(), *c)));
+            desired.insert(name, plan);
+        }
+        let gone: Vec<String> = self
+            .programmed
+            .keys()
+            .filter(|name| !desired.contains_key(name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(old) = self.programmed.remove(&name) {
+                let failed = self.remove_entries(&old.plan.entries, &[]);
+                info!(
+                    node = name,
+                    removed = old.plan.entries.len() - failed,
+                    "node left: its overlay entries are removed"
+                );
+            }
+        }
+        for (name, mut plan) in desired {
+            let node = &nodes[name];
+            let old = self.programmed.get(name);
+            let unchanged =
+                old.is_some_and(|old| old.plan == plan && old.node == *node && !old.plan.retry());
+            if unchanged {
+                continue;
+            }
+            let old_entries = old.map(|o| o.plan.entries.clone()).unwrap_or_default();
+            let old_problem = old.and_then(|o| o.plan.problem.clone());
+            if let Err(error) = self.add_entries(&plan.entries) {
+                error!(node = name, %error, "cannot program the node's overlay entries; retrying with its next change");
+                plan.problem = Some(format!("programming failed: {error}"));
+            }
+            self.remove_entries(&old_entries, &plan.entries);
+            if plan.entries != old_entries {
+                info!(
+                    node = name,
+                    mode = self.config.mode.name(),
+                    ip = ?node.internal_ips,
+                    pod_cidrs = ?node.pod_cidrs,
+                    vtep_mac = node.vtep_mac.map(format_mac).unwrap_or_default(),
+                    entries = plan.entries.len(),
+                    "node programmed"
+                );
+            }
+            if plan.problem != old_problem
+                && let Some(problem) = &plan.problem
+            {
+                warn!(
+                    node = name,
+                    problem, "node not (fully) reachable through the overlay"
+                );
+            }
+            self.programmed.insert(
+                name.to_owned(),
+                Programmed {
+                    node: node.clone(),
+                    plan,
+                },
+            );
+        }
+        if complete && !self.swept {
+            self.sweep();
+            self.swept = true;
+        }
+        self.write_status();
+    }
+
+    /// Gives the VXLAN device this node's pod CIDRs' network addresses (`10.244.1.0/32`), the
+    /// source of packets the node itself sends into the overlay.
+    pub fn set_local(&mut self, cidrs: &[IpNet]) {
+        if cidrs == self.local_cidrs.as_slice() {
+            return;
+        }
+        if let Some(vtep) = self.vtep {
+            let host = |net: &IpNet| Cidr::host(net.network());
+            for old in self.local_cidrs.iter().filter(|c| !cidrs.contains(c)) {
+                if let Err(error) = self.netlink.delete_address(vtep.index, host(old)) {
+                    warn!(%error, "cannot remove the VXLAN device's old address");
+                }
+            }
+            for new in cidrs {
+                if let Err(error) = self.netlink.ensure_address(vtep.index, host(new)) {
+                    error!(%error, "cannot address the VXLAN device");
+                }
+            }
+        }
+        info!(pod_cidrs = ?cidrs, "this node's pod CIDRs");
+        self.local_cidrs = cidrs.to_vec();
+    }
+
+    fn add_entries(&mut self, entries: &[Entry]) -> Result<(), NetlinkError> {
+        for entry in entries {
+            debug!(entry = entry.describe(), "programming");
+            match *entry {
+                Entry::Fdb { mac, dst } => {
+                    let vtep = self.vtep_index();
+                    self.netlink.replace_fdb(vtep, &mac, dst)?;
+                }
+                Entry::Neighbour { ip, mac } => {
+                    let vtep = self.vtep_index();
+                    self.netlink.add_neighbour(vtep, ip, &mac)?;
+                }
+                Entry::Route {
+                    dst,
+                    via,
+                    oif,
+                    onlink,
+                } => {
+                    let dst = Cidr::new(dst.network(), dst.prefix_len()).expect("a valid prefix");
+                    self.netlink
+                        .replace_route(dst, via, oif, onlink, ROUTE_PROTOCOL)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `entries` except those in `keep`, last first; returns how many failed (logged).
+    fn remove_entries(&mut self, entries: &[Entry], keep: &[Entry]) -> usize {
+        let mut failed = 0;
+        for entry in entries.iter().rev().filter(|e| !keep.contains(e)) {
+            let result = match *entry {
+                // Another node may have taken over the MAC's forwarding entry or the route's
+                // destination since: remove only what still says what we programmed.
+                Entry::Fdb { mac, dst } => {
+                    let vtep = self.vtep_index();
+                    self.netlink.delete_fdb(vtep, &mac, dst)
+                }
+                Entry::Neighbour { ip, .. } => {
+                    let vtep = self.vtep_index();
+                    self.netlink.delete_neighbour(vtep, ip)
+                }
+                Entry::Route { dst, .. } => {
+                    let dst = Cidr::new(dst.network(), dst.prefix_len()).expect("a valid prefix");
+                    self.netlink.delete_route(dst, ROUTE_PROTOCOL)
+                }
+            };
+            if let Err(error) = result {
+                failed += 1;
+                warn!(entry = entry.describe(), %error, "cannot remove a stale overlay entry");
+            }
+        }
+        failed
+    }
+
+    fn vtep_index(&self) -> u32 {
+        self.vtep.map_or(0, |v| v.index)
+    }
+
+    /// Removes what gannetd owns in the kernel that no node needs: routes of
+    /// [`ROUTE_PROTOCOL`], permanent neighbours and forwarding entries of the VXLAN device.
+    fn sweep(&mut self) {
+        let wanted: Vec<&Entry> = self
+            .programmed
+            .values()
+            .flat_map(|p| &p.plan.entries)
+            .collect();
+        let mut removed = 0;
+        for ipv4 in [true, false] {
+            let routes = match self.netlink.routes(ipv4) {
+                Ok(routes) => routes,
+                Err(error) => {
+                    warn!(%error, "cannot list routes to remove stale ones");
+                    continue;
+                }
+            };
+            for route in routes.into_iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+                let dst = IpNet::new(route.dst.addr(), route.dst.prefix()).ok();
+                let needed = wanted
+                    .iter()
+                    .any(|e| matches!(e, Entry::Route { dst: d, .. } if Some(*d) == dst));
+                if !needed {
+                    match self.netlink.delete_route(route.dst, ROUTE_PROTOCOL) {
+                        Ok(_) => removed += 1,
+                        Err(error) => {
+                            warn!(route = %route.dst, %error, "cannot remove a stale route")
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(vtep) = self.vtep {
+            match self.netlink.neighbours(vtep.index) {
+                Ok(neighbours) => {
+                    for n in neighbours.into_iter().filter(|n| n.permanent) {
+                        let needed = wanted
+                            .iter()
+                            .any(|e| matches!(e, Entry::Neighbour { ip, .. } if *ip == n.ip));
+                        if !needed && self.netlink.delete_neighbour(vtep.index, n.ip).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "cannot list the VXLAN device's neighbours"),
+            }
+            match self.netlink.fdb(vtep.index) {
+                Ok(entries) => {
+                    for f in entries {
+                        let (Some(dst), Ok(mac)) = (f.dst, <[u8; 6]>::try_from(f.mac.as_slice()))
+                        else {
+                            continue;
+                        };
+                        if mac == [0; 6] {
+                            continue;
+                        }
+                        let needed = wanted.contains(&&Entry::Fdb { mac, dst });
+                        if !needed && self.netlink.delete_fdb(vtep.index, &mac, dst).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "cannot list the VXLAN device's forwarding entries"),
+            }
+        }
+        if removed > 0 {
+            info!(removed, "removed overlay entries no node needs any more");
+        }
+    }
+
+    fn write_status(&self) {
+        let status = OverlayStatus {
+            mode: self.config.mode,
+            underlay: UnderlayStatus {
+                interface: self.underlay.name.clone(),
+                ip: self.underlay.ip,
+                mtu: self.underlay.mtu,
+            },
+            device: self.vtep.map(|_| DEVICE.to_owned()),
+            vtep_mac: self.vtep_mac(),
+            pod_mtu: self.pod_mtu(),
+            pod_cidrs: self.local_cidrs.clone(),
+            nodes: self
+                .programmed
+                .iter()
+                .map(|(name, p)| NodeStatus {
+                    name: name.clone(),
+                    ips: p.node.internal_ips.clone(),
+                    pod_cidrs: p.node.pod_cidrs.clone(),
+                    vtep_mac: p.node.vtep_mac.map(format_mac),
+                    mode: self.config.mode,
+                    routes: p
+                        .plan
+                        .entries
+                        .iter()
+                        .filter(|e| matches!(e, Entry::Route { .. }))
+                        .map(Entry::describe)
+                        .collect(),
+                    problem: p.plan.problem.clone(),
+                })
+                .collect(),
+        };
+        let result = serde_json::to_vec_pretty(&status)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                let tmp = self.status_file.with_extension("tmp");
+                fs::write(&tmp, json)?;
+                fs::rename(&tmp, &self.status_file)
+            });
+        if let Err(error) = result {
+            warn!(file = %self.status_file.display(), %error, "cannot write the overlay status");
+        }
+    }
+}
+
+impl Plan {
+    /// A plan whose programming failed is tried again on the next change of any node.
+    fn retry(&self) -> bool {
+        self.problem
+            .as_deref()
+            .is_some_and(|p| p.starts_with("programming failed"))
+    }
+}
+
+/// A stable, locally administered MAC for the VXLAN device, derived from the node name and the
+/// VNI: a device recreated after a crash or a `gannetd cleanup` gets the same address, so the
+/// other nodes' entries stay right.
+fn derived_mac(node_name: &str, vni: u32) -> [u8; 6] {
+    // FNV-1a, 64 bits.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in node_name.bytes().chain(vni.to_be_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    // 0x0e: locally administered (bit 1), unicast (bit 0 clear).
+    [0x0e, b[0], b[1], b[2], b[3], b[4]]
+}
+
+/// The overlay's report (`<state-dir>/overlay.json`, shown by `gannetd status`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OverlayStatus {
+    pub mode: Mode,
+    pub underlay: UnderlayStatus,
+    pub device: Option<String>,
+    pub vtep_mac: Option<String>,
+    pub pod_mtu: u32,
+    /// This node's pod CIDRs.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The other nodes, as programmed.
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnderlayStatus {
+    pub interface: String,
+    pub ip: IpAddr,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub pod_cidrs: Vec<IpNet>,
+    pub vtep_mac: Option<String>,
+    pub mode: Mode,
+    /// The routes programmed for it, as `ip route` would say them.
+    pub routes: Vec<String>,
+    /// Why it is not (fully) reachable.
+    pub problem: Option<String>,
+}
+
+/// Reads the overlay's report from the state directory, if gannetd runs an overlay there.
+pub fn read_status(state_dir: &Path) -> Option<OverlayStatus> {
+    let bytes = fs::read(state_dir.join(STATUS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Removes everything the overlay created in this network namespace: the VXLAN device (with its
+/// neighbours, forwarding entries and routes), every route of [`ROUTE_PROTOCOL`], and the report.
+/// Returns what was removed.
+///
+/// # Errors
+/// When netlink fails.
+pub fn cleanup(state_dir: &Path) -> Result<Vec<String>, OverlayError> {
+    let mut removed = Vec::new();
+    let mut netlink = Netlink::open()?;
+    for ipv4 in [true, false] {
+        for route in netlink.routes(ipv4)? {
+            if route.protocol == ROUTE_PROTOCOL
+                && netlink.delete_route(route.dst, ROUTE_PROTOCOL)?
+            {
+                removed.push(format!("route {}", route.dst));
+            }
+        }
+    }
+    if let Some(link) = netlink.link_by_name(DEVICE)?
+        && link.kind.as_deref() == Some("vxlan")
+        && netlink.delete_link(link.index)?
+    {
+        removed.push(format!("device {DEVICE}"));
+    }
+    let status = state_dir.join(STATUS_FILE);
+    if fs::remove_file(&status).is_ok() {
+        removed.push(status.display().to_string());
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_macs_are_stable_local_unicast_and_differ_per_node() {
+        let a = derived_mac("node-a", 1);
+        assert_eq!(a, derived_mac("node-a", 1));
+        assert_ne!(a, derived_mac("node-b", 1));
+        assert_ne!(a, derived_mac("node-a", 2));
+        assert_eq!(a[0] & 0b11, 0b10, "locally administered unicast: {a:02x?}");
+    }
+}
