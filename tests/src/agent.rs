@@ -71,6 +71,21 @@ impl Agent {
         Self::launch_new(netns, cgroup, Some(control), &args)
     }
 
+    /// Starts gannetd as a node of a cluster: in `netns` (a node of
+    /// [`Underlay`](crate::cluster::Underlay)), with its services and nodes from the control plane
+    /// at `control`, and only `extra_args` besides (`--overlay`, `--node-name`, ...).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_node(
+        netns: &Netns,
+        cgroup: &Cgroup,
+        control: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        Self::launch_new(Some(netns), cgroup, Some(control), extra_args)
+    }
+
     fn launch_new(
         netns: Option<&Netns>,
         cgroup: &Cgroup,

@@ -1,0 +1,588 @@
+//! Multi-node pod networking, end to end: three nodes (network namespaces on an underlay bridge
+//! that lives in a fourth namespace, no route out of the machine), one gannet-control on a unix
+//! socket, one gannetd per node (its own cgroup, bpffs directory and state directory), pods wired
+//! by the real gannet-cni from each node's lease, real traffic between them.
+//!
+//! Each mode gets one test that builds the cluster once and checks, in order: the full mesh of
+//! pod↔pod TCP, UDP and ICMP; a service with endpoints on all three nodes reached from every node;
+//! a full-MTU transfer between nodes; masquerade to a host outside the cluster (and none between
+//! pods); a long-running cross-node connection across a `SIGKILL` and restart of gannetd; `gannetd
+//! status`; a node leaving the cluster (its entries vanish on the others); `gannetd cleanup`.
+//!
+//! Nothing here touches the root network namespace or the root cgroup.
+#![expect(
+    unused_crate_dependencies,
+    reason = "integration tests link all of the package's dependencies; these use the kit"
+)]
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use gannet_testkit::{
+    Cgroup, ChildGuard, Netns,
+    agent::Agent,
+    bin_path,
+    cluster::{EXTERNAL_V4, Underlay},
+    cni::{cni, pod_ip},
+    control::ControlPlane,
+    probe::{IcmpReport, Report, ServeReport, StreamReport, parse_json_output},
+    run_in, spawn, unique_name,
+};
+use serde_json::{Value, json};
+
+const NODES: usize = 3;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const CLUSTER_CIDR_V6: &str = "fd00:244::/56";
+/// The MTU pods get over VXLAN on a 1500-byte underlay.
+const VXLAN_POD_MTU: u32 = 1450;
+
+/// Polls `check` every 100 ms until it returns `Some`, at most `timeout`; panics with `what`.
+fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A directory removed on drop.
+struct ScratchDir(std::path::PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A pod: its namespace, its address, and the `gannet-probe serve` answering as its name.
+struct Pod {
+    // Field order is drop order: the server before the namespace it runs in.
+    server: Option<ChildGuard>,
+    netns: Netns,
+    ip: String,
+    ipv6: Option<String>,
+    name: String,
+}
+
+/// One node: its gannetd, its cgroup and its pods.
+struct Node {
+    pods: Vec<Pod>,
+    agent: Agent,
+    cgroup: Cgroup,
+    name: String,
+    ipam: ScratchDir,
+}
+
+struct Cluster {
+    // Drop order: pods and agents (whose cleanup runs inside the node namespaces), the control
+    // plane, then the namespaces.
+    nodes: Vec<Node>,
+    plane: ControlPlane,
+    external_server: Option<ChildGuard>,
+    underlay: Underlay,
+}
+
+fn probe_in(netns: &Netns, cgroup: Option<&Cgroup>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args(["--timeout-ms", "2000"]).args(args);
+    run_in(cmd, Some(netns), cgroup, PROBE_TIMEOUT).expect("running gannet-probe")
+}
+
+fn serve(netns: &Netns, name: &str, port: u16, extra: &[&str]) -> ChildGuard {
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args(["serve", "--name", name])
+        .arg("--listen")
+        .arg(format!("0.0.0.0:{port}"))
+        .arg("--listen")
+        .arg(format!("[::]:{port}"))
+        .args(extra);
+    let mut server = spawn(cmd, Some(netns), None).expect("starting a server");
+    server
+        .wait_for_line("ready", Duration::from_secs(10))
+        .expect("server ready");
+    server
+}
+
+fn stop_server(mut server: ChildGuard) -> ServeReport {
+    server.kill(libc::SIGTERM).expect("stopping the server");
+    let output = server
+        .wait_output(Duration::from_secs(10))
+        .expect("server exits");
+    parse_json_output(&output).expect("server report")
+}
+
+impl Cluster {
+    /// Three nodes, each in `modes[i]`, each with `pods_per_node` pods serving on port 8080.
+    fn new(modes: [&str; NODES], pods_per_node: usize) -> Cluster {
+        let mut underlay = Underlay::new(NODES).expect("building the underlay");
+        underlay.add_external().expect("the external host");
+        let plane = ControlPlane::start(&[
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+            "--cluster-cidr",
+            CLUSTER_CIDR_V6,
+        ])
+        .expect("starting gannet-control");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            plane,
+            external_server: None,
+            underlay,
+        };
+        for (i, mode) in modes.iter().enumerate() {
+            let node = &cluster.underlay.nodes()[i];
+            let cgroup = Cgroup::new().expect("a cgroup for the node");
+            let ip = format!("{},{}", node.ipv4, node.ipv6);
+            let agent = Agent::start_node(
+                &node.netns,
+                &cgroup,
+                &cluster.plane.addr(),
+                &[
+                    "--overlay",
+                    mode,
+                    "--node-name",
+                    &node.name,
+                    "--node-ip",
+                    &ip,
+                    "--masquerade=true",
+                ],
+            )
+            .expect("starting gannetd");
+            cluster.nodes.push(Node {
+                pods: Vec::new(),
+                agent,
+                cgroup,
+                name: node.name.clone(),
+                ipam: ScratchDir(std::env::temp_dir().join(unique_name("gannet-ipam"))),
+            });
+        }
+        for i in 0..NODES {
+            let node = &mut cluster.nodes[i];
+            node.agent.wait_log("subnet file written", 1).unwrap();
+            // Every node has the other two programmed (their VTEP MACs are published at
+            // registration).
+            node.agent.wait_log("node programmed", NODES - 1).unwrap();
+        }
+        for i in 0..NODES {
+            for p in 0..pods_per_node {
+                cluster.add_pod(i, &format!("{}-p{p}", cluster.nodes[i].name));
+            }
+        }
+        cluster
+    }
+
+    fn cni_conf(&self, node: usize) -> Value {
+        let node = &self.nodes[node];
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "gannet-overlay-e2e",
+            "type": "gannet-cni",
+            "subnetFile": node.agent.subnet_file(),
+            "agentSocket": node.agent.cni_socket(),
+            "ipam": {"type": "gannet", "dataDir": node.ipam.0},
+        })
+    }
+
+    fn add_pod(&mut self, node: usize, name: &str) {
+        let netns = Netns::new("opod").expect("a pod namespace");
+        let result = cni(
+            &self.underlay.nodes()[node].netns,
+            &netns,
+            "ADD",
+            name,
+            &self.cni_conf(node),
+        );
+        let ip = pod_ip(&result);
+        let ipv6 = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["address"].as_str())
+            .find(|a| a.contains(':'))
+            .map(|a| a.split('/').next().unwrap_or(a).to_owned());
+        let server = serve(&netns, name, 8080, &[]);
+        self.nodes[node].pods.push(Pod {
+            server: Some(server),
+            netns,
+            ip,
+            ipv6,
+            name: name.to_owned(),
+        });
+    }
+
+    fn pod(&self, node: usize, index: usize) -> &Pod {
+        &self.nodes[node].pods[index]
+    }
+
+    fn tcp(&self, from: (usize, usize), to: &str, count: u32) -> Report {
+        let pod = self.pod(from.0, from.1);
+        let output = probe_in(
+            &pod.netns,
+            Some(&self.nodes[from.0].cgroup),
+            &["tcp", "--to", to, "--count", &count.to_string()],
+        );
+        parse_json_output(&output).expect("probe report")
+    }
+
+    fn node_netns(&self, node: usize) -> &Netns {
+        &self.underlay.nodes()[node].netns
+    }
+
+    /// gannet's routes in a node (`proto 87`), as `ip route` prints them.
+    fn overlay_routes(&self, node: usize) -> String {
+        let v4 = self
+            .node_netns(node)
+            .ip(&["route", "show", "proto", "87"])
+            .unwrap();
+        let v6 = self
+            .node_netns(node)
+            .ip(&["-6", "route", "show", "proto", "87"])
+            .unwrap();
+        format!("{v4}{v6}")
+    }
+}
+
+fn addr(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:8080")
+    } else {
+        format!("{ip}:8080")
+    }
+}
+
+fn full_mesh(c: &Cluster) {
+    for from in 0..NODES {
+        for to in (0..NODES).filter(|&to| to != from) {
+            let target = c.pod(to, 0);
+            let tcp = c.tcp((from, 0), &addr(&target.ip), 3);
+            assert_eq!(
+                (tcp.ok, tcp.backend_count(&target.name)),
+                (3, 3),
+                "TCP {} → {} ({}): {tcp:?}",
+                c.nodes[from].name,
+                c.nodes[to].name,
+                target.ip
+            );
+            let v6 = target.ipv6.as_deref().expect("dual-stack pods");
+            let tcp6 = c.tcp((from, 0), &addr(v6), 2);
+            assert_eq!(tcp6.ok, 2, "TCP over IPv6 {from} → {to} ({v6}): {tcp6:?}");
+            let udp: Report = parse_json_output(&probe_in(
+                &c.pod(from, 0).netns,
+                None,
+                &["udp", "--to", &addr(&target.ip), "--count", "3"],
+            ))
+            .unwrap();
+            assert_eq!(udp.ok, 3, "UDP {from} → {to}: {udp:?}");
+            let icmp: IcmpReport = parse_json_output(&probe_in(
+                &c.pod(from, 0).netns,
+                None,
+                &["icmp", "--to", &target.ip, "--count", "2"],
+            ))
+            .unwrap();
+            assert_eq!(
+                (icmp.ok, icmp.replies_from.clone()),
+                (2, vec![target.ip.clone()]),
+                "ICMP {from} → {to}: {icmp:?}"
+            );
+        }
+    }
+}
+
+fn service_across_nodes(c: &Cluster) {
+    let endpoints: String = (0..NODES)
+        .map(|n| {
+            format!(
+                "  - addresses: [\"{}\"]\n    conditions:\n      ready: true\n",
+                c.pod(n, 0).ip
+            )
+        })
+        .collect();
+    c.plane
+        .apply(&format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: spread
+  namespace: default
+spec:
+  clusterIP: 10.96.0.50
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: spread-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: spread
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+endpoints:
+{endpoints}"
+        ))
+        .unwrap();
+    for from in 0..NODES {
+        let report = eventually("the service on every node", Duration::from_secs(10), || {
+            Some(c.tcp((from, 1), "10.96.0.50:80", 60)).filter(|r| r.ok == 60)
+        });
+        for to in 0..NODES {
+            let name = &c.pod(to, 0).name;
+            assert!(
+                report.backend_count(name) > 0,
+                "from {}: every endpoint receives connections, {name} got none: {report:?}",
+                c.nodes[from].name
+            );
+        }
+    }
+}
+
+fn full_mtu_transfer(c: &Cluster, pod_mtu: u32) {
+    let target = c.pod(2, 0);
+    let sink = serve(&target.netns, "sink", 9090, &["--tcp", "--sink"]);
+    let stream: StreamReport = parse_json_output(&probe_in(
+        &c.pod(0, 0).netns,
+        None,
+        &[
+            "stream",
+            "--to",
+            &format!("{}:9090", target.ip),
+            "--bytes",
+            "8388608",
+        ],
+    ))
+    .unwrap();
+    drop(sink);
+    assert_eq!(
+        (stream.ok, stream.bytes_acked_by_server),
+        (1, Some(8_388_608)),
+        "8 MiB between nodes arrive whole, without a stall: {stream:?}"
+    );
+    // MSS = MTU − 40 (IPv4 + TCP headers), less 12 for the timestamp option Linux sends.
+    assert!(
+        stream
+            .mss
+            .is_some_and(|mss| (pod_mtu - 52..=pod_mtu - 40).contains(&mss)),
+        "the pods' MTU ({pod_mtu}) fits the overlay: {stream:?}"
+    );
+    // Full-size packets with fragmentation forbidden cross without being fragmented or dropped.
+    let payload = (pod_mtu - 28).to_string();
+    let icmp: IcmpReport = parse_json_output(&probe_in(
+        &c.pod(0, 0).netns,
+        None,
+        &[
+            "icmp",
+            "--to",
+            &target.ip,
+            "--count",
+            "2",
+            "--size",
+            &payload,
+            "--dont-fragment",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(icmp.ok, 2, "full-MTU ICMP with DF between nodes: {icmp:?}");
+    // One byte more is refused at the pod (its MTU), not black-holed on the way.
+    let over = (pod_mtu - 27).to_string();
+    let icmp: IcmpReport = parse_json_output(&probe_in(
+        &c.pod(0, 0).netns,
+        None,
+        &[
+            "icmp",
+            "--to",
+            &target.ip,
+            "--count",
+            "1",
+            "--size",
+            &over,
+            "--dont-fragment",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        icmp.errors.get("EMSGSIZE").copied(),
+        Some(1),
+        "a packet above the pod MTU is refused at once: {icmp:?}"
+    );
+}
+
+fn masquerade(c: &mut Cluster) {
+    let external = c.underlay.external().expect("external host");
+    c.external_server = Some(serve(external, "outside", 8080, &[]));
+    let to = format!("{EXTERNAL_V4}:8080");
+    let out = c.tcp((0, 0), &to, 3);
+    assert_eq!(
+        out.ok, 3,
+        "a pod reaches a host outside the cluster: {out:?}"
+    );
+    // Between pods, the server sees the pod's own address.
+    let from_pod = c.pod(0, 1).ip.clone();
+    let inside = c.tcp((0, 1), &addr(&c.pod(1, 1).ip), 2);
+    assert_eq!(inside.ok, 2, "{inside:?}");
+    let seen = stop_server(c.external_server.take().expect("running"));
+    let node_ip = c.underlay.nodes()[0].ipv4.to_string();
+    assert_eq!(
+        seen.tcp_clients.keys().cloned().collect::<Vec<_>>(),
+        vec![node_ip],
+        "the outside host sees the node's address, not the pod's: {seen:?}"
+    );
+    let server = c.nodes[1].pods[1].server.take().expect("running");
+    let seen = stop_server(server);
+    assert!(
+        seen.tcp_clients.contains_key(&from_pod) && seen.tcp_clients.len() == 1,
+        "pod-to-pod traffic keeps the pod's address {from_pod}: {seen:?}"
+    );
+}
+
+fn flow_survives_restart(c: &mut Cluster, mode: &str) {
+    let target = addr(&c.pod(1, 0).ip);
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args(["hold", "--to", &target]);
+    let mut held = spawn(cmd, Some(&c.pod(0, 0).netns), None).expect("starting hold");
+    held.wait_for_line("connected", Duration::from_secs(10))
+        .expect("connected across nodes");
+    held.send_line("ping").unwrap();
+    assert_eq!(
+        held.read_line(Duration::from_secs(5)).unwrap().trim(),
+        "node-1-p0"
+    );
+    let routes_before = c.overlay_routes(0);
+    c.nodes[0].agent.stop(libc::SIGKILL).unwrap();
+    held.send_line("ping").unwrap();
+    assert_eq!(
+        held.read_line(Duration::from_secs(5)).unwrap().trim(),
+        "node-1-p0",
+        "the flow goes on while gannetd is down"
+    );
+    c.nodes[0].agent.restart().unwrap();
+    c.nodes[0].agent.wait_log("overlay ready", 1).unwrap();
+    c.nodes[0]
+        .agent
+        .wait_log("node programmed", NODES - 1)
+        .unwrap();
+    for _ in 0..3 {
+        held.send_line("ping").unwrap();
+        assert_eq!(
+            held.read_line(Duration::from_secs(5)).unwrap().trim(),
+            "node-1-p0",
+            "the same connection works after the restart"
+        );
+    }
+    assert_eq!(
+        c.overlay_routes(0),
+        routes_before,
+        "the restart adopted the routes as they were"
+    );
+    if mode == "vxlan" {
+        assert_eq!(
+            c.nodes[0].agent.log_count("adopted the VXLAN device"),
+            1,
+            "the device was adopted, not recreated: {}",
+            c.nodes[0].agent.logs()
+        );
+    }
+}
+
+fn status_lists_the_nodes(c: &Cluster, mode: &str) {
+    let status = c.nodes[0].agent.status().unwrap();
+    let nodes = status["overlay"]["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
+    assert_eq!(names, ["node-1", "node-2"], "{status}");
+    for n in &nodes {
+        assert_eq!(n["mode"], mode, "{n}");
+        assert!(n["problem"].is_null(), "{n}");
+        assert!(!n["pod_cidrs"].as_array().unwrap().is_empty(), "{n}");
+        assert!(n["ips"].to_string().contains("10.99.0."), "{n}");
+    }
+}
+
+fn node_leaves(c: &mut Cluster) {
+    let leaving = c.pod(2, 0).ip.clone();
+    let prefix: String = leaving.rsplitn(2, '.').nth(1).unwrap().to_owned();
+    assert!(
+        c.overlay_routes(0).contains(&format!("{prefix}.0/24")),
+        "node-2's pod CIDR is routed on node-0: {}",
+        c.overlay_routes(0)
+    );
+    // Its agent goes first (else its heartbeat registers it again), then its Node.
+    c.nodes[2].agent.stop(libc::SIGTERM).unwrap();
+    let output = c.plane.ctl(&["delete", "node", "node-2"], None).unwrap();
+    assert!(output.status.success(), "{output:?}");
+    for n in 0..2 {
+        eventually("node-2's entries to vanish", Duration::from_secs(5), || {
+            (!c.overlay_routes(n).contains(&format!("{prefix}.0/24"))).then_some(())
+        });
+        let neigh = c
+            .node_netns(n)
+            .ip(&["neigh", "show", "proxy"])
+            .unwrap_or_default();
+        let all = c.node_netns(n).ip(&["neigh", "show"]).unwrap();
+        assert!(
+            !all.contains(&format!("{prefix}.0 ")),
+            "node-2's neighbour entry is gone on node-{n}: {all}{neigh}"
+        );
+    }
+    let tcp = c.tcp((0, 0), &addr(&c.pod(1, 0).ip), 2);
+    assert_eq!(tcp.ok, 2, "the remaining nodes still talk: {tcp:?}");
+}
+
+fn cleanup_removes_everything(c: &mut Cluster) {
+    let node = &mut c.nodes[1];
+    node.agent.stop(libc::SIGTERM).unwrap();
+    node.agent.cleanup().unwrap();
+    let netns = &c.underlay.nodes()[1].netns;
+    let links = netns.ip(&["link", "show"]).unwrap();
+    assert!(!links.contains("gannet.vxlan"), "{links}");
+    let routes = c.overlay_routes(1);
+    assert!(routes.trim().is_empty(), "{routes}");
+    let tables = {
+        let mut cmd = Command::new("nft");
+        cmd.args(["list", "tables"]);
+        let out = run_in(cmd, Some(netns), None, Duration::from_secs(5)).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!tables.contains("gannet"), "{tables}");
+}
+
+fn whole_cluster(modes: [&str; NODES], pod_mtu: u32) {
+    let mut c = Cluster::new(modes, 2);
+    full_mesh(&c);
+    service_across_nodes(&c);
+    full_mtu_transfer(&c, pod_mtu);
+    masquerade(&mut c);
+    flow_survives_restart(&mut c, modes[0]);
+    if modes.iter().all(|m| *m == modes[0]) {
+        status_lists_the_nodes(&c, modes[0]);
+    }
+    node_leaves(&mut c);
+    cleanup_removes_everything(&mut c);
+}
+
+#[test]
+fn vxlan_cluster() {
+    whole_cluster(["vxlan"; NODES], VXLAN_POD_MTU);
+}
+
+#[test]
+fn host_gw_cluster() {
+    whole_cluster(["host-gw"; NODES], 1500);
+}
