@@ -15,6 +15,8 @@ use crate::spec::{CniError, CniVersion, Dns, Route, code};
 pub const DEFAULT_SUBNET_FILE: &str = "/run/gannet/subnet.env";
 /// Default directory of the built-in IPAM's store (one subdirectory per network).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/gannet";
+/// How long `ADD` waits for a missing subnet file by default, in seconds.
+pub const DEFAULT_SUBNET_FILE_WAIT_SECONDS: u32 = 10;
 /// MTU when neither the configuration nor the subnet file sets one.
 pub const DEFAULT_MTU: u32 = 1500;
 /// The `ipam.type` values that select the built-in IPAM (as does a missing `ipam`).
@@ -38,6 +40,10 @@ pub struct NetConf {
     /// The node's subnet file (Flannel `subnet.env` format).
     #[serde(default)]
     pub subnet_file: Option<PathBuf>,
+    /// How long `ADD` waits for a missing subnet file (the node agent writes it once the node
+    /// has its lease), in seconds; default [`DEFAULT_SUBNET_FILE_WAIT_SECONDS`].
+    #[serde(default)]
+    pub subnet_file_wait_seconds: Option<u32>,
     /// Unix socket of the gannet agent; when set, endpoints are registered with it.
     #[serde(default)]
     pub agent_socket: Option<PathBuf>,

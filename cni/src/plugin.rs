@@ -11,8 +11,9 @@ use tracing::{info, warn};
 
 use crate::agent_api::{self, Endpoint, Request, RequestBody};
 use crate::config::{
-    Attachment, CniEnv, Command, DEFAULT_MTU, DEFAULT_SUBNET_FILE, NetConf, RangeConf, Requests,
-    Source, parse_config, parse_env, parse_requests,
+    Attachment, CniEnv, Command, DEFAULT_MTU, DEFAULT_SUBNET_FILE,
+    DEFAULT_SUBNET_FILE_WAIT_SECONDS, NetConf, RangeConf, Requests, Source, parse_config,
+    parse_env, parse_requests,
 };
 use crate::delegate::Delegate;
 use crate::ipam::{IpamError, Store};
@@ -264,8 +265,10 @@ impl Plugin<'_> {
         Store::new(self.conf.data_dir())
     }
 
-    /// The ranges and MTU: from the configuration, else from the subnet file.
-    fn pool(&self) -> Result<Pool, CniError> {
+    /// The ranges and MTU: from the configuration, else from the subnet file. With `wait`, a
+    /// missing subnet file is waited for (`subnetFileWaitSeconds`): a pod that starts before the
+    /// node has its lease gets its address once the agent writes the file.
+    fn pool(&self, wait: bool) -> Result<Pool, CniError> {
         let configured = self.conf.configured_ranges();
         let needs_file =
             configured.is_none() || self.conf.subnet_file.is_some() && self.conf.mtu.is_none();
@@ -275,12 +278,38 @@ impl Plugin<'_> {
                 .subnet_file
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SUBNET_FILE.into());
-            match SubnetEnv::load(&path) {
+            let wait_seconds = if wait {
+                self.conf
+                    .subnet_file_wait_seconds
+                    .unwrap_or(DEFAULT_SUBNET_FILE_WAIT_SECONDS)
+            } else {
+                0
+            };
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds.into());
+            let mut loaded = SubnetEnv::load(&path);
+            if matches!(loaded, Err(SubnetEnvError::Missing(_))) && wait_seconds > 0 {
+                info!(file = %path.display(), wait_seconds, "waiting for the node agent to write the subnet file");
+                while matches!(loaded, Err(SubnetEnvError::Missing(_)))
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    loaded = SubnetEnv::load(&path);
+                }
+            }
+            match loaded {
                 Ok(env) => Some(env),
                 Err(e @ SubnetEnvError::Missing(_)) => {
+                    let waited = if wait_seconds > 0 {
+                        format!(" after waiting {wait_seconds} s (subnetFileWaitSeconds)")
+                    } else {
+                        String::new()
+                    };
                     return Err(CniError::new(
                         code::TRY_AGAIN_LATER,
-                        format!("{e}; the node agent writes it, or set `ipam.ranges`"),
+                        format!(
+                            "{e}{waited}; the node agent writes it once the node has its pod CIDR lease, or set `ipam.ranges`"
+                        ),
                     ));
                 }
                 Err(e @ SubnetEnvError::Read { .. }) => {
@@ -399,7 +428,7 @@ impl Plugin<'_> {
         let mut host = Netlink::open().map_err(internal)?;
         // Addresses.
         let (ips, mtu) = if self.conf.builtin_ipam() {
-            let pool = self.pool()?;
+            let pool = self.pool(true)?;
             let requested: Vec<std::net::IpAddr> = requests.ips.iter().map(|(ip, _)| *ip).collect();
             let ips = self
                 .store()
@@ -787,7 +816,7 @@ impl Plugin<'_> {
 
     fn status(&self) -> Result<(), CniError> {
         if self.conf.builtin_ipam() {
-            let pool = self.pool().map_err(|e| {
+            let pool = self.pool(false).map_err(|e| {
                 CniError::new(
                     code::PLUGIN_NOT_AVAILABLE,
                     format!("no address pool: {}", e.msg),

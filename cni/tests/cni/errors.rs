@@ -111,30 +111,48 @@ fn malformed_input_gets_the_specs_codes() {
     let _ = Attach::new("unused", &pod);
 }
 
-/// A subnet file the agent has not written yet: ADD says try again later, STATUS says unavailable.
+/// A subnet file the agent has not written yet: ADD waits for it (`subnetFileWaitSeconds`) and
+/// then says try again later; STATUS says unavailable at once; a file written while ADD waits is
+/// used.
 #[test]
 fn missing_subnet_file_is_transient() {
     let node = Node::new();
     let pod = Netns::new("pod").expect("pod");
     let file = node.path().join("subnet.env");
+    let impatient = json!({
+        "cniVersion": "1.1.0", "name": "gnet", "type": "gannet-cni",
+        "subnetFile": file, "subnetFileWaitSeconds": 1, "ipam": {"dataDir": node.path().join("ipam")},
+    });
     let conf = json!({
         "cniVersion": "1.1.0", "name": "gnet", "type": "gannet-cni",
         "subnetFile": file, "ipam": {"dataDir": node.path().join("ipam")},
     });
     let att = Attach::new("early", &pod);
-    node.exec("gannet-cni", "ADD", Some(&att), &conf)
-        .expect_error(11, &["subnet.env"], "ADD before the subnet file");
+    node.exec("gannet-cni", "ADD", Some(&att), &impatient)
+        .expect_error(
+            11,
+            &["subnet.env", "after waiting 1 s"],
+            "ADD before the subnet file",
+        );
     node.exec("gannet-cni", "STATUS", None, &conf).expect_error(
         50,
         &["subnet.env"],
         "STATUS before the subnet file",
     );
-    std::fs::write(&file, "FLANNEL_NETWORK=10.40.0.0/16\nFLANNEL_SUBNET=10.40.3.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n").expect("write");
-    node.exec("gannet-cni", "STATUS", None, &conf)
-        .expect_ok("STATUS");
+    // The agent writes the file while ADD waits (default: up to 10 s).
+    let writer = {
+        let file = file.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::fs::write(&file, "FLANNEL_NETWORK=10.40.0.0/16\nFLANNEL_SUBNET=10.40.3.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n").expect("write");
+        })
+    };
     let result = node
         .exec("gannet-cni", "ADD", Some(&att), &conf)
-        .expect_ok("ADD");
+        .expect_ok("ADD waiting for the subnet file");
+    writer.join().expect("writer");
+    node.exec("gannet-cni", "STATUS", None, &conf)
+        .expect_ok("STATUS");
     assert_eq!(
         result["ips"][0]["address"], "10.40.3.2/32",
         "skips the flannel gateway .1: {result}"
