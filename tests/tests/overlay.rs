@@ -586,3 +586,150 @@ fn vxlan_cluster() {
 fn host_gw_cluster() {
     whole_cluster(["host-gw"; NODES], 1500);
 }
+
+/// A `v1 Node` manifest.
+fn node_yaml(name: &str, ip: &str, pod_cidr: &str, vtep_mac: Option<&str>) -> String {
+    let annotation = vtep_mac
+        .map(|mac| format!("  annotations:\n    gannet.io/vtep-mac: \"{mac}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n{annotation}spec:\n  podCIDRs: [{pod_cidr}]\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {ip}\n---\n"
+    )
+}
+
+/// Without a control plane: Node manifests in each agent's manifest directory give the same
+/// overlay, and this node's manifest gives its subnet file.
+#[test]
+fn node_manifests_build_the_overlay_without_a_control_plane() {
+    let underlay = Underlay::new(2).expect("underlay");
+    let mut agents = Vec::new();
+    let mut cgroups = Vec::new();
+    for node in underlay.nodes() {
+        let cgroup = Cgroup::new().unwrap();
+        let ip = node.ipv4.to_string();
+        agents.push(
+            Agent::start_in(
+                Some(&node.netns),
+                &cgroup,
+                &[
+                    "--overlay",
+                    "vxlan",
+                    "--node-name",
+                    &node.name,
+                    "--node-ip",
+                    &ip,
+                    "--cluster-cidr",
+                    CLUSTER_CIDR,
+                    "--masquerade=true",
+                ],
+            )
+            .unwrap(),
+        );
+        cgroups.push(cgroup);
+    }
+    // The VTEP MACs, as the devices have them (a control plane would publish them).
+    let macs: Vec<String> = underlay
+        .nodes()
+        .iter()
+        .map(|node| {
+            let link = node
+                .netns
+                .ip(&["-br", "link", "show", "gannet.vxlan"])
+                .unwrap();
+            link.split_whitespace().nth(2).unwrap().to_owned()
+        })
+        .collect();
+    let manifests: String = underlay
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            node_yaml(
+                &node.name,
+                &node.ipv4.to_string(),
+                &format!("10.244.{}.0/24", 10 + i),
+                Some(&macs[i]),
+            )
+        })
+        .collect();
+    for agent in &mut agents {
+        agent
+            .apply("nodes.yaml", &manifests, "node programmed")
+            .unwrap();
+    }
+    let subnet = std::fs::read_to_string(agents[0].subnet_file()).unwrap();
+    assert_eq!(
+        subnet,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.10.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        "the subnet file comes from this node's manifest"
+    );
+    let ipam = ScratchDir(std::env::temp_dir().join(unique_name("gannet-ipam")));
+    let mut pods = Vec::new();
+    for (i, node) in underlay.nodes().iter().enumerate() {
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "manifest-overlay", "type": "gannet-cni",
+            "subnetFile": agents[i].subnet_file(), "agentSocket": agents[i].cni_socket(),
+            "ipam": {"type": "gannet", "dataDir": ipam.0.join(&node.name)},
+        });
+        let netns = Netns::new("mpod").unwrap();
+        let ip = pod_ip(&cni(&node.netns, &netns, "ADD", &format!("m{i}"), &conf));
+        let server = serve(&netns, &format!("m{i}"), 8080, &[]);
+        pods.push((server, netns, ip));
+    }
+    let report: Report = parse_json_output(&probe_in(
+        &pods[0].1,
+        None,
+        &["tcp", "--to", &addr(&pods[1].2), "--count", "5"],
+    ))
+    .unwrap();
+    assert_eq!(
+        (report.ok, report.backend_count("m1")),
+        (5, 5),
+        "{report:?}"
+    );
+    drop(pods);
+    drop(agents);
+}
+
+/// host-gw reports a node that is not on the underlay's segment (log and status) instead of
+/// routing into nowhere.
+#[test]
+fn host_gw_reports_a_node_off_the_segment() {
+    let underlay = Underlay::new(1).expect("underlay");
+    let node = &underlay.nodes()[0];
+    let cgroup = Cgroup::new().unwrap();
+    let ip = node.ipv4.to_string();
+    let mut agent = Agent::start_in(
+        Some(&node.netns),
+        &cgroup,
+        &[
+            "--overlay",
+            "host-gw",
+            "--node-name",
+            &node.name,
+            "--node-ip",
+            &ip,
+            "--masquerade=false",
+        ],
+    )
+    .unwrap();
+    let manifests = format!(
+        "{}{}",
+        node_yaml(&node.name, &ip, "10.244.20.0/24", None),
+        node_yaml("far", "192.0.2.50", "10.244.21.0/24", None)
+    );
+    agent
+        .apply("nodes.yaml", &manifests, "not (fully) reachable")
+        .unwrap();
+    let status = agent.status().unwrap();
+    let far = &status["overlay"]["nodes"][0];
+    assert_eq!(far["name"], "far", "{status}");
+    assert!(
+        far["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("not on this node's segment")),
+        "{status}"
+    );
+    let routes = node.netns.ip(&["route", "show", "proto", "87"]).unwrap();
+    assert!(routes.trim().is_empty(), "no route into nowhere: {routes}");
+}
