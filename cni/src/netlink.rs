@@ -856,6 +856,18 @@ impl Netlink {
                             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                                 entry.dst = Some(IpAddr::V6(*v6));
                             }
+                            // AF_BRIDGE entries carry the VTEP's address as raw bytes.
+                            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                                entry.dst = match bytes.len() {
+                                    4 => {
+                                        <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from)
+                                    }
+                                    16 => <[u8; 16]>::try_from(bytes.as_slice())
+                                        .ok()
+                                        .map(IpAddr::from),
+                                    _ => None,
+                                };
+                            }
                             _ => {}
                         }
                     }

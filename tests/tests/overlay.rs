@@ -515,34 +515,141 @@ fn status_lists_the_nodes(c: &Cluster, mode: &str) {
     }
 }
 
+/// node-2 leaves while node-0's gannetd is down: node-1 removes its entries at once, node-0 when
+/// it is back (the first complete node list sweeps what no node needs).
 fn node_leaves(c: &mut Cluster) {
     let leaving = c.pod(2, 0).ip.clone();
-    let prefix: String = leaving.rsplitn(2, '.').nth(1).unwrap().to_owned();
+    let prefix: String = leaving.rsplit_once('.').unwrap().0.to_owned();
+    let cidr = format!("{prefix}.0/24");
     assert!(
-        c.overlay_routes(0).contains(&format!("{prefix}.0/24")),
+        c.overlay_routes(0).contains(&cidr),
         "node-2's pod CIDR is routed on node-0: {}",
         c.overlay_routes(0)
     );
     // Its agent goes first (else its heartbeat registers it again), then its Node.
     c.nodes[2].agent.stop(libc::SIGTERM).unwrap();
+    c.nodes[0].agent.stop(libc::SIGKILL).unwrap();
     let output = c.plane.ctl(&["delete", "node", "node-2"], None).unwrap();
     assert!(output.status.success(), "{output:?}");
+    eventually(
+        "node-2's entries to vanish on node-1",
+        Duration::from_secs(5),
+        || (!c.overlay_routes(1).contains(&cidr)).then_some(()),
+    );
+    assert!(
+        c.overlay_routes(0).contains(&cidr),
+        "nothing changes on node-0 while its gannetd is down"
+    );
+    c.nodes[0].agent.restart().unwrap();
+    eventually(
+        "node-0 to sweep node-2's entries after its restart",
+        Duration::from_secs(5),
+        || (!c.overlay_routes(0).contains(&cidr)).then_some(()),
+    );
     for n in 0..2 {
-        eventually("node-2's entries to vanish", Duration::from_secs(5), || {
-            (!c.overlay_routes(n).contains(&format!("{prefix}.0/24"))).then_some(())
-        });
-        let neigh = c
-            .node_netns(n)
-            .ip(&["neigh", "show", "proxy"])
-            .unwrap_or_default();
-        let all = c.node_netns(n).ip(&["neigh", "show"]).unwrap();
+        let neigh = c.node_netns(n).ip(&["neigh", "show"]).unwrap();
         assert!(
-            !all.contains(&format!("{prefix}.0 ")),
-            "node-2's neighbour entry is gone on node-{n}: {all}{neigh}"
+            !neigh.contains(&format!("{prefix}.0 ")),
+            "node-2's neighbour entry is gone on node-{n}: {neigh}"
+        );
+        let fdb = {
+            let mut cmd = Command::new("bridge");
+            cmd.args(["fdb", "show"]);
+            let out = run_in(cmd, Some(c.node_netns(n)), None, Duration::from_secs(5)).unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let node2_ip = c.underlay.nodes()[2].ipv4.to_string();
+        assert!(
+            !fdb.contains(&format!("dst {node2_ip} ")),
+            "node-2's forwarding entry is gone on node-{n}: {fdb}\n{}",
+            c.nodes[n].agent.logs()
         );
     }
     let tcp = c.tcp((0, 0), &addr(&c.pod(1, 0).ip), 2);
     assert_eq!(tcp.ok, 2, "the remaining nodes still talk: {tcp:?}");
+}
+
+/// A router beyond the node with a smaller MTU answers a too-big packet of a masqueraded flow
+/// with "fragmentation needed" to the node's address; the node translates it back to the pod
+/// that sent the packet (no black hole). The "external" host is that router here, with a far
+/// host behind a 1300-byte link.
+fn icmp_errors_reach_the_pod(c: &Cluster) {
+    let router = c.underlay.external().expect("external host");
+    let far = Netns::new("far").unwrap();
+    router
+        .ip(&[
+            "link",
+            "add",
+            "far0",
+            "mtu",
+            "1300",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "mtu",
+            "1300",
+            "netns",
+            far.name(),
+        ])
+        .unwrap();
+    router
+        .ip(&["addr", "add", "10.98.0.1/24", "dev", "far0"])
+        .unwrap();
+    router.ip(&["link", "set", "far0", "up"]).unwrap();
+    router.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    far.ip(&["addr", "add", "10.98.0.2/24", "dev", "eth0"])
+        .unwrap();
+    far.ip(&["link", "set", "eth0", "up"]).unwrap();
+    far.ip(&["route", "add", "default", "via", "10.98.0.1"])
+        .unwrap();
+    let node = c.node_netns(0);
+    node.ip(&[
+        "route",
+        "add",
+        "10.98.0.0/24",
+        "via",
+        &EXTERNAL_V4.to_string(),
+    ])
+    .unwrap();
+    let payload = (VXLAN_POD_MTU - 28).to_string();
+    let icmp: IcmpReport = parse_json_output(&probe_in(
+        &c.pod(0, 0).netns,
+        None,
+        &[
+            "icmp",
+            "--to",
+            "10.98.0.2",
+            "--count",
+            "2",
+            "--size",
+            &payload,
+            "--dont-fragment",
+        ],
+    ))
+    .unwrap();
+    let small: IcmpReport = parse_json_output(&probe_in(
+        &c.pod(0, 0).netns,
+        None,
+        &[
+            "icmp",
+            "--to",
+            "10.98.0.2",
+            "--count",
+            "1",
+            "--size",
+            "1000",
+        ],
+    ))
+    .unwrap();
+    node.ip(&["route", "del", "10.98.0.0/24"]).unwrap();
+    assert_eq!(small.ok, 1, "the far host answers small packets: {small:?}");
+    assert!(
+        icmp.errors.contains_key("frag-needed") && icmp.mtu_reported == Some(1300)
+            || icmp.errors.contains_key("EMSGSIZE") && icmp.path_mtu == Some(1300),
+        "the pod learns that its packet is too big, and the MTU that fits: {icmp:?}"
+    );
 }
 
 fn cleanup_removes_everything(c: &mut Cluster) {
@@ -572,6 +679,9 @@ fn whole_cluster(modes: [&str; NODES], pod_mtu: u32) {
     flow_survives_restart(&mut c, modes[0]);
     if modes.iter().all(|m| *m == modes[0]) {
         status_lists_the_nodes(&c, modes[0]);
+    }
+    if modes[0] == "vxlan" {
+        icmp_errors_reach_the_pod(&c);
     }
     node_leaves(&mut c);
     cleanup_removes_everything(&mut c);

@@ -447,7 +447,7 @@ impl Overlay {
                     match self.netlink.delete_route(route.dst, ROUTE_PROTOCOL) {
                         Ok(_) => removed += 1,
                         Err(error) => {
-                            warn!(route = %route.dst, %error, "cannot remove a stale route")
+                            warn!(route = %route.dst, %error, "cannot remove a stale route");
                         }
                     }
                 }
@@ -469,6 +469,10 @@ impl Overlay {
             }
             match self.netlink.fdb(vtep.index) {
                 Ok(entries) => {
+                    debug!(
+                        entries = entries.len(),
+                        "forwarding entries of the VXLAN device"
+                    );
                     for f in entries {
                         let (Some(dst), Ok(mac)) = (f.dst, <[u8; 6]>::try_from(f.mac.as_slice()))
                         else {
@@ -477,9 +481,14 @@ impl Overlay {
                         if mac == [0; 6] {
                             continue;
                         }
-                        let needed = wanted.contains(&&Entry::Fdb { mac, dst });
-                        if !needed && self.netlink.delete_fdb(vtep.index, &mac, dst).is_ok() {
-                            removed += 1;
+                        if wanted.contains(&&Entry::Fdb { mac, dst }) {
+                            continue;
+                        }
+                        match self.netlink.delete_fdb(vtep.index, &mac, dst) {
+                            Ok(_) => removed += 1,
+                            Err(error) => {
+                                warn!(%error, "cannot remove a stale forwarding entry");
+                            }
                         }
                     }
                 }
