@@ -135,6 +135,47 @@ pub fn find_bin(name: &str, bin_dir: Option<&Path>, current_exe: &Path) -> anyho
     Ok(path)
 }
 
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
+///
+/// # Panics
+/// After `timeout`, naming `what` it waited for.
+pub fn eventually<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A temporary directory (a unique name under the system's temporary directory, not created),
+/// removed with its contents on drop.
+#[derive(Debug)]
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    /// `<tmp>/<prefix>-<pid>-<n>`.
+    #[must_use]
+    pub fn new(prefix: &str) -> ScratchDir {
+        ScratchDir(std::env::temp_dir().join(unique_name(prefix)))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -9,17 +9,15 @@
     reason = "integration tests link all of the package's dependencies; these use the kit"
 )]
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use gannet_testkit::{
-    Cgroup, ChildGuard, Netns, PodNet,
+    Cgroup, ChildGuard, Netns, PodNet, ScratchDir,
     agent::Agent,
     bin_path,
     cni::{cni, pod_ip},
     control::ControlPlane,
+    eventually,
     probe::{Report, parse_json_output},
     run_in, spawn, unique_name,
 };
@@ -44,21 +42,6 @@ fn probe(netns: &Netns, cgroup: &Cgroup, args: &[&str]) -> Report {
     cmd.args(args);
     let output = run_in(cmd, Some(netns), Some(cgroup), PROBE_TIMEOUT).expect("running the probe");
     parse_json_output(&output).expect("probe report")
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, at most `timeout`; panics with `what`.
-fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A selector-less Service with a user-supplied EndpointSlice of `backends` (address, ready).
@@ -341,18 +324,9 @@ spec:
     let _ = std::fs::remove_dir_all(&ipam_dir);
 }
 
-/// A directory removed on drop.
-struct ScratchDir(std::path::PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn gannetd_joins_a_tls_control_plane_with_its_agent_certificate() {
-    let pki = ScratchDir(std::env::temp_dir().join(unique_name("gannet-pki")));
+    let pki = ScratchDir::new("gannet-pki");
     let output = Command::new(bin_path("gannet-control"))
         .arg("certs")
         .arg("--out")
@@ -396,7 +370,7 @@ fn gannetd_joins_a_tls_control_plane_with_its_agent_certificate() {
     assert_eq!(web["backends"], json!(["10.244.7.7:8080"]), "{status}");
 
     // Without the agent certificate the agent cannot start: the flag names the missing file.
-    let empty = ScratchDir(std::env::temp_dir().join(unique_name("gannet-nopki")));
+    let empty = ScratchDir::new("gannet-nopki");
     std::fs::create_dir_all(&empty.0).unwrap();
     let refused = Command::new(bin_path("gannetd"))
         .args(["--control", "https://127.0.0.1:7443", "--control-tls-dir"])

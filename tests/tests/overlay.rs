@@ -15,20 +15,18 @@
     reason = "integration tests link all of the package's dependencies; these use the kit"
 )]
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use gannet_testkit::{
-    Cgroup, ChildGuard, Netns,
+    Cgroup, ChildGuard, Netns, ScratchDir,
     agent::Agent,
     bin_path,
     cluster::{EXTERNAL_V4, Underlay},
     cni::{cni, pod_ip},
     control::ControlPlane,
+    eventually,
     probe::{IcmpReport, Report, ServeReport, StreamReport, parse_json_output},
-    run_in, spawn, unique_name,
+    run_in, spawn,
 };
 use serde_json::{Value, json};
 
@@ -38,30 +36,6 @@ const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const CLUSTER_CIDR_V6: &str = "fd00:244::/56";
 /// The MTU pods get over VXLAN on a 1500-byte underlay.
 const VXLAN_POD_MTU: u32 = 1450;
-
-/// Polls `check` every 100 ms until it returns `Some`, at most `timeout`; panics with `what`.
-fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A directory removed on drop.
-struct ScratchDir(std::path::PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A pod: its namespace, its address, and the `gannet-probe serve` answering as its name.
 struct Pod {
@@ -95,6 +69,12 @@ fn probe_in(netns: &Netns, cgroup: Option<&Cgroup>, args: &[&str]) -> std::proce
     let mut cmd = Command::new(bin_path("gannet-probe"));
     cmd.args(["--timeout-ms", "2000"]).args(args);
     run_in(cmd, Some(netns), cgroup, PROBE_TIMEOUT).expect("running gannet-probe")
+}
+
+/// `gannet-probe icmp ARGS…` from `netns`.
+fn ping(netns: &Netns, args: &[&str]) -> IcmpReport {
+    let output = probe_in(netns, None, &[&["icmp"], args].concat());
+    parse_json_output(&output).expect("icmp report")
 }
 
 fn serve(netns: &Netns, name: &str, port: u16, extra: &[&str]) -> ChildGuard {
@@ -162,7 +142,7 @@ impl Cluster {
                 agent,
                 cgroup,
                 name: node.name.clone(),
-                ipam: ScratchDir(std::env::temp_dir().join(unique_name("gannet-ipam"))),
+                ipam: ScratchDir::new("gannet-ipam"),
             });
         }
         for i in 0..NODES {
@@ -282,12 +262,7 @@ fn full_mesh(c: &Cluster) {
             ))
             .unwrap();
             assert_eq!(udp.ok, 3, "UDP {from} → {to}: {udp:?}");
-            let icmp: IcmpReport = parse_json_output(&probe_in(
-                &c.pod(from, 0).netns,
-                None,
-                &["icmp", "--to", &target.ip, "--count", "2"],
-            ))
-            .unwrap();
+            let icmp = ping(&c.pod(from, 0).netns, &["--to", &target.ip, "--count", "2"]);
             assert_eq!(
                 (icmp.ok, icmp.replies_from.clone()),
                 (2, vec![target.ip.clone()]),
@@ -382,11 +357,9 @@ fn full_mtu_transfer(c: &Cluster, pod_mtu: u32) {
     );
     // Full-size packets with fragmentation forbidden cross without being fragmented or dropped.
     let payload = (pod_mtu - 28).to_string();
-    let icmp: IcmpReport = parse_json_output(&probe_in(
+    let icmp = ping(
         &c.pod(0, 0).netns,
-        None,
         &[
-            "icmp",
             "--to",
             &target.ip,
             "--count",
@@ -395,16 +368,13 @@ fn full_mtu_transfer(c: &Cluster, pod_mtu: u32) {
             &payload,
             "--dont-fragment",
         ],
-    ))
-    .unwrap();
+    );
     assert_eq!(icmp.ok, 2, "full-MTU ICMP with DF between nodes: {icmp:?}");
     // One byte more is refused at the pod (its MTU), not black-holed on the way.
     let over = (pod_mtu - 27).to_string();
-    let icmp: IcmpReport = parse_json_output(&probe_in(
+    let icmp = ping(
         &c.pod(0, 0).netns,
-        None,
         &[
-            "icmp",
             "--to",
             &target.ip,
             "--count",
@@ -413,8 +383,7 @@ fn full_mtu_transfer(c: &Cluster, pod_mtu: u32) {
             &over,
             "--dont-fragment",
         ],
-    ))
-    .unwrap();
+    );
     assert_eq!(
         icmp.errors.get("EMSGSIZE").copied(),
         Some(1),
@@ -614,11 +583,9 @@ fn icmp_errors_reach_the_pod(c: &Cluster) {
     ])
     .unwrap();
     let payload = (VXLAN_POD_MTU - 28).to_string();
-    let icmp: IcmpReport = parse_json_output(&probe_in(
+    let icmp = ping(
         &c.pod(0, 0).netns,
-        None,
         &[
-            "icmp",
             "--to",
             "10.98.0.2",
             "--count",
@@ -627,22 +594,11 @@ fn icmp_errors_reach_the_pod(c: &Cluster) {
             &payload,
             "--dont-fragment",
         ],
-    ))
-    .unwrap();
-    let small: IcmpReport = parse_json_output(&probe_in(
+    );
+    let small = ping(
         &c.pod(0, 0).netns,
-        None,
-        &[
-            "icmp",
-            "--to",
-            "10.98.0.2",
-            "--count",
-            "1",
-            "--size",
-            "1000",
-        ],
-    ))
-    .unwrap();
+        &["--to", "10.98.0.2", "--count", "1", "--size", "1000"],
+    );
     node.ip(&["route", "del", "10.98.0.0/24"]).unwrap();
     assert_eq!(small.ok, 1, "the far host answers small packets: {small:?}");
     assert!(
@@ -773,7 +729,7 @@ fn node_manifests_build_the_overlay_without_a_control_plane() {
         "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.10.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
         "the subnet file comes from this node's manifest"
     );
-    let ipam = ScratchDir(std::env::temp_dir().join(unique_name("gannet-ipam")));
+    let ipam = ScratchDir::new("gannet-ipam");
     let mut pods = Vec::new();
     for (i, node) in underlay.nodes().iter().enumerate() {
         let conf = json!({

@@ -590,4 +590,56 @@ fn bad_configuration_exits_64_naming_every_flag() {
         stderr.contains("--manifest-dir and --control"),
         "two sources of services are refused: {stderr}"
     );
+    // The overlay's flags (checked before anything is created; the interface is looked up in
+    // this namespace, nothing is created in it: `--cgroup-path /proc` alone makes sure of that).
+    let overlay = Command::new(bin_path("gannetd"))
+        .args([
+            "--cgroup-path",
+            "/proc",
+            "--manifest-dir",
+            "/tmp",
+            "--vxlan-vni",
+            "16777216",
+            "--vxlan-port",
+            "0",
+            "--overlay-interface",
+            "no-such-if0",
+            "--cluster-cidr",
+            "10.244.0.0/33",
+            "--pod-mtu",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&overlay.stderr);
+    assert_eq!(overlay.status.code(), Some(64), "stderr: {stderr}");
+    for flag in [
+        "--vxlan-vni 16777216",
+        "--vxlan-port 0",
+        "--overlay-interface no-such-if0",
+        "--cluster-cidr 10.244.0.0/33",
+        "--pod-mtu 100",
+    ] {
+        assert!(
+            stderr.contains(flag),
+            "the error must name {flag}: {stderr}"
+        );
+    }
+    let unbounded = Command::new(bin_path("gannetd"))
+        .args([
+            "--cgroup-path",
+            "/proc",
+            "--manifest-dir",
+            "/tmp",
+            "--overlay",
+            "vxlan",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&unbounded.stderr);
+    assert_eq!(unbounded.status.code(), Some(64), "stderr: {stderr}");
+    assert!(
+        stderr.contains("--cluster-cidr: required"),
+        "masquerade needs to know the cluster: {stderr}"
+    );
 }
