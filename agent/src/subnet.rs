@@ -59,7 +59,7 @@ impl SubnetFile {
         }
         match write_atomically(path, text.as_bytes()) {
             Ok(()) => {
-                info!(file = %path.display(), pod_cidrs = ?lease.pod_cidrs, mtu = self.mtu, "subnet file written")
+                info!(file = %path.display(), pod_cidrs = ?lease.pod_cidrs, mtu = self.mtu, "subnet file written");
             }
             Err(error) => error!(file = %path.display(), %error, "cannot write the subnet file"),
         }

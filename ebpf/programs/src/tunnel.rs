@@ -33,7 +33,7 @@ static NODES: LpmTrie<[u8; 16], NodeValue> = LpmTrie::pinned(DEFAULT_MAX_NODES, 
 static TUNNEL: Array<TunnelConfig> = Array::pinned(1, 0);
 
 const OK: i32 = TC_ACT_OK;
-const SHOT: i32 = TC_ACT_SHOT as i32;
+const SHOT: i32 = TC_ACT_SHOT;
 
 /// The outer header's TTL (Linux's default for forwarded tunnel traffic).
 const TUNNEL_TTL: u8 = 64;
