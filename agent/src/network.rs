@@ -10,8 +10,9 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::config::{RunConfig, Source};
+use crate::datapath::pods::PodFastPath;
 use crate::masquerade::{self, MasqueradeRules};
-use crate::overlay::{Mode, Overlay, OverlayError};
+use crate::overlay::{Mode, Overlay, OverlayError, Programs};
 use crate::subnet::{Lease, SubnetFile};
 
 /// The pods' MTU without an overlay (and without `--pod-mtu`).
@@ -33,21 +34,27 @@ pub struct NodeNetwork {
 
 impl NodeNetwork {
     /// Sets up the overlay's device (so its MTU and MAC are known before the node registers).
+    /// `fast_path` is the loaded pod data path: `--overlay ebpf` attaches the device's programs
+    /// from it, every other mode makes sure they are off.
     ///
     /// # Errors
-    /// When the overlay cannot start (no underlay, the device cannot be created).
-    pub fn start(config: &RunConfig) -> Result<Self, OverlayError> {
+    /// When the overlay cannot start (no underlay, the device cannot be created, the programs
+    /// cannot be attached).
+    pub fn start(config: &RunConfig, fast_path: &mut PodFastPath) -> Result<Self, OverlayError> {
+        let mut programs = Programs {
+            fast_path,
+            bpf_root: &config.bpf_root,
+        };
         let overlay = match config.overlay.mode {
-            Mode::None => None,
-            Mode::Ebpf => {
-                return Err(OverlayError::Underlay(
-                    "--overlay ebpf: not available in this version yet; use --overlay vxlan (the same wire format)".to_owned(),
-                ));
+            Mode::None => {
+                programs.disable_tunnel()?;
+                None
             }
-            Mode::Vxlan | Mode::HostGw => Some(Overlay::start(
+            Mode::Vxlan | Mode::HostGw | Mode::Ebpf => Some(Overlay::start(
                 config.overlay.clone(),
                 &config.node_name,
                 &config.state_dir,
+                programs,
             )?),
         };
         let mtu = config
@@ -112,6 +119,7 @@ impl NodeNetwork {
         self.subnet.write(&lease);
         if let Some(overlay) = &mut self.overlay {
             overlay.set_local(&lease.pod_cidrs);
+            overlay.set_cluster(&lease.cluster_cidrs);
         }
         self.update_masquerade(&lease);
         self.lease = Some(lease);

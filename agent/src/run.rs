@@ -198,7 +198,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (calls_tx, mut calls) = mpsc::channel(64);
     let socket = endpoints::serve(&config.state_dir, calls_tx)
         .with_context(|| format!("listening in {}", config.state_dir.display()))?;
-    let mut network = NodeNetwork::start(&config).context("setting up the overlay")?;
+    let mut network =
+        NodeNetwork::start(&config, &mut fast_path).context("setting up the overlay")?;
     let mut services = Services::new(&config, &network)?;
     // Pods registered before a restart: their status may not have reached the control plane.
     for pod in registry.pods() {

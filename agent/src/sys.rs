@@ -1,6 +1,6 @@
 //! The few bpf(2) and filesystem calls aya does not expose: reopening a pinned link, switching a
-//! link to a new program atomically (`BPF_LINK_UPDATE`), reading which cgroup a link is attached
-//! to, and telling filesystems apart.
+//! link to a new program atomically (`BPF_LINK_UPDATE`), reading which cgroup or interface a
+//! link is attached to, and telling filesystems apart.
 
 use std::{
     ffi::CString,
@@ -101,6 +101,20 @@ pub(crate) fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInf
         prog_id: word(8),
         cgroup_id: u64::from_ne_bytes(info[16..24].try_into().expect("8 bytes")),
     })
+}
+
+/// The interface a tcx link is attached to (`bpf_link_info.tcx.ifindex`, at the start of the
+/// per-type union); 0 once the interface is gone.
+pub(crate) fn tcx_link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u8; 96];
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, fd_u32(link));
+    attr.put_u32(4, u32::try_from(info.len()).expect("small"));
+    attr.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(u32::from_ne_bytes(
+        info[16..20].try_into().expect("4 bytes"),
+    ))
 }
 
 /// The superblock magic of the filesystem holding `path`.

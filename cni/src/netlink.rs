@@ -333,6 +333,29 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Sets or clears `NOARP` on link `index`: without neighbour resolution the kernel addresses
+    /// frames on it to the link's own MAC (for devices whose frames a program readdresses).
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub fn set_noarp(&mut self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        if on {
+            message.header.flags = LinkFlags::Noarp;
+        }
+        message.header.change_mask = LinkFlags::Noarp;
+        self.exchange(
+            &format!(
+                "setting NOARP {} on link {index}",
+                if on { "on" } else { "off" }
+            ),
+            RouteNetlinkMessage::SetLink(message),
+            0,
+        )
+        .map(drop)
+    }
+
     /// Sets link `index` down; returns whether it existed.
     ///
     /// # Errors
@@ -723,6 +746,28 @@ impl Netlink {
         let onlink = if onlink { " onlink" } else { "" };
         self.exchange(
             &format!("replacing route {dst} via {gw} dev {oif}{onlink}"),
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Adds or replaces the route to `dst` in the main table straight out of link `oif` (scope
+    /// link, no gateway), marked as installed by `protocol`.
+    ///
+    /// # Errors
+    /// If the kernel refuses.
+    pub fn replace_device_route(
+        &mut self,
+        dst: Cidr,
+        oif: u32,
+        protocol: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut message = route_message(dst, protocol);
+        message.header.scope = RouteScope::Link;
+        message.attributes.push(RouteAttribute::Oif(oif));
+        self.exchange(
+            &format!("replacing route {dst} dev {oif}"),
             RouteNetlinkMessage::NewRoute(message),
             NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE,
         )

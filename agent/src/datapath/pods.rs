@@ -4,6 +4,12 @@
 //! `gannet_from_pod` (tcx ingress) and `gannet_to_pod` (tcx egress). Their links are pinned under
 //! `<bpf-root>/links/pods/<ifindex>-{from,to}` and, like the socket programs, switched to the
 //! newly loaded programs on restart.
+//!
+//! The same object holds the overlay's device programs (`--overlay ebpf`): `gannet_from_tunnel`
+//! (tcx ingress) and `gannet_to_tunnel` (tcx egress) of the VXLAN device, pinned under
+//! `<bpf-root>/links/tunnel-{from,to}` and switched to the new programs by
+//! [`PodFastPath::attach_tunnel`] on restart. Their maps (the node map and the tunnel's
+//! settings) are pinned with the others and written by `overlay::ebpf`.
 
 use std::{
     collections::BTreeMap,
@@ -31,6 +37,11 @@ static POD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 const FROM_POD: &str = "gannet_from_pod";
 const TO_POD: &str = "gannet_to_pod";
+const FROM_TUNNEL: &str = "gannet_from_tunnel";
+/// Pin names of the tunnel device's links under `<bpf-root>/links`.
+const TUNNEL_FROM: &str = "tunnel-from";
+const TUNNEL_TO: &str = "tunnel-to";
+const TO_TUNNEL: &str = "gannet_to_tunnel";
 
 /// A pod of this node, as the fast path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +75,8 @@ pub struct PodFastPath {
     endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
     stats: PerCpuHashMap<MapData, u32, EndpointStats>,
     links_dir: PathBuf,
+    /// `<bpf-root>/links`: where the tunnel device's links are pinned.
+    tunnel_links_dir: PathBuf,
 }
 
 impl PodFastPath {
@@ -72,7 +85,8 @@ impl PodFastPath {
     pub fn load(bpf_root: &Path, max_endpoints: u32) -> Result<Self, DataPathError> {
         ensure_bpffs(bpf_root)?;
         let maps_dir = bpf_root.join("maps");
-        let links_dir = bpf_root.join("links").join("pods");
+        let tunnel_links_dir = bpf_root.join("links");
+        let links_dir = tunnel_links_dir.join("pods");
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
@@ -81,7 +95,7 @@ impl PodFastPath {
             .map_max_entries(map_names::ENDPOINTS, max_endpoints)
             .map_max_entries(map_names::ENDPOINT_STATS, max_endpoints)
             .load(POD_OBJECT)?;
-        for name in [FROM_POD, TO_POD] {
+        for name in [FROM_POD, TO_POD, FROM_TUNNEL, TO_TUNNEL] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataPathError::Program { name, source })?;
@@ -100,6 +114,7 @@ impl PodFastPath {
             endpoints,
             stats,
             links_dir,
+            tunnel_links_dir,
         };
         this.adopt()?;
         Ok(this)
@@ -185,27 +200,13 @@ impl PodFastPath {
             if pin.exists() {
                 continue;
             }
-            let prog = program(&mut self.ebpf, name)?;
-            let err = |source| DataPathError::Program { name, source };
-            let id = prog
-                .attach_with_options(
-                    &endpoint.host_ifname,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(err)?;
-            let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| DataPathError::Link {
-                    name,
-                    what: "taking the tcx link",
-                    source: io::Error::other(e),
-                },
-            )?;
-            link.pin(&pin).map_err(|e| DataPathError::Link {
+            attach_pinned(
+                &mut self.ebpf,
                 name,
-                what: "pinning the tcx link",
-                source: io::Error::other(e),
-            })?;
+                &endpoint.host_ifname,
+                attach_type,
+                &pin,
+            )?;
         }
         let value = EndpointValue {
             ifindex: veth.ifindex,
@@ -279,10 +280,110 @@ impl PodFastPath {
         out
     }
 
+    /// Attaches the overlay's programs to the VXLAN device `ifname` (tcx ingress and egress).
+    /// A link pinned by a previous gannetd on the same device is switched to the newly loaded
+    /// program without a gap; one on another device (the device was recreated) is replaced.
+    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataPathError> {
+        let (ifindex, _) = sys::link_info(ifname).map_err(|source| DataPathError::Io {
+            path: PathBuf::from(format!("interface {ifname}")),
+            source,
+        })?;
+        let mut adopted = 0;
+        for (name, attach_type, pin) in [
+            (FROM_TUNNEL, TcAttachType::Ingress, TUNNEL_FROM),
+            (TO_TUNNEL, TcAttachType::Egress, TUNNEL_TO),
+        ] {
+            let pin = self.tunnel_links_dir.join(pin);
+            if pin.exists() {
+                let link_err = |what| move |source| DataPathError::Link { name, what, source };
+                let link =
+                    sys::obj_get(&pin).map_err(link_err("opening the pinned tunnel link"))?;
+                let attached_to = sys::tcx_link_ifindex(link.as_fd())
+                    .map_err(link_err("reading the pinned tunnel link"))?;
+                if attached_to == ifindex {
+                    let prog = program(&mut self.ebpf, name)?;
+                    let prog_fd = prog
+                        .fd()
+                        .map_err(|source| DataPathError::Program { name, source })?;
+                    sys::link_update(link.as_fd(), prog_fd.as_fd())
+                        .map_err(link_err("replacing the program of the pinned tunnel link"))?;
+                    adopted += 1;
+                    continue;
+                }
+                debug!(
+                    program = name,
+                    attached_to, ifindex, "pinned tunnel link is on another device: replacing it"
+                );
+                fs::remove_file(&pin).map_err(io_err(&pin))?;
+            }
+            attach_pinned(&mut self.ebpf, name, ifname, attach_type, &pin)?;
+        }
+        info!(
+            device = ifname,
+            ifindex, adopted, "overlay programs attached"
+        );
+        Ok(())
+    }
+
+    /// Detaches the overlay's programs (unpins their links); missing links are fine.
+    pub fn detach_tunnel(&mut self) -> Result<bool, DataPathError> {
+        let mut removed = false;
+        for pin in [TUNNEL_FROM, TUNNEL_TO] {
+            let pin = self.tunnel_links_dir.join(pin);
+            match fs::remove_file(&pin) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&pin)(e)),
+            }
+        }
+        if removed {
+            info!("overlay programs detached");
+        }
+        Ok(removed)
+    }
+
     /// The `gannet_from_pod` program, for packet tests (`BPF_PROG_TEST_RUN`).
     pub fn from_pod_program(&mut self) -> Result<&mut SchedClassifier, DataPathError> {
         program(&mut self.ebpf, FROM_POD)
     }
+
+    /// The `gannet_from_tunnel` program, for packet tests (`BPF_PROG_TEST_RUN`).
+    pub fn from_tunnel_program(&mut self) -> Result<&mut SchedClassifier, DataPathError> {
+        program(&mut self.ebpf, FROM_TUNNEL)
+    }
+}
+
+/// Attaches program `name` to `ifname` with tcx (after the programs already there) and pins the
+/// link at `pin`.
+fn attach_pinned(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    ifname: &str,
+    attach_type: TcAttachType,
+    pin: &Path,
+) -> Result<(), DataPathError> {
+    let prog = program(ebpf, name)?;
+    let err = |source| DataPathError::Program { name, source };
+    let id = prog
+        .attach_with_options(
+            ifname,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(err)?;
+    let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
+        |e: aya::programs::links::LinkError| DataPathError::Link {
+            name,
+            what: "taking the tcx link",
+            source: io::Error::other(e),
+        },
+    )?;
+    link.pin(pin).map_err(|e| DataPathError::Link {
+        name,
+        what: "pinning the tcx link",
+        source: io::Error::other(e),
+    })?;
+    Ok(())
 }
 
 fn program<'a>(

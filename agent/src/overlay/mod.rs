@@ -8,13 +8,20 @@
 //!   forwarding entry `<its VTEP MAC> dst <its node IP>` make the kernel's VXLAN device
 //!   encapsulate it to the other node (UDP 8472, VNI 1), whose device decapsulates it and routes
 //!   it to the pod's veth;
-//! - `host-gw`: `10.244.2.0/24 via <its node IP> dev <underlay>` (nodes on one L2 segment).
+//! - `host-gw`: `10.244.2.0/24 via <its node IP> dev <underlay>` (nodes on one L2 segment);
+//! - `ebpf` (the same wire format as `vxlan`): no per-node kernel entries. `gannet.vxlan` is in
+//!   external (collect-metadata) mode and the node map (`GANNET_NODES`, see [`ebpf`]) holds
+//!   `10.244.2.0/24 → <its node IP>, <its VTEP MAC>`; the pod's own program (`gannet_from_pod`)
+//!   finds the destination there, sets the inner MACs and the tunnel key and redirects the
+//!   packet into the device, past the host's routing and netfilter. On the receiving node the
+//!   device's ingress program hands it straight to the pod's namespace.
 //!
 //! Reconciled, never flushed: a node added, removed or changed touches only its own entries, every
 //! add is a replace (idempotent, no gap), and a restarted gannetd adopts what is programmed and
 //! removes only what no node needs any more (routes it owns carry the route protocol
 //! [`ROUTE_PROTOCOL`]).
 
+pub mod ebpf;
 mod plan;
 pub mod underlay;
 
@@ -23,6 +30,8 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use gannet_common::{TUNNEL_F_ENABLED, TUNNEL_F_IPV6_UNDERLAY, TunnelConfig};
+
 use gannet_cni::net::Cidr;
 use gannet_cni::netlink::{Netlink, NetlinkError, Vxlan};
 use gannet_k8s::{ClusterNode, format_mac};
@@ -30,6 +39,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
+use crate::datapath::{DataPathError, pods::PodFastPath};
+use ebpf::TunnelMaps;
 use plan::{Entry, Plan, plan};
 use underlay::Underlay;
 
@@ -89,6 +100,49 @@ pub enum OverlayError {
     Netlink(#[from] NetlinkError),
     #[error("{0}")]
     Underlay(String),
+    #[error(transparent)]
+    Maps(#[from] ebpf::MapsError),
+    #[error("the overlay's programs: {0}")]
+    Programs(Box<DataPathError>),
+}
+
+impl From<DataPathError> for OverlayError {
+    fn from(e: DataPathError) -> Self {
+        Self::Programs(Box::new(e))
+    }
+}
+
+/// What the overlay needs of the eBPF data path: the loaded pod programs (their object holds
+/// the VXLAN device's programs of `--overlay ebpf`) and where their maps are pinned.
+pub struct Programs<'a> {
+    pub fast_path: &'a mut PodFastPath,
+    pub bpf_root: &'a Path,
+}
+
+impl Programs<'_> {
+    /// Takes the `ebpf` overlay out of the data path, for every other mode: the device's
+    /// programs are detached, the tunnel disabled (the pod programs stop encapsulating) and the
+    /// node map emptied. Nothing to do when the mode never ran.
+    ///
+    /// # Errors
+    /// When the links cannot be unpinned or the maps cannot be written.
+    pub fn disable_tunnel(&mut self) -> Result<(), OverlayError> {
+        let mut maps = TunnelMaps::open(self.bpf_root)?;
+        let was_enabled = maps.config()?.flags & TUNNEL_F_ENABLED != 0;
+        maps.set_config(&TunnelConfig::default())?;
+        let entries = maps.list()?;
+        for (cidr, _) in &entries {
+            maps.remove(*cidr)?;
+        }
+        let detached = self.fast_path.detach_tunnel()?;
+        if was_enabled || detached || !entries.is_empty() {
+            info!(
+                removed = entries.len(),
+                "the ebpf overlay is off: its programs are detached and its node map emptied"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The VXLAN device.
@@ -115,6 +169,10 @@ pub struct Overlay {
     vtep: Option<Vtep>,
     /// This node's pod CIDRs, as last given.
     local_cidrs: Vec<IpNet>,
+    /// The node map and tunnel settings (`ebpf` mode).
+    tunnel: Option<TunnelMaps>,
+    /// The cluster CIDRs routed into the device (`ebpf` mode), as last given.
+    cluster_cidrs: Vec<IpNet>,
     programmed: BTreeMap<String, Programmed>,
     /// Whether the kernel was swept of stale entries (after the first complete node list).
     swept: bool,
@@ -122,15 +180,18 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// Finds the underlay and creates (or adopts) the VXLAN device. Nothing is programmed for
-    /// other nodes until [`apply`](Self::apply).
+    /// Finds the underlay and creates (or adopts) the VXLAN device; in `ebpf` mode also writes
+    /// the tunnel's settings and attaches the device's programs (switching those a previous
+    /// gannetd left). Nothing is programmed for other nodes until [`apply`](Self::apply).
     ///
     /// # Errors
-    /// When the underlay cannot be found or the device cannot be created.
+    /// When the underlay cannot be found, the device cannot be created or (`ebpf`) the maps
+    /// cannot be written or the programs attached.
     pub fn start(
         config: OverlayConfig,
         node_name: &str,
         state_dir: &Path,
+        mut programs: Programs<'_>,
     ) -> Result<Self, OverlayError> {
         let mut netlink = Netlink::open()?;
         let underlay = underlay::find(&mut netlink, config.interface.as_deref(), &config.node_ips)?;
@@ -139,14 +200,42 @@ impl Overlay {
             netlink,
             vtep: None,
             local_cidrs: Vec::new(),
+            tunnel: None,
+            cluster_cidrs: Vec::new(),
             programmed: BTreeMap::new(),
             swept: false,
             status_file: state_dir.join(STATUS_FILE),
             underlay,
             config,
         };
-        if overlay.config.mode == Mode::Vxlan {
-            overlay.vtep = Some(overlay.ensure_device()?);
+        match overlay.config.mode {
+            Mode::Vxlan => {
+                programs.disable_tunnel()?;
+                overlay.vtep = Some(overlay.ensure_device()?);
+            }
+            Mode::Ebpf => {
+                let vtep = overlay.ensure_device()?;
+                overlay.vtep = Some(vtep);
+                // Frames the host routes into the device are readdressed by its egress program:
+                // no neighbour resolution (which it would drop) on it.
+                overlay.netlink.set_noarp(vtep.index, true)?;
+                let mut maps = TunnelMaps::open(programs.bpf_root)?;
+                let mut flags = TUNNEL_F_ENABLED;
+                if overlay.underlay.ip.is_ipv6() {
+                    flags |= TUNNEL_F_IPV6_UNDERLAY;
+                }
+                // Settings before programs: a pod's packet redirected into the device before its
+                // own programs are attached is still sent right (the device needs only the key).
+                maps.set_config(&TunnelConfig {
+                    ifindex: vtep.index,
+                    vni: overlay.config.vni,
+                    mac: vtep.mac,
+                    flags,
+                })?;
+                programs.fast_path.attach_tunnel(DEVICE)?;
+                overlay.tunnel = Some(maps);
+            }
+            Mode::HostGw | Mode::None => programs.disable_tunnel()?,
         }
         info!(
             mode = overlay.config.mode.name(),
@@ -177,12 +266,23 @@ impl Overlay {
     }
 
     fn device_settings(&self) -> Vxlan {
-        Vxlan {
-            vni: self.config.vni,
-            port: self.config.port,
-            local: Some(self.underlay.ip),
-            underlay: Some(self.underlay.index),
-            collect_metadata: false,
+        if self.config.mode == Mode::Ebpf {
+            // External mode: the VNI and the endpoints come with each packet's tunnel key.
+            Vxlan {
+                vni: self.config.vni,
+                port: self.config.port,
+                local: None,
+                underlay: None,
+                collect_metadata: true,
+            }
+        } else {
+            Vxlan {
+                vni: self.config.vni,
+                port: self.config.port,
+                local: Some(self.underlay.ip),
+                underlay: Some(self.underlay.index),
+                collect_metadata: false,
+            }
         }
     }
 
@@ -199,11 +299,16 @@ impl Overlay {
         if let Some(link) = self.netlink.link_by_name(DEVICE)? {
             let same = link.kind.as_deref() == Some("vxlan")
                 && link.vxlan.as_ref().is_some_and(|v| {
-                    v.vni == settings.vni
-                        && v.port == settings.port
-                        && v.local == settings.local
-                        && v.underlay == settings.underlay
-                        && !v.collect_metadata
+                    if settings.collect_metadata {
+                        // An external device has no VNI, address or underlay of its own.
+                        v.collect_metadata && v.port == settings.port
+                    } else {
+                        v.vni == settings.vni
+                            && v.port == settings.port
+                            && v.local == settings.local
+                            && v.underlay == settings.underlay
+                            && !v.collect_metadata
+                    }
                 });
             if same {
                 if link.mtu != mtu {
@@ -362,7 +467,62 @@ impl Overlay {
         self.local_cidrs = cidrs.to_vec();
     }
 
-    fn add_entries(&mut self, entries: &[Entry]) -> Result<(), NetlinkError> {
+    /// Routes the cluster CIDRs into the device (`ebpf` mode): `10.244.0.0/16 dev gannet.vxlan
+    /// proto 87`, for what the node itself sends to remote pods (host processes, health checks,
+    /// replies from the node's own addresses). Pods' packets never use these routes (their own
+    /// programs redirect them), and the per-node work stays in the node map: the device's egress
+    /// program (`gannet_to_tunnel`) readdresses these packets for the node owning the
+    /// destination and drops those no node owns, so the broad route cannot loop. More specific
+    /// routes (this node's pods' own) win as usual. The routes also make remote pods' addresses
+    /// pass reverse-path filtering on the device. A route of a cluster CIDR no longer given is
+    /// removed; the sweep of node entries leaves these alone.
+    pub fn set_cluster(&mut self, cidrs: &[IpNet]) {
+        let Some(vtep) = self.vtep.filter(|_| self.config.mode == Mode::Ebpf) else {
+            return;
+        };
+        if cidrs == self.cluster_cidrs.as_slice() {
+            return;
+        }
+        for ipv4 in [true, false] {
+            let routes = match self.netlink.routes(ipv4) {
+                Ok(routes) => routes,
+                Err(error) => {
+                    warn!(%error, "cannot list routes to remove stale cluster routes");
+                    continue;
+                }
+            };
+            for route in routes {
+                let dst = IpNet::new(route.dst.addr(), route.dst.prefix()).ok();
+                if self.is_cluster_route(&route)
+                    && !dst.is_some_and(|d| cidrs.contains(&d))
+                    && let Err(error) = self.netlink.delete_route(route.dst, ROUTE_PROTOCOL)
+                {
+                    warn!(route = %route.dst, %error, "cannot remove a stale cluster route");
+                }
+            }
+        }
+        for cidr in cidrs {
+            let dst = Cidr::new(cidr.network(), cidr.prefix_len()).expect("a valid prefix");
+            if let Err(error) = self
+                .netlink
+                .replace_device_route(dst, vtep.index, ROUTE_PROTOCOL)
+            {
+                error!(%error, "cannot route the cluster CIDR into the VXLAN device; this node's own traffic to remote pods fails");
+            }
+        }
+        info!(cluster_cidrs = ?cidrs, device = DEVICE, "cluster CIDRs routed into the VXLAN device");
+        self.cluster_cidrs = cidrs.to_vec();
+    }
+
+    /// Whether `route` is one of `set_cluster`'s: ours, without gateway, into the device.
+    fn is_cluster_route(&self, route: &gannet_cni::netlink::RouteEntry) -> bool {
+        self.config.mode == Mode::Ebpf
+            && route.protocol == ROUTE_PROTOCOL
+            && route.gw.is_none()
+            && self.vtep.is_some_and(|v| route.oif == Some(v.index))
+    }
+
+    fn add_entries(&mut self, entries: &[Entry]) -> Result<(), OverlayError> {
         for entry in entries {
             debug!(entry = entry.describe(), "programming");
             match *entry {
@@ -384,6 +544,11 @@ impl Overlay {
                     self.netlink
                         .replace_route(dst, via, oif, onlink, ROUTE_PROTOCOL)?;
                 }
+                Entry::Node { cidr, ip, mac } => {
+                    if let Some(maps) = &mut self.tunnel {
+                        maps.put(cidr, &ebpf::value(ip, mac))?;
+                    }
+                }
             }
         }
         Ok(())
@@ -393,21 +558,34 @@ impl Overlay {
     fn remove_entries(&mut self, entries: &[Entry], keep: &[Entry]) -> usize {
         let mut failed = 0;
         for entry in entries.iter().rev().filter(|e| !keep.contains(e)) {
-            let result = match *entry {
-                // Another node may have taken over the MAC's forwarding entry or the route's
-                // destination since: remove only what still says what we programmed.
+            let result: Result<bool, OverlayError> = match *entry {
+                // Another node may have taken over the MAC's forwarding entry, the route's
+                // destination or the pod CIDR since: remove only what still says what we
+                // programmed.
                 Entry::Fdb { mac, dst } => {
                     let vtep = self.vtep_index();
-                    self.netlink.delete_fdb(vtep, &mac, dst)
+                    self.netlink
+                        .delete_fdb(vtep, &mac, dst)
+                        .map_err(OverlayError::from)
                 }
                 Entry::Neighbour { ip, .. } => {
                     let vtep = self.vtep_index();
-                    self.netlink.delete_neighbour(vtep, ip)
+                    self.netlink
+                        .delete_neighbour(vtep, ip)
+                        .map_err(OverlayError::from)
                 }
                 Entry::Route { dst, .. } => {
                     let dst = Cidr::new(dst.network(), dst.prefix_len()).expect("a valid prefix");
-                    self.netlink.delete_route(dst, ROUTE_PROTOCOL)
+                    self.netlink
+                        .delete_route(dst, ROUTE_PROTOCOL)
+                        .map_err(OverlayError::from)
                 }
+                Entry::Node { cidr, ip, mac } => match &mut self.tunnel {
+                    Some(maps) if maps.get(cidr) == Some(ebpf::value(ip, mac)) => {
+                        maps.remove(cidr).map_err(OverlayError::from)
+                    }
+                    _ => Ok(false),
+                },
             };
             if let Err(error) = result {
                 failed += 1;
@@ -439,6 +617,10 @@ impl Overlay {
                 }
             };
             for route in routes.into_iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+                if self.is_cluster_route(&route) {
+                    // Owned by `set_cluster`, not by any node.
+                    continue;
+                }
                 let dst = IpNet::new(route.dst.addr(), route.dst.prefix()).ok();
                 let needed = wanted
                     .iter()
@@ -451,6 +633,26 @@ impl Overlay {
                         }
                     }
                 }
+            }
+        }
+        if let Some(maps) = &mut self.tunnel {
+            match maps.list() {
+                Ok(entries) => {
+                    for (cidr, _) in entries {
+                        let needed = wanted
+                            .iter()
+                            .any(|e| matches!(e, Entry::Node { cidr: c, .. } if *c == cidr));
+                        if !needed {
+                            match maps.remove(cidr) {
+                                Ok(_) => removed += 1,
+                                Err(error) => {
+                                    warn!(%cidr, %error, "cannot remove a stale node-map entry");
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "cannot list the node map"),
             }
         }
         if let Some(vtep) = self.vtep {
@@ -525,7 +727,7 @@ impl Overlay {
                         .plan
                         .entries
                         .iter()
-                        .filter(|e| matches!(e, Entry::Route { .. }))
+                        .filter(|e| matches!(e, Entry::Route { .. } | Entry::Node { .. }))
                         .map(Entry::describe)
                         .collect(),
                     problem: p.plan.problem.clone(),
@@ -597,7 +799,8 @@ pub struct NodeStatus {
     pub pod_cidrs: Vec<IpNet>,
     pub vtep_mac: Option<String>,
     pub mode: Mode,
-    /// The routes programmed for it, as `ip route` would say them.
+    /// The routes programmed for it, as `ip route` would say them (`ebpf`: its node-map
+    /// entries).
     pub routes: Vec<String>,
     /// Why it is not (fully) reachable.
     pub problem: Option<String>,

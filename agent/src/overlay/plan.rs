@@ -27,6 +27,13 @@ pub(crate) enum Entry {
         oif: u32,
         onlink: bool,
     },
+    /// `ebpf` mode: the node-map entry sending a remote pod CIDR to its node's underlay address,
+    /// framed for its VTEP MAC.
+    Node {
+        cidr: IpNet,
+        ip: IpAddr,
+        mac: [u8; 6],
+    },
 }
 
 impl Entry {
@@ -43,6 +50,9 @@ impl Entry {
                 "route {dst} via {via} dev {oif}{}",
                 if *onlink { " onlink" } else { "" }
             ),
+            Self::Node { cidr, ip, mac } => {
+                format!("node-map {cidr} to {ip} lladdr {}", format_mac(*mac))
+            }
         }
     }
 }
@@ -56,7 +66,9 @@ pub(crate) struct Plan {
     pub(crate) problem: Option<String>,
 }
 
-/// The entries for `remote` in `mode`; `vtep` is the VXLAN device's index (vxlan mode).
+/// The entries for `remote` in `mode`; `vtep` is the VXLAN device's index (vxlan mode). In
+/// `ebpf` mode a node needs what it needs in `vxlan` mode (its VTEP MAC and an address of the
+/// underlay's family), written to the node map instead of the kernel's tables.
 /// `taken` are pod CIDRs already claimed (this node's and earlier nodes'): a node claiming an
 /// overlapping one is reported, not programmed.
 pub(crate) fn plan(
@@ -125,10 +137,20 @@ pub(crate) fn plan(
                     onlink: false,
                 });
             }
-            Mode::None | Mode::Ebpf => {}
+            Mode::Ebpf => {
+                let (Some(mac), Some(ip)) = (remote.vtep_mac, tunnel_dst) else {
+                    continue;
+                };
+                entries.push(Entry::Node {
+                    cidr: cidr.trunc(),
+                    ip,
+                    mac,
+                });
+            }
+            Mode::None => {}
         }
     }
-    if mode == Mode::Vxlan && !remote.pod_cidrs.is_empty() {
+    if matches!(mode, Mode::Vxlan | Mode::Ebpf) && !remote.pod_cidrs.is_empty() {
         if remote.vtep_mac.is_none() {
             problems.push(
                 "has no gannet.io/vtep-mac annotation (no VXLAN device there yet)".to_owned(),
@@ -195,6 +217,31 @@ mod tests {
                 "route fd00:244:2::/64 via fd00:244:2:: dev 9 onlink",
             ]
         );
+    }
+
+    #[test]
+    fn ebpf_nodes_get_a_node_map_entry_per_pod_cidr() {
+        let remote = node(
+            "n2",
+            "10.99.0.12",
+            &["10.244.2.0/24", "fd00:244:2::/64"],
+            Some(MAC),
+        );
+        let p = plan(Mode::Ebpf, &remote, &underlay(), Some(9), &[]);
+        assert_eq!(p.problem, None);
+        let described: Vec<String> = p.entries.iter().map(Entry::describe).collect();
+        assert_eq!(
+            described,
+            [
+                "node-map 10.244.2.0/24 to 10.99.0.12 lladdr 0e:01:02:03:04:05",
+                "node-map fd00:244:2::/64 to 10.99.0.12 lladdr 0e:01:02:03:04:05",
+            ]
+        );
+
+        let no_mac = node("n3", "10.99.0.13", &["10.244.3.0/24"], None);
+        let p = plan(Mode::Ebpf, &no_mac, &underlay(), Some(9), &[]);
+        assert!(p.entries.is_empty());
+        assert!(p.problem.unwrap().contains("vtep-mac"));
     }
 
     #[test]

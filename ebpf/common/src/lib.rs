@@ -27,6 +27,14 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "GANNET_EP";
     /// host-side ifindex (`u32`) → [`EndpointStats`](super::EndpointStats), per CPU.
     pub const ENDPOINT_STATS: &str = "GANNET_EP_STATS";
+    /// LPM trie: aya's `lpm_trie::Key<[u8; 16]>` → [`NodeValue`](super::NodeValue): the other
+    /// nodes' pod CIDRs (`--overlay ebpf`). The key's data is the prefix's address in network
+    /// order, IPv4 as `::ffff:a.b.c.d`; its length counts bits over all 16 bytes, so an IPv4
+    /// `/len` is `96 + len` ([`V4_MAPPED_PREFIX_BITS`](super::V4_MAPPED_PREFIX_BITS)). The
+    /// programs look up a destination with length 128.
+    pub const NODES: &str = "GANNET_NODES";
+    /// Array of one [`TunnelConfig`](super::TunnelConfig): this node's VXLAN device.
+    pub const TUNNEL: &str = "GANNET_TUNNEL";
 }
 
 /// Default capacity of [`map_names::SERVICES`]: service frontends (ClusterIP × port × protocol).
@@ -43,6 +51,9 @@ pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
 
 /// Default capacity of the endpoint map (pod addresses on this node, both families).
 pub const DEFAULT_MAX_ENDPOINTS: u32 = 16_384;
+
+/// Default capacity of the node map (the other nodes' pod CIDRs, both families).
+pub const DEFAULT_MAX_NODES: u32 = 16_384;
 
 /// Most backends one service frontend can have: a slot index must fit below [`SLOT_GEN_BIT`].
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 0xffff;
@@ -216,6 +227,43 @@ pub struct EndpointStats {
     pub tx_bytes: u64,
 }
 
+/// What an IPv4 prefix length is offset by in the 16-byte, IPv4-mapped key of
+/// [`map_names::NODES`]: the 96 bits of `::ffff:` come first.
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+/// A remote node, as the tunnel programs need it: where to send the pod CIDR's packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeValue {
+    /// The node's underlay address (the outer destination), network order; IPv4 as
+    /// `::ffff:a.b.c.d`.
+    pub ip: [u8; 16],
+    /// The node's VTEP MAC (the inner destination MAC: the `gannet.io/vtep-mac` annotation,
+    /// what Flannel's vxlan backend expects).
+    pub mac: [u8; 6],
+    /// `NODE_F_*` bits; none are defined yet (0).
+    pub flags: u16,
+}
+
+/// `TunnelConfig::flags`: the tunnel is set up; without it the pod programs never encapsulate.
+pub const TUNNEL_F_ENABLED: u16 = 1;
+/// `TunnelConfig::flags`: the underlay is IPv6 (tunnel keys are read with `BPF_F_TUNINFO_IPV6`).
+pub const TUNNEL_F_IPV6_UNDERLAY: u16 = 2;
+
+/// This node's end of the overlay (`--overlay ebpf`), the only element of [`map_names::TUNNEL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// ifindex of the VXLAN device in external (collect-metadata) mode, host order.
+    pub ifindex: u32,
+    /// The VNI packets are sent with and accepted from, host order.
+    pub vni: u32,
+    /// This node's VTEP MAC (the inner source MAC of encapsulated frames).
+    pub mac: [u8; 6],
+    /// `TUNNEL_F_*` bits.
+    pub flags: u16,
+}
+
 /// Encodes an IPv4 address (network-order octets) as IPv4-mapped IPv6.
 #[inline(always)]
 #[must_use]
@@ -240,6 +288,8 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::EndpointValue {}
     unsafe impl aya::Pod for super::EndpointStats {}
+    unsafe impl aya::Pod for super::NodeValue {}
+    unsafe impl aya::Pod for super::TunnelConfig {}
 }
 
 // Layout checks: the kernel side sees exactly these sizes.
@@ -255,4 +305,6 @@ const _: () = {
     assert!(core::mem::size_of::<EndpointKey>() == 16);
     assert!(core::mem::size_of::<EndpointValue>() == 20);
     assert!(core::mem::size_of::<EndpointStats>() == 32);
+    assert!(core::mem::size_of::<NodeValue>() == 24);
+    assert!(core::mem::size_of::<TunnelConfig>() == 16);
 };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use gannet_common::{DEFAULT_MAX_ENDPOINTS, EndpointKey, EndpointStats, EndpointValue};
 
-use crate::packet;
+use crate::{packet, tunnel};
 
 #[map(name = "GANNET_EP")]
 pub(crate) static ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
@@ -50,7 +50,8 @@ pub(crate) fn count(ifindex: u32, direction: Direction, bytes: u32) {
 }
 
 /// A packet a pod sent (tc ingress of its host-side veth). To another pod of this node it goes
-/// straight into that pod's namespace; everything else continues to the host stack.
+/// straight into that pod's namespace; to a pod of another node (`--overlay ebpf`) straight
+/// into the VXLAN device; everything else continues to the host stack.
 #[inline(always)]
 pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
     // SAFETY: the context's skb pointer is valid for the program's run.
@@ -63,24 +64,41 @@ pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
     let Some((_, dst)) = packet::addresses(ctx, l3) else {
         return OK;
     };
-    // SAFETY: not preallocated: the value is not rewritten while we copy it.
-    let Some(peer) = (unsafe { ENDPOINTS.get(EndpointKey { addr: dst }) }).copied() else {
-        return OK;
+    let Some(peer) = local(dst) else {
+        return tunnel::from_pod(ctx, l3, dst);
     };
     if peer.ifindex == ifindex {
         // Hairpin to itself: leave it to the stack.
         return OK;
     }
-    if !packet::decrement_ttl(ctx, l3) || !packet::set_macs(ctx, peer.mac, peer.host_mac) {
+    deliver(ctx, l3, &peer)
+}
+
+/// The pod of this node with address `dst`.
+#[inline(always)]
+pub(crate) fn local(dst: [u8; 16]) -> Option<EndpointValue> {
+    // SAFETY: not preallocated: the value is not rewritten while we copy it.
+    unsafe { ENDPOINTS.get(EndpointKey { addr: dst }) }.copied()
+}
+
+/// Routes a packet into `pod`'s namespace: TTL decremented, MACs set (the pod's gateway is its
+/// host-side veth), counted as the pod's rx, and handed to the pod's side of the veth with
+/// `bpf_redirect_peer` (tc ingress only). A packet that must not or cannot be forwarded here
+/// goes on to the host stack.
+#[inline(always)]
+pub(crate) fn deliver(ctx: &mut TcContext, l3: packet::L3, pod: &EndpointValue) -> i32 {
+    if !packet::decrement_ttl(ctx, l3) || !packet::set_macs(ctx, pod.mac, pod.host_mac) {
         return OK;
     }
-    count(peer.ifindex, Direction::ToPod, len);
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let len = unsafe { (*ctx.skb.skb).len };
+    count(pod.ifindex, Direction::ToPod, len);
     // SAFETY: helper valid at tc ingress; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
     #[expect(
         clippy::cast_possible_truncation,
         reason = "TC_ACT_* verdicts fit in i32"
     )]
-    let verdict = unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32;
+    let verdict = unsafe { bpf_redirect_peer(pod.ifindex, 0) } as i32;
     verdict
 }
 

@@ -7,6 +7,14 @@
 //!
 //! What happens to a packet the host stack sends to a pod (`gannet_to_pod`, tc egress of the
 //! host veth): counted as the pod's rx, and passed.
+//!
+//! With `--overlay ebpf`, a pod's packet for another node's pod CIDR is routed by
+//! `gannet_from_pod` straight into the VXLAN device (external mode) with a tunnel key, and the
+//! device's own programs (attached with tcx to `gannet.vxlan`) handle the rest:
+//! - `gannet_from_tunnel` (ingress, after decapsulation): another VNI is dropped; a packet for a
+//!   pod of this node goes straight into the pod's namespace; anything else to the host stack;
+//! - `gannet_to_tunnel` (egress): packets the host routes into the device (host processes to
+//!   remote pods) get the remote node's tunnel key; those that have one pass.
 #![no_std]
 #![no_main]
 #![expect(
@@ -20,6 +28,7 @@
 
 mod endpoint;
 mod packet;
+mod tunnel;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
@@ -31,6 +40,16 @@ fn gannet_from_pod(mut ctx: TcContext) -> i32 {
 #[classifier]
 fn gannet_to_pod(ctx: TcContext) -> i32 {
     endpoint::to_pod(&ctx)
+}
+
+#[classifier]
+fn gannet_from_tunnel(mut ctx: TcContext) -> i32 {
+    tunnel::from_tunnel(&mut ctx)
+}
+
+#[classifier]
+fn gannet_to_tunnel(mut ctx: TcContext) -> i32 {
+    tunnel::to_tunnel(&mut ctx)
 }
 
 #[cfg(not(test))]
