@@ -458,7 +458,7 @@ fn flow_survives_restart(c: &mut Cluster, mode: &str) {
         routes_before,
         "the restart adopted the routes as they were"
     );
-    if mode == "vxlan" {
+    if mode != "host-gw" {
         assert_eq!(
             c.nodes[0].agent.log_count("adopted the VXLAN device"),
             1,
@@ -484,14 +484,47 @@ fn status_lists_the_nodes(c: &Cluster, mode: &str) {
     }
 }
 
+/// Entries in a node's eBPF node map (`--overlay ebpf`), read with bpftool from its pin.
+fn node_map_entries(c: &Cluster, node: usize) -> usize {
+    let pin = c.nodes[node]
+        .agent
+        .bpf_root()
+        .join("maps")
+        .join("GANNET_NODES");
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        output.status.success(),
+        "bpftool map dump {}: {output:?}",
+        pin.display()
+    );
+    let entries: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    entries.as_array().map_or(0, Vec::len)
+}
+
 /// node-2 leaves while node-0's gannetd is down: node-1 removes its entries at once, node-0 when
 /// it is back (the first complete node list sweeps what no node needs).
-fn node_leaves(c: &mut Cluster) {
+fn node_leaves(c: &mut Cluster, modes: [&str; NODES]) {
+    let ebpf_nodes: Vec<usize> = (0..2).filter(|&n| modes[n] == "ebpf").collect();
+    for &n in &ebpf_nodes {
+        // Two remote nodes, an IPv4 and an IPv6 pod CIDR each.
+        assert_eq!(node_map_entries(c, n), 4, "node-{n}'s node map");
+    }
     let leaving = c.pod(2, 0).ip.clone();
     let prefix: String = leaving.rsplit_once('.').unwrap().0.to_owned();
     let cidr = format!("{prefix}.0/24");
+    let routed = |c: &Cluster, n: usize| {
+        if modes[n] == "ebpf" {
+            node_map_entries(c, n) == 4
+        } else {
+            c.overlay_routes(n).contains(&cidr)
+        }
+    };
     assert!(
-        c.overlay_routes(0).contains(&cidr),
+        routed(c, 0),
         "node-2's pod CIDR is routed on node-0: {}",
         c.overlay_routes(0)
     );
@@ -503,18 +536,25 @@ fn node_leaves(c: &mut Cluster) {
     eventually(
         "node-2's entries to vanish on node-1",
         Duration::from_secs(5),
-        || (!c.overlay_routes(1).contains(&cidr)).then_some(()),
+        || (!routed(c, 1)).then_some(()),
     );
     assert!(
-        c.overlay_routes(0).contains(&cidr),
+        routed(c, 0),
         "nothing changes on node-0 while its gannetd is down"
     );
     c.nodes[0].agent.restart().unwrap();
     eventually(
         "node-0 to sweep node-2's entries after its restart",
         Duration::from_secs(5),
-        || (!c.overlay_routes(0).contains(&cidr)).then_some(()),
+        || (!routed(c, 0)).then_some(()),
     );
+    for &n in &ebpf_nodes {
+        assert_eq!(
+            node_map_entries(c, n),
+            2,
+            "node-{n}'s node map keeps node-1's CIDRs only"
+        );
+    }
     for n in 0..2 {
         let neigh = c.node_netns(n).ip(&["neigh", "show"]).unwrap();
         assert!(
@@ -626,9 +666,45 @@ fn cleanup_removes_everything(c: &mut Cluster) {
     assert!(!tables.contains("gannet"), "{tables}");
 }
 
+/// `IpForwDatagrams` of a node: packets its IPv4 stack routed on.
+fn forwarded(c: &Cluster, node: usize) -> u64 {
+    let mut cmd = Command::new("cat");
+    cmd.arg("/proc/net/snmp");
+    let out = run_in(cmd, Some(c.node_netns(node)), None, Duration::from_secs(5)).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut ip_lines = text.lines().filter(|l| l.starts_with("Ip: "));
+    let (names, values) = (ip_lines.next().unwrap(), ip_lines.next().unwrap());
+    let column = names
+        .split_whitespace()
+        .position(|n| n == "ForwDatagrams")
+        .expect("ForwDatagrams column");
+    values
+        .split_whitespace()
+        .nth(column)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// In ebpf mode, pod-to-pod traffic between nodes bypasses both nodes' routing: the sending
+/// veth's program encapsulates it, the receiving device's program hands it to the pod.
+fn no_host_routing_between_ebpf_nodes(c: &Cluster) {
+    let before = (forwarded(c, 0), forwarded(c, 1));
+    let tcp = c.tcp((0, 0), &addr(&c.pod(1, 0).ip), 50);
+    assert_eq!(tcp.ok, 50, "{tcp:?}");
+    let after = (forwarded(c, 0), forwarded(c, 1));
+    assert!(
+        after.0 - before.0 < 10 && after.1 - before.1 < 10,
+        "50 connections (hundreds of packets) crossed without the nodes routing them: forwarded {before:?} → {after:?}"
+    );
+}
+
 fn whole_cluster(modes: [&str; NODES], pod_mtu: u32) {
     let mut c = Cluster::new(modes, 2);
     full_mesh(&c);
+    if modes[0] == "ebpf" && modes[1] == "ebpf" {
+        no_host_routing_between_ebpf_nodes(&c);
+    }
     service_across_nodes(&c);
     full_mtu_transfer(&c, pod_mtu);
     masquerade(&mut c);
@@ -636,16 +712,27 @@ fn whole_cluster(modes: [&str; NODES], pod_mtu: u32) {
     if modes.iter().all(|m| *m == modes[0]) {
         status_lists_the_nodes(&c, modes[0]);
     }
-    if modes[0] == "vxlan" {
+    if modes[0] != "host-gw" {
         icmp_errors_reach_the_pod(&c);
     }
-    node_leaves(&mut c);
+    node_leaves(&mut c, modes);
     cleanup_removes_everything(&mut c);
 }
 
 #[test]
 fn vxlan_cluster() {
     whole_cluster(["vxlan"; NODES], VXLAN_POD_MTU);
+}
+
+#[test]
+fn ebpf_cluster() {
+    whole_cluster(["ebpf"; NODES], VXLAN_POD_MTU);
+}
+
+/// vxlan and ebpf nodes in one cluster: the same wire format.
+#[test]
+fn mixed_vxlan_and_ebpf_cluster() {
+    whole_cluster(["ebpf", "vxlan", "ebpf"], VXLAN_POD_MTU);
 }
 
 #[test]
