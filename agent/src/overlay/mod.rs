@@ -21,27 +21,32 @@
 //! removes only what no node needs any more (routes it owns carry the route protocol
 //! [`ROUTE_PROTOCOL`]).
 
+mod device;
 pub mod ebpf;
 mod plan;
+mod status;
+mod sweep;
 pub mod underlay;
 
 use std::collections::BTreeMap;
-use std::fs;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use gannet_common::{TUNNEL_F_ENABLED, TUNNEL_F_IPV6_UNDERLAY, TunnelConfig};
 
 use gannet_cni::net::Cidr;
-use gannet_cni::netlink::{Netlink, NetlinkError, Vxlan};
+use gannet_cni::netlink::{Netlink, NetlinkError};
 use gannet_k8s::{ClusterNode, format_mac};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
 use crate::datapath::{DataPathError, pods::PodFastPath};
+pub use device::cleanup;
 use ebpf::TunnelMaps;
 use plan::{Entry, Plan, plan};
+pub use status::{NodeStatus, OverlayStatus, UnderlayStatus, read_status};
 use underlay::Underlay;
 
 /// The VXLAN device gannetd owns.
@@ -263,98 +268,6 @@ impl Overlay {
     /// This node's address on the underlay.
     pub fn node_ip(&self) -> IpAddr {
         self.underlay.ip
-    }
-
-    fn device_settings(&self) -> Vxlan {
-        if self.config.mode == Mode::Ebpf {
-            // External mode: the VNI and the endpoints come with each packet's tunnel key.
-            Vxlan {
-                vni: self.config.vni,
-                port: self.config.port,
-                local: None,
-                underlay: None,
-                collect_metadata: true,
-            }
-        } else {
-            Vxlan {
-                vni: self.config.vni,
-                port: self.config.port,
-                local: Some(self.underlay.ip),
-                underlay: Some(self.underlay.index),
-                collect_metadata: false,
-            }
-        }
-    }
-
-    /// Creates the VXLAN device, or adopts the one a previous gannetd left (keeping its MAC),
-    /// recreating it only when its VNI, port, address or underlay changed.
-    fn ensure_device(&mut self) -> Result<Vtep, OverlayError> {
-        let overhead = if self.underlay.ip.is_ipv4() {
-            VXLAN_OVERHEAD_V4
-        } else {
-            VXLAN_OVERHEAD_V6
-        };
-        let mtu = self.underlay.mtu.saturating_sub(overhead);
-        let settings = self.device_settings();
-        if let Some(link) = self.netlink.link_by_name(DEVICE)? {
-            let same = link.kind.as_deref() == Some("vxlan")
-                && link.vxlan.as_ref().is_some_and(|v| {
-                    if settings.collect_metadata {
-                        // An external device has no VNI, address or underlay of its own.
-                        v.collect_metadata && v.port == settings.port
-                    } else {
-                        v.vni == settings.vni
-                            && v.port == settings.port
-                            && v.local == settings.local
-                            && v.underlay == settings.underlay
-                            && !v.collect_metadata
-                    }
-                });
-            if same {
-                if link.mtu != mtu {
-                    self.netlink.set_mtu(link.index, mtu)?;
-                }
-                self.netlink.set_up(link.index, None)?;
-                let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
-                info!(
-                    device = DEVICE,
-                    mac = format_mac(mac),
-                    "adopted the VXLAN device"
-                );
-                return Ok(Vtep {
-                    index: link.index,
-                    mac,
-                    mtu,
-                });
-            }
-            warn!(
-                device = DEVICE,
-                was = ?link.vxlan,
-                now = ?settings,
-                "the VXLAN device's settings changed: recreating it (cross-node traffic pauses briefly)"
-            );
-            self.netlink.delete_link(link.index)?;
-        }
-        let mac = derived_mac(&self.node_name, self.config.vni);
-        self.netlink.create_vxlan(DEVICE, &settings, mtu, &mac)?;
-        let link = self
-            .netlink
-            .link_by_name(DEVICE)?
-            .ok_or_else(|| OverlayError::Underlay(format!("{DEVICE} vanished after creation")))?;
-        self.netlink.set_up(link.index, None)?;
-        info!(
-            device = DEVICE,
-            mac = format_mac(mac),
-            mtu,
-            vni = settings.vni,
-            port = settings.port,
-            "created the VXLAN device"
-        );
-        Ok(Vtep {
-            index: link.index,
-            mac,
-            mtu,
-        })
     }
 
     /// Programs the cluster's nodes (this one included: its pod CIDRs become the VXLAN device's
@@ -598,153 +511,6 @@ impl Overlay {
     fn vtep_index(&self) -> u32 {
         self.vtep.map_or(0, |v| v.index)
     }
-
-    /// Removes what gannetd owns in the kernel that no node needs: routes of
-    /// [`ROUTE_PROTOCOL`], permanent neighbours and forwarding entries of the VXLAN device.
-    fn sweep(&mut self) {
-        let wanted: Vec<&Entry> = self
-            .programmed
-            .values()
-            .flat_map(|p| &p.plan.entries)
-            .collect();
-        let mut removed = 0;
-        for ipv4 in [true, false] {
-            let routes = match self.netlink.routes(ipv4) {
-                Ok(routes) => routes,
-                Err(error) => {
-                    warn!(%error, "cannot list routes to remove stale ones");
-                    continue;
-                }
-            };
-            for route in routes.into_iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
-                if self.is_cluster_route(&route) {
-                    // Owned by `set_cluster`, not by any node.
-                    continue;
-                }
-                let dst = IpNet::new(route.dst.addr(), route.dst.prefix()).ok();
-                let needed = wanted
-                    .iter()
-                    .any(|e| matches!(e, Entry::Route { dst: d, .. } if Some(*d) == dst));
-                if !needed {
-                    match self.netlink.delete_route(route.dst, ROUTE_PROTOCOL) {
-                        Ok(_) => removed += 1,
-                        Err(error) => {
-                            warn!(route = %route.dst, %error, "cannot remove a stale route");
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(maps) = &mut self.tunnel {
-            match maps.list() {
-                Ok(entries) => {
-                    for (cidr, _) in entries {
-                        let needed = wanted
-                            .iter()
-                            .any(|e| matches!(e, Entry::Node { cidr: c, .. } if *c == cidr));
-                        if !needed {
-                            match maps.remove(cidr) {
-                                Ok(_) => removed += 1,
-                                Err(error) => {
-                                    warn!(%cidr, %error, "cannot remove a stale node-map entry");
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(error) => warn!(%error, "cannot list the node map"),
-            }
-        }
-        if let Some(vtep) = self.vtep {
-            match self.netlink.neighbours(vtep.index) {
-                Ok(neighbours) => {
-                    for n in neighbours.into_iter().filter(|n| n.permanent) {
-                        let needed = wanted
-                            .iter()
-                            .any(|e| matches!(e, Entry::Neighbour { ip, .. } if *ip == n.ip));
-                        if !needed && self.netlink.delete_neighbour(vtep.index, n.ip).is_ok() {
-                            removed += 1;
-                        }
-                    }
-                }
-                Err(error) => warn!(%error, "cannot list the VXLAN device's neighbours"),
-            }
-            match self.netlink.fdb(vtep.index) {
-                Ok(entries) => {
-                    debug!(
-                        entries = entries.len(),
-                        "forwarding entries of the VXLAN device"
-                    );
-                    for f in entries {
-                        let (Some(dst), Ok(mac)) = (f.dst, <[u8; 6]>::try_from(f.mac.as_slice()))
-                        else {
-                            continue;
-                        };
-                        if mac == [0; 6] {
-                            continue;
-                        }
-                        if wanted.contains(&&Entry::Fdb { mac, dst }) {
-                            continue;
-                        }
-                        match self.netlink.delete_fdb(vtep.index, &mac, dst) {
-                            Ok(_) => removed += 1,
-                            Err(error) => {
-                                warn!(%error, "cannot remove a stale forwarding entry");
-                            }
-                        }
-                    }
-                }
-                Err(error) => warn!(%error, "cannot list the VXLAN device's forwarding entries"),
-            }
-        }
-        if removed > 0 {
-            info!(removed, "removed overlay entries no node needs any more");
-        }
-    }
-
-    fn write_status(&self) {
-        let status = OverlayStatus {
-            mode: self.config.mode,
-            underlay: UnderlayStatus {
-                interface: self.underlay.name.clone(),
-                ip: self.underlay.ip,
-                mtu: self.underlay.mtu,
-            },
-            device: self.vtep.map(|_| DEVICE.to_owned()),
-            vtep_mac: self.vtep_mac(),
-            pod_mtu: self.pod_mtu(),
-            pod_cidrs: self.local_cidrs.clone(),
-            nodes: self
-                .programmed
-                .iter()
-                .map(|(name, p)| NodeStatus {
-                    name: name.clone(),
-                    ips: p.node.internal_ips.clone(),
-                    pod_cidrs: p.node.pod_cidrs.clone(),
-                    vtep_mac: p.node.vtep_mac.map(format_mac),
-                    mode: self.config.mode,
-                    routes: p
-                        .plan
-                        .entries
-                        .iter()
-                        .filter(|e| matches!(e, Entry::Route { .. } | Entry::Node { .. }))
-                        .map(Entry::describe)
-                        .collect(),
-                    problem: p.plan.problem.clone(),
-                })
-                .collect(),
-        };
-        let result = serde_json::to_vec_pretty(&status)
-            .map_err(std::io::Error::other)
-            .and_then(|json| {
-                let tmp = self.status_file.with_extension("tmp");
-                fs::write(&tmp, json)?;
-                fs::rename(&tmp, &self.status_file)
-            });
-        if let Err(error) = result {
-            warn!(file = %self.status_file.display(), %error, "cannot write the overlay status");
-        }
-    }
 }
 
 impl Plan {
@@ -753,106 +519,5 @@ impl Plan {
         self.problem
             .as_deref()
             .is_some_and(|p| p.starts_with("programming failed"))
-    }
-}
-
-/// A stable, locally administered MAC for the VXLAN device, derived from the node name and the
-/// VNI: a device recreated after a crash or a `gannetd cleanup` gets the same address, so the
-/// other nodes' entries stay right.
-fn derived_mac(node_name: &str, vni: u32) -> [u8; 6] {
-    // FNV-1a, 64 bits.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in node_name.bytes().chain(vni.to_be_bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = hash.to_be_bytes();
-    // 0x0e: locally administered (bit 1), unicast (bit 0 clear).
-    [0x0e, b[0], b[1], b[2], b[3], b[4]]
-}
-
-/// The overlay's report (`<state-dir>/overlay.json`, shown by `gannetd status`).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct OverlayStatus {
-    pub mode: Mode,
-    pub underlay: UnderlayStatus,
-    pub device: Option<String>,
-    pub vtep_mac: Option<String>,
-    pub pod_mtu: u32,
-    /// This node's pod CIDRs.
-    pub pod_cidrs: Vec<IpNet>,
-    /// The other nodes, as programmed.
-    pub nodes: Vec<NodeStatus>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct UnderlayStatus {
-    pub interface: String,
-    pub ip: IpAddr,
-    pub mtu: u32,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub name: String,
-    pub ips: Vec<IpAddr>,
-    pub pod_cidrs: Vec<IpNet>,
-    pub vtep_mac: Option<String>,
-    pub mode: Mode,
-    /// The routes programmed for it, as `ip route` would say them (`ebpf`: its node-map
-    /// entries).
-    pub routes: Vec<String>,
-    /// Why it is not (fully) reachable.
-    pub problem: Option<String>,
-}
-
-/// Reads the overlay's report from the state directory, if gannetd runs an overlay there.
-pub fn read_status(state_dir: &Path) -> Option<OverlayStatus> {
-    let bytes = fs::read(state_dir.join(STATUS_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// Removes everything the overlay created in this network namespace: the VXLAN device (with its
-/// neighbours, forwarding entries and routes), every route of [`ROUTE_PROTOCOL`], and the report.
-/// Returns what was removed.
-///
-/// # Errors
-/// When netlink fails.
-pub fn cleanup(state_dir: &Path) -> Result<Vec<String>, OverlayError> {
-    let mut removed = Vec::new();
-    let mut netlink = Netlink::open()?;
-    for ipv4 in [true, false] {
-        for route in netlink.routes(ipv4)? {
-            if route.protocol == ROUTE_PROTOCOL
-                && netlink.delete_route(route.dst, ROUTE_PROTOCOL)?
-            {
-                removed.push(format!("route {}", route.dst));
-            }
-        }
-    }
-    if let Some(link) = netlink.link_by_name(DEVICE)?
-        && link.kind.as_deref() == Some("vxlan")
-        && netlink.delete_link(link.index)?
-    {
-        removed.push(format!("device {DEVICE}"));
-    }
-    let status = state_dir.join(STATUS_FILE);
-    if fs::remove_file(&status).is_ok() {
-        removed.push(status.display().to_string());
-    }
-    Ok(removed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn derived_macs_are_stable_local_unicast_and_differ_per_node() {
-        let a = derived_mac("node-a", 1);
-        assert_eq!(a, derived_mac("node-a", 1));
-        assert_ne!(a, derived_mac("node-b", 1));
-        assert_ne!(a, derived_mac("node-a", 2));
-        assert_eq!(a[0] & 0b11, 0b10, "locally administered unicast: {a:02x?}");
     }
 }
