@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use gannet_testkit::{Cgroup, ChildGuard, cgroup2_root, run_in, spawn};
+use gannet_testkit::{Cgroup, ChildGuard, Netns, cgroup2_root, run_in, spawn};
 
 use crate::util::check_interrupted;
 
@@ -31,9 +31,11 @@ pub fn bpf_root() -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/gannet-bench-{}", std::process::id()))
 }
 
-/// Runs `gannetd cleanup` for `bpf_root`, `cgroup` and (if given, then also removed) `state_dir`;
-/// if that fails or leaves the bpffs directory behind, removes the directory (unpinning the links
-/// detaches the programs) and says so.
+/// Runs `gannetd cleanup` for `bpf_root`, `cgroup` and (if given, then also removed) `state_dir`,
+/// inside `netns` if given (the namespace that gannetd ran in: the overlay's device, routes and
+/// masquerade table are removed from the namespace cleanup runs in); if that fails or leaves the
+/// bpffs directory behind, removes the directory (unpinning the links detaches the programs) and
+/// says so.
 ///
 /// # Errors
 /// If cleanup failed, whether or not the fallback worked.
@@ -42,6 +44,7 @@ pub fn cleanup(
     bpf_root: &Path,
     cgroup: &Path,
     state_dir: Option<&Path>,
+    netns: Option<&Netns>,
 ) -> anyhow::Result<()> {
     let mut cmd = Command::new(gannetd);
     cmd.arg("cleanup")
@@ -52,7 +55,7 @@ pub fn cleanup(
     if let Some(state_dir) = state_dir {
         cmd.arg("--state-dir").arg(state_dir);
     }
-    let output = run_in(cmd, None, None, CLEANUP_TIMEOUT).context("running gannetd cleanup")?;
+    let output = run_in(cmd, netns, None, CLEANUP_TIMEOUT).context("running gannetd cleanup")?;
     if let Some(state_dir) = state_dir {
         let _ = fs::remove_dir_all(state_dir);
     }
@@ -228,7 +231,7 @@ impl Agent {
         if !self.bpf_root.exists() {
             return Ok(());
         }
-        cleanup(&self.gannetd, &self.bpf_root, &self.cgroup, None)
+        cleanup(&self.gannetd, &self.bpf_root, &self.cgroup, None, None)
     }
 }
 

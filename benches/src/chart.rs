@@ -1,5 +1,6 @@
-//! PNG charts: one per metric, grouped bars (x: services programmed, bars: the four paths as a
-//! ratio to direct).
+//! PNG charts of ratios as grouped bars: the `clusterip` scenario's (one per metric, x: services
+//! programmed, bars: the four paths as a ratio to direct) and any other scenario's through
+//! [`GroupedRatios`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,37 @@ pub fn load_font() -> anyhow::Result<()> {
         .map_err(|message| anyhow!(message))
 }
 
+/// One series of bars (one bar per group).
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// The legend entry.
+    pub label: String,
+    pub color: RGBColor,
+    /// The ratio in each group, in group order; `None` draws no bar.
+    pub ratios: Vec<Option<f64>>,
+}
+
+/// A dashed horizontal line with a legend entry (a goal).
+#[derive(Debug, Clone)]
+pub struct GoalLine {
+    pub value: f64,
+    pub label: String,
+    pub color: RGBColor,
+}
+
+/// A chart of ratios to a reference (drawn as a solid line at 1): groups along x, one bar per
+/// series in every group, its value written above it.
+#[derive(Debug, Clone)]
+pub struct GroupedRatios {
+    pub title: String,
+    /// The groups' labels, left to right.
+    pub groups: Vec<String>,
+    pub x_desc: String,
+    pub y_desc: String,
+    pub series: Vec<Series>,
+    pub goals: Vec<GoalLine>,
+}
+
 fn color(variant: Variant) -> RGBColor {
     match variant {
         Variant::Direct => RGBColor(120, 120, 120),
@@ -71,36 +103,15 @@ fn goal(metric: Metric) -> Option<f64> {
     }
 }
 
-/// Draws the chart of `metric` over `runs` into the PNG file `path`.
+/// Draws the `clusterip` chart of `metric` over `runs` into the PNG file `path`.
 ///
 /// # Errors
 /// If the font cannot be loaded, there is nothing to draw, or drawing or writing fails.
 pub fn render(path: &Path, metric: Metric, runs: &[RunResult]) -> anyhow::Result<()> {
-    load_font()?;
     if runs.is_empty() {
         bail!("no results to chart");
     }
-    draw(path, metric, runs).map_err(|err| anyhow!("drawing {}: {err}", path.display()))?;
-    fs::metadata(path).with_context(|| format!("{} was not written", path.display()))?;
-    Ok(())
-}
-
-fn draw(path: &Path, metric: Metric, runs: &[RunResult]) -> Result<(), Box<dyn std::error::Error>> {
-    let groups = runs.len();
-    let ratios: Vec<f64> = runs
-        .iter()
-        .flat_map(|run| {
-            Variant::ALL
-                .into_iter()
-                .filter_map(move |v| run.get(v, metric).and_then(|r| r.ratio_to_direct))
-        })
-        .collect();
-    // Headroom above the bars for the legend.
-    let top = ratios.iter().copied().fold(1.0_f64, f64::max) * 1.5;
-
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let labels: Vec<String> = runs
+    let groups = runs
         .iter()
         .map(|run| {
             let direct = run
@@ -120,11 +131,64 @@ fn draw(path: &Path, metric: Metric, runs: &[RunResult]) -> Result<(), Box<dyn s
             )
         })
         .collect();
+    let series = Variant::ALL
+        .into_iter()
+        .map(|variant| Series {
+            label: format!("{} ({})", variant.name(), variant.letter()),
+            color: color(variant),
+            ratios: runs
+                .iter()
+                .map(|run| run.get(variant, metric).and_then(|r| r.ratio_to_direct))
+                .collect(),
+        })
+        .collect();
+    let chart = GroupedRatios {
+        title: format!("{metric}: {} — ratio to direct", metric.describe()),
+        groups,
+        x_desc: "services programmed".to_owned(),
+        y_desc: "ratio to direct (higher is better)".to_owned(),
+        series,
+        goals: goal(metric)
+            .map(|value| GoalLine {
+                value,
+                label: format!("gannet goal {value:.2}×"),
+                color: color(Variant::Gannet),
+            })
+            .into_iter()
+            .collect(),
+    };
+    render_grouped(path, &chart)
+}
+
+/// Draws `chart` into the PNG file `path`.
+///
+/// # Errors
+/// If the font cannot be loaded, there are no groups, or drawing or writing fails.
+pub fn render_grouped(path: &Path, chart: &GroupedRatios) -> anyhow::Result<()> {
+    load_font()?;
+    if chart.groups.is_empty() || chart.series.is_empty() {
+        bail!("no results to chart");
+    }
+    draw(path, chart).map_err(|err| anyhow!("drawing {}: {err}", path.display()))?;
+    fs::metadata(path).with_context(|| format!("{} was not written", path.display()))?;
+    Ok(())
+}
+
+fn draw(path: &Path, spec: &GroupedRatios) -> Result<(), Box<dyn std::error::Error>> {
+    let groups = spec.groups.len();
+    // Headroom above the bars for the legend.
+    let top = spec
+        .series
+        .iter()
+        .flat_map(|s| s.ratios.iter().flatten().copied())
+        .chain(spec.goals.iter().map(|g| g.value))
+        .fold(1.0_f64, f64::max)
+        * 1.5;
+
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{metric}: {} — ratio to direct", metric.describe()),
-            (FAMILY, 22),
-        )
+        .caption(&spec.title, (FAMILY, 22))
         .margin(16)
         .x_label_area_size(56)
         .y_label_area_size(64)
@@ -139,49 +203,47 @@ fn draw(path: &Path, metric: Metric, runs: &[RunResult]) -> Result<(), Box<dyn s
             if (centre - centre.round()).abs() > 1e-6 || centre < 0.0 {
                 return String::new();
             }
-            labels
+            spec.groups
                 .get(centre.round() as usize)
                 .cloned()
                 .unwrap_or_default()
         })
-        .x_desc("services programmed")
-        .y_desc("ratio to direct (higher is better)")
+        .x_desc(spec.x_desc.as_str())
+        .y_desc(spec.y_desc.as_str())
         .y_label_formatter(&|y| format!("{y:.1}"))
         .label_style((FAMILY, 16))
         .axis_desc_style((FAMILY, 16))
         .draw()?;
 
-    // The limit: direct = 1.
+    // The reference: ratio 1.
     chart.draw_series(std::iter::once(PathElement::new(
         vec![(0.0, 1.0), (groups as f64, 1.0)],
         BLACK.stroke_width(1),
     )))?;
-    if let Some(goal) = goal(metric) {
-        let style = color(Variant::Gannet).stroke_width(2);
+    for goal in &spec.goals {
+        let style = goal.color.stroke_width(2);
         chart
             .draw_series(std::iter::once(DashedPathElement::new(
-                vec![(0.0, goal), (groups as f64, goal)],
+                vec![(0.0, goal.value), (groups as f64, goal.value)],
                 8,
                 6,
                 style,
             )))?
-            .label(format!("gannet goal {goal:.2}×"))
+            .label(goal.label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
     }
 
-    let slot = 0.8 / Variant::ALL.len() as f64;
+    let slot = 0.8 / spec.series.len() as f64;
     let value_style = TextStyle::from((FAMILY, 14).into_font())
         .color(&BLACK)
         .pos(Pos::new(HPos::Center, VPos::Bottom));
-    for (index, variant) in Variant::ALL.into_iter().enumerate() {
-        let fill = color(variant);
-        let bars: Vec<(f64, f64)> = runs
+    for (index, series) in spec.series.iter().enumerate() {
+        let fill = series.color;
+        let bars: Vec<(f64, f64)> = series
+            .ratios
             .iter()
             .enumerate()
-            .filter_map(|(g, run)| {
-                let ratio = run.get(variant, metric)?.ratio_to_direct?;
-                Some((g as f64 + 0.1 + index as f64 * slot, ratio))
-            })
+            .filter_map(|(g, ratio)| Some((g as f64 + 0.1 + index as f64 * slot, (*ratio)?)))
             .collect();
         chart
             .draw_series(bars.iter().map(|&(x, ratio)| {
@@ -190,7 +252,7 @@ fn draw(path: &Path, metric: Metric, runs: &[RunResult]) -> Result<(), Box<dyn s
                     fill.filled(),
                 )
             }))?
-            .label(format!("{} ({})", variant.name(), variant.letter()))
+            .label(series.label.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], fill.filled()));
         chart.draw_series(bars.iter().map(|&(x, ratio)| {
             Text::new(

@@ -123,17 +123,8 @@ impl PathSetup {
             node,
         };
         for (pod, id) in setup.node.pods()[1..].iter().zip(BACKEND_IDS) {
-            let mut cmd = Command::new(&tools.peer);
-            cmd.args(["server", "--listen"])
-                .arg(format!("0.0.0.0:{TARGET_PORT}"))
-                .arg("--id")
-                .arg(id.to_string());
-            if let Some(cpu) = cpu {
-                cmd.arg(format!("--cpu={cpu}"));
-            }
-            let mut server = spawn(cmd, Some(&pod.netns), None)
+            let server = start_server(&tools.peer, &pod.netns, id, cpu)
                 .with_context(|| format!("starting the peer server in pod {}", pod.ip))?;
-            server.wait_for_line(peer::READY_LINE, SERVER_READY)?;
             setup.servers.push(server);
         }
         Ok(setup)
@@ -142,6 +133,30 @@ impl PathSetup {
     fn client(&self) -> &Netns {
         &self.node.pods()[0].netns
     }
+}
+
+/// Starts a peer server in `netns` listening on every address at [`TARGET_PORT`], answering crr
+/// requests with `id`, pinned to `cpu` if given, and waits until it listens.
+///
+/// # Errors
+/// If it cannot start or does not listen within 10 s.
+pub fn start_server(
+    peer: &Path,
+    netns: &Netns,
+    id: char,
+    cpu: Option<usize>,
+) -> anyhow::Result<ChildGuard> {
+    let mut cmd = Command::new(peer);
+    cmd.args(["server", "--listen"])
+        .arg(format!("0.0.0.0:{TARGET_PORT}"))
+        .arg("--id")
+        .arg(id.to_string());
+    if let Some(cpu) = cpu {
+        cmd.arg(format!("--cpu={cpu}"));
+    }
+    let mut server = spawn(cmd, Some(netns), None)?;
+    server.wait_for_line(peer::READY_LINE, SERVER_READY)?;
+    Ok(server)
 }
 
 /// Where a path's client connects for `metric`.
@@ -185,8 +200,12 @@ fn run_interruptible(
     }
 }
 
-/// Runs one peer client in `netns` (and `cgroup`) and parses its sample.
-fn run_client(
+/// Runs one peer client in `netns` (and `cgroup`), pinned to `cpu` if given, and parses its
+/// sample; gives up when the harness is interrupted.
+///
+/// # Errors
+/// If the client fails, prints no sample or takes far longer than it was asked to.
+pub fn run_client(
     peer: &Path,
     netns: &Netns,
     cgroup: Option<&Cgroup>,

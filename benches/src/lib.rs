@@ -2,7 +2,8 @@
 //! with the limit (no load balancer) and with kube-proxy's nftables and iptables rules, on a routed
 //! node built from network namespaces; gannet-cni's ADD/DEL latency next to the reference CNI
 //! plugins; gannet-control's full and incremental syncs to gannetd agents next to kube-proxy's rule
-//! loads; and the reports they write.
+//! loads; pod-to-pod traffic across nodes through gannet's overlay modes next to a Flannel-style
+//! setup and the underlay; and the reports they write.
 
 pub mod agent;
 pub mod chart;
@@ -11,6 +12,7 @@ pub mod cni;
 pub mod control;
 pub mod kubeproxy;
 pub mod machine;
+pub mod overlay;
 pub mod peer;
 pub mod report;
 pub mod results;

@@ -15,6 +15,7 @@ use gannet_bench::clusterip::{self, Tools};
 use gannet_bench::cni::{self, rootns};
 use gannet_bench::control;
 use gannet_bench::kubeproxy::{iptables, nft};
+use gannet_bench::overlay;
 use gannet_bench::peer::Metric;
 use gannet_bench::results::Results;
 use gannet_bench::services::{MAX_SERVICES, bench_services, manifests_yaml};
@@ -50,6 +51,10 @@ enum Scenario {
     /// agents (time, RSS), incremental change latency with 3 agents watching, and kube-proxy's
     /// nft -f / iptables-restore of the same services.
     Control(ControlArgs),
+    /// Pod to pod across two nodes, directly and through a ClusterIP: the underlay, a
+    /// Flannel-style vxlan setup with the reference CNI plugins, and gannet's overlay modes
+    /// (vxlan, host-gw, ebpf).
+    Overlay(OverlayArgs),
     /// Print what the clusterip scenario programs for N services: kube-proxy's nftables rules,
     /// its iptables-restore input, or gannetd's manifests. Needs no root.
     Rules(RulesArgs),
@@ -139,27 +144,14 @@ impl ClusterIpArgs {
                 ));
             }
         }
-        let rounds = self.rounds.unwrap_or(if self.quick { 2 } else { 3 });
-        if rounds == 0 {
-            errors.push("--rounds 0: must be at least 1".to_owned());
-        }
-        let seconds = self.seconds.unwrap_or(if self.quick { 0.5 } else { 2.0 });
-        if !(0.05..=600.0).contains(&seconds) {
-            errors.push(format!("--seconds {seconds}: must be between 0.05 and 600"));
-        }
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let peer_cpu = if self.no_pin {
-            None
-        } else {
-            let cpu = self.cpu.unwrap_or(cpus - 1);
-            if cpu >= cpus {
-                errors.push(format!(
-                    "--cpu {cpu}: this machine has CPUs 0 to {}",
-                    cpus - 1
-                ));
-            }
-            Some(cpu)
-        };
+        let (rounds, seconds, peer_cpu) = traffic_settings(
+            self.quick,
+            self.rounds,
+            self.seconds,
+            self.cpu,
+            self.no_pin,
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -171,6 +163,97 @@ impl ClusterIpArgs {
             duration: Duration::from_secs_f64(seconds),
             warmup: Duration::from_secs_f64(if self.quick { 0.1 } else { 0.2 }),
             seed: self.seed.unwrap_or_else(util::clock_seed),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct OverlayArgs {
+    /// A short run (2 rounds of 0.5 s): about a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write results.json, results.md and the charts [default: bench-results/<UTC time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Measurements of every variant, path and metric [default: 3; --quick: 2].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Length of one measurement in seconds [default: 2; --quick: 0.5].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Seed of the random measurement order [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The CPU that client and server run on [default: the last CPU].
+    #[arg(long, conflicts_with = "no_pin")]
+    cpu: Option<usize>,
+    /// Let the scheduler place client and server.
+    #[arg(long)]
+    no_pin: bool,
+    /// The directory with the reference plugins `bridge` and `host-local`.
+    #[arg(long, default_value = cni::REFERENCE_DIR)]
+    reference_dir: PathBuf,
+    /// Do not build the binaries first (done by default under `cargo run`).
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// `--rounds`, `--seconds`, `--cpu`/`--no-pin` as the traffic scenarios take them: the values
+/// (quick defaults 2 rounds of 0.5 s, else 3 of 2 s) and every problem, each naming its flag.
+fn traffic_settings(
+    quick: bool,
+    rounds: Option<usize>,
+    seconds: Option<f64>,
+    cpu: Option<usize>,
+    no_pin: bool,
+    errors: &mut Vec<String>,
+) -> (usize, f64, Option<usize>) {
+    let rounds = rounds.unwrap_or(if quick { 2 } else { 3 });
+    if rounds == 0 {
+        errors.push("--rounds 0: must be at least 1".to_owned());
+    }
+    let seconds = seconds.unwrap_or(if quick { 0.5 } else { 2.0 });
+    if !(0.05..=600.0).contains(&seconds) {
+        errors.push(format!("--seconds {seconds}: must be between 0.05 and 600"));
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let peer_cpu = if no_pin {
+        None
+    } else {
+        let cpu = cpu.unwrap_or(cpus - 1);
+        if cpu >= cpus {
+            errors.push(format!(
+                "--cpu {cpu}: this machine has CPUs 0 to {}",
+                cpus - 1
+            ));
+        }
+        Some(cpu)
+    };
+    (rounds, seconds, peer_cpu)
+}
+
+impl OverlayArgs {
+    /// The scenario's configuration; every problem, each naming its flag, if any.
+    fn config(&self) -> Result<overlay::Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let (rounds, seconds, peer_cpu) = traffic_settings(
+            self.quick,
+            self.rounds,
+            self.seconds,
+            self.cpu,
+            self.no_pin,
+            &mut errors,
+        );
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(overlay::Config {
+            quick: self.quick,
+            rounds,
+            duration: Duration::from_secs_f64(seconds),
+            warmup: Duration::from_secs_f64(if self.quick { 0.1 } else { 0.2 }),
+            seed: self.seed.unwrap_or_else(util::clock_seed),
+            peer_cpu,
         })
     }
 }
@@ -755,6 +838,123 @@ fn run_control(args: &ControlArgs, config: &control::Config) -> anyhow::Result<(
     Ok(())
 }
 
+fn overlay_tools(args: &OverlayArgs) -> anyhow::Result<overlay::Tools> {
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    let dir = std::env::var_os(gannet_testkit::BIN_DIR_ENV).map(PathBuf::from);
+    let find = |name: &str, package: &str| {
+        gannet_testkit::find_bin(name, dir.as_deref(), &exe).with_context(|| {
+            format!("{name} is needed; build it with `cargo build --release -p {package}`")
+        })
+    };
+    Ok(overlay::Tools {
+        gannetd: find("gannetd", "gannet-agent")?,
+        gannet_control: find("gannet-control", "gannet-control")?,
+        gannetctl: find("gannetctl", "gannetctl")?,
+        gannet_cni: find("gannet-cni", "gannet-cni")?,
+        peer: find("gannet-bench-peer", "gannet-bench")?,
+        reference_dir: args.reference_dir.clone(),
+    })
+}
+
+fn run_overlay(args: &OverlayArgs, config: &overlay::Config) -> anyhow::Result<()> {
+    let bridge = args.reference_dir.join("bridge");
+    let host_local = args.reference_dir.join("host-local");
+    let hint = "Debian: apt-get install containernetworking-plugins, or --reference-dir";
+    preflight(
+        "overlay",
+        &["ip", "bridge", "nft", "sysctl"],
+        true,
+        true,
+        &[(&bridge, hint), (&host_local, hint)],
+    )?;
+    if !args.no_build {
+        build_binaries(
+            &[
+                "gannet-agent",
+                "gannet-bench",
+                "gannet-cni",
+                "gannet-control",
+                "gannetctl",
+            ],
+            "gannetd, gannet-bench-peer, gannet-cni, gannet-control and gannetctl",
+        )?;
+    }
+    let tools = overlay_tools(args)?;
+    let started = SystemTime::now();
+    let out = output_dir(args.out.as_deref(), started)?;
+    let machine = machine::collect(Some(Path::new(WORKSPACE)));
+    let before = rootns::take().context("reading the root network namespace")?;
+    let clock = Instant::now();
+
+    let progress = progress_bar(config.measurements(), "measurements");
+    let scratch = ScratchDir::new()?;
+    let mut warnings = Vec::new();
+    let outcome = overlay::run(config, &tools, &progress, scratch.path(), &mut warnings);
+    progress.finish_and_clear();
+    drop(scratch);
+    let after = rootns::take().context("reading the root network namespace again")?;
+    let differences = rootns::differences(&before, &after);
+    let measured = outcome?;
+
+    let results = overlay::report::Results::new(
+        util::rfc3339(started),
+        clock.elapsed().as_secs_f64(),
+        config.settings(),
+        machine,
+        measured,
+        cni::results::RootCheck {
+            in_init_netns: rootns::in_init_netns(),
+            links: before.links.clone(),
+            nft_ruleset_lines: before.nft_ruleset.lines().count(),
+            sysctls_compared: before.sysctls.len(),
+            differences,
+        },
+        warnings,
+    );
+    let json = out.join("results.json");
+    fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let charts = overlay::report::write_charts(&out, &results)?;
+    let md = out.join("results.md");
+    fs::write(&md, overlay::report::render(&results, &charts))
+        .with_context(|| format!("writing {}", md.display()))?;
+    for warning in &results.warnings {
+        eprintln!("gannet-bench: warning: {warning}");
+    }
+    for goal in &results.goals {
+        eprintln!(
+            "gannet-bench: {}: {} ({})",
+            goal.goal,
+            goal.measured,
+            match goal.met {
+                Some(true) => "met",
+                Some(false) => "not met",
+                None => "not measured",
+            }
+        );
+    }
+    eprintln!(
+        "gannet-bench: overlay done in {:.0} s; wrote {} in {}",
+        results.wall_seconds,
+        [
+            "results.json",
+            "results.md",
+            "rr.png",
+            "crr.png",
+            "stream.png"
+        ]
+        .join(", "),
+        out.display()
+    );
+    if !results.root_namespace.differences.is_empty() {
+        bail!(
+            "the root network namespace changed during the run:\n  {}",
+            results.root_namespace.differences.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
 /// `--out`, or `bench-results/<UTC time>/`; created.
 fn output_dir(out: Option<&Path>, started: SystemTime) -> anyhow::Result<PathBuf> {
     let out = out.map_or_else(
@@ -804,5 +1004,6 @@ fn main() -> ExitCode {
         Scenario::Clusterip(args) => run_scenario(args.config(), |config| clusterip(args, config)),
         Scenario::Control(args) => run_scenario(args.config(), |config| run_control(args, config)),
         Scenario::Cni(args) => run_scenario(args.config(), |config| cni(args, config)),
+        Scenario::Overlay(args) => run_scenario(args.config(), |config| run_overlay(args, config)),
     }
 }

@@ -71,8 +71,11 @@ fn format_bytes(bytes: usize) -> String {
     }
 }
 
-fn cell(run: &RunResult, variant: Variant, metric: Metric) -> (String, String) {
-    match run.get(variant, metric) {
+/// A result as two table cells: the median with its half range (`40,000 (±2%)`) and its ratio to
+/// the reference (`0.97×`); dashes for what was not measured.
+#[must_use]
+pub fn result_cells(metric: Metric, result: Option<&MetricResult>) -> (String, String) {
+    match result {
         Some(result) => (
             format!(
                 "{} (±{:.0}%)",
@@ -85,6 +88,10 @@ fn cell(run: &RunResult, variant: Variant, metric: Metric) -> (String, String) {
         ),
         None => ("–".to_owned(), "–".to_owned()),
     }
+}
+
+fn cell(run: &RunResult, variant: Variant, metric: Metric) -> (String, String) {
+    result_cells(metric, run.get(variant, metric))
 }
 
 fn ratio(run: &RunResult, variant: Variant, metric: Metric) -> Option<f64> {
@@ -111,7 +118,9 @@ fn compare(ours: &MetricResult, theirs: &MetricResult) -> (&'static str, Outcome
     }
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
+/// A goal's verdict in the tables: met, not met, or not measured (`None`).
+#[must_use]
+pub fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "**met**",
         Some(false) => "**not met**",

@@ -74,67 +74,7 @@ impl RoutedNode {
     }
 
     fn add_pod(&self, name: &str, ip: Ipv4Addr) -> anyhow::Result<RoutedPod> {
-        let netns = Netns::new(name)?;
-        let host_veth = unique_name("gbv");
-        let pod_mac = mac(ip, 0);
-        let host_mac = mac(ip, 1);
-        // Both ends are created in our namespaces: the host end in the node, the peer directly
-        // in the pod.
-        self.node.ip(&[
-            "link",
-            "add",
-            &host_veth,
-            "address",
-            &host_mac,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            POD_IF,
-            "address",
-            &pod_mac,
-            "netns",
-            netns.name(),
-        ])?;
-        let pod = RoutedPod {
-            netns,
-            ip,
-            host_veth,
-        };
-        self.node.ip(&["link", "set", &pod.host_veth, "up"])?;
-        let host32 = format!("{ip}/32");
-        self.node
-            .ip(&["route", "add", &host32, "dev", &pod.host_veth])?;
-        self.node.ip(&[
-            "neigh",
-            "replace",
-            &ip.to_string(),
-            "lladdr",
-            &pod_mac,
-            "dev",
-            &pod.host_veth,
-            "nud",
-            "permanent",
-        ])?;
-        let gateway = POD_GATEWAY.to_string();
-        pod.netns.ip(&["addr", "add", &host32, "dev", POD_IF])?;
-        pod.netns.ip(&["link", "set", POD_IF, "up"])?;
-        pod.netns
-            .ip(&["route", "add", &gateway, "dev", POD_IF, "scope", "link"])?;
-        pod.netns
-            .ip(&["route", "add", "default", "via", &gateway, "dev", POD_IF])?;
-        pod.netns.ip(&[
-            "neigh",
-            "replace",
-            &gateway,
-            "lladdr",
-            &host_mac,
-            "dev",
-            POD_IF,
-            "nud",
-            "permanent",
-        ])?;
-        Ok(pod)
+        add_routed_pod(&self.node, name, ip)
     }
 
     /// The node namespace.
@@ -148,6 +88,75 @@ impl RoutedNode {
     pub fn pods(&self) -> &[RoutedPod] {
         &self.pods
     }
+}
+
+/// Adds a routed pod to the node namespace `node`: a namespace named after `name` with `eth0`
+/// holding `ip`/32 and a default route via [`POD_GATEWAY`], a /32 route to it in `node` through
+/// its host veth, permanent neighbour entries on both sides.
+///
+/// # Errors
+/// If a command fails; the pod's namespace is removed again.
+pub fn add_routed_pod(node: &Netns, name: &str, ip: Ipv4Addr) -> anyhow::Result<RoutedPod> {
+    let netns = Netns::new(name)?;
+    let host_veth = unique_name("gbv");
+    let pod_mac = mac(ip, 0);
+    let host_mac = mac(ip, 1);
+    // Both ends are created in our namespaces: the host end in the node, the peer directly
+    // in the pod.
+    node.ip(&[
+        "link",
+        "add",
+        &host_veth,
+        "address",
+        &host_mac,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        POD_IF,
+        "address",
+        &pod_mac,
+        "netns",
+        netns.name(),
+    ])?;
+    let pod = RoutedPod {
+        netns,
+        ip,
+        host_veth,
+    };
+    node.ip(&["link", "set", &pod.host_veth, "up"])?;
+    let host32 = format!("{ip}/32");
+    node.ip(&["route", "add", &host32, "dev", &pod.host_veth])?;
+    node.ip(&[
+        "neigh",
+        "replace",
+        &ip.to_string(),
+        "lladdr",
+        &pod_mac,
+        "dev",
+        &pod.host_veth,
+        "nud",
+        "permanent",
+    ])?;
+    let gateway = POD_GATEWAY.to_string();
+    pod.netns.ip(&["addr", "add", &host32, "dev", POD_IF])?;
+    pod.netns.ip(&["link", "set", POD_IF, "up"])?;
+    pod.netns
+        .ip(&["route", "add", &gateway, "dev", POD_IF, "scope", "link"])?;
+    pod.netns
+        .ip(&["route", "add", "default", "via", &gateway, "dev", POD_IF])?;
+    pod.netns.ip(&[
+        "neigh",
+        "replace",
+        &gateway,
+        "lladdr",
+        &host_mac,
+        "dev",
+        POD_IF,
+        "nud",
+        "permanent",
+    ])?;
+    Ok(pod)
 }
 
 #[cfg(test)]

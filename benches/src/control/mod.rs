@@ -738,6 +738,7 @@ pub fn run(
         &tools.gannet_control,
         &scratch.join("control"),
         objects::SERVICE_CIDR,
+        &[],
     )?;
     let control = plane.addr();
     let server: ServerAddr = control.parse().context("the control plane's address")?;

@@ -402,11 +402,16 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts it and waits until it serves.
+    /// Starts it with `extra_args` (e.g. `--cluster-cidr`) and waits until it serves.
     ///
     /// # Errors
     /// If it does not start in time.
-    pub fn start(binary: &Path, dir: &Path, service_cidr: &str) -> anyhow::Result<ControlPlane> {
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        service_cidr: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<ControlPlane> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let socket = dir.join("control.sock");
         let mut cmd = Command::new(binary);
@@ -417,6 +422,7 @@ impl ControlPlane {
             .arg("--service-cidr")
             .arg(service_cidr)
             .args(["--log-format", "json"])
+            .args(extra_args)
             .env("GANNET_LOG", "info");
         let mut process = Logged::spawn(cmd, None, "gannet-control")?;
         process.wait_message(0, "gannet-control started", CONTROL_START_TIMEOUT)?;
@@ -554,6 +560,7 @@ impl BenchAgent {
             &self.bpf_root,
             self.cgroup.path(),
             Some(&self.state_dir),
+            Some(&self.netns),
         )
     }
 }

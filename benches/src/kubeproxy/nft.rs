@@ -39,9 +39,17 @@ pub fn service_chain(svc: &Service) -> String {
     format!("service-{}", service_chain_base(svc))
 }
 
-/// The rules kube-proxy's nftables mode programs for `services` (IPv4), for `nft -f`.
+/// The rules kube-proxy's nftables mode programs for `services` (IPv4), for `nft -f`, with the
+/// service network [`SERVICE_CIDR`].
 #[must_use]
 pub fn ruleset(services: &[Service]) -> String {
+    ruleset_in(services, SERVICE_CIDR)
+}
+
+/// [`ruleset`] for a cluster whose service network is `service_cidr` (kube-proxy drops traffic
+/// to addresses of it that no service holds).
+#[must_use]
+pub fn ruleset_in(services: &[Service], service_cidr: &str) -> String {
     let t = format!("ip {TABLE}");
     let mut out = String::with_capacity(4096 + services.len() * 1500);
     let _ = write!(
@@ -75,7 +83,7 @@ add chain {t} services
 add chain {t} service-endpoints-check
 
 add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
-add rule {t} cluster-ips-check ip daddr {{ {SERVICE_CIDR} }} drop comment "Drop traffic to unallocated ClusterIPs"
+add rule {t} cluster-ips-check ip daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"
 add rule {t} filter-prerouting-pre-dnat ct state new jump firewall-check
 add rule {t} filter-forward ct state new jump service-endpoints-check
 add rule {t} filter-forward ct state new jump cluster-ips-check
