@@ -15,6 +15,22 @@
 //!
 //! Pod-to-pod and pod-to-service traffic is never masqueraded: the socket load balancer has
 //! already put a pod address in the destination, and every pod address is in the cluster CIDR.
+//!
+//! A NAT chain turns connection tracking on for every packet of the namespace. Traffic from a pod
+//! address to a pod address needs no tracking (no NAT, no state gannet uses), so two more chains
+//! at the `raw` priority exempt it (`notrack`), as they would otherwise cost every pod-to-pod
+//! connection a conntrack entry on both nodes:
+//!
+//! ```text
+//!   chain prerouting { type filter hook prerouting priority raw;
+//!     ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 notrack }
+//!   chain output { type filter hook output priority raw; (the same) }
+//! ```
+//!
+//! With a VXLAN overlay, the tunnel's own UDP packets (`udp dport 8472`, whose source port is a
+//! hash of the inner flow, so one conntrack entry per pod connection on each node) are exempted
+//! the same way. A host firewall that accepts them must then not ask for `ct state new`: they
+//! are `untracked`.
 
 use std::borrow::Cow;
 
@@ -32,6 +48,8 @@ pub const TABLE: &str = "gannet";
 const CHAIN: &str = "postrouting";
 /// `srcnat`.
 const SRCNAT_PRIORITY: i32 = 100;
+/// `raw`: before connection tracking.
+const RAW_PRIORITY: i32 = -300;
 
 #[derive(Debug, thiserror::Error)]
 #[error("nftables table inet {TABLE}: {0}")]
@@ -42,6 +60,9 @@ pub struct MasqueradeError(String);
 pub struct MasqueradeRules {
     pub pod_cidrs: Vec<IpNet>,
     pub cluster_cidrs: Vec<IpNet>,
+    /// The overlay's VXLAN port: its UDP packets (node to node, one flow per inner connection)
+    /// are not tracked either.
+    pub tunnel_port: Option<u16>,
 }
 
 impl MasqueradeRules {
@@ -62,6 +83,64 @@ impl MasqueradeRules {
             policy: Some(NfChainPolicy::Accept),
             ..Chain::default()
         }));
+        for (name, hook) in [
+            ("prerouting", NfHook::Prerouting),
+            ("output", NfHook::Output),
+        ] {
+            batch.add(NfListObject::Chain(Chain {
+                family: NfFamily::INet,
+                table: TABLE.into(),
+                name: name.into(),
+                _type: Some(NfChainType::Filter),
+                hook: Some(hook),
+                prio: Some(RAW_PRIORITY),
+                policy: Some(NfChainPolicy::Accept),
+                ..Chain::default()
+            }));
+            if let Some(port) = self.tunnel_port {
+                batch.add(NfListObject::Rule(Rule {
+                    family: NfFamily::INet,
+                    table: TABLE.into(),
+                    chain: name.into(),
+                    expr: Cow::Owned(vec![
+                        Statement::Match(Match {
+                            left: Expression::Named(NamedExpression::Payload(
+                                Payload::PayloadField(PayloadField {
+                                    protocol: "udp".into(),
+                                    field: "dport".into(),
+                                }),
+                            )),
+                            right: Expression::Number(u32::from(port)),
+                            op: Operator::EQ,
+                        }),
+                        Statement::Notrack,
+                    ]),
+                    handle: None,
+                    index: None,
+                    comment: Some(Cow::Borrowed("gannet: the overlay's tunnel, untracked")),
+                }));
+            }
+            for cluster in &self.cluster_cidrs {
+                let proto = if matches!(cluster, IpNet::V4(_)) {
+                    "ip"
+                } else {
+                    "ip6"
+                };
+                batch.add(NfListObject::Rule(Rule {
+                    family: NfFamily::INet,
+                    table: TABLE.into(),
+                    chain: name.into(),
+                    expr: Cow::Owned(vec![
+                        matches(proto, "saddr", Operator::EQ, *cluster),
+                        matches(proto, "daddr", Operator::EQ, *cluster),
+                        Statement::Notrack,
+                    ]),
+                    handle: None,
+                    index: None,
+                    comment: Some(Cow::Borrowed("gannet: pod to pod, untracked")),
+                }));
+            }
+        }
         for pod_cidr in &self.pod_cidrs {
             let v4 = matches!(pod_cidr, IpNet::V4(_));
             let (proto, multicast) = if v4 {
@@ -137,7 +216,33 @@ fn matches(
 /// # Errors
 /// When `nft` cannot be run or refuses the rules; the table is then as it was.
 pub fn apply(rules: &MasqueradeRules) -> Result<(), MasqueradeError> {
-    nftables::helper::apply_ruleset(&rules.batch()).map_err(|e| MasqueradeError(describe(&e)))
+    let payload = payload(&rules.batch())?;
+    nftables::helper::apply_ruleset_raw(&payload, None::<&str>, std::iter::empty::<&str>())
+        .map(drop)
+        .map_err(|e| MasqueradeError(describe(&e)))
+}
+
+/// The batch as nft's JSON. The crate writes the `notrack` statement as a bare string, which
+/// nft (1.0) refuses ("expected object"); nft's own spelling is `{"notrack": null}`.
+fn payload(batch: &Nftables<'_>) -> Result<String, MasqueradeError> {
+    fn fix(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    if item.as_str() == Some("notrack") {
+                        *item = serde_json::json!({ "notrack": null });
+                    } else {
+                        fix(item);
+                    }
+                }
+            }
+            serde_json::Value::Object(map) => map.values_mut().for_each(fix),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(batch).map_err(|e| MasqueradeError(e.to_string()))?;
+    fix(&mut value);
+    Ok(value.to_string())
 }
 
 /// Removes the table; returns whether it existed.
@@ -189,6 +294,45 @@ fn describe(error: &nftables::helper::NftablesError) -> String {
 mod tests {
     use super::*;
 
+    /// One rule's statements as `nft list` would roughly say them.
+    fn text(expr: &serde_json::Value) -> String {
+        expr.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                if let Some(m) = e.get("match")
+                    && m["right"].is_number()
+                {
+                    format!(
+                        "{} {} {} {}",
+                        m["left"]["payload"]["protocol"].as_str().unwrap(),
+                        m["left"]["payload"]["field"].as_str().unwrap(),
+                        m["op"].as_str().unwrap(),
+                        m["right"]
+                    )
+                } else if let Some(m) = e.get("match") {
+                    let prefix = &m["right"]["prefix"];
+                    format!(
+                        "{} {} {} {}/{}",
+                        m["left"]["payload"]["protocol"].as_str().unwrap(),
+                        m["left"]["payload"]["field"].as_str().unwrap(),
+                        m["op"].as_str().unwrap(),
+                        prefix["addr"].as_str().unwrap(),
+                        prefix["len"]
+                    )
+                } else if e.get("notrack").is_some() {
+                    "notrack".to_owned()
+                } else {
+                    format!(
+                        "masquerade {}",
+                        e["masquerade"]["flags"][0].as_str().unwrap()
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     #[test]
     fn rules_masquerade_only_what_leaves_the_cluster() {
         let rules = MasqueradeRules {
@@ -200,21 +344,51 @@ mod tests {
                 "10.244.0.0/16".parse().unwrap(),
                 "fd00:244::/48".parse().unwrap(),
             ],
+            tunnel_port: Some(8472),
         };
-        let json = serde_json::to_string(&rules.batch()).unwrap();
-        for needle in [
-            r#""family":"inet","name":"gannet""#,
-            r#""hook":"postrouting""#,
-            r#""addr":"10.244.1.0","len":24"#,
-            r#""right":{"prefix":{"addr":"10.244.0.0","len":16}},"op":"!=""#,
-            r#""addr":"fd00:244::","len":48"#,
-            r#""addr":"224.0.0.0","len":4"#,
-            r#""masquerade":{"flags":["fully-random"]}"#,
-        ] {
-            assert!(json.contains(needle), "{needle} in {json}");
-        }
-        // The IPv4 rule does not exclude the IPv6 cluster CIDR.
-        let v4_rule = json.split(r#""rule""#).nth(1).unwrap();
-        assert!(!v4_rule.contains("fd00"), "{v4_rule}");
+        let json: serde_json::Value =
+            serde_json::from_str(&payload(&rules.batch()).unwrap()).unwrap();
+        let commands = json["nftables"].as_array().unwrap();
+        let chains: Vec<String> = commands
+            .iter()
+            .filter_map(|c| c["add"].get("chain"))
+            .map(|c| format!("{} {} {} {}", c["name"], c["type"], c["hook"], c["prio"]))
+            .collect();
+        assert_eq!(
+            chains,
+            [
+                r#""postrouting" "nat" "postrouting" 100"#,
+                r#""prerouting" "filter" "prerouting" -300"#,
+                r#""output" "filter" "output" -300"#,
+            ]
+        );
+        let rules: Vec<String> = commands
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| format!("{}: {}", r["chain"].as_str().unwrap(), text(&r["expr"])))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "prerouting: udp dport == 8472 notrack",
+                "prerouting: ip saddr == 10.244.0.0/16 ip daddr == 10.244.0.0/16 notrack",
+                "prerouting: ip6 saddr == fd00:244::/48 ip6 daddr == fd00:244::/48 notrack",
+                "output: udp dport == 8472 notrack",
+                "output: ip saddr == 10.244.0.0/16 ip daddr == 10.244.0.0/16 notrack",
+                "output: ip6 saddr == fd00:244::/48 ip6 daddr == fd00:244::/48 notrack",
+                "postrouting: ip saddr == 10.244.1.0/24 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+                "postrouting: ip6 saddr == fd00:244:1::/64 ip6 daddr != fd00:244::/48 ip6 daddr != ff00::/8 masquerade fully-random",
+            ]
+        );
+        // The whole table is replaced in one transaction.
+        let first: Vec<String> = commands.iter().take(3).map(ToString::to_string).collect();
+        assert_eq!(
+            first,
+            [
+                r#"{"add":{"table":{"family":"inet","name":"gannet"}}}"#,
+                r#"{"delete":{"table":{"family":"inet","name":"gannet"}}}"#,
+                r#"{"add":{"table":{"family":"inet","name":"gannet"}}}"#,
+            ]
+        );
     }
 }

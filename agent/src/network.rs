@@ -28,6 +28,8 @@ pub struct NodeNetwork {
     /// `--cluster-cidr`; else the control plane's.
     cluster_cidrs: Vec<IpNet>,
     lease: Option<Lease>,
+    /// The VXLAN port with `--overlay vxlan|ebpf`.
+    tunnel_port: Option<u16>,
     masquerading: Option<MasqueradeRules>,
     warned_no_cluster_cidr: bool,
 }
@@ -73,6 +75,8 @@ impl NodeNetwork {
             masquerade: config.masquerade,
             cluster_cidrs: config.cluster_cidrs.clone(),
             lease: None,
+            tunnel_port: matches!(config.overlay.mode, Mode::Vxlan | Mode::Ebpf)
+                .then_some(config.overlay.port),
             masquerading: None,
             warned_no_cluster_cidr: false,
         })
@@ -141,6 +145,7 @@ impl NodeNetwork {
         let rules = MasqueradeRules {
             pod_cidrs: lease.pod_cidrs.clone(),
             cluster_cidrs: lease.cluster_cidrs.clone(),
+            tunnel_port: self.tunnel_port,
         };
         if self.masquerading.as_ref() == Some(&rules) {
             return;

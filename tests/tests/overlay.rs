@@ -391,6 +391,17 @@ fn full_mtu_transfer(c: &Cluster, pod_mtu: u32) {
     );
 }
 
+/// Connections node `node`'s conntrack holds.
+fn conntrack_count(c: &Cluster, node: usize) -> u64 {
+    let mut cmd = Command::new("cat");
+    cmd.arg("/proc/sys/net/netfilter/nf_conntrack_count");
+    let out = run_in(cmd, Some(c.node_netns(node)), None, Duration::from_secs(5)).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
 fn masquerade(c: &mut Cluster) {
     let external = c.underlay.external().expect("external host");
     c.external_server = Some(serve(external, "outside", 8080, &[]));
@@ -400,10 +411,21 @@ fn masquerade(c: &mut Cluster) {
         out.ok, 3,
         "a pod reaches a host outside the cluster: {out:?}"
     );
-    // Between pods, the server sees the pod's own address.
+    // Between pods, the server sees the pod's own address, and neither node tracks the
+    // connections (only masqueraded traffic needs conntrack).
     let from_pod = c.pod(0, 1).ip.clone();
-    let inside = c.tcp((0, 1), &addr(&c.pod(1, 1).ip), 2);
-    assert_eq!(inside.ok, 2, "{inside:?}");
+    let tracked = (conntrack_count(c, 0), conntrack_count(c, 1));
+    let inside = c.tcp((0, 1), &addr(&c.pod(1, 1).ip), 20);
+    assert_eq!(inside.ok, 20, "{inside:?}");
+    let now = (conntrack_count(c, 0), conntrack_count(c, 1));
+    assert!(
+        now.0 <= tracked.0 + 2 && now.1 <= tracked.1 + 2,
+        "20 pod-to-pod connections left no conntrack entries: {tracked:?} → {now:?}"
+    );
+    assert!(
+        tracked.0 >= 3,
+        "the 3 masqueraded connections are tracked: {tracked:?}"
+    );
     let seen = stop_server(c.external_server.take().expect("running"));
     let node_ip = c.underlay.nodes()[0].ipv4.to_string();
     assert_eq!(
