@@ -103,21 +103,8 @@ struct ClusterIpArgs {
     /// Numbers of services to measure at, comma-separated [default: 1,1000,10000; --quick: 1,1000].
     #[arg(long, value_delimiter = ',')]
     services: Option<Vec<usize>>,
-    /// Measurements of every path and metric per number of services [default: 3; --quick: 2].
-    #[arg(long)]
-    rounds: Option<usize>,
-    /// Length of one measurement in seconds [default: 2; --quick: 0.5].
-    #[arg(long)]
-    seconds: Option<f64>,
-    /// Seed of the random measurement order [default: from the clock].
-    #[arg(long)]
-    seed: Option<u64>,
-    /// The CPU that every peer (client and servers) runs on [default: the last CPU].
-    #[arg(long, conflicts_with = "no_pin")]
-    cpu: Option<usize>,
-    /// Let the scheduler place the peers (results then depend on where it puts them).
-    #[arg(long)]
-    no_pin: bool,
+    #[command(flatten)]
+    traffic: TrafficArgs,
     /// Do not build gannetd and gannet-bench-peer first (done by default under `cargo run`).
     #[arg(long)]
     no_build: bool,
@@ -144,25 +131,18 @@ impl ClusterIpArgs {
                 ));
             }
         }
-        let (rounds, seconds, peer_cpu) = traffic_settings(
-            self.quick,
-            self.rounds,
-            self.seconds,
-            self.cpu,
-            self.no_pin,
-            &mut errors,
-        );
+        let traffic = self.traffic.settings(self.quick, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(clusterip::Config {
-            peer_cpu,
+            peer_cpu: traffic.peer_cpu,
             quick: self.quick,
             service_counts,
-            rounds,
-            duration: Duration::from_secs_f64(seconds),
-            warmup: Duration::from_secs_f64(if self.quick { 0.1 } else { 0.2 }),
-            seed: self.seed.unwrap_or_else(util::clock_seed),
+            rounds: traffic.rounds,
+            duration: traffic.duration,
+            warmup: traffic.warmup,
+            seed: traffic.seed,
         })
     }
 }
@@ -175,21 +155,8 @@ struct OverlayArgs {
     /// Where to write results.json, results.md and the charts [default: bench-results/<UTC time>].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Measurements of every variant, path and metric [default: 3; --quick: 2].
-    #[arg(long)]
-    rounds: Option<usize>,
-    /// Length of one measurement in seconds [default: 2; --quick: 0.5].
-    #[arg(long)]
-    seconds: Option<f64>,
-    /// Seed of the random measurement order [default: from the clock].
-    #[arg(long)]
-    seed: Option<u64>,
-    /// The CPU that client and server run on [default: the last CPU].
-    #[arg(long, conflicts_with = "no_pin")]
-    cpu: Option<usize>,
-    /// Let the scheduler place client and server.
-    #[arg(long)]
-    no_pin: bool,
+    #[command(flatten)]
+    traffic: TrafficArgs,
     /// The directory with the reference plugins `bridge` and `host-local`.
     #[arg(long, default_value = cni::REFERENCE_DIR)]
     reference_dir: PathBuf,
@@ -198,62 +165,85 @@ struct OverlayArgs {
     no_build: bool,
 }
 
-/// `--rounds`, `--seconds`, `--cpu`/`--no-pin` as the traffic scenarios take them: the values
-/// (quick defaults 2 rounds of 0.5 s, else 3 of 2 s) and every problem, each naming its flag.
-fn traffic_settings(
-    quick: bool,
+/// The measurement settings of the traffic scenarios (`clusterip`, `overlay`).
+#[derive(Debug, Args)]
+struct TrafficArgs {
+    /// Measurements of every path and metric [default: 3; --quick: 2].
+    #[arg(long)]
     rounds: Option<usize>,
+    /// Length of one measurement in seconds [default: 2; --quick: 0.5].
+    #[arg(long)]
     seconds: Option<f64>,
+    /// Seed of the random measurement order [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The CPU that every peer (client and servers) runs on [default: the last CPU].
+    #[arg(long, conflicts_with = "no_pin")]
     cpu: Option<usize>,
+    /// Let the scheduler place the peers (results then depend on where it puts them).
+    #[arg(long)]
     no_pin: bool,
-    errors: &mut Vec<String>,
-) -> (usize, f64, Option<usize>) {
-    let rounds = rounds.unwrap_or(if quick { 2 } else { 3 });
-    if rounds == 0 {
-        errors.push("--rounds 0: must be at least 1".to_owned());
-    }
-    let seconds = seconds.unwrap_or(if quick { 0.5 } else { 2.0 });
-    if !(0.05..=600.0).contains(&seconds) {
-        errors.push(format!("--seconds {seconds}: must be between 0.05 and 600"));
-    }
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let peer_cpu = if no_pin {
-        None
-    } else {
-        let cpu = cpu.unwrap_or(cpus - 1);
-        if cpu >= cpus {
-            errors.push(format!(
-                "--cpu {cpu}: this machine has CPUs 0 to {}",
-                cpus - 1
-            ));
+}
+
+/// What [`TrafficArgs`] come to.
+struct Traffic {
+    rounds: usize,
+    duration: Duration,
+    warmup: Duration,
+    seed: u64,
+    peer_cpu: Option<usize>,
+}
+
+impl TrafficArgs {
+    /// The values (quick: 2 rounds of 0.5 s after 0.1 s of warm-up, else 3 of 2 s after 0.2 s)
+    /// and every problem, each naming its flag.
+    fn settings(&self, quick: bool, errors: &mut Vec<String>) -> Traffic {
+        let rounds = self.rounds.unwrap_or(if quick { 2 } else { 3 });
+        if rounds == 0 {
+            errors.push("--rounds 0: must be at least 1".to_owned());
         }
-        Some(cpu)
-    };
-    (rounds, seconds, peer_cpu)
+        let seconds = self.seconds.unwrap_or(if quick { 0.5 } else { 2.0 });
+        if !(0.05..=600.0).contains(&seconds) {
+            errors.push(format!("--seconds {seconds}: must be between 0.05 and 600"));
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let peer_cpu = if self.no_pin {
+            None
+        } else {
+            let cpu = self.cpu.unwrap_or(cpus - 1);
+            if cpu >= cpus {
+                errors.push(format!(
+                    "--cpu {cpu}: this machine has CPUs 0 to {}",
+                    cpus - 1
+                ));
+            }
+            Some(cpu)
+        };
+        Traffic {
+            rounds,
+            duration: Duration::from_secs_f64(seconds.clamp(0.05, 600.0)),
+            warmup: Duration::from_secs_f64(if quick { 0.1 } else { 0.2 }),
+            seed: self.seed.unwrap_or_else(util::clock_seed),
+            peer_cpu,
+        }
+    }
 }
 
 impl OverlayArgs {
     /// The scenario's configuration; every problem, each naming its flag, if any.
     fn config(&self) -> Result<overlay::Config, Vec<String>> {
         let mut errors = Vec::new();
-        let (rounds, seconds, peer_cpu) = traffic_settings(
-            self.quick,
-            self.rounds,
-            self.seconds,
-            self.cpu,
-            self.no_pin,
-            &mut errors,
-        );
+        let traffic = self.traffic.settings(self.quick, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(overlay::Config {
             quick: self.quick,
-            rounds,
-            duration: Duration::from_secs_f64(seconds),
-            warmup: Duration::from_secs_f64(if self.quick { 0.1 } else { 0.2 }),
-            seed: self.seed.unwrap_or_else(util::clock_seed),
-            peer_cpu,
+            rounds: traffic.rounds,
+            duration: traffic.duration,
+            warmup: traffic.warmup,
+            seed: traffic.seed,
+            peer_cpu: traffic.peer_cpu,
         })
     }
 }
