@@ -31,6 +31,66 @@ pub fn bpf_root() -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/gannet-bench-{}", std::process::id()))
 }
 
+/// Checks that `cgroup` is a sub-directory of the cgroup v2 root: a benchmark's gannetd never
+/// attaches to the root.
+///
+/// # Errors
+/// If it is not, or the root cannot be found.
+pub fn check_cgroup(cgroup: &Cgroup) -> anyhow::Result<()> {
+    let root = cgroup2_root()?;
+    ensure!(
+        cgroup.path() != root && cgroup.path().starts_with(&root),
+        "refusing to attach to {}: not a sub-directory of the cgroup v2 root {}",
+        cgroup.path().display(),
+        root.display()
+    );
+    Ok(())
+}
+
+/// A bpffs directory for one of this process's gannetds, `bpf_root()` with `-<tag>` (or alone),
+/// checked not to exist yet.
+///
+/// # Errors
+/// If it exists (left by an earlier run).
+pub fn fresh_bpf_root(tag: Option<&str>) -> anyhow::Result<PathBuf> {
+    let mut path = bpf_root().into_os_string();
+    if let Some(tag) = tag {
+        path.push(format!("-{tag}"));
+    }
+    let path = PathBuf::from(path);
+    ensure!(
+        !path.exists(),
+        "{} exists already (left by an earlier run?); remove it with `gannetd cleanup --bpf-root {}`",
+        path.display(),
+        path.display()
+    );
+    Ok(path)
+}
+
+/// gannetd in a node of a cluster: `cgroup`, `bpf_root`, `state_dir`, the control plane at
+/// `control`, JSON logs at `info`; the caller adds the node's name, address and mode.
+#[must_use]
+pub fn control_command(
+    gannetd: &Path,
+    cgroup: &Cgroup,
+    bpf_root: &Path,
+    state_dir: &Path,
+    control: &str,
+) -> Command {
+    let mut cmd = Command::new(gannetd);
+    cmd.env("GANNET_LOG", "info")
+        .arg("--cgroup-path")
+        .arg(cgroup.path())
+        .arg("--bpf-root")
+        .arg(bpf_root)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--control")
+        .arg(control)
+        .args(["--log-format", "json"]);
+    cmd
+}
+
 /// Runs `gannetd cleanup` for `bpf_root`, `cgroup` and (if given, then also removed) `state_dir`,
 /// inside `netns` if given (the namespace that gannetd ran in: the overlay's device, routes and
 /// masquerade table are removed from the namespace cleanup runs in); if that fails or leaves the
@@ -105,20 +165,8 @@ impl Agent {
     /// If `cgroup` is the cgroup v2 root (never attach there), a stale bpffs directory is in the
     /// way, or gannetd does not come up.
     pub fn start(gannetd: &Path, cgroup: &Cgroup, manifest_dir: &Path) -> anyhow::Result<Agent> {
-        let root = cgroup2_root()?;
-        ensure!(
-            cgroup.path() != root && cgroup.path().starts_with(&root),
-            "refusing to attach to {}: not a sub-directory of the cgroup v2 root {}",
-            cgroup.path().display(),
-            root.display()
-        );
-        let bpf_root = bpf_root();
-        ensure!(
-            !bpf_root.exists(),
-            "{} exists already (left by an earlier run?); remove it with `gannetd cleanup --bpf-root {}`",
-            bpf_root.display(),
-            bpf_root.display()
-        );
+        check_cgroup(cgroup)?;
+        let bpf_root = fresh_bpf_root(None)?;
         let mut cmd = Command::new(gannetd);
         cmd.env("GANNET_LOG", "info")
             .arg("--cgroup-path")

@@ -15,7 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use gannet_testkit::{Cgroup, Netns, cgroup2_root, run_in};
+use gannet_testkit::{Cgroup, Netns, run_in};
 use serde_json::Value;
 
 use crate::util::check_interrupted;
@@ -467,23 +467,8 @@ impl BenchAgent {
         let name = format!("bench-node-{index}");
         let netns = Netns::new("ctl")?;
         let cgroup = Cgroup::new()?;
-        let root = cgroup2_root()?;
-        ensure!(
-            cgroup.path() != root && cgroup.path().starts_with(&root),
-            "refusing to attach to {}: not a sub-directory of the cgroup v2 root {}",
-            cgroup.path().display(),
-            root.display()
-        );
-        let bpf_root = PathBuf::from(format!(
-            "/sys/fs/bpf/gannet-bench-{}-{index}",
-            std::process::id()
-        ));
-        ensure!(
-            !bpf_root.exists(),
-            "{} exists already (left by an earlier run?); remove it with `gannetd cleanup --bpf-root {}`",
-            bpf_root.display(),
-            bpf_root.display()
-        );
+        crate::agent::check_cgroup(&cgroup)?;
+        let bpf_root = crate::agent::fresh_bpf_root(Some(&index.to_string()))?;
         let state_dir = scratch.join(format!("agent-{index}"));
         let mut agent = BenchAgent {
             name: name.clone(),
@@ -494,19 +479,15 @@ impl BenchAgent {
             cgroup,
             netns,
         };
-        let mut cmd = Command::new(gannetd);
-        cmd.env("GANNET_LOG", "info")
-            .arg("--cgroup-path")
-            .arg(agent.cgroup.path())
-            .arg("--bpf-root")
-            .arg(&agent.bpf_root)
-            .arg("--state-dir")
-            .arg(&agent.state_dir)
-            .arg("--control")
-            .arg(control)
-            .args(["--node-name", &name])
+        let mut cmd = crate::agent::control_command(
+            gannetd,
+            &agent.cgroup,
+            &agent.bpf_root,
+            &agent.state_dir,
+            control,
+        );
+        cmd.args(["--node-name", &name])
             .arg(format!("--node-ip=192.0.2.{}", 10 + index))
-            .args(["--log-format", "json"])
             .args(["--overlay", "none", "--masquerade=false"])
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)));

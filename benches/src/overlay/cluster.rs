@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use gannet_testkit::cluster::{NODE_IF, Underlay, UnderlayNode};
-use gannet_testkit::{Cgroup, ChildGuard, Netns, cgroup2_root, run_in};
+use gannet_testkit::{Cgroup, ChildGuard, Netns, run_in};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -247,24 +247,9 @@ impl OverlayAgent {
         scratch: &Path,
     ) -> anyhow::Result<OverlayAgent> {
         let cgroup = Cgroup::new()?;
-        let root = cgroup2_root()?;
-        ensure!(
-            cgroup.path() != root && cgroup.path().starts_with(&root),
-            "refusing to attach to {}: not a sub-directory of the cgroup v2 root {}",
-            cgroup.path().display(),
-            root.display()
-        );
+        crate::agent::check_cgroup(&cgroup)?;
         let tag = format!("{mode}-{}", node.name);
-        let bpf_root = PathBuf::from(format!(
-            "/sys/fs/bpf/gannet-bench-{}-{tag}",
-            std::process::id()
-        ));
-        ensure!(
-            !bpf_root.exists(),
-            "{} exists already (left by an earlier run?); remove it with `gannetd cleanup --bpf-root {}`",
-            bpf_root.display(),
-            bpf_root.display()
-        );
+        let bpf_root = crate::agent::fresh_bpf_root(Some(&tag))?;
         let mut agent = OverlayAgent {
             process: None,
             gannetd: gannetd.to_path_buf(),
@@ -273,19 +258,15 @@ impl OverlayAgent {
             netns: node.netns.path().to_path_buf(),
             cgroup,
         };
-        let mut cmd = Command::new(gannetd);
-        cmd.env("GANNET_LOG", "info")
-            .arg("--cgroup-path")
-            .arg(agent.cgroup.path())
-            .arg("--bpf-root")
-            .arg(&agent.bpf_root)
-            .arg("--state-dir")
-            .arg(&agent.state_dir)
-            .arg("--control")
-            .arg(control)
-            .args(["--overlay", mode, "--node-name", &node.name])
-            .arg(format!("--node-ip={}", node.ipv4))
-            .args(["--log-format", "json"]);
+        let mut cmd = crate::agent::control_command(
+            gannetd,
+            &agent.cgroup,
+            &agent.bpf_root,
+            &agent.state_dir,
+            control,
+        );
+        cmd.args(["--overlay", mode, "--node-name", &node.name])
+            .arg(format!("--node-ip={}", node.ipv4));
         agent.process = Some(Logged::spawn(
             cmd,
             Some(&node.netns),
