@@ -798,21 +798,7 @@ fn run_control(args: &ControlArgs, config: &control::Config) -> anyhow::Result<(
     let md = out.join("results.md");
     fs::write(&md, control::report::render(&results))
         .with_context(|| format!("writing {}", md.display()))?;
-    for warning in &results.warnings {
-        eprintln!("gannet-bench: warning: {warning}");
-    }
-    for goal in &results.goals {
-        eprintln!(
-            "gannet-bench: {}: {} ({})",
-            goal.goal,
-            goal.measured,
-            match goal.met {
-                Some(true) => "met",
-                Some(false) => "not met",
-                None => "undecided",
-            }
-        );
-    }
+    print_verdicts(&results.warnings, &results.goals, "undecided");
     eprintln!(
         "gannet-bench: control done in {:.0} s; wrote {}, {}",
         results.wall_seconds,
@@ -908,21 +894,7 @@ fn run_overlay(args: &OverlayArgs, config: &overlay::Config) -> anyhow::Result<(
     let md = out.join("results.md");
     fs::write(&md, overlay::report::render(&results, &charts))
         .with_context(|| format!("writing {}", md.display()))?;
-    for warning in &results.warnings {
-        eprintln!("gannet-bench: warning: {warning}");
-    }
-    for goal in &results.goals {
-        eprintln!(
-            "gannet-bench: {}: {} ({})",
-            goal.goal,
-            goal.measured,
-            match goal.met {
-                Some(true) => "met",
-                Some(false) => "not met",
-                None => "not measured",
-            }
-        );
-    }
+    print_verdicts(&results.warnings, &results.goals, "not measured");
     eprintln!(
         "gannet-bench: overlay done in {:.0} s; wrote {} in {}",
         results.wall_seconds,
@@ -946,6 +918,21 @@ fn run_overlay(args: &OverlayArgs, config: &overlay::Config) -> anyhow::Result<(
 }
 
 /// `--out`, or `bench-results/<UTC time>/`; created.
+/// A scenario's warnings and goal verdicts on stderr; `unknown` names a goal without a verdict.
+fn print_verdicts(warnings: &[String], goals: &[control::report::Goal], unknown: &str) {
+    for warning in warnings {
+        eprintln!("gannet-bench: warning: {warning}");
+    }
+    for goal in goals {
+        let verdict = match goal.met {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => unknown,
+        };
+        eprintln!("gannet-bench: {}: {} ({verdict})", goal.goal, goal.measured);
+    }
+}
+
 fn output_dir(out: Option<&Path>, started: SystemTime) -> anyhow::Result<PathBuf> {
     let out = out.map_or_else(
         || Path::new("bench-results").join(util::compact_timestamp(started)),
