@@ -230,6 +230,21 @@ impl Netlink {
         }
     }
 
+    /// Sends a request about something that may not exist: `Ok(false)` when the kernel answers
+    /// with one of the `absent` errnos, `Ok(true)` when it did the request.
+    fn exchange_if_present(
+        &mut self,
+        op: &str,
+        message: RouteNetlinkMessage,
+        absent: &[i32],
+    ) -> Result<bool, NetlinkError> {
+        match self.exchange(op, message, 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno().is_some_and(|errno| absent.contains(&errno)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The link called `name`, if it exists.
     ///
     /// # Errors
@@ -364,15 +379,11 @@ impl Netlink {
         let mut message = LinkMessage::default();
         message.header.index = index;
         message.header.change_mask = LinkFlags::Up;
-        match self.exchange(
+        self.exchange_if_present(
             &format!("setting link {index} down"),
             RouteNetlinkMessage::SetLink(message),
-            0,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(e),
-        }
+            &[libc::ENODEV],
+        )
     }
 
     /// Renames link `index` (the kernel wants it down); returns whether it existed.
@@ -386,15 +397,11 @@ impl Netlink {
         message
             .attributes
             .push(LinkAttribute::IfName(name.to_owned()));
-        match self.exchange(
+        self.exchange_if_present(
             &format!("renaming link {index} to {name}"),
             RouteNetlinkMessage::SetLink(message),
-            0,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(e),
-        }
+            &[libc::ENODEV],
+        )
     }
 
     /// Deletes link `index`; returns whether it existed.
@@ -404,15 +411,11 @@ impl Netlink {
     pub fn delete_link(&mut self, index: u32) -> Result<bool, NetlinkError> {
         let mut message = LinkMessage::default();
         message.header.index = index;
-        match self.exchange(
+        self.exchange_if_present(
             &format!("deleting link {index}"),
             RouteNetlinkMessage::DelLink(message),
-            0,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(e),
-        }
+            &[libc::ENODEV],
+        )
     }
 
     /// Adds `cidr` to link `index` (IPv6 without duplicate address detection).
@@ -710,15 +713,11 @@ impl Netlink {
         message
             .attributes
             .push(AddressAttribute::Local(cidr.addr()));
-        match self.exchange(
+        self.exchange_if_present(
             &format!("removing address {cidr} from link {index}"),
             RouteNetlinkMessage::DelAddress(message),
-            0,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::EADDRNOTAVAIL | libc::ENODEV)) => Ok(false),
-            Err(e) => Err(e),
-        }
+            &[libc::EADDRNOTAVAIL, libc::ENODEV],
+        )
     }
 
     /// Adds or replaces the route to `dst` in the main table: via `gw` (on-link when `onlink`,
@@ -781,15 +780,11 @@ impl Netlink {
     /// If the kernel refuses for another reason than the route's absence.
     pub fn delete_route(&mut self, dst: Cidr, protocol: u8) -> Result<bool, NetlinkError> {
         let message = route_message(dst, protocol);
-        match self.exchange(
+        self.exchange_if_present(
             &format!("deleting route {dst}"),
             RouteNetlinkMessage::DelRoute(message),
-            0,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ESRCH | libc::ENOENT)) => Ok(false),
-            Err(e) => Err(e),
-        }
+            &[libc::ESRCH, libc::ENOENT],
+        )
     }
 
     /// Deletes the neighbour entry `ip` on link `index`; returns whether it was there.
@@ -803,15 +798,11 @@ impl Netlink {
         message
             .attributes
             .push(NeighbourAttribute::Destination(neighbour_address(ip)));
-        match self.exchange(
+        self.exchange_if_present(
             &format!("deleting neighbour {ip} on link {index}"),
             RouteNetlinkMessage::DelNeighbour(message),
-            0,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ENODEV)) => Ok(false),
-            Err(e) => Err(e),
-        }
+            &[libc::ENOENT, libc::ENODEV],
+        )
     }
 
     fn fdb_message(index: u32, mac: &[u8], dst: IpAddr) -> NeighbourMessage {
@@ -857,18 +848,14 @@ impl Netlink {
         mac: &[u8],
         dst: IpAddr,
     ) -> Result<bool, NetlinkError> {
-        match self.exchange(
+        self.exchange_if_present(
             &format!(
                 "deleting fdb entry {} dst {dst} on link {index}",
                 format_mac(mac)
             ),
             RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, mac, dst)),
-            0,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ENODEV)) => Ok(false),
-            Err(e) => Err(e),
-        }
+            &[libc::ENOENT, libc::ENODEV],
+        )
     }
 
     /// The forwarding entries of VXLAN device `index` that have a destination.
