@@ -126,6 +126,11 @@ pub struct RunArgs {
     /// The VXLAN UDP port (Flannel's default: 8472).
     #[arg(long, default_value_t = DEFAULT_VXLAN_PORT)]
     pub vxlan_port: u16,
+    /// How often the overlay's kernel state (routes, neighbours, forwarding entries, the node map,
+    /// the nftables table) is checked against the nodes and repaired, in seconds; 0: only at
+    /// start and on node changes.
+    #[arg(long, default_value_t = 60)]
+    pub overlay_resync_seconds: u64,
     /// What counts as inside the cluster for masquerade (repeatable, or comma-separated; one per
     /// family); default: the control plane's cluster CIDRs. Required with `--manifest-dir` while
     /// an overlay and masquerade are on.
@@ -409,6 +414,12 @@ impl RunArgs {
                 self.vxlan_vni
             ));
         }
+        if self.overlay_resync_seconds > 86_400 {
+            errors.push(format!(
+                "--overlay-resync-seconds {}: at most 86400 (a day)",
+                self.overlay_resync_seconds
+            ));
+        }
         if self.vxlan_port == 0 {
             errors.push("--vxlan-port 0: must be between 1 and 65535".to_owned());
         }
@@ -454,6 +465,8 @@ impl RunArgs {
                 interface: self.overlay_interface.clone(),
                 vni: self.vxlan_vni,
                 port: self.vxlan_port,
+                resync: (self.overlay_resync_seconds > 0)
+                    .then(|| Duration::from_secs(self.overlay_resync_seconds)),
                 node_ips,
             },
             cluster_cidrs,

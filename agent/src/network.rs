@@ -32,6 +32,8 @@ pub struct NodeNetwork {
     tunnel_port: Option<u16>,
     masquerading: Option<MasqueradeRules>,
     warned_no_cluster_cidr: bool,
+    /// `--overlay-resync-seconds`.
+    resync: Option<std::time::Duration>,
 }
 
 impl NodeNetwork {
@@ -79,6 +81,7 @@ impl NodeNetwork {
                 .then_some(config.overlay.port),
             masquerading: None,
             warned_no_cluster_cidr: false,
+            resync: config.overlay.resync,
         })
     }
 
@@ -109,6 +112,34 @@ impl NodeNetwork {
         }
         if let Some(overlay) = &mut self.overlay {
             overlay.apply(nodes, complete);
+        }
+    }
+
+    /// How often [`resync`](Self::resync) should run.
+    pub fn resync_interval(&self) -> Option<std::time::Duration> {
+        self.overlay.as_ref().and(self.resync)
+    }
+
+    /// Repairs the overlay's kernel state and the nftables table if something removed them.
+    pub fn resync(&mut self) {
+        if let Some(overlay) = &mut self.overlay {
+            overlay.resync();
+        }
+        if self.masquerading.is_some() {
+            match masquerade::exists() {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(
+                        table = masquerade::TABLE,
+                        "the nftables table was removed behind gannetd's back; installing it again"
+                    );
+                    self.masquerading = None;
+                    if let Some(lease) = self.lease.clone() {
+                        self.update_masquerade(&lease);
+                    }
+                }
+                Err(error) => warn!(%error, "cannot check the nftables table"),
+            }
         }
     }
 

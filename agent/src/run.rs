@@ -211,6 +211,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut garbage = tokio::time::interval(GARBAGE_INTERVAL);
     garbage.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The overlay's repair; without an overlay (or with --overlay-resync-seconds 0) a tick that
+    // never comes.
+    let resync_every = network.resync_interval();
+    let mut resync = tokio::time::interval(resync_every.unwrap_or(Duration::from_secs(86_400)));
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    resync.tick().await;
 
     loop {
         tokio::select! {
@@ -225,6 +231,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             }
             () = services.next(&mut reconciler, &mut network) => {}
             _ = garbage.tick() => reconciler.collect_garbage(Instant::now()),
+            _ = resync.tick(), if resync_every.is_some() => network.resync(),
         }
     }
     Ok(())

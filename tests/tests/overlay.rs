@@ -134,6 +134,8 @@ impl Cluster {
                     "--node-ip",
                     &ip,
                     "--masquerade=true",
+                    "--overlay-resync-seconds",
+                    "1",
                 ],
             )
             .expect("starting gannetd");
@@ -506,6 +508,45 @@ fn status_lists_the_nodes(c: &Cluster, mode: &str) {
     }
 }
 
+/// What someone else removes from a node (a route of gannet's, its nftables table) is put
+/// back by the next resync, without a restart.
+fn repairs_drift(c: &Cluster) {
+    let node = c.node_netns(0);
+    let routes = c.overlay_routes(0);
+    let first = routes
+        .lines()
+        .next()
+        .expect("a route of gannet's")
+        .to_owned();
+    let dst = first.split_whitespace().next().unwrap().to_owned();
+    let family = if dst.contains(':') { "-6" } else { "-4" };
+    node.ip(&[family, "route", "del", &dst, "proto", "87"])
+        .unwrap();
+    let mut cmd = Command::new("nft");
+    cmd.args(["delete", "table", "inet", "gannet"]);
+    let out = run_in(cmd, Some(node), None, Duration::from_secs(5)).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !c.overlay_routes(0).contains(&first),
+        "the route is gone for now"
+    );
+    eventually("the route to come back", Duration::from_secs(5), || {
+        c.overlay_routes(0).contains(&first).then_some(())
+    });
+    eventually(
+        "the nftables table to come back",
+        Duration::from_secs(5),
+        || {
+            let mut cmd = Command::new("nft");
+            cmd.args(["list", "tables"]);
+            let out = run_in(cmd, Some(node), None, Duration::from_secs(5)).ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("inet gannet")
+                .then_some(())
+        },
+    );
+}
+
 /// Entries in a node's eBPF node map (`--overlay ebpf`), read with bpftool from its pin.
 fn node_map_entries(c: &Cluster, node: usize) -> usize {
     let pin = c.nodes[node]
@@ -734,6 +775,7 @@ fn whole_cluster(modes: [&str; NODES], pod_mtu: u32) {
     if modes.iter().all(|m| *m == modes[0]) {
         status_lists_the_nodes(&c, modes[0]);
     }
+    repairs_drift(&c);
     if modes[0] != "host-gw" {
         icmp_errors_reach_the_pod(&c);
     }

@@ -95,6 +95,8 @@ pub struct OverlayConfig {
     pub interface: Option<String>,
     pub vni: u32,
     pub port: u16,
+    /// How often [`Overlay::resync`] should run (`None`: never).
+    pub resync: Option<std::time::Duration>,
     /// `--node-ip`.
     pub node_ips: Vec<IpAddr>,
 }
@@ -465,6 +467,54 @@ impl Overlay {
             }
         }
         Ok(())
+    }
+
+    /// Repairs the kernel's state, whatever happened to it since it was programmed (a route
+    /// deleted by hand, `ip neigh flush`, a network service restarted): every entry of every
+    /// node is added again (a replace: what is right stays, without a gap), then what no node
+    /// needs is removed. Nothing happens before the first complete node list.
+    pub fn resync(&mut self) {
+        if !self.swept {
+            return;
+        }
+        if let Some(vtep) = self.vtep {
+            match self.netlink.link_by_name(DEVICE) {
+                Ok(Some(link)) if link.index == vtep.index => {}
+                Ok(_) => {
+                    error!(
+                        device = DEVICE,
+                        "the VXLAN device was removed or replaced behind gannetd's back; restart gannetd to recreate it"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    warn!(%error, "cannot check the VXLAN device");
+                    return;
+                }
+            }
+        }
+        let plans: Vec<(String, Vec<Entry>)> = self
+            .programmed
+            .iter()
+            .map(|(name, p)| (name.clone(), p.plan.entries.clone()))
+            .collect();
+        for (name, entries) in plans {
+            if let Err(error) = self.add_entries(&entries) {
+                warn!(node = name, %error, "cannot repair the node's overlay entries");
+            }
+        }
+        if let Some(vtep) = self.vtep.filter(|_| self.config.mode == Mode::Ebpf) {
+            for cidr in self.cluster_cidrs.clone() {
+                let dst = Cidr::new(cidr.network(), cidr.prefix_len()).expect("a valid prefix");
+                if let Err(error) =
+                    self.netlink
+                        .replace_device_route(dst, vtep.index, ROUTE_PROTOCOL)
+                {
+                    warn!(%error, "cannot repair the cluster CIDR's route");
+                }
+            }
+        }
+        self.sweep();
     }
 
     /// Removes `entries` except those in `keep`, last first; returns how many failed (logged).
