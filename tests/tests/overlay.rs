@@ -818,19 +818,40 @@ fn node_yaml(name: &str, ip: &str, pod_cidr: &str, vtep_mac: Option<&str>) -> St
 /// overlay, and this node's manifest gives its subnet file.
 #[test]
 fn node_manifests_build_the_overlay_without_a_control_plane() {
+    manifest_cluster("vxlan", false);
+}
+
+/// VXLAN over an IPv6 underlay (the nodes' addresses are IPv6; the pods' IPv4): 70 bytes of
+/// overhead, the tunnel endpoints IPv6, in both VXLAN modes.
+#[test]
+fn vxlan_and_ebpf_over_an_ipv6_underlay() {
+    manifest_cluster("vxlan", true);
+    manifest_cluster("ebpf", true);
+}
+
+/// Two nodes in `mode` from Node manifests; the nodes' addresses IPv6 with `ipv6_underlay`.
+fn manifest_cluster(mode: &str, ipv6_underlay: bool) {
     let underlay = Underlay::new(2).expect("underlay");
+    let node_ip = |i: usize| {
+        let node = &underlay.nodes()[i];
+        if ipv6_underlay {
+            node.ipv6.to_string()
+        } else {
+            node.ipv4.to_string()
+        }
+    };
     let mut agents = Vec::new();
     let mut cgroups = Vec::new();
-    for node in underlay.nodes() {
+    for (i, node) in underlay.nodes().iter().enumerate() {
         let cgroup = Cgroup::new().unwrap();
-        let ip = node.ipv4.to_string();
+        let ip = node_ip(i);
         agents.push(
             Agent::start_in(
                 Some(&node.netns),
                 &cgroup,
                 &[
                     "--overlay",
-                    "vxlan",
+                    mode,
                     "--node-name",
                     &node.name,
                     "--node-ip",
@@ -863,7 +884,7 @@ fn node_manifests_build_the_overlay_without_a_control_plane() {
         .map(|(i, node)| {
             node_yaml(
                 &node.name,
-                &node.ipv4.to_string(),
+                &node_ip(i),
                 &format!("10.244.{}.0/24", 10 + i),
                 Some(&macs[i]),
             )
@@ -875,9 +896,12 @@ fn node_manifests_build_the_overlay_without_a_control_plane() {
             .unwrap();
     }
     let subnet = std::fs::read_to_string(agents[0].subnet_file()).unwrap();
+    let mtu = if ipv6_underlay { 1430 } else { 1450 };
     assert_eq!(
         subnet,
-        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.10.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.10.1/24\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n"
+        ),
         "the subnet file comes from this node's manifest"
     );
     let ipam = ScratchDir::new("gannet-ipam");
@@ -902,7 +926,8 @@ fn node_manifests_build_the_overlay_without_a_control_plane() {
     assert_eq!(
         (report.ok, report.backend_count("m1")),
         (5, 5),
-        "{report:?}"
+        "{mode} over IPv{}: {report:?}",
+        if ipv6_underlay { 6 } else { 4 }
     );
     drop(pods);
     drop(agents);
