@@ -1,7 +1,8 @@
 //! The gannet demo: gannet-control on its embedded defaults, gannetd in a simulated node's network
 //! namespace taking its services and its pod-CIDR lease from it, pods wired by the real gannet-cni,
 //! the Kubernetes manifests of `examples/demo/` applied with gannetctl, and real traffic through
-//! the ClusterIP. Everything it creates is removed when it ends, also on Ctrl-C or failure.
+//! the ClusterIP; then a second node joins over the VXLAN overlay and serves too. Everything it
+//! creates is removed when it ends, also on Ctrl-C or failure.
 
 use std::{
     path::PathBuf,
@@ -15,6 +16,7 @@ use gannet_testkit::{
     Cgroup, ChildGuard, Netns,
     agent::Agent,
     bin_path,
+    cluster::Underlay,
     control::ControlPlane,
     probe::{Report, parse_json_output},
     run_in, spawn,
@@ -27,6 +29,7 @@ use serde as _;
 const WEB: &str = include_str!("../../../examples/demo/web.yaml");
 const WEB_4: &str = include_str!("../../../examples/demo/web-4.yaml");
 const EMPTY: &str = include_str!("../../../examples/demo/empty.yaml");
+const WEB_5: &str = include_str!("../../../examples/demo/web-5.yaml");
 const VIP: &str = "10.96.0.10";
 const TO_HTTP: &str = "10.96.0.10:80";
 /// How long the demo waits for something gannet does in the background.
@@ -73,32 +76,60 @@ fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A pod of the demo: its network namespace (wired by gannet-cni) and, for web pods, its server.
+/// A pod of the demo: its network namespace (wired by gannet-cni), its node and, for web pods,
+/// its server.
 struct DemoPod {
     name: &'static str,
+    node: usize,
     _server: Option<ChildGuard>,
     netns: Netns,
 }
 
-/// Field order is drop order: pods' networks go (CNI DEL) while gannetd still runs, then gannetd,
-/// then the control plane, the cgroup and the node.
+/// The second node's gannetd and cgroup, once it joined.
+struct SecondNode {
+    _agent: Agent,
+    _cgroup: Cgroup,
+}
+
+/// Field order is drop order: pods' networks go (CNI DEL) while the gannetds still run, then the
+/// gannetds, the control plane, the cgroup and the nodes.
 struct Demo {
     pods: Vec<DemoPod>,
+    second: Option<SecondNode>,
     agent: Agent,
     plane: ControlPlane,
-    cni_conf: Value,
+    /// gannet-cni's configuration on each node.
+    cni_confs: Vec<Value>,
     ipam_dir: PathBuf,
     cgroup: Cgroup,
-    node: Netns,
+    underlay: Underlay,
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
         for pod in &self.pods {
-            let _ = cni_run(&self.node, &pod.netns, "DEL", pod.name, &self.cni_conf);
+            let _ = cni_run(
+                &self.underlay.nodes()[pod.node].netns,
+                &pod.netns,
+                "DEL",
+                pod.name,
+                &self.cni_confs[pod.node],
+            );
         }
         let _ = std::fs::remove_dir_all(&self.ipam_dir);
     }
+}
+
+/// gannet-cni's configuration for a node whose gannetd is `agent`.
+fn cni_conf(agent: &Agent, ipam_dir: &std::path::Path, node: usize) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "gannet-demo",
+        "type": "gannet-cni",
+        "subnetFile": agent.subnet_file(),
+        "agentSocket": agent.cni_socket(),
+        "ipam": {"type": "gannet", "dataDir": ipam_dir.join(format!("node-{node}"))},
+    })
 }
 
 /// Runs gannet-cni as a runtime does, for `default/<name>`; returns its result.
@@ -162,11 +193,18 @@ impl Demo {
         }
     }
 
-    /// Creates a pod's namespace, wires it with gannet-cni and (for web pods) starts its server.
-    fn add_pod(&mut self, name: &'static str) -> anyhow::Result<()> {
+    /// Creates a pod's namespace on `node`, wires it with gannet-cni and (for web pods) starts its
+    /// server.
+    fn add_pod(&mut self, name: &'static str, node: usize) -> anyhow::Result<()> {
         check_interrupted()?;
         let netns = Netns::new(name)?;
-        let result = cni_run(&self.node, &netns, "ADD", name, &self.cni_conf)?;
+        let result = cni_run(
+            &self.underlay.nodes()[node].netns,
+            &netns,
+            "ADD",
+            name,
+            &self.cni_confs[node],
+        )?;
         let ip = result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next())
@@ -184,6 +222,7 @@ impl Demo {
         println!("        {name:<7} {ip}");
         self.pods.push(DemoPod {
             name,
+            node,
             _server: server,
             netns,
         });
@@ -249,20 +288,23 @@ impl Demo {
 
 fn demo() -> anyhow::Result<()> {
     println!(
-        "gannet demo: gannet-control, gannetd and gannet-cni on a simulated node; real eBPF, real packets\n"
+        "gannet demo: gannet-control, gannetd and gannet-cni on simulated nodes; real eBPF, real packets\n"
     );
 
-    println!("[1/7] gannet-control on its embedded defaults (one store file, a unix socket)");
+    println!("[1/8] gannet-control on its embedded defaults (one store file, a unix socket)");
     let plane = ControlPlane::start(&[])?;
     println!("      serving on {}", plane.addr());
 
-    let node = Netns::new("node")?;
+    // Two nodes: namespaces on a bridge of their own (nothing connects them to this machine's
+    // network); the second joins in step 8.
+    let underlay = Underlay::new(2)?;
     let cgroup = Cgroup::new()?;
     println!(
-        "\n[2/7] gannetd joins, in a node namespace, attached to the pods' cgroup {}",
+        "\n[2/8] gannetd joins, in node-0's namespace ({}), with the VXLAN overlay, attached to the pods' cgroup {}",
+        underlay.nodes()[0].ipv4,
         cgroup.path().display()
     );
-    let mut agent = Agent::start_with_control(Some(&node), &cgroup, &plane.addr(), &[])?;
+    let mut agent = start_node(&underlay, 0, &cgroup, &plane.addr())?;
     agent.wait_log("subnet file written", 1)?;
     let lease = std::fs::read_to_string(agent.subnet_file())?;
     println!(
@@ -273,31 +315,25 @@ fn demo() -> anyhow::Result<()> {
         println!("        {line}");
     }
     let ipam_dir = std::env::temp_dir().join(gannet_testkit::unique_name("gannet-demo-ipam"));
-    let cni_conf = json!({
-        "cniVersion": "1.0.0",
-        "name": "gannet-demo",
-        "type": "gannet-cni",
-        "subnetFile": agent.subnet_file(),
-        "agentSocket": agent.cni_socket(),
-        "ipam": {"type": "gannet", "dataDir": ipam_dir},
-    });
+    let cni_confs = vec![cni_conf(&agent, &ipam_dir, 0)];
     let mut demo = Demo {
         pods: Vec::new(),
+        second: None,
         agent,
         plane,
-        cni_conf,
+        cni_confs,
         ipam_dir,
         cgroup,
-        node,
+        underlay,
     };
 
     println!(
-        "\n[3/7] gannetctl apply -f examples/demo/web.yaml: Service web ({VIP}) selecting pods web-1..3"
+        "\n[3/8] gannetctl apply -f examples/demo/web.yaml: Service web ({VIP}) selecting pods web-1..3"
     );
     demo.gannetctl(&["apply", "-f", "-"], Some(WEB))?;
     println!("      gannet-cni wires the pods (addresses from the node's lease):");
     for name in ["client", "web-1", "web-2", "web-3"] {
-        demo.add_pod(name)?;
+        demo.add_pod(name, 0)?;
     }
     demo.wait_backends(TO_HTTP, 3)?;
     println!(
@@ -320,14 +356,14 @@ fn demo() -> anyhow::Result<()> {
         udp.backends.keys().collect::<Vec<_>>()
     );
 
-    println!("\n[4/7] web-3 is shutting down: deleted with a grace period, it turns terminating");
+    println!("\n[4/8] web-3 is shutting down: deleted with a grace period, it turns terminating");
     demo.gannetctl(&["delete", "pod", "web-3", "--grace-period", "120"], None)?;
     demo.wait_backends(TO_HTTP, 2)?;
     let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
     println!("      300 new connections:");
     demo.bars(&report);
 
-    println!("\n[5/7] A service that selects no pod: gannetctl apply -f examples/demo/empty.yaml");
+    println!("\n[5/8] A service that selects no pod: gannetctl apply -f examples/demo/empty.yaml");
     demo.gannetctl(&["apply", "-f", "-"], Some(EMPTY))?;
     demo.wait_backends("10.96.0.20:80", 0)?;
     let report = demo.probe(&["tcp", "--to", "10.96.0.20:80", "--count", "1"])?;
@@ -338,7 +374,7 @@ fn demo() -> anyhow::Result<()> {
     );
 
     println!(
-        "\n[6/7] gannet-control stops, and gannetd is killed (SIGKILL) and restarted, while the client loops through the service"
+        "\n[6/8] gannet-control stops, and gannetd is killed (SIGKILL) and restarted, while the client loops through the service"
     );
     let mut cmd = Command::new(bin_path("gannet-probe"));
     cmd.args([
@@ -367,14 +403,68 @@ fn demo() -> anyhow::Result<()> {
         report.failed
     );
 
-    println!("\n[7/7] gannet-control is back; a new pod web-4 starts (examples/demo/web-4.yaml)");
+    println!("\n[7/8] gannet-control is back; a new pod web-4 starts (examples/demo/web-4.yaml)");
     demo.plane.restart()?;
     demo.gannetctl(&["apply", "-f", "-"], Some(WEB_4))?;
-    demo.add_pod("web-4")?;
+    demo.add_pod("web-4", 0)?;
     demo.wait_backends(TO_HTTP, 3)?;
     demo.gannetd_said("watching the control plane again");
     let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
     println!("      300 new connections:");
     demo.bars(&report);
+
+    println!(
+        "\n[8/8] A second node joins ({}); pod web-5 starts there (examples/demo/web-5.yaml)",
+        demo.underlay.nodes()[1].ipv4
+    );
+    let cgroup = Cgroup::new()?;
+    let mut agent = start_node(&demo.underlay, 1, &cgroup, &demo.plane.addr())?;
+    agent.wait_log("node programmed", 1)?;
+    demo.agent.wait_log("node programmed", 1)?;
+    demo.cni_confs.push(cni_conf(&agent, &demo.ipam_dir, 1));
+    demo.second = Some(SecondNode {
+        _agent: agent,
+        _cgroup: cgroup,
+    });
+    println!("      node-0 reaches node-1's pods through gannet.vxlan (Flannel's wire format):");
+    let node0 = &demo.underlay.nodes()[0].netns;
+    for line in node0.ip(&["route", "show", "proto", "87"])?.lines() {
+        println!("        $ ip route: {line}");
+    }
+    for line in node0.ip(&["neigh", "show", "dev", "gannet.vxlan"])?.lines() {
+        println!("        $ ip neigh: {line}");
+    }
+    demo.gannetctl(&["apply", "-f", "-"], Some(WEB_5))?;
+    demo.add_pod("web-5", 1)?;
+    demo.wait_backends(TO_HTTP, 4)?;
+    let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
+    println!("      300 new connections from the client on node-0; web-5 answers from node-1:");
+    demo.bars(&report);
     check_interrupted()
+}
+
+/// gannetd on node `index` of `underlay` with the VXLAN overlay and masquerade, against the
+/// control plane at `control`.
+fn start_node(
+    underlay: &Underlay,
+    index: usize,
+    cgroup: &Cgroup,
+    control: &str,
+) -> anyhow::Result<Agent> {
+    let node = &underlay.nodes()[index];
+    let ip = node.ipv4.to_string();
+    Agent::start_node(
+        &node.netns,
+        cgroup,
+        control,
+        &[
+            "--overlay",
+            "vxlan",
+            "--masquerade=true",
+            "--node-name",
+            &node.name,
+            "--node-ip",
+            &ip,
+        ],
+    )
 }
