@@ -52,6 +52,10 @@ impl NodeNetwork {
         let overlay = match config.overlay.mode {
             Mode::None => {
                 programs.disable_tunnel()?;
+                // What an earlier gannetd with an overlay left: not needed on a single node.
+                for removed in crate::overlay::cleanup(&config.state_dir)? {
+                    info!(removed, "removed the overlay of an earlier gannetd");
+                }
                 None
             }
             Mode::Vxlan | Mode::HostGw | Mode::Ebpf => Some(Overlay::start(
@@ -61,6 +65,16 @@ impl NodeNetwork {
                 programs,
             )?),
         };
+        if !config.masquerade {
+            match masquerade::remove() {
+                Ok(true) => info!(
+                    table = masquerade::TABLE,
+                    "--masquerade=false: removed the masquerade table of an earlier gannetd"
+                ),
+                Ok(false) => {}
+                Err(error) => warn!(%error, "cannot remove an earlier masquerade table"),
+            }
+        }
         let mtu = config
             .pod_mtu
             .or_else(|| overlay.as_ref().map(Overlay::pod_mtu))

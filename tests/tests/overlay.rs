@@ -975,3 +975,81 @@ fn host_gw_reports_a_node_off_the_segment() {
     let routes = node.netns.ip(&["route", "show", "proto", "87"]).unwrap();
     assert!(routes.trim().is_empty(), "no route into nowhere: {routes}");
 }
+
+/// A gannetd started in another mode removes what the old one needed and the new one does not:
+/// the VXLAN device (vxlan → host-gw), the nftables table (`--masquerade=false`), gannet's routes
+/// (→ `none`).
+#[test]
+fn a_mode_change_leaves_nothing_of_the_old_mode() {
+    let underlay = Underlay::new(2).expect("underlay");
+    let node = &underlay.nodes()[0];
+    let cgroup = Cgroup::new().unwrap();
+    let ip = node.ipv4.to_string();
+    let manifests = format!(
+        "{}{}",
+        node_yaml(&node.name, &ip, "10.244.30.0/24", None),
+        node_yaml(
+            &underlay.nodes()[1].name,
+            &underlay.nodes()[1].ipv4.to_string(),
+            "10.244.31.0/24",
+            Some("0e:00:00:00:00:31")
+        )
+    );
+    let start = |args: &[&str]| {
+        let mut all = vec!["--node-name", &node.name, "--node-ip", &ip];
+        all.extend_from_slice(args);
+        let mut agent = Agent::start_in(Some(&node.netns), &cgroup, &all).unwrap();
+        agent
+            .apply("nodes.yaml", &manifests, "node programmed")
+            .unwrap();
+        agent
+    };
+    let nft_tables = || {
+        let mut cmd = Command::new("nft");
+        cmd.args(["list", "tables"]);
+        let out = run_in(cmd, Some(&node.netns), None, Duration::from_secs(5)).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let links = || node.netns.ip(&["link", "show"]).unwrap();
+    let routes = || node.netns.ip(&["route", "show", "proto", "87"]).unwrap();
+
+    let mut vxlan = start(&[
+        "--overlay",
+        "vxlan",
+        "--cluster-cidr",
+        CLUSTER_CIDR,
+        "--masquerade=true",
+    ]);
+    assert!(links().contains("gannet.vxlan"), "{}", links());
+    assert!(nft_tables().contains("inet gannet"), "{}", nft_tables());
+    assert!(
+        routes().contains("10.244.31.0/24 via 10.244.31.0 dev gannet.vxlan"),
+        "{}",
+        routes()
+    );
+    vxlan.stop(libc::SIGTERM).unwrap();
+
+    let mut host_gw = start(&["--overlay", "host-gw", "--masquerade=false"]);
+    assert!(!links().contains("gannet.vxlan"), "{}", links());
+    assert!(!nft_tables().contains("gannet"), "{}", nft_tables());
+    assert!(
+        routes().contains(&format!(
+            "10.244.31.0/24 via {} dev eth0",
+            underlay.nodes()[1].ipv4
+        )),
+        "{}",
+        routes()
+    );
+    host_gw.stop(libc::SIGTERM).unwrap();
+
+    let none = Agent::start_in(
+        Some(&node.netns),
+        &cgroup,
+        &["--node-name", &node.name, "--overlay", "none"],
+    )
+    .unwrap();
+    assert!(routes().trim().is_empty(), "{}", routes());
+    drop(none);
+    drop(host_gw);
+    drop(vxlan);
+}

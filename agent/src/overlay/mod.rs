@@ -242,7 +242,19 @@ impl Overlay {
                 programs.fast_path.attach_tunnel(DEVICE)?;
                 overlay.tunnel = Some(maps);
             }
-            Mode::HostGw | Mode::None => programs.disable_tunnel()?,
+            Mode::HostGw | Mode::None => {
+                programs.disable_tunnel()?;
+                // A VXLAN mode before: its device (with its entries) is not needed any more.
+                if let Some(link) = overlay.netlink.link_by_name(DEVICE)?
+                    && link.kind.as_deref() == Some("vxlan")
+                    && overlay.netlink.delete_link(link.index)?
+                {
+                    info!(
+                        device = DEVICE,
+                        "removed the VXLAN device of an earlier mode"
+                    );
+                }
+            }
         }
         info!(
             mode = overlay.config.mode.name(),
