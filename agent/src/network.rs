@@ -52,9 +52,12 @@ impl NodeNetwork {
         let overlay = match config.overlay.mode {
             Mode::None => {
                 programs.disable_tunnel()?;
-                // What an earlier gannetd with an overlay left: not needed on a single node.
-                for removed in crate::overlay::cleanup(&config.state_dir)? {
-                    info!(removed, "removed the overlay of an earlier gannetd");
+                // What an earlier gannetd of this state directory left with an overlay (its
+                // report says there was one): not needed on a single node.
+                if crate::overlay::read_status(&config.state_dir).is_some() {
+                    for removed in crate::overlay::cleanup(&config.state_dir)? {
+                        info!(removed, "removed the overlay of an earlier gannetd");
+                    }
                 }
                 None
             }

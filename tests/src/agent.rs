@@ -300,6 +300,16 @@ impl Agent {
         self.launch()
     }
 
+    /// Starts gannetd again with the same directories but other extra flags (a configuration
+    /// change), after [`stop`](Self::stop).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn restart_with(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.extra_args = extra_args.iter().map(|s| (*s).to_owned()).collect();
+        self.restart()
+    }
+
     /// Runs `gannetd cleanup` for this agent's bpffs directory and cgroup (after `stop`).
     ///
     /// # Errors

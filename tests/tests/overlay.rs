@@ -995,14 +995,13 @@ fn a_mode_change_leaves_nothing_of_the_old_mode() {
             Some("0e:00:00:00:00:31")
         )
     );
-    let start = |args: &[&str]| {
-        let mut all = vec!["--node-name", &node.name, "--node-ip", &ip];
-        all.extend_from_slice(args);
-        let mut agent = Agent::start_in(Some(&node.netns), &cgroup, &all).unwrap();
-        agent
-            .apply("nodes.yaml", &manifests, "node programmed")
-            .unwrap();
-        agent
+    let args = |mode: &[&'static str]| {
+        let mut all: Vec<String> = ["--node-name", &node.name, "--node-ip", &ip]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        all.extend(mode.iter().map(|s| (*s).to_owned()));
+        all
     };
     let nft_tables = || {
         let mut cmd = Command::new("nft");
@@ -1013,13 +1012,18 @@ fn a_mode_change_leaves_nothing_of_the_old_mode() {
     let links = || node.netns.ip(&["link", "show"]).unwrap();
     let routes = || node.netns.ip(&["route", "show", "proto", "87"]).unwrap();
 
-    let mut vxlan = start(&[
+    let vxlan = args(&[
         "--overlay",
         "vxlan",
         "--cluster-cidr",
         CLUSTER_CIDR,
         "--masquerade=true",
     ]);
+    let vxlan: Vec<&str> = vxlan.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_in(Some(&node.netns), &cgroup, &vxlan).unwrap();
+    agent
+        .apply("nodes.yaml", &manifests, "node programmed")
+        .unwrap();
     assert!(links().contains("gannet.vxlan"), "{}", links());
     assert!(nft_tables().contains("inet gannet"), "{}", nft_tables());
     assert!(
@@ -1027,9 +1031,12 @@ fn a_mode_change_leaves_nothing_of_the_old_mode() {
         "{}",
         routes()
     );
-    vxlan.stop(libc::SIGTERM).unwrap();
 
-    let mut host_gw = start(&["--overlay", "host-gw", "--masquerade=false"]);
+    agent.stop(libc::SIGTERM).unwrap();
+    let host_gw = args(&["--overlay", "host-gw", "--masquerade=false"]);
+    let host_gw: Vec<&str> = host_gw.iter().map(String::as_str).collect();
+    agent.restart_with(&host_gw).unwrap();
+    agent.wait_log("node programmed", 1).unwrap();
     assert!(!links().contains("gannet.vxlan"), "{}", links());
     assert!(!nft_tables().contains("gannet"), "{}", nft_tables());
     assert!(
@@ -1040,16 +1047,10 @@ fn a_mode_change_leaves_nothing_of_the_old_mode() {
         "{}",
         routes()
     );
-    host_gw.stop(libc::SIGTERM).unwrap();
 
-    let none = Agent::start_in(
-        Some(&node.netns),
-        &cgroup,
-        &["--node-name", &node.name, "--overlay", "none"],
-    )
-    .unwrap();
+    agent.stop(libc::SIGTERM).unwrap();
+    let none = args(&["--overlay", "none"]);
+    let none: Vec<&str> = none.iter().map(String::as_str).collect();
+    agent.restart_with(&none).unwrap();
     assert!(routes().trim().is_empty(), "{}", routes());
-    drop(none);
-    drop(host_gw);
-    drop(vxlan);
 }
