@@ -517,17 +517,21 @@ fn build_binaries(packages: &[&str], what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The binaries next to this one (or in `$GANNET_BIN_DIR`).
-fn tools() -> anyhow::Result<Tools> {
+/// The workspace binary `name` next to this one (or in `$GANNET_BIN_DIR`); the error says how to
+/// build it (`package`).
+fn find_tool(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the running executable")?;
     let dir = std::env::var_os(gannet_testkit::BIN_DIR_ENV).map(PathBuf::from);
-    let find = |name: &str, build: &str| {
-        gannet_testkit::find_bin(name, dir.as_deref(), &exe)
-            .with_context(|| format!("{name} is needed; build it with `{build}`"))
-    };
+    gannet_testkit::find_bin(name, dir.as_deref(), &exe).with_context(|| {
+        format!("{name} is needed; build it with `cargo build --release -p {package}`")
+    })
+}
+
+/// The clusterip scenario's binaries.
+fn tools() -> anyhow::Result<Tools> {
     Ok(Tools {
-        gannetd: find("gannetd", "cargo build --release -p gannet-agent")?,
-        peer: find("gannet-bench-peer", "cargo build --release -p gannet-bench")?,
+        gannetd: find_tool("gannetd", "gannet-agent")?,
+        peer: find_tool("gannet-bench-peer", "gannet-bench")?,
     })
 }
 
@@ -636,11 +640,8 @@ fn write_cni_reports(out: &Path, results: &cni::results::Results) -> anyhow::Res
 }
 
 fn cni_tools(args: &CniArgs) -> anyhow::Result<cni::Tools> {
-    let exe = std::env::current_exe().context("finding the running executable")?;
-    let dir = std::env::var_os(gannet_testkit::BIN_DIR_ENV).map(PathBuf::from);
     Ok(cni::Tools {
-        gannet_cni: gannet_testkit::find_bin("gannet-cni", dir.as_deref(), &exe)
-            .context("gannet-cni is needed; build it with `cargo build --release -p gannet-cni`")?,
+        gannet_cni: find_tool("gannet-cni", "gannet-cni")?,
         reference_dir: args.reference_dir.clone(),
     })
 }
@@ -713,17 +714,10 @@ fn cni(args: &CniArgs, config: &cni::Config) -> anyhow::Result<()> {
 }
 
 fn control_tools() -> anyhow::Result<control::Tools> {
-    let exe = std::env::current_exe().context("finding the running executable")?;
-    let dir = std::env::var_os(gannet_testkit::BIN_DIR_ENV).map(PathBuf::from);
-    let find = |name: &str, package: &str| {
-        gannet_testkit::find_bin(name, dir.as_deref(), &exe).with_context(|| {
-            format!("{name} is needed; build it with `cargo build --release -p {package}`")
-        })
-    };
     Ok(control::Tools {
-        gannetd: find("gannetd", "gannet-agent")?,
-        gannet_control: find("gannet-control", "gannet-control")?,
-        gannetctl: find("gannetctl", "gannetctl")?,
+        gannetd: find_tool("gannetd", "gannet-agent")?,
+        gannet_control: find_tool("gannet-control", "gannet-control")?,
+        gannetctl: find_tool("gannetctl", "gannetctl")?,
     })
 }
 
@@ -815,19 +809,12 @@ fn run_control(args: &ControlArgs, config: &control::Config) -> anyhow::Result<(
 }
 
 fn overlay_tools(args: &OverlayArgs) -> anyhow::Result<overlay::Tools> {
-    let exe = std::env::current_exe().context("finding the running executable")?;
-    let dir = std::env::var_os(gannet_testkit::BIN_DIR_ENV).map(PathBuf::from);
-    let find = |name: &str, package: &str| {
-        gannet_testkit::find_bin(name, dir.as_deref(), &exe).with_context(|| {
-            format!("{name} is needed; build it with `cargo build --release -p {package}`")
-        })
-    };
     Ok(overlay::Tools {
-        gannetd: find("gannetd", "gannet-agent")?,
-        gannet_control: find("gannet-control", "gannet-control")?,
-        gannetctl: find("gannetctl", "gannetctl")?,
-        gannet_cni: find("gannet-cni", "gannet-cni")?,
-        peer: find("gannet-bench-peer", "gannet-bench")?,
+        gannetd: find_tool("gannetd", "gannet-agent")?,
+        gannet_control: find_tool("gannet-control", "gannet-control")?,
+        gannetctl: find_tool("gannetctl", "gannetctl")?,
+        gannet_cni: find_tool("gannet-cni", "gannet-cni")?,
+        peer: find_tool("gannet-bench-peer", "gannet-bench")?,
         reference_dir: args.reference_dir.clone(),
     })
 }
