@@ -11,8 +11,8 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gannet_api::{Credentials, ServerAddr, pki};
 use gannet_common::{
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_REV_NAT,
-    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
+    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
+    DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_REV_NAT, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
 };
 
 use crate::control::ControlConfig;
@@ -178,6 +178,21 @@ pub struct Capacity {
     pub rev_nat: u32,
     pub affinity: u32,
     pub endpoints: u32,
+    pub conntrack: u32,
+    pub maglev_table_size: u32,
+}
+
+impl Capacity {
+    /// The sizes of the maps the pod object creates.
+    #[must_use]
+    pub fn pods(&self) -> crate::datapath::pods::PodCapacity {
+        crate::datapath::pods::PodCapacity {
+            endpoints: self.endpoints,
+            conntrack: self.conntrack,
+            external: self.services,
+            maglev_table_size: self.maglev_table_size,
+        }
+    }
 }
 
 /// Where gannetd takes its services from.
@@ -296,6 +311,7 @@ impl RunArgs {
                 errors.push(format!("{flag} 0: must be at least 1"));
             }
         }
+
         let (overlay, cluster_cidrs) = self.overlay_config(&source, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -319,6 +335,8 @@ impl RunArgs {
                 rev_nat: self.max_rev_nat,
                 affinity: self.max_affinity,
                 endpoints: self.max_endpoints,
+                conntrack: DEFAULT_MAX_CONNTRACK,
+                maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             },
         })
     }

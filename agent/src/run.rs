@@ -188,7 +188,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     }
     let lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
     let mut reconciler = Reconciler::adopt(lb.maps, DEFAULT_GRACE)?;
-    let mut fast_path = PodFastPath::load(&config.bpf_root, config.capacity.endpoints)?;
+    let mut fast_path = PodFastPath::load(&config.bpf_root, &config.capacity.pods())?;
     let mut registry = Registry::load(&config.state_dir, &fast_path).with_context(|| {
         format!(
             "reading the endpoint registry in {}",

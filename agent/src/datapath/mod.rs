@@ -5,6 +5,7 @@
 //! - `links/<program>`: the pinned cgroup links (programs stay attached while gannetd is
 //!   down; on restart each is switched to the newly loaded program with one `BPF_LINK_UPDATE`).
 
+pub mod nodeport;
 pub mod pods;
 pub mod reconcile;
 

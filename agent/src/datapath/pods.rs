@@ -29,7 +29,10 @@ use aya::{
 use gannet_common::{EndpointKey, EndpointStats, EndpointValue, map_names, v4_mapped};
 use tracing::{debug, info, warn};
 
-use super::{DataPathError, ensure_bpffs, io_err};
+use super::{
+    DataPathError, ensure_bpffs, io_err,
+    nodeport::{self, MaglevMaps, NodePortMaps},
+};
 use crate::sys;
 
 /// The pod programs' object, built by build.rs.
@@ -42,6 +45,30 @@ const FROM_TUNNEL: &str = "gannet_from_tunnel";
 const TUNNEL_FROM: &str = "tunnel-from";
 const TUNNEL_TO: &str = "tunnel-to";
 const TO_TUNNEL: &str = "gannet_to_tunnel";
+
+/// Capacities of the maps the pod object creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodCapacity {
+    /// Pod addresses of this node (`--max-endpoints`).
+    pub endpoints: u32,
+    /// Conntrack entries of the NodePort programs, two per flow (`--max-conntrack`).
+    pub conntrack: u32,
+    /// Externally reachable frontends with a Maglev table.
+    pub external: u32,
+    /// Entries of each Maglev table (`--maglev-table-size`).
+    pub maglev_table_size: u32,
+}
+
+impl Default for PodCapacity {
+    fn default() -> Self {
+        Self {
+            endpoints: gannet_common::DEFAULT_MAX_ENDPOINTS,
+            conntrack: gannet_common::DEFAULT_MAX_CONNTRACK,
+            external: gannet_common::DEFAULT_MAX_EXTERNAL,
+            maglev_table_size: gannet_common::DEFAULT_MAGLEV_TABLE_SIZE,
+        }
+    }
+}
 
 /// A pod of this node, as the fast path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +99,11 @@ fn key(ip: IpAddr) -> EndpointKey {
 
 pub struct PodFastPath {
     ebpf: Ebpf,
+    /// The NodePort programs' maps (settings, counters, conntrack).
+    pub nodeport: NodePortMaps,
+    /// Taken by the reconciler (it writes the tables) with [`PodFastPath::take_maglev`].
+    maglev: Option<MaglevMaps>,
+    bpf_root: PathBuf,
     endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
     stats: PerCpuHashMap<MapData, u32, EndpointStats>,
     links_dir: PathBuf,
@@ -82,7 +114,7 @@ pub struct PodFastPath {
 impl PodFastPath {
     /// Loads the pod programs (reusing pinned maps) and switches every pinned pod link to them;
     /// links of interfaces that no longer exist are removed with their endpoints.
-    pub fn load(bpf_root: &Path, max_endpoints: u32) -> Result<Self, DataPathError> {
+    pub fn load(bpf_root: &Path, capacity: &PodCapacity) -> Result<Self, DataPathError> {
         ensure_bpffs(bpf_root)?;
         let maps_dir = bpf_root.join("maps");
         let tunnel_links_dir = bpf_root.join("links");
@@ -92,10 +124,14 @@ impl PodFastPath {
         }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
-            .map_max_entries(map_names::ENDPOINTS, max_endpoints)
-            .map_max_entries(map_names::ENDPOINT_STATS, max_endpoints)
+            .map_max_entries(map_names::ENDPOINTS, capacity.endpoints)
+            .map_max_entries(map_names::ENDPOINT_STATS, capacity.endpoints)
+            .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
+            .map_max_entries(map_names::MAGLEV, capacity.external)
+            // A BTF map (map-in-map) says nothing about pinning; pin it with the others.
+            .map_pin_path(map_names::MAGLEV, maps_dir.join(map_names::MAGLEV))
             .load(POD_OBJECT)?;
-        for name in [FROM_POD, TO_POD, FROM_TUNNEL, TO_TUNNEL] {
+        for name in [FROM_POD, TO_POD, FROM_TUNNEL, TO_TUNNEL, nodeport::PROGRAM] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataPathError::Program { name, source })?;
@@ -109,15 +145,89 @@ impl PodFastPath {
             name: map_names::ENDPOINT_STATS,
             source,
         })?;
+        let nodeport = NodePortMaps::take(&mut ebpf)?;
+        let maglev = Some(MaglevMaps::take(&mut ebpf, capacity.maglev_table_size)?);
         let mut this = Self {
             ebpf,
+            nodeport,
+            maglev,
+            bpf_root: bpf_root.to_owned(),
             endpoints,
             stats,
             links_dir,
             tunnel_links_dir,
         };
         this.adopt()?;
+        this.adopt_nodeport()?;
         Ok(this)
+    }
+
+    /// The Maglev tables, for the reconciler; `None` once taken.
+    pub fn take_maglev(&mut self) -> Option<MaglevMaps> {
+        self.maglev.take()
+    }
+
+    /// Switches the pinned NodePort links to the freshly loaded program; links of interfaces
+    /// that are gone are removed.
+    fn adopt_nodeport(&mut self) -> Result<(), DataPathError> {
+        let dir = nodeport::links_dir(&self.bpf_root);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        for (ifname, pin) in nodeport::attached(&self.bpf_root) {
+            let Ok((ifindex, _)) = sys::link_info(&ifname) else {
+                fs::remove_file(&pin).map_err(io_err(&pin))?;
+                continue;
+            };
+            if !nodeport::pinned_on(&pin, ifindex)? {
+                // The interface was recreated: `attach_nodeport` attaches to the new one.
+                fs::remove_file(&pin).map_err(io_err(&pin))?;
+                continue;
+            }
+            self.relink(&pin, nodeport::PROGRAM)?;
+        }
+        Ok(())
+    }
+
+    fn relink(&mut self, pin: &Path, name: &'static str) -> Result<(), DataPathError> {
+        let link_err = |what| move |source| DataPathError::Link { name, what, source };
+        let link = sys::obj_get(pin).map_err(link_err("opening a pinned link"))?;
+        let prog = program(&mut self.ebpf, name)?;
+        let prog_fd = prog
+            .fd()
+            .map_err(|source| DataPathError::Program { name, source })?;
+        sys::link_update(link.as_fd(), prog_fd.as_fd())
+            .map_err(link_err("replacing the program of a pinned link"))
+    }
+
+    /// Attaches `gannet_nodeport` to `ifname` (tcx ingress, before the programs already there,
+    /// so it sees replies on the overlay device before `gannet_from_tunnel`). Attaching again
+    /// to the same interface changes nothing.
+    pub fn attach_nodeport(&mut self, ifname: &str) -> Result<(), DataPathError> {
+        let (ifindex, _) = sys::link_info(ifname).map_err(|source| DataPathError::Io {
+            path: PathBuf::from(format!("interface {ifname}")),
+            source,
+        })?;
+        let pin = nodeport::links_dir(&self.bpf_root).join(ifname);
+        if pin.exists() {
+            if nodeport::pinned_on(&pin, ifindex)? {
+                return Ok(());
+            }
+            fs::remove_file(&pin).map_err(io_err(&pin))?;
+        }
+        attach_pinned_at(
+            &mut self.ebpf,
+            nodeport::PROGRAM,
+            ifname,
+            TcAttachType::Ingress,
+            &pin,
+            LinkOrder::first(),
+        )?;
+        info!(interface = ifname, ifindex, "NodePort program attached");
+        Ok(())
+    }
+
+    /// The `gannet_nodeport` program, for packet tests (`BPF_PROG_TEST_RUN`).
+    pub fn nodeport_program(&mut self) -> Result<&mut SchedClassifier, DataPathError> {
+        program(&mut self.ebpf, nodeport::PROGRAM)
     }
 
     /// Switches pinned links to the freshly loaded programs; forgets vanished interfaces.
@@ -362,14 +472,22 @@ fn attach_pinned(
     attach_type: TcAttachType,
     pin: &Path,
 ) -> Result<(), DataPathError> {
+    attach_pinned_at(ebpf, name, ifname, attach_type, pin, LinkOrder::default())
+}
+
+/// [`attach_pinned`] at a given place among the interface's tcx programs.
+fn attach_pinned_at(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    ifname: &str,
+    attach_type: TcAttachType,
+    pin: &Path,
+    order: LinkOrder,
+) -> Result<(), DataPathError> {
     let prog = program(ebpf, name)?;
     let err = |source| DataPathError::Program { name, source };
     let id = prog
-        .attach_with_options(
-            ifname,
-            attach_type,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
+        .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(order))
         .map_err(err)?;
     let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
         |e: aya::programs::links::LinkError| DataPathError::Link {
@@ -420,4 +538,4 @@ fn host_veth(ifname: &str) -> Result<HostVeth, DataPathError> {
 
 #[cfg(test)]
 #[path = "pods_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -17,14 +17,14 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 
 /// A `--bpf-root` of the test's own under /sys/fs/bpf, removed on drop (also on panic).
-struct BpfRoot(PathBuf);
+pub(crate) struct BpfRoot(PathBuf);
 
 impl BpfRoot {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(PathBuf::from("/sys/fs/bpf").join(unique_name("gannet-fix")))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -37,11 +37,21 @@ impl Drop for BpfRoot {
     }
 }
 
+/// Map sizes for fixtures: small, so loading is quick.
+pub(crate) fn small_capacity() -> super::PodCapacity {
+    super::PodCapacity {
+        endpoints: 64,
+        conntrack: 1024,
+        external: 64,
+        maglev_table_size: 251,
+    }
+}
+
 /// A fixture: name, input frame, expected verdict, expected output frame.
-type Case = (&'static str, Vec<u8>, u32, Vec<u8>);
+pub(crate) type Case = (&'static str, Vec<u8>, u32, Vec<u8>);
 
 /// Runs every case through `prog`; returns a message per failed case.
-fn run_cases(prog: &mut SchedClassifier, cases: Vec<Case>) -> Vec<String> {
+pub(crate) fn run_cases(prog: &mut SchedClassifier, cases: Vec<Case>) -> Vec<String> {
     let mut failures = Vec::new();
     for (name, input, verdict, expected) in cases {
         let mut out = vec![0u8; input.len() + 64];
@@ -64,7 +74,7 @@ fn run_cases(prog: &mut SchedClassifier, cases: Vec<Case>) -> Vec<String> {
 }
 
 /// A veth pair `hveth`/`pveth` in `ns`, up; returns the MAC of `hveth` (the pod's gateway).
-fn host_veth(ns: &Netns) -> [u8; 6] {
+pub(crate) fn host_veth(ns: &Netns) -> [u8; 6] {
     ns.ip(&[
         "link", "add", "hveth", "type", "veth", "peer", "name", "pveth",
     ])
@@ -81,11 +91,11 @@ fn host_veth(ns: &Netns) -> [u8; 6] {
         .unwrap()
 }
 
-const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+pub(crate) const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const GW_MAC: [u8; 6] = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
 
-fn ipv4_checksum(header: &[u8]) -> u16 {
+pub(crate) fn ipv4_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for chunk in header.chunks(2) {
         sum += u32::from(u16::from_be_bytes([chunk[0], chunk[1]]));
@@ -157,7 +167,8 @@ fn from_pod_fixtures() {
 
     let failures = ns
         .run(|| {
-            let mut fp = PodFastPath::load(bpf_root.path(), 64).expect("loading the pod programs");
+            let mut fp = PodFastPath::load(bpf_root.path(), &small_capacity())
+                .expect("loading the pod programs");
             let ifindex = fp
                 .add(&Endpoint {
                     host_ifname: "hveth".into(),
@@ -238,7 +249,8 @@ fn tunnel_fixtures() {
 
     let failures = ns
         .run(|| {
-            let mut fp = PodFastPath::load(bpf_root.path(), 64).expect("loading the pod programs");
+            let mut fp = PodFastPath::load(bpf_root.path(), &small_capacity())
+                .expect("loading the pod programs");
             let pod4 = Ipv4Addr::new(10, 244, 0, 12);
             fp.add(&Endpoint {
                 host_ifname: "hveth".into(),

@@ -35,6 +35,18 @@ pub mod map_names {
     pub const NODES: &str = "GANNET_NODES";
     /// Array of one [`TunnelConfig`](super::TunnelConfig): this node's VXLAN device.
     pub const TUNNEL: &str = "GANNET_TUNNEL";
+    /// LRU hash: [`CtKey`](super::CtKey) → [`CtEntry`](super::CtEntry): the flows the
+    /// NodePort programs translated, one entry per direction.
+    pub const CONNTRACK: &str = "GANNET_CT";
+    /// Hash of maps: service id (`u32`) → array of [`maglev_table_size`] backend ids (`u32`):
+    /// the Maglev lookup table of each externally reachable frontend.
+    ///
+    /// [`maglev_table_size`]: super::NodePortConfig::maglev_table_size
+    pub const MAGLEV: &str = "GANNET_MAGLEV";
+    /// Array of one [`NodePortConfig`](super::NodePortConfig).
+    pub const NODEPORT_CONFIG: &str = "GANNET_NP_CFG";
+    /// Per-CPU array of `u64` counters, indexed by the `NP_STAT_*` constants.
+    pub const NODEPORT_STATS: &str = "GANNET_NP_STATS";
 }
 
 /// Default capacity of [`map_names::SERVICES`]: service frontends (ClusterIP × port × protocol).
@@ -54,6 +66,20 @@ pub const DEFAULT_MAX_ENDPOINTS: u32 = 16_384;
 
 /// Default capacity of the node map (the other nodes' pod CIDRs, both families).
 pub const DEFAULT_MAX_NODES: u32 = 16_384;
+
+/// Default capacity of the conntrack map (both directions of a flow count: two entries).
+pub const DEFAULT_MAX_CONNTRACK: u32 = 262_144;
+/// Default capacity of the Maglev outer map: externally reachable frontends.
+pub const DEFAULT_MAX_EXTERNAL: u32 = 65_536;
+/// The Maglev table size the kernel programs were built with as the inner map's template; the
+/// agent creates inner maps of `--maglev-table-size` (the template allows any size).
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+/// Source ports the NodePort programs use when they SNAT a flow to a backend on another node:
+/// above Linux's default ephemeral range (32768–60999), so they never collide with the node's
+/// own connections unless `ip_local_port_range` was widened.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Most backends one service frontend can have: a slot index must fit below [`SLOT_GEN_BIT`].
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 0xffff;
@@ -84,6 +110,13 @@ pub struct ServiceKey {
 
 /// `ServiceValue::flags`: `sessionAffinity: ClientIP`.
 pub const SVC_F_AFFINITY: u8 = 1;
+
+/// `ServiceValue::flags`: reachable from outside the node (a NodePort, external IP or
+/// LoadBalancer IP frontend): the NodePort programs balance packets to it with its Maglev table.
+pub const SVC_F_EXTERNAL: u8 = 2;
+/// `ServiceValue::flags`: `externalTrafficPolicy: Local`: the Maglev table holds only this node's
+/// endpoints and the client's address is kept (no SNAT).
+pub const SVC_F_LOCAL: u8 = 4;
 
 /// What a frontend resolves to.
 ///
@@ -264,6 +297,103 @@ pub struct TunnelConfig {
     pub flags: u16,
 }
 
+/// Conntrack key: a packet's addresses and ports as they arrive at the program that translates
+/// it (network order; IPv4 as `::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// `CtEntry::flags`: the entry translates replies (backend → client); without it, the client's
+/// packets (client → frontend).
+pub const CT_F_REPLY: u8 = 1;
+/// `CtEntry::flags`: the flow's source is translated (SNAT to this node, backend elsewhere).
+pub const CT_F_SNAT: u8 = 2;
+
+/// `CtEntry::tcp`: a SYN was seen in this direction.
+pub const CT_TCP_SYN: u8 = 1;
+/// `CtEntry::tcp`: a segment without SYN was seen in this direction (the flow is established).
+pub const CT_TCP_ESTABLISHED: u8 = 2;
+/// `CtEntry::tcp`: a FIN was seen in this direction.
+pub const CT_TCP_FIN: u8 = 4;
+/// `CtEntry::tcp`: a RST was seen in this direction.
+pub const CT_TCP_RST: u8 = 8;
+
+/// Conntrack timeouts in seconds, applied by the agent's garbage collection to the newer of a
+/// flow's two entries (as Cilium's defaults).
+pub const CT_TIMEOUT_TCP_ESTABLISHED: u32 = 21_600;
+pub const CT_TIMEOUT_TCP_SYN: u32 = 60;
+pub const CT_TIMEOUT_TCP_CLOSING: u32 = 10;
+pub const CT_TIMEOUT_UDP: u32 = 60;
+
+/// One direction of a translated flow: what a packet matching the key is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// New source address and port, network order.
+    pub saddr: [u8; 16],
+    /// New destination address and port, network order.
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    /// `CT_TCP_*` bits seen in this direction.
+    pub tcp: u8,
+    pub pad: u16,
+    /// The frontend's service id (host order).
+    pub service_id: u32,
+    /// The selected backend's id (host order).
+    pub backend_id: u32,
+    /// `bpf_ktime_get_ns()` of the last packet in this direction.
+    pub last_seen_ns: u64,
+}
+
+/// Settings of the NodePort programs, the only element of [`map_names::NODEPORT_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodePortConfig {
+    /// Source address for flows SNATed to a backend on another node, IPv4 (`::ffff:a.b.c.d`):
+    /// the overlay device's address with an overlay, else the node's address.
+    pub snat_v4: [u8; 16],
+    /// The same for IPv6.
+    pub snat_v6: [u8; 16],
+    /// Size of every Maglev table (`--maglev-table-size`), host order.
+    pub maglev_table_size: u32,
+    /// `NODEPORT_F_*` bits.
+    pub flags: u32,
+}
+
+/// `NodePortConfig::flags`: set up by the agent; without it the programs pass every packet.
+pub const NODEPORT_F_ENABLED: u32 = 1;
+/// `NodePortConfig::flags`: `snat_v4` is set.
+pub const NODEPORT_F_SNAT_V4: u32 = 2;
+/// `NodePortConfig::flags`: `snat_v6` is set.
+pub const NODEPORT_F_SNAT_V6: u32 = 4;
+
+/// Counters in [`map_names::NODEPORT_STATS`].
+/// Packets of new flows translated to a backend.
+pub const NP_STAT_NEW_FLOWS: u32 = 0;
+/// Packets translated by an existing entry (client → backend).
+pub const NP_STAT_FORWARD: u32 = 1;
+/// Replies translated back (backend → client).
+pub const NP_STAT_REPLIES: u32 = 2;
+/// Packets to a frontend without a backend (passed to the host stack, which refuses them).
+pub const NP_STAT_NO_BACKEND: u32 = 3;
+/// New flows that could not be tracked (conntrack insert failed, no free SNAT port): dropped.
+pub const NP_STAT_CT_FAILED: u32 = 4;
+/// Translated packets the programs could not route (no route, not forwarding): dropped.
+pub const NP_STAT_FIB_FAILED: u32 = 5;
+/// How many counters there are.
+pub const NP_STATS: u32 = 6;
+
 /// Encodes an IPv4 address (network-order octets) as IPv4-mapped IPv6.
 #[inline(always)]
 #[must_use]
@@ -290,6 +420,9 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointStats {}
     unsafe impl aya::Pod for super::NodeValue {}
     unsafe impl aya::Pod for super::TunnelConfig {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::NodePortConfig {}
 }
 
 // Layout checks: the kernel side sees exactly these sizes.
@@ -307,4 +440,7 @@ const _: () = {
     assert!(core::mem::size_of::<EndpointStats>() == 32);
     assert!(core::mem::size_of::<NodeValue>() == 24);
     assert!(core::mem::size_of::<TunnelConfig>() == 16);
+    assert!(core::mem::size_of::<CtKey>() == 40);
+    assert!(core::mem::size_of::<CtEntry>() == 56);
+    assert!(core::mem::size_of::<NodePortConfig>() == 40);
 };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use gannet_common::{DEFAULT_MAX_ENDPOINTS, EndpointKey, EndpointStats, EndpointValue};
 
-use crate::{packet, tunnel};
+use crate::{fib, nodeport, packet};
 
 #[map(name = "GANNET_EP")]
 pub(crate) static ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
@@ -65,7 +65,11 @@ pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
         return OK;
     };
     let Some(peer) = local(dst) else {
-        return tunnel::from_pod(ctx, l3, dst);
+        // A reply of a NodePort flow this pod serves goes back to its client.
+        if let Some(verdict) = nodeport::reply_from_pod(ctx) {
+            return verdict;
+        }
+        return fib::encapsulate(ctx, l3, &dst);
     };
     if peer.ifindex == ifindex {
         // Hairpin to itself: leave it to the stack.

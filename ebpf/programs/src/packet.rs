@@ -9,12 +9,12 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 const IPV4_TTL: usize = ETH_HLEN + 8;
-const IPV4_CSUM: usize = ETH_HLEN + 10;
-const IPV4_SADDR: usize = ETH_HLEN + 12;
-const IPV4_DADDR: usize = ETH_HLEN + 16;
+pub(crate) const IPV4_CSUM: usize = ETH_HLEN + 10;
+pub(crate) const IPV4_SADDR: usize = ETH_HLEN + 12;
+pub(crate) const IPV4_DADDR: usize = ETH_HLEN + 16;
 const IPV6_HOP_LIMIT: usize = ETH_HLEN + 7;
-const IPV6_SADDR: usize = ETH_HLEN + 8;
-const IPV6_DADDR: usize = ETH_HLEN + 24;
+pub(crate) const IPV6_SADDR: usize = ETH_HLEN + 8;
+pub(crate) const IPV6_DADDR: usize = ETH_HLEN + 24;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum L3 {

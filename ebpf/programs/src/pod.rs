@@ -15,6 +15,9 @@
 //!   pod of this node goes straight into the pod's namespace; anything else to the host stack;
 //! - `gannet_to_tunnel` (egress): packets the host routes into the device (host processes to
 //!   remote pods) get the remote node's tunnel key; those that have one pass.
+//!
+//! The same object holds `gannet_nodeport` (see `nodeport.rs`), for the node's external
+//! interfaces: NodePort, external IP and LoadBalancer traffic, and its replies.
 #![no_std]
 #![no_main]
 #![expect(
@@ -26,7 +29,14 @@
     reason = "aya's program macros hand each program its context by value"
 )]
 
+mod conntrack;
 mod endpoint;
+mod fib;
+mod flow;
+mod maglev;
+mod maps;
+mod nat;
+mod nodeport;
 mod packet;
 mod tunnel;
 

@@ -1,0 +1,345 @@
+//! The NodePort programs' user-space side: their settings and counters, the conntrack map and
+//! its garbage collection, the Maglev tables, and `gannet_nodeport` on the external interfaces.
+//!
+//! The program lives in the pod object (it shares the endpoint and node maps with the pod
+//! programs); its links are pinned under `<bpf-root>/links/nodeport/<ifname>` and, like the
+//! others, switched to the newly loaded program on restart, so tracked flows keep flowing.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
+    fs, io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, HashOfMaps, IterableMap as _, MapData, MapError, PerCpuArray},
+};
+use gannet_common::{
+    CT_F_REPLY, CT_TCP_ESTABLISHED, CT_TCP_FIN, CT_TCP_RST, CT_TIMEOUT_TCP_CLOSING,
+    CT_TIMEOUT_TCP_ESTABLISHED, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, CtEntry, CtKey, NP_STATS,
+    NodePortConfig, PROTO_TCP, map_names,
+};
+use tracing::{debug, info, warn};
+
+use super::{DataPathError, io_err};
+use crate::sys;
+
+/// `BPF_F_INNER_MAP | BPF_F_MMAPABLE`: the flags of every Maglev table (the kernel's template
+/// has the same, so any size fits).
+const TABLE_FLAGS: u32 = (1 << 12) | (1 << 10);
+
+/// The program's name in the pod object.
+pub const PROGRAM: &str = "gannet_nodeport";
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPathError {
+    move |source| DataPathError::Map { name, source }
+}
+
+/// Counters of the NodePort programs, summed over CPUs (see `NP_STAT_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodePortStats {
+    pub new_flows: u64,
+    pub forwarded: u64,
+    pub replies: u64,
+    pub no_backend: u64,
+    pub conntrack_failed: u64,
+    pub route_failed: u64,
+}
+
+/// The NodePort programs' maps (not the Maglev tables: the reconciler owns those).
+pub struct NodePortMaps {
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    config: Array<MapData, NodePortConfig>,
+    stats: PerCpuArray<MapData, u64>,
+    conntrack_capacity: u32,
+    warned_full: bool,
+}
+
+impl NodePortMaps {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, DataPathError> {
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(DataPathError::MissingMap(name))
+        };
+        let conntrack: HashMap<MapData, CtKey, CtEntry> =
+            HashMap::try_from(take(ebpf, map_names::CONNTRACK)?)
+                .map_err(map_err(map_names::CONNTRACK))?;
+        let conntrack_capacity = conntrack
+            .map()
+            .info()
+            .map_err(map_err(map_names::CONNTRACK))?
+            .max_entries();
+        Ok(Self {
+            conntrack,
+            config: Array::try_from(take(ebpf, map_names::NODEPORT_CONFIG)?)
+                .map_err(map_err(map_names::NODEPORT_CONFIG))?,
+            stats: PerCpuArray::try_from(take(ebpf, map_names::NODEPORT_STATS)?)
+                .map_err(map_err(map_names::NODEPORT_STATS))?,
+            conntrack_capacity,
+            warned_full: false,
+        })
+    }
+
+    /// Writes the programs' settings (an array element is rewritten in place: the programs read
+    /// it whole, once per packet, and every field is independent).
+    pub fn configure(&mut self, config: &NodePortConfig) -> Result<(), DataPathError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(map_names::NODEPORT_CONFIG))
+    }
+
+    /// The settings in effect.
+    pub fn config(&self) -> Result<NodePortConfig, DataPathError> {
+        self.config
+            .get(&0, 0)
+            .map_err(map_err(map_names::NODEPORT_CONFIG))
+    }
+
+    pub fn stats(&self) -> Result<NodePortStats, DataPathError> {
+        let mut sums = [0u64; NP_STATS as usize];
+        for (index, sum) in (0..NP_STATS).zip(sums.iter_mut()) {
+            let per_cpu = self
+                .stats
+                .get(&index, 0)
+                .map_err(map_err(map_names::NODEPORT_STATS))?;
+            *sum = per_cpu.iter().sum();
+        }
+        Ok(NodePortStats {
+            new_flows: sums[0],
+            forwarded: sums[1],
+            replies: sums[2],
+            no_backend: sums[3],
+            conntrack_failed: sums[4],
+            route_failed: sums[5],
+        })
+    }
+
+    /// Tracked entries (two per flow) and the map's capacity.
+    pub fn conntrack_usage(&self) -> (usize, u32) {
+        (
+            self.conntrack.keys().filter(Result::is_ok).count(),
+            self.conntrack_capacity,
+        )
+    }
+
+    /// All tracked entries (for status and tests).
+    pub fn conntrack_entries(&self) -> Vec<(CtKey, CtEntry)> {
+        self.conntrack.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Removes flows whose newer entry has been idle longer than its timeout; `now_ns` is
+    /// `CLOCK_MONOTONIC` (what `bpf_ktime_get_ns` reads). Returns how many entries went.
+    pub fn collect_garbage(&mut self, now_ns: u64) -> usize {
+        let entries = self.conntrack_entries();
+        // A flow's two entries: the client's (key = client → frontend) and the reply's (key =
+        // backend → client or SNAT address). Pair them through the rewrite they hold.
+        let mut newest: StdHashMap<CtKey, (u64, u8)> = StdHashMap::new();
+        for (key, entry) in &entries {
+            let flow = flow_id(key, entry);
+            let slot = newest.entry(flow).or_insert((0, 0));
+            slot.0 = slot.0.max(entry.last_seen_ns);
+            slot.1 |= entry.tcp;
+        }
+        let mut removed = 0;
+        for (key, entry) in &entries {
+            let (last, tcp) = newest[&flow_id(key, entry)];
+            let timeout = timeout(key.proto, tcp);
+            if now_ns.saturating_sub(last) > timeout.as_nanos() as u64 {
+                match self.conntrack.remove(key) {
+                    Ok(()) => removed += 1,
+                    Err(e) => debug!(error = %e, "conntrack entry already gone"),
+                }
+            }
+        }
+        let (len, capacity) = (entries.len() - removed, self.conntrack_capacity);
+        let full = len as u64 * 10 >= u64::from(capacity) * 9;
+        if full && !self.warned_full {
+            warn!(
+                entries = len,
+                capacity,
+                "the NodePort conntrack map is over 90% full: the least recently used flows are \
+                 being evicted (new flows are still balanced); raise --max-conntrack"
+            );
+        }
+        self.warned_full = full;
+        if removed > 0 {
+            debug!(removed, "expired conntrack entries removed");
+        }
+        removed
+    }
+}
+
+/// A key naming the flow an entry belongs to: the client → frontend key, recovered from the
+/// reply entry's rewrite (which restores the client and the frontend).
+fn flow_id(key: &CtKey, entry: &CtEntry) -> CtKey {
+    if entry.flags & CT_F_REPLY == 0 {
+        return *key;
+    }
+    CtKey {
+        saddr: entry.daddr,
+        daddr: entry.saddr,
+        sport: entry.dport,
+        dport: entry.sport,
+        proto: key.proto,
+        pad: [0; 3],
+    }
+}
+
+/// How long a flow lives without packets, by its protocol and the TCP flags seen.
+fn timeout(proto: u8, tcp: u8) -> Duration {
+    let seconds = if proto != PROTO_TCP {
+        CT_TIMEOUT_UDP
+    } else if tcp & (CT_TCP_RST | CT_TCP_FIN) != 0 {
+        CT_TIMEOUT_TCP_CLOSING
+    } else if tcp & CT_TCP_ESTABLISHED != 0 {
+        CT_TIMEOUT_TCP_ESTABLISHED
+    } else {
+        CT_TIMEOUT_TCP_SYN
+    };
+    Duration::from_secs(u64::from(seconds))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The Maglev tables: one array of backend ids per externally reachable service id, in a hash
+/// of maps. A table is replaced whole (a new inner map, filled through a memory mapping, then
+/// swapped in with one update), so the programs read either the old or the new table.
+pub struct MaglevMaps {
+    outer: HashOfMaps<MapData, u32, Array<MapData, u32>>,
+    size: u32,
+}
+
+impl MaglevMaps {
+    pub(crate) fn take(ebpf: &mut Ebpf, size: u32) -> Result<Self, DataPathError> {
+        let map = ebpf
+            .take_map(map_names::MAGLEV)
+            .ok_or(DataPathError::MissingMap(map_names::MAGLEV))?;
+        Ok(Self {
+            outer: HashOfMaps::try_from(map).map_err(map_err(map_names::MAGLEV))?,
+            size,
+        })
+    }
+
+    /// The table size (`--maglev-table-size`).
+    #[must_use]
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Installs `table` (exactly [`size`](Self::size) backend ids) for `service_id`.
+    pub fn put(&mut self, service_id: u32, table: &[u32]) -> Result<(), DataPathError> {
+        assert_eq!(
+            table.len(),
+            self.size as usize,
+            "a Maglev table of the wrong size"
+        );
+        let inner: Array<MapData, u32> =
+            Array::create(self.size, TABLE_FLAGS).map_err(map_err(map_names::MAGLEV))?;
+        write_mmapped(&inner, table).map_err(io_err(Path::new("maglev table mmap")))?;
+        self.outer
+            .insert(service_id, &inner, 0)
+            .map_err(map_err(map_names::MAGLEV))
+    }
+
+    /// Removes the table of `service_id`; a missing one is fine.
+    pub fn remove(&mut self, service_id: u32) -> Result<(), DataPathError> {
+        match self.outer.remove(&service_id) {
+            Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(map_names::MAGLEV)(e)),
+        }
+    }
+
+    /// The table of `service_id`, read back (for tests and status).
+    pub fn get(&self, service_id: u32) -> Option<Vec<u32>> {
+        let inner: Array<MapData, u32> = self.outer.get(&service_id, 0).ok()?;
+        (0..inner.len()).map(|i| inner.get(&i, 0).ok()).collect()
+    }
+
+    /// Service ids that have a table.
+    pub fn service_ids(&self) -> BTreeSet<u32> {
+        self.outer.keys().filter_map(Result::ok).collect()
+    }
+}
+
+/// Copies `table` into the array map through `mmap` (one copy instead of one system call per
+/// entry). An array's elements are 8-byte aligned: each `u32` takes an 8-byte slot.
+fn write_mmapped(map: &Array<MapData, u32>, table: &[u32]) -> io::Result<()> {
+    const SLOT: usize = 8;
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    let len = table.len() * SLOT;
+    // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, of `table.len()` elements of
+    // `SLOT` bytes, shared and writable; unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let base = ptr.cast::<u8>();
+    for (i, id) in table.iter().enumerate() {
+        // SAFETY: element `i` lies within the `len` mapped bytes; `u32` stores at 8-byte
+        // aligned offsets of a page-aligned mapping.
+        unsafe { base.add(i * SLOT).cast::<u32>().write(*id) };
+    }
+    // SAFETY: unmapping exactly what was mapped.
+    unsafe { libc::munmap(ptr, len) };
+    Ok(())
+}
+
+/// Where the program's links to the external interfaces are pinned.
+pub(crate) fn links_dir(bpf_root: &Path) -> PathBuf {
+    bpf_root.join("links").join("nodeport")
+}
+
+/// The interfaces `gannet_nodeport` is attached to, from their pins (ifname → pin path).
+pub(crate) fn attached(bpf_root: &Path) -> BTreeMap<String, PathBuf> {
+    let dir = links_dir(bpf_root);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), e.path())))
+        .collect()
+}
+
+/// Whether the pinned link at `pin` is attached to `ifindex`.
+pub(crate) fn pinned_on(pin: &Path, ifindex: u32) -> Result<bool, DataPathError> {
+    let link = sys::obj_get(pin).map_err(|source| DataPathError::Link {
+        name: PROGRAM,
+        what: "opening the pinned NodePort link",
+        source,
+    })?;
+    let on = sys::tcx_link_ifindex(link.as_fd()).map_err(|source| DataPathError::Link {
+        name: PROGRAM,
+        what: "reading the pinned NodePort link",
+        source,
+    })?;
+    Ok(on == ifindex)
+}
+
+#[cfg(test)]
+#[path = "nodeport_tests.rs"]
+mod tests;

@@ -1,0 +1,349 @@
+//! Traffic from outside the node: NodePorts, external IPs and LoadBalancer IPs (tc on the
+//! external interfaces, and on the overlay device for the replies that come back through it).
+//!
+//! What happens to a packet arriving at an external interface (`gannet_nodeport`, tcx ingress):
+//! 1. A reply of a flow translated earlier (its conntrack entry has `CT_F_REPLY`): rewritten
+//!    back (backend → frontend, SNAT address → client) and sent to the client.
+//! 2. A packet of a tracked flow to a frontend: rewritten as its entry says (same backend, same
+//!    SNAT port) and forwarded.
+//! 3. The first packet to an externally reachable frontend (`SVC_F_EXTERNAL`): a backend is
+//!    picked from the frontend's Maglev table by the flow's hash (or the client address with
+//!    `sessionAffinity: ClientIP`); both directions are tracked; the destination becomes the
+//!    backend, and, unless the backend is a pod of this node or the service has
+//!    `externalTrafficPolicy: Local`, the source becomes this node's SNAT address and a port
+//!    from `SNAT_PORT_MIN..=SNAT_PORT_MAX`, so the reply comes back here. Then it is forwarded
+//!    (`fib::forward`). A frontend without a backend: `externalTrafficPolicy: Local` drops, as
+//!    kube-proxy does; otherwise the host stack gets the packet and refuses it (TCP RST, ICMP port
+//!    unreachable), as nothing listens on the frontend.
+//! 4. Anything else continues (`TC_ACT_UNSPEC`: the next tcx program, then the host stack).
+//!
+//! Replies from a pod of this node (the backend of a flow that was not SNATed) arrive at the
+//! pod's veth instead; `gannet_from_pod` hands them to [`reply_from_pod`].
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{Array, PerCpuArray},
+    programs::TcContext,
+};
+use gannet_common::{
+    BackendValue, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4,
+    NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_FORWARD, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND,
+    NP_STAT_REPLIES, NP_STATS, NodePortConfig, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY,
+    SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue,
+};
+
+use crate::{
+    conntrack::{self, CONNTRACK},
+    endpoint, fib,
+    flow::{self, Flow, TCP_ACK, TCP_SYN},
+    maglev,
+    maps::{BACKENDS, SERVICES},
+    nat::{self, Tuple},
+    packet::L3,
+};
+
+#[map(name = "GANNET_NP_CFG")]
+static CONFIG: Array<NodePortConfig> = Array::pinned(1, 0);
+
+#[map(name = "GANNET_NP_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(NP_STATS, 0);
+
+/// Working memory of the packet being handled: BPF gives a program and the functions it calls
+/// 512 bytes of stack together, too little for a flow, its keys and entries. tc programs do not
+/// nest on one CPU, so one element per CPU serves.
+pub(crate) struct Scratch {
+    flow: Flow,
+    key: CtKey,
+    entry: CtEntry,
+    reply_key: CtKey,
+    reply: CtEntry,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// How many SNAT ports a new flow tries before it gives up.
+const SNAT_ATTEMPTS: u32 = 8;
+
+#[classifier]
+fn gannet_nodeport(mut ctx: TcContext) -> i32 {
+    from_netdev(&mut ctx)
+}
+
+#[inline(always)]
+pub(crate) fn count(stat: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(stat) {
+        // SAFETY: per-CPU value: no other CPU writes it.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static NodePortConfig> {
+    let config = CONFIG.get(0)?;
+    (config.flags & NODEPORT_F_ENABLED != 0).then_some(config)
+}
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: this CPU's element; no other program runs on this CPU until ours returns.
+    SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn from_netdev(ctx: &mut TcContext) -> i32 {
+    let Some(config) = config() else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(s) = scratch() else {
+        return TC_ACT_UNSPEC;
+    };
+    if !flow::parse_into(ctx, &mut s.flow) {
+        return TC_ACT_UNSPEC;
+    }
+    conntrack::key_into(&s.flow, &mut s.key);
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&s.key) {
+        // SAFETY: the LRU map keeps the value valid for the program's run.
+        let tracked = unsafe { &*entry };
+        if tracked.flags & CT_F_REPLY != 0 {
+            conntrack::touch(entry, &s.flow, now());
+            count(NP_STAT_REPLIES);
+            return translate_reply(ctx, &s.flow, tracked);
+        }
+        if still_valid(&s.flow, tracked) {
+            conntrack::touch(entry, &s.flow, now());
+            count(NP_STAT_FORWARD);
+            return translate(ctx, &s.flow, tracked);
+        }
+    }
+    let service_key = ServiceKey {
+        addr: s.flow.daddr,
+        port: s.flow.dport,
+        proto: s.flow.proto,
+        pad: 0,
+    };
+    // SAFETY: not preallocated: the value is not rewritten while the program holds it.
+    let Some(service) = (unsafe { SERVICES.get(service_key) }) else {
+        return TC_ACT_UNSPEC;
+    };
+    if service.flags & SVC_F_EXTERNAL == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    match new_flow(s, service, config) {
+        NewFlow::Tracked => translate(ctx, &s.flow, &s.entry),
+        NewFlow::Verdict(verdict) => verdict,
+    }
+}
+
+/// A reply from a pod of this node (tc ingress of its veth): translated back and sent to the
+/// client when it belongs to a tracked flow; `None` otherwise.
+#[inline(never)]
+pub(crate) fn reply_from_pod(ctx: &mut TcContext) -> Option<i32> {
+    config()?;
+    let s = scratch()?;
+    if !flow::parse_into(ctx, &mut s.flow) {
+        return None;
+    }
+    conntrack::key_into(&s.flow, &mut s.key);
+    let entry = CONNTRACK.get_ptr_mut(&s.key)?;
+    // SAFETY: the LRU map keeps the value valid for the program's run.
+    let tracked = unsafe { &*entry };
+    if tracked.flags & CT_F_REPLY == 0 {
+        return None;
+    }
+    conntrack::touch(entry, &s.flow, now());
+    count(NP_STAT_REPLIES);
+    Some(translate_reply(ctx, &s.flow, tracked))
+}
+
+/// Whether a tracked client → frontend entry still applies: its backend is still the one it
+/// named, and a TCP SYN does not reopen a flow that was closed.
+#[inline(always)]
+fn still_valid(flow: &Flow, tracked: &CtEntry) -> bool {
+    if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && conntrack::closing(tracked) {
+        return false;
+    }
+    // SAFETY: not preallocated: the value is not rewritten while we read it.
+    match unsafe { BACKENDS.get(tracked.backend_id) } {
+        Some(backend) => backend.addr == tracked.daddr && backend.port == tracked.dport,
+        None => false,
+    }
+}
+
+/// Rewrites the packet as `tracked` says and forwards it. Not inlined, nor are its parts: the
+/// frames of a call chain share the 512 bytes of BPF stack.
+#[inline(never)]
+fn translate(ctx: &mut TcContext, flow: &Flow, tracked: &CtEntry) -> i32 {
+    let to = Tuple {
+        saddr: tracked.saddr,
+        daddr: tracked.daddr,
+        sport: tracked.sport,
+        dport: tracked.dport,
+    };
+    if !nat::rewrite(ctx, flow, &to) {
+        return TC_ACT_SHOT;
+    }
+    fib::forward(ctx, flow, &to.saddr, &to.daddr)
+}
+
+/// [`translate`] for a reply: its client is never a pod of this node or behind the tunnel, so
+/// it goes out as the FIB says. A function of its own so that the veth's call graph (which the
+/// verifier sizes as a whole) does not include the tunnel's.
+#[inline(never)]
+fn translate_reply(ctx: &mut TcContext, flow: &Flow, tracked: &CtEntry) -> i32 {
+    let to = Tuple {
+        saddr: tracked.saddr,
+        daddr: tracked.daddr,
+        sport: tracked.sport,
+        dport: tracked.dport,
+    };
+    if !nat::rewrite(ctx, flow, &to) {
+        return TC_ACT_SHOT;
+    }
+    fib::route(ctx, flow, &to.saddr, &to.daddr)
+}
+
+/// What `new_flow` decided.
+enum NewFlow {
+    /// Tracked: translate the packet with `Scratch::entry`.
+    Tracked,
+    /// Not tracked: return this verdict.
+    Verdict(i32),
+}
+
+/// Picks a backend for the first packet of a flow and tracks the flow in both directions; the
+/// client → backend entry is left in `s.entry`.
+#[inline(never)]
+fn new_flow(s: &mut Scratch, service: &ServiceValue, config: &NodePortConfig) -> NewFlow {
+    let client_only = service.flags & SVC_F_AFFINITY != 0;
+    let hash = maglev::hash(&s.flow, client_only);
+    let Some(backend_id) = maglev::backend(service.id, hash, config.maglev_table_size) else {
+        return no_backend(service);
+    };
+    // SAFETY: not preallocated: the value is not rewritten while the program holds it.
+    let Some(backend) = (unsafe { BACKENDS.get(backend_id) }) else {
+        return no_backend(service);
+    };
+    let snat = service.flags & SVC_F_LOCAL == 0 && endpoint::local(backend.addr).is_none();
+    if !track(s, service.id, backend_id, backend, snat, config, hash) {
+        count(NP_STAT_CT_FAILED);
+        return NewFlow::Verdict(TC_ACT_SHOT);
+    }
+    count(NP_STAT_NEW_FLOWS);
+    NewFlow::Tracked
+}
+
+/// No backend for a new flow: `externalTrafficPolicy: Local` drops (as kube-proxy), any other
+/// frontend passes the packet to the host stack, which refuses it (nothing listens there).
+#[inline(always)]
+fn no_backend(service: &ServiceValue) -> NewFlow {
+    count(NP_STAT_NO_BACKEND);
+    NewFlow::Verdict(if service.flags & SVC_F_LOCAL != 0 {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    })
+}
+
+/// Tracks a new flow in both directions (`s.entry` for the client's packets, `s.reply` under
+/// `s.reply_key` for the backend's). With `snat`, the reply key claims a free SNAT port.
+#[inline(always)]
+fn track(
+    s: &mut Scratch,
+    service_id: u32,
+    backend_id: u32,
+    backend: &BackendValue,
+    snat: bool,
+    config: &NodePortConfig,
+    hash: u32,
+) -> bool {
+    let now = now();
+    let flow = &s.flow;
+    s.entry = CtEntry {
+        saddr: flow.saddr,
+        daddr: backend.addr,
+        sport: flow.sport,
+        dport: backend.port,
+        flags: 0,
+        tcp: conntrack::tcp_bits(flow),
+        pad: 0,
+        service_id,
+        backend_id,
+        last_seen_ns: now,
+    };
+    s.reply = CtEntry {
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+        flags: CT_F_REPLY,
+        tcp: 0,
+        pad: 0,
+        service_id,
+        backend_id,
+        last_seen_ns: now,
+    };
+    s.reply_key = CtKey {
+        saddr: backend.addr,
+        daddr: flow.saddr,
+        sport: backend.port,
+        dport: flow.sport,
+        proto: flow.proto,
+        pad: [0; 3],
+    };
+    if snat {
+        let (address, flag) = match flow.l3 {
+            L3::V4 => (config.snat_v4, NODEPORT_F_SNAT_V4),
+            L3::V6 => (config.snat_v6, NODEPORT_F_SNAT_V6),
+        };
+        if config.flags & flag == 0 {
+            return false;
+        }
+        s.entry.saddr = address;
+        s.entry.flags = CT_F_SNAT;
+        s.reply.flags = CT_F_REPLY | CT_F_SNAT;
+        s.reply_key.daddr = address;
+        if !claim_snat_port(s, hash) {
+            return false;
+        }
+    } else if CONNTRACK.insert(&s.reply_key, &s.reply, 0).is_err() {
+        return false;
+    }
+    if CONNTRACK.insert(&s.key, &s.entry, 0).is_err() {
+        let _ = CONNTRACK.remove(&s.reply_key);
+        return false;
+    }
+    true
+}
+
+/// Finds a SNAT port no tracked flow to the same backend uses: the reply entry is inserted only
+/// if its key is new. The port goes into both entries.
+#[inline(always)]
+fn claim_snat_port(s: &mut Scratch, hash: u32) -> bool {
+    let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    for attempt in 0..SNAT_ATTEMPTS {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "below the port range's size"
+        )]
+        let offset = (hash.wrapping_add(attempt.wrapping_mul(7919)) % range) as u16;
+        let port = (SNAT_PORT_MIN + offset).to_be();
+        s.reply_key.dport = port;
+        if CONNTRACK
+            .insert(&s.reply_key, &s.reply, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            s.entry.sport = port;
+            return true;
+        }
+    }
+    false
+}
