@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod logging;
 pub mod masquerade;
 pub mod network;
+pub mod nodeport;
 pub mod overlay;
 pub mod run;
 pub mod status;

@@ -1,0 +1,4 @@
+//! Traffic from outside the node: Maglev tables and the healthCheckNodePort server.
+
+pub mod health;
+pub mod maglev;
