@@ -22,7 +22,7 @@ use gannet_common::{
     CT_TIMEOUT_TCP_ESTABLISHED, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, CtEntry, CtKey, NP_STATS,
     NodePortConfig, PROTO_TCP, map_names,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{DataPathError, io_err};
 use crate::sys;

@@ -360,7 +360,7 @@ pub struct CtEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodePortConfig {
-    /// Source address for flows SNATed to a backend on another node, IPv4 (`::ffff:a.b.c.d`):
+    /// Source address for flows translated (SNAT) to a backend on another node, IPv4 (`::ffff:a.b.c.d`):
     /// the overlay device's address with an overlay, else the node's address.
     pub snat_v4: [u8; 16],
     /// The same for IPv6.

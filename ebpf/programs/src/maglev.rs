@@ -61,7 +61,7 @@ fn mix_address(mut h: u32, a: &[u8; 16]) -> u32 {
     mix(h, u32::from_le_bytes([a[12], a[13], a[14], a[15]]))
 }
 
-/// One round of MurmurHash3 (x86, 32-bit).
+/// One round of `MurmurHash3` (x86, 32-bit).
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     let k = k
@@ -74,7 +74,7 @@ fn mix(h: u32, k: u32) -> u32 {
         .wrapping_add(0xe654_6b64)
 }
 
-/// MurmurHash3's finaliser.
+/// `MurmurHash3`'s finaliser.
 #[inline(always)]
 fn finish(mut h: u32) -> u32 {
     h ^= h >> 16;

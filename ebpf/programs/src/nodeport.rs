@@ -1,4 +1,4 @@
-//! Traffic from outside the node: NodePorts, external IPs and LoadBalancer IPs (tc on the
+//! Traffic from outside the node: node ports, external IPs and LoadBalancer IPs (tc on the
 //! external interfaces, and on the overlay device for the replies that come back through it).
 //!
 //! What happens to a packet arriving at an external interface (`gannet_nodeport`, tcx ingress):
@@ -17,7 +17,7 @@
 //!    unreachable), as nothing listens on the frontend.
 //! 4. Anything else continues (`TC_ACT_UNSPEC`: the next tcx program, then the host stack).
 //!
-//! Replies from a pod of this node (the backend of a flow that was not SNATed) arrive at the
+//! Replies from a pod of this node (the backend of a flow whose source was kept) arrive at the
 //! pod's veth instead; `gannet_from_pod` hands them to [`reply_from_pod`].
 
 use aya_ebpf::{
@@ -98,6 +98,10 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and entries live in per-CPU scratch memory; by value they would be copied onto the stack"
+)]
 #[inline(always)]
 fn from_netdev(ctx: &mut TcContext) -> i32 {
     let Some(config) = config() else {
@@ -145,6 +149,10 @@ fn from_netdev(ctx: &mut TcContext) -> i32 {
 
 /// A reply from a pod of this node (tc ingress of its veth): translated back and sent to the
 /// client when it belongs to a tracked flow; `None` otherwise.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys live in per-CPU scratch memory; by value they would be copied onto the stack"
+)]
 #[inline(never)]
 pub(crate) fn reply_from_pod(ctx: &mut TcContext) -> Option<i32> {
     config()?;
@@ -255,6 +263,10 @@ fn no_backend(service: &ServiceValue) -> NewFlow {
 
 /// Tracks a new flow in both directions (`s.entry` for the client's packets, `s.reply` under
 /// `s.reply_key` for the backend's). With `snat`, the reply key claims a free SNAT port.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and entries live in per-CPU scratch memory; by value they would be copied onto the stack"
+)]
 #[inline(always)]
 fn track(
     s: &mut Scratch,
@@ -326,6 +338,10 @@ fn track(
 
 /// Finds a SNAT port no tracked flow to the same backend uses: the reply entry is inserted only
 /// if its key is new. The port goes into both entries.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and entries live in per-CPU scratch memory; by value they would be copied onto the stack"
+)]
 #[inline(always)]
 fn claim_snat_port(s: &mut Scratch, hash: u32) -> bool {
     let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
