@@ -42,19 +42,21 @@ impl From<FieldError> for FieldProblem {
     }
 }
 
-/// Whether a Service must already have its cluster IP.
+/// Whether a Service must already have what a control plane allocates: its cluster IP and, for
+/// types `NodePort` and `LoadBalancer`, its node ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterIp {
     /// As gannetd requires without a control plane.
     Required,
-    /// A control plane allocates it: an unset `spec.clusterIP` is fine (one that is set is still
-    /// checked).
+    /// A control plane allocates them: an unset `spec.clusterIP` or `nodePort` is fine (one that
+    /// is set is still checked).
     Allocated,
 }
 
 /// Every problem [`parse_documents`](crate::parse_documents) would report for this Service, with
-/// the same rules (ports, protocols, cluster IPs, session affinity). Headless and `ExternalName`
-/// Services are only checked as far as gannetd looks at them.
+/// the same rules (ports, protocols, cluster IPs, session affinity, node ports, external and
+/// load-balancer IPs, external traffic policy, health check node port, source ranges). Headless
+/// and `ExternalName` Services are only checked as far as gannetd looks at them.
 #[must_use]
 pub fn check_service_object(service: &Service, cluster_ip: ClusterIp) -> Vec<FieldProblem> {
     match check_service_with(service, cluster_ip == ClusterIp::Required) {

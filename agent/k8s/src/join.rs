@@ -1,17 +1,21 @@
 //! Services and `EndpointSlices` to frontends and their backends, as kube-proxy joins them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::error::ManifestError;
-use crate::model::{Backend, DesiredState, Frontend, ServicePort};
+use crate::model::{Backend, DesiredState, External, Frontend, Protocol, ServicePort};
 use crate::validate::{
-    Checked, Family, ValidService, ValidServicePort, ValidSlice, check_service, check_slice,
-    meta_label,
+    Checked, Family, IndexedIps, ValidService, ValidServicePort, ValidSlice, check_service,
+    check_slice, meta_label,
 };
+
+/// `(namespace, name)` of a Service.
+type ServiceKey = (String, String);
 
 /// An object and where it was read; `document` is 0 when unknown.
 pub(crate) struct Located<'a, T> {
@@ -50,11 +54,12 @@ impl<T> Located<'_, T> {
 /// Every Service is checked (see [`parse_documents`](crate::parse_documents)); one with errors is
 /// left out and its errors returned. Objects are taken in file-name order (then in the order
 /// given), and when a Service or `EndpointSlice` is defined twice, or two Services claim the same
-/// frontend, the first wins and the later one gets an error. A Service port's backends are the
-/// ready endpoints of every `EndpointSlice` of the same namespace whose
-/// `kubernetes.io/service-name` label names the Service, whose address family is that of the
-/// cluster IP, and which has a port of the same name and protocol; with no such slice the frontend
-/// has no backends.
+/// frontend, node port (with its protocol) or external or load-balancer address (with the port
+/// and protocol), the first wins whole and the later one gets an error. A Service port's backends
+/// are the ready endpoints (or, when none is ready, the serving and terminating ones) of every
+/// `EndpointSlice` of the same namespace whose `kubernetes.io/service-name` label names the
+/// Service, whose address family is that of the cluster IP, and which has a port of the same name
+/// and protocol; with no such slice the frontend has no backends.
 pub fn desired_state(
     services: &[(PathBuf, Service)],
     slices: &[(PathBuf, EndpointSlice)],
@@ -89,8 +94,9 @@ pub(crate) fn join(
 
     let slices = index_slices(&slices, &mut errors);
     let mut state = DesiredState::default();
+    let mut claims = Claims::default();
     // Where each served Service was defined, to point at it from later conflicts.
-    let mut defined: HashMap<(String, String), String> = HashMap::new();
+    let mut defined: HashMap<ServiceKey, String> = HashMap::new();
 
     for located in &services {
         let label = meta_label("Service", &located.object.metadata);
@@ -118,20 +124,17 @@ pub(crate) fn join(
             continue;
         }
         let backends: Vec<&ValidSlice> = slices.get(&key).into_iter().flatten().collect();
-        match add_service(&mut state, &service, &backends) {
+        match add_service(&mut state, &mut claims, &service, &backends) {
             Ok(()) => {
                 defined.insert(key, located.place());
             }
-            Err((port, frontend)) => {
-                let owner = &state.services[&frontend];
-                let owner_key = (owner.namespace.clone(), owner.name.clone());
+            Err(Conflict { field, what, owner }) => {
                 errors.push(located.error(
                     label,
-                    Some(format!("spec.ports[{}]", port.index)),
+                    Some(field),
                     format!(
-                        "frontend {frontend} is already served by Service {}/{} ({}); \
-                         the first definition wins",
-                        owner.namespace, owner.name, defined[&owner_key]
+                        "{what} Service {}/{} ({}); the first definition wins",
+                        owner.0, owner.1, defined[&owner]
                     ),
                 ));
             }
@@ -187,14 +190,50 @@ fn index_slices(
     by_service
 }
 
-/// Adds every frontend of `service`, or none of them when one is already taken (returned with its
-/// port).
-pub(crate) fn add_service<'s>(
+/// What the served Services hold besides their cluster frontends (the keys of
+/// [`DesiredState::services`]), each of which one Service only may hold.
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    /// Node ports with their protocol (`nodePort`s, and `healthCheckNodePort`s as TCP).
+    node_ports: HashMap<(u16, Protocol), ServiceKey>,
+    /// External and load-balancer IPs, each with every service port.
+    addresses: HashMap<Frontend, ServiceKey>,
+}
+
+/// Something a Service asks for that another Service already holds.
+#[derive(Debug)]
+pub(crate) struct Conflict {
+    /// The field of the Service that asks.
+    pub(crate) field: String,
+    /// What is held, ending in the verb, e.g. `nodePort 30080/TCP is already used by`.
+    pub(crate) what: String,
+    pub(crate) owner: ServiceKey,
+}
+
+/// Adds every frontend of `service` and claims its node ports and external addresses, or does
+/// nothing when one of them is already held (the first one found is returned).
+pub(crate) fn add_service(
     state: &mut DesiredState,
-    service: &'s ValidService,
+    claims: &mut Claims,
+    service: &ValidService,
     slices: &[&ValidSlice],
-) -> Result<(), (&'s ValidServicePort, Frontend)> {
+) -> Result<(), Conflict> {
+    let holder = |claims: &Claims, frontend: &Frontend| {
+        state
+            .services
+            .get(frontend)
+            .map(|owner| (owner.namespace.clone(), owner.name.clone()))
+            .or_else(|| claims.addresses.get(frontend).cloned())
+    };
+    let served = |ip: &IpAddr| {
+        service
+            .cluster_ips
+            .iter()
+            .any(|cluster_ip| Family::of(*cluster_ip) == Family::of(*ip))
+    };
     let mut frontends = Vec::with_capacity(service.ports.len() * service.cluster_ips.len());
+    let mut node_ports = Vec::new();
+    let mut addresses = Vec::new();
     for port in &service.ports {
         for &ip in &service.cluster_ips {
             let frontend = Frontend {
@@ -202,31 +241,150 @@ pub(crate) fn add_service<'s>(
                 port: port.port,
                 protocol: port.protocol,
             };
-            if state.services.contains_key(&frontend) {
-                return Err((port, frontend));
+            if let Some(owner) = holder(claims, &frontend) {
+                return Err(Conflict {
+                    field: format!("spec.ports[{}]", port.index),
+                    what: format!("frontend {frontend} is already served by"),
+                    owner,
+                });
             }
             frontends.push((frontend, port));
         }
+        if let Some(node_port) = port.node_port {
+            let claim = (node_port, port.protocol);
+            if let Some(owner) = claims.node_ports.get(&claim) {
+                return Err(Conflict {
+                    field: format!("spec.ports[{}].nodePort", port.index),
+                    what: format!("nodePort {node_port}/{} is already used by", port.protocol),
+                    owner: owner.clone(),
+                });
+            }
+            node_ports.push(claim);
+        }
+        let Some(external) = &service.external else {
+            continue;
+        };
+        let lists = [
+            (&external.external_ips, "spec.externalIPs", ""),
+            (
+                &external.load_balancer_ips,
+                "status.loadBalancer.ingress",
+                ".ip",
+            ),
+        ];
+        for (ips, list, suffix) in lists {
+            // An address of a family without a cluster IP is not served (kube-proxy ignores it
+            // too), so it holds nothing.
+            for (&ip, index) in ips.iter().filter(|(ip, _)| served(ip)) {
+                let address = Frontend {
+                    ip,
+                    port: port.port,
+                    protocol: port.protocol,
+                };
+                if let Some(owner) = holder(claims, &address) {
+                    return Err(Conflict {
+                        field: format!("{list}[{index}]{suffix}"),
+                        what: format!(
+                            "{address} (spec.ports[{}]) is already served by",
+                            port.index
+                        ),
+                        owner,
+                    });
+                }
+                addresses.push(address);
+            }
+        }
     }
+    if let Some(health_check) = service
+        .external
+        .as_ref()
+        .and_then(|external| external.health_check_node_port)
+    {
+        let claim = (health_check, Protocol::Tcp);
+        if let Some(owner) = claims.node_ports.get(&claim) {
+            return Err(Conflict {
+                field: "spec.healthCheckNodePort".to_owned(),
+                what: format!("healthCheckNodePort {health_check}/TCP is already used by"),
+                owner: owner.clone(),
+            });
+        }
+        node_ports.push(claim);
+    }
+
+    let key: ServiceKey = (service.namespace.clone(), service.name.clone());
     for (frontend, port) in frontends {
+        let family = Family::of(frontend.ip);
+        let Endpoints {
+            backends,
+            terminating,
+            backend_nodes,
+        } = endpoints(slices, family, port);
         let service_port = ServicePort {
             namespace: service.namespace.clone(),
             name: service.name.clone(),
             port_name: port.name.clone(),
-            backends: backends(slices, Family::of(frontend.ip), port),
+            backends,
+            terminating,
+            backend_nodes,
             session_affinity_timeout: service.session_affinity_timeout,
+            external: external(service, port, family),
         };
         // Ports are unique by (number, protocol) and cluster IPs by family (`check_service`), so a
         // service never overwrites its own frontend.
         state.services.insert(frontend, service_port);
     }
+    for claim in node_ports {
+        claims.node_ports.insert(claim, key.clone());
+    }
+    for address in addresses {
+        claims.addresses.insert(address, key.clone());
+    }
     Ok(())
 }
 
-/// The ready endpoints of the slices of `family` that expose `port` (same name, same protocol),
-/// sorted.
-fn backends(slices: &[&ValidSlice], family: Family, port: &ValidServicePort) -> Vec<Backend> {
-    let mut backends = Vec::new();
+/// The part of the Service's external reach that belongs to `port` and `family`; `None` when it
+/// has none there.
+fn external(service: &ValidService, port: &ValidServicePort, family: Family) -> Option<External> {
+    let external = service.external.as_ref()?;
+    let of_family = |ips: &IndexedIps| -> Vec<IpAddr> {
+        ips.keys()
+            .copied()
+            .filter(|&ip| Family::of(ip) == family)
+            .collect()
+    };
+    let external_ips = of_family(&external.external_ips);
+    let load_balancer_ips = of_family(&external.load_balancer_ips);
+    if !external.on_node_ports && external_ips.is_empty() && load_balancer_ips.is_empty() {
+        return None;
+    }
+    Some(External {
+        node_port: port.node_port,
+        external_ips,
+        load_balancer_ips,
+        local_only: external.local_only,
+        health_check_node_port: external.health_check_node_port,
+        source_ranges: external
+            .source_ranges
+            .iter()
+            .copied()
+            .filter(|range| Family::of(range.addr()) == family)
+            .collect(),
+    })
+}
+
+/// A frontend's endpoints, as [`ServicePort`] holds them.
+struct Endpoints {
+    backends: Vec<Backend>,
+    terminating: Vec<Backend>,
+    backend_nodes: BTreeMap<IpAddr, String>,
+}
+
+/// The usable endpoints of the slices of `family` that expose `port` (same name, same protocol),
+/// sorted: the ready ones, else the serving and terminating ones (kube-proxy's fallback).
+fn endpoints(slices: &[&ValidSlice], family: Family, port: &ValidServicePort) -> Endpoints {
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    let mut backend_nodes = BTreeMap::new();
     for slice in slices.iter().filter(|slice| slice.family == family) {
         let matching = slice
             .ports
@@ -241,9 +399,37 @@ fn backends(slices: &[&ValidSlice], family: Family, port: &ValidServicePort) -> 
             );
             continue;
         };
-        backends.extend(slice.ready.iter().map(|&ip| Backend { ip, port: number }));
+        for endpoint in &slice.endpoints {
+            let backend = Backend {
+                ip: endpoint.ip,
+                port: number,
+            };
+            if endpoint.ready {
+                ready.push(backend);
+            } else {
+                terminating.push(backend);
+            }
+            if let Some(node) = &endpoint.node_name {
+                backend_nodes
+                    .entry(endpoint.ip)
+                    .or_insert_with(|| node.clone());
+            }
+        }
     }
-    backends.sort_unstable();
-    backends.dedup();
-    backends
+    ready.sort_unstable();
+    ready.dedup();
+    terminating.sort_unstable();
+    terminating.dedup();
+    // Ready in one slice, terminating in another (a slice not yet rewritten): ready wins.
+    terminating.retain(|backend| ready.binary_search(backend).is_err());
+    let backends = if ready.is_empty() {
+        terminating.clone()
+    } else {
+        ready
+    };
+    Endpoints {
+        backends,
+        terminating,
+        backend_nodes,
+    }
 }

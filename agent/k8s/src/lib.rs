@@ -3,8 +3,9 @@
 //! gannetd can run without a control plane: it reads `v1` Services and `discovery.k8s.io/v1`
 //! `EndpointSlices` from a directory of manifests, written exactly as for Kubernetes, and joins
 //! them the way kube-proxy does into a [`DesiredState`]: one [`ServicePort`] with its ready
-//! [`Backend`]s per [`Frontend`] (cluster IP, port, protocol). Mistakes are reported as
-//! [`ManifestError`]s naming the file, document, object and field.
+//! [`Backend`]s per [`Frontend`] (cluster IP, port, protocol), the serving-and-terminating ones to
+//! fall back on, and the [`External`] ways to reach it (node port, external and load-balancer
+//! IPs). Mistakes are reported as [`ManifestError`]s naming the file, document, object and field.
 //!
 //! - [`parse_documents`] reads one file (YAML or JSON, any number of documents);
 //! - [`desired_state`] joins Services and `EndpointSlices`;
@@ -31,7 +32,7 @@ pub use check::{
 pub use dir::{ManifestDir, ScanOutcome};
 pub use error::ManifestError;
 pub use join::desired_state;
-pub use model::{Backend, DesiredState, Frontend, Protocol, ServicePort};
+pub use model::{Backend, DesiredState, External, Frontend, Protocol, ServicePort};
 pub use node::{ClusterNode, VTEP_MAC_ANNOTATION, cluster_node, format_mac, parse_mac};
 pub use parse::{Object, parse_documents};
 pub use validate::SERVICE_NAME_LABEL;

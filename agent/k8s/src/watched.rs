@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::error::{FieldError, ManifestError};
-use crate::join::{Located, add_service};
+use crate::join::{Claims, Located, add_service};
 use crate::model::{DesiredState, Frontend, ServicePort};
 use crate::validate::{Checked, ValidService, ValidSlice, check_service, check_slice, meta_label};
 
@@ -51,8 +51,8 @@ impl WatchedService {
         }
     }
 
-    /// The frontends of this Service with the ready endpoints of those of `slices` that belong to
-    /// it (the others are passed over), as [`desired_state`](crate::desired_state) joins them.
+    /// The frontends of this Service with the endpoints of those of `slices` that belong to it
+    /// (the others are passed over), as [`desired_state`](crate::desired_state) joins them.
     #[must_use]
     pub fn frontends<'a>(
         &self,
@@ -69,14 +69,15 @@ impl WatchedService {
             })
             .collect();
         let mut state = DesiredState::default();
-        // Into an empty state: a Service's own frontends never collide (`check_service`).
-        let _ = add_service(&mut state, service, &slices);
+        // Into an empty state: a Service's own frontends, node ports and addresses never collide
+        // (`check_service`). Collisions between Services are the caller's to find.
+        let _ = add_service(&mut state, &mut Claims::default(), service, &slices);
         state.services
     }
 }
 
-/// A checked `EndpointSlice`: its ready endpoints and ports, or nothing (an address type gannet
-/// does not balance).
+/// A checked `EndpointSlice`: its usable endpoints (ready, or serving and terminating, with their
+/// node) and ports, or nothing (an address type gannet does not balance).
 #[derive(Debug)]
 pub struct WatchedSlice {
     slice: Option<ValidSlice>,

@@ -154,7 +154,10 @@ fn state(entries: &[(Frontend, Vec<Backend>)]) -> DesiredState {
                         name: format!("svc{}", f.port),
                         port_name: String::new(),
                         backends: b.clone(),
+                        terminating: Vec::new(),
+                        backend_nodes: BTreeMap::new(),
                         session_affinity_timeout: None,
+                        external: None,
                     },
                 )
             })

@@ -1,7 +1,9 @@
 //! Validation of objects as they arrive, before anything is allocated or written: every problem of
 //! an object is reported, each naming its field. Service and `EndpointSlice` rules that gannetd
-//! applies to manifests come from `gannet-k8s`, so both paths agree; the rest (names, node ports,
-//! target ports, traffic policies, Pods, Nodes) follows the Kubernetes API server.
+//! applies to manifests come from `gannet-k8s` (ports, node ports, cluster, external and
+//! load-balancer IPs, external traffic policy, health check port, source ranges), so both paths
+//! agree; the rest (names, target ports, internal traffic policy, Pods, Nodes) follows the
+//! Kubernetes API server.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -160,7 +162,6 @@ fn validate_service(service: &Service, problems: &mut Vec<FieldProblem>) {
         return;
     };
     let type_ = service_type(spec);
-    let external = matches!(type_, "NodePort" | "LoadBalancer");
     if type_ == "ExternalName" {
         if spec
             .external_name
@@ -211,54 +212,20 @@ fn validate_service(service: &Service, problems: &mut Vec<FieldProblem>) {
             }
             _ => {}
         }
-        if let Some(node_port) = port.node_port {
-            if !external {
-                problems.push(problem(
-                    format!("{field}.nodePort"),
-                    format!("may not be set when type is {type_}"),
-                ));
-            } else if !(1..=65535).contains(&node_port) {
-                problems.push(problem(
-                    format!("{field}.nodePort"),
-                    format!("port {node_port} is out of range 1..=65535"),
-                ));
-            }
-        }
     }
 
-    for (field, value, allowed_here) in [
-        (
-            "spec.externalTrafficPolicy",
-            spec.external_traffic_policy.as_deref(),
-            external,
-        ),
-        (
+    match spec
+        .internal_traffic_policy
+        .as_deref()
+        .filter(|value| !value.is_empty())
+    {
+        None | Some("Cluster" | "Local") => {}
+        Some(other) => problems.push(problem(
             "spec.internalTrafficPolicy",
-            spec.internal_traffic_policy.as_deref(),
-            true,
-        ),
-    ] {
-        match value.filter(|value| !value.is_empty()) {
-            None => {}
-            Some("Cluster" | "Local") if allowed_here => {}
-            Some("Cluster" | "Local") => problems.push(problem(
-                field,
-                format!("may only be set when type is NodePort or LoadBalancer, not {type_}"),
-            )),
-            Some(other) => {
-                problems.push(problem(field, format!("{other:?} is not Cluster or Local")));
-            }
-        }
+            format!("{other:?} is not Cluster or Local"),
+        )),
     }
 
-    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-        if ip.parse::<IpAddr>().is_err() {
-            problems.push(problem(
-                format!("spec.externalIPs[{i}]"),
-                format!("{ip:?} is not an IP address"),
-            ));
-        }
-    }
     match spec.ip_family_policy.as_deref().filter(|p| !p.is_empty()) {
         None | Some("SingleStack" | "PreferDualStack" | "RequireDualStack") => {}
         Some(other) => problems.push(problem(
@@ -288,18 +255,13 @@ fn validate_service(service: &Service, problems: &mut Vec<FieldProblem>) {
         .as_ref()
         .and_then(|status| status.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref());
+    // gannet-k8s checks the addresses and modes.
     for (i, entry) in ingress.into_iter().flatten().enumerate() {
-        let field = format!("status.loadBalancer.ingress[{i}]");
-        if let Some(ip) = &entry.ip
-            && ip.parse::<IpAddr>().is_err()
-        {
-            problems.push(problem(
-                format!("{field}.ip"),
-                format!("{ip:?} is not an IP address"),
-            ));
-        }
         if entry.ip.is_none() && entry.hostname.is_none() {
-            problems.push(problem(field, "needs an ip or a hostname"));
+            problems.push(problem(
+                format!("status.loadBalancer.ingress[{i}]"),
+                "needs an ip or a hostname",
+            ));
         }
     }
 }
@@ -540,27 +502,35 @@ mod tests {
 
     #[test]
     fn every_service_problem_is_named() {
+        // gannet-k8s's problems (node port, external traffic policy, external and ingress IPs)
+        // come first, each once.
         let service = object(&serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "Web"},
-            "spec": {"externalTrafficPolicy": "Local", "externalIPs": ["nope"],
+            "spec": {"externalTrafficPolicy": "Local", "internalTrafficPolicy": "Global",
                      "ports": [{"name": "http", "port": 80, "targetPort": 70000, "nodePort": 30080},
                                {"name": "Bad_Name", "port": 81, "targetPort": "no--good"}]},
-            "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3"}]}}
+            "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3"}, {}]}}
         }));
         assert_eq!(
             fields(&service),
             vec![
                 "metadata.name",
-                "spec.ports[0].targetPort",
                 "spec.ports[0].nodePort",
+                "spec.externalTrafficPolicy",
+                "status.loadBalancer.ingress[0].ip",
+                "spec.ports[0].targetPort",
                 "spec.ports[1].name",
                 "spec.ports[1].targetPort",
-                "spec.externalTrafficPolicy",
-                "spec.externalIPs[0]",
-                "status.loadBalancer.ingress[0].ip",
+                "spec.internalTrafficPolicy",
+                "status.loadBalancer.ingress[1]",
             ]
         );
+        let external_ips = object(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"externalIPs": ["nope"], "ports": [{"port": 80}]}
+        }));
+        assert_eq!(fields(&external_ips), vec!["spec.externalIPs[0]"]);
     }
 
     #[test]

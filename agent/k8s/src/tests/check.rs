@@ -43,6 +43,39 @@ fn allocated_cluster_ip_may_be_unset_but_is_checked_when_set() {
 }
 
 #[test]
+fn allocated_node_ports_may_be_unset_but_the_rest_is_checked() {
+    let node_port = service(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Sideways
+  ports: [{port: 80}]
+",
+    );
+    let fields = |cluster_ip| -> Vec<Option<String>> {
+        check_service_object(&node_port, cluster_ip)
+            .into_iter()
+            .map(|problem| problem.field)
+            .collect()
+    };
+    assert_eq!(
+        fields(ClusterIp::Allocated),
+        vec![Some("spec.externalTrafficPolicy".to_owned())]
+    );
+    assert_eq!(
+        fields(ClusterIp::Required),
+        vec![
+            Some("spec.clusterIP".to_owned()),
+            Some("spec.ports[0].nodePort".to_owned()),
+            Some("spec.externalTrafficPolicy".to_owned()),
+        ]
+    );
+}
+
+#[test]
 fn read_documents_skips_empty_documents_and_counts_them() {
     let text = format!("---\n{NO_CLUSTER_IP}---\n---\n{NO_CLUSTER_IP}");
     let documents = read_documents(Path::new("a.yaml"), &text).expect("parses");

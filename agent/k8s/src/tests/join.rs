@@ -1,23 +1,18 @@
 //! Joining Services and `EndpointSlices` into frontends and backends.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{SHOP_YAML, backend, error, ip, parse_ok, service_doc, slice_doc, split};
-use crate::{Backend, DesiredState, Frontend, Object, Protocol, ServicePort, desired_state};
+use super::{
+    SHOP_YAML, backend, error, frontend, in_file, ip, parse_ok, service, simple_service, slice,
+    split,
+};
+use crate::{Backend, DesiredState, Protocol, ServicePort, desired_state};
 
-fn frontend(ip_text: &str, port: u16, protocol: Protocol) -> Frontend {
-    Frontend {
-        ip: ip(ip_text),
-        port,
-        protocol,
-    }
-}
-
-fn service_port(
+pub(super) fn service_port(
     service: &str,
     port_name: &str,
     affinity: Option<u32>,
@@ -31,34 +26,19 @@ fn service_port(
         name: name.to_owned(),
         port_name: port_name.to_owned(),
         backends,
+        terminating: vec![],
+        backend_nodes: BTreeMap::new(),
         session_affinity_timeout: affinity,
+        external: None,
     }
 }
 
-fn service(name: &str, spec: &str) -> Service {
-    match parse_ok("inline.yaml", &service_doc(name, spec)).remove(0) {
-        Object::Service(service) => *service,
-        other => panic!("expected a Service, got {other:?}"),
-    }
-}
-
-fn slice(name: &str, service: &str, body: &str) -> EndpointSlice {
-    match parse_ok("inline.yaml", &slice_doc(name, service, body)).remove(0) {
-        Object::EndpointSlice(slice) => *slice,
-        other => panic!("expected an EndpointSlice, got {other:?}"),
-    }
-}
-
-fn in_file<T>(file: &str, object: T) -> (PathBuf, T) {
-    (PathBuf::from(file), object)
-}
-
-/// A single-port TCP service `shop/{name}` on `cluster_ip`.
-fn simple_service(name: &str, cluster_ip: &str, port: u16) -> Service {
-    service(
-        name,
-        &format!("clusterIP: {cluster_ip}\nports:\n  - port: {port}\n"),
-    )
+/// `backend_nodes` from (address, node) pairs.
+fn nodes(pairs: &[(&str, &str)]) -> BTreeMap<IpAddr, String> {
+    pairs
+        .iter()
+        .map(|(address, node)| (ip(address), (*node).to_owned()))
+        .collect()
 }
 
 #[test]
@@ -68,13 +48,24 @@ fn shop_manifest_gives_dual_stack_frontends_with_ready_backends() {
     assert_eq!(errors, []);
 
     let web = |port_name: &str, backends| service_port("shop/web", port_name, Some(600), backends);
+    // The first IPv4 slice names the nodes; 10.244.3.9 is terminating (still serving) on node-3.
+    let web_v4 = |port_name: &str, port: u16, backends| ServicePort {
+        terminating: vec![backend("10.244.3.9", port)],
+        backend_nodes: nodes(&[
+            ("10.244.1.5", "node-1"),
+            ("10.244.2.7", "node-2"),
+            ("10.244.3.9", "node-3"),
+        ]),
+        ..web(port_name, backends)
+    };
     let expected = BTreeMap::from([
         (
             frontend("10.96.100.10", 80, Protocol::Tcp),
             // 10.244.3.9 is not ready, 10.244.2.7 has no conditions (so ready), 10.244.1.5 is in
             // two slices and 10.244.4.2 comes from the second one.
-            web(
+            web_v4(
                 "http",
+                8080,
                 vec![
                     backend("10.244.1.5", 8080),
                     backend("10.244.2.7", 8080),
@@ -84,15 +75,17 @@ fn shop_manifest_gives_dual_stack_frontends_with_ready_backends() {
         ),
         (
             frontend("10.96.100.10", 443, Protocol::Tcp),
-            web(
+            web_v4(
                 "https",
+                8443,
                 vec![backend("10.244.1.5", 8443), backend("10.244.2.7", 8443)],
             ),
         ),
         (
             frontend("10.96.100.10", 514, Protocol::Udp),
-            web(
+            web_v4(
                 "syslog",
+                5514,
                 vec![backend("10.244.1.5", 5514), backend("10.244.2.7", 5514)],
             ),
         ),
@@ -473,4 +466,91 @@ fn headless_and_external_name_services_have_no_frontends() {
         &[in_file("pods.yaml", pods)],
     );
     assert_eq!((state, errors), (DesiredState::default(), vec![]));
+}
+
+#[test]
+fn serving_terminating_endpoints_are_the_fallback_when_none_is_ready() {
+    let svc = simple_service("web", "10.96.0.20", 80);
+    // A rolling update: every old pod terminating, the new ones not ready yet.
+    let old = slice(
+        "web-old",
+        "web",
+        r#"
+        addressType: IPv4
+        ports:
+          - port: 8080
+        endpoints:
+          - addresses: ["10.244.1.1"]
+            conditions: {ready: false, serving: true, terminating: true}
+            nodeName: node-1
+          - addresses: ["10.244.1.2"]
+            conditions: {ready: false, serving: false, terminating: true}
+            nodeName: node-2
+          - addresses: ["10.244.1.3"]
+            conditions: {ready: false, terminating: true}
+            nodeName: node-3
+          - addresses: ["10.244.1.4"]
+            conditions: {ready: false, serving: true}
+            nodeName: node-4
+          - addresses: ["10.244.1.5"]
+            conditions: {ready: false, serving: true, terminating: true}
+        "#,
+    );
+    let web = frontend("10.96.0.20", 80, Protocol::Tcp);
+    // 10.244.1.2 no longer serves; 10.244.1.3 does not say, so serves as it is ready (not);
+    // 10.244.1.4 is not ready and not terminating: a pod that is starting or failing its probe.
+    let fallback = vec![backend("10.244.1.1", 8080), backend("10.244.1.5", 8080)];
+    let (state, errors) = desired_state(
+        &[in_file("web.yaml", svc.clone())],
+        &[in_file("web.yaml", old.clone())],
+    );
+    assert_eq!(errors, []);
+    assert_eq!(
+        state.services[&web],
+        ServicePort {
+            terminating: fallback.clone(),
+            backend_nodes: nodes(&[("10.244.1.1", "node-1")]),
+            ..service_port("shop/web", "", None, fallback.clone())
+        }
+    );
+
+    // One new pod is ready: it alone takes new connections. 10.244.1.5 is ready in the new slice
+    // and terminating in the old one (not rewritten yet): ready wins.
+    let new = slice(
+        "web-new",
+        "web",
+        r#"
+        addressType: IPv4
+        ports:
+          - port: 8080
+        endpoints:
+          - addresses: ["10.244.2.1"]
+            nodeName: node-5
+          - addresses: ["10.244.1.5"]
+            conditions: {ready: true}
+            nodeName: node-1
+        "#,
+    );
+    let (state, errors) = desired_state(
+        &[in_file("web.yaml", svc)],
+        &[in_file("web.yaml", old), in_file("web.yaml", new)],
+    );
+    assert_eq!(errors, []);
+    assert_eq!(
+        state.services[&web],
+        ServicePort {
+            terminating: vec![backend("10.244.1.1", 8080)],
+            backend_nodes: nodes(&[
+                ("10.244.1.1", "node-1"),
+                ("10.244.1.5", "node-1"),
+                ("10.244.2.1", "node-5"),
+            ]),
+            ..service_port(
+                "shop/web",
+                "",
+                None,
+                vec![backend("10.244.1.5", 8080), backend("10.244.2.1", 8080)]
+            )
+        }
+    );
 }

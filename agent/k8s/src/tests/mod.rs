@@ -2,6 +2,7 @@
 
 mod check;
 mod dir;
+mod external;
 mod join;
 mod parse;
 mod validate;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::{Backend, ManifestError, Object, parse_documents};
+use crate::{Backend, Frontend, ManifestError, Object, Protocol, parse_documents};
 
 /// The manifest written as in the Kubernetes documentation: Deployment, dual-stack Service with
 /// named ports, `EndpointSlices` of both families, a single-port UDP service, an empty document and
@@ -28,6 +29,14 @@ pub(super) fn backend(ip_text: &str, port: u16) -> Backend {
     Backend {
         ip: ip(ip_text),
         port,
+    }
+}
+
+pub(super) fn frontend(ip_text: &str, port: u16, protocol: Protocol) -> Frontend {
+    Frontend {
+        ip: ip(ip_text),
+        port,
+        protocol,
     }
 }
 
@@ -132,4 +141,37 @@ pub(super) fn slice_doc(name: &str, service: &str, body: &str) -> String {
         "
     ));
     metadata + &yaml(body)
+}
+
+/// The one Service of a document that must parse.
+pub(super) fn service_of(text: &str) -> Service {
+    match parse_ok("inline.yaml", text).remove(0) {
+        Object::Service(service) => *service,
+        other => panic!("expected a Service, got {other:?}"),
+    }
+}
+
+/// A Service `shop/{name}` with the given `spec`.
+pub(super) fn service(name: &str, spec: &str) -> Service {
+    service_of(&service_doc(name, spec))
+}
+
+/// A single-port TCP service `shop/{name}` on `cluster_ip`.
+pub(super) fn simple_service(name: &str, cluster_ip: &str, port: u16) -> Service {
+    service(
+        name,
+        &format!("clusterIP: {cluster_ip}\nports:\n  - port: {port}\n"),
+    )
+}
+
+/// An `EndpointSlice` `shop/{name}` of Service `shop/{service}`.
+pub(super) fn slice(name: &str, service: &str, body: &str) -> EndpointSlice {
+    match parse_ok("inline.yaml", &slice_doc(name, service, body)).remove(0) {
+        Object::EndpointSlice(slice) => *slice,
+        other => panic!("expected an EndpointSlice, got {other:?}"),
+    }
+}
+
+pub(super) fn in_file<T>(file: &str, object: T) -> (PathBuf, T) {
+    (PathBuf::from(file), object)
 }

@@ -225,12 +225,303 @@ const SERVICE_CASES: &[(&str, &str, &str)] = &[
         "spec.type",
         "type \"Ingress\" is not ClusterIP, NodePort, LoadBalancer or ExternalName",
     ),
+    (
+        "
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.ports[0].nodePort",
+        "may not be set when type is ClusterIP: only NodePort and LoadBalancer services have \
+         node ports",
+    ),
+    (
+        "
+        type: NodePort
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 70000
+        ",
+        "spec.ports[0].nodePort",
+        "port 70000 is out of range 1..=65535",
+    ),
+    (
+        "
+        type: LoadBalancer
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: -1
+        ",
+        "spec.ports[0].nodePort",
+        "port -1 is out of range 1..=65535",
+    ),
+    (
+        "
+        type: NodePort
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+        ",
+        "spec.ports[0].nodePort",
+        "must be set for type NodePort: gannetd does not allocate node ports without a control \
+         plane",
+    ),
+    (
+        "
+        type: LoadBalancer
+        allocateLoadBalancerNodePorts: true
+        clusterIP: 10.96.0.20
+        ports:
+          - name: http
+            port: 80
+            nodePort: 30080
+          - name: https
+            port: 443
+            nodePort: 0
+        ",
+        "spec.ports[1].nodePort",
+        "must be set for type LoadBalancer: gannetd does not allocate node ports without a \
+         control plane",
+    ),
+    (
+        "
+        type: NodePort
+        clusterIP: 10.96.0.20
+        ports:
+          - name: http
+            port: 80
+            nodePort: 30080
+          - name: alt
+            port: 8080
+            nodePort: 30080
+        ",
+        "spec.ports[1].nodePort",
+        "duplicate nodePort 30080/TCP (also spec.ports[0])",
+    ),
+    (
+        "
+        clusterIP: 10.96.0.20
+        externalIPs: [192.0.2.10, 192.0.2.300]
+        ports:
+          - port: 80
+        ",
+        "spec.externalIPs[1]",
+        "\"192.0.2.300\" is not an IP address",
+    ),
+    (
+        "
+        clusterIP: 10.96.0.20
+        externalIPs: [127.0.0.1]
+        ports:
+          - port: 80
+        ",
+        "spec.externalIPs[0]",
+        "\"127.0.0.1\" may not be in the loopback range (127.0.0.0/8, ::1/128)",
+    ),
+    (
+        "
+        clusterIP: 10.96.0.20
+        externalIPs: [\"2001:db8::1\", \"fe80::1\"]
+        ports:
+          - port: 80
+        ",
+        "spec.externalIPs[1]",
+        "\"fe80::1\" may not be in the link-local range (169.254.0.0/16, fe80::/10)",
+    ),
+    (
+        "
+        clusterIP: 10.96.0.20
+        externalIPs: [0.0.0.0]
+        ports:
+          - port: 80
+        ",
+        "spec.externalIPs[0]",
+        "\"0.0.0.0\" may not be unspecified (0.0.0.0, ::)",
+    ),
+    (
+        "
+        clusterIP: 10.96.0.20
+        externalIPs: [224.0.0.251]
+        ports:
+          - port: 80
+        ",
+        "spec.externalIPs[0]",
+        "\"224.0.0.251\" may not be in the link-local multicast range (224.0.0.0/24, ff02::/16)",
+    ),
+    (
+        "
+        type: NodePort
+        externalTrafficPolicy: Global
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.externalTrafficPolicy",
+        "\"Global\" is not Cluster or Local",
+    ),
+    (
+        "
+        externalTrafficPolicy: Local
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+        ",
+        "spec.externalTrafficPolicy",
+        "may only be set for a service reachable from outside the cluster (type NodePort or \
+         LoadBalancer, or with spec.externalIPs), not type ClusterIP without external IPs",
+    ),
+    (
+        "
+        type: NodePort
+        externalTrafficPolicy: Local
+        healthCheckNodePort: 32000
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.healthCheckNodePort",
+        "may only be set when type is LoadBalancer and externalTrafficPolicy is Local",
+    ),
+    (
+        "
+        type: LoadBalancer
+        healthCheckNodePort: 32000
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.healthCheckNodePort",
+        "may only be set when type is LoadBalancer and externalTrafficPolicy is Local",
+    ),
+    (
+        "
+        type: LoadBalancer
+        externalTrafficPolicy: Local
+        healthCheckNodePort: 65536
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.healthCheckNodePort",
+        "port 65536 is out of range 1..=65535",
+    ),
+    (
+        "
+        type: LoadBalancer
+        externalTrafficPolicy: Local
+        healthCheckNodePort: 30080
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.healthCheckNodePort",
+        "port 30080 is already the nodePort of spec.ports[0]",
+    ),
+    (
+        "
+        type: NodePort
+        loadBalancerSourceRanges: [10.0.0.0/8]
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.loadBalancerSourceRanges",
+        "may only be set when type is LoadBalancer, not NodePort",
+    ),
+    (
+        "
+        type: LoadBalancer
+        loadBalancerSourceRanges: [10.0.0.0/8, 10.1.0.0]
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.loadBalancerSourceRanges[1]",
+        "\"10.1.0.0\" is not a CIDR such as 203.0.113.0/24 or 2001:db8::/32",
+    ),
+    (
+        "
+        type: LoadBalancer
+        loadBalancerSourceRanges: [\"2001:db8::/129\"]
+        clusterIP: 10.96.0.20
+        ports:
+          - port: 80
+            nodePort: 30080
+        ",
+        "spec.loadBalancerSourceRanges[0]",
+        "\"2001:db8::/129\" is not a CIDR such as 203.0.113.0/24 or 2001:db8::/32",
+    ),
 ];
 
 #[test]
 fn each_service_mistake_is_reported_at_its_field() {
     for (spec, field, message) in SERVICE_CASES {
         let text = service_doc("web", spec);
+        assert_eq!(
+            parse_one_err("svc.yaml", &text),
+            error(
+                "svc.yaml",
+                1,
+                Some("Service shop/web"),
+                Some(field),
+                message
+            ),
+            "for the document:\n{text}"
+        );
+    }
+}
+
+/// (metadata annotations, spec, status, field, message) of whole Service documents: every case
+/// has exactly one mistake.
+const SERVICE_DOCUMENT_CASES: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "service.beta.kubernetes.io/load-balancer-source-ranges: \"10.0.0.0/8,nope\"",
+        "{type: LoadBalancer, clusterIP: 10.96.0.20, ports: [{port: 80, nodePort: 30080}]}",
+        "{}",
+        "metadata.annotations[\"service.beta.kubernetes.io/load-balancer-source-ranges\"]",
+        "\"nope\" is not a CIDR such as 203.0.113.0/24 or 2001:db8::/32",
+    ),
+    (
+        "service.beta.kubernetes.io/load-balancer-source-ranges: 10.0.0.0/8",
+        "{clusterIP: 10.96.0.20, ports: [{port: 80}]}",
+        "{}",
+        "metadata.annotations[\"service.beta.kubernetes.io/load-balancer-source-ranges\"]",
+        "may only be set when type is LoadBalancer, not ClusterIP",
+    ),
+    (
+        "{}",
+        "{type: LoadBalancer, clusterIP: 10.96.0.20, ports: [{port: 80, nodePort: 30080}]}",
+        "{loadBalancer: {ingress: [{ip: 198.51.100.300}]}}",
+        "status.loadBalancer.ingress[0].ip",
+        "\"198.51.100.300\" is not an IP address",
+    ),
+    (
+        "{}",
+        "{type: LoadBalancer, clusterIP: 10.96.0.20, ports: [{port: 80, nodePort: 30080}]}",
+        "{loadBalancer: {ingress: [{ip: 198.51.100.1}, {ip: 198.51.100.2, ipMode: Magic}]}}",
+        "status.loadBalancer.ingress[1].ipMode",
+        "\"Magic\" is not VIP or Proxy",
+    ),
+];
+
+#[test]
+fn each_mistake_in_annotations_and_status_is_reported_at_its_field() {
+    for (annotations, spec, status, field, message) in SERVICE_DOCUMENT_CASES {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\n\
+             metadata:\n  name: web\n  namespace: shop\n  annotations:\n    {annotations}\n\
+             spec: {spec}\nstatus: {status}\n"
+        );
         assert_eq!(
             parse_one_err("svc.yaml", &text),
             error(
