@@ -161,6 +161,61 @@ pub struct RunArgs {
     /// Capacity: pod addresses on this node.
     #[arg(long, default_value_t = DEFAULT_MAX_ENDPOINTS)]
     pub max_endpoints: u32,
+    /// Capacity: tracked NodePort/external flows, two entries per flow (LRU: when full, the
+    /// least recently used flows are forgotten).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNTRACK)]
+    pub max_conntrack: u32,
+    /// Interfaces where traffic from outside the node reaches node ports, external IPs and
+    /// LoadBalancer IPs (tc ingress; repeatable or comma-separated); default: the interfaces
+    /// holding the node's addresses. `--nodeport-interfaces=` (empty) turns the packet path off;
+    /// connections made on the node are still balanced by the socket load balancer.
+    #[arg(long, value_delimiter = ',', num_args = 0..=1, default_missing_value = "")]
+    pub nodeport_interfaces: Option<Vec<String>>,
+    /// Which of the node's addresses accept node ports (CIDRs, repeatable or comma-separated;
+    /// as kube-proxy's flag); default: every node address (`--node-ip`).
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    /// `none`: the NodePort program runs in tc; `xdp`: in native XDP where the driver has it.
+    #[arg(long, value_enum, default_value_t = Acceleration::None)]
+    pub nodeport_acceleration: Acceleration,
+    /// `snat`: a backend on another node answers through this node; `dsr`: directly.
+    #[arg(long, value_enum, default_value_t = LbMode::Snat)]
+    pub lb_mode: LbMode,
+    /// Entries of each NodePort/external frontend's Maglev table: a prime; larger tables spread
+    /// flows more evenly over many backends and cost 4 bytes an entry per frontend.
+    #[arg(long, default_value_t = DEFAULT_MAGLEV_TABLE_SIZE)]
+    pub maglev_table_size: u32,
+}
+
+/// `--nodeport-acceleration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Acceleration {
+    None,
+    Xdp,
+}
+
+/// `--lb-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LbMode {
+    Snat,
+    Dsr,
+}
+
+/// Where and how traffic from outside the node is balanced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePortSettings {
+    /// `--nodeport-interfaces`; `None`: the interfaces holding the node's addresses.
+    pub interfaces: Option<Vec<String>>,
+    /// `--nodeport-addresses`; empty: every node address.
+    pub addresses: Vec<IpNet>,
+}
+
+/// Whether `n` is a prime (trial division: table sizes are small).
+fn is_prime(n: u32) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -221,6 +276,7 @@ pub struct RunConfig {
     pub masquerade: bool,
     /// `--cluster-cidr`.
     pub cluster_cidrs: Vec<IpNet>,
+    pub nodeport: NodePortSettings,
 }
 
 /// Validated configuration of `gannetd cleanup`.
@@ -306,17 +362,19 @@ impl RunArgs {
             ("--max-rev-nat", self.max_rev_nat),
             ("--max-affinity", self.max_affinity),
             ("--max-endpoints", self.max_endpoints),
+            ("--max-conntrack", self.max_conntrack),
         ] {
             if value == 0 {
                 errors.push(format!("{flag} 0: must be at least 1"));
             }
         }
-
+        let nodeport = self.nodeport_settings(&mut errors);
         let (overlay, cluster_cidrs) = self.overlay_config(&source, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(RunConfig {
+            nodeport,
             overlay,
             cluster_cidrs,
             pod_mtu: self.pod_mtu,
@@ -335,12 +393,59 @@ impl RunArgs {
                 rev_nat: self.max_rev_nat,
                 affinity: self.max_affinity,
                 endpoints: self.max_endpoints,
-                conntrack: DEFAULT_MAX_CONNTRACK,
-                maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+                conntrack: self.max_conntrack,
+                maglev_table_size: self.maglev_table_size,
             },
         })
     }
+
+    /// The NodePort flags, checked.
+    fn nodeport_settings(&self, errors: &mut Vec<String>) -> NodePortSettings {
+        if !is_prime(self.maglev_table_size) || self.maglev_table_size > MAX_MAGLEV_TABLE_SIZE {
+            errors.push(format!(
+                "--maglev-table-size {}: must be a prime no larger than {MAX_MAGLEV_TABLE_SIZE} \
+                 (e.g. 251, 1021, 4093, 16381, 65521)",
+                self.maglev_table_size
+            ));
+        }
+        if self.nodeport_acceleration == Acceleration::Xdp {
+            errors.push(
+                "--nodeport-acceleration xdp: not available in this version of gannetd (the \
+                 NodePort program runs in tc); use none"
+                    .to_owned(),
+            );
+        }
+        if self.lb_mode == LbMode::Dsr {
+            errors.push(
+                "--lb-mode dsr: not available in this version of gannetd; use snat".to_owned(),
+            );
+        }
+        let interfaces = self.nodeport_interfaces.as_ref().map(|names| {
+            let names: Vec<String> = names.iter().filter(|n| !n.is_empty()).cloned().collect();
+            for name in &names {
+                if let Err(e) = sys::link_info(name) {
+                    errors.push(format!("--nodeport-interfaces {name}: {e}"));
+                }
+            }
+            names
+        });
+        let mut addresses = Vec::new();
+        for text in &self.nodeport_addresses {
+            match text.parse::<IpNet>() {
+                Ok(net) => addresses.push(net.trunc()),
+                Err(_) => errors.push(format!("--nodeport-addresses {text}: not a CIDR")),
+            }
+        }
+        NodePortSettings {
+            interfaces,
+            addresses,
+        }
+    }
 }
+
+/// The largest `--maglev-table-size`: a table is kept per NodePort/external frontend in kernel
+/// memory (4 bytes an entry).
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 131_071;
 
 impl RunArgs {
     fn source(&self, errors: &mut Vec<String>) -> Source {

@@ -112,6 +112,14 @@ impl NodeNetwork {
         self.overlay.as_ref().map(Overlay::node_ip)
     }
 
+    /// This node's pod CIDRs, once its lease is known.
+    pub fn pod_cidrs(&self) -> Vec<IpNet> {
+        self.lease
+            .as_ref()
+            .map(|lease| lease.pod_cidrs.clone())
+            .unwrap_or_default()
+    }
+
     /// The cluster's nodes changed (`complete`: this is all of them).
     pub fn nodes(&mut self, nodes: &BTreeMap<String, ClusterNode>, complete: bool) {
         if self.lease_from_nodes {

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::{RunConfig, Source},
     control::{Control, PodReport, Update},
+    datapath::nodeport::monotonic_ns,
     datapath::{
         BpfMaps, SockLb,
         pods::PodFastPath,
@@ -23,6 +24,7 @@ use crate::{
     },
     endpoints::{self, Registry},
     network::NodeNetwork,
+    nodeport::{frontends::Expander, health::HealthServers, setup::NodePortSetup},
 };
 
 /// How often released map entries are looked at for freeing.
@@ -71,7 +73,12 @@ impl Services {
 
     /// Waits for the next change and programs it. Cancel-safe: it only waits in a tick or a
     /// channel receive.
-    async fn next(&mut self, reconciler: &mut Reconciler<BpfMaps>, network: &mut NodeNetwork) {
+    async fn next(
+        &mut self,
+        reconciler: &mut Reconciler<BpfMaps>,
+        network: &mut NodeNetwork,
+        external: &mut External,
+    ) {
         match self {
             Self::Manifests {
                 dir,
@@ -86,8 +93,9 @@ impl Services {
                             error!(error = %e, "manifest rejected; its last good version stays in effect");
                         }
                         *had_clean_scan |= outcome.errors.is_empty();
-                        let report =
-                            reconciler.apply(&outcome.state, *had_clean_scan, Instant::now());
+                        let state = external.expander.full(&outcome.state);
+                        let report = reconciler.apply(&state, *had_clean_scan, Instant::now());
+                        external.health_changed = true;
                         debug!(
                             frontends = outcome.state.services.len(),
                             errors = outcome.errors.len(),
@@ -111,6 +119,8 @@ impl Services {
                 };
                 let report = match update {
                     Update::Full(state) => {
+                        let state = external.expander.full(&state);
+                        external.health_changed = true;
                         let report = reconciler.apply(&state, true, Instant::now());
                         info!(
                             frontends = state.services.len(),
@@ -120,7 +130,11 @@ impl Services {
                         release_free_memory();
                         report
                     }
-                    Update::Changes(changes) => reconciler.apply_changes(&changes, Instant::now()),
+                    Update::Changes(changes) => {
+                        external.health_changed = true;
+                        let changes = external.expander.changes(&changes);
+                        reconciler.apply_changes(&changes, Instant::now())
+                    }
                     Update::Nodes(nodes) => {
                         network.nodes(&nodes, true);
                         return;
@@ -141,6 +155,34 @@ impl Services {
         }
     }
 }
+
+/// Traffic from outside the node: where the NodePort program runs, the frontends services
+/// expand to, and the health check servers.
+struct External {
+    setup: NodePortSetup,
+    expander: Expander,
+    health: HealthServers,
+    /// The expander's health checks may have changed since the servers were updated.
+    health_changed: bool,
+}
+
+impl External {
+    /// Brings the health check servers and the SNAT addresses up to date.
+    async fn sync(&mut self, network: &NodeNetwork, fast_path: &mut PodFastPath) {
+        if let Err(error) = self.setup.lease(&network.pod_cidrs(), fast_path) {
+            warn!(%error, "cannot update the NodePort SNAT addresses");
+        }
+        if self.health_changed {
+            self.health_changed = false;
+            for (port, error) in self.health.update(self.expander.health()).await {
+                warn!(port, %error, "healthCheckNodePort not served");
+            }
+        }
+    }
+}
+
+/// How often the NodePort conntrack map is swept for expired flows.
+const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Hands the heap's free pages back to the kernel. The first full list of a large cluster
 /// (its JSON, then the Kubernetes objects it decodes to) needs several times the memory of what
@@ -186,9 +228,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             "gannetd starting"
         ),
     }
-    let lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
-    let mut reconciler = Reconciler::adopt(lb.maps, DEFAULT_GRACE)?;
+    let mut lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
     let mut fast_path = PodFastPath::load(&config.bpf_root, &config.capacity.pods())?;
+    if let Some(maglev) = fast_path.take_maglev() {
+        lb.maps.set_maglev(maglev);
+    }
+    let mut reconciler = Reconciler::adopt(lb.maps, DEFAULT_GRACE, &config.node_name)?;
     let mut registry = Registry::load(&config.state_dir, &fast_path).with_context(|| {
         format!(
             "reading the endpoint registry in {}",
@@ -200,6 +245,21 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listening in {}", config.state_dir.display()))?;
     let mut network =
         NodeNetwork::start(&config, &mut fast_path).context("setting up the overlay")?;
+    let setup = NodePortSetup::start(
+        &config.nodeport,
+        &config.overlay.node_ips,
+        config.overlay.mode,
+        config.capacity.maglev_table_size,
+        &mut fast_path,
+        &config.bpf_root,
+    )
+    .context("setting up the NodePort program")?;
+    let mut external = External {
+        expander: Expander::new(setup.addresses.clone(), &config.node_name),
+        health: HealthServers::new(setup.addresses.clone()),
+        setup,
+        health_changed: false,
+    };
     let mut services = Services::new(&config, &network)?;
     // Pods registered before a restart: their status may not have reached the control plane.
     for pod in registry.pods() {
@@ -217,6 +277,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut resync = tokio::time::interval(resync_every.unwrap_or(Duration::from_secs(86_400)));
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
     resync.tick().await;
+    let mut conntrack_gc = tokio::time::interval(CONNTRACK_GC_INTERVAL);
+    conntrack_gc.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -229,10 +291,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     services.report_pod(PodReport::for_pod(&change.pod, change.ips));
                 }
             }
-            () = services.next(&mut reconciler, &mut network) => {}
+            () = services.next(&mut reconciler, &mut network, &mut external) => {
+                external.sync(&network, &mut fast_path).await;
+            }
+            _ = conntrack_gc.tick(), if external.setup.enabled() => {
+                fast_path.nodeport.collect_garbage(monotonic_ns());
+            }
             _ = garbage.tick() => reconciler.collect_garbage(Instant::now()),
             _ = resync.tick(), if resync_every.is_some() => network.resync(),
         }
     }
+    external.health.shutdown().await;
     Ok(())
 }

@@ -3,10 +3,14 @@
 
 use std::{net::IpAddr, path::Path};
 
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
+use aya::maps::{
+    Array, HashMap, HashOfMaps, IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap,
+};
 use gannet_common::{
-    BackendValue, EndpointKey, EndpointStats, EndpointValue, ServiceKey, ServiceValue, SlotKey,
-    map_names,
+    BackendValue, CtEntry, CtKey, EndpointKey, EndpointStats, EndpointValue, NODEPORT_F_ENABLED,
+    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_FIB_FAILED, NP_STAT_FORWARD,
+    NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NodePortConfig, ServiceKey,
+    ServiceValue, SlotKey, map_names,
 };
 use serde::Serialize;
 
@@ -19,6 +23,25 @@ pub struct Status {
     /// The overlay and the other nodes it programmed (when gannetd runs one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay: Option<crate::overlay::OverlayStatus>,
+    /// The NodePort program: where it runs, its SNAT addresses, conntrack use and counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodeport: Option<NodePortStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodePortStatus {
+    pub enabled: bool,
+    /// Interfaces `gannet_nodeport` is attached to.
+    pub interfaces: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snat_v4: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snat_v6: Option<IpAddr>,
+    pub maglev_table_size: u32,
+    /// Conntrack entries (two per flow) and the map's capacity.
+    pub conntrack_entries: usize,
+    pub conntrack_capacity: u32,
+    pub counters: crate::datapath::nodeport::NodePortStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -27,6 +50,16 @@ pub struct ServiceStatus {
     pub backends: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_timeout_seconds: Option<u32>,
+    /// Reachable from outside the node (NodePort, external IP, LoadBalancer IP).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    /// `externalTrafficPolicy: Local`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
+    /// The distinct backends of an external frontend's Maglev table (what packets from
+    /// outside are balanced to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet_backends: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +99,11 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
         HashMap::try_from(open(bpf_root, map_names::BACKENDS)?)
             .map_err(map_err(map_names::BACKENDS))?;
 
+    let maglev: Option<HashOfMaps<MapData, u32, aya::maps::Array<MapData, u32>>> =
+        open(bpf_root, map_names::MAGLEV)
+            .ok()
+            .and_then(|m| HashOfMaps::try_from(m).ok());
+
     let mut out = Vec::new();
     for (key, value) in services.iter().filter_map(Result::ok) {
         let proto = match key.proto {
@@ -73,6 +111,24 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
             gannet_common::PROTO_UDP => "UDP",
             _ => "?",
         };
+        let external = value.flags & gannet_common::SVC_F_EXTERNAL != 0;
+        let packet_backends = external.then(|| {
+            let mut ids: Vec<u32> = maglev
+                .as_ref()
+                .and_then(|m| m.get(&value.id, 0).ok())
+                .map(|table: aya::maps::Array<MapData, u32>| {
+                    (0..table.len())
+                        .filter_map(|i| table.get(&i, 0).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.iter()
+                .filter_map(|id| backends.get(id, 0).ok())
+                .map(|b| addr_port(b.addr, b.port))
+                .collect()
+        });
         let backends = (0..u32::from(value.count))
             .filter_map(|i| {
                 slots
@@ -87,6 +143,9 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
             backends,
             affinity_timeout_seconds: (value.flags & gannet_common::SVC_F_AFFINITY != 0)
                 .then_some(value.affinity_timeout),
+            external,
+            local_only: value.flags & gannet_common::SVC_F_LOCAL != 0,
+            packet_backends,
         });
     }
     out.sort_by(|a, b| a.frontend.cmp(&b.frontend));
@@ -128,5 +187,38 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
         services: out,
         endpoints,
         overlay: crate::overlay::read_status(state_dir),
+        nodeport: nodeport_status(bpf_root),
+    })
+}
+
+/// The NodePort program's state, when its maps exist.
+fn nodeport_status(bpf_root: &Path) -> Option<NodePortStatus> {
+    let config: Array<MapData, NodePortConfig> =
+        Array::try_from(open(bpf_root, map_names::NODEPORT_CONFIG).ok()?).ok()?;
+    let config = config.get(&0, 0).ok()?;
+    let conntrack: HashMap<MapData, CtKey, CtEntry> =
+        HashMap::try_from(open(bpf_root, map_names::CONNTRACK).ok()?).ok()?;
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(open(bpf_root, map_names::NODEPORT_STATS).ok()?).ok()?;
+    let sum = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    let capacity = conntrack.map().info().map(|i| i.max_entries()).unwrap_or(0);
+    Some(NodePortStatus {
+        enabled: config.flags & NODEPORT_F_ENABLED != 0,
+        interfaces: crate::datapath::nodeport::attached(bpf_root)
+            .into_keys()
+            .collect(),
+        snat_v4: (config.flags & NODEPORT_F_SNAT_V4 != 0).then(|| ip(config.snat_v4)),
+        snat_v6: (config.flags & NODEPORT_F_SNAT_V6 != 0).then(|| ip(config.snat_v6)),
+        maglev_table_size: config.maglev_table_size,
+        conntrack_entries: conntrack.keys().filter(Result::is_ok).count(),
+        conntrack_capacity: capacity,
+        counters: crate::datapath::nodeport::NodePortStats {
+            new_flows: sum(NP_STAT_NEW_FLOWS),
+            forwarded: sum(NP_STAT_FORWARD),
+            replies: sum(NP_STAT_REPLIES),
+            no_backend: sum(NP_STAT_NO_BACKEND),
+            conntrack_failed: sum(NP_STAT_CT_FAILED),
+            route_failed: sum(NP_STAT_FIB_FAILED),
+        },
     })
 }

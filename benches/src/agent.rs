@@ -176,8 +176,14 @@ impl Agent {
             .arg("--manifest-dir")
             .arg(manifest_dir)
             .args(["--node-name", "bench", "--log-format", "json"])
-            // One node: no overlay, no masquerade (this agent runs in the test's own namespace).
-            .args(["--overlay", "none", "--masquerade=false"])
+            // One node: no overlay, no masquerade, no NodePort program (this agent runs in the
+            // test's own namespace).
+            .args([
+                "--overlay",
+                "none",
+                "--masquerade=false",
+                "--nodeport-interfaces=",
+            ])
             .arg(format!("--sync-interval-ms={SYNC_INTERVAL_MS}"));
         let child = spawn(cmd, None, None).context("starting gannetd")?;
         // From here on the guard cleans up, also if gannetd never gets ready.

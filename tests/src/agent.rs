@@ -124,8 +124,9 @@ impl Agent {
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--sync-interval-ms", "50"]);
-        // Single-node tests run without an overlay and without masquerade unless they ask for
-        // them (some run in the test's own namespace, which must stay untouched).
+        // Single-node tests run without an overlay, without masquerade and without the NodePort
+        // program unless they ask for them (some run in the test's own namespace, which must
+        // stay untouched).
         let given = |flag: &str| {
             self.extra_args
                 .iter()
@@ -139,6 +140,9 @@ impl Agent {
         }
         if !given("--masquerade") {
             cmd.arg("--masquerade=false");
+        }
+        if !given("--nodeport-interfaces") {
+            cmd.arg("--nodeport-interfaces=");
         }
         cmd.args(&self.extra_args)
             .env("GANNET_LOG", "gannet_agent=debug,gannetd=debug,info");

@@ -266,6 +266,8 @@ pub struct BpfMaps {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
     capacity: Capacity,
+    /// The Maglev tables (from the pod object); until set, external frontends get none.
+    maglev: Option<nodeport::MaglevMaps>,
 }
 
 /// Takes a map out of the loaded object. The key and value sizes are checked (a pinned map
@@ -307,7 +309,14 @@ impl BpfMaps {
             affinity: take_map(ebpf, map_names::AFFINITY, "--max-affinity", &mut c.affinity)?,
             rev_nat: take_map(ebpf, map_names::REV_NAT, "--max-rev-nat", &mut c.rev_nat)?,
             capacity,
+            maglev: None,
         })
+    }
+
+    /// Hands the Maglev tables to the reconciler's maps (they live in the pod object, which is
+    /// loaded after this one).
+    pub fn set_maglev(&mut self, maglev: nodeport::MaglevMaps) {
+        self.maglev = Some(maglev);
     }
 
     /// Entries in the reverse-NAT map (for status and tests).
@@ -412,5 +421,43 @@ impl ServiceMaps for BpfMaps {
 
     fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapOpError> {
         list(&self.backends, map_names::BACKENDS)
+    }
+
+    fn put_maglev(&mut self, service_id: u32, table: &[u32]) -> Result<(), MapOpError> {
+        let Some(maglev) = &mut self.maglev else {
+            return Ok(());
+        };
+        maglev
+            .put(service_id, table)
+            .map_err(|e| MapOpError::Other {
+                map: map_names::MAGLEV,
+                op: "update",
+                source: io::Error::other(e),
+            })
+    }
+
+    fn del_maglev(&mut self, service_id: u32) -> Result<(), MapOpError> {
+        let Some(maglev) = &mut self.maglev else {
+            return Ok(());
+        };
+        maglev.remove(service_id).map_err(|e| MapOpError::Other {
+            map: map_names::MAGLEV,
+            op: "delete",
+            source: io::Error::other(e),
+        })
+    }
+
+    fn maglev_ids(&self) -> Result<std::collections::BTreeSet<u32>, MapOpError> {
+        Ok(self
+            .maglev
+            .as_ref()
+            .map(nodeport::MaglevMaps::service_ids)
+            .unwrap_or_default())
+    }
+
+    fn maglev_size(&self) -> u32 {
+        self.maglev
+            .as_ref()
+            .map_or(self.capacity.maglev_table_size, nodeport::MaglevMaps::size)
     }
 }

@@ -313,6 +313,16 @@ pub(crate) fn links_dir(bpf_root: &Path) -> PathBuf {
     bpf_root.join("links").join("nodeport")
 }
 
+/// Where the link to `ifname` is pinned. bpffs refuses names with a dot (`gannet.vxlan`), so a
+/// dot is written `%2E` (and a `%` as `%25`).
+pub(crate) fn pin_path(bpf_root: &Path, ifname: &str) -> PathBuf {
+    links_dir(bpf_root).join(ifname.replace('%', "%25").replace('.', "%2E"))
+}
+
+fn ifname_of(pin_name: &str) -> String {
+    pin_name.replace("%2E", ".").replace("%25", "%")
+}
+
 /// The interfaces `gannet_nodeport` is attached to, from their pins (ifname → pin path).
 pub(crate) fn attached(bpf_root: &Path) -> BTreeMap<String, PathBuf> {
     let dir = links_dir(bpf_root);
@@ -321,8 +331,21 @@ pub(crate) fn attached(bpf_root: &Path) -> BTreeMap<String, PathBuf> {
     };
     entries
         .filter_map(Result::ok)
-        .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), e.path())))
+        .filter_map(|e| Some((ifname_of(e.file_name().to_str()?), e.path())))
         .collect()
+}
+
+/// Detaches the program from `ifname` (unpins its link); a missing link is fine.
+pub(crate) fn detach(bpf_root: &Path, ifname: &str) -> Result<bool, DataPathError> {
+    let pin = pin_path(bpf_root, ifname);
+    match fs::remove_file(&pin) {
+        Ok(()) => {
+            tracing::info!(interface = ifname, "NodePort program detached");
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(&pin)(e)),
+    }
 }
 
 /// Whether the pinned link at `pin` is attached to `ifindex`.

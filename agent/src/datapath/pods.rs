@@ -206,7 +206,7 @@ impl PodFastPath {
             path: PathBuf::from(format!("interface {ifname}")),
             source,
         })?;
-        let pin = nodeport::links_dir(&self.bpf_root).join(ifname);
+        let pin = nodeport::pin_path(&self.bpf_root, ifname);
         if pin.exists() {
             if nodeport::pinned_on(&pin, ifindex)? {
                 return Ok(());

@@ -20,10 +20,12 @@ use std::{
 
 use gannet_common::{
     AffinityKey, AffinityValue, BackendValue, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP,
-    SVC_F_AFFINITY, ServiceKey, ServiceValue, SlotKey, v4_mapped,
+    SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, SlotKey, v4_mapped,
 };
 use gannet_k8s::{Backend, DesiredState, Frontend, Protocol, ServicePort};
 use tracing::{debug, error, info, warn};
+
+use crate::nodeport::maglev;
 
 /// How long freed slots and backends stay readable after the switch that released them.
 /// Programs hold a value for microseconds; this is generous.
@@ -61,6 +63,15 @@ pub trait ServiceMaps {
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError>;
     fn slots(&self) -> Result<Vec<(SlotKey, u32)>, MapOpError>;
     fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapOpError>;
+    /// Installs (or replaces, atomically) the Maglev table of an externally reachable service:
+    /// [`maglev_size`](Self::maglev_size) backend ids.
+    fn put_maglev(&mut self, service_id: u32, table: &[u32]) -> Result<(), MapOpError>;
+    /// Removes a service's Maglev table; a missing one is fine.
+    fn del_maglev(&mut self, service_id: u32) -> Result<(), MapOpError>;
+    /// Service ids that have a Maglev table.
+    fn maglev_ids(&self) -> Result<BTreeSet<u32>, MapOpError>;
+    /// Entries of every Maglev table (`--maglev-table-size`).
+    fn maglev_size(&self) -> u32;
 }
 
 /// What one [`Reconciler::apply`] did.
@@ -89,6 +100,11 @@ struct Programmed {
     backends: Vec<Backend>,
     backend_ids: Vec<u32>,
     affinity: Option<u32>,
+    /// `SVC_F_EXTERNAL` / `SVC_F_LOCAL`.
+    flags: u8,
+    /// What the NodePort program balances to (the Maglev table's backends); empty for a
+    /// ClusterIP frontend.
+    packet: Vec<Backend>,
     /// True when adopted state did not read back consistently: rewrite on the next apply.
     dirty: bool,
 }
@@ -151,6 +167,8 @@ pub struct Reconciler<M> {
     backend_ids: IdPool,
     deferred: VecDeque<(Instant, Deferred)>,
     grace: Duration,
+    /// This node's name: `externalTrafficPolicy: Local` keeps the endpoints on it.
+    node_name: String,
 }
 
 fn addr16(ip: IpAddr) -> [u8; 16] {
@@ -210,19 +228,56 @@ fn backend_of(value: &BackendValue) -> Backend {
     }
 }
 
-fn service_value(id: u32, generation: u8, count: usize, affinity: Option<u32>) -> ServiceValue {
+fn service_value(
+    id: u32,
+    generation: u8,
+    count: usize,
+    affinity: Option<u32>,
+    external: u8,
+) -> ServiceValue {
     ServiceValue {
         id,
         count: u16::try_from(count).expect("count checked against MAX_BACKENDS_PER_SERVICE"),
         generation,
-        flags: if affinity.is_some() {
-            SVC_F_AFFINITY
-        } else {
-            0
-        },
+        flags: external
+            | if affinity.is_some() {
+                SVC_F_AFFINITY
+            } else {
+                0
+            },
         affinity_timeout: affinity.unwrap_or(0),
         pad: 0,
     }
+}
+
+/// The `SVC_F_EXTERNAL`/`SVC_F_LOCAL` flags of a frontend: external when its `ServicePort`
+/// says how it is reached from outside (the agent's expansion sets `external` on NodePort,
+/// external IP and LoadBalancer IP frontends only).
+fn external_flags(spec: &ServicePort) -> u8 {
+    match &spec.external {
+        None => 0,
+        Some(e) if e.local_only => SVC_F_EXTERNAL | SVC_F_LOCAL,
+        Some(_) => SVC_F_EXTERNAL,
+    }
+}
+
+/// The backends the NodePort program balances an external frontend's packets to: all of them,
+/// or with `externalTrafficPolicy: Local` those on `node` (ready ones; when none is ready, the
+/// serving-and-terminating ones), as kube-proxy does.
+#[must_use]
+pub fn packet_backends(spec: &ServicePort, node: &str) -> Vec<Backend> {
+    let Some(external) = &spec.external else {
+        return Vec::new();
+    };
+    if !external.local_only {
+        return spec.backends.clone();
+    }
+    let local = |b: &&Backend| spec.backend_nodes.get(&b.ip).map(String::as_str) == Some(node);
+    let ready: Vec<Backend> = spec.backends.iter().filter(local).copied().collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    spec.terminating.iter().filter(local).copied().collect()
 }
 
 fn index(i: usize) -> u32 {
@@ -232,7 +287,7 @@ fn index(i: usize) -> u32 {
 impl<M: ServiceMaps> Reconciler<M> {
     /// Takes over whatever the maps hold (a previous gannetd's state after a restart, or
     /// nothing), so that the first [`apply`](Self::apply) changes only what differs.
-    pub fn adopt(mut maps: M, grace: Duration) -> Result<Self, MapOpError> {
+    pub fn adopt(mut maps: M, grace: Duration, node_name: &str) -> Result<Self, MapOpError> {
         let backend_values: HashMap<u32, BackendValue> = maps.backends()?.into_iter().collect();
         let mut slots: HashMap<SlotKey, u32> = maps.slots()?.into_iter().collect();
         let mut services = BTreeMap::new();
@@ -253,7 +308,11 @@ impl<M: ServiceMaps> Reconciler<M> {
                 backends: Vec::new(),
                 backend_ids: Vec::new(),
                 affinity: (value.flags & SVC_F_AFFINITY != 0).then_some(value.affinity_timeout),
-                dirty: false,
+                flags: value.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL),
+                packet: Vec::new(),
+                // An external frontend's Maglev backends are not read back: the first apply
+                // writes its table again (the same backends give the same table).
+                dirty: value.flags & SVC_F_EXTERNAL != 0,
             };
             for i in 0..u32::from(value.count) {
                 let slot = SlotKey::new(value.id, value.generation, i);
@@ -279,6 +338,16 @@ impl<M: ServiceMaps> Reconciler<M> {
         }
         for key in stale_services {
             maps.del_service(&key)?;
+        }
+        let external: BTreeSet<u32> = services
+            .values()
+            .filter(|p: &&Programmed| p.flags & SVC_F_EXTERNAL != 0)
+            .map(|p| p.id)
+            .collect();
+        for id in maps.maglev_ids()? {
+            if !external.contains(&id) {
+                maps.del_maglev(id)?;
+            }
         }
         // Slots no live generation reads: leftovers of a switch the previous agent did not
         // finish freeing.
@@ -315,6 +384,7 @@ impl<M: ServiceMaps> Reconciler<M> {
             backend_ids,
             deferred: VecDeque::new(),
             grace,
+            node_name: node_name.to_owned(),
         })
     }
 
@@ -443,10 +513,14 @@ impl<M: ServiceMaps> Reconciler<M> {
         now: Instant,
     ) -> Result<Change, MapOpError> {
         let existing = self.services.get(frontend).cloned();
+        let flags = external_flags(spec);
+        let packet = packet_backends(spec, &self.node_name);
         if let Some(p) = &existing
             && !p.dirty
             && p.backends == spec.backends
             && p.affinity == spec.session_affinity_timeout
+            && p.flags == flags
+            && p.packet == packet
         {
             return Ok(Change::Unchanged);
         }
@@ -471,6 +545,19 @@ impl<M: ServiceMaps> Reconciler<M> {
             }
         }
 
+        let mut packet_ids = Vec::with_capacity(packet.len());
+        for backend in &packet {
+            match self.acquire_backend(backend) {
+                Ok(id) => packet_ids.push(id),
+                Err(e) => {
+                    for b in packet[..packet_ids.len()].iter().chain(&spec.backends) {
+                        self.release_backend(b, now);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
         let (id, generation) = match &existing {
             Some(p) => (p.id, 1 - p.generation),
             None => (self.service_ids.alloc(), 0),
@@ -479,7 +566,7 @@ impl<M: ServiceMaps> Reconciler<M> {
             for i in 0..written {
                 let _ = this.maps.del_slot(&SlotKey::new(id, generation, index(i)));
             }
-            for b in &spec.backends {
+            for b in spec.backends.iter().chain(&packet) {
                 this.release_backend(b, now);
             }
             if existing.is_none() {
@@ -498,16 +585,47 @@ impl<M: ServiceMaps> Reconciler<M> {
             }
         }
 
+        // 2b. The Maglev table of an external frontend (replaced whole: the NodePort program
+        // reads the old or the new one), before the switch makes the frontend external.
+        if flags & SVC_F_EXTERNAL != 0 {
+            let result = if packet_ids.is_empty() {
+                self.maps.del_maglev(id)
+            } else {
+                let keys: Vec<_> = packet
+                    .iter()
+                    .map(|b| maglev::backend_key(b.ip, b.port))
+                    .collect();
+                let table: Vec<u32> = maglev::table(&keys, self.maps.maglev_size())
+                    .into_iter()
+                    .map(|i| packet_ids[i as usize])
+                    .collect();
+                self.maps.put_maglev(id, &table)
+            };
+            if let Err(e) = result {
+                rollback(self, backend_ids.len());
+                return Err(e);
+            }
+        }
+
         // 3. The switch.
         let value = service_value(
             id,
             generation,
             backend_ids.len(),
             spec.session_affinity_timeout,
+            flags,
         );
         if let Err(e) = self.maps.put_service(&service_key(frontend), &value) {
             rollback(self, backend_ids.len());
             return Err(e);
+        }
+        if flags & SVC_F_EXTERNAL == 0
+            && existing
+                .as_ref()
+                .is_some_and(|p| p.flags & SVC_F_EXTERNAL != 0)
+            && let Err(e) = self.maps.del_maglev(id)
+        {
+            warn!(%frontend, error = %e, "could not remove the Maglev table of a frontend that is no longer external");
         }
         debug!(%frontend, id, generation, backends = backend_ids.len(), "service switched");
 
@@ -518,6 +636,8 @@ impl<M: ServiceMaps> Reconciler<M> {
             backends: spec.backends.clone(),
             backend_ids,
             affinity: spec.session_affinity_timeout,
+            flags,
+            packet,
             dirty: false,
         };
         let change = match existing {
@@ -537,7 +657,7 @@ impl<M: ServiceMaps> Reconciler<M> {
                     .filter(|(b, _)| !spec.backends.contains(b))
                     .map(|(_, id)| *id)
                     .collect();
-                for b in &old.backends {
+                for b in old.backends.iter().chain(&old.packet) {
                     self.release_backend(b, now);
                 }
                 Change::Updated { id, removed }
@@ -552,6 +672,11 @@ impl<M: ServiceMaps> Reconciler<M> {
     fn remove(&mut self, frontend: &Frontend, now: Instant) -> Result<u32, MapOpError> {
         let programmed = self.services[frontend].clone();
         self.maps.del_service(&service_key(frontend))?;
+        if programmed.flags & SVC_F_EXTERNAL != 0
+            && let Err(e) = self.maps.del_maglev(programmed.id)
+        {
+            warn!(%frontend, error = %e, "could not remove the Maglev table of a removed frontend");
+        }
         self.services.remove(frontend);
         self.by_id.remove(&programmed.id);
         self.defer(
@@ -562,7 +687,7 @@ impl<M: ServiceMaps> Reconciler<M> {
                 to: index(programmed.backends.len()),
             },
         );
-        for b in &programmed.backends {
+        for b in programmed.backends.iter().chain(&programmed.packet) {
             self.release_backend(b, now);
         }
         self.defer(now, Deferred::ServiceId(programmed.id));

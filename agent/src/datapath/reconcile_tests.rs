@@ -11,6 +11,9 @@ use gannet_k8s::{Backend, DesiredState, Frontend, Protocol, ServicePort};
 
 use super::{MapOpError, Reconciler, ServiceMaps, service_key};
 
+/// A small Maglev table, enough to see every backend in it.
+const MAGLEV_SIZE: u32 = 251;
+
 /// In-memory maps that check, after every single operation, what a program looking up any
 /// service at that instant would see.
 #[derive(Default)]
@@ -19,6 +22,7 @@ struct CheckedMaps {
     slots: HashMap<SlotKey, u32>,
     backends: HashMap<u32, BackendValue>,
     affinity: HashMap<AffinityKey, AffinityValue>,
+    maglev: HashMap<u32, Vec<u32>>,
     capacity_backends: Option<usize>,
     ops: usize,
 }
@@ -122,6 +126,34 @@ impl ServiceMaps for CheckedMaps {
     fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapOpError> {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
+    fn put_maglev(&mut self, service_id: u32, table: &[u32]) -> Result<(), MapOpError> {
+        assert_eq!(
+            table.len(),
+            MAGLEV_SIZE as usize,
+            "a Maglev table of the wrong size"
+        );
+        for id in table {
+            assert!(
+                self.backends.contains_key(id),
+                "Maglev table names backend {id}, which is not written"
+            );
+        }
+        self.maglev.insert(service_id, table.to_vec());
+        Ok(())
+    }
+
+    fn del_maglev(&mut self, service_id: u32) -> Result<(), MapOpError> {
+        self.maglev.remove(&service_id);
+        Ok(())
+    }
+
+    fn maglev_ids(&self) -> Result<std::collections::BTreeSet<u32>, MapOpError> {
+        Ok(self.maglev.keys().copied().collect())
+    }
+
+    fn maglev_size(&self) -> u32 {
+        MAGLEV_SIZE
+    }
 }
 
 fn frontend(last: u8, port: u16) -> Frontend {
@@ -170,7 +202,7 @@ const GRACE: Duration = Duration::from_millis(500);
 #[test]
 fn add_update_remove_keeps_every_lookup_valid() {
     let t0 = Instant::now();
-    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
     let a = frontend(1, 80);
     let b = frontend(2, 53);
 
@@ -222,7 +254,7 @@ fn add_update_remove_keeps_every_lookup_valid() {
 
 #[test]
 fn no_backends_means_service_with_zero_count() {
-    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
     let a = frontend(1, 80);
     r.apply(&state(&[(a, vec![])]), true, Instant::now());
     assert_eq!(
@@ -239,7 +271,7 @@ fn full_backend_map_keeps_previous_state_and_other_services() {
         capacity_backends: Some(3),
         ..CheckedMaps::default()
     };
-    let mut r = Reconciler::adopt(maps, GRACE).unwrap();
+    let mut r = Reconciler::adopt(maps, GRACE, "test-node").unwrap();
     let a = frontend(1, 80);
     let b = frontend(2, 80);
     r.apply(&state(&[(a, backends(&[1, 2]))]), true, t0);
@@ -264,7 +296,7 @@ fn full_backend_map_keeps_previous_state_and_other_services() {
 #[test]
 fn restart_adopts_and_changes_only_differences() {
     let t0 = Instant::now();
-    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
     let a = frontend(1, 80);
     let v6 = Frontend {
         ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 1)),
@@ -279,7 +311,7 @@ fn restart_adopts_and_changes_only_differences() {
     r.apply(&desired, true, t0);
     // A new reconciler (a restarted agent) over the same maps.
     let maps = std::mem::take(&mut r.maps);
-    let mut r2 = Reconciler::adopt(maps, GRACE).unwrap();
+    let mut r2 = Reconciler::adopt(maps, GRACE, "test-node").unwrap();
     let ops_before = r2.maps().ops;
     let report = r2.apply(&desired, true, t0);
     assert_eq!(report.unchanged, 2, "{report:?}");
@@ -302,7 +334,7 @@ fn restart_adopts_and_changes_only_differences() {
 #[test]
 fn removed_backend_loses_its_affinity_entries() {
     let t0 = Instant::now();
-    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
     let a = frontend(1, 80);
     r.apply(&state(&[(a, backends(&[1, 2]))]), true, t0);
     let id = r.maps().services.values().next().unwrap().id;
@@ -340,7 +372,7 @@ fn removed_backend_loses_its_affinity_entries() {
 
 #[test]
 fn without_prune_absent_services_stay() {
-    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
     let a = frontend(1, 80);
     let t0 = Instant::now();
     r.apply(&state(&[(a, backends(&[1]))]), true, t0);
@@ -352,7 +384,7 @@ fn without_prune_absent_services_stay() {
 #[test]
 fn changes_touch_only_the_named_frontends() {
     let t0 = Instant::now();
-    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE).unwrap();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
     let a = frontend(1, 80);
     let b = frontend(2, 80);
     let c = frontend(3, 80);

@@ -488,7 +488,12 @@ impl BenchAgent {
         );
         cmd.args(["--node-name", &name])
             .arg(format!("--node-ip=192.0.2.{}", 10 + index))
-            .args(["--overlay", "none", "--masquerade=false"])
+            .args([
+                "--overlay",
+                "none",
+                "--masquerade=false",
+                "--nodeport-interfaces=",
+            ])
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)));
         agent.process = Some(Logged::spawn(

@@ -1,0 +1,542 @@
+//! Traffic from outside the cluster, end to end: three nodes (network namespaces on an underlay
+//! bridge in a fourth), an "external client" namespace on the same underlay, one gannet-control,
+//! one gannetd per node with the VXLAN overlay and the NodePort program on its underlay
+//! interface, pods wired by the real gannet-cni, real packets from the external client.
+//!
+//! One test builds the cluster once and checks, in order: NodePort over TCP, UDP and IPv6 through
+//! every node, reaching backends on the same and on other nodes; `externalTrafficPolicy: Local`
+//! (client address kept, only the local endpoint, nothing from a node without one, the
+//! healthCheckNodePort answering 200/503); an external IP; two nodes picking the same backend
+//! for the same flow; a tracked connection across a `SIGKILL` and restart of gannetd; `gannetd
+//! status`.
+//!
+//! Nothing here touches the root network namespace or the root cgroup.
+#![expect(
+    unused_crate_dependencies,
+    reason = "integration tests link all of the package's dependencies; these use the kit"
+)]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use gannet_testkit::{
+    Cgroup, ChildGuard, Netns, ScratchDir,
+    agent::Agent,
+    bin_path,
+    cluster::{EXTERNAL_V4, Underlay},
+    cni::{cni, pod_ip},
+    control::ControlPlane,
+    eventually,
+    probe::{Report, ServeReport, parse_json_output},
+    run_in, spawn,
+};
+use serde_json::{Value, json};
+
+const NODES: usize = 3;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+const NODE_PORT: u16 = 30080;
+const NODE_PORT_UDP: u16 = 30053;
+const LOCAL_NODE_PORT: u16 = 30081;
+const HEALTH_PORT: u16 = 32081;
+const EXTERNAL_IP: &str = "10.99.0.100";
+
+struct Pod {
+    server: Option<ChildGuard>,
+    netns: Netns,
+    ip: String,
+    ipv6: String,
+    name: String,
+}
+
+struct Node {
+    pods: Vec<Pod>,
+    agent: Agent,
+    #[expect(dead_code, reason = "kept alive for the agent")]
+    cgroup: Cgroup,
+    name: String,
+    ipv4: String,
+    ipv6: String,
+    ipam: ScratchDir,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    plane: ControlPlane,
+    underlay: Underlay,
+}
+
+fn probe_in(netns: &Netns, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args(["--timeout-ms", "2000"]).args(args);
+    run_in(cmd, Some(netns), None, PROBE_TIMEOUT).expect("running gannet-probe")
+}
+
+fn serve(netns: &Netns, name: &str, port: u16) -> ChildGuard {
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args(["serve", "--name", name])
+        .arg("--listen")
+        .arg(format!("0.0.0.0:{port}"))
+        .arg("--listen")
+        .arg(format!("[::]:{port}"));
+    let mut server = spawn(cmd, Some(netns), None).expect("starting a server");
+    server
+        .wait_for_line("ready", Duration::from_secs(10))
+        .expect("server ready");
+    server
+}
+
+fn stop_server(mut server: ChildGuard) -> ServeReport {
+    server.kill(libc::SIGTERM).expect("stopping the server");
+    let output = server
+        .wait_output(Duration::from_secs(10))
+        .expect("server exits");
+    parse_json_output(&output).expect("server report")
+}
+
+fn sock(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let mut underlay = Underlay::new(NODES).expect("building the underlay");
+        underlay.add_external().expect("the external client");
+        let plane = ControlPlane::start(&[
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--cluster-cidr",
+            "fd00:244::/56",
+            "--service-cidr",
+            "10.96.0.0/16",
+            "--service-cidr",
+            "fd00:96::/112",
+        ])
+        .expect("starting gannet-control");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            plane,
+            underlay,
+        };
+        for i in 0..NODES {
+            let node = &cluster.underlay.nodes()[i];
+            let cgroup = Cgroup::new().expect("a cgroup for the node");
+            let ip = format!("{},{}", node.ipv4, node.ipv6);
+            let agent = Agent::start_node(
+                &node.netns,
+                &cgroup,
+                &cluster.plane.addr(),
+                &[
+                    "--overlay",
+                    "vxlan",
+                    "--node-name",
+                    &node.name,
+                    "--node-ip",
+                    &ip,
+                    "--masquerade=true",
+                    // The underlay interface (the one holding the node's addresses).
+                    "--nodeport-interfaces",
+                    "eth0",
+                    "--maglev-table-size",
+                    "1021",
+                ],
+            )
+            .expect("starting gannetd");
+            cluster.nodes.push(Node {
+                pods: Vec::new(),
+                agent,
+                cgroup,
+                name: node.name.clone(),
+                ipv4: node.ipv4.to_string(),
+                ipv6: node.ipv6.to_string(),
+                ipam: ScratchDir::new("gannet-ipam"),
+            });
+        }
+        for i in 0..NODES {
+            let node = &mut cluster.nodes[i];
+            node.agent.wait_log("subnet file written", 1).unwrap();
+            node.agent.wait_log("node programmed", NODES - 1).unwrap();
+        }
+        for i in 0..NODES {
+            let name = format!("{}-p0", cluster.nodes[i].name);
+            cluster.add_pod(i, &name);
+        }
+        cluster
+    }
+
+    fn add_pod(&mut self, node: usize, name: &str) {
+        let conf = {
+            let n = &self.nodes[node];
+            json!({
+                "cniVersion": "1.0.0",
+                "name": "gannet-nodeport-e2e",
+                "type": "gannet-cni",
+                "subnetFile": n.agent.subnet_file(),
+                "agentSocket": n.agent.cni_socket(),
+                "ipam": {"type": "gannet", "dataDir": n.ipam.0},
+            })
+        };
+        let netns = Netns::new("nppod").expect("a pod namespace");
+        let result: Value = cni(
+            &self.underlay.nodes()[node].netns,
+            &netns,
+            "ADD",
+            name,
+            &conf,
+        );
+        let ip = pod_ip(&result);
+        let ipv6 = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["address"].as_str())
+            .find(|a| a.contains(':'))
+            .map(|a| a.split('/').next().unwrap_or(a).to_owned())
+            .expect("dual-stack pods");
+        let server = serve(&netns, name, 8080);
+        self.nodes[node].pods.push(Pod {
+            server: Some(server),
+            netns,
+            ip,
+            ipv6,
+            name: name.to_owned(),
+        });
+    }
+
+    fn external(&self) -> &Netns {
+        self.underlay.external().expect("external client")
+    }
+
+    /// `count` TCP connections from the external client to `to`.
+    fn tcp(&self, to: &str, count: u32) -> Report {
+        parse_json_output(&probe_in(
+            self.external(),
+            &["tcp", "--to", to, "--count", &count.to_string()],
+        ))
+        .expect("probe report")
+    }
+
+    fn udp(&self, to: &str, count: u32, extra: &[&str]) -> Report {
+        let count = count.to_string();
+        let args = [&["udp", "--to", to, "--count", &count][..], extra].concat();
+        parse_json_output(&probe_in(self.external(), &args)).expect("probe report")
+    }
+
+    /// The services: `web` (NodePort, TCP and UDP, dual-stack, endpoints on every node, an
+    /// external IP) and `local` (LoadBalancer, `externalTrafficPolicy: Local`, its endpoint on
+    /// node 1 only).
+    fn apply_services(&self) {
+        let slice = |family: &str, name: &str, pods: &[(usize, String)]| {
+            let endpoints: String = pods
+                .iter()
+                .map(|(node, ip)| {
+                    format!(
+                        "  - addresses: [\"{ip}\"]\n    nodeName: {}\n    conditions:\n      ready: true\n",
+                        self.nodes[*node].name
+                    )
+                })
+                .collect();
+            format!(
+                "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: default
+  labels:
+    kubernetes.io/service-name: {svc}
+addressType: {family}
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+- name: dns
+  port: 8080
+  protocol: UDP
+endpoints:
+{endpoints}",
+                svc = name.split('-').next().unwrap()
+            )
+        };
+        let all4: Vec<(usize, String)> = (0..NODES)
+            .map(|n| (n, self.nodes[n].pods[0].ip.clone()))
+            .collect();
+        let all6: Vec<(usize, String)> = (0..NODES)
+            .map(|n| (n, self.nodes[n].pods[0].ipv6.clone()))
+            .collect();
+        let yaml = format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  type: NodePort
+  clusterIPs: [10.96.0.80, \"fd00:96::80\"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  externalIPs: [\"{EXTERNAL_IP}\"]
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+    nodePort: {NODE_PORT}
+  - name: dns
+    port: 53
+    protocol: UDP
+    targetPort: 8080
+    nodePort: {NODE_PORT_UDP}
+---
+{}---
+{}---
+apiVersion: v1
+kind: Service
+metadata:
+  name: local
+  namespace: default
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.81
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {HEALTH_PORT}
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+    nodePort: {LOCAL_NODE_PORT}
+---
+{}",
+            slice("IPv4", "web-v4", &all4),
+            slice("IPv6", "web-v6", &all6),
+            slice("IPv4", "local-v4", &[(1, self.nodes[1].pods[0].ip.clone())]),
+        );
+        self.plane.apply(&yaml).expect("applying the services");
+    }
+}
+
+/// An HTTP GET from the external client; returns the status code and the body.
+fn http_get(netns: &Netns, to: &str) -> Option<(u16, String)> {
+    let to = to.to_owned();
+    netns
+        .run(move || {
+            let mut stream =
+                TcpStream::connect_timeout(&to.parse().ok()?, Duration::from_secs(2)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            write!(
+                stream,
+                "GET /healthz HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).ok()?;
+            let code = text.split_whitespace().nth(1)?.parse().ok()?;
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+            Some((code, body))
+        })
+        .ok()
+        .flatten()
+}
+
+fn nodeport_every_node(c: &Cluster) {
+    for n in 0..NODES {
+        let to = sock(&c.nodes[n].ipv4, NODE_PORT);
+        let report = eventually("NodePort answers", Duration::from_secs(15), || {
+            Some(c.tcp(&to, 60)).filter(|r| r.ok == 60)
+        });
+        for pod in 0..NODES {
+            let name = &c.nodes[pod].pods[0].name;
+            assert!(
+                report.backend_count(name) > 0,
+                "through {to}, every backend (same node and others) gets connections; {name} got none: {report:?}"
+            );
+        }
+        let udp = c.udp(
+            &sock(&c.nodes[n].ipv4, NODE_PORT_UDP),
+            20,
+            &["--per-request-socket"],
+        );
+        assert_eq!(
+            udp.ok, 20,
+            "UDP NodePort through {}: {udp:?}",
+            c.nodes[n].name
+        );
+        let v6 = sock(&c.nodes[n].ipv6, NODE_PORT);
+        // The IPv6 slice may be programmed a moment after the IPv4 one.
+        let tcp6 = eventually("IPv6 NodePort answers", Duration::from_secs(15), || {
+            Some(c.tcp(&v6, 20)).filter(|r| r.ok == 20)
+        });
+        assert!(
+            tcp6.backends.len() > 1,
+            "IPv6 NodePort through {v6}: {tcp6:?}"
+        );
+    }
+}
+
+fn local_policy(c: &mut Cluster) {
+    // Node 1 has the endpoint: the connection reaches it, with the client's own address.
+    let to = sock(&c.nodes[1].ipv4, LOCAL_NODE_PORT);
+    let report = eventually(
+        "the local NodePort answers",
+        Duration::from_secs(15),
+        || Some(c.tcp(&to, 10)).filter(|r| r.ok == 10),
+    );
+    assert_eq!(
+        report.backend_count(&c.nodes[1].pods[0].name),
+        10,
+        "only the local endpoint: {report:?}"
+    );
+    // Node 0 has none: dropped, not sent to node 1.
+    let none = c.tcp(&sock(&c.nodes[0].ipv4, LOCAL_NODE_PORT), 2);
+    assert_eq!(
+        none.ok, 0,
+        "a node without a local endpoint drops: {none:?}"
+    );
+
+    let server = c.nodes[1].pods[0].server.take().expect("the server");
+    let seen = stop_server(server);
+    c.nodes[1].pods[0].server = Some(serve(
+        &c.nodes[1].pods[0].netns,
+        &c.nodes[1].pods[0].name,
+        8080,
+    ));
+    assert!(
+        seen.tcp_clients.contains_key(&EXTERNAL_V4.to_string()),
+        "externalTrafficPolicy: Local keeps the client's address: {seen:?}"
+    );
+
+    let ok = http_get(c.external(), &sock(&c.nodes[1].ipv4, HEALTH_PORT))
+        .expect("health check on node 1");
+    assert_eq!(ok.0, 200, "node 1 has a local endpoint: {ok:?}");
+    let body: Value = serde_json::from_str(&ok.1).expect("JSON body");
+    assert_eq!(body["localEndpoints"], 1, "{body}");
+    assert_eq!(body["service"]["name"], "local", "{body}");
+    let none = http_get(c.external(), &sock(&c.nodes[0].ipv4, HEALTH_PORT))
+        .expect("health check on node 0");
+    assert_eq!(none.0, 503, "node 0 has none: {none:?}");
+}
+
+fn external_ip_and_consistent_hashing(c: &Cluster) {
+    let external = c.external();
+    let route_via = |node: usize| {
+        external
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{EXTERNAL_IP}/32"),
+                "via",
+                &c.nodes[node].ipv4,
+            ])
+            .expect("routing the external IP");
+    };
+    route_via(0);
+    let to = sock(EXTERNAL_IP, 80);
+    let report = eventually("the external IP answers", Duration::from_secs(15), || {
+        Some(c.tcp(&to, 20)).filter(|r| r.ok == 20)
+    });
+    assert!(
+        report.backends.len() > 1,
+        "balanced over the backends: {report:?}"
+    );
+
+    // One UDP flow (fixed source port) through node 0, then through node 2: the same backend,
+    // whichever node the network hands it to.
+    let udp_to = sock(EXTERNAL_IP, 53);
+    for port in [45001, 45002, 45003] {
+        let bind = format!("{EXTERNAL_V4}:{port}");
+        let mut picked = Vec::new();
+        for node in [0, 2] {
+            route_via(node);
+            let r = c.udp(&udp_to, 1, &["--bind", &bind]);
+            assert_eq!(r.ok, 1, "UDP to the external IP via node {node}: {r:?}");
+            picked.push(r.backends.keys().next().cloned().unwrap_or_default());
+        }
+        assert_eq!(
+            picked[0], picked[1],
+            "the same flow gets the same backend on every node"
+        );
+    }
+}
+
+fn flow_survives_restart(c: &mut Cluster) {
+    let to = sock(&c.nodes[0].ipv4, NODE_PORT);
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args(["hold", "--to", &to]);
+    let mut held = spawn(cmd, Some(c.external()), None).expect("starting hold");
+    held.wait_for_line("connected", Duration::from_secs(10))
+        .expect("connected through the NodePort");
+    held.send_line("ping").unwrap();
+    let backend = held
+        .read_line(Duration::from_secs(5))
+        .unwrap()
+        .trim()
+        .to_owned();
+    c.nodes[0].agent.stop(libc::SIGKILL).unwrap();
+    held.send_line("ping").unwrap();
+    assert_eq!(
+        held.read_line(Duration::from_secs(5)).unwrap().trim(),
+        backend,
+        "the tracked flow goes on while gannetd is down"
+    );
+    c.nodes[0].agent.restart().unwrap();
+    c.nodes[0]
+        .agent
+        .wait_log("node programmed", NODES - 1)
+        .unwrap();
+    for _ in 0..3 {
+        held.send_line("ping").unwrap();
+        assert_eq!(
+            held.read_line(Duration::from_secs(5)).unwrap().trim(),
+            backend,
+            "the same connection, the same backend, after the restart"
+        );
+    }
+}
+
+fn status(c: &Cluster) {
+    let status = c.nodes[0].agent.status().unwrap();
+    let np = &status["nodeport"];
+    assert_eq!(np["enabled"], true, "{status:#}");
+    let interfaces: Vec<&str> = np["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(interfaces, ["eth0", "gannet.vxlan"], "{np:#}");
+    assert!(
+        np["counters"]["new_flows"].as_u64().unwrap_or(0) > 0,
+        "{np:#}"
+    );
+    assert!(np["conntrack_entries"].as_u64().unwrap_or(0) > 0, "{np:#}");
+    let frontend = format!("{}/TCP", sock(&c.nodes[0].ipv4, NODE_PORT));
+    let services = status["services"].as_array().cloned().unwrap_or_default();
+    let entry = services
+        .iter()
+        .find(|s| s["frontend"] == frontend.as_str())
+        .unwrap_or_else(|| panic!("{frontend} in the status: {status:#}"));
+    assert_eq!(entry["external"], true, "{entry:#}");
+    assert_eq!(
+        entry["packet_backends"].as_array().map(Vec::len),
+        Some(NODES),
+        "{entry:#}"
+    );
+}
+
+#[test]
+fn nodeport_from_outside() {
+    let mut c = Cluster::new();
+    c.apply_services();
+    nodeport_every_node(&c);
+    local_policy(&mut c);
+    external_ip_and_consistent_hashing(&c);
+    flow_survives_restart(&mut c);
+    status(&c);
+}
