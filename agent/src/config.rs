@@ -246,6 +246,7 @@ impl Capacity {
             conntrack: self.conntrack,
             external: self.services,
             maglev_table_size: self.maglev_table_size,
+            affinity: self.affinity,
         }
     }
 }

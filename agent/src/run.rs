@@ -230,8 +230,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     }
     let mut lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
     let mut fast_path = PodFastPath::load(&config.bpf_root, &config.capacity.pods())?;
-    if let Some(maglev) = fast_path.take_maglev() {
-        lb.maps.set_maglev(maglev);
+    if let Some(maglev) = fast_path.take_external() {
+        lb.maps.set_external(maglev);
     }
     let mut reconciler = Reconciler::adopt(lb.maps, DEFAULT_GRACE, &config.node_name)?;
     let mut registry = Registry::load(&config.state_dir, &fast_path).with_context(|| {

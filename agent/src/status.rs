@@ -8,9 +8,9 @@ use aya::maps::{
 };
 use gannet_common::{
     BackendValue, CtEntry, CtKey, EndpointKey, EndpointStats, EndpointValue, NODEPORT_F_ENABLED,
-    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_FIB_FAILED, NP_STAT_FORWARD,
-    NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NodePortConfig, ServiceKey,
-    ServiceValue, SlotKey, map_names,
+    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_FIB_FAILED,
+    NP_STAT_FORWARD, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NodePortConfig,
+    ServiceKey, ServiceValue, SlotKey, map_names,
 };
 use serde::Serialize;
 
@@ -219,6 +219,7 @@ fn nodeport_status(bpf_root: &Path) -> Option<NodePortStatus> {
             no_backend: sum(NP_STAT_NO_BACKEND),
             conntrack_failed: sum(NP_STAT_CT_FAILED),
             route_failed: sum(NP_STAT_FIB_FAILED),
+            denied: sum(NP_STAT_DENIED),
         },
     })
 }

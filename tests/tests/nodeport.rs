@@ -43,6 +43,15 @@ const NODE_PORT_UDP: u16 = 30053;
 const LOCAL_NODE_PORT: u16 = 30081;
 const HEALTH_PORT: u16 = 32081;
 const EXTERNAL_IP: &str = "10.99.0.100";
+/// LoadBalancer IPs: one whose source ranges hold the external client, one whose do not.
+const LB_OPEN: &str = "10.99.0.101";
+const LB_CLOSED: &str = "10.99.0.102";
+const TEN_NODE_PORT: u16 = 30090;
+/// `ten`'s external IP: the same flows can reach it through any node (as ECMP would send them).
+const TEN_IP: &str = "10.99.0.110";
+const EMPTY_NODE_PORT: u16 = 30099;
+/// The node started with `--max-conntrack 64`.
+const SMALL_CONNTRACK_NODE: usize = 2;
 
 struct Pod {
     server: Option<ChildGuard>,
@@ -55,7 +64,6 @@ struct Pod {
 struct Node {
     pods: Vec<Pod>,
     agent: Agent,
-    #[expect(dead_code, reason = "kept alive for the agent")]
     cgroup: Cgroup,
     name: String,
     ipv4: String,
@@ -129,26 +137,27 @@ impl Cluster {
             let node = &cluster.underlay.nodes()[i];
             let cgroup = Cgroup::new().expect("a cgroup for the node");
             let ip = format!("{},{}", node.ipv4, node.ipv6);
-            let agent = Agent::start_node(
-                &node.netns,
-                &cgroup,
-                &cluster.plane.addr(),
-                &[
-                    "--overlay",
-                    "vxlan",
-                    "--node-name",
-                    &node.name,
-                    "--node-ip",
-                    &ip,
-                    "--masquerade=true",
-                    // The underlay interface (the one holding the node's addresses).
-                    "--nodeport-interfaces",
-                    "eth0",
-                    "--maglev-table-size",
-                    "1021",
-                ],
-            )
-            .expect("starting gannetd");
+            let mut args = vec![
+                "--overlay",
+                "vxlan",
+                "--node-name",
+                &node.name,
+                "--node-ip",
+                &ip,
+                "--masquerade=true",
+                // The underlay interface (the one holding the node's addresses).
+                "--nodeport-interfaces",
+                "eth0",
+                "--maglev-table-size",
+                "1021",
+            ];
+            if i == SMALL_CONNTRACK_NODE {
+                // A conntrack map this small is always full: flows through this node show that
+                // a full map still balances new flows (the least recently used are forgotten).
+                args.extend(["--max-conntrack", "64"]);
+            }
+            let agent = Agent::start_node(&node.netns, &cgroup, &cluster.plane.addr(), &args)
+                .expect("starting gannetd");
             cluster.nodes.push(Node {
                 pods: Vec::new(),
                 agent,
@@ -319,6 +328,99 @@ spec:
             slice("IPv4", "local-v4", &[(1, self.nodes[1].pods[0].ip.clone())]),
         );
         self.plane.apply(&yaml).expect("applying the services");
+        let lb = |name: &str, ip: &str, range: &str| {
+            format!(
+                "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [\"{range}\"]
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+status:
+  loadBalancer:
+    ingress:
+    - ip: \"{ip}\"
+---
+"
+            )
+        };
+        let yaml = format!(
+            "{}{}---
+{}---
+apiVersion: v1
+kind: Service
+metadata:
+  name: empty
+  namespace: default
+spec:
+  type: NodePort
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+    nodePort: {EMPTY_NODE_PORT}
+",
+            lb("lbopen", LB_OPEN, "10.99.0.240/28"),
+            slice("IPv4", "lbopen-v4", &all4),
+            lb("lbclosed", LB_CLOSED, "10.99.0.0/28"),
+        );
+        self.plane
+            .apply(&yaml)
+            .expect("applying the LoadBalancer services");
+    }
+
+    /// `ten`: a NodePort service over UDP with the given pods (node, index) as endpoints.
+    fn apply_ten(&self, pods: &[(usize, usize)]) {
+        let endpoints: String = pods
+            .iter()
+            .map(|(n, i)| {
+                format!(
+                    "  - addresses: [\"{}\"]\n    nodeName: {}\n",
+                    self.nodes[*n].pods[*i].ip, self.nodes[*n].name
+                )
+            })
+            .collect();
+        self.plane
+            .apply(&format!(
+                "apiVersion: v1
+kind: Service
+metadata:
+  name: ten
+  namespace: default
+spec:
+  type: NodePort
+  externalIPs: [\"{TEN_IP}\"]
+  ports:
+  - name: dns
+    port: 53
+    protocol: UDP
+    targetPort: 8080
+    nodePort: {TEN_NODE_PORT}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: ten-v4
+  namespace: default
+  labels:
+    kubernetes.io/service-name: ten
+addressType: IPv4
+ports:
+- name: dns
+  port: 8080
+  protocol: UDP
+endpoints:
+{endpoints}"
+            ))
+            .expect("applying ten");
     }
 }
 
@@ -465,6 +567,202 @@ fn external_ip_and_consistent_hashing(c: &Cluster) {
     }
 }
 
+fn source_ranges_and_rejects(c: &Cluster) {
+    let external = c.external();
+    for ip in [LB_OPEN, LB_CLOSED] {
+        external
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{ip}/32"),
+                "via",
+                &c.nodes[0].ipv4,
+            ])
+            .expect("routing the LoadBalancer IP");
+    }
+    let open = sock(LB_OPEN, 80);
+    let report = eventually(
+        "the LoadBalancer IP answers",
+        Duration::from_secs(15),
+        || Some(c.tcp(&open, 10)).filter(|r| r.ok == 10),
+    );
+    assert!(!report.backends.is_empty(), "{report:?}");
+    let closed = c.tcp(&sock(LB_CLOSED, 80), 2);
+    assert_eq!(
+        closed.ok, 0,
+        "a client outside loadBalancerSourceRanges gets nothing: {closed:?}"
+    );
+    let status = c.nodes[0].agent.status().unwrap();
+    assert!(
+        status["nodeport"]["counters"]["denied"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2,
+        "{:#}",
+        status["nodeport"]
+    );
+
+    // A NodePort without endpoints is refused at once, not left to time out.
+    let refused = c.tcp(&sock(&c.nodes[0].ipv4, EMPTY_NODE_PORT), 3);
+    assert_eq!(
+        (refused.ok, refused.errors.get("ECONNREFUSED").copied()),
+        (0, Some(3)),
+        "{refused:?}"
+    );
+    assert!(
+        refused.first_error_after_us.is_some_and(|us| us < 500_000),
+        "refused within half a second: {refused:?}"
+    );
+}
+
+/// The backend each of `ports` (client source ports, one UDP flow each to `ten`'s external IP)
+/// gets when the network hands the flows to `node`.
+fn udp_backends(c: &Cluster, node: usize, ports: std::ops::Range<u16>) -> Vec<String> {
+    c.external()
+        .ip(&[
+            "route",
+            "replace",
+            &format!("{TEN_IP}/32"),
+            "via",
+            &c.nodes[node].ipv4,
+        ])
+        .expect("routing the external IP");
+    let to = sock(TEN_IP, 53);
+    ports
+        .map(|port| {
+            let bind = format!("{EXTERNAL_V4}:{port}");
+            let r = c.udp(&to, 1, &["--bind", &bind]);
+            assert_eq!(
+                r.ok,
+                1,
+                "UDP flow from port {port} via node {node}: {r:?}; {:#}",
+                c.nodes[node].agent.status().unwrap_or_default()
+            );
+            r.backends.keys().next().cloned().unwrap_or_default()
+        })
+        .collect()
+}
+
+fn maglev_across_nodes(c: &mut Cluster) {
+    // Ten backends: the three pods there are and seven more.
+    for (node, index) in [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2), (0, 3)] {
+        let name = format!("{}-p{index}", c.nodes[node].name);
+        c.add_pod(node, &name);
+    }
+    let all: Vec<(usize, usize)> = (0..NODES)
+        .flat_map(|n| (0..c.nodes[n].pods.len()).map(move |i| (n, i)))
+        .collect();
+    assert_eq!(all.len(), 10);
+    c.apply_ten(&all);
+    for node in 0..NODES {
+        c.external()
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{TEN_IP}/32"),
+                "via",
+                &c.nodes[node].ipv4,
+            ])
+            .expect("routing the external IP");
+        eventually("ten answers", Duration::from_secs(15), || {
+            Some(c.udp(&sock(TEN_IP, 53), 10, &["--per-request-socket"])).filter(|r| r.ok == 10)
+        });
+    }
+    const FLOWS: std::ops::Range<u16> = 47_000..47_150;
+    let before = udp_backends(c, 0, FLOWS);
+    let distinct: std::collections::BTreeSet<&String> = before.iter().collect();
+    assert!(
+        distinct.len() >= 8,
+        "150 flows spread over the 10 backends: {distinct:?}"
+    );
+    // Node 1 has never seen these flows: it picks the same backends.
+    let other = udp_backends(c, 1, FLOWS);
+    assert_eq!(
+        before, other,
+        "every node picks the same backend for the same flow"
+    );
+
+    // One backend goes; node 2 (fresh to these flows) shows where they go now.
+    let (gone_node, gone_index) = (1, 2);
+    let gone = c.nodes[gone_node].pods[gone_index].name.clone();
+    let rest: Vec<(usize, usize)> = all
+        .iter()
+        .copied()
+        .filter(|p| *p != (gone_node, gone_index))
+        .collect();
+    c.apply_ten(&rest);
+    eventually("node 2 drops the backend", Duration::from_secs(15), || {
+        let status = c.nodes[SMALL_CONNTRACK_NODE].agent.status().ok()?;
+        let frontend = format!(
+            "{}/UDP",
+            sock(&c.nodes[SMALL_CONNTRACK_NODE].ipv4, TEN_NODE_PORT)
+        );
+        status["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["frontend"] == frontend.as_str())
+            .filter(|s| s["packet_backends"].as_array().map(Vec::len) == Some(9))
+            .map(|_| ())
+    });
+    let after = udp_backends(c, SMALL_CONNTRACK_NODE, FLOWS);
+    let stayed_on_kept: usize = before.iter().filter(|b| **b != gone).count();
+    let moved: usize = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| **b != gone && b != a)
+        .count();
+    assert!(
+        after.iter().all(|a| *a != gone),
+        "no flow goes to the removed backend"
+    );
+    assert!(
+        moved * 100 <= before.len() * 12,
+        "removing 1 of 10 backends moved {moved} of the {stayed_on_kept} flows on the other nine"
+    );
+}
+
+fn full_conntrack(c: &mut Cluster) {
+    // Node 2's map holds 64 entries (32 flows); far more flows than that are all balanced.
+    let to = sock(&c.nodes[SMALL_CONNTRACK_NODE].ipv4, NODE_PORT);
+    let report = c.tcp(&to, 100);
+    assert_eq!(
+        report.ok, 100,
+        "a full conntrack map still balances new flows: {report:?}"
+    );
+    // The agent looks every 10 s.
+    let agent = &mut c.nodes[SMALL_CONNTRACK_NODE].agent;
+    if agent
+        .wait_log("conntrack map is full or nearly", 1)
+        .is_err()
+    {
+        agent
+            .wait_log("conntrack map is full or nearly", 1)
+            .expect("the agent says the map is full");
+    }
+}
+
+fn hairpin(c: &Cluster) {
+    // A pod under the socket load balancer reaching its own service through the node port.
+    let pod = &c.nodes[0].pods[0];
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args(["--timeout-ms", "2000", "tcp", "--to"])
+        .arg(sock(&c.nodes[0].ipv4, NODE_PORT))
+        .args(["--count", "30"]);
+    let out = run_in(
+        cmd,
+        Some(&pod.netns),
+        Some(&c.nodes[0].cgroup),
+        PROBE_TIMEOUT,
+    )
+    .unwrap();
+    let report: Report = parse_json_output(&out).unwrap();
+    assert_eq!(report.ok, 30, "{report:?}");
+    assert!(
+        report.backend_count(&pod.name) > 0,
+        "the pod reaches itself through its own service: {report:?}"
+    );
+}
+
 fn flow_survives_restart(c: &mut Cluster) {
     let to = sock(&c.nodes[0].ipv4, NODE_PORT);
     let mut cmd = Command::new(bin_path("gannet-probe"));
@@ -537,6 +835,10 @@ fn nodeport_from_outside() {
     nodeport_every_node(&c);
     local_policy(&mut c);
     external_ip_and_consistent_hashing(&c);
+    source_ranges_and_rejects(&c);
+    hairpin(&c);
+    full_conntrack(&mut c);
+    maglev_across_nodes(&mut c);
     flow_survives_restart(&mut c);
     status(&c);
 }

@@ -267,7 +267,7 @@ pub struct BpfMaps {
     rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
     capacity: Capacity,
     /// The Maglev tables (from the pod object); until set, external frontends get none.
-    maglev: Option<nodeport::MaglevMaps>,
+    external: Option<nodeport::ExternalMaps>,
 }
 
 /// Takes a map out of the loaded object. The key and value sizes are checked (a pinned map
@@ -309,14 +309,14 @@ impl BpfMaps {
             affinity: take_map(ebpf, map_names::AFFINITY, "--max-affinity", &mut c.affinity)?,
             rev_nat: take_map(ebpf, map_names::REV_NAT, "--max-rev-nat", &mut c.rev_nat)?,
             capacity,
-            maglev: None,
+            external: None,
         })
     }
 
     /// Hands the Maglev tables to the reconciler's maps (they live in the pod object, which is
     /// loaded after this one).
-    pub fn set_maglev(&mut self, maglev: nodeport::MaglevMaps) {
-        self.maglev = Some(maglev);
+    pub fn set_external(&mut self, maglev: nodeport::ExternalMaps) {
+        self.external = Some(maglev);
     }
 
     /// Entries in the reverse-NAT map (for status and tests).
@@ -408,7 +408,23 @@ impl ServiceMaps for BpfMaps {
         for key in &victims {
             delete_result(map_names::AFFINITY, self.affinity.remove(key))?;
         }
-        Ok(victims.len())
+        let mut purged = victims.len();
+        if let Some(external) = &mut self.external {
+            purged += external.purge_affinity(&mut |service_id, backend_id| {
+                let key = AffinityKey {
+                    service_id,
+                    kind: 0,
+                    client: 0,
+                };
+                let value = AffinityValue {
+                    backend_id,
+                    pad: 0,
+                    last_used_ns: 0,
+                };
+                doomed(&key, &value)
+            });
+        }
+        Ok(purged)
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError> {
@@ -424,7 +440,7 @@ impl ServiceMaps for BpfMaps {
     }
 
     fn put_maglev(&mut self, service_id: u32, table: &[u32]) -> Result<(), MapOpError> {
-        let Some(maglev) = &mut self.maglev else {
+        let Some(maglev) = &mut self.external else {
             return Ok(());
         };
         maglev
@@ -437,7 +453,7 @@ impl ServiceMaps for BpfMaps {
     }
 
     fn del_maglev(&mut self, service_id: u32) -> Result<(), MapOpError> {
-        let Some(maglev) = &mut self.maglev else {
+        let Some(maglev) = &mut self.external else {
             return Ok(());
         };
         maglev.remove(service_id).map_err(|e| MapOpError::Other {
@@ -449,15 +465,48 @@ impl ServiceMaps for BpfMaps {
 
     fn maglev_ids(&self) -> Result<std::collections::BTreeSet<u32>, MapOpError> {
         Ok(self
-            .maglev
+            .external
             .as_ref()
-            .map(nodeport::MaglevMaps::service_ids)
+            .map(nodeport::ExternalMaps::service_ids)
+            .unwrap_or_default())
+    }
+
+    fn put_ranges(&mut self, service_id: u32, nets: &[ipnet::IpNet]) -> Result<(), MapOpError> {
+        let Some(maps) = &mut self.external else {
+            return Ok(());
+        };
+        maps.put_ranges(service_id, nets)
+            .map_err(|e| MapOpError::Other {
+                map: map_names::SOURCE_RANGES,
+                op: "update",
+                source: io::Error::other(e),
+            })
+    }
+
+    fn del_ranges(&mut self, service_id: u32, nets: &[ipnet::IpNet]) -> Result<(), MapOpError> {
+        let Some(maps) = &mut self.external else {
+            return Ok(());
+        };
+        maps.del_ranges(service_id, nets)
+            .map_err(|e| MapOpError::Other {
+                map: map_names::SOURCE_RANGES,
+                op: "delete",
+                source: io::Error::other(e),
+            })
+    }
+
+    fn ranges(&self) -> Result<std::collections::BTreeMap<u32, Vec<ipnet::IpNet>>, MapOpError> {
+        Ok(self
+            .external
+            .as_ref()
+            .map(nodeport::ExternalMaps::ranges)
             .unwrap_or_default())
     }
 
     fn maglev_size(&self) -> u32 {
-        self.maglev
-            .as_ref()
-            .map_or(self.capacity.maglev_table_size, nodeport::MaglevMaps::size)
+        self.external.as_ref().map_or(
+            self.capacity.maglev_table_size,
+            nodeport::ExternalMaps::size,
+        )
     }
 }

@@ -15,13 +15,18 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, HashOfMaps, IterableMap as _, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, HashMap, HashOfMaps, IterableMap as _, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use gannet_common::{
-    CT_F_REPLY, CT_TCP_ESTABLISHED, CT_TCP_FIN, CT_TCP_RST, CT_TIMEOUT_TCP_CLOSING,
+    AffinityValue, CT_F_REPLY, CT_TCP_ESTABLISHED, CT_TCP_FIN, CT_TCP_RST, CT_TIMEOUT_TCP_CLOSING,
     CT_TIMEOUT_TCP_ESTABLISHED, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, CtEntry, CtKey, NP_STATS,
-    NodePortConfig, PROTO_TCP, map_names,
+    NodePortConfig, NpAffinityKey, PROTO_TCP, SOURCE_RANGE_ID_BITS, V4_MAPPED_PREFIX_BITS,
+    map_names, v4_mapped,
 };
+use ipnet::IpNet;
 use tracing::{debug, warn};
 
 use super::{DataPathError, io_err};
@@ -47,6 +52,7 @@ pub struct NodePortStats {
     pub no_backend: u64,
     pub conntrack_failed: u64,
     pub route_failed: u64,
+    pub denied: u64,
 }
 
 /// The NodePort programs' maps (not the Maglev tables: the reconciler owns those).
@@ -56,6 +62,8 @@ pub struct NodePortMaps {
     stats: PerCpuArray<MapData, u64>,
     conntrack_capacity: u32,
     warned_full: bool,
+    /// The new-flow counter at the last sweep.
+    last_new_flows: u64,
 }
 
 impl NodePortMaps {
@@ -79,6 +87,7 @@ impl NodePortMaps {
                 .map_err(map_err(map_names::NODEPORT_STATS))?,
             conntrack_capacity,
             warned_full: false,
+            last_new_flows: 0,
         })
     }
 
@@ -113,6 +122,7 @@ impl NodePortMaps {
             no_backend: sums[3],
             conntrack_failed: sums[4],
             route_failed: sums[5],
+            denied: sums[6],
         })
     }
 
@@ -153,13 +163,18 @@ impl NodePortMaps {
                 }
             }
         }
-        let (len, capacity) = (entries.len() - removed, self.conntrack_capacity);
-        let full = len as u64 * 10 >= u64::from(capacity) * 9;
+        // Judged before this sweep's removals. The LRU map evicts before it is quite full (its
+        // free lists are per CPU), so also: more new flows since the last sweep than it holds.
+        let (len, capacity) = (entries.len(), self.conntrack_capacity);
+        let new_flows = self.stats().map(|s| s.new_flows).unwrap_or(0);
+        let since = new_flows.saturating_sub(self.last_new_flows);
+        self.last_new_flows = new_flows;
+        let full = len as u64 * 4 >= u64::from(capacity) * 3 || since * 2 > u64::from(capacity);
         if full && !self.warned_full {
             warn!(
                 entries = len,
                 capacity,
-                "the NodePort conntrack map is over 90% full: the least recently used flows are \
+                "the NodePort conntrack map is full or nearly: the least recently used flows are \
                  being evicted (new flows are still balanced); raise --max-conntrack"
             );
         }
@@ -213,23 +228,117 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// The Maglev tables: one array of backend ids per externally reachable service id, in a hash
-/// of maps. A table is replaced whole (a new inner map, filled through a memory mapping, then
-/// swapped in with one update), so the programs read either the old or the new table.
-pub struct MaglevMaps {
+/// What the reconciler writes for externally reachable frontends, by service id: the Maglev
+/// tables (one array of backend ids per service, in a hash of maps; a table is replaced whole: a
+/// new inner map, filled through a memory mapping, then swapped in with one update, so the
+/// programs read either the old or the new table), the `loadBalancerSourceRanges`, and the
+/// ClientIP affinity of clients outside (which it purges of backends a service loses).
+pub struct ExternalMaps {
     outer: HashOfMaps<MapData, u32, Array<MapData, u32>>,
     size: u32,
+    source_ranges: LpmTrie<MapData, [u8; 20], u8>,
+    affinity: HashMap<MapData, NpAffinityKey, AffinityValue>,
 }
 
-impl MaglevMaps {
+/// The trie key of a source range of service `id`.
+fn range_key(id: u32, net: &IpNet) -> Key<[u8; 20]> {
+    let (addr, bits) = match net {
+        IpNet::V4(n) => (
+            v4_mapped(n.network().octets()),
+            V4_MAPPED_PREFIX_BITS + u32::from(n.prefix_len()),
+        ),
+        IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
+    };
+    let mut data = [0u8; 20];
+    data[..4].copy_from_slice(&id.to_be_bytes());
+    data[4..].copy_from_slice(&addr);
+    Key::new(SOURCE_RANGE_ID_BITS + bits, data)
+}
+
+impl ExternalMaps {
     pub(crate) fn take(ebpf: &mut Ebpf, size: u32) -> Result<Self, DataPathError> {
         let map = ebpf
             .take_map(map_names::MAGLEV)
             .ok_or(DataPathError::MissingMap(map_names::MAGLEV))?;
+        let ranges = ebpf
+            .take_map(map_names::SOURCE_RANGES)
+            .ok_or(DataPathError::MissingMap(map_names::SOURCE_RANGES))?;
+        let affinity = ebpf
+            .take_map(map_names::NODEPORT_AFFINITY)
+            .ok_or(DataPathError::MissingMap(map_names::NODEPORT_AFFINITY))?;
         Ok(Self {
             outer: HashOfMaps::try_from(map).map_err(map_err(map_names::MAGLEV))?,
             size,
+            source_ranges: LpmTrie::try_from(ranges).map_err(map_err(map_names::SOURCE_RANGES))?,
+            affinity: HashMap::try_from(affinity).map_err(map_err(map_names::NODEPORT_AFFINITY))?,
         })
+    }
+
+    /// Adds the source ranges of service `id`.
+    pub fn put_ranges(&mut self, id: u32, nets: &[IpNet]) -> Result<(), DataPathError> {
+        for net in nets {
+            self.source_ranges
+                .insert(&range_key(id, net), 1, 0)
+                .map_err(map_err(map_names::SOURCE_RANGES))?;
+        }
+        Ok(())
+    }
+
+    /// Removes source ranges of service `id`; missing ones are fine.
+    pub fn del_ranges(&mut self, id: u32, nets: &[IpNet]) -> Result<(), DataPathError> {
+        for net in nets {
+            match self.source_ranges.remove(&range_key(id, net)) {
+                Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(map_names::SOURCE_RANGES)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every service's source ranges, read back (when adopting a running data plane).
+    pub fn ranges(&self) -> BTreeMap<u32, Vec<IpNet>> {
+        let mut out: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
+        for key in self.source_ranges.keys().filter_map(Result::ok) {
+            let d = key.data();
+            let id = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+            let bits = key.prefix_len().saturating_sub(SOURCE_RANGE_ID_BITS);
+            let mut addr = [0u8; 16];
+            addr.copy_from_slice(&d[4..]);
+            let v6 = std::net::Ipv6Addr::from(addr);
+            let net = match v6.to_ipv4_mapped() {
+                Some(v4) if bits >= V4_MAPPED_PREFIX_BITS => {
+                    #[expect(clippy::cast_possible_truncation, reason = "at most 32")]
+                    let len = (bits - V4_MAPPED_PREFIX_BITS) as u8;
+                    ipnet::Ipv4Net::new(v4, len).ok().map(IpNet::V4)
+                }
+                _ => {
+                    #[expect(clippy::cast_possible_truncation, reason = "at most 128")]
+                    let len = bits as u8;
+                    ipnet::Ipv6Net::new(v6, len).ok().map(IpNet::V6)
+                }
+            };
+            if let Some(net) = net {
+                out.entry(id).or_default().push(net);
+            }
+        }
+        out
+    }
+
+    /// Removes the ClientIP affinity entries `doomed` selects (service id, backend id).
+    pub fn purge_affinity(&mut self, doomed: &mut dyn FnMut(u32, u32) -> bool) -> usize {
+        let victims: Vec<NpAffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| doomed(k.service_id, v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &victims {
+            let _ = self.affinity.remove(key);
+        }
+        victims.len()
     }
 
     /// The table size (`--maglev-table-size`).

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use aya::maps::{HashMap, Map, MapData};
 use gannet_common::{
     BackendValue, CT_F_REPLY, CT_F_SNAT, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4, NodePortConfig,
-    PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_EXTERNAL, ServiceKey, ServiceValue, map_names,
-    v4_mapped,
+    PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES, ServiceKey,
+    ServiceValue, map_names, v4_mapped,
 };
 use gannet_testkit::Netns;
 
@@ -19,6 +19,7 @@ use crate::datapath::pods::{
 };
 
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 /// `TC_ACT_UNSPEC` (-1): the next tcx program, then the stack.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
@@ -200,7 +201,7 @@ fn nodeport_fixtures() {
                 ips: vec![IpAddr::V4(POD)],
             })
             .expect("adding the endpoint");
-            let mut maglev = fp.take_maglev().expect("the Maglev tables");
+            let mut maglev = fp.take_external().expect("the Maglev tables");
             let size = maglev.size() as usize;
             let mut services =
                 pinned_hash::<ServiceKey, ServiceValue>(&bpf_root, map_names::SERVICES);
@@ -396,6 +397,115 @@ fn nodeport_fixtures() {
             let stats = fp.nodeport.stats().expect("counters");
             if stats.new_flows != 2 || stats.no_backend != 1 || stats.replies != 2 {
                 failures.push(format!("counters: {stats:?}"));
+            }
+
+            // loadBalancerSourceRanges: a LoadBalancer IP whose ranges leave the client out
+            // drops it; one whose ranges hold it lets it in.
+            let lb = Ipv4Addr::new(10, 99, 0, 200);
+            let ranged = SVC_F_EXTERNAL | SVC_F_SOURCE_RANGES;
+            services
+                .insert(frontend(lb, 80), service(5, ranged), 0)
+                .unwrap();
+            services
+                .insert(frontend(lb, 81), service(6, ranged), 0)
+                .unwrap();
+            maglev.put(5, &vec![11; size]).unwrap();
+            maglev.put(6, &vec![11; size]).unwrap();
+            maglev
+                .put_ranges(5, &["10.99.0.0/28".parse().unwrap()])
+                .unwrap();
+            maglev
+                .put_ranges(
+                    6,
+                    &[
+                        "10.99.0.0/28".parse().unwrap(),
+                        "10.99.0.248/29".parse().unwrap(),
+                    ],
+                )
+                .unwrap();
+            let to_lb = |dport| {
+                tcp_v4(
+                    EXT_MAC,
+                    CLIENT_MAC,
+                    CLIENT,
+                    CLIENT_PORT + 1,
+                    lb,
+                    dport,
+                    64,
+                    SYN,
+                )
+            };
+            let cases: Vec<Case> = vec![
+                (
+                    "LoadBalancer IP, client outside its source ranges: dropped",
+                    to_lb(80),
+                    TC_ACT_SHOT,
+                    to_lb(80),
+                ),
+                (
+                    "LoadBalancer IP, client inside one of its source ranges: balanced",
+                    to_lb(81),
+                    TC_ACT_REDIRECT,
+                    tcp_v4(
+                        POD_MAC,
+                        host_mac,
+                        CLIENT,
+                        CLIENT_PORT + 1,
+                        POD,
+                        BACKEND_PORT,
+                        63,
+                        SYN,
+                    ),
+                ),
+            ];
+            failures.extend(run_cases(fp.nodeport_program().unwrap(), cases));
+            if fp.nodeport.stats().expect("counters").denied != 1 {
+                failures.push("the dropped client is counted as denied".to_owned());
+            }
+
+            // sessionAffinity: ClientIP: every new flow of one client gets the backend its first
+            // flow got, whatever its ports hash to.
+            backends
+                .insert(13, backend(Ipv4Addr::new(10, 244, 2, 8), BACKEND_PORT), 0)
+                .unwrap();
+            let sticky = ServiceValue {
+                affinity_timeout: 60,
+                ..service(7, SVC_F_EXTERNAL | gannet_common::SVC_F_AFFINITY)
+            };
+            services
+                .insert(frontend(NODE, NODE_PORT + 4), sticky, 0)
+                .unwrap();
+            let alternating: Vec<u32> = (0..size)
+                .map(|i| if i % 2 == 0 { 12 } else { 13 })
+                .collect();
+            maglev.put(7, &alternating).unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            for port in 41000..41016u16 {
+                let frame = tcp_v4(
+                    EXT_MAC,
+                    CLIENT_MAC,
+                    CLIENT,
+                    port,
+                    NODE,
+                    NODE_PORT + 4,
+                    64,
+                    SYN,
+                );
+                let _ = run_cases(
+                    fp.nodeport_program().unwrap(),
+                    vec![("affinity", frame, TC_ACT_REDIRECT, Vec::new())],
+                );
+            }
+            for (key, entry) in fp.nodeport.conntrack_entries() {
+                if entry.flags & CT_F_REPLY == 0 && entry.service_id == 7 {
+                    seen.insert(entry.backend_id);
+                    let _ = key;
+                }
+            }
+            if seen.len() != 1 {
+                failures.push(format!(
+                    "ClientIP affinity: 16 flows of one client went to backends {seen:?}"
+                ));
             }
             failures
         })

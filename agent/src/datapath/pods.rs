@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     DataPathError, ensure_bpffs, io_err,
-    nodeport::{self, MaglevMaps, NodePortMaps},
+    nodeport::{self, ExternalMaps, NodePortMaps},
 };
 use crate::sys;
 
@@ -57,6 +57,8 @@ pub struct PodCapacity {
     pub external: u32,
     /// Entries of each Maglev table (`--maglev-table-size`).
     pub maglev_table_size: u32,
+    /// ClientIP affinity entries of clients outside (`--max-affinity`).
+    pub affinity: u32,
 }
 
 impl Default for PodCapacity {
@@ -66,6 +68,7 @@ impl Default for PodCapacity {
             conntrack: gannet_common::DEFAULT_MAX_CONNTRACK,
             external: gannet_common::DEFAULT_MAX_EXTERNAL,
             maglev_table_size: gannet_common::DEFAULT_MAGLEV_TABLE_SIZE,
+            affinity: gannet_common::DEFAULT_MAX_NODEPORT_AFFINITY,
         }
     }
 }
@@ -101,8 +104,8 @@ pub struct PodFastPath {
     ebpf: Ebpf,
     /// The NodePort programs' maps (settings, counters, conntrack).
     pub nodeport: NodePortMaps,
-    /// Taken by the reconciler (it writes the tables) with [`PodFastPath::take_maglev`].
-    maglev: Option<MaglevMaps>,
+    /// Taken by the reconciler (it writes the tables) with [`PodFastPath::take_external`].
+    maglev: Option<ExternalMaps>,
     bpf_root: PathBuf,
     endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
     stats: PerCpuHashMap<MapData, u32, EndpointStats>,
@@ -128,6 +131,7 @@ impl PodFastPath {
             .map_max_entries(map_names::ENDPOINT_STATS, capacity.endpoints)
             .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
             .map_max_entries(map_names::MAGLEV, capacity.external)
+            .map_max_entries(map_names::NODEPORT_AFFINITY, capacity.affinity)
             // A BTF map (map-in-map) says nothing about pinning; pin it with the others.
             .map_pin_path(map_names::MAGLEV, maps_dir.join(map_names::MAGLEV))
             .load(POD_OBJECT)?;
@@ -146,7 +150,7 @@ impl PodFastPath {
             source,
         })?;
         let nodeport = NodePortMaps::take(&mut ebpf)?;
-        let maglev = Some(MaglevMaps::take(&mut ebpf, capacity.maglev_table_size)?);
+        let maglev = Some(ExternalMaps::take(&mut ebpf, capacity.maglev_table_size)?);
         let mut this = Self {
             ebpf,
             nodeport,
@@ -163,7 +167,7 @@ impl PodFastPath {
     }
 
     /// The Maglev tables, for the reconciler; `None` once taken.
-    pub fn take_maglev(&mut self) -> Option<MaglevMaps> {
+    pub fn take_external(&mut self) -> Option<ExternalMaps> {
         self.maglev.take()
     }
 

@@ -44,6 +44,7 @@ pub(crate) fn small_capacity() -> super::PodCapacity {
         conntrack: 1024,
         external: 64,
         maglev_table_size: 251,
+        affinity: 64,
     }
 }
 

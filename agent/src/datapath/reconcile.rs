@@ -20,9 +20,11 @@ use std::{
 
 use gannet_common::{
     AffinityKey, AffinityValue, BackendValue, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP,
-    SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, SlotKey, v4_mapped,
+    SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
+    SlotKey, v4_mapped,
 };
 use gannet_k8s::{Backend, DesiredState, Frontend, Protocol, ServicePort};
+use ipnet::IpNet;
 use tracing::{debug, error, info, warn};
 
 use crate::nodeport::maglev;
@@ -72,6 +74,12 @@ pub trait ServiceMaps {
     fn maglev_ids(&self) -> Result<BTreeSet<u32>, MapOpError>;
     /// Entries of every Maglev table (`--maglev-table-size`).
     fn maglev_size(&self) -> u32;
+    /// Adds `loadBalancerSourceRanges` of a service.
+    fn put_ranges(&mut self, service_id: u32, nets: &[IpNet]) -> Result<(), MapOpError>;
+    /// Removes source ranges of a service; missing ones are fine.
+    fn del_ranges(&mut self, service_id: u32, nets: &[IpNet]) -> Result<(), MapOpError>;
+    /// Every service's source ranges.
+    fn ranges(&self) -> Result<BTreeMap<u32, Vec<IpNet>>, MapOpError>;
 }
 
 /// What one [`Reconciler::apply`] did.
@@ -105,6 +113,8 @@ struct Programmed {
     /// What the NodePort program balances to (the Maglev table's backends); empty for a
     /// ClusterIP frontend.
     packet: Vec<Backend>,
+    /// `loadBalancerSourceRanges` in the source-range trie under this id.
+    ranges: Vec<IpNet>,
     /// True when adopted state did not read back consistently: rewrite on the next apply.
     dirty: bool,
 }
@@ -254,11 +264,25 @@ fn service_value(
 /// says how it is reached from outside (the agent's expansion sets `external` on NodePort,
 /// external IP and LoadBalancer IP frontends only).
 fn external_flags(spec: &ServicePort) -> u8 {
-    match &spec.external {
-        None => 0,
-        Some(e) if e.local_only => SVC_F_EXTERNAL | SVC_F_LOCAL,
-        Some(_) => SVC_F_EXTERNAL,
+    let Some(external) = &spec.external else {
+        return 0;
+    };
+    let mut flags = SVC_F_EXTERNAL;
+    if external.local_only {
+        flags |= SVC_F_LOCAL;
     }
+    if !external.source_ranges.is_empty() {
+        flags |= SVC_F_SOURCE_RANGES;
+    }
+    flags
+}
+
+/// The source ranges a frontend's packets are checked against.
+fn source_ranges(spec: &ServicePort) -> Vec<IpNet> {
+    spec.external
+        .as_ref()
+        .map(|e| e.source_ranges.clone())
+        .unwrap_or_default()
 }
 
 /// The backends the NodePort program balances an external frontend's packets to: all of them,
@@ -289,6 +313,7 @@ impl<M: ServiceMaps> Reconciler<M> {
     /// nothing), so that the first [`apply`](Self::apply) changes only what differs.
     pub fn adopt(mut maps: M, grace: Duration, node_name: &str) -> Result<Self, MapOpError> {
         let backend_values: HashMap<u32, BackendValue> = maps.backends()?.into_iter().collect();
+        let mut ranges = maps.ranges()?;
         let mut slots: HashMap<SlotKey, u32> = maps.slots()?.into_iter().collect();
         let mut services = BTreeMap::new();
         let mut by_id = HashMap::new();
@@ -308,8 +333,13 @@ impl<M: ServiceMaps> Reconciler<M> {
                 backends: Vec::new(),
                 backend_ids: Vec::new(),
                 affinity: (value.flags & SVC_F_AFFINITY != 0).then_some(value.affinity_timeout),
-                flags: value.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL),
+                flags: value.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL | SVC_F_SOURCE_RANGES),
                 packet: Vec::new(),
+                ranges: if value.flags & SVC_F_SOURCE_RANGES != 0 {
+                    ranges.remove(&value.id).unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
                 // An external frontend's Maglev backends are not read back: the first apply
                 // writes its table again (the same backends give the same table).
                 dirty: value.flags & SVC_F_EXTERNAL != 0,
@@ -348,6 +378,10 @@ impl<M: ServiceMaps> Reconciler<M> {
             if !external.contains(&id) {
                 maps.del_maglev(id)?;
             }
+        }
+        // Ranges no adopted frontend uses.
+        for (id, nets) in ranges {
+            maps.del_ranges(id, &nets)?;
         }
         // Slots no live generation reads: leftovers of a switch the previous agent did not
         // finish freeing.
@@ -515,12 +549,14 @@ impl<M: ServiceMaps> Reconciler<M> {
         let existing = self.services.get(frontend).cloned();
         let flags = external_flags(spec);
         let packet = packet_backends(spec, &self.node_name);
+        let ranges = source_ranges(spec);
         if let Some(p) = &existing
             && !p.dirty
             && p.backends == spec.backends
             && p.affinity == spec.session_affinity_timeout
             && p.flags == flags
             && p.packet == packet
+            && p.ranges == ranges
         {
             return Ok(Change::Unchanged);
         }
@@ -605,6 +641,11 @@ impl<M: ServiceMaps> Reconciler<M> {
                 rollback(self, backend_ids.len());
                 return Err(e);
             }
+            // New source ranges before the switch; ranges that went, after it.
+            if let Err(e) = self.maps.put_ranges(id, &ranges) {
+                rollback(self, backend_ids.len());
+                return Err(e);
+            }
         }
 
         // 3. The switch.
@@ -627,6 +668,17 @@ impl<M: ServiceMaps> Reconciler<M> {
         {
             warn!(%frontend, error = %e, "could not remove the Maglev table of a frontend that is no longer external");
         }
+        if let Some(old) = &existing {
+            let gone: Vec<IpNet> = old
+                .ranges
+                .iter()
+                .filter(|n| !ranges.contains(n))
+                .copied()
+                .collect();
+            if let Err(e) = self.maps.del_ranges(id, &gone) {
+                warn!(%frontend, error = %e, "could not remove source ranges a frontend no longer has");
+            }
+        }
         debug!(%frontend, id, generation, backends = backend_ids.len(), "service switched");
 
         // 4. Release what the old generation held.
@@ -638,6 +690,7 @@ impl<M: ServiceMaps> Reconciler<M> {
             affinity: spec.session_affinity_timeout,
             flags,
             packet,
+            ranges,
             dirty: false,
         };
         let change = match existing {
@@ -676,6 +729,9 @@ impl<M: ServiceMaps> Reconciler<M> {
             && let Err(e) = self.maps.del_maglev(programmed.id)
         {
             warn!(%frontend, error = %e, "could not remove the Maglev table of a removed frontend");
+        }
+        if let Err(e) = self.maps.del_ranges(programmed.id, &programmed.ranges) {
+            warn!(%frontend, error = %e, "could not remove the source ranges of a removed frontend");
         }
         self.services.remove(frontend);
         self.by_id.remove(&programmed.id);

@@ -9,6 +9,8 @@ use gannet_common::{
 };
 use gannet_k8s::{Backend, DesiredState, Frontend, Protocol, ServicePort};
 
+use gannet_common::{SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES};
+
 use super::{MapOpError, Reconciler, ServiceMaps, service_key};
 
 /// A small Maglev table, enough to see every backend in it.
@@ -23,6 +25,7 @@ struct CheckedMaps {
     backends: HashMap<u32, BackendValue>,
     affinity: HashMap<AffinityKey, AffinityValue>,
     maglev: HashMap<u32, Vec<u32>>,
+    ranges: BTreeMap<u32, Vec<ipnet::IpNet>>,
     capacity_backends: Option<usize>,
     ops: usize,
 }
@@ -44,7 +47,46 @@ impl CheckedMaps {
                     self.ops
                 );
             }
+            // What the NodePort program would read: every backend of an external frontend's
+            // table is written; ranges are in place before the flag is.
+            if svc.flags & SVC_F_EXTERNAL != 0
+                && let Some(table) = self.maglev.get(&svc.id)
+            {
+                for id in table {
+                    assert!(
+                        self.backends.contains_key(id),
+                        "after op {}: {key:?}'s Maglev table names freed backend {id}",
+                        self.ops
+                    );
+                }
+            }
+            if svc.flags & SVC_F_SOURCE_RANGES != 0 {
+                assert!(
+                    self.ranges.contains_key(&svc.id),
+                    "after op {}: {key:?} checks source ranges it has none of",
+                    self.ops
+                );
+            }
         }
+    }
+
+    /// The distinct backends of the Maglev table of `frontend`'s service.
+    fn table_backends(&self, frontend: &Frontend) -> Option<Vec<Backend>> {
+        let svc = self.services.get(&service_key(frontend))?;
+        let table = self.maglev.get(&svc.id)?;
+        let mut out: Vec<Backend> = table
+            .iter()
+            .map(|id| {
+                let b = self.backends[id];
+                Backend {
+                    ip: super::ip_of(b.addr),
+                    port: u16::from_be(b.port),
+                }
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
     }
 
     fn step(&mut self) -> Result<(), MapOpError> {
@@ -153,6 +195,30 @@ impl ServiceMaps for CheckedMaps {
 
     fn maglev_size(&self) -> u32 {
         MAGLEV_SIZE
+    }
+
+    fn put_ranges(&mut self, service_id: u32, nets: &[ipnet::IpNet]) -> Result<(), MapOpError> {
+        let entry = self.ranges.entry(service_id).or_default();
+        for net in nets {
+            if !entry.contains(net) {
+                entry.push(*net);
+            }
+        }
+        Ok(())
+    }
+
+    fn del_ranges(&mut self, service_id: u32, nets: &[ipnet::IpNet]) -> Result<(), MapOpError> {
+        if let Some(entry) = self.ranges.get_mut(&service_id) {
+            entry.retain(|n| !nets.contains(n));
+            if entry.is_empty() {
+                self.ranges.remove(&service_id);
+            }
+        }
+        Ok(())
+    }
+
+    fn ranges(&self) -> Result<BTreeMap<u32, Vec<ipnet::IpNet>>, MapOpError> {
+        Ok(self.ranges.clone())
     }
 }
 
@@ -438,4 +504,120 @@ fn changes_touch_only_the_named_frontends() {
         ops_before,
         "unchanged frontends write nothing"
     );
+}
+
+fn external(
+    backends: Vec<Backend>,
+    nodes: &[(&str, &str)],
+    local_only: bool,
+    ranges: &[&str],
+) -> ServicePort {
+    ServicePort {
+        namespace: "default".into(),
+        name: "ext".into(),
+        port_name: String::new(),
+        backends,
+        terminating: Vec::new(),
+        backend_nodes: nodes
+            .iter()
+            .map(|(ip, node)| (ip.parse().unwrap(), (*node).to_owned()))
+            .collect(),
+        session_affinity_timeout: None,
+        external: Some(gannet_k8s::External {
+            node_port: Some(30080),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            local_only,
+            health_check_node_port: None,
+            source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+        }),
+    }
+}
+
+/// External frontends get a Maglev table of the right backends (all, or this node's with
+/// `externalTrafficPolicy: Local`), their source ranges before the switch, and lose both when
+/// they stop being external or go.
+#[test]
+fn external_frontends_get_tables_and_ranges() {
+    let t0 = Instant::now();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
+    let f = frontend(9, 30080);
+    let nodes = [("10.244.0.1", "test-node"), ("10.244.0.2", "other")];
+    let mut desired = DesiredState::default();
+    desired
+        .services
+        .insert(f, external(backends(&[1, 2]), &nodes, false, &[]));
+    r.apply(&desired, true, t0);
+    assert_eq!(r.maps().table_backends(&f), Some(backends(&[1, 2])));
+    let value = r.maps().services[&service_key(&f)];
+    assert_eq!(value.flags & (SVC_F_EXTERNAL | SVC_F_LOCAL), SVC_F_EXTERNAL);
+
+    // externalTrafficPolicy: Local, and source ranges.
+    let t1 = t0 + Duration::from_millis(10);
+    desired.services.insert(
+        f,
+        external(backends(&[1, 2]), &nodes, true, &["192.0.2.0/24"]),
+    );
+    r.apply(&desired, true, t1);
+    assert_eq!(
+        r.maps().table_backends(&f),
+        Some(backends(&[1])),
+        "only this node's"
+    );
+    assert_eq!(
+        r.maps().resolve(&f),
+        Some(backends(&[1, 2])),
+        "the node's own clients get all"
+    );
+    let value = r.maps().services[&service_key(&f)];
+    assert_eq!(
+        value.flags & (SVC_F_LOCAL | SVC_F_SOURCE_RANGES),
+        SVC_F_LOCAL | SVC_F_SOURCE_RANGES
+    );
+    let id = value.id;
+    assert_eq!(
+        r.maps().ranges[&id],
+        vec!["192.0.2.0/24".parse::<ipnet::IpNet>().unwrap()]
+    );
+
+    // Ranges change: the new one is added, the old one goes.
+    let t2 = t1 + Duration::from_millis(10);
+    desired.services.insert(
+        f,
+        external(backends(&[1, 2]), &nodes, true, &["198.51.100.0/24"]),
+    );
+    r.apply(&desired, true, t2);
+    assert_eq!(
+        r.maps().ranges[&id],
+        vec!["198.51.100.0/24".parse::<ipnet::IpNet>().unwrap()]
+    );
+
+    // No local endpoint: no table (the program drops), the frontend stays.
+    let t3 = t2 + Duration::from_millis(10);
+    desired
+        .services
+        .insert(f, external(backends(&[2]), &nodes, true, &[]));
+    r.apply(&desired, true, t3);
+    assert_eq!(r.maps().table_backends(&f), None);
+    assert!(r.maps().ranges.is_empty(), "{:?}", r.maps().ranges);
+
+    // Removed: the table and everything else go.
+    let t4 = t3 + Duration::from_millis(10);
+    desired
+        .services
+        .insert(f, external(backends(&[1, 2]), &nodes, false, &[]));
+    r.apply(&desired, true, t4);
+    assert!(r.maps().table_backends(&f).is_some());
+    r.apply(
+        &DesiredState::default(),
+        true,
+        t4 + Duration::from_millis(10),
+    );
+    r.collect_garbage(t4 + GRACE * 3);
+    assert!(
+        r.maps().maglev.is_empty(),
+        "tables left: {:?}",
+        r.maps().maglev.keys()
+    );
+    assert!(r.maps().backends.is_empty());
 }

@@ -40,34 +40,38 @@ impl Expander {
     }
 
     /// The external frontends of one cluster frontend, with the `ServicePort` they serve.
+    /// `loadBalancerSourceRanges` stay on the LoadBalancer IP frontends only (as kube-proxy
+    /// applies them).
     fn expand(&self, frontend: &Frontend, spec: &ServicePort) -> Vec<(Frontend, ServicePort)> {
         let Some(external) = &spec.external else {
             return Vec::new();
         };
-        let same_family = |ip: &IpAddr| ip.is_ipv4() == frontend.ip.is_ipv4();
+        let same_family = |ip: &&IpAddr| ip.is_ipv4() == frontend.ip.is_ipv4();
+        let open = {
+            let mut open = spec.clone();
+            if let Some(e) = &mut open.external {
+                e.source_ranges.clear();
+            }
+            open
+        };
+        let at = |ip: IpAddr, port: u16| Frontend {
+            ip,
+            port,
+            protocol: frontend.protocol,
+        };
         let mut out = Vec::new();
         if let Some(node_port) = external.node_port {
-            for ip in self.addresses.iter().filter(|ip| same_family(ip)) {
-                out.push(Frontend {
-                    ip: *ip,
-                    port: node_port,
-                    protocol: frontend.protocol,
-                });
+            for ip in self.addresses.iter().filter(same_family) {
+                out.push((at(*ip, node_port), open.clone()));
             }
         }
-        for ip in external
-            .external_ips
-            .iter()
-            .chain(&external.load_balancer_ips)
-            .filter(|ip| same_family(ip))
-        {
-            out.push(Frontend {
-                ip: *ip,
-                port: frontend.port,
-                protocol: frontend.protocol,
-            });
+        for ip in external.external_ips.iter().filter(same_family) {
+            out.push((at(*ip, frontend.port), open.clone()));
         }
-        out.into_iter().map(|f| (f, spec.clone())).collect()
+        for ip in external.load_balancer_ips.iter().filter(same_family) {
+            out.push((at(*ip, frontend.port), spec.clone()));
+        }
+        out
     }
 
     fn cluster_only(spec: &ServicePort) -> ServicePort {

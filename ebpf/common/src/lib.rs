@@ -47,6 +47,15 @@ pub mod map_names {
     pub const NODEPORT_CONFIG: &str = "GANNET_NP_CFG";
     /// Per-CPU array of `u64` counters, indexed by the `NP_STAT_*` constants.
     pub const NODEPORT_STATS: &str = "GANNET_NP_STATS";
+    /// LPM trie: aya's `lpm_trie::Key<[u8; 20]>` → `u8` (1): the clients a LoadBalancer IP
+    /// frontend with `loadBalancerSourceRanges` accepts. The key's data is the service id
+    /// (4 bytes, big-endian) then the prefix's address (16 bytes, IPv4 as `::ffff:a.b.c.d`); its
+    /// length counts the 32 bits of the id too.
+    pub const SOURCE_RANGES: &str = "GANNET_SRC_RNG";
+    /// LRU hash: [`NpAffinityKey`](super::NpAffinityKey) →
+    /// [`AffinityValue`](super::AffinityValue): `sessionAffinity: ClientIP` for packets from
+    /// outside.
+    pub const NODEPORT_AFFINITY: &str = "GANNET_NP_AFF";
 }
 
 /// Default capacity of [`map_names::SERVICES`]: service frontends (ClusterIP × port × protocol).
@@ -114,6 +123,9 @@ pub const SVC_F_AFFINITY: u8 = 1;
 /// `ServiceValue::flags`: reachable from outside the node (a NodePort, external IP or
 /// LoadBalancer IP frontend): the NodePort programs balance packets to it with its Maglev table.
 pub const SVC_F_EXTERNAL: u8 = 2;
+/// `ServiceValue::flags`: the frontend accepts only the clients in [`map_names::SOURCE_RANGES`]
+/// under its id (`loadBalancerSourceRanges`).
+pub const SVC_F_SOURCE_RANGES: u8 = 8;
 /// `ServiceValue::flags`: `externalTrafficPolicy: Local`: the Maglev table holds only this node's
 /// endpoints and the client's address is kept (no SNAT).
 pub const SVC_F_LOCAL: u8 = 4;
@@ -391,8 +403,27 @@ pub const NP_STAT_NO_BACKEND: u32 = 3;
 pub const NP_STAT_CT_FAILED: u32 = 4;
 /// Translated packets the programs could not route (no route, not forwarding): dropped.
 pub const NP_STAT_FIB_FAILED: u32 = 5;
+/// New flows from a client outside a frontend's `loadBalancerSourceRanges`: dropped.
+pub const NP_STAT_DENIED: u32 = 6;
 /// How many counters there are.
-pub const NP_STATS: u32 = 6;
+pub const NP_STATS: u32 = 7;
+
+/// Default capacity of the source-range trie (prefixes of all frontends together).
+pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
+/// Default capacity of the NodePort affinity LRU map (clients × ClientIP services).
+pub const DEFAULT_MAX_NODEPORT_AFFINITY: u32 = 65_536;
+/// Bits of the service id in front of the address in a [`map_names::SOURCE_RANGES`] key.
+pub const SOURCE_RANGE_ID_BITS: u32 = 32;
+
+/// `sessionAffinity: ClientIP` of a frontend for one client address (packets from outside).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NpAffinityKey {
+    pub service_id: u32,
+    pub pad: u32,
+    /// The client's address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub client: [u8; 16],
+}
 
 /// Encodes an IPv4 address (network-order octets) as IPv4-mapped IPv6.
 #[inline(always)]
@@ -423,6 +454,7 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::NodePortConfig {}
+    unsafe impl aya::Pod for super::NpAffinityKey {}
 }
 
 // Layout checks: the kernel side sees exactly these sizes.
@@ -443,4 +475,5 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 56);
     assert!(core::mem::size_of::<NodePortConfig>() == 40);
+    assert!(core::mem::size_of::<NpAffinityKey>() == 24);
 };

@@ -6,9 +6,11 @@
 //!    back (backend → frontend, SNAT address → client) and sent to the client.
 //! 2. A packet of a tracked flow to a frontend: rewritten as its entry says (same backend, same
 //!    SNAT port) and forwarded.
-//! 3. The first packet to an externally reachable frontend (`SVC_F_EXTERNAL`): a backend is
-//!    picked from the frontend's Maglev table by the flow's hash (or the client address with
-//!    `sessionAffinity: ClientIP`); both directions are tracked; the destination becomes the
+//! 3. The first packet to an externally reachable frontend (`SVC_F_EXTERNAL`): a client outside
+//!    its `loadBalancerSourceRanges` (`SVC_F_SOURCE_RANGES`) is dropped; a backend is picked from
+//!    the frontend's Maglev table by the flow's hash (with `sessionAffinity: ClientIP`: the
+//!    client's backend if it had one within the timeout, else by the client address's hash);
+//!    both directions are tracked; the destination becomes the
 //!    backend, and, unless the backend is a pod of this node or the service has
 //!    `externalTrafficPolicy: Local`, the source becomes this node's SNAT address and a port
 //!    from `SNAT_PORT_MIN..=SNAT_PORT_MAX`, so the reply comes back here. Then it is forwarded
@@ -24,14 +26,19 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{Array, PerCpuArray},
+    maps::{
+        Array, LruHashMap, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::TcContext,
 };
 use gannet_common::{
-    BackendValue, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4,
-    NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_FORWARD, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND,
-    NP_STAT_REPLIES, NP_STATS, NodePortConfig, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY,
-    SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue,
+    AffinityValue, BackendValue, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey,
+    DEFAULT_MAX_NODEPORT_AFFINITY, DEFAULT_MAX_SOURCE_RANGES, NODEPORT_F_ENABLED,
+    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_FORWARD,
+    NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STATS, NodePortConfig,
+    NpAffinityKey, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL,
+    SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
 };
 
 use crate::{
@@ -49,6 +56,18 @@ static CONFIG: Array<NodePortConfig> = Array::pinned(1, 0);
 
 #[map(name = "GANNET_NP_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(NP_STATS, 0);
+
+/// `loadBalancerSourceRanges`: (service id, client prefix) → 1. Never preallocated (a trie).
+#[map(name = "GANNET_SRC_RNG")]
+static SOURCE_RANGES: LpmTrie<[u8; 20], u8> = LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);
+
+/// `sessionAffinity: ClientIP` for packets from outside: (service id, client) → backend and
+/// the time of the client's last new flow.
+#[map(name = "GANNET_NP_AFF")]
+static AFFINITY: LruHashMap<NpAffinityKey, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_MAX_NODEPORT_AFFINITY, 0);
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 /// Working memory of the packet being handled: BPF gives a program and the functions it calls
 /// 512 bytes of stack together, too little for a flow, its keys and entries. tc programs do not
@@ -141,10 +160,24 @@ fn from_netdev(ctx: &mut TcContext) -> i32 {
     if service.flags & SVC_F_EXTERNAL == 0 {
         return TC_ACT_UNSPEC;
     }
+    if service.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed(service.id, &s.flow.saddr) {
+        count(NP_STAT_DENIED);
+        return TC_ACT_SHOT;
+    }
     match new_flow(s, service, config) {
         NewFlow::Tracked => translate(ctx, &s.flow, &s.entry),
         NewFlow::Verdict(verdict) => verdict,
     }
+}
+
+/// Whether `client` lies in one of the source ranges of service `id`.
+#[inline(always)]
+fn source_allowed(id: u32, client: &[u8; 16]) -> bool {
+    let id = id.to_be_bytes();
+    let mut data = [0u8; 20];
+    data[..4].copy_from_slice(&id);
+    data[4..].copy_from_slice(client);
+    SOURCE_RANGES.get(Key::new(160, data)).is_some()
 }
 
 /// A reply from a pod of this node (tc ingress of its veth): translated back and sent to the
@@ -231,15 +264,27 @@ enum NewFlow {
 /// client → backend entry is left in `s.entry`.
 #[inline(never)]
 fn new_flow(s: &mut Scratch, service: &ServiceValue, config: &NodePortConfig) -> NewFlow {
-    let client_only = service.flags & SVC_F_AFFINITY != 0;
-    let hash = maglev::hash(&s.flow, client_only);
-    let Some(backend_id) = maglev::backend(service.id, hash, config.maglev_table_size) else {
-        return no_backend(service);
+    let affinity = service.flags & SVC_F_AFFINITY != 0;
+    let hash = maglev::hash(&s.flow, affinity);
+    let remembered = if affinity {
+        remembered_backend(service, &s.flow.saddr)
+    } else {
+        None
+    };
+    let backend_id = match remembered {
+        Some(id) => id,
+        None => match maglev::backend(service.id, hash, config.maglev_table_size) {
+            Some(id) => id,
+            None => return no_backend(service),
+        },
     };
     // SAFETY: not preallocated: the value is not rewritten while the program holds it.
     let Some(backend) = (unsafe { BACKENDS.get(backend_id) }) else {
         return no_backend(service);
     };
+    if affinity {
+        remember_backend(service.id, &s.flow.saddr, backend_id);
+    }
     let snat = service.flags & SVC_F_LOCAL == 0 && endpoint::local(backend.addr).is_none();
     if !track(s, service.id, backend_id, backend, snat, config, hash) {
         count(NP_STAT_CT_FAILED);
@@ -247,6 +292,38 @@ fn new_flow(s: &mut Scratch, service: &ServiceValue, config: &NodePortConfig) ->
     }
     count(NP_STAT_NEW_FLOWS);
     NewFlow::Tracked
+}
+
+/// The backend a `sessionAffinity: ClientIP` client was given within the service's timeout
+/// (counted from its last new flow, as kube-proxy counts it). The agent removes entries of
+/// backends a service loses.
+#[inline(always)]
+fn remembered_backend(service: &ServiceValue, client: &[u8; 16]) -> Option<u32> {
+    let key = NpAffinityKey {
+        service_id: service.id,
+        pad: 0,
+        client: *client,
+    };
+    // SAFETY: copied out at once; a concurrent update stores another backend of the service.
+    let entry = unsafe { AFFINITY.get(&key) }.copied()?;
+    let timeout = u64::from(service.affinity_timeout) * NSEC_PER_SEC;
+    (now().wrapping_sub(entry.last_used_ns) <= timeout).then_some(entry.backend_id)
+}
+
+#[inline(always)]
+fn remember_backend(service_id: u32, client: &[u8; 16], backend_id: u32) {
+    let key = NpAffinityKey {
+        service_id,
+        pad: 0,
+        client: *client,
+    };
+    let value = AffinityValue {
+        backend_id,
+        pad: 0,
+        last_used_ns: now(),
+    };
+    // Best effort: without the entry the next flow is still balanced by the client's hash.
+    let _ = AFFINITY.insert(&key, &value, 0);
 }
 
 /// No backend for a new flow: `externalTrafficPolicy: Local` drops (as kube-proxy), any other
