@@ -305,7 +305,7 @@ fn remembered_backend(service: &ServiceValue, client: &[u8; 16]) -> Option<u32> 
         client: *client,
     };
     // SAFETY: copied out at once; a concurrent update stores another backend of the service.
-    let entry = unsafe { AFFINITY.get(&key) }.copied()?;
+    let entry = unsafe { AFFINITY.get(key) }.copied()?;
     let timeout = u64::from(service.affinity_timeout) * NSEC_PER_SEC;
     (now().wrapping_sub(entry.last_used_ns) <= timeout).then_some(entry.backend_id)
 }
@@ -323,7 +323,7 @@ fn remember_backend(service_id: u32, client: &[u8; 16], backend_id: u32) {
         last_used_ns: now(),
     };
     // Best effort: without the entry the next flow is still balanced by the client's hash.
-    let _ = AFFINITY.insert(&key, &value, 0);
+    let _ = AFFINITY.insert(key, value, 0);
 }
 
 /// No backend for a new flow: `externalTrafficPolicy: Local` drops (as kube-proxy), any other
