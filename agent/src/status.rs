@@ -9,8 +9,8 @@ use aya::maps::{
 use gannet_common::{
     BackendValue, CtEntry, CtKey, EndpointKey, EndpointStats, EndpointValue, NODEPORT_F_ENABLED,
     NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_FIB_FAILED,
-    NP_STAT_FORWARD, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NodePortConfig,
-    ServiceKey, ServiceValue, SlotKey, map_names,
+    NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES,
+    NodePortConfig, ServiceKey, ServiceValue, SlotKey, map_names,
 };
 use serde::Serialize;
 
@@ -220,6 +220,7 @@ fn nodeport_status(bpf_root: &Path) -> Option<NodePortStatus> {
             conntrack_failed: sum(NP_STAT_CT_FAILED),
             route_failed: sum(NP_STAT_FIB_FAILED),
             denied: sum(NP_STAT_DENIED),
+            icmp_errors: sum(NP_STAT_ICMP_ERRORS),
         },
     })
 }

@@ -50,6 +50,8 @@ const TEN_NODE_PORT: u16 = 30090;
 /// `ten`'s external IP: the same flows can reach it through any node (as ECMP would send them).
 const TEN_IP: &str = "10.99.0.110";
 const EMPTY_NODE_PORT: u16 = 30099;
+/// A UDP NodePort whose backends listen on nothing: they answer with ICMP port unreachable.
+const CLOSED_NODE_PORT: u16 = 30098;
 /// The node started with `--max-conntrack 64`.
 const SMALL_CONNTRACK_NODE: usize = 2;
 
@@ -328,6 +330,8 @@ spec:
             slice("IPv4", "local-v4", &[(1, self.nodes[1].pods[0].ip.clone())]),
         );
         self.plane.apply(&yaml).expect("applying the services");
+        // `closed`'s endpoints: every pod, on a port where nothing listens.
+        let closed_slice = slice("IPv4", "closed-v4", &all4).replace("port: 8080", "port: 9999");
         let lb = |name: &str, ip: &str, range: &str| {
             format!(
                 "apiVersion: v1
@@ -367,10 +371,26 @@ spec:
     protocol: TCP
     targetPort: 8080
     nodePort: {EMPTY_NODE_PORT}
-",
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: closed
+  namespace: default
+spec:
+  type: NodePort
+  ports:
+  - name: dns
+    port: 53
+    protocol: UDP
+    targetPort: 9999
+    nodePort: {CLOSED_NODE_PORT}
+---
+{}",
             lb("lbopen", LB_OPEN, "10.99.0.240/28"),
             slice("IPv4", "lbopen-v4", &all4),
             lb("lbclosed", LB_CLOSED, "10.99.0.0/28"),
+            closed_slice,
         );
         self.plane
             .apply(&yaml)
@@ -615,6 +635,41 @@ fn source_ranges_and_rejects(c: &Cluster) {
     );
 }
 
+fn icmp_errors_come_back(c: &Cluster) {
+    // Every backend (local, or on another node behind SNAT) refuses with ICMP port unreachable;
+    // the client's connected UDP socket sees ECONNREFUSED only if the error was translated back.
+    // (Pods rate-limit these errors per destination: a burst of 6, then 1 a second; hence one
+    // short round once the frontend is programmed.)
+    let to = sock(&c.nodes[0].ipv4, CLOSED_NODE_PORT);
+    let frontend = format!("{to}/UDP");
+    eventually("closed is programmed", Duration::from_secs(15), || {
+        let status = c.nodes[0].agent.status().ok()?;
+        status["services"]
+            .as_array()?
+            .iter()
+            .any(|s| {
+                s["frontend"] == frontend.as_str()
+                    && s["packet_backends"].as_array().map(Vec::len) == Some(NODES)
+            })
+            .then_some(())
+    });
+    let report = c.udp(&to, 9, &["--per-request-socket", "--connected"]);
+    assert_eq!(
+        (report.ok, report.errors.get("ECONNREFUSED").copied()),
+        (0, Some(9)),
+        "{report:?}"
+    );
+    let status = c.nodes[0].agent.status().unwrap();
+    assert!(
+        status["nodeport"]["counters"]["icmp_errors"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 9,
+        "{:#}",
+        status["nodeport"]
+    );
+}
+
 /// The backend each of `ports` (client source ports, one UDP flow each to `ten`'s external IP)
 /// gets when the network hands the flows to `node`.
 fn udp_backends(c: &Cluster, node: usize, ports: std::ops::Range<u16>) -> Vec<String> {
@@ -836,6 +891,7 @@ fn nodeport_from_outside() {
     local_policy(&mut c);
     external_ip_and_consistent_hashing(&c);
     source_ranges_and_rejects(&c);
+    icmp_errors_come_back(&c);
     hairpin(&c);
     full_conntrack(&mut c);
     maglev_across_nodes(&mut c);

@@ -410,6 +410,22 @@ impl ServiceMaps for BpfMaps {
         }
         let mut purged = victims.len();
         if let Some(external) = &mut self.external {
+            let flows = external.purge_udp_flows(&mut |service_id, backend_id| {
+                let key = AffinityKey {
+                    service_id,
+                    kind: 0,
+                    client: 0,
+                };
+                let value = AffinityValue {
+                    backend_id,
+                    pad: 0,
+                    last_used_ns: 0,
+                };
+                doomed(&key, &value)
+            });
+            if flows > 0 {
+                debug!(entries = flows, "UDP flows to removed backends forgotten");
+            }
             purged += external.purge_affinity(&mut |service_id, backend_id| {
                 let key = AffinityKey {
                     service_id,

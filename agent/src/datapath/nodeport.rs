@@ -23,8 +23,8 @@ use aya::{
 use gannet_common::{
     AffinityValue, CT_F_REPLY, CT_TCP_ESTABLISHED, CT_TCP_FIN, CT_TCP_RST, CT_TIMEOUT_TCP_CLOSING,
     CT_TIMEOUT_TCP_ESTABLISHED, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, CtEntry, CtKey, NP_STATS,
-    NodePortConfig, NpAffinityKey, PROTO_TCP, SOURCE_RANGE_ID_BITS, V4_MAPPED_PREFIX_BITS,
-    map_names, v4_mapped,
+    NodePortConfig, NpAffinityKey, PROTO_TCP, PROTO_UDP, SOURCE_RANGE_ID_BITS,
+    V4_MAPPED_PREFIX_BITS, map_names, v4_mapped,
 };
 use ipnet::IpNet;
 use tracing::{debug, warn};
@@ -53,6 +53,7 @@ pub struct NodePortStats {
     pub conntrack_failed: u64,
     pub route_failed: u64,
     pub denied: u64,
+    pub icmp_errors: u64,
 }
 
 /// The NodePort programs' maps (not the Maglev tables: the reconciler owns those).
@@ -123,6 +124,7 @@ impl NodePortMaps {
             conntrack_failed: sums[4],
             route_failed: sums[5],
             denied: sums[6],
+            icmp_errors: sums[7],
         })
     }
 
@@ -238,6 +240,7 @@ pub struct ExternalMaps {
     size: u32,
     source_ranges: LpmTrie<MapData, [u8; 20], u8>,
     affinity: HashMap<MapData, NpAffinityKey, AffinityValue>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
 }
 
 /// The trie key of a source range of service `id`.
@@ -256,7 +259,14 @@ fn range_key(id: u32, net: &IpNet) -> Key<[u8; 20]> {
 }
 
 impl ExternalMaps {
-    pub(crate) fn take(ebpf: &mut Ebpf, size: u32) -> Result<Self, DataPathError> {
+    /// Takes the maps out of the loaded pod object; `maps_dir` holds the pins (the conntrack
+    /// map, which [`NodePortMaps`] takes, is opened a second time from its pin).
+    pub(crate) fn take(ebpf: &mut Ebpf, size: u32, maps_dir: &Path) -> Result<Self, DataPathError> {
+        let pin = maps_dir.join(map_names::CONNTRACK);
+        let conntrack = HashMap::try_from(aya::maps::Map::LruHashMap(
+            MapData::from_pin(&pin).map_err(map_err(map_names::CONNTRACK))?,
+        ))
+        .map_err(map_err(map_names::CONNTRACK))?;
         let map = ebpf
             .take_map(map_names::MAGLEV)
             .ok_or(DataPathError::MissingMap(map_names::MAGLEV))?;
@@ -271,7 +281,26 @@ impl ExternalMaps {
             size,
             source_ranges: LpmTrie::try_from(ranges).map_err(map_err(map_names::SOURCE_RANGES))?,
             affinity: HashMap::try_from(affinity).map_err(map_err(map_names::NODEPORT_AFFINITY))?,
+            conntrack,
         })
+    }
+
+    /// Forgets the UDP flows `doomed` selects (service id, backend id), as kube-proxy clears
+    /// conntrack when a UDP endpoint goes: without it a client that keeps sending (DNS) would
+    /// stay on a backend that is gone or left the service. TCP flows are left to end on their
+    /// own. Returns how many entries went.
+    pub fn purge_udp_flows(&mut self, doomed: &mut dyn FnMut(u32, u32) -> bool) -> usize {
+        let victims: Vec<CtKey> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| k.proto == PROTO_UDP && doomed(v.service_id, v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &victims {
+            let _ = self.conntrack.remove(key);
+        }
+        victims.len()
     }
 
     /// Adds the source ranges of service `id`.

@@ -100,6 +100,40 @@ fn tcp_v4(
     f
 }
 
+/// An Ethernet + IPv4 + ICMP error frame quoting `quoted` (an IP header and 8 bytes of its
+/// transport header), every checksum right.
+fn icmp_v4(
+    (dst_mac, src_mac): ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    (kind, code): (u8, u8),
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0xa0]; // next-hop MTU 1440
+    icmp.extend_from_slice(quoted);
+    let csum = fold(sum16(&icmp, 0));
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 2, 0, 0, ttl, 1, 0, 0];
+    ip[2..4].copy_from_slice(&u16::try_from(20 + icmp.len()).unwrap().to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// What an ICMP error quotes of a TCP packet: its IP header and the first 8 bytes of TCP.
+fn quote(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp_v4([0; 6], [0; 6], src, sport, dst, dport, 64, SYN_ACK)[14..14 + 28].to_vec()
+}
+
 const SYN: u8 = 0x02;
 const SYN_ACK: u8 = 0x12;
 
@@ -331,6 +365,54 @@ fn nodeport_fixtures() {
             )];
             failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
 
+            let cases: Vec<Case> = vec![(
+                "an ICMP error the backend sends about the client's packet: from the frontend, \
+                 quoting client → frontend, out to the client",
+                icmp_v4(
+                    (host_mac, POD_MAC),
+                    POD,
+                    CLIENT,
+                    64,
+                    (3, 3),
+                    &quote(CLIENT, CLIENT_PORT, POD, BACKEND_PORT),
+                ),
+                TC_ACT_REDIRECT,
+                icmp_v4(
+                    (CLIENT_MAC, EXT_MAC),
+                    NODE,
+                    CLIENT,
+                    63,
+                    (3, 3),
+                    &quote(CLIENT, CLIENT_PORT, NODE, NODE_PORT),
+                ),
+            )];
+            failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
+
+            // Fragmentation needed, from a router on the client's side, about a reply: to the
+            // backend, quoting backend → client.
+            let router = Ipv4Addr::new(10, 99, 0, 1);
+            let cases: Vec<Case> = vec![(
+                "an ICMP error about a reply, from the client's side: to the backend",
+                icmp_v4(
+                    (EXT_MAC, CLIENT_MAC),
+                    router,
+                    NODE,
+                    64,
+                    (3, 4),
+                    &quote(NODE, NODE_PORT, CLIENT, CLIENT_PORT),
+                ),
+                TC_ACT_REDIRECT,
+                icmp_v4(
+                    (POD_MAC, host_mac),
+                    router,
+                    POD,
+                    63,
+                    (3, 4),
+                    &quote(POD, BACKEND_PORT, CLIENT, CLIENT_PORT),
+                ),
+            )];
+            failures.extend(run_cases(fp.nodeport_program().unwrap(), cases));
+
             // A backend on another node: SNAT to this node's overlay address and a port of the
             // SNAT range, which only the program knows: read it from the conntrack map.
             let input = from_client(NODE_PORT + 1);
@@ -395,7 +477,11 @@ fn nodeport_fixtures() {
                 }
             }
             let stats = fp.nodeport.stats().expect("counters");
-            if stats.new_flows != 2 || stats.no_backend != 1 || stats.replies != 2 {
+            if stats.new_flows != 2
+                || stats.no_backend != 1
+                || stats.replies != 2
+                || stats.icmp_errors != 2
+            {
                 failures.push(format!("counters: {stats:?}"));
             }
 

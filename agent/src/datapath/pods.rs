@@ -150,7 +150,11 @@ impl PodFastPath {
             source,
         })?;
         let nodeport = NodePortMaps::take(&mut ebpf)?;
-        let maglev = Some(ExternalMaps::take(&mut ebpf, capacity.maglev_table_size)?);
+        let maglev = Some(ExternalMaps::take(
+            &mut ebpf,
+            capacity.maglev_table_size,
+            &maps_dir,
+        )?);
         let mut this = Self {
             ebpf,
             nodeport,

@@ -405,8 +405,10 @@ pub const NP_STAT_CT_FAILED: u32 = 4;
 pub const NP_STAT_FIB_FAILED: u32 = 5;
 /// New flows from a client outside a frontend's `loadBalancerSourceRanges`: dropped.
 pub const NP_STAT_DENIED: u32 = 6;
+/// ICMP errors about a tracked flow, translated.
+pub const NP_STAT_ICMP_ERRORS: u32 = 7;
 /// How many counters there are.
-pub const NP_STATS: u32 = 7;
+pub const NP_STATS: u32 = 8;
 
 /// Default capacity of the source-range trie (prefixes of all frontends together).
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;

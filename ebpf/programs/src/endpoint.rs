@@ -1,7 +1,7 @@
 //! The pods of this node: the endpoint map, their counters, and the same-node fast path.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK},
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_UNSPEC},
     helpers::bpf_redirect_peer,
     macros::map,
     maps::{HashMap, PerCpuHashMap},
@@ -65,8 +65,13 @@ pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
         return OK;
     };
     let Some(peer) = local(dst) else {
-        // A reply of a NodePort flow this pod serves goes back to its client.
+        // A reply of a NodePort flow this pod serves goes back to its client, and so does an
+        // ICMP error the pod sends about one of the client's packets.
         if let Some(verdict) = nodeport::reply_from_pod(ctx) {
+            return verdict;
+        }
+        let verdict = nodeport::icmp_error_from_pod(ctx);
+        if verdict != TC_ACT_UNSPEC {
             return verdict;
         }
         return fib::encapsulate(ctx, l3, &dst);

@@ -36,19 +36,20 @@ use gannet_common::{
     AffinityValue, BackendValue, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey,
     DEFAULT_MAX_NODEPORT_AFFINITY, DEFAULT_MAX_SOURCE_RANGES, NODEPORT_F_ENABLED,
     NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_FORWARD,
-    NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STATS, NodePortConfig,
-    NpAffinityKey, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL,
-    SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
+    NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STATS,
+    NodePortConfig, NpAffinityKey, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY, SVC_F_EXTERNAL,
+    SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
 };
 
 use crate::{
     conntrack::{self, CONNTRACK},
     endpoint, fib,
     flow::{self, Flow, TCP_ACK, TCP_SYN},
+    icmp::{self, Direction, IcmpError},
     maglev,
     maps::{BACKENDS, SERVICES},
     nat::{self, Tuple},
-    packet::L3,
+    packet::{self, L3},
 };
 
 #[map(name = "GANNET_NP_CFG")]
@@ -74,6 +75,7 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// nest on one CPU, so one element per CPU serves.
 pub(crate) struct Scratch {
     flow: Flow,
+    icmp: IcmpError,
     key: CtKey,
     entry: CtEntry,
     reply_key: CtKey,
@@ -130,7 +132,7 @@ fn from_netdev(ctx: &mut TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     if !flow::parse_into(ctx, &mut s.flow) {
-        return TC_ACT_UNSPEC;
+        return icmp_error(ctx, s);
     }
     conntrack::key_into(&s.flow, &mut s.key);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&s.key) {
@@ -203,6 +205,67 @@ pub(crate) fn reply_from_pod(ctx: &mut TcContext) -> Option<i32> {
     conntrack::touch(entry, &s.flow, now());
     count(NP_STAT_REPLIES);
     Some(translate_reply(ctx, &s.flow, tracked))
+}
+
+/// The tracked flow an ICMP error is about (see `icmp.rs`), its quoted packet parsed into
+/// `s.icmp`.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key lives in per-CPU scratch memory; by value it would be copied onto the stack"
+)]
+#[inline(always)]
+fn icmp_flow(ctx: &TcContext, s: &mut Scratch) -> Option<*mut CtEntry> {
+    let l3 = packet::l3(ctx)?;
+    if !icmp::parse(ctx, l3, &mut s.icmp) {
+        return None;
+    }
+    icmp::key_into(&s.icmp, &mut s.key);
+    CONNTRACK.get_ptr_mut(&s.key)
+}
+
+/// An ICMP error about a tracked flow arriving at an external interface: rewritten and sent to
+/// the client or the backend; anything else `TC_ACT_UNSPEC`.
+#[inline(never)]
+fn icmp_error(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
+    let Some(entry) = icmp_flow(ctx, s) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: the LRU map keeps the value valid for the program's run.
+    let tracked = unsafe { &*entry };
+    let Some(direction) = icmp::rewrite(ctx, &s.icmp, tracked) else {
+        return TC_ACT_SHOT;
+    };
+    icmp::as_flow(&s.icmp, tracked, &mut s.flow);
+    count(NP_STAT_ICMP_ERRORS);
+    match direction {
+        Direction::ToClient => fib::route(ctx, &s.flow, &s.flow.saddr, &s.flow.daddr),
+        Direction::ToBackend => fib::forward(ctx, &s.flow, &s.flow.saddr, &s.flow.daddr),
+    }
+}
+
+/// An ICMP error a pod of this node sends about a client's packet (e.g. UDP port unreachable):
+/// rewritten and routed to the client; anything else `TC_ACT_UNSPEC`. Separate from
+/// [`icmp_error`] (and called by `gannet_from_pod` itself, not under [`reply_from_pod`]) so the
+/// veth's call graph (which the verifier sizes as a whole) holds no tunnel.
+#[inline(never)]
+pub(crate) fn icmp_error_from_pod(ctx: &mut TcContext) -> i32 {
+    if config().is_none() {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(s) = scratch() else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(entry) = icmp_flow(ctx, s) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: the LRU map keeps the value valid for the program's run.
+    let tracked = unsafe { &*entry };
+    if tracked.flags & CT_F_REPLY == 0 || icmp::rewrite(ctx, &s.icmp, tracked).is_none() {
+        return TC_ACT_UNSPEC;
+    }
+    icmp::as_flow(&s.icmp, tracked, &mut s.flow);
+    count(NP_STAT_ICMP_ERRORS);
+    fib::route(ctx, &s.flow, &s.flow.saddr, &s.flow.daddr)
 }
 
 /// Whether a tracked client → frontend entry still applies: its backend is still the one it

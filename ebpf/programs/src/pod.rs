@@ -33,6 +33,7 @@ mod conntrack;
 mod endpoint;
 mod fib;
 mod flow;
+mod icmp;
 mod maglev;
 mod maps;
 mod nat;
