@@ -175,7 +175,9 @@ pub struct RunArgs {
     /// as kube-proxy's flag); default: every node address (`--node-ip`).
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
-    /// `none`: the NodePort program runs in tc; `xdp`: in native XDP where the driver has it.
+    /// `none`: the NodePort program runs in tc; `xdp`: also in native XDP in front of it, where
+    /// the interface's driver has native XDP (gannetd says which do not), sending back out of
+    /// the same interface what it can without building an skb.
     #[arg(long, value_enum, default_value_t = Acceleration::None)]
     pub nodeport_acceleration: Acceleration,
     /// `snat`: a backend on another node answers through this node; `dsr`: directly.
@@ -206,6 +208,8 @@ pub enum LbMode {
 pub struct NodePortSettings {
     /// `--nodeport-interfaces`; `None`: the interfaces holding the node's addresses.
     pub interfaces: Option<Vec<String>>,
+    /// `--nodeport-acceleration xdp`.
+    pub xdp: bool,
     /// `--nodeport-addresses`; empty: every node address.
     pub addresses: Vec<IpNet>,
 }
@@ -409,13 +413,7 @@ impl RunArgs {
                 self.maglev_table_size
             ));
         }
-        if self.nodeport_acceleration == Acceleration::Xdp {
-            errors.push(
-                "--nodeport-acceleration xdp: not available in this version of gannetd (the \
-                 NodePort program runs in tc); use none"
-                    .to_owned(),
-            );
-        }
+
         if self.lb_mode == LbMode::Dsr {
             errors.push(
                 "--lb-mode dsr: not available in this version of gannetd; use snat".to_owned(),
@@ -439,6 +437,7 @@ impl RunArgs {
         }
         NodePortSettings {
             interfaces,
+            xdp: self.nodeport_acceleration == Acceleration::Xdp,
             addresses,
         }
     }

@@ -103,8 +103,8 @@ pub(crate) fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInf
     })
 }
 
-/// The interface a tcx link is attached to (`bpf_link_info.tcx.ifindex`, at the start of the
-/// per-type union); 0 once the interface is gone.
+/// The interface a tcx (or XDP) link is attached to (`bpf_link_info.tcx.ifindex`, at the start
+/// of the per-type union); 0 once the interface is gone.
 pub(crate) fn tcx_link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
     let mut info = [0u8; 96];
     let mut attr = BpfAttr::new();
@@ -115,6 +115,12 @@ pub(crate) fn tcx_link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(u32::from_ne_bytes(
         info[16..20].try_into().expect("4 bytes"),
     ))
+}
+
+/// The interface an XDP link is attached to (`bpf_link_info.xdp.ifindex`: also at the start of
+/// the per-type union).
+pub(crate) fn xdp_link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    tcx_link_ifindex(link)
 }
 
 /// The superblock magic of the filesystem holding `path`.

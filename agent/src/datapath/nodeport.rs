@@ -38,6 +38,8 @@ const TABLE_FLAGS: u32 = (1 << 12) | (1 << 10);
 
 /// The program's name in the pod object.
 pub const PROGRAM: &str = "gannet_nodeport";
+/// Its XDP front (`--nodeport-acceleration xdp`).
+pub const XDP_PROGRAM: &str = "gannet_nodeport_xdp";
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPathError {
     move |source| DataPathError::Map { name, source }
@@ -451,10 +453,67 @@ pub(crate) fn links_dir(bpf_root: &Path) -> PathBuf {
     bpf_root.join("links").join("nodeport")
 }
 
+/// Where the XDP program's links are pinned.
+pub(crate) fn xdp_links_dir(bpf_root: &Path) -> PathBuf {
+    bpf_root.join("links").join("nodeport-xdp")
+}
+
+/// Where the XDP link to `ifname` is pinned.
+pub(crate) fn xdp_pin_path(bpf_root: &Path, ifname: &str) -> PathBuf {
+    xdp_links_dir(bpf_root).join(pin_name(ifname))
+}
+
+/// The interfaces `gannet_nodeport_xdp` is attached to (ifname → pin path).
+pub(crate) fn attached_xdp(bpf_root: &Path) -> BTreeMap<String, PathBuf> {
+    pins(&xdp_links_dir(bpf_root))
+}
+
+/// Detaches the XDP program from `ifname`; a missing link is fine.
+pub(crate) fn detach_xdp(bpf_root: &Path, ifname: &str) -> Result<bool, DataPathError> {
+    let pin = xdp_pin_path(bpf_root, ifname);
+    match fs::remove_file(&pin) {
+        Ok(()) => {
+            tracing::info!(interface = ifname, "NodePort XDP program detached");
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(&pin)(e)),
+    }
+}
+
+/// Whether the pinned XDP link at `pin` is attached to `ifindex`.
+pub(crate) fn pinned_xdp_on(pin: &Path, ifindex: u32) -> Result<bool, DataPathError> {
+    let link = sys::obj_get(pin).map_err(|source| DataPathError::Link {
+        name: XDP_PROGRAM,
+        what: "opening the pinned XDP link",
+        source,
+    })?;
+    let on = sys::xdp_link_ifindex(link.as_fd()).map_err(|source| DataPathError::Link {
+        name: XDP_PROGRAM,
+        what: "reading the pinned XDP link",
+        source,
+    })?;
+    Ok(on == ifindex)
+}
+
+fn pin_name(ifname: &str) -> String {
+    ifname.replace('%', "%25").replace('.', "%2E")
+}
+
+fn pins(dir: &Path) -> BTreeMap<String, PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((ifname_of(e.file_name().to_str()?), e.path())))
+        .collect()
+}
+
 /// Where the link to `ifname` is pinned. bpffs refuses names with a dot (`gannet.vxlan`), so a
 /// dot is written `%2E` (and a `%` as `%25`).
 pub(crate) fn pin_path(bpf_root: &Path, ifname: &str) -> PathBuf {
-    links_dir(bpf_root).join(ifname.replace('%', "%25").replace('.', "%2E"))
+    links_dir(bpf_root).join(pin_name(ifname))
 }
 
 fn ifname_of(pin_name: &str) -> String {
@@ -463,14 +522,7 @@ fn ifname_of(pin_name: &str) -> String {
 
 /// The interfaces `gannet_nodeport` is attached to, from their pins (ifname → pin path).
 pub(crate) fn attached(bpf_root: &Path) -> BTreeMap<String, PathBuf> {
-    let dir = links_dir(bpf_root);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return BTreeMap::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| Some((ifname_of(e.file_name().to_str()?), e.path())))
-        .collect()
+    pins(&links_dir(bpf_root))
 }
 
 /// Detaches the program from `ifname` (unpins its link); a missing link is fine.

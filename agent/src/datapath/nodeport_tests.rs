@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use aya::maps::{HashMap, Map, MapData};
+use aya::programs::{TestRun as _, TestRunOptions};
 use gannet_common::{
     BackendValue, CT_F_REPLY, CT_F_SNAT, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4, NodePortConfig,
     PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES, ServiceKey,
@@ -170,11 +171,10 @@ fn backend(ip: Ipv4Addr, port: u16) -> BackendValue {
     }
 }
 
-/// NodePort to a pod of this node (client address kept), its reply back through the pod's veth,
-/// NodePort to a pod of another node (SNAT to the overlay address), misses and a frontend without
-/// backends.
-#[test]
-fn nodeport_fixtures() {
+/// The fixtures' node: a pod veth (`hveth`, returned: its MAC) and an external interface
+/// `ext0` (10.99.0.11/24) whose neighbours (the client, the other node) are static, so the FIB
+/// lookup finds their MACs; the other node's pod CIDR is routed via it (as host-gw would).
+fn fixture_netns() -> (Netns, [u8; 6]) {
     let ns = Netns::new("npfix").expect("test netns");
     let host_mac = host_veth(&ns);
     // The external interface: its neighbours are static, so the FIB lookup finds their MACs.
@@ -222,6 +222,15 @@ fn nodeport_fixtures() {
         "ext0",
     ])
     .unwrap();
+    (ns, host_mac)
+}
+
+/// NodePort to a pod of this node (client address kept), its reply back through the pod's veth,
+/// NodePort to a pod of another node (SNAT to the overlay address), misses and a frontend without
+/// backends.
+#[test]
+fn nodeport_fixtures() {
+    let (ns, host_mac) = fixture_netns();
     let bpf_root = BpfRoot::new();
 
     let failures = ns
@@ -593,6 +602,133 @@ fn nodeport_fixtures() {
                     "ClientIP affinity: 16 flows of one client went to backends {seen:?}"
                 ));
             }
+            failures
+        })
+        .expect("running in the test netns");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// XDP context for a test run: the frame arrived on interface `ifindex` (`struct xdp_md`).
+fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
+    md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    md
+}
+
+/// Runs `gannet_nodeport_xdp` on `frame` as if it arrived on `ifindex`.
+fn xdp_run(fp: &mut PodFastPath, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+    let prog = fp.nodeport_xdp_program().unwrap();
+    let md = xdp_md(frame.len(), ifindex);
+    let mut out = vec![0u8; frame.len() + 64];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&md),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// The XDP front: a flow whose translated packet leaves by the interface it came in on (a
+/// backend across the segment, its reply to the client) is rewritten and sent back out right
+/// there; one for a pod of this node passes untouched to tc, tracked; misses pass.
+#[test]
+fn nodeport_xdp_fixtures() {
+    let (ns, host_mac) = fixture_netns();
+    let bpf_root = BpfRoot::new();
+    let ext0 = ns
+        .run(|| crate::sys::link_info("ext0").expect("ext0").0)
+        .expect("running in the test netns");
+    let failures = ns
+        .run(|| {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
+            let mut fp = PodFastPath::load(bpf_root.path(), &small_capacity())
+                .expect("loading the pod programs");
+            fp.add(&Endpoint {
+                host_ifname: "hveth".into(),
+                mac: POD_MAC,
+                ips: vec![IpAddr::V4(POD)],
+            })
+            .expect("adding the endpoint");
+            let mut maglev = fp.take_external().expect("the Maglev tables");
+            let size = maglev.size() as usize;
+            let mut services =
+                pinned_hash::<ServiceKey, ServiceValue>(&bpf_root, map_names::SERVICES);
+            let mut backends = pinned_hash::<u32, BackendValue>(&bpf_root, map_names::BACKENDS);
+            services
+                .insert(frontend(NODE, NODE_PORT), service(1, SVC_F_EXTERNAL), 0)
+                .unwrap();
+            services
+                .insert(frontend(NODE, NODE_PORT + 1), service(2, SVC_F_EXTERNAL), 0)
+                .unwrap();
+            backends.insert(11, backend(POD, BACKEND_PORT), 0).unwrap();
+            backends.insert(12, backend(REMOTE_POD, BACKEND_PORT), 0).unwrap();
+            maglev.put(1, &vec![11; size]).unwrap();
+            maglev.put(2, &vec![12; size]).unwrap();
+            fp.nodeport
+                .configure(&NodePortConfig {
+                    snat_v4: v4_mapped(SNAT.octets()),
+                    snat_v6: [0; 16],
+                    maglev_table_size: maglev.size(),
+                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
+                })
+                .unwrap();
+
+            let mut failures = Vec::new();
+            let mut check = |name: &str, got: (u32, Vec<u8>), action: u32, expected: &[u8]| {
+                if got.0 != action || got.1 != expected {
+                    failures.push(format!(
+                        "{name}: expected action {action} and\n  {expected:02x?}\n got {} and\n  {:02x?}",
+                        got.0, got.1
+                    ));
+                }
+            };
+
+            let to_local = tcp_v4(EXT_MAC, CLIENT_MAC, CLIENT, CLIENT_PORT, NODE, NODE_PORT, 64, SYN);
+            let got = xdp_run(&mut fp, ext0, &to_local);
+            check("a pod of this node: passed untouched to tc", got, XDP_PASS, &to_local);
+            let to_remote =
+                tcp_v4(EXT_MAC, CLIENT_MAC, CLIENT, CLIENT_PORT, NODE, NODE_PORT + 1, 64, SYN);
+            let sent = xdp_run(&mut fp, ext0, &to_remote);
+            let entries = fp.nodeport.conntrack_entries();
+            let tracked = entries.iter().filter(|(_, e)| e.flags & CT_F_REPLY == 0).count();
+            if tracked != 2 {
+                check("both new flows are tracked", (0, Vec::new()), 1, &[]);
+            }
+            let port = entries
+                .iter()
+                .find(|(k, e)| {
+                    e.flags == CT_F_REPLY | CT_F_SNAT && k.saddr == v4_mapped(REMOTE_POD.octets())
+                })
+                .map(|(k, _)| u16::from_be(k.dport));
+            let Some(port) = port else {
+                return vec![format!("no SNAT reply entry in {entries:?}")];
+            };
+            check(
+                "a backend across the segment: SNAT + DNAT, sent back out from XDP",
+                sent,
+                XDP_TX,
+                &tcp_v4(OTHER_NODE_MAC, EXT_MAC, SNAT, port, REMOTE_POD, BACKEND_PORT, 63, SYN),
+            );
+            let reply =
+                tcp_v4(EXT_MAC, OTHER_NODE_MAC, REMOTE_POD, BACKEND_PORT, SNAT, port, 64, SYN_ACK);
+            let got = xdp_run(&mut fp, ext0, &reply);
+            check(
+                "its reply: back to the client from XDP",
+                got,
+                XDP_TX,
+                &tcp_v4(CLIENT_MAC, EXT_MAC, NODE, NODE_PORT + 1, CLIENT, CLIENT_PORT, 63, SYN_ACK),
+            );
+            let miss = tcp_v4(EXT_MAC, CLIENT_MAC, CLIENT, CLIENT_PORT, NODE, 9, 64, SYN);
+            let got = xdp_run(&mut fp, ext0, &miss);
+            check("no frontend: passed", got, XDP_PASS, &miss);
             failures
         })
         .expect("running in the test netns");

@@ -23,7 +23,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
+        tc::TcAttachOptions,
     },
 };
 use gannet_common::{EndpointKey, EndpointStats, EndpointValue, map_names, v4_mapped};
@@ -140,6 +141,12 @@ impl PodFastPath {
                 .load()
                 .map_err(|source| DataPathError::Program { name, source })?;
         }
+        xdp_program(&mut ebpf)?
+            .load()
+            .map_err(|source| DataPathError::Program {
+                name: nodeport::XDP_PROGRAM,
+                source,
+            })?;
         let endpoints = take(&mut ebpf, map_names::ENDPOINTS)?;
         let stats = PerCpuHashMap::try_from(
             ebpf.take_map(map_names::ENDPOINT_STATS)
@@ -192,7 +199,75 @@ impl PodFastPath {
             }
             self.relink(&pin, nodeport::PROGRAM)?;
         }
+        let dir = nodeport::xdp_links_dir(&self.bpf_root);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        for (ifname, pin) in nodeport::attached_xdp(&self.bpf_root) {
+            let Ok((ifindex, _)) = sys::link_info(&ifname) else {
+                fs::remove_file(&pin).map_err(io_err(&pin))?;
+                continue;
+            };
+            if !nodeport::pinned_xdp_on(&pin, ifindex)? {
+                fs::remove_file(&pin).map_err(io_err(&pin))?;
+                continue;
+            }
+            let name = nodeport::XDP_PROGRAM;
+            let link_err = |what| move |source| DataPathError::Link { name, what, source };
+            let link = sys::obj_get(&pin).map_err(link_err("opening a pinned link"))?;
+            let prog_fd = xdp_program(&mut self.ebpf)?
+                .fd()
+                .map_err(|source| DataPathError::Program { name, source })?;
+            sys::link_update(link.as_fd(), prog_fd.as_fd())
+                .map_err(link_err("replacing the program of a pinned link"))?;
+        }
         Ok(())
+    }
+
+    /// Attaches `gannet_nodeport_xdp` to `ifname` in native (driver) mode, in front of the tc
+    /// program. Returns `false`, attaching nothing, when the driver has no native XDP.
+    pub fn attach_nodeport_xdp(&mut self, ifname: &str) -> Result<bool, DataPathError> {
+        let (ifindex, _) = sys::link_info(ifname).map_err(|source| DataPathError::Io {
+            path: PathBuf::from(format!("interface {ifname}")),
+            source,
+        })?;
+        let pin = nodeport::xdp_pin_path(&self.bpf_root, ifname);
+        if pin.exists() {
+            if nodeport::pinned_xdp_on(&pin, ifindex)? {
+                return Ok(true);
+            }
+            fs::remove_file(&pin).map_err(io_err(&pin))?;
+        }
+        let name = nodeport::XDP_PROGRAM;
+        let prog = xdp_program(&mut self.ebpf)?;
+        let id = match prog.attach(ifname, XdpMode::Driver) {
+            Ok(id) => id,
+            Err(error) => {
+                debug!(interface = ifname, %error, "native XDP refused");
+                return Ok(false);
+            }
+        };
+        let err = |source| DataPathError::Program { name, source };
+        let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
+            |e: aya::programs::links::LinkError| DataPathError::Link {
+                name,
+                what: "taking the XDP link",
+                source: io::Error::other(e),
+            },
+        )?;
+        link.pin(&pin).map_err(|e| DataPathError::Link {
+            name,
+            what: "pinning the XDP link",
+            source: io::Error::other(e),
+        })?;
+        info!(
+            interface = ifname,
+            ifindex, "NodePort XDP program attached (native)"
+        );
+        Ok(true)
+    }
+
+    /// The `gannet_nodeport_xdp` program, for packet tests (`BPF_PROG_TEST_RUN`).
+    pub fn nodeport_xdp_program(&mut self) -> Result<&mut Xdp, DataPathError> {
+        xdp_program(&mut self.ebpf)
     }
 
     fn relink(&mut self, pin: &Path, name: &'static str) -> Result<(), DataPathError> {
@@ -516,6 +591,17 @@ fn program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DataPathError> {
+    ebpf.program_mut(name)
+        .ok_or(DataPathError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DataPathError::Program { name, source })
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataPathError> {
+    let name = nodeport::XDP_PROGRAM;
     ebpf.program_mut(name)
         .ok_or(DataPathError::Program {
             name,

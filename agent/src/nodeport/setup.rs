@@ -112,6 +112,11 @@ impl NodePortSetup {
                 nodeport::detach(bpf_root, &ifname)?;
             }
         }
+        for (ifname, _) in nodeport::attached_xdp(bpf_root) {
+            if !settings.xdp || !wanted.contains(&ifname) {
+                nodeport::detach_xdp(bpf_root, &ifname)?;
+            }
+        }
         if interfaces.is_empty() {
             fast_path.nodeport.configure(&NodePortConfig::default())?;
             info!("no NodePort interfaces: the packet path is off");
@@ -125,6 +130,17 @@ impl NodePortSetup {
         }
         for name in &interfaces {
             fast_path.attach_nodeport(name)?;
+        }
+        if settings.xdp {
+            for name in interfaces.iter().filter(|n| *n != DEVICE) {
+                if !fast_path.attach_nodeport_xdp(name)? {
+                    warn!(
+                        interface = %name,
+                        "--nodeport-acceleration xdp: the interface's driver has no native XDP; \
+                         its NodePort traffic is handled in tc"
+                    );
+                }
+            }
         }
         if addresses.is_empty() {
             warn!(

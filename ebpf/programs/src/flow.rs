@@ -2,10 +2,9 @@
 //! starts. Only what the NodePort programs translate is parsed: TCP and UDP over IPv4 (not
 //! fragmented) and over IPv6 without extension headers; anything else is not a flow to them.
 
-use aya_ebpf::programs::TcContext;
 use gannet_common::{PROTO_TCP, PROTO_UDP, v4_mapped};
 
-use crate::packet::{self, ETH_HLEN, L3};
+use crate::packet::{Data, ETH_HLEN, L3};
 
 /// IPv4: the "more fragments" bit and the fragment offset.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
@@ -43,30 +42,18 @@ impl Flow {
     }
 }
 
-/// A pointer to a `T` at `offset` in the packet's linear data, when it lies within it (direct
-/// packet access: no copy onto the stack, which the NodePort programs have little of).
-#[inline(always)]
-fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
-}
-
 /// Parses the flow of a TCP or UDP packet gannet can translate into `out` (field by field:
 /// the caller's copy lives in per-CPU memory, and a `Flow` on the stack costs what the NodePort
 /// call chain cannot spare); `false` for any other packet.
 #[inline(always)]
-pub(crate) fn parse_into(ctx: &TcContext, out: &mut Flow) -> bool {
-    let Some(l3) = packet::l3(ctx) else {
+pub(crate) fn parse_into(data: Data, out: &mut Flow) -> bool {
+    let Some(l3) = data.l3() else {
         return false;
     };
     // SAFETY (all reads below): `at` checked that the bytes lie within the packet.
     let l4 = match l3 {
         L3::V4 => {
-            let Some(header) = at::<[u8; 20]>(ctx, ETH_HLEN) else {
+            let Some(header) = data.at::<[u8; 20]>(ETH_HLEN) else {
                 return false;
             };
             let h = unsafe { &*header };
@@ -80,7 +67,7 @@ pub(crate) fn parse_into(ctx: &TcContext, out: &mut Flow) -> bool {
             ETH_HLEN + ihl
         }
         L3::V6 => {
-            let Some(header) = at::<[u8; 40]>(ctx, ETH_HLEN) else {
+            let Some(header) = data.at::<[u8; 40]>(ETH_HLEN) else {
                 return false;
             };
             let h = unsafe { &*header };
@@ -97,9 +84,9 @@ pub(crate) fn parse_into(ctx: &TcContext, out: &mut Flow) -> bool {
     if out.proto != PROTO_TCP && out.proto != PROTO_UDP {
         return false;
     }
-    let Some(header) = at::<[u8; 14]>(ctx, l4) else {
+    let Some(header) = data.at::<[u8; 14]>(l4) else {
         // Too short for a TCP header; a UDP header is 8 bytes.
-        let Some(udp) = at::<[u16; 2]>(ctx, l4) else {
+        let Some(udp) = data.at::<[u16; 2]>(l4) else {
             return false;
         };
         if out.proto == PROTO_TCP {

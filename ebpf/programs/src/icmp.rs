@@ -20,7 +20,7 @@ use gannet_common::{CT_F_REPLY, CtEntry, CtKey, PROTO_TCP, PROTO_UDP, v4_mapped}
 
 use crate::{
     flow::Flow,
-    packet::{ETH_HLEN, IPV4_CSUM, IPV4_DADDR, IPV4_SADDR, IPV6_DADDR, IPV6_SADDR, L3},
+    packet::{Data, ETH_HLEN, IPV4_CSUM, IPV4_DADDR, IPV4_SADDR, IPV6_DADDR, IPV6_SADDR, L3},
 };
 
 const PROTO_ICMP: u8 = 1;
@@ -55,32 +55,6 @@ pub(crate) enum Direction {
     ToClient,
 }
 
-/// The packet's linear data, read from the context once (the verifier refuses context reads
-/// through a pointer the compiler derived and kept).
-#[derive(Clone, Copy)]
-struct Data {
-    start: usize,
-    end: usize,
-}
-
-impl Data {
-    #[inline(always)]
-    fn of(ctx: &TcContext) -> Self {
-        Self {
-            start: ctx.data(),
-            end: ctx.data_end(),
-        }
-    }
-
-    #[inline(always)]
-    fn at<T>(self, offset: usize) -> Option<*const T> {
-        if self.start + offset + core::mem::size_of::<T>() > self.end {
-            return None;
-        }
-        Some((self.start + offset) as *const T)
-    }
-}
-
 /// Whether ICMP `kind` is an error that quotes a packet.
 #[inline(always)]
 fn is_error(l3: L3, kind: u8) -> bool {
@@ -95,7 +69,7 @@ fn is_error(l3: L3, kind: u8) -> bool {
 /// Parses an ICMP error quoting a TCP or UDP packet into `out`.
 #[inline(always)]
 pub(crate) fn parse(ctx: &TcContext, l3: L3, out: &mut IcmpError) -> bool {
-    let data = Data::of(ctx);
+    let data = Data::tc(ctx);
     // SAFETY (all reads): `at` checked the bytes lie within the packet.
     let icmp = match l3 {
         L3::V4 => {

@@ -23,6 +23,7 @@
 //! pod's veth instead; `gannet_from_pod` hands them to [`reply_from_pod`].
 
 use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
     bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
@@ -30,7 +31,7 @@ use aya_ebpf::{
         Array, LruHashMap, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use gannet_common::{
     AffinityValue, BackendValue, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey,
@@ -49,7 +50,8 @@ use crate::{
     maglev,
     maps::{BACKENDS, SERVICES},
     nat::{self, Tuple},
-    packet::{self, L3},
+    packet::{self, Data, L3},
+    xdp,
 };
 
 #[map(name = "GANNET_NP_CFG")]
@@ -131,7 +133,7 @@ fn from_netdev(ctx: &mut TcContext) -> i32 {
     let Some(s) = scratch() else {
         return TC_ACT_UNSPEC;
     };
-    if !flow::parse_into(ctx, &mut s.flow) {
+    if !flow::parse_into(Data::tc(ctx), &mut s.flow) {
         return icmp_error(ctx, s);
     }
     conntrack::key_into(&s.flow, &mut s.key);
@@ -192,7 +194,7 @@ fn source_allowed(id: u32, client: &[u8; 16]) -> bool {
 pub(crate) fn reply_from_pod(ctx: &mut TcContext) -> Option<i32> {
     config()?;
     let s = scratch()?;
-    if !flow::parse_into(ctx, &mut s.flow) {
+    if !flow::parse_into(Data::tc(ctx), &mut s.flow) {
         return None;
     }
     conntrack::key_into(&s.flow, &mut s.key);
@@ -205,6 +207,60 @@ pub(crate) fn reply_from_pod(ctx: &mut TcContext) -> Option<i32> {
     conntrack::touch(entry, &s.flow, now());
     count(NP_STAT_REPLIES);
     Some(translate_reply(ctx, &s.flow, tracked))
+}
+
+/// `gannet_nodeport_xdp`: the same lookups and tracking as [`from_netdev`]; the packet is
+/// rewritten and sent here only when it leaves by the interface it came in on (see `xdp.rs`).
+#[inline(always)]
+pub(crate) fn from_xdp(ctx: &XdpContext) -> u32 {
+    let Some(config) = config() else {
+        return XDP_PASS;
+    };
+    let Some(s) = scratch() else {
+        return XDP_PASS;
+    };
+    if !flow::parse_into(Data::xdp(ctx), &mut s.flow) {
+        return XDP_PASS;
+    }
+    conntrack::key_into(&s.flow, &mut s.key);
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&s.key) {
+        // SAFETY: the LRU map keeps the value valid for the program's run.
+        let tracked = unsafe { &*entry };
+        if tracked.flags & CT_F_REPLY != 0 || still_valid(&s.flow, tracked) {
+            let verdict = xdp::transmit(ctx, &s.flow, tracked);
+            if verdict != XDP_PASS {
+                // Counted here only when sent here; tc counts what it translates.
+                conntrack::touch(entry, &s.flow, now());
+                count(if tracked.flags & CT_F_REPLY != 0 {
+                    NP_STAT_REPLIES
+                } else {
+                    NP_STAT_FORWARD
+                });
+            }
+            return verdict;
+        }
+    }
+    let service_key = ServiceKey {
+        addr: s.flow.daddr,
+        port: s.flow.dport,
+        proto: s.flow.proto,
+        pad: 0,
+    };
+    // SAFETY: not preallocated: the value is not rewritten while the program holds it.
+    let Some(service) = (unsafe { SERVICES.get(service_key) }) else {
+        return XDP_PASS;
+    };
+    if service.flags & SVC_F_EXTERNAL == 0 {
+        return XDP_PASS;
+    }
+    if service.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed(service.id, &s.flow.saddr) {
+        count(NP_STAT_DENIED);
+        return XDP_DROP;
+    }
+    match new_flow(s, service, config) {
+        NewFlow::Tracked => xdp::transmit(ctx, &s.flow, &s.entry),
+        NewFlow::Verdict(verdict) => xdp::action(verdict),
+    }
 }
 
 /// The tracked flow an ICMP error is about (see `icmp.rs`), its quoted packet parsed into

@@ -2,7 +2,7 @@
 //! through `bpf_skb_load_bytes`, and the TTL/hop-limit decrement a router owes a forwarded
 //! packet.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 pub(crate) const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -88,4 +88,52 @@ pub(crate) fn set_macs(ctx: &mut TcContext, dst: [u8; 6], src: [u8; 6]) -> bool 
         src[5],
     ];
     ctx.store(0, &macs, 0).is_ok()
+}
+
+/// The packet's linear data, read from the context once (the verifier refuses context reads
+/// through a pointer the compiler derived and kept), for direct access from tc and XDP alike.
+#[derive(Clone, Copy)]
+pub(crate) struct Data {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+impl Data {
+    #[inline(always)]
+    pub(crate) fn tc(ctx: &TcContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn xdp(ctx: &XdpContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// A pointer to a `T` at `offset`, when it lies within the data. (Read whole headers: a
+    /// one-byte bound check is one the verifier cannot use.)
+    #[inline(always)]
+    pub(crate) fn at<T>(self, offset: usize) -> Option<*mut T> {
+        if self.start + offset + core::mem::size_of::<T>() > self.end {
+            return None;
+        }
+        Some((self.start + offset) as *mut T)
+    }
+
+    /// The network-layer family of the frame.
+    #[inline(always)]
+    pub(crate) fn l3(self) -> Option<L3> {
+        // SAFETY: `at` checked the bytes lie within the packet.
+        let eth = unsafe { *self.at::<[u8; ETH_HLEN]>(0)? };
+        match u16::from_be_bytes([eth[12], eth[13]]) {
+            ETH_P_IP => Some(L3::V4),
+            ETH_P_IPV6 => Some(L3::V6),
+            _ => None,
+        }
+    }
 }

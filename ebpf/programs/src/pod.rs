@@ -17,7 +17,8 @@
 //!   remote pods) get the remote node's tunnel key; those that have one pass.
 //!
 //! The same object holds `gannet_nodeport` (see `nodeport.rs`), for the node's external
-//! interfaces: NodePort, external IP and LoadBalancer traffic, and its replies.
+//! interfaces: NodePort, external IP and LoadBalancer traffic, and its replies; and its XDP
+//! front, `gannet_nodeport_xdp` (see `xdp.rs`).
 #![no_std]
 #![no_main]
 #![expect(
@@ -30,6 +31,7 @@
 )]
 
 mod conntrack;
+mod csum;
 mod endpoint;
 mod fib;
 mod flow;
@@ -40,6 +42,7 @@ mod nat;
 mod nodeport;
 mod packet;
 mod tunnel;
+mod xdp;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
