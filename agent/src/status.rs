@@ -10,7 +10,7 @@ use gannet_common::{
     BackendValue, CtEntry, CtKey, EndpointKey, EndpointStats, EndpointValue, NODEPORT_F_ENABLED,
     NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_FIB_FAILED,
     NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES,
-    NodePortConfig, ServiceKey, ServiceValue, SlotKey, map_names,
+    NP_STAT_XDP_TX, NodePortConfig, ServiceKey, ServiceValue, SlotKey, map_names,
 };
 use serde::Serialize;
 
@@ -33,6 +33,8 @@ pub struct NodePortStatus {
     pub enabled: bool,
     /// Interfaces `gannet_nodeport` is attached to.
     pub interfaces: Vec<String>,
+    /// Interfaces `gannet_nodeport_xdp` is attached to (native XDP).
+    pub xdp_interfaces: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_v4: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,6 +209,9 @@ fn nodeport_status(bpf_root: &Path) -> Option<NodePortStatus> {
         interfaces: crate::datapath::nodeport::attached(bpf_root)
             .into_keys()
             .collect(),
+        xdp_interfaces: crate::datapath::nodeport::attached_xdp(bpf_root)
+            .into_keys()
+            .collect(),
         snat_v4: (config.flags & NODEPORT_F_SNAT_V4 != 0).then(|| ip(config.snat_v4)),
         snat_v6: (config.flags & NODEPORT_F_SNAT_V6 != 0).then(|| ip(config.snat_v6)),
         maglev_table_size: config.maglev_table_size,
@@ -221,6 +226,7 @@ fn nodeport_status(bpf_root: &Path) -> Option<NodePortStatus> {
             route_failed: sum(NP_STAT_FIB_FAILED),
             denied: sum(NP_STAT_DENIED),
             icmp_errors: sum(NP_STAT_ICMP_ERRORS),
+            xdp_tx: sum(NP_STAT_XDP_TX),
         },
     })
 }

@@ -92,6 +92,8 @@ pub struct Underlay {
     // Field order is drop order: nodes and the external host before the underlay.
     nodes: Vec<UnderlayNode>,
     external: Option<Netns>,
+    /// `XDP_PASS` programs on the bridge's ports ([`Underlay::wire_like`]).
+    xdp_links: Vec<std::os::fd::OwnedFd>,
     underlay: Netns,
 }
 
@@ -146,6 +148,7 @@ impl Underlay {
         Ok(Underlay {
             nodes: list,
             external: None,
+            xdp_links: Vec::new(),
             underlay,
         })
     }
@@ -188,6 +191,31 @@ impl Underlay {
     #[must_use]
     pub fn bridge_ns(&self) -> &Netns {
         &self.underlay
+    }
+
+    /// Makes the veth "wire" behave like one between NICs, for XDP: every host (the nodes and
+    /// the external one) checksums what it sends in software (`tx off`: a veth otherwise passes a
+    /// packet with its checksum left to "offload", which no wire carries and XDP cannot finish),
+    /// and the bridge's ports take frames a node's XDP program transmits (an `XDP_PASS` program
+    /// on each: a veth is woken for frames its peer's XDP program sends only when it runs XDP
+    /// itself). The programs stay attached as long as the underlay.
+    ///
+    /// # Errors
+    /// If `ethtool` fails or a program cannot be attached.
+    pub fn wire_like(&mut self) -> anyhow::Result<()> {
+        let mut ports: Vec<String> = self.nodes.iter().map(|n| n.underlay_port.clone()).collect();
+        for node in &self.nodes {
+            node.netns.ethtool(&["-K", NODE_IF, "tx", "off"])?;
+        }
+        if let Some(external) = &self.external {
+            external.ethtool(&["-K", NODE_IF, "tx", "off"])?;
+            ports.push(EXTERNAL_PORT.to_owned());
+        }
+        for port in ports {
+            self.xdp_links
+                .push(crate::xdp_pass::attach(&self.underlay, &port)?);
+        }
+        Ok(())
     }
 
     /// Takes node `index`'s port on the bridge down (`up == false`) or up again: with it down,

@@ -17,6 +17,7 @@ mod netns;
 mod podnet;
 pub mod probe;
 mod process;
+mod xdp_pass;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

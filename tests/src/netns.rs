@@ -108,6 +108,18 @@ impl Netns {
         crate::cmd::check_status(&format!("{line} (in netns {})", self.name), &output)
     }
 
+    /// `ethtool ARGS…` in this namespace.
+    ///
+    /// # Errors
+    /// If `ethtool` cannot run or fails.
+    pub fn ethtool(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Command::new("ethtool");
+        cmd.args(args);
+        let line = crate::cmd::describe(&cmd);
+        let output = crate::run_in(cmd, Some(self), None, SYSCTL_TIMEOUT)?;
+        crate::cmd::check_status(&format!("{line} (in netns {})", self.name), &output)
+    }
+
     /// Runs `f` on a new thread that joined this namespace and returns its result; the calling
     /// thread stays where it is. Sockets `f` creates, and threads it spawns, live in this namespace.
     ///

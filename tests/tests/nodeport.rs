@@ -116,9 +116,13 @@ fn sock(ip: &str, port: u16) -> String {
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    /// Three nodes with `--overlay overlay` and `extra` gannetd flags.
+    fn new(overlay: &str, extra: &[&str]) -> Cluster {
         let mut underlay = Underlay::new(NODES).expect("building the underlay");
         underlay.add_external().expect("the external client");
+        if extra.contains(&"xdp") {
+            underlay.wire_like().expect("a wire for XDP");
+        }
         let plane = ControlPlane::start(&[
             "--cluster-cidr",
             "10.244.0.0/16",
@@ -141,7 +145,7 @@ impl Cluster {
             let ip = format!("{},{}", node.ipv4, node.ipv6);
             let mut args = vec![
                 "--overlay",
-                "vxlan",
+                overlay,
                 "--node-name",
                 &node.name,
                 "--node-ip",
@@ -153,6 +157,7 @@ impl Cluster {
                 "--maglev-table-size",
                 "1021",
             ];
+            args.extend_from_slice(extra);
             if i == SMALL_CONNTRACK_NODE {
                 // A conntrack map this small is always full: flows through this node show that
                 // a full map still balances new flows (the least recently used are forgotten).
@@ -854,6 +859,10 @@ fn flow_survives_restart(c: &mut Cluster) {
 }
 
 fn status(c: &Cluster) {
+    status_with(c, &["eth0", "gannet.vxlan"]);
+}
+
+fn status_with(c: &Cluster, expected_interfaces: &[&str]) {
     let status = c.nodes[0].agent.status().unwrap();
     let np = &status["nodeport"];
     assert_eq!(np["enabled"], true, "{status:#}");
@@ -863,7 +872,7 @@ fn status(c: &Cluster) {
         .flatten()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(interfaces, ["eth0", "gannet.vxlan"], "{np:#}");
+    assert_eq!(interfaces, expected_interfaces, "{np:#}");
     assert!(
         np["counters"]["new_flows"].as_u64().unwrap_or(0) > 0,
         "{np:#}"
@@ -885,7 +894,7 @@ fn status(c: &Cluster) {
 
 #[test]
 fn nodeport_from_outside() {
-    let mut c = Cluster::new();
+    let mut c = Cluster::new("vxlan", &[]);
     c.apply_services();
     nodeport_every_node(&c);
     local_policy(&mut c);
@@ -897,4 +906,43 @@ fn nodeport_from_outside() {
     maglev_across_nodes(&mut c);
     flow_survives_restart(&mut c);
     status(&c);
+}
+
+/// `--nodeport-acceleration xdp` with host-gw: backends on other nodes and their replies cross
+/// the same interface, so XDP sends them itself (`XDP_TX`); local backends pass to tc. The same
+/// checks as with tc give the same results.
+#[test]
+fn nodeport_from_outside_xdp() {
+    let mut c = Cluster::new("host-gw", &["--nodeport-acceleration", "xdp"]);
+    c.apply_services();
+    for node in &c.nodes {
+        assert!(
+            node.agent
+                .log_count("NodePort XDP program attached (native)")
+                >= 1,
+            "veth has native XDP: {}",
+            node.agent.logs()
+        );
+    }
+    nodeport_every_node(&c);
+    local_policy(&mut c);
+    external_ip_and_consistent_hashing(&c);
+    source_ranges_and_rejects(&c);
+    flow_survives_restart(&mut c);
+    status_with(&c, &["eth0"]);
+    let status = c.nodes[0].agent.status().unwrap();
+    assert!(
+        status["nodeport"]["counters"]["xdp_tx"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "backends on other nodes and their replies were sent from XDP: {:#}",
+        status["nodeport"]
+    );
+    assert_eq!(
+        status["nodeport"]["xdp_interfaces"],
+        serde_json::json!(["eth0"]),
+        "{:#}",
+        status["nodeport"]
+    );
 }

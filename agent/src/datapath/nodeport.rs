@@ -56,6 +56,7 @@ pub struct NodePortStats {
     pub route_failed: u64,
     pub denied: u64,
     pub icmp_errors: u64,
+    pub xdp_tx: u64,
 }
 
 /// The NodePort programs' maps (not the Maglev tables: the reconciler owns those).
@@ -127,6 +128,7 @@ impl NodePortMaps {
             route_failed: sums[5],
             denied: sums[6],
             icmp_errors: sums[7],
+            xdp_tx: sums[8],
         })
     }
 

@@ -641,7 +641,7 @@ const XDP_TX: u32 = 3;
 /// there; one for a pod of this node passes untouched to tc, tracked; misses pass.
 #[test]
 fn nodeport_xdp_fixtures() {
-    let (ns, host_mac) = fixture_netns();
+    let (ns, _pod_gateway) = fixture_netns();
     let bpf_root = BpfRoot::new();
     let ext0 = ns
         .run(|| crate::sys::link_info("ext0").expect("ext0").0)

@@ -407,8 +407,10 @@ pub const NP_STAT_FIB_FAILED: u32 = 5;
 pub const NP_STAT_DENIED: u32 = 6;
 /// ICMP errors about a tracked flow, translated.
 pub const NP_STAT_ICMP_ERRORS: u32 = 7;
+/// Packets the XDP program rewrote and sent back out itself (`XDP_TX`).
+pub const NP_STAT_XDP_TX: u32 = 8;
 /// How many counters there are.
-pub const NP_STATS: u32 = 8;
+pub const NP_STATS: u32 = 9;
 
 /// Default capacity of the source-range trie (prefixes of all frontends together).
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;

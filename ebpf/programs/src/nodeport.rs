@@ -23,7 +23,7 @@
 //! pod's veth instead; `gannet_from_pod` hands them to [`reply_from_pod`].
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
@@ -37,9 +37,9 @@ use gannet_common::{
     AffinityValue, BackendValue, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey,
     DEFAULT_MAX_NODEPORT_AFFINITY, DEFAULT_MAX_SOURCE_RANGES, NODEPORT_F_ENABLED,
     NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_FORWARD,
-    NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STATS,
-    NodePortConfig, NpAffinityKey, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY, SVC_F_EXTERNAL,
-    SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
+    NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STAT_XDP_TX,
+    NP_STATS, NodePortConfig, NpAffinityKey, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY,
+    SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
 };
 
 use crate::{
@@ -211,6 +211,10 @@ pub(crate) fn reply_from_pod(ctx: &mut TcContext) -> Option<i32> {
 
 /// `gannet_nodeport_xdp`: the same lookups and tracking as [`from_netdev`]; the packet is
 /// rewritten and sent here only when it leaves by the interface it came in on (see `xdp.rs`).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key lives in per-CPU scratch memory; by value it would be copied onto the stack"
+)]
 #[inline(always)]
 pub(crate) fn from_xdp(ctx: &XdpContext) -> u32 {
     let Some(config) = config() else {
@@ -236,6 +240,7 @@ pub(crate) fn from_xdp(ctx: &XdpContext) -> u32 {
                 } else {
                     NP_STAT_FORWARD
                 });
+                count(NP_STAT_XDP_TX);
             }
             return verdict;
         }
@@ -258,7 +263,13 @@ pub(crate) fn from_xdp(ctx: &XdpContext) -> u32 {
         return XDP_DROP;
     }
     match new_flow(s, service, config) {
-        NewFlow::Tracked => xdp::transmit(ctx, &s.flow, &s.entry),
+        NewFlow::Tracked => {
+            let verdict = xdp::transmit(ctx, &s.flow, &s.entry);
+            if verdict == XDP_TX {
+                count(NP_STAT_XDP_TX);
+            }
+            verdict
+        }
         NewFlow::Verdict(verdict) => xdp::action(verdict),
     }
 }
