@@ -180,7 +180,10 @@ pub struct RunArgs {
     /// the same interface what it can without building an skb.
     #[arg(long, value_enum, default_value_t = Acceleration::None)]
     pub nodeport_acceleration: Acceleration,
-    /// `snat`: a backend on another node answers through this node; `dsr`: directly.
+    /// `snat`: a backend on another node answers through this node, which rewrites the client's
+    /// source; `dsr` (IPv4): the client's packets keep their source and carry the frontend in an
+    /// IPv4 option (8 bytes of MTU), and the backend's node answers the client directly (the
+    /// network must let nodes send from NodePort/LoadBalancer addresses). IPv6 always uses snat.
     #[arg(long, value_enum, default_value_t = LbMode::Snat)]
     pub lb_mode: LbMode,
     /// Entries of each NodePort/external frontend's Maglev table: a prime; larger tables spread
@@ -210,6 +213,8 @@ pub struct NodePortSettings {
     pub interfaces: Option<Vec<String>>,
     /// `--nodeport-acceleration xdp`.
     pub xdp: bool,
+    /// `--lb-mode dsr`.
+    pub dsr: bool,
     /// `--nodeport-addresses`; empty: every node address.
     pub addresses: Vec<IpNet>,
 }
@@ -414,11 +419,6 @@ impl RunArgs {
             ));
         }
 
-        if self.lb_mode == LbMode::Dsr {
-            errors.push(
-                "--lb-mode dsr: not available in this version of gannetd; use snat".to_owned(),
-            );
-        }
         let interfaces = self.nodeport_interfaces.as_ref().map(|names| {
             let names: Vec<String> = names.iter().filter(|n| !n.is_empty()).cloned().collect();
             for name in &names {
@@ -438,6 +438,7 @@ impl RunArgs {
         NodePortSettings {
             interfaces,
             xdp: self.nodeport_acceleration == Acceleration::Xdp,
+            dsr: self.lb_mode == LbMode::Dsr,
             addresses,
         }
     }

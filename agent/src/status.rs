@@ -8,9 +8,10 @@ use aya::maps::{
 };
 use gannet_common::{
     BackendValue, CtEntry, CtKey, EndpointKey, EndpointStats, EndpointValue, NODEPORT_F_ENABLED,
-    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_FIB_FAILED,
-    NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES,
-    NP_STAT_XDP_TX, NodePortConfig, ServiceKey, ServiceValue, SlotKey, map_names,
+    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_DSR_IN,
+    NP_STAT_FIB_FAILED, NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS,
+    NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STAT_XDP_TX, NodePortConfig, ServiceKey, ServiceValue,
+    SlotKey, map_names,
 };
 use serde::Serialize;
 
@@ -227,6 +228,7 @@ fn nodeport_status(bpf_root: &Path) -> Option<NodePortStatus> {
             denied: sum(NP_STAT_DENIED),
             icmp_errors: sum(NP_STAT_ICMP_ERRORS),
             xdp_tx: sum(NP_STAT_XDP_TX),
+            dsr_in: sum(NP_STAT_DSR_IN),
         },
     })
 }

@@ -946,3 +946,37 @@ fn nodeport_from_outside_xdp() {
         status["nodeport"]
     );
 }
+
+/// `--lb-mode dsr` over the VXLAN overlay: a backend on another node gets the client's own
+/// address and answers it directly (the frontend travels in an IPv4 option and comes off on the
+/// backend's node); IPv6 keeps SNAT. The same NodePort checks as with SNAT pass.
+#[test]
+fn nodeport_from_outside_dsr() {
+    let mut c = Cluster::new("vxlan", &["--lb-mode", "dsr"]);
+    c.apply_services();
+    nodeport_every_node(&c);
+    // A backend on node 1, reached through node 0, saw the client's address.
+    let server = c.nodes[1].pods[0].server.take().expect("the server");
+    let seen = stop_server(server);
+    c.nodes[1].pods[0].server = Some(serve(
+        &c.nodes[1].pods[0].netns,
+        &c.nodes[1].pods[0].name,
+        8080,
+    ));
+    assert!(
+        seen.tcp_clients.contains_key(&EXTERNAL_V4.to_string()),
+        "with DSR the backend sees the client's address: {seen:?}"
+    );
+    for node in 1..NODES {
+        let status = c.nodes[node].agent.status().unwrap();
+        assert!(
+            status["nodeport"]["counters"]["dsr_in"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+            "node {node} took DSR packets: {:#}",
+            status["nodeport"]
+        );
+    }
+    flow_survives_restart(&mut c);
+}

@@ -57,6 +57,7 @@ pub struct NodePortStats {
     pub denied: u64,
     pub icmp_errors: u64,
     pub xdp_tx: u64,
+    pub dsr_in: u64,
 }
 
 /// The NodePort programs' maps (not the Maglev tables: the reconciler owns those).
@@ -129,6 +130,7 @@ impl NodePortMaps {
             denied: sums[6],
             icmp_errors: sums[7],
             xdp_tx: sums[8],
+            dsr_in: sums[9],
         })
     }
 

@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use aya::maps::{HashMap, Map, MapData};
 use aya::programs::{TestRun as _, TestRunOptions};
 use gannet_common::{
-    BackendValue, CT_F_REPLY, CT_F_SNAT, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4, NodePortConfig,
-    PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES, ServiceKey,
-    ServiceValue, map_names, v4_mapped,
+    BackendValue, CT_F_REPLY, CT_F_SNAT, NODEPORT_F_DSR, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4,
+    NodePortConfig, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES,
+    ServiceKey, ServiceValue, map_names, v4_mapped,
 };
 use gannet_testkit::Netns;
 
@@ -279,6 +279,8 @@ fn nodeport_fixtures() {
                 .configure(&NodePortConfig {
                     snat_v4: v4_mapped(SNAT.octets()),
                     snat_v6: [0; 16],
+                    node_v4: v4_mapped(NODE.octets()),
+                    node_v6: [0; 16],
                     maglev_table_size: maglev.size(),
                     flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
                 })
@@ -676,6 +678,8 @@ fn nodeport_xdp_fixtures() {
                 .configure(&NodePortConfig {
                     snat_v4: v4_mapped(SNAT.octets()),
                     snat_v6: [0; 16],
+                    node_v4: v4_mapped(NODE.octets()),
+                    node_v6: [0; 16],
                     maglev_table_size: maglev.size(),
                     flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
                 })
@@ -729,6 +733,182 @@ fn nodeport_xdp_fixtures() {
             let miss = tcp_v4(EXT_MAC, CLIENT_MAC, CLIENT, CLIENT_PORT, NODE, 9, 64, SYN);
             let got = xdp_run(&mut fp, ext0, &miss);
             check("no frontend: passed", got, XDP_PASS, &miss);
+            failures
+        })
+        .expect("running in the test netns");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `frame` (Ethernet + IPv4 without options) with the DSR option naming `frontend:port` after
+/// its IPv4 header, as the balancing node sends it.
+fn with_dsr_option(frame: &[u8], frontend: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut ip = frame[14..34].to_vec();
+    ip[0] = 0x47;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) + 8;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x9a, 8]);
+    ip.extend_from_slice(&port.to_be_bytes());
+    ip.extend_from_slice(&frontend.octets());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut out = frame[..14].to_vec();
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&frame[34..]);
+    out
+}
+
+/// `--lb-mode dsr`: the balancing node sends the client's packet on with its own source and the
+/// frontend in an IPv4 option; the backend's node takes the option off, delivers the packet and
+/// sends the pod's reply to the client from the frontend.
+#[test]
+fn nodeport_dsr_fixtures() {
+    let (ns, host_mac) = fixture_netns();
+    let bpf_root = BpfRoot::new();
+    let failures = ns
+        .run(|| {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
+            let mut fp = PodFastPath::load(bpf_root.path(), &small_capacity())
+                .expect("loading the pod programs");
+            fp.add(&Endpoint {
+                host_ifname: "hveth".into(),
+                mac: POD_MAC,
+                ips: vec![IpAddr::V4(POD)],
+            })
+            .expect("adding the endpoint");
+            let mut maglev = fp.take_external().expect("the Maglev tables");
+            let size = maglev.size() as usize;
+            let mut services =
+                pinned_hash::<ServiceKey, ServiceValue>(&bpf_root, map_names::SERVICES);
+            let mut backends = pinned_hash::<u32, BackendValue>(&bpf_root, map_names::BACKENDS);
+            services
+                .insert(frontend(NODE, NODE_PORT + 1), service(2, SVC_F_EXTERNAL), 0)
+                .unwrap();
+            backends
+                .insert(12, backend(REMOTE_POD, BACKEND_PORT), 0)
+                .unwrap();
+            maglev.put(2, &vec![12; size]).unwrap();
+            fp.nodeport
+                .configure(&NodePortConfig {
+                    snat_v4: v4_mapped(SNAT.octets()),
+                    snat_v6: [0; 16],
+                    node_v4: v4_mapped(NODE.octets()),
+                    node_v6: [0; 16],
+                    maglev_table_size: maglev.size(),
+                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4 | NODEPORT_F_DSR,
+                })
+                .unwrap();
+
+            let to_remote = tcp_v4(
+                EXT_MAC,
+                CLIENT_MAC,
+                CLIENT,
+                CLIENT_PORT,
+                NODE,
+                NODE_PORT + 1,
+                64,
+                SYN,
+            );
+            let plain = tcp_v4(
+                OTHER_NODE_MAC,
+                EXT_MAC,
+                CLIENT,
+                CLIENT_PORT,
+                REMOTE_POD,
+                BACKEND_PORT,
+                63,
+                SYN,
+            );
+            let cases: Vec<Case> = vec![(
+                "balanced to another node: DNAT only, the frontend in the DSR option",
+                to_remote,
+                TC_ACT_REDIRECT,
+                with_dsr_option(&plain, NODE, NODE_PORT + 1),
+            )];
+            let mut failures = run_cases(fp.nodeport_program().unwrap(), cases);
+
+            // The backend's node (this one, for a pod of its own): the option comes off.
+            let arriving = with_dsr_option(
+                &tcp_v4(
+                    EXT_MAC,
+                    OTHER_NODE_MAC,
+                    CLIENT,
+                    CLIENT_PORT + 5,
+                    POD,
+                    BACKEND_PORT,
+                    64,
+                    SYN,
+                ),
+                NODE,
+                NODE_PORT + 1,
+            );
+            let unknown = with_dsr_option(
+                &tcp_v4(
+                    EXT_MAC,
+                    OTHER_NODE_MAC,
+                    CLIENT,
+                    CLIENT_PORT + 6,
+                    POD,
+                    BACKEND_PORT,
+                    64,
+                    SYN,
+                ),
+                Ipv4Addr::new(192, 0, 2, 1),
+                80,
+            );
+            let cases: Vec<Case> = vec![
+                (
+                    "with the DSR option, for a pod here: option removed, into the pod",
+                    arriving,
+                    TC_ACT_REDIRECT,
+                    tcp_v4(
+                        POD_MAC,
+                        host_mac,
+                        CLIENT,
+                        CLIENT_PORT + 5,
+                        POD,
+                        BACKEND_PORT,
+                        63,
+                        SYN,
+                    ),
+                ),
+                (
+                    "a DSR option naming no frontend of the cluster: dropped",
+                    unknown.clone(),
+                    TC_ACT_SHOT,
+                    unknown,
+                ),
+            ];
+            failures.extend(run_cases(fp.nodeport_program().unwrap(), cases));
+            let cases: Vec<Case> = vec![(
+                "the pod's reply: from the frontend, straight to the client",
+                tcp_v4(
+                    host_mac,
+                    POD_MAC,
+                    POD,
+                    BACKEND_PORT,
+                    CLIENT,
+                    CLIENT_PORT + 5,
+                    64,
+                    SYN_ACK,
+                ),
+                TC_ACT_REDIRECT,
+                tcp_v4(
+                    CLIENT_MAC,
+                    EXT_MAC,
+                    NODE,
+                    NODE_PORT + 1,
+                    CLIENT,
+                    CLIENT_PORT + 5,
+                    63,
+                    SYN_ACK,
+                ),
+            )];
+            failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
+            let stats = fp.nodeport.stats().expect("counters");
+            if stats.dsr_in != 1 || stats.denied != 1 {
+                failures.push(format!("counters: {stats:?}"));
+            }
             failures
         })
         .expect("running in the test netns");

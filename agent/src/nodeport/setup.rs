@@ -8,7 +8,8 @@ use std::{
 
 use gannet_cni::netlink::Netlink;
 use gannet_common::{
-    NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NodePortConfig, v4_mapped,
+    NODEPORT_F_DSR, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NodePortConfig,
+    v4_mapped,
 };
 use ipnet::IpNet;
 use tracing::{info, warn};
@@ -35,6 +36,7 @@ pub struct NodePortSetup {
     pub addresses: Vec<IpAddr>,
     overlay: Mode,
     table_size: u32,
+    dsr: bool,
     config: NodePortConfig,
 }
 
@@ -125,6 +127,7 @@ impl NodePortSetup {
                 addresses,
                 overlay,
                 table_size,
+                dsr: settings.dsr,
                 config: NodePortConfig::default(),
             });
         }
@@ -153,6 +156,7 @@ impl NodePortSetup {
             addresses,
             overlay,
             table_size,
+            dsr: settings.dsr,
             config: NodePortConfig::default(),
         };
         let snat = this.snat_from(&[], &node_ips);
@@ -224,9 +228,28 @@ impl NodePortSetup {
         let mut config = NodePortConfig {
             snat_v4: [0; 16],
             snat_v6: [0; 16],
+            node_v4: self
+                .addresses
+                .iter()
+                .find_map(|ip| match ip {
+                    IpAddr::V4(a) => Some(v4_mapped(a.octets())),
+                    IpAddr::V6(_) => None,
+                })
+                .unwrap_or([0; 16]),
+            node_v6: self
+                .addresses
+                .iter()
+                .find_map(|ip| match ip {
+                    IpAddr::V6(a) => Some(a.octets()),
+                    IpAddr::V4(_) => None,
+                })
+                .unwrap_or([0; 16]),
             maglev_table_size: self.table_size,
             flags: NODEPORT_F_ENABLED,
         };
+        if self.dsr {
+            config.flags |= NODEPORT_F_DSR;
+        }
         if let Some(a) = v4 {
             config.snat_v4 = v4_mapped(a.octets());
             config.flags |= NODEPORT_F_SNAT_V4;

@@ -329,6 +329,19 @@ pub const CT_F_REPLY: u8 = 1;
 /// `CtEntry::flags`: the flow's source is translated (SNAT to this node, backend elsewhere).
 pub const CT_F_SNAT: u8 = 2;
 
+/// `CtEntry::flags`: direct server return (`--lb-mode dsr`): the client's packets carry the
+/// frontend to the backend's node in an IPv4 option, and the backend answers the client from
+/// there (on the backend's node, a reply entry with this flag rewrites the source to the
+/// frontend).
+pub const CT_F_DSR: u8 = 4;
+
+/// The IPv4 option that carries the frontend in DSR mode: type 0x9a (copied on fragmentation,
+/// class 0, number 26: unassigned by IANA, as Cilium uses it), length 8, then the frontend's
+/// port and IPv4 address (network order).
+pub const DSR_OPTION_TYPE: u8 = 0x9a;
+/// Length of the DSR option, in bytes (the IPv4 header grows by two 32-bit words).
+pub const DSR_OPTION_LEN: u8 = 8;
+
 /// `CtEntry::tcp`: a SYN was seen in this direction.
 pub const CT_TCP_SYN: u8 = 1;
 /// `CtEntry::tcp`: a segment without SYN was seen in this direction (the flow is established).
@@ -377,6 +390,12 @@ pub struct NodePortConfig {
     pub snat_v4: [u8; 16],
     /// The same for IPv6.
     pub snat_v6: [u8; 16],
+    /// This node's IPv4 address that accepts node ports (`::ffff:a.b.c.d`; zero: none): with
+    /// DSR, another node's packet naming `its address:nodePort` is accepted when
+    /// `this address:nodePort` is a frontend here too.
+    pub node_v4: [u8; 16],
+    /// The same for IPv6.
+    pub node_v6: [u8; 16],
     /// Size of every Maglev table (`--maglev-table-size`), host order.
     pub maglev_table_size: u32,
     /// `NODEPORT_F_*` bits.
@@ -389,6 +408,9 @@ pub const NODEPORT_F_ENABLED: u32 = 1;
 pub const NODEPORT_F_SNAT_V4: u32 = 2;
 /// `NodePortConfig::flags`: `snat_v6` is set.
 pub const NODEPORT_F_SNAT_V6: u32 = 4;
+/// `NodePortConfig::flags`: `--lb-mode dsr`: IPv4 flows to a backend on another node are sent
+/// with the DSR option and without SNAT.
+pub const NODEPORT_F_DSR: u32 = 8;
 
 /// Counters in [`map_names::NODEPORT_STATS`].
 /// Packets of new flows translated to a backend.
@@ -409,8 +431,10 @@ pub const NP_STAT_DENIED: u32 = 6;
 pub const NP_STAT_ICMP_ERRORS: u32 = 7;
 /// Packets the XDP program rewrote and sent back out itself (`XDP_TX`).
 pub const NP_STAT_XDP_TX: u32 = 8;
+/// Packets that arrived with the DSR option for a pod of this node (the option is removed).
+pub const NP_STAT_DSR_IN: u32 = 9;
 /// How many counters there are.
-pub const NP_STATS: u32 = 9;
+pub const NP_STATS: u32 = 10;
 
 /// Default capacity of the source-range trie (prefixes of all frontends together).
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
@@ -478,6 +502,6 @@ const _: () = {
     assert!(core::mem::size_of::<TunnelConfig>() == 16);
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 56);
-    assert!(core::mem::size_of::<NodePortConfig>() == 40);
+    assert!(core::mem::size_of::<NodePortConfig>() == 72);
     assert!(core::mem::size_of::<NpAffinityKey>() == 24);
 };

@@ -34,17 +34,17 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use gannet_common::{
-    AffinityValue, BackendValue, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey,
-    DEFAULT_MAX_NODEPORT_AFFINITY, DEFAULT_MAX_SOURCE_RANGES, NODEPORT_F_ENABLED,
-    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_FORWARD,
-    NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STAT_XDP_TX,
-    NP_STATS, NodePortConfig, NpAffinityKey, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_AFFINITY,
-    SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
+    AffinityValue, BackendValue, CT_F_DSR, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey,
+    DEFAULT_MAX_NODEPORT_AFFINITY, DEFAULT_MAX_SOURCE_RANGES, NODEPORT_F_DSR, NODEPORT_F_ENABLED,
+    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_DSR_IN,
+    NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES,
+    NP_STAT_XDP_TX, NP_STATS, NodePortConfig, NpAffinityKey, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
 };
 
 use crate::{
     conntrack::{self, CONNTRACK},
-    endpoint, fib,
+    dsr, endpoint, fib,
     flow::{self, Flow, TCP_ACK, TCP_SYN},
     icmp::{self, Direction, IcmpError},
     maglev,
@@ -135,6 +135,9 @@ fn from_netdev(ctx: &mut TcContext) -> i32 {
     };
     if !flow::parse_into(Data::tc(ctx), &mut s.flow) {
         return icmp_error(ctx, s);
+    }
+    if let Some((frontend, port)) = dsr::option(Data::tc(ctx)) {
+        return dsr_in(ctx, s, frontend, port);
     }
     conntrack::key_into(&s.flow, &mut s.key);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&s.key) {
@@ -362,7 +365,71 @@ fn translate(ctx: &mut TcContext, flow: &Flow, tracked: &CtEntry) -> i32 {
     if !nat::rewrite(ctx, flow, &to) {
         return TC_ACT_SHOT;
     }
+    // The frontend the client addressed travels with the packet (the flow still holds it).
+    if tracked.flags & CT_F_DSR != 0 && !dsr::push(ctx, &flow.daddr, flow.dport) {
+        return TC_ACT_SHOT;
+    }
     fib::forward(ctx, flow, &to.saddr, &to.daddr)
+}
+
+/// A client's packet another node balanced here with direct server return (`dsr.rs`): the
+/// frontend it names must be one of the cluster's external frontends (else it is dropped: the
+/// option would let anyone make a pod answer from any address). The backend's replies are
+/// tracked to leave from the frontend; the option goes; the packet goes on to its pod.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and entries live in per-CPU scratch memory; by value they would be copied onto the stack"
+)]
+#[inline(never)]
+fn dsr_in(ctx: &mut TcContext, s: &mut Scratch, frontend: [u8; 16], port: u16) -> i32 {
+    let external = |addr: [u8; 16]| {
+        let key = ServiceKey {
+            addr,
+            port,
+            proto: s.flow.proto,
+            pad: 0,
+        };
+        // SAFETY: not preallocated: the value is not rewritten while the program holds it.
+        unsafe { SERVICES.get(key) }.is_some_and(|service| service.flags & SVC_F_EXTERNAL != 0)
+    };
+    // An external or LoadBalancer IP is a frontend on every node; another node's address with
+    // a node port is one when this node's address with the same port is.
+    let node = config().map_or([0; 16], |c| c.node_v4);
+    if !external(frontend) && (node == [0; 16] || !external(node)) {
+        count(NP_STAT_DENIED);
+        return TC_ACT_SHOT;
+    }
+    let flow = &s.flow;
+    s.reply_key = CtKey {
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+        proto: flow.proto,
+        pad: [0; 3],
+    };
+    s.reply = CtEntry {
+        saddr: frontend,
+        daddr: flow.saddr,
+        sport: port,
+        dport: flow.sport,
+        flags: CT_F_REPLY | CT_F_DSR,
+        tcp: 0,
+        pad: 0,
+        service_id: 0,
+        backend_id: 0,
+        last_seen_ns: now(),
+    };
+    // Refreshed by every packet of the flow (each carries the option).
+    if CONNTRACK.insert(&s.reply_key, &s.reply, 0).is_err() {
+        count(NP_STAT_CT_FAILED);
+        return TC_ACT_SHOT;
+    }
+    if let Err(verdict) = dsr::pull(ctx) {
+        return verdict;
+    }
+    count(NP_STAT_DSR_IN);
+    fib::forward(ctx, &s.flow, &s.flow.saddr, &s.flow.daddr)
 }
 
 /// [`translate`] for a reply: its client is never a pod of this node or behind the tunnel, so
@@ -380,6 +447,19 @@ fn translate_reply(ctx: &mut TcContext, flow: &Flow, tracked: &CtEntry) -> i32 {
         return TC_ACT_SHOT;
     }
     fib::route(ctx, flow, &to.saddr, &to.daddr)
+}
+
+/// How a backend's replies reach the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Return {
+    /// Through this node, which the client's packets keep as their source (SNAT): a backend on
+    /// another node.
+    Snat,
+    /// Straight from the backend's node (`--lb-mode dsr`, IPv4): the packets carry the frontend
+    /// in an IP option.
+    Dsr,
+    /// Through this node without SNAT: a pod of this node, or `externalTrafficPolicy: Local`.
+    Direct,
 }
 
 /// What `new_flow` decided.
@@ -415,8 +495,14 @@ fn new_flow(s: &mut Scratch, service: &ServiceValue, config: &NodePortConfig) ->
     if affinity {
         remember_backend(service.id, &s.flow.saddr, backend_id);
     }
-    let snat = service.flags & SVC_F_LOCAL == 0 && endpoint::local(backend.addr).is_none();
-    if !track(s, service.id, backend_id, backend, snat, config, hash) {
+    let mode = if service.flags & SVC_F_LOCAL != 0 || endpoint::local(backend.addr).is_some() {
+        Return::Direct
+    } else if config.flags & NODEPORT_F_DSR != 0 && s.flow.l3 == L3::V4 {
+        Return::Dsr
+    } else {
+        Return::Snat
+    };
+    if !track(s, service.id, backend_id, backend, mode, config, hash) {
         count(NP_STAT_CT_FAILED);
         return NewFlow::Verdict(TC_ACT_SHOT);
     }
@@ -480,7 +566,7 @@ fn track(
     service_id: u32,
     backend_id: u32,
     backend: &BackendValue,
-    snat: bool,
+    mode: Return,
     config: &NodePortConfig,
     hash: u32,
 ) -> bool {
@@ -518,7 +604,10 @@ fn track(
         proto: flow.proto,
         pad: [0; 3],
     };
-    if snat {
+    if mode == Return::Dsr {
+        s.entry.flags = CT_F_DSR;
+    }
+    if mode == Return::Snat {
         let (address, flag) = match flow.l3 {
             L3::V4 => (config.snat_v4, NODEPORT_F_SNAT_V4),
             L3::V6 => (config.snat_v6, NODEPORT_F_SNAT_V6),

@@ -32,6 +32,7 @@
 
 mod conntrack;
 mod csum;
+mod dsr;
 mod endpoint;
 mod fib;
 mod flow;

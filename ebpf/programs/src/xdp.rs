@@ -24,7 +24,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use gannet_common::{CtEntry, PROTO_UDP};
+use gannet_common::{CT_F_DSR, CtEntry, PROTO_UDP};
 
 use crate::{
     csum,
@@ -67,6 +67,10 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
 /// interface it came in on; otherwise leaves it to tc (`XDP_PASS`, untouched).
 #[inline(never)]
 pub(crate) fn transmit(ctx: &XdpContext, flow: &Flow, tracked: &CtEntry) -> u32 {
+    if tracked.flags & CT_F_DSR != 0 {
+        // The DSR option needs room in the packet: tc inserts it.
+        return XDP_PASS;
+    }
     // SAFETY: plain integers and unions of integers; all-zero is valid.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.l4_protocol = flow.proto;
