@@ -14,6 +14,7 @@ use gannet_common::{
 };
 use gannet_testkit::Netns;
 
+use crate::datapath::nodeport::ExternalMaps;
 use crate::datapath::pods::{
     Endpoint, PodFastPath,
     tests::{BpfRoot, Case, POD_MAC, host_veth, ipv4_checksum, run_cases, small_capacity},
@@ -225,6 +226,38 @@ fn fixture_netns() -> (Netns, [u8; 6]) {
     (ns, host_mac)
 }
 
+/// The pod object loaded in the fixtures' node, the pod registered, and the maps the fixtures
+/// write.
+struct Loaded {
+    fp: PodFastPath,
+    maglev: ExternalMaps,
+    size: usize,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, BackendValue>,
+}
+
+/// Loads the pod programs (in the fixtures' node: call from inside its namespace).
+fn load(bpf_root: &BpfRoot) -> Loaded {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
+    let mut fp =
+        PodFastPath::load(bpf_root.path(), &small_capacity()).expect("loading the pod programs");
+    fp.add(&Endpoint {
+        host_ifname: "hveth".into(),
+        mac: POD_MAC,
+        ips: vec![IpAddr::V4(POD)],
+    })
+    .expect("adding the endpoint");
+    let maglev = fp.take_external().expect("the Maglev tables");
+    let size = maglev.size() as usize;
+    Loaded {
+        fp,
+        maglev,
+        size,
+        services: pinned_hash(bpf_root, map_names::SERVICES),
+        backends: pinned_hash(bpf_root, map_names::BACKENDS),
+    }
+}
+
 /// NodePort to a pod of this node (client address kept), its reply back through the pod's veth,
 /// NodePort to a pod of another node (SNAT to the overlay address), misses and a frontend without
 /// backends.
@@ -235,20 +268,13 @@ fn nodeport_fixtures() {
 
     let failures = ns
         .run(|| {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
-            let mut fp = PodFastPath::load(bpf_root.path(), &small_capacity())
-                .expect("loading the pod programs");
-            fp.add(&Endpoint {
-                host_ifname: "hveth".into(),
-                mac: POD_MAC,
-                ips: vec![IpAddr::V4(POD)],
-            })
-            .expect("adding the endpoint");
-            let mut maglev = fp.take_external().expect("the Maglev tables");
-            let size = maglev.size() as usize;
-            let mut services =
-                pinned_hash::<ServiceKey, ServiceValue>(&bpf_root, map_names::SERVICES);
-            let mut backends = pinned_hash::<u32, BackendValue>(&bpf_root, map_names::BACKENDS);
+            let Loaded {
+                mut fp,
+                mut maglev,
+                size,
+                mut services,
+                mut backends,
+            } = load(&bpf_root);
             // Service 1: NodePort to the local pod; 2: to a pod of another node; 3: external
             // but without a table (no backend); 4: a ClusterIP, not reachable from outside.
             services
@@ -650,20 +676,13 @@ fn nodeport_xdp_fixtures() {
         .expect("running in the test netns");
     let failures = ns
         .run(|| {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
-            let mut fp = PodFastPath::load(bpf_root.path(), &small_capacity())
-                .expect("loading the pod programs");
-            fp.add(&Endpoint {
-                host_ifname: "hveth".into(),
-                mac: POD_MAC,
-                ips: vec![IpAddr::V4(POD)],
-            })
-            .expect("adding the endpoint");
-            let mut maglev = fp.take_external().expect("the Maglev tables");
-            let size = maglev.size() as usize;
-            let mut services =
-                pinned_hash::<ServiceKey, ServiceValue>(&bpf_root, map_names::SERVICES);
-            let mut backends = pinned_hash::<u32, BackendValue>(&bpf_root, map_names::BACKENDS);
+            let Loaded {
+                mut fp,
+                mut maglev,
+                size,
+                mut services,
+                mut backends,
+            } = load(&bpf_root);
             services
                 .insert(frontend(NODE, NODE_PORT), service(1, SVC_F_EXTERNAL), 0)
                 .unwrap();
@@ -767,20 +786,13 @@ fn nodeport_dsr_fixtures() {
     let bpf_root = BpfRoot::new();
     let failures = ns
         .run(|| {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
-            let mut fp = PodFastPath::load(bpf_root.path(), &small_capacity())
-                .expect("loading the pod programs");
-            fp.add(&Endpoint {
-                host_ifname: "hveth".into(),
-                mac: POD_MAC,
-                ips: vec![IpAddr::V4(POD)],
-            })
-            .expect("adding the endpoint");
-            let mut maglev = fp.take_external().expect("the Maglev tables");
-            let size = maglev.size() as usize;
-            let mut services =
-                pinned_hash::<ServiceKey, ServiceValue>(&bpf_root, map_names::SERVICES);
-            let mut backends = pinned_hash::<u32, BackendValue>(&bpf_root, map_names::BACKENDS);
+            let Loaded {
+                mut fp,
+                mut maglev,
+                size,
+                mut services,
+                mut backends,
+            } = load(&bpf_root);
             services
                 .insert(frontend(NODE, NODE_PORT + 1), service(2, SVC_F_EXTERNAL), 0)
                 .unwrap();

@@ -119,19 +119,21 @@ impl NodePortSetup {
                 nodeport::detach_xdp(bpf_root, &ifname)?;
             }
         }
-        if interfaces.is_empty() {
+        let mut this = Self {
+            interfaces,
+            addresses,
+            overlay,
+            table_size,
+            dsr: settings.dsr,
+            config: NodePortConfig::default(),
+        };
+        if this.interfaces.is_empty() {
             fast_path.nodeport.configure(&NodePortConfig::default())?;
             info!("no NodePort interfaces: the packet path is off");
-            return Ok(Self {
-                interfaces,
-                addresses,
-                overlay,
-                table_size,
-                dsr: settings.dsr,
-                config: NodePortConfig::default(),
-            });
+            return Ok(this);
         }
-        for name in &interfaces {
+        let (interfaces, addresses) = (&this.interfaces, &this.addresses);
+        for name in interfaces {
             fast_path.attach_nodeport(name)?;
         }
         if settings.xdp {
@@ -151,14 +153,6 @@ impl NodePortSetup {
                  external and LoadBalancer IPs are served from outside"
             );
         }
-        let mut this = Self {
-            interfaces,
-            addresses,
-            overlay,
-            table_size,
-            dsr: settings.dsr,
-            config: NodePortConfig::default(),
-        };
         let snat = this.snat_from(&[], &node_ips);
         this.configure(snat, fast_path)?;
         info!(

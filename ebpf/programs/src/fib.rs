@@ -14,7 +14,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{endpoint, flow::Flow, nodeport::count, packet, packet::L3, tunnel};
+use crate::{
+    endpoint,
+    flow::Flow,
+    nodeport::count,
+    packet::{self, L3, words},
+    tunnel,
+};
 use gannet_common::NP_STAT_FIB_FAILED;
 
 const AF_INET: u8 = 2;
@@ -139,14 +145,4 @@ fn lookup_and_redirect(
     let verdict =
         unsafe { bpf_redirect_neigh(params.ifindex, &raw mut neigh, NEIGH_SIZE, 0) } as i32;
     verdict
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }

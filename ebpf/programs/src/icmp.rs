@@ -20,7 +20,9 @@ use gannet_common::{CT_F_REPLY, CtEntry, CtKey, PROTO_TCP, PROTO_UDP, v4_mapped}
 
 use crate::{
     flow::Flow,
-    packet::{Data, ETH_HLEN, IPV4_CSUM, IPV4_DADDR, IPV4_SADDR, IPV6_DADDR, IPV6_SADDR, L3},
+    packet::{
+        Data, ETH_HLEN, IPV4_CSUM, IPV4_DADDR, IPV4_SADDR, IPV6_DADDR, IPV6_SADDR, L3, words,
+    },
 };
 
 const PROTO_ICMP: u8 = 1;
@@ -217,16 +219,6 @@ fn dst_offset(l3: L3) -> usize {
         L3::V4 => 16,
         L3::V6 => 24,
     }
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }
 
 /// The checksum difference of replacing 16 bytes.

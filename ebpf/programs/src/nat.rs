@@ -11,7 +11,7 @@ use gannet_common::PROTO_UDP;
 
 use crate::{
     flow::Flow,
-    packet::{IPV4_CSUM, IPV4_DADDR, IPV4_SADDR, IPV6_DADDR, IPV6_SADDR, L3},
+    packet::{IPV4_CSUM, IPV4_DADDR, IPV4_SADDR, IPV6_DADDR, IPV6_SADDR, L3, words},
 };
 
 /// Where a flow is rewritten to.
@@ -113,14 +113,4 @@ fn port(ctx: &mut TcContext, offset: usize, old: u16, new: u16, csum: usize, man
     ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), mangled | 2)
         .is_ok()
         && ctx.store(offset, &new, 0).is_ok()
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }

@@ -137,3 +137,15 @@ impl Data {
         }
     }
 }
+
+/// A 16-byte address as four 32-bit words in memory order (what `bpf_csum_diff` and the FIB
+/// lookup's address fields take).
+#[inline(always)]
+pub(crate) fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}

@@ -30,7 +30,7 @@ use crate::{
     csum,
     flow::Flow,
     nodeport,
-    packet::{Data, ETH_HLEN, L3},
+    packet::{Data, ETH_HLEN, L3, words},
 };
 
 const AF_INET: u8 = 2;
@@ -51,16 +51,6 @@ pub(crate) fn action(tc_verdict: i32) -> u32 {
     } else {
         XDP_PASS
     }
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }
 
 /// Transmits the flow's packet rewritten as `tracked` says when it goes back out of the
