@@ -50,6 +50,8 @@ const TEN_NODE_PORT: u16 = 30090;
 /// `ten`'s external IP: the same flows can reach it through any node (as ECMP would send them).
 const TEN_IP: &str = "10.99.0.110";
 const EMPTY_NODE_PORT: u16 = 30099;
+/// `empty`'s external IP: not a node's address, so the NodePort program refuses it itself.
+const EMPTY_IP: &str = "10.99.0.103";
 /// A UDP NodePort whose backends listen on nothing: they answer with ICMP port unreachable.
 const CLOSED_NODE_PORT: u16 = 30098;
 /// The node started with `--max-conntrack 64`.
@@ -370,6 +372,7 @@ metadata:
   namespace: default
 spec:
   type: NodePort
+  externalIPs: [\"{EMPTY_IP}\"]
   ports:
   - name: http
     port: 80
@@ -627,17 +630,29 @@ fn source_ranges_and_rejects(c: &Cluster) {
         status["nodeport"]
     );
 
-    // A NodePort without endpoints is refused at once, not left to time out.
-    let refused = c.tcp(&sock(&c.nodes[0].ipv4, EMPTY_NODE_PORT), 3);
-    assert_eq!(
-        (refused.ok, refused.errors.get("ECONNREFUSED").copied()),
-        (0, Some(3)),
-        "{refused:?}"
-    );
-    assert!(
-        refused.first_error_after_us.is_some_and(|us| us < 500_000),
-        "refused within half a second: {refused:?}"
-    );
+    // A NodePort without endpoints is refused at once, not left to time out; so is its
+    // external IP, which is no node's address (the program answers with a RST).
+    external
+        .ip(&[
+            "route",
+            "replace",
+            &format!("{EMPTY_IP}/32"),
+            "via",
+            &c.nodes[0].ipv4,
+        ])
+        .expect("routing the external IP");
+    for to in [sock(&c.nodes[0].ipv4, EMPTY_NODE_PORT), sock(EMPTY_IP, 80)] {
+        let refused = c.tcp(&to, 3);
+        assert_eq!(
+            (refused.ok, refused.errors.get("ECONNREFUSED").copied()),
+            (0, Some(3)),
+            "{to}: {refused:?}"
+        );
+        assert!(
+            refused.first_error_after_us.is_some_and(|us| us < 500_000),
+            "{to} refused within half a second: {refused:?}"
+        );
+    }
 }
 
 fn icmp_errors_come_back(c: &Cluster) {
@@ -771,9 +786,20 @@ fn maglev_across_nodes(c: &mut Cluster) {
         .zip(&after)
         .filter(|(b, a)| **b != gone && b != a)
         .count();
+    let to_gone: Vec<(u16, &String)> = FLOWS
+        .zip(&before)
+        .zip(&after)
+        .filter(|(_, a)| **a == gone)
+        .map(|((port, b), _)| (port, b))
+        .collect();
     assert!(
-        after.iter().all(|a| *a != gone),
-        "no flow goes to the removed backend"
+        to_gone.is_empty(),
+        "no flow goes to the removed backend {gone}; these did (port, backend before): {to_gone:?}; \
+         node 2: {:#}",
+        c.nodes[SMALL_CONNTRACK_NODE]
+            .agent
+            .status()
+            .unwrap_or_default()["nodeport"]
     );
     assert!(
         moved * 100 <= before.len() * 12,

@@ -136,6 +136,39 @@ fn quote(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     tcp_v4([0; 6], [0; 6], src, sport, dst, dport, 64, SYN_ACK)[14..14 + 28].to_vec()
 }
 
+/// The RST+ACK a node sends for a SYN (sequence 1000, see `tcp_v4`) to a frontend without
+/// backends: no options, no payload, window 0.
+fn rst_v4(
+    (dst_mac, src_mac): ([u8; 6], [u8; 6]),
+    (src, sport): (Ipv4Addr, u16),
+    (dst, dport): (Ipv4Addr, u16),
+) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.extend_from_slice(&1001u32.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, 0x14, 0, 0, 0, 0, 0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, PROTO_TCP, 0, 20]);
+    let csum = fold(sum16(&tcp, sum16(&pseudo, 0)));
+    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
 const SYN: u8 = 0x02;
 const SYN_ACK: u8 = 0x12;
 
@@ -376,6 +409,19 @@ fn nodeport_fixtures() {
             ];
             let mut failures = run_cases(fp.nodeport_program().unwrap(), cases);
 
+            // A LoadBalancer IP without backends is not the node's: refused with a RST here.
+            let lb = Ipv4Addr::new(10, 99, 0, 201);
+            services
+                .insert(frontend(lb, 80), service(8, SVC_F_EXTERNAL), 0)
+                .unwrap();
+            let cases: Vec<Case> = vec![(
+                "a LoadBalancer IP without a backend: a RST back to the client",
+                tcp_v4(EXT_MAC, CLIENT_MAC, CLIENT, CLIENT_PORT, lb, 80, 64, SYN),
+                TC_ACT_REDIRECT,
+                rst_v4((CLIENT_MAC, EXT_MAC), (lb, 80), (CLIENT, CLIENT_PORT)),
+            )];
+            failures.extend(run_cases(fp.nodeport_program().unwrap(), cases));
+
             let cases: Vec<Case> = vec![(
                 "the local backend's reply: source back to NodeIP:NodePort, out to the client",
                 tcp_v4(
@@ -515,7 +561,7 @@ fn nodeport_fixtures() {
             }
             let stats = fp.nodeport.stats().expect("counters");
             if stats.new_flows != 2
-                || stats.no_backend != 1
+                || stats.no_backend != 2
                 || stats.replies != 2
                 || stats.icmp_errors != 2
             {

@@ -15,8 +15,8 @@
 //!    `externalTrafficPolicy: Local`, the source becomes this node's SNAT address and a port
 //!    from `SNAT_PORT_MIN..=SNAT_PORT_MAX`, so the reply comes back here. Then it is forwarded
 //!    (`fib::forward`). A frontend without a backend: `externalTrafficPolicy: Local` drops, as
-//!    kube-proxy does; otherwise the host stack gets the packet and refuses it (TCP RST, ICMP port
-//!    unreachable), as nothing listens on the frontend.
+//!    kube-proxy does; otherwise it is refused (`reject.rs`: the host stack answers for the
+//!    node's own addresses, the program sends a TCP RST for others).
 //! 4. Anything else continues (`TC_ACT_UNSPEC`: the next tcx program, then the host stack).
 //!
 //! Replies from a pod of this node (the backend of a flow whose source was kept) arrive at the
@@ -24,7 +24,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{
@@ -51,7 +51,7 @@ use crate::{
     maps::{BACKENDS, SERVICES},
     nat::{self, Tuple},
     packet::{self, Data, L3},
-    xdp,
+    reject, xdp,
 };
 
 #[map(name = "GANNET_NP_CFG")]
@@ -174,6 +174,7 @@ fn from_netdev(ctx: &mut TcContext) -> i32 {
     match new_flow(s, service, config) {
         NewFlow::Tracked => translate(ctx, &s.flow, &s.entry),
         NewFlow::Verdict(verdict) => verdict,
+        NewFlow::Refuse => reject::refuse(ctx, &s.flow),
     }
 }
 
@@ -274,6 +275,8 @@ pub(crate) fn from_xdp(ctx: &XdpContext) -> u32 {
             verdict
         }
         NewFlow::Verdict(verdict) => xdp::action(verdict),
+        // tc refuses it.
+        NewFlow::Refuse => XDP_PASS,
     }
 }
 
@@ -468,6 +471,8 @@ enum NewFlow {
     Tracked,
     /// Not tracked: return this verdict.
     Verdict(i32),
+    /// No backend: refuse the connection.
+    Refuse,
 }
 
 /// Picks a backend for the first packet of a flow and tracks the flow in both directions; the
@@ -543,15 +548,15 @@ fn remember_backend(service_id: u32, client: &[u8; 16], backend_id: u32) {
 }
 
 /// No backend for a new flow: `externalTrafficPolicy: Local` drops (as kube-proxy), any other
-/// frontend passes the packet to the host stack, which refuses it (nothing listens there).
+/// frontend refuses it (`reject.rs`).
 #[inline(always)]
 fn no_backend(service: &ServiceValue) -> NewFlow {
     count(NP_STAT_NO_BACKEND);
-    NewFlow::Verdict(if service.flags & SVC_F_LOCAL != 0 {
-        TC_ACT_SHOT
+    if service.flags & SVC_F_LOCAL != 0 {
+        NewFlow::Verdict(TC_ACT_SHOT)
     } else {
-        TC_ACT_OK
-    })
+        NewFlow::Refuse
+    }
 }
 
 /// Tracks a new flow in both directions (`s.entry` for the client's packets, `s.reply` under

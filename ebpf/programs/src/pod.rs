@@ -42,6 +42,7 @@ mod maps;
 mod nat;
 mod nodeport;
 mod packet;
+mod reject;
 mod tunnel;
 mod xdp;
 
