@@ -766,19 +766,23 @@ fn maglev_across_nodes(c: &mut Cluster) {
         .filter(|p| *p != (gone_node, gone_index))
         .collect();
     c.apply_ten(&rest);
-    eventually("node 2 drops the backend", Duration::from_secs(15), || {
-        let status = c.nodes[SMALL_CONNTRACK_NODE].agent.status().ok()?;
-        let frontend = format!(
-            "{}/UDP",
-            sock(&c.nodes[SMALL_CONNTRACK_NODE].ipv4, TEN_NODE_PORT)
+    // Every node has programmed the change for the external IP these flows go to.
+    let frontend = format!("{}/UDP", sock(TEN_IP, 53));
+    for node in &c.nodes {
+        eventually(
+            "the node drops the backend",
+            Duration::from_secs(15),
+            || {
+                let status = node.agent.status().ok()?;
+                status["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["frontend"] == frontend.as_str())
+                    .filter(|s| s["packet_backends"].as_array().map(Vec::len) == Some(9))
+                    .map(|_| ())
+            },
         );
-        status["services"]
-            .as_array()?
-            .iter()
-            .find(|s| s["frontend"] == frontend.as_str())
-            .filter(|s| s["packet_backends"].as_array().map(Vec::len) == Some(9))
-            .map(|_| ())
-    });
+    }
     let after = udp_backends(c, SMALL_CONNTRACK_NODE, FLOWS);
     let stayed_on_kept: usize = before.iter().filter(|b| **b != gone).count();
     let moved: usize = before

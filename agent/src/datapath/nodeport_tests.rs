@@ -409,6 +409,68 @@ fn nodeport_fixtures() {
             ];
             let mut failures = run_cases(fp.nodeport_program().unwrap(), cases);
 
+            // externalTrafficPolicy: Local: a table of this node's endpoints means DNAT only; no
+            // table (no local endpoint) means drop, not a refusal and not another node.
+            let local_only = SVC_F_EXTERNAL | gannet_common::SVC_F_LOCAL;
+            services
+                .insert(frontend(NODE, NODE_PORT + 5), service(9, local_only), 0)
+                .unwrap();
+            services
+                .insert(frontend(NODE, NODE_PORT + 6), service(10, local_only), 0)
+                .unwrap();
+            maglev.put(9, &vec![11; size]).unwrap();
+            let cases: Vec<Case> = vec![
+                (
+                    "externalTrafficPolicy: Local with a local endpoint: DNAT only, into the pod",
+                    tcp_v4(
+                        EXT_MAC,
+                        CLIENT_MAC,
+                        CLIENT,
+                        CLIENT_PORT + 20,
+                        NODE,
+                        NODE_PORT + 5,
+                        64,
+                        SYN,
+                    ),
+                    TC_ACT_REDIRECT,
+                    tcp_v4(
+                        POD_MAC,
+                        host_mac,
+                        CLIENT,
+                        CLIENT_PORT + 20,
+                        POD,
+                        BACKEND_PORT,
+                        63,
+                        SYN,
+                    ),
+                ),
+                (
+                    "externalTrafficPolicy: Local without a local endpoint: dropped",
+                    tcp_v4(
+                        EXT_MAC,
+                        CLIENT_MAC,
+                        CLIENT,
+                        CLIENT_PORT + 20,
+                        NODE,
+                        NODE_PORT + 6,
+                        64,
+                        SYN,
+                    ),
+                    TC_ACT_SHOT,
+                    tcp_v4(
+                        EXT_MAC,
+                        CLIENT_MAC,
+                        CLIENT,
+                        CLIENT_PORT + 20,
+                        NODE,
+                        NODE_PORT + 6,
+                        64,
+                        SYN,
+                    ),
+                ),
+            ];
+            failures.extend(run_cases(fp.nodeport_program().unwrap(), cases));
+
             // A LoadBalancer IP without backends is not the node's: refused with a RST here.
             let lb = Ipv4Addr::new(10, 99, 0, 201);
             services
@@ -560,8 +622,8 @@ fn nodeport_fixtures() {
                 }
             }
             let stats = fp.nodeport.stats().expect("counters");
-            if stats.new_flows != 2
-                || stats.no_backend != 2
+            if stats.new_flows != 3
+                || stats.no_backend != 3
                 || stats.replies != 2
                 || stats.icmp_errors != 2
             {
