@@ -229,6 +229,20 @@ fn fixture_netns() -> (Netns, [u8; 6]) {
     ns.ip(&["link", "set", "ext1", "up"]).unwrap();
     ns.ip(&["addr", "add", "10.99.0.11/24", "dev", "ext0"])
         .unwrap();
+    ns.ip(&["addr", "add", "fd00:99::11/64", "dev", "ext0", "nodad"])
+        .unwrap();
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "fd00:99::250",
+        "lladdr",
+        "02:00:00:00:00:fa",
+        "dev",
+        "ext0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
     for (ip, mac) in [
         ("10.99.0.250", "02:00:00:00:00:fa"),
         ("10.99.0.12", "02:00:00:00:00:0c"),
@@ -1029,6 +1043,151 @@ fn nodeport_dsr_fixtures() {
             if stats.dsr_in != 1 || stats.denied != 1 {
                 failures.push(format!("counters: {stats:?}"));
             }
+            failures
+        })
+        .expect("running in the test netns");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// An Ethernet + IPv6 + TCP frame with its checksum right.
+#[expect(clippy::too_many_arguments, reason = "a fixture builder")]
+fn tcp_v6(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    sport: u16,
+    dst: std::net::Ipv6Addr,
+    dport: u16,
+    hop: u8,
+    flags: u8,
+) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&1000u32.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    tcp.extend_from_slice(b"hello");
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&u32::try_from(tcp.len()).unwrap().to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, PROTO_TCP]);
+    let csum = fold(sum16(&tcp, sum16(&pseudo, 0)));
+    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&u16::try_from(tcp.len()).unwrap().to_be_bytes());
+    f.extend_from_slice(&[PROTO_TCP, hop]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// IPv6: a NodePort to a pod of this node (DNAT only, the 16-byte addresses through the
+/// pseudo-header), and the pod's reply back to the client.
+#[test]
+fn nodeport_ipv6_fixtures() {
+    let (ns, host_mac) = fixture_netns();
+    let bpf_root = BpfRoot::new();
+    let failures = ns
+        .run(|| {
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+                .expect("enabling IPv6 forwarding");
+            let Loaded {
+                mut fp,
+                mut maglev,
+                size,
+                mut services,
+                mut backends,
+            } = load(&bpf_root);
+            let node: std::net::Ipv6Addr = "fd00:99::11".parse().unwrap();
+            let client: std::net::Ipv6Addr = "fd00:99::250".parse().unwrap();
+            let pod: std::net::Ipv6Addr = "fd00:244::12".parse().unwrap();
+            fp.add(&Endpoint {
+                host_ifname: "hveth".into(),
+                mac: POD_MAC,
+                ips: vec![IpAddr::V4(POD), IpAddr::V6(pod)],
+            })
+            .expect("adding the endpoint's IPv6 address");
+            let key = ServiceKey {
+                addr: node.octets(),
+                port: NODE_PORT.to_be(),
+                proto: PROTO_TCP,
+                pad: 0,
+            };
+            services.insert(key, service(1, SVC_F_EXTERNAL), 0).unwrap();
+            let value = BackendValue {
+                addr: pod.octets(),
+                port: BACKEND_PORT.to_be(),
+                pad: [0; 2],
+            };
+            backends.insert(11, value, 0).unwrap();
+            maglev.put(1, &vec![11; size]).unwrap();
+            fp.nodeport
+                .configure(&NodePortConfig {
+                    snat_v4: [0; 16],
+                    snat_v6: node.octets(),
+                    node_v4: [0; 16],
+                    node_v6: node.octets(),
+                    maglev_table_size: maglev.size(),
+                    flags: NODEPORT_F_ENABLED | gannet_common::NODEPORT_F_SNAT_V6,
+                })
+                .unwrap();
+            let cases: Vec<Case> = vec![(
+                "IPv6 NodePort, backend on this node: DNAT only, into the pod",
+                tcp_v6(
+                    EXT_MAC,
+                    CLIENT_MAC,
+                    client,
+                    CLIENT_PORT,
+                    node,
+                    NODE_PORT,
+                    64,
+                    SYN,
+                ),
+                TC_ACT_REDIRECT,
+                tcp_v6(
+                    POD_MAC,
+                    host_mac,
+                    client,
+                    CLIENT_PORT,
+                    pod,
+                    BACKEND_PORT,
+                    63,
+                    SYN,
+                ),
+            )];
+            let mut failures = run_cases(fp.nodeport_program().unwrap(), cases);
+            let cases: Vec<Case> = vec![(
+                "its reply: from the frontend, out to the client",
+                tcp_v6(
+                    host_mac,
+                    POD_MAC,
+                    pod,
+                    BACKEND_PORT,
+                    client,
+                    CLIENT_PORT,
+                    64,
+                    SYN_ACK,
+                ),
+                TC_ACT_REDIRECT,
+                tcp_v6(
+                    CLIENT_MAC,
+                    EXT_MAC,
+                    node,
+                    NODE_PORT,
+                    client,
+                    CLIENT_PORT,
+                    63,
+                    SYN_ACK,
+                ),
+            )];
+            failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
             failures
         })
         .expect("running in the test netns");
