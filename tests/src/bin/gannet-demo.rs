@@ -30,6 +30,7 @@ const WEB: &str = include_str!("../../../examples/demo/web.yaml");
 const WEB_4: &str = include_str!("../../../examples/demo/web-4.yaml");
 const EMPTY: &str = include_str!("../../../examples/demo/empty.yaml");
 const WEB_5: &str = include_str!("../../../examples/demo/web-5.yaml");
+const WEB_PUBLIC: &str = include_str!("../../../examples/demo/web-public.yaml");
 const VIP: &str = "10.96.0.10";
 const TO_HTTP: &str = "10.96.0.10:80";
 /// How long the demo waits for something gannet does in the background.
@@ -87,7 +88,7 @@ struct DemoPod {
 
 /// The second node's gannetd and cgroup, once it joined.
 struct SecondNode {
-    _agent: Agent,
+    agent: Agent,
     _cgroup: Cgroup,
 }
 
@@ -186,6 +187,20 @@ impl Demo {
         parse_json_output(&output)
     }
 
+    /// `gannet-probe ARGS…` from the host outside the cluster (not under the socket load
+    /// balancer: its packets reach the nodes' NodePort program).
+    fn probe_outside(&self, args: &[&str]) -> anyhow::Result<Report> {
+        check_interrupted()?;
+        let outside = self
+            .underlay
+            .external()
+            .ok_or_else(|| anyhow::anyhow!("no outside host"))?;
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        cmd.args(args);
+        let output = run_in(cmd, Some(outside), None, Duration::from_secs(60))?;
+        parse_json_output(&output)
+    }
+
     fn gannetd_said(&self, needle: &str) {
         if let Some(line) = self.agent.logs().lines().rev().find(|l| l.contains(needle)) {
             let msg = line.split_once(": ").map_or(line, |(_, m)| m);
@@ -249,33 +264,40 @@ impl Demo {
 
     /// Waits until the data plane serves `frontend` with exactly `backends` (`ip:port`).
     fn wait_backends(&self, frontend: &str, count: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            check_interrupted()?;
-            let status = self.agent.status()?;
-            let now = status["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|s| {
-                    s["frontend"]
-                        .as_str()
-                        .is_some_and(|f| f.starts_with(frontend))
-                })
-                .and_then(|s| s["backends"].as_array().map(Vec::len));
-            if now == Some(count) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{frontend} has {now:?} backends after {WAIT:?}, not {count}; gannetd log:\n{}",
-                    self.agent.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_backends_of(&self.agent, frontend, count)
     }
+}
 
+/// Waits until `agent` has programmed `frontend` with `count` backends.
+fn wait_backends_of(agent: &Agent, frontend: &str, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        check_interrupted()?;
+        let status = agent.status()?;
+        let now = status["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| {
+                s["frontend"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with(frontend))
+            })
+            .and_then(|s| s["backends"].as_array().map(Vec::len));
+        if now == Some(count) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{frontend} has {now:?} backends after {WAIT:?}, not {count}; gannetd log:\n{}",
+                agent.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Demo {
     fn bars(&self, report: &Report) {
         let total: u64 = report.backends.values().sum();
         for pod in self.pods.iter().filter(|p| p.name.starts_with("web")) {
@@ -291,7 +313,7 @@ fn demo() -> anyhow::Result<()> {
         "gannet demo: gannet-control, gannetd and gannet-cni on simulated nodes; real eBPF, real packets\n"
     );
 
-    println!("[1/8] gannet-control on its embedded defaults (one store file, a unix socket)");
+    println!("[1/9] gannet-control on its embedded defaults (one store file, a unix socket)");
     let plane = ControlPlane::start(&[])?;
     println!("      serving on {}", plane.addr());
 
@@ -300,7 +322,7 @@ fn demo() -> anyhow::Result<()> {
     let underlay = Underlay::new(2)?;
     let cgroup = Cgroup::new()?;
     println!(
-        "\n[2/8] gannetd joins, in node-0's namespace ({}), with the VXLAN overlay, attached to the pods' cgroup {}",
+        "\n[2/9] gannetd joins, in node-0's namespace ({}), with the VXLAN overlay, attached to the pods' cgroup {}",
         underlay.nodes()[0].ipv4,
         cgroup.path().display()
     );
@@ -328,7 +350,7 @@ fn demo() -> anyhow::Result<()> {
     };
 
     println!(
-        "\n[3/8] gannetctl apply -f examples/demo/web.yaml: Service web ({VIP}) selecting pods web-1..3"
+        "\n[3/9] gannetctl apply -f examples/demo/web.yaml: Service web ({VIP}) selecting pods web-1..3"
     );
     demo.gannetctl(&["apply", "-f", "-"], Some(WEB))?;
     println!("      gannet-cni wires the pods (addresses from the node's lease):");
@@ -356,14 +378,14 @@ fn demo() -> anyhow::Result<()> {
         udp.backends.keys().collect::<Vec<_>>()
     );
 
-    println!("\n[4/8] web-3 is shutting down: deleted with a grace period, it turns terminating");
+    println!("\n[4/9] web-3 is shutting down: deleted with a grace period, it turns terminating");
     demo.gannetctl(&["delete", "pod", "web-3", "--grace-period", "120"], None)?;
     demo.wait_backends(TO_HTTP, 2)?;
     let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
     println!("      300 new connections:");
     demo.bars(&report);
 
-    println!("\n[5/8] A service that selects no pod: gannetctl apply -f examples/demo/empty.yaml");
+    println!("\n[5/9] A service that selects no pod: gannetctl apply -f examples/demo/empty.yaml");
     demo.gannetctl(&["apply", "-f", "-"], Some(EMPTY))?;
     demo.wait_backends("10.96.0.20:80", 0)?;
     let report = demo.probe(&["tcp", "--to", "10.96.0.20:80", "--count", "1"])?;
@@ -374,7 +396,7 @@ fn demo() -> anyhow::Result<()> {
     );
 
     println!(
-        "\n[6/8] gannet-control stops, and gannetd is killed (SIGKILL) and restarted, while the client loops through the service"
+        "\n[6/9] gannet-control stops, and gannetd is killed (SIGKILL) and restarted, while the client loops through the service"
     );
     let mut cmd = Command::new(bin_path("gannet-probe"));
     cmd.args([
@@ -403,7 +425,7 @@ fn demo() -> anyhow::Result<()> {
         report.failed
     );
 
-    println!("\n[7/8] gannet-control is back; a new pod web-4 starts (examples/demo/web-4.yaml)");
+    println!("\n[7/9] gannet-control is back; a new pod web-4 starts (examples/demo/web-4.yaml)");
     demo.plane.restart()?;
     demo.gannetctl(&["apply", "-f", "-"], Some(WEB_4))?;
     demo.add_pod("web-4", 0)?;
@@ -414,7 +436,7 @@ fn demo() -> anyhow::Result<()> {
     demo.bars(&report);
 
     println!(
-        "\n[8/8] A second node joins ({}); pod web-5 starts there (examples/demo/web-5.yaml)",
+        "\n[8/9] A second node joins ({}); pod web-5 starts there (examples/demo/web-5.yaml)",
         demo.underlay.nodes()[1].ipv4
     );
     let cgroup = Cgroup::new()?;
@@ -423,7 +445,7 @@ fn demo() -> anyhow::Result<()> {
     demo.agent.wait_log("node programmed", 1)?;
     demo.cni_confs.push(cni_conf(&agent, &demo.ipam_dir, 1));
     demo.second = Some(SecondNode {
-        _agent: agent,
+        agent,
         _cgroup: cgroup,
     });
     println!("      node-0 reaches node-1's pods through gannet.vxlan (Flannel's wire format):");
@@ -440,6 +462,26 @@ fn demo() -> anyhow::Result<()> {
     let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
     println!("      300 new connections from the client on node-0; web-5 answers from node-1:");
     demo.bars(&report);
+
+    println!(
+        "\n[9/9] From outside the cluster: gannetctl apply -f examples/demo/web-public.yaml (NodePort 30080)"
+    );
+    demo.underlay.add_external()?;
+    demo.gannetctl(&["apply", "-f", "-"], Some(WEB_PUBLIC))?;
+    demo.wait_backends("10.96.0.11:80", 4)?;
+    if let Some(second) = &demo.second {
+        wait_backends_of(&second.agent, "10.96.0.11:80", 4)?;
+    }
+    for node in 0..2 {
+        let to = format!("{}:30080", demo.underlay.nodes()[node].ipv4);
+        let report = demo.probe_outside(&["tcp", "--to", &to, "--count", "300"])?;
+        println!(
+            "      300 new connections from a host outside to {to} (node-{node}'s tc program: \
+             Maglev, conntrack, SNAT into the overlay for the other node's pod); failed: {}",
+            report.failed
+        );
+        demo.bars(&report);
+    }
     check_interrupted()
 }
 
@@ -460,6 +502,8 @@ fn start_node(
         &[
             "--overlay",
             "vxlan",
+            "--nodeport-interfaces",
+            "eth0",
             "--masquerade=true",
             "--node-name",
             &node.name,
