@@ -642,4 +642,37 @@ fn bad_configuration_exits_64_naming_every_flag() {
         stderr.contains("--cluster-cidr: required"),
         "masquerade needs to know the cluster: {stderr}"
     );
+    // The NodePort flags.
+    let nodeport = Command::new(bin_path("gannetd"))
+        .args([
+            "--cgroup-path",
+            "/proc",
+            "--manifest-dir",
+            "/tmp",
+            "--overlay",
+            "none",
+            "--maglev-table-size",
+            "1000",
+            "--max-conntrack",
+            "0",
+            "--nodeport-interfaces",
+            "no-such-if1",
+            "--nodeport-addresses",
+            "10.0.0.0/40",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&nodeport.stderr);
+    assert_eq!(nodeport.status.code(), Some(64), "stderr: {stderr}");
+    for flag in [
+        "--maglev-table-size 1000",
+        "--max-conntrack 0",
+        "--nodeport-interfaces no-such-if1",
+        "--nodeport-addresses 10.0.0.0/40",
+    ] {
+        assert!(
+            stderr.contains(flag),
+            "the error must name {flag}: {stderr}"
+        );
+    }
 }
