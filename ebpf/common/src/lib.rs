@@ -69,7 +69,7 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
 /// Default capacity of [`map_names::SLOTS`]: backend slots of all services, counting both
 /// generations while a service is being switched.
 pub const DEFAULT_MAX_SLOTS: u32 = 262_144;
-/// Default capacity of the socket reverse-NAT LRU map.
+/// Default capacity of the socket reverse-NAT LRU map (UDP; TCP uses socket storage).
 pub const DEFAULT_MAX_REV_NAT: u32 = 131_072;
 /// Default capacity of the affinity LRU map (ClientIP affinity and UDP per-socket stickiness).
 pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
