@@ -152,7 +152,8 @@ pub struct RunArgs {
     /// Capacity: backend slots of all services together.
     #[arg(long, default_value_t = DEFAULT_MAX_SLOTS)]
     pub max_slots: u32,
-    /// Capacity: socket reverse-NAT entries (LRU).
+    /// Capacity: socket reverse-NAT entries of UDP sockets (LRU; TCP sockets keep theirs in
+    /// socket storage).
     #[arg(long, default_value_t = DEFAULT_MAX_REV_NAT)]
     pub max_rev_nat: u32,
     /// Capacity: affinity entries (LRU).

@@ -22,7 +22,7 @@ use aya::{
 };
 use gannet_common::{
     AffinityKey, AffinityValue, BackendValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
-    SlotKey, map_names,
+    SlotKey, SockRevNat, map_names,
 };
 use tracing::{debug, info, warn};
 
@@ -141,11 +141,17 @@ impl SockLb {
             .map_max_entries(map_names::BACKENDS, capacity.backends)
             .map_max_entries(map_names::REV_NAT, capacity.rev_nat)
             .map_max_entries(map_names::AFFINITY, capacity.affinity)
+            // A BTF map, which aya pins only when told where.
+            .map_pin_path(
+                map_names::SOCK_REV_NAT,
+                maps_dir.join(map_names::SOCK_REV_NAT),
+            )
             .load(SOCK_OBJECT)?;
 
         // Take (and check) the maps before any program is attached: a pinned map of another
         // layout must stop us before it reaches the data path.
         let maps = BpfMaps::take(&mut ebpf, capacity)?;
+        check_sock_rev_nat(&ebpf)?;
         let cgroup_file = fs::File::open(cgroup).map_err(io_err(cgroup))?;
         let cgroup_id = sys::cgroup_id(cgroup).map_err(io_err(cgroup))?;
         for name in SOCK_PROGRAMS {
@@ -159,6 +165,32 @@ impl SockLb {
         );
         Ok(Self { maps })
     }
+}
+
+/// Checks that the pinned socket-storage map holds values of this build's layout: its values
+/// live in sockets, so it cannot be migrated, and one of another layout must not be adopted.
+fn check_sock_rev_nat(ebpf: &Ebpf) -> Result<(), DataPathError> {
+    let name = map_names::SOCK_REV_NAT;
+    let map = ebpf.map(name).ok_or(DataPathError::MissingMap(name))?;
+    // aya wraps a map by the object's declaration: anything else means the object has no
+    // socket-storage map of this name.
+    let aya::maps::Map::SkStorage(data) = map else {
+        return Err(DataPathError::MissingMap(name));
+    };
+    let info = data
+        .info()
+        .map_err(|source| DataPathError::Map { name, source })?;
+    let expected = std::mem::size_of::<SockRevNat>();
+    if info.value_size() as usize != expected {
+        return Err(DataPathError::Map {
+            name,
+            source: MapError::InvalidValueSize {
+                size: info.value_size() as usize,
+                expected,
+            },
+        });
+    }
+    Ok(())
 }
 
 fn attach(

@@ -22,6 +22,10 @@ pub mod map_names {
     pub const REV_NAT: &str = "GANNET_REVNAT";
     /// [`AffinityKey`](super::AffinityKey) → [`AffinityValue`](super::AffinityValue) (LRU).
     pub const AFFINITY: &str = "GANNET_AFFINITY";
+    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`): a TCP socket →
+    /// [`SockRevNat`](super::SockRevNat), the reverse translation of its connect; freed with the
+    /// socket.
+    pub const SOCK_REV_NAT: &str = "GANNET_SK_RNAT";
     /// [`EndpointKey`](super::EndpointKey) → [`EndpointValue`](super::EndpointValue): the pods
     /// of this node.
     pub const ENDPOINTS: &str = "GANNET_EP";
@@ -65,7 +69,7 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
 /// Default capacity of [`map_names::SLOTS`]: backend slots of all services, counting both
 /// generations while a service is being switched.
 pub const DEFAULT_MAX_SLOTS: u32 = 262_144;
-/// Default capacity of the socket reverse-NAT LRU map.
+/// Default capacity of the socket reverse-NAT LRU map (UDP; TCP uses socket storage).
 pub const DEFAULT_MAX_REV_NAT: u32 = 131_072;
 /// Default capacity of the affinity LRU map (ClientIP affinity and UDP per-socket stickiness).
 pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
@@ -211,6 +215,23 @@ pub struct RevNatValue {
     pub port: u16,
     pub pad: u16,
     pub service_id: u32,
+}
+
+/// Socket-level reverse NAT of one TCP socket, kept in the socket's own storage
+/// ([`map_names::SOCK_REV_NAT`]): written by `connect()`, read by `getpeername()`. A TCP socket
+/// has one peer, so no per-backend key is needed; the backend is kept to check that the peer
+/// asked about is the one this translation is for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRevNat {
+    /// Backend address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub backend_addr: [u8; 16],
+    /// Service address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub service_addr: [u8; 16],
+    /// Backend port, network order.
+    pub backend_port: u16,
+    /// Service port, network order.
+    pub service_port: u16,
 }
 
 /// `AffinityKey::kind`: the client is a network namespace (ClientIP affinity: at the socket
@@ -472,6 +493,7 @@ mod pod {
     unsafe impl aya::Pod for super::BackendValue {}
     unsafe impl aya::Pod for super::RevNatKey {}
     unsafe impl aya::Pod for super::RevNatValue {}
+    unsafe impl aya::Pod for super::SockRevNat {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::EndpointKey {}
@@ -493,6 +515,7 @@ const _: () = {
     assert!(core::mem::size_of::<BackendValue>() == 20);
     assert!(core::mem::size_of::<RevNatKey>() == 32);
     assert!(core::mem::size_of::<RevNatValue>() == 24);
+    assert!(core::mem::size_of::<SockRevNat>() == 36);
     assert!(core::mem::size_of::<AffinityKey>() == 16);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<EndpointKey>() == 16);

@@ -98,3 +98,15 @@ pub(crate) fn write(ctx: &SockAddrContext, family: Family, to: &SockAddr) {
         write_volatile(addr_of_mut!((*sa).user_port), u32::from(to.port));
     }
 }
+
+/// The state of the context's socket (`TCP_*` for TCP).
+#[inline(always)]
+pub(crate) fn state(ctx: &SockAddrContext) -> u32 {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the kernel hands every sock_addr program a valid context whose socket is set;
+    // `state` is a 4-byte field the verifier lets these hooks read.
+    unsafe {
+        let sk = read_volatile(addr_of!((*sa).__bindgen_anon_1.sk));
+        read_volatile(addr_of!((*sk).state))
+    }
+}

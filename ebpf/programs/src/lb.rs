@@ -2,18 +2,28 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    btf_maps::SkStorage,
     helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::btf_map,
     programs::SockAddrContext,
 };
 use gannet_common::{
     AFFINITY_NETNS, AFFINITY_SOCKET, AffinityKey, AffinityValue, BackendValue, RevNatKey,
-    RevNatValue, SVC_F_AFFINITY, ServiceKey, ServiceValue, SlotKey,
+    RevNatValue, SVC_F_AFFINITY, ServiceKey, ServiceValue, SlotKey, SockRevNat,
 };
 
 use crate::{
     ctx::SockAddr,
     maps::{AFFINITY, BACKENDS, REV_NAT, SERVICES, SLOTS},
 };
+
+/// The reverse translation of a TCP socket, in the socket's own storage: one
+/// `bpf_sk_storage_get` per connect instead of an LRU hash insert, and freed with the socket
+/// instead of crowding out live entries. Here rather than in `maps.rs`, which the pod object
+/// shares: only this object uses it. Pinned by the agent (`map_names::SOCK_REV_NAT`), so a
+/// restarted gannetd keeps translating the connections made before.
+#[btf_map(name = "GANNET_SK_RNAT")]
+static SOCK_REV_NAT: SkStorage<SockRevNat> = SkStorage::new();
 
 /// What `forward` decided for a destination.
 pub(crate) enum Verdict {
@@ -37,7 +47,8 @@ pub(crate) enum Stickiness {
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 /// Translates a connect/sendmsg destination that is a service frontend to a backend, and
-/// records the reverse translation for `recvmsg`/`getpeername`.
+/// records the reverse translation for `recvmsg`/`getpeername`: TCP in the socket's storage, UDP
+/// (one socket, many peers) in the reverse-NAT LRU map under the socket cookie.
 #[inline(always)]
 pub(crate) fn forward(
     ctx: &SockAddrContext,
@@ -55,27 +66,55 @@ pub(crate) fn forward(
     let Some(svc) = (unsafe { SERVICES.get(key) }).copied() else {
         return Verdict::NotService;
     };
-    let Some(backend) = select(ctx, &key, svc, stickiness) else {
+    // Only UDP needs the socket cookie (per-socket stickiness and the reverse-NAT key): read it
+    // once, and not at all for TCP.
+    let cookie = match stickiness {
+        // SAFETY: helper valid for sock_addr programs.
+        Stickiness::PerSocket => unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        Stickiness::PerCall => 0,
+    };
+    let Some(backend) = select(ctx, &key, svc, stickiness, cookie) else {
         return Verdict::NoBackend;
     };
 
-    // SAFETY: helpers valid for sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let rev_key = RevNatKey {
-        cookie,
-        addr: backend.addr,
-        port: backend.port,
-        pad: [0; 6],
-    };
-    let rev = RevNatValue {
-        addr: dst.addr,
-        port: dst.port,
-        pad: 0,
-        service_id: svc.id,
-    };
-    // Best effort: if the LRU map refuses, the application sees the backend's address in
-    // getpeername()/recvfrom(), but its traffic still flows.
-    let _ = REV_NAT.insert(rev_key, rev, 0);
+    match stickiness {
+        Stickiness::PerCall => {
+            let mut rev = SockRevNat {
+                backend_addr: backend.addr,
+                service_addr: dst.addr,
+                backend_port: backend.port,
+                service_port: dst.port,
+            };
+            // SAFETY: the context's socket is valid for the program's run. The storage is
+            // created with `rev` if the socket has none; a socket that failed to connect and
+            // connects again already has one, which is overwritten.
+            let stored = unsafe { SOCK_REV_NAT.get_or_insert_ptr_mut(ctx, Some(&mut rev)) };
+            if !stored.is_null() {
+                // SAFETY: points to this socket's storage; only this socket's own calls, which
+                // the socket lock serialises, write it.
+                unsafe { *stored = rev };
+            }
+            // Best effort: without storage (out of memory) the application sees the backend's
+            // address in getpeername(), but its traffic still flows.
+        }
+        Stickiness::PerSocket => {
+            let rev_key = RevNatKey {
+                cookie,
+                addr: backend.addr,
+                port: backend.port,
+                pad: [0; 6],
+            };
+            let rev = RevNatValue {
+                addr: dst.addr,
+                port: dst.port,
+                pad: 0,
+                service_id: svc.id,
+            };
+            // Best effort: if the LRU map refuses, the application sees the backend's address
+            // in recvfrom(), but its traffic still flows.
+            let _ = REV_NAT.insert(rev_key, rev, 0);
+        }
+    }
 
     dst.addr = backend.addr;
     dst.port = backend.port;
@@ -86,7 +125,23 @@ pub(crate) fn forward(
 /// service the socket addressed. Returns `None` for peers this socket did not reach through a
 /// service.
 #[inline(always)]
-pub(crate) fn reverse(ctx: &SockAddrContext, peer: &SockAddr) -> Option<SockAddr> {
+pub(crate) fn reverse(ctx: &SockAddrContext, peer: &SockAddr, proto: u8) -> Option<SockAddr> {
+    if proto == gannet_common::PROTO_TCP {
+        // SAFETY: the context's socket is valid for the program's run; no storage is created.
+        let stored = unsafe { SOCK_REV_NAT.get_ptr_mut(ctx) };
+        if !stored.is_null() {
+            // SAFETY: points to this socket's storage, copied out at once.
+            let rev = unsafe { *stored };
+            if rev.backend_addr == peer.addr && rev.backend_port == peer.port {
+                return Some(SockAddr {
+                    addr: rev.service_addr,
+                    port: rev.service_port,
+                });
+            }
+        }
+        // Falls through for TCP sockets connected by a gannetd that still kept them in the
+        // LRU map.
+    }
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = RevNatKey {
@@ -110,6 +165,7 @@ fn select(
     key: &ServiceKey,
     svc: ServiceValue,
     stickiness: Stickiness,
+    cookie: u64,
 ) -> Option<BackendValue> {
     if svc.count == 0 {
         return None;
@@ -124,8 +180,6 @@ fn select(
         };
         (Some(key), u64::from(svc.affinity_timeout) * NSEC_PER_SEC)
     } else if stickiness == Stickiness::PerSocket {
-        // SAFETY: helper valid for sock_addr programs.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let key = AffinityKey {
             service_id: svc.id,
             kind: AFFINITY_SOCKET,
@@ -136,11 +190,13 @@ fn select(
         (None, 0)
     };
 
+    let Some(affinity_key) = affinity_key else {
+        // No affinity (TCP without ClientIP): no clock read, no affinity lookup.
+        return pick_random(key, svc).map(|(_, backend)| backend);
+    };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(affinity_key) = &affinity_key
-        && let Some(entry) = AFFINITY.get_ptr_mut(affinity_key)
-    {
+    if let Some(entry) = AFFINITY.get_ptr_mut(affinity_key) {
         // SAFETY: `entry` points into the map value; a racing update of the same client's entry
         // can only store another backend of this service.
         let remembered = unsafe { *entry };
@@ -157,14 +213,12 @@ fn select(
     }
 
     let (backend_id, backend) = pick_random(key, svc)?;
-    if let Some(affinity_key) = &affinity_key {
-        let value = AffinityValue {
-            backend_id,
-            pad: 0,
-            last_used_ns: now,
-        };
-        let _ = AFFINITY.insert(affinity_key, value, 0);
-    }
+    let value = AffinityValue {
+        backend_id,
+        pad: 0,
+        last_used_ns: now,
+    };
+    let _ = AFFINITY.insert(affinity_key, value, 0);
     Some(backend)
 }
 

@@ -34,6 +34,8 @@ use crate::{
 const ALLOW: i32 = 1;
 /// Return value that fails the call (with the errno set by `bpf_set_retval`).
 const REJECT: i32 = 0;
+/// `TCP_CLOSE`: the state of a TCP socket that may connect.
+const TCP_CLOSE: u32 = 7;
 
 #[cgroup_sock_addr(connect4)]
 fn gannet_connect4(ctx: SockAddrContext) -> i32 {
@@ -80,6 +82,10 @@ fn gannet_getpeer6(ctx: SockAddrContext) -> i32 {
 fn translate_destination(ctx: &SockAddrContext, family: Family) -> i32 {
     let proto = ctx::protocol(ctx);
     let stickiness = match proto {
+        // A connect on a socket that is not closed (connecting, connected) fails in the kernel
+        // with EALREADY or EISCONN whatever the address; should the hook run for one, leave it
+        // alone, so the socket storage keeps the translation of the connection it has.
+        PROTO_TCP if ctx::state(ctx) != TCP_CLOSE => return ALLOW,
         PROTO_TCP => Stickiness::PerCall,
         PROTO_UDP => Stickiness::PerSocket,
         _ => return ALLOW,
@@ -104,7 +110,7 @@ fn translate_destination(ctx: &SockAddrContext, family: Family) -> i32 {
 #[inline(always)]
 fn translate_peer(ctx: &SockAddrContext, family: Family) -> i32 {
     let peer = ctx::read(ctx, family);
-    if let Some(service) = lb::reverse(ctx, &peer) {
+    if let Some(service) = lb::reverse(ctx, &peer, ctx::protocol(ctx)) {
         ctx::write(ctx, family, &service);
     }
     // recvmsg and getpeername programs must return 1.
