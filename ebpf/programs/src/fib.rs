@@ -81,14 +81,10 @@ fn lookup_and_redirect(
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.l4_protocol = flow.proto;
     // SAFETY: the skb pointer is valid for the program's run.
-    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    params.ifindex = ifindex;
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "an IP packet's length fits 16 bits"
-    )]
-    let tot_len = (len as usize).saturating_sub(packet::ETH_HLEN) as u16;
-    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // tot_len 0: the kernel checks the skb against the egress MTU itself, GSO-aware (a
+    // segmentation-offloaded skb is far longer than the MTU and still forwardable).
+    params.__bindgen_anon_1.tot_len = 0;
     match flow.l3 {
         L3::V4 => {
             params.family = AF_INET;
