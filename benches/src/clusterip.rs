@@ -254,12 +254,17 @@ fn children_cpu() -> (f64, f64) {
 /// (the harness reaps no other child meanwhile).
 ///
 /// # Errors
-/// If it fails, takes longer than 10 minutes, or the harness is interrupted.
-pub fn timed_load(mut cmd: Command, netns: &Netns, what: &str) -> anyhow::Result<LoadTime> {
+/// If it fails, takes longer than `timeout`, or the harness is interrupted.
+pub fn timed_load(
+    mut cmd: Command,
+    netns: &Netns,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<LoadTime> {
     cmd.env("LC_ALL", "C");
     let (user, sys) = children_cpu();
     let start = Instant::now();
-    let output = run_interruptible(cmd, netns, None, LOAD_TIMEOUT)?;
+    let output = run_interruptible(cmd, netns, None, timeout)?;
     let took = start.elapsed();
     let (user_after, sys_after) = children_cpu();
     ensure!(
@@ -337,7 +342,12 @@ impl Bench<'_> {
         fs::write(&nft_file, rules).with_context(|| format!("writing {}", nft_file.display()))?;
         let mut cmd = Command::new("nft");
         cmd.arg("-f").arg(&nft_file);
-        load.nft = timed_load(cmd, self.path(Variant::KubeProxyNft).node.node(), "nft -f")?;
+        load.nft = timed_load(
+            cmd,
+            self.path(Variant::KubeProxyNft).node.node(),
+            "nft -f",
+            LOAD_TIMEOUT,
+        )?;
         check_interrupted()?;
 
         self.progress
@@ -352,6 +362,7 @@ impl Bench<'_> {
             cmd,
             self.path(Variant::KubeProxyIptables).node.node(),
             "iptables-restore",
+            LOAD_TIMEOUT,
         )?;
         check_interrupted()?;
 

@@ -24,8 +24,10 @@
 //! reading the clock once, which is measured on the `miss` frame (a single run against
 //! `--repeat` repetitions of it, which leave the packet as it was) and subtracted.
 //!
-//! Prints one JSON document on stdout. The runs count in the programs' counters (`gannetd
+//! Prints one JSON document on stdout, with the NodePort program's interfaces, counters and
+//! conntrack usage before and after. The runs count in the programs' counters (`gannetd
 //! status`); the packets are never sent anywhere (a test run does not carry out a redirect).
+//! `--state-only` prints only those (cheaply: `gannetd status` reads every Maglev table).
 #![expect(
     unused_crate_dependencies,
     reason = "the dependencies are the library's; this tool only calls into it"
@@ -40,7 +42,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use gannet_agent::datapath::{
     frame::{TCP_ACK, TCP_SYN, tcp_v4},
-    testrun::{Hook, PacketPrograms, interface},
+    testrun::{Hook, NodePortState, PacketPrograms, interface},
 };
 use gannet_common::{CtEntry, CtKey, PROTO_TCP, v4_mapped};
 use serde::Serialize;
@@ -74,9 +76,12 @@ struct Args {
     /// The interface the backend's replies arrive on [default: --interface].
     #[arg(long)]
     reply_interface: Option<String>,
-    /// The client's address.
+    /// Print only the NodePort program's interfaces, counters and conntrack usage.
     #[arg(long)]
-    client: Ipv4Addr,
+    state_only: bool,
+    /// The client's address.
+    #[arg(long, required_unless_present = "state_only")]
+    client: Option<Ipv4Addr>,
     /// The client port of the tracked flow.
     #[arg(long, default_value_t = 40000)]
     client_port: u16,
@@ -84,11 +89,11 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     first_port: u16,
     /// A frontend gannetd serves from outside: `NodeIP:nodePort`.
-    #[arg(long)]
-    frontend: SocketAddrV4,
+    #[arg(long, required_unless_present = "state_only")]
+    frontend: Option<SocketAddrV4>,
     /// A port of the frontend's address that is no frontend (the `miss` path).
-    #[arg(long)]
-    miss_port: u16,
+    #[arg(long, required_unless_present = "state_only")]
+    miss_port: Option<u16>,
     /// Runs of every path (one packet each).
     #[arg(long, default_value_t = 20_000)]
     calls: u32,
@@ -177,7 +182,16 @@ struct Report {
     calls: u32,
     repeat: u32,
     cpu: Option<usize>,
+    state_before: NodePortState,
     programs: Vec<ProgramResult>,
+    state_after: NodePortState,
+}
+
+/// Where the tracked flow and the `miss` frame go.
+struct Flow {
+    client: SocketAddrV4,
+    frontend: SocketAddrV4,
+    miss_port: u16,
 }
 
 fn key(src: SocketAddrV4, dst: SocketAddrV4) -> CtKey {
@@ -246,6 +260,7 @@ impl Samples {
 
 fn measure(
     args: &Args,
+    flow: &Flow,
     programs: &mut PacketPrograms,
     name: &str,
     ingress: &Interface,
@@ -254,8 +269,8 @@ fn measure(
     let hook = programs
         .hook(name)
         .with_context(|| format!("{name} is neither tc nor XDP"))?;
-    let client = SocketAddrV4::new(args.client, args.client_port);
-    let frontend = args.frontend;
+    let client = flow.client;
+    let frontend = flow.frontend;
     let frame = |from: SocketAddrV4, to: SocketAddrV4, flags| {
         tcp_v4(
             ingress.mac,
@@ -293,14 +308,14 @@ fn measure(
     );
     let miss = frame(
         client,
-        SocketAddrV4::new(*frontend.ip(), args.miss_port),
+        SocketAddrV4::new(*frontend.ip(), flow.miss_port),
         TCP_ACK,
     );
     let unchanged = programs.run(name, &miss, ingress.index, 1)?;
     ensure!(
         unchanged.output == miss,
         "the miss frame (port {}) was rewritten (verdict {}): is it a frontend?",
-        args.miss_port,
+        flow.miss_port,
         hook.verdict_name(unchanged.verdict)
     );
     let repeated_tracked = programs.run(name, &tracked, ingress.index, REPEAT_CHECK)?;
@@ -321,7 +336,7 @@ fn measure(
         if port == args.client_port {
             port = port.wrapping_add(1);
         }
-        let new_client = SocketAddrV4::new(args.client, port);
+        let new_client = SocketAddrV4::new(*client.ip(), port);
         first_s.run(
             programs,
             name,
@@ -410,7 +425,7 @@ fn pin_to(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: &Args) -> anyhow::Result<Report> {
+fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     ensure!(args.calls > 0, "--calls must be at least 1");
     ensure!(args.repeat > 1, "--repeat must be at least 2");
     if let Some(cpu) = args.cpu {
@@ -418,25 +433,42 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let names: Vec<&str> = args.programs.iter().map(String::as_str).collect();
     let mut programs = PacketPrograms::load(&args.bpf_root, &names)?;
+    let state_before = programs.nodeport_state()?;
+    if args.state_only {
+        return Ok(serde_json::to_value(state_before)?);
+    }
+    let (Some(client), Some(frontend), Some(miss_port)) =
+        (args.client, args.frontend, args.miss_port)
+    else {
+        bail!("--client, --frontend and --miss-port are needed without --state-only");
+    };
+    let flow = Flow {
+        client: SocketAddrV4::new(client, args.client_port),
+        frontend,
+        miss_port,
+    };
     let reply_name = args.reply_interface.as_deref().unwrap_or(&args.interface);
     let ingress = open_interface(&args.interface)?;
     let reply_if = open_interface(reply_name)?;
     let mut results = Vec::new();
     for name in &names {
         results.push(
-            measure(args, &mut programs, name, &ingress, &reply_if)
+            measure(args, &flow, &mut programs, name, &ingress, &reply_if)
                 .with_context(|| format!("measuring {name}"))?,
         );
     }
-    Ok(Report {
+    let report = Report {
         bpf_root: args.bpf_root.display().to_string(),
         interface: args.interface.clone(),
         reply_interface: reply_name.to_owned(),
         calls: args.calls,
         repeat: args.repeat,
         cpu: args.cpu,
+        state_before,
         programs: results,
-    })
+        state_after: programs.nodeport_state()?,
+    };
+    Ok(serde_json::to_value(report)?)
 }
 
 fn main() -> ExitCode {

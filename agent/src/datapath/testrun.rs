@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData},
+    maps::{HashMap, IterableMap as _, MapData, PerCpuArray},
     programs::{Program, ProgramError, TestRun as _, TestRunOptions},
 };
-use gannet_common::{CtEntry, CtKey, map_names};
+use gannet_common::{
+    CtEntry, CtKey, NP_STAT_CT_FAILED, NP_STAT_FIB_FAILED, NP_STAT_FORWARD, NP_STAT_NEW_FLOWS,
+    NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STATS, map_names,
+};
 
 use super::{
-    DataPathError,
+    DataPathError, nodeport,
     pods::{POD_OBJECT, pinned_loader},
 };
 use crate::sys;
@@ -128,7 +131,37 @@ pub struct Run {
 /// The packet programs of the pod object, loaded with a running gannetd's maps.
 pub struct PacketPrograms {
     ebpf: Ebpf,
+    bpf_root: PathBuf,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// What the NodePort program of a running gannetd has done, read from its pins (cheap, unlike
+/// `gannetd status`, which reads every Maglev table).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodePortState {
+    /// The interfaces `gannet_nodeport` is attached to.
+    pub interfaces: Vec<String>,
+    /// Its counters, summed over CPUs, by name (`NP_STAT_*`; a counter without a name here as
+    /// `counter_<index>`).
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// Conntrack entries (two per flow) and the map's capacity.
+    pub conntrack_entries: usize,
+    pub conntrack_capacity: u32,
+}
+
+/// The name of counter `index`.
+fn counter_name(index: u32) -> String {
+    let known = match index {
+        NP_STAT_NEW_FLOWS => "new_flows",
+        NP_STAT_FORWARD => "forwarded",
+        NP_STAT_REPLIES => "replies",
+        NP_STAT_NO_BACKEND => "no_backend",
+        NP_STAT_CT_FAILED => "conntrack_failed",
+        NP_STAT_FIB_FAILED => "route_failed",
+        other => return format!("counter_{other}"),
+    };
+    known.to_owned()
 }
 
 fn names_in(dir: &Path) -> Result<BTreeSet<String>, TestRunError> {
@@ -180,15 +213,51 @@ impl PacketPrograms {
                 }
             }
         }
+        let map_err = |name| move |source| DataPathError::Map { name, source };
         let conntrack = HashMap::try_from(
             ebpf.take_map(map_names::CONNTRACK)
                 .ok_or(DataPathError::MissingMap(map_names::CONNTRACK))?,
         )
-        .map_err(|source| DataPathError::Map {
-            name: map_names::CONNTRACK,
-            source,
-        })?;
-        Ok(Self { ebpf, conntrack })
+        .map_err(map_err(map_names::CONNTRACK))?;
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map(map_names::NODEPORT_STATS)
+                .ok_or(DataPathError::MissingMap(map_names::NODEPORT_STATS))?,
+        )
+        .map_err(map_err(map_names::NODEPORT_STATS))?;
+        Ok(Self {
+            ebpf,
+            bpf_root: bpf_root.to_owned(),
+            conntrack,
+            stats,
+        })
+    }
+
+    /// What the NodePort program has done so far (every loaded copy counts in the same maps).
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn nodeport_state(&self) -> Result<NodePortState, TestRunError> {
+        let map_err = |name| move |source| DataPathError::Map { name, source };
+        let mut counters = std::collections::BTreeMap::new();
+        for index in 0..NP_STATS {
+            let per_cpu = self
+                .stats
+                .get(&index, 0)
+                .map_err(map_err(map_names::NODEPORT_STATS))?;
+            counters.insert(counter_name(index), per_cpu.iter().sum());
+        }
+        let conntrack_capacity = self
+            .conntrack
+            .map()
+            .info()
+            .map_err(map_err(map_names::CONNTRACK))?
+            .max_entries();
+        Ok(NodePortState {
+            interfaces: nodeport::attached(&self.bpf_root).into_keys().collect(),
+            counters,
+            conntrack_entries: self.conntrack.keys().filter(Result::is_ok).count(),
+            conntrack_capacity,
+        })
     }
 
     /// The hook of program `name` (loaded by [`load`](Self::load)).
@@ -304,5 +373,7 @@ mod tests {
         assert_eq!(Hook::Tc.verdict_name(u32::MAX), "TC_ACT_UNSPEC");
         assert_eq!(Hook::Xdp.verdict_name(3), "XDP_TX");
         assert_eq!(Hook::Tc.verdict_name(5), "5");
+        assert_eq!(counter_name(NP_STAT_FIB_FAILED), "route_failed");
+        assert_eq!(counter_name(99), "counter_99");
     }
 }

@@ -31,6 +31,7 @@ use gannet_testkit::cluster::{NODE_IF, Underlay};
 use gannet_testkit::{Cgroup, ChildGuard, Netns};
 use serde_json::Value;
 
+use super::packet::{self, NodePortState};
 use super::{Load, Tools, Variant};
 use crate::agent::{Agent, Node};
 use crate::clusterip::{start_server, timed_load};
@@ -59,6 +60,9 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long gannetd may take to program the services (kube-proxy's rule loads have the
 /// `clusterip` scenario's limit, 10 minutes).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long loading kube-proxy's rules may take: `iptables-restore` of 10 000 NodePort services
+/// took 7½ minutes on a 2-CPU machine (iptables-nft 1.8.9, almost all of it in user space).
+const RULES_TIMEOUT: Duration = Duration::from_secs(1800);
 /// The manifest with both Node objects.
 const NODES_FILE: &str = "nodes.yaml";
 
@@ -329,7 +333,7 @@ impl Cluster {
                 let file = write_file(scratch, &format!("np-kube-proxy-{n}.nft"), &rules)?;
                 let mut cmd = Command::new("nft");
                 cmd.arg("-f").arg(&file);
-                load.nft = Some(timed_load(cmd, self.node_netns(), "nft -f")?);
+                load.nft = Some(timed_load(cmd, self.node_netns(), "nft -f", RULES_TIMEOUT)?);
             }
             Variant::KubeProxyIptables => {
                 let rules = iptables::restore_input(services);
@@ -337,8 +341,12 @@ impl Cluster {
                 let file = write_file(scratch, &format!("np-kube-proxy-{n}.iptables"), &rules)?;
                 let mut cmd = Command::new("iptables-restore");
                 cmd.args(["-w", "30", "--noflush"]).arg(&file);
-                load.iptables_restore =
-                    Some(timed_load(cmd, self.node_netns(), "iptables-restore")?);
+                load.iptables_restore = Some(timed_load(
+                    cmd,
+                    self.node_netns(),
+                    "iptables-restore",
+                    RULES_TIMEOUT,
+                )?);
             }
         }
         Ok(())
@@ -351,27 +359,28 @@ impl Cluster {
     ///
     /// # Errors
     /// If it is not so.
-    pub fn check_served_by_variant(&self, connections: u64) -> anyhow::Result<String> {
-        let status = self.agents[0].status()?;
-        let nodeport = &status["nodeport"];
+    pub fn check_served_by_variant(
+        &self,
+        tools: &Tools,
+        connections: u64,
+    ) -> anyhow::Result<String> {
         if self.variant.gannet() {
-            let interfaces: Vec<&str> = nodeport["interfaces"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let new_flows = nodeport["counters"]["new_flows"].as_u64().unwrap_or(0);
+            // From the pins: `gannetd status` reads every Maglev table, minutes for 10 000.
+            let state = packet::state(self, tools)?;
+            let new_flows = state.counters.get("new_flows").copied().unwrap_or(0);
             ensure!(
-                interfaces.contains(&NODE_IF) && new_flows >= connections,
-                "gannet_nodeport did not serve the check: interfaces {interfaces:?}, new flows \
-                 {new_flows} (expected at least {connections}); status: {nodeport}"
+                state.interfaces.iter().any(|i| i == NODE_IF) && new_flows >= connections,
+                "gannet_nodeport did not serve the check: interfaces {:?}, new flows {new_flows} \
+                 (expected at least {connections})",
+                state.interfaces
             );
             Ok(format!(
                 "gannet_nodeport on {} counted {new_flows} new flows",
-                interfaces.join(", ")
+                state.interfaces.join(", ")
             ))
         } else {
+            let status = self.agents[0].status()?;
+            let nodeport = &status["nodeport"];
             ensure!(
                 nodeport["enabled"] != Value::Bool(true),
                 "gannetd's NodePort program is on in the {} cluster: {nodeport}",
@@ -381,22 +390,16 @@ impl Cluster {
         }
     }
 
-    /// gannet's NodePort counters and conntrack usage on node A (`gannetd status`), for the
-    /// report; `None` for kube-proxy.
+    /// gannet's NodePort counters and conntrack usage on node A, for the report; `None` for
+    /// kube-proxy.
     ///
     /// # Errors
-    /// If `gannetd status` fails.
-    pub fn counters(&self) -> anyhow::Result<Option<Value>> {
+    /// If `gannet-testrun --state-only` fails.
+    pub fn counters(&self, tools: &Tools) -> anyhow::Result<Option<NodePortState>> {
         if !self.variant.gannet() {
             return Ok(None);
         }
-        let status = self.agents[0].status()?;
-        let nodeport = &status["nodeport"];
-        Ok(Some(serde_json::json!({
-            "counters": nodeport["counters"],
-            "conntrack_entries": nodeport["conntrack_entries"],
-            "conntrack_capacity": nodeport["conntrack_capacity"],
-        })))
+        packet::state(self, tools).map(Some)
     }
 }
 

@@ -228,9 +228,9 @@ pub struct SizeResult {
     pub backend: String,
     /// What each variant's connectivity check found, beyond the answers.
     pub checks: BTreeMap<Variant, String>,
-    /// gannet's NodePort counters and conntrack usage on node A after the per-packet
-    /// measurement and after the rounds (`gannetd status`).
-    pub gannet_counters: BTreeMap<&'static str, serde_json::Value>,
+    /// gannet's NodePort counters and conntrack usage on node A after the check, after the
+    /// per-packet measurement and after the rounds.
+    pub gannet_counters: BTreeMap<&'static str, packet::NodePortState>,
     /// The per-packet cost of each program in [`PACKET_PROGRAMS`].
     pub packet: Vec<ProgramCost>,
     /// The order the variants were measured in, per round.
@@ -310,7 +310,7 @@ fn check(
         result.operations,
         result.errors
     );
-    cluster.check_served_by_variant(CHECK_CONNECTIONS)
+    cluster.check_served_by_variant(tools, CHECK_CONNECTIONS)
 }
 
 /// Measures everything at `n` services.
@@ -367,15 +367,16 @@ fn run_size(
         .iter()
         .find(|c| c.variant.gannet())
         .context("no gannet cluster")?;
-    let packet =
+    let measured =
         packet::measure(gannet, tools, config, target).context("measuring the per-packet cost")?;
-    for program in &packet {
+    for program in &measured.programs {
         note(progress, format!("{n} services: {}", program.summary()));
     }
-    let mut gannet_counters = BTreeMap::new();
-    if let Some(counters) = gannet.counters()? {
-        gannet_counters.insert("after the per-packet measurement", counters);
-    }
+    let mut gannet_counters = BTreeMap::from([
+        ("after the check", measured.before),
+        ("after the per-packet measurement", measured.after),
+    ]);
+    let packet = measured.programs;
 
     let mut samples: BTreeMap<Variant, BTreeMap<Metric, Vec<f64>>> = BTreeMap::new();
     let mut failed: BTreeMap<Variant, BTreeMap<Metric, Failure>> = BTreeMap::new();
@@ -448,7 +449,7 @@ fn run_size(
         }
     }
     for cluster in &clusters {
-        if let Some(counters) = cluster.counters()? {
+        if let Some(counters) = cluster.counters(tools)? {
             gannet_counters.insert("after the rounds", counters);
         }
     }

@@ -69,6 +69,27 @@ pub struct RepeatCheck {
 #[derive(Debug, Deserialize)]
 struct Report {
     programs: Vec<ProgramCost>,
+    state_before: NodePortState,
+    state_after: NodePortState,
+}
+
+/// The NodePort program's interfaces, counters and conntrack usage, as `gannet-testrun` reads
+/// them from gannetd's pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePortState {
+    pub interfaces: Vec<String>,
+    pub counters: BTreeMap<String, u64>,
+    pub conntrack_entries: usize,
+    pub conntrack_capacity: u32,
+}
+
+/// What one run of `gannet-testrun` found: the per-packet costs, and the program's state before
+/// and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    pub programs: Vec<ProgramCost>,
+    pub before: NodePortState,
+    pub after: NodePortState,
 }
 
 impl ProgramCost {
@@ -116,6 +137,20 @@ fn arguments(cluster: &Cluster, config: &Config, target: SocketAddrV4) -> Vec<St
     args
 }
 
+/// Runs `gannet-testrun` with `args` in `cluster`'s node A and returns what it printed.
+fn testrun(cluster: &Cluster, tools: &Tools, args: Vec<String>) -> anyhow::Result<Vec<u8>> {
+    let mut cmd = Command::new(&tools.testrun);
+    cmd.args(args);
+    let output = run_in(cmd, Some(cluster.node_netns()), None, TIMEOUT)?;
+    ensure!(
+        output.status.success(),
+        "gannet-testrun failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(output.stdout)
+}
+
 /// Runs `gannet-testrun` in `cluster`'s node A (gannet's) against the frontend `target`.
 ///
 /// # Errors
@@ -125,23 +160,36 @@ pub fn measure(
     tools: &Tools,
     config: &Config,
     target: SocketAddrV4,
-) -> anyhow::Result<Vec<ProgramCost>> {
-    let mut cmd = Command::new(&tools.testrun);
-    cmd.args(arguments(cluster, config, target));
-    let output = run_in(cmd, Some(cluster.node_netns()), None, TIMEOUT)?;
-    ensure!(
-        output.status.success(),
-        "gannet-testrun failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    parse(&output.stdout)
+) -> anyhow::Result<Measured> {
+    parse(&testrun(
+        cluster,
+        tools,
+        arguments(cluster, config, target),
+    )?)
 }
 
-fn parse(stdout: &[u8]) -> anyhow::Result<Vec<ProgramCost>> {
+/// The NodePort program's state in `cluster`'s node A (`gannet-testrun --state-only`).
+///
+/// # Errors
+/// If the tool fails or its report cannot be read.
+pub fn state(cluster: &Cluster, tools: &Tools) -> anyhow::Result<NodePortState> {
+    let bpf_root = cluster.node_agent().bpf_root().display().to_string();
+    let stdout = testrun(
+        cluster,
+        tools,
+        vec!["--state-only".to_owned(), format!("--bpf-root={bpf_root}")],
+    )?;
+    serde_json::from_slice(&stdout).context("reading gannet-testrun's state")
+}
+
+fn parse(stdout: &[u8]) -> anyhow::Result<Measured> {
     let report: Report =
         serde_json::from_slice(stdout).context("reading gannet-testrun's report")?;
-    Ok(report.programs)
+    Ok(Measured {
+        programs: report.programs,
+        before: report.state_before,
+        after: report.state_after,
+    })
 }
 
 #[cfg(test)]
@@ -153,6 +201,10 @@ mod tests {
         let json = r#"{
           "bpf_root": "/sys/fs/bpf/x", "interface": "eth0", "reply_interface": "gannet.vxlan",
           "calls": 10, "repeat": 100, "cpu": 1,
+          "state_before": {"interfaces": ["eth0", "gannet.vxlan"], "counters": {"new_flows": 30},
+                           "conntrack_entries": 60, "conntrack_capacity": 262144},
+          "state_after": {"interfaces": ["eth0", "gannet.vxlan"], "counters": {"new_flows": 1031},
+                          "conntrack_entries": 62, "conntrack_capacity": 262144},
           "programs": [{
             "program": "gannet_nodeport", "hook": "tc",
             "client": "10.99.0.250:40000", "frontend": "10.99.0.11:30000",
@@ -169,7 +221,10 @@ mod tests {
             ]
           }]
         }"#;
-        let programs = parse(json.as_bytes()).expect("a report");
+        let measured = parse(json.as_bytes()).expect("a report");
+        assert_eq!(measured.before.counters["new_flows"], 30);
+        assert_eq!(measured.after.conntrack_entries, 62);
+        let programs = measured.programs;
         assert_eq!(programs.len(), 1);
         let p = &programs[0];
         assert_eq!(p.ns("tracked"), Some(79.5));

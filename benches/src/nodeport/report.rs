@@ -498,11 +498,19 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
                 format_services(size.services)
             );
         }
-        for (when, counters) in &size.gannet_counters {
+        for (when, state) in &size.gannet_counters {
+            let counters: Vec<String> = state
+                .counters
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
             let _ = writeln!(
                 out,
-                "- {} services, gannet's NodePort counters {when}: `{counters}`",
-                format_services(size.services)
+                "- {} services, gannet's NodePort program {when}: {}; conntrack {} of {} entries",
+                format_services(size.services),
+                counters.join(", "),
+                state.conntrack_entries,
+                state.conntrack_capacity
             );
         }
     }
