@@ -1,5 +1,7 @@
 //! gannetd under the harness's control: started on the benchmark's own cgroup and bpffs directory,
-//! fed through a manifest directory, stopped and cleaned up by a guard.
+//! fed through a manifest directory, stopped and cleaned up by a guard; alone in the harness's
+//! namespace (socket load balancing only), or as a node of a simulated cluster in the node's
+//! namespace ([`Agent::start_node`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ use crate::util::check_interrupted;
 
 /// The log line gannetd writes once its programs are attached.
 const ATTACHED: &str = "socket load balancer attached";
+/// The log line gannetd writes once it serves gannet-cni (its node set up).
+const CNI_READY: &str = "ready for CNI endpoints";
 /// The log line gannetd writes after applying a change of the manifests.
 const SYNCED: &str = "services synced";
 /// How long gannetd may take to load and attach its programs.
@@ -136,15 +140,56 @@ pub fn cleanup(
     Ok(())
 }
 
-/// A running gannetd; dropping it stops it (SIGTERM, then SIGKILL) and runs `gannetd cleanup`.
+/// `gannetd status` for `bpf_root` (and `state_dir`), run in `netns` if given, as JSON.
+///
+/// # Errors
+/// If the command fails or prints no JSON.
+pub fn status(
+    gannetd: &Path,
+    bpf_root: &Path,
+    state_dir: Option<&Path>,
+    netns: Option<&Netns>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut cmd = Command::new(gannetd);
+    cmd.arg("status").arg("--bpf-root").arg(bpf_root);
+    if let Some(state_dir) = state_dir {
+        cmd.arg("--state-dir").arg(state_dir);
+    }
+    let output = run_in(cmd, netns, None, CLEANUP_TIMEOUT).context("running gannetd status")?;
+    ensure!(
+        output.status.success(),
+        "gannetd status failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    serde_json::from_slice(&output.stdout).context("parsing gannetd status")
+}
+
+/// A running gannetd; dropping it stops it (SIGTERM, then SIGKILL) and runs `gannetd cleanup`
+/// (in its node's namespace, with its state directory, for a node agent).
 #[derive(Debug)]
 pub struct Agent {
     child: Option<ChildGuard>,
     gannetd: PathBuf,
     bpf_root: PathBuf,
     cgroup: PathBuf,
+    /// A node agent's namespace and state directory.
+    node: Option<(PathBuf, PathBuf)>,
     /// How many bytes of gannetd's stderr have been looked at for sync lines.
     log_seen: usize,
+}
+
+/// Where a node agent runs and how it is told it is a node.
+#[derive(Debug, Clone, Copy)]
+pub struct Node<'a> {
+    /// The node's network namespace (gannetd enters only it).
+    pub netns: &'a Netns,
+    /// Tells this process's node agents apart: the suffix of its bpffs directory.
+    pub tag: &'a str,
+    /// Its `--state-dir` (CNI socket, subnet file); removed with the agent.
+    pub state_dir: &'a Path,
+    /// The node's flags: `--node-name`, `--node-ip`, `--overlay`, `--nodeport-interfaces`, …
+    pub args: &'a [String],
 }
 
 /// What one "services synced" line reported.
@@ -165,8 +210,33 @@ impl Agent {
     /// If `cgroup` is the cgroup v2 root (never attach there), a stale bpffs directory is in the
     /// way, or gannetd does not come up.
     pub fn start(gannetd: &Path, cgroup: &Cgroup, manifest_dir: &Path) -> anyhow::Result<Agent> {
+        Self::launch(gannetd, cgroup, manifest_dir, None)
+    }
+
+    /// Starts `gannetd` as a node of a simulated cluster: in `node`'s namespace, with its flags,
+    /// attached to `cgroup`, serving `manifest_dir`, and waits until it serves CNI requests.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_node(
+        gannetd: &Path,
+        cgroup: &Cgroup,
+        manifest_dir: &Path,
+        node: Node<'_>,
+    ) -> anyhow::Result<Agent> {
+        let mut agent = Self::launch(gannetd, cgroup, manifest_dir, Some(node))?;
+        agent.wait_for_log(CNI_READY, START_TIMEOUT)?;
+        Ok(agent)
+    }
+
+    fn launch(
+        gannetd: &Path,
+        cgroup: &Cgroup,
+        manifest_dir: &Path,
+        node: Option<Node<'_>>,
+    ) -> anyhow::Result<Agent> {
         check_cgroup(cgroup)?;
-        let bpf_root = fresh_bpf_root(None)?;
+        let bpf_root = fresh_bpf_root(node.map(|n| n.tag))?;
         let mut cmd = Command::new(gannetd);
         cmd.env("GANNET_LOG", "info")
             .arg("--cgroup-path")
@@ -175,34 +245,74 @@ impl Agent {
             .arg(&bpf_root)
             .arg("--manifest-dir")
             .arg(manifest_dir)
-            .args(["--node-name", "bench", "--log-format", "json"])
-            // One node: no overlay, no masquerade, no NodePort program (this agent runs in the
-            // test's own namespace).
-            .args([
-                "--overlay",
-                "none",
-                "--masquerade=false",
-                "--nodeport-interfaces=",
-            ])
+            .args(["--log-format", "json"])
             .arg(format!("--sync-interval-ms={SYNC_INTERVAL_MS}"));
-        let child = spawn(cmd, None, None).context("starting gannetd")?;
+        match node {
+            Some(node) => {
+                cmd.arg("--state-dir").arg(node.state_dir).args(node.args);
+            }
+            // One node: no overlay, no masquerade, no NodePort program (this agent runs in the
+            // harness's own namespace).
+            None => {
+                cmd.args(["--node-name", "bench"]).args([
+                    "--overlay",
+                    "none",
+                    "--masquerade=false",
+                    "--nodeport-interfaces=",
+                ]);
+            }
+        }
+        let child = spawn(cmd, node.map(|n| n.netns), None).context("starting gannetd")?;
         // From here on the guard cleans up, also if gannetd never gets ready.
         let mut agent = Agent {
             child: Some(child),
             gannetd: gannetd.to_path_buf(),
             bpf_root,
             cgroup: cgroup.path().to_path_buf(),
+            node: node.map(|n| (n.netns.path().to_path_buf(), n.state_dir.to_path_buf())),
             log_seen: 0,
         };
         agent.wait_for_log(ATTACHED, START_TIMEOUT)?;
         Ok(agent)
     }
 
+    /// Its `--bpf-root`.
+    #[must_use]
+    pub fn bpf_root(&self) -> &Path {
+        &self.bpf_root
+    }
+
+    /// `gannetd status` of this agent (run in its node's namespace), as JSON.
+    ///
+    /// # Errors
+    /// If the command fails or prints no JSON.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let state_dir = self.node.as_ref().map(|(_, dir)| dir.as_path());
+        status(
+            &self.gannetd,
+            &self.bpf_root,
+            state_dir,
+            self.netns()?.as_ref(),
+        )
+    }
+
+    /// A node agent's namespace (not owned: dropping it deletes nothing).
+    fn netns(&self) -> anyhow::Result<Option<Netns>> {
+        self.node
+            .as_ref()
+            .map(|(netns, _)| Netns::open_path(netns))
+            .transpose()
+    }
+
     fn child(&mut self) -> anyhow::Result<&mut ChildGuard> {
         self.child.as_mut().context("gannetd was stopped")
     }
 
-    fn wait_for_log(&mut self, message: &str, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until gannetd has logged `message` (anywhere in its log so far).
+    ///
+    /// # Errors
+    /// If gannetd exits, `timeout` passes first, or the harness is interrupted.
+    pub fn wait_for_log(&mut self, message: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let child = self.child()?;
@@ -282,10 +392,18 @@ impl Agent {
             // wait_output kills the child if it does not exit in time.
             let _ = child.wait_output(STOP_TIMEOUT);
         }
-        if !self.bpf_root.exists() {
+        let state_dir = self.node.as_ref().map(|(_, dir)| dir.as_path());
+        if !self.bpf_root.exists() && !state_dir.is_some_and(Path::exists) {
             return Ok(());
         }
-        cleanup(&self.gannetd, &self.bpf_root, &self.cgroup, None, None)
+        let netns = self.netns()?;
+        cleanup(
+            &self.gannetd,
+            &self.bpf_root,
+            &self.cgroup,
+            state_dir,
+            netns.as_ref(),
+        )
     }
 }
 

@@ -160,6 +160,24 @@ pub fn render(path: &Path, metric: Metric, runs: &[RunResult]) -> anyhow::Result
     render_grouped(path, &chart)
 }
 
+/// Draws `<metric>.png` into `out` for every metric, from `chart`; returns the file names per
+/// metric.
+///
+/// # Errors
+/// If a chart cannot be drawn or written.
+pub fn write_metric_charts(
+    out: &Path,
+    chart: impl Fn(Metric) -> GroupedRatios,
+) -> anyhow::Result<Vec<(Metric, String)>> {
+    let mut files = Vec::new();
+    for metric in Metric::ALL {
+        let file = format!("{metric}.png");
+        render_grouped(&out.join(&file), &chart(metric))?;
+        files.push((metric, file));
+    }
+    Ok(files)
+}
+
 /// Draws `chart` into the PNG file `path`.
 ///
 /// # Errors

@@ -20,7 +20,7 @@ use indicatif::ProgressBar;
 
 use crate::agent::{Agent, SYNC_INTERVAL_MS};
 use crate::kubeproxy::{iptables, nft};
-use crate::peer::{self, ClientOptions, Metric, Sample};
+use crate::peer::{self, ClientOptions, Metric, Sample, Traffic};
 use crate::results::{LoadTime, LoadTimes, MetricResult, RunResult, Settings, Variant};
 use crate::services::{
     self, ENDPOINTS_PER_SERVICE, SERVICE_PORT, Service, TARGET_PORT, bench_services,
@@ -63,16 +63,8 @@ pub struct Config {
     pub quick: bool,
     /// The numbers of services to measure at.
     pub service_counts: Vec<usize>,
-    /// Measurements of every path and metric per number of services.
-    pub rounds: usize,
-    /// Length of one measurement.
-    pub duration: Duration,
-    /// Uncounted traffic before each rr and crr measurement.
-    pub warmup: Duration,
-    /// Seed of the measurement order.
-    pub seed: u64,
-    /// The CPU every peer (client and servers) is pinned to, if any.
-    pub peer_cpu: Option<usize>,
+    /// Rounds (per number of services), their length, order and CPU.
+    pub traffic: Traffic,
 }
 
 impl Config {
@@ -82,14 +74,14 @@ impl Config {
         Settings {
             quick: self.quick,
             service_counts: self.service_counts.clone(),
-            rounds: self.rounds,
-            seconds: self.duration.as_secs_f64(),
-            warmup_seconds: self.warmup.as_secs_f64(),
-            seed: self.seed,
+            rounds: self.traffic.rounds,
+            seconds: self.traffic.duration.as_secs_f64(),
+            warmup_seconds: self.traffic.warmup.as_secs_f64(),
+            seed: self.traffic.seed,
             endpoints_per_service: ENDPOINTS_PER_SERVICE,
             measured_service: "last",
             peer_threads: 1,
-            peer_cpu: self.peer_cpu,
+            peer_cpu: self.traffic.peer_cpu,
             gannetd_sync_interval_ms: SYNC_INTERVAL_MS,
         }
     }
@@ -97,7 +89,8 @@ impl Config {
     /// How many measurements the whole run takes (for the progress bar).
     #[must_use]
     pub fn measurements(&self) -> u64 {
-        (self.service_counts.len() * self.rounds * Variant::ALL.len() * Metric::ALL.len()) as u64
+        (self.service_counts.len() * self.traffic.rounds * Variant::ALL.len() * Metric::ALL.len())
+            as u64
     }
 }
 
@@ -259,11 +252,19 @@ fn children_cpu() -> (f64, f64) {
 
 /// Runs `cmd` inside `netns` and returns how long it took, and its user and system CPU time
 /// (the harness reaps no other child meanwhile).
-fn timed_load(mut cmd: Command, netns: &Netns, what: &str) -> anyhow::Result<LoadTime> {
+///
+/// # Errors
+/// If it fails, takes longer than `timeout`, or the harness is interrupted.
+pub fn timed_load(
+    mut cmd: Command,
+    netns: &Netns,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<LoadTime> {
     cmd.env("LC_ALL", "C");
     let (user, sys) = children_cpu();
     let start = Instant::now();
-    let output = run_interruptible(cmd, netns, None, LOAD_TIMEOUT)?;
+    let output = run_interruptible(cmd, netns, None, timeout)?;
     let took = start.elapsed();
     let (user_after, sys_after) = children_cpu();
     ensure!(
@@ -323,7 +324,7 @@ impl Bench<'_> {
             self.path(variant).client(),
             self.client_cgroup(variant),
             &options,
-            self.config.peer_cpu,
+            self.config.traffic.peer_cpu,
         )
         .with_context(|| format!("{variant} {metric}"))
     }
@@ -341,7 +342,12 @@ impl Bench<'_> {
         fs::write(&nft_file, rules).with_context(|| format!("writing {}", nft_file.display()))?;
         let mut cmd = Command::new("nft");
         cmd.arg("-f").arg(&nft_file);
-        load.nft = timed_load(cmd, self.path(Variant::KubeProxyNft).node.node(), "nft -f")?;
+        load.nft = timed_load(
+            cmd,
+            self.path(Variant::KubeProxyNft).node.node(),
+            "nft -f",
+            LOAD_TIMEOUT,
+        )?;
         check_interrupted()?;
 
         self.progress
@@ -356,6 +362,7 @@ impl Bench<'_> {
             cmd,
             self.path(Variant::KubeProxyIptables).node.node(),
             "iptables-restore",
+            LOAD_TIMEOUT,
         )?;
         check_interrupted()?;
 
@@ -419,7 +426,7 @@ impl Bench<'_> {
             self.path(Variant::Gannet).client(),
             None,
             &options,
-            self.config.peer_cpu,
+            self.config.traffic.peer_cpu,
         )?;
         ensure!(
             outside.operations == 0,
@@ -461,9 +468,10 @@ fn run_size(
         progress.set_message(format!(
             "{n} services: building the {variant} node and pods"
         ));
-        bench
-            .paths
-            .insert(variant, PathSetup::new(variant, tools, config.peer_cpu)?);
+        bench.paths.insert(
+            variant,
+            PathSetup::new(variant, tools, config.traffic.peer_cpu)?,
+        );
     }
     let load = bench.program(&services, scratch)?;
     note(
@@ -477,8 +485,8 @@ fn run_size(
     let backend_spread = bench.check()?;
 
     let mut samples: BTreeMap<Variant, BTreeMap<Metric, Vec<f64>>> = BTreeMap::new();
-    let mut order = Vec::with_capacity(bench.config.rounds);
-    for round in 0..bench.config.rounds {
+    let mut order = Vec::with_capacity(bench.config.traffic.rounds);
+    for round in 0..bench.config.traffic.rounds {
         let mut variants = Variant::ALL;
         rng.shuffle(&mut variants);
         order.push(variants.to_vec());
@@ -488,13 +496,13 @@ fn run_size(
                 progress.set_message(format!(
                     "{n} services, round {}/{}: {variant} {metric}",
                     round + 1,
-                    bench.config.rounds
+                    bench.config.traffic.rounds
                 ));
                 let sample = bench.sample(
                     variant,
                     metric,
-                    bench.config.duration,
-                    bench.config.warmup,
+                    bench.config.traffic.duration,
+                    bench.config.traffic.warmup,
                     None,
                 )?;
                 ensure!(
@@ -556,7 +564,7 @@ pub fn run(
     scratch: &Path,
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Vec<RunResult>> {
-    let mut rng = Rng::new(config.seed);
+    let mut rng = Rng::new(config.traffic.seed);
     let mut runs = Vec::with_capacity(config.service_counts.len());
     for &n in &config.service_counts {
         let run = run_size(n, config, tools, &mut rng, progress, scratch, warnings)

@@ -3,7 +3,8 @@
 //! node built from network namespaces; gannet-cni's ADD/DEL latency next to the reference CNI
 //! plugins; gannet-control's full and incremental syncs to gannetd agents next to kube-proxy's rule
 //! loads; pod-to-pod traffic across nodes through gannet's overlay modes next to a Flannel-style
-//! setup and the underlay; and the reports they write.
+//! setup and the underlay; traffic from outside to node ports through gannet's NodePort program
+//! next to kube-proxy's rules; and the reports they write.
 
 pub mod agent;
 pub mod chart;
@@ -12,6 +13,8 @@ pub mod cni;
 pub mod control;
 pub mod kubeproxy;
 pub mod machine;
+pub mod nodeport;
+pub mod nodes;
 pub mod overlay;
 pub mod peer;
 pub mod report;

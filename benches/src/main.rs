@@ -15,10 +15,11 @@ use gannet_bench::clusterip::{self, Tools};
 use gannet_bench::cni::{self, rootns};
 use gannet_bench::control;
 use gannet_bench::kubeproxy::{iptables, nft};
+use gannet_bench::nodeport;
 use gannet_bench::overlay;
-use gannet_bench::peer::Metric;
+use gannet_bench::peer::{Metric, Traffic};
 use gannet_bench::results::Results;
-use gannet_bench::services::{MAX_SERVICES, bench_services, manifests_yaml};
+use gannet_bench::services::{MAX_SERVICES, bench_services, manifests_yaml, with_node_ports};
 use gannet_bench::util::{self, ScratchDir};
 use gannet_bench::{chart, machine, report};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -55,6 +56,10 @@ enum Scenario {
     /// Flannel-style vxlan setup with the reference CNI plugins, and gannet's overlay modes
     /// (vxlan, host-gw, ebpf).
     Overlay(OverlayArgs),
+    /// From outside the cluster to NodeIP:nodePort, the backend on another node: gannet's tc
+    /// NodePort program, kube-proxy's nftables and iptables rules; per-packet cost of the
+    /// program (a kernel test run per packet), rr, crr and stream, at 1 and 10 000 services.
+    Nodeport(NodePortArgs),
     /// Print what the clusterip scenario programs for N services: kube-proxy's nftables rules,
     /// its iptables-restore input, or gannetd's manifests. Needs no root.
     Rules(RulesArgs),
@@ -68,6 +73,9 @@ struct RulesArgs {
     /// Number of services (the last one is the measured one).
     #[arg(long, default_value_t = 2)]
     services: usize,
+    /// As `NodePort` services, as the nodeport scenario programs them (node ports from 30000).
+    #[arg(long)]
+    node_ports: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -82,7 +90,10 @@ enum RulesKind {
 
 fn print_rules(args: &RulesArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let services = bench_services(args.services, &clusterip::BACKEND_IPS)?;
+    let mut services = bench_services(args.services, &clusterip::BACKEND_IPS)?;
+    if args.node_ports {
+        with_node_ports(&mut services)?;
+    }
     let text = match args.what {
         RulesKind::Nft => nft::ruleset(&services),
         RulesKind::Iptables => iptables::restore_input(&services),
@@ -114,35 +125,20 @@ impl ClusterIpArgs {
     /// The scenario's configuration; every problem, each naming its flag, if any.
     fn config(&self) -> Result<clusterip::Config, Vec<String>> {
         let mut errors = Vec::new();
-        let service_counts = self.services.clone().unwrap_or_else(|| {
-            if self.quick {
-                vec![1, 1000]
-            } else {
-                vec![1, 1000, 10_000]
-            }
-        });
-        if service_counts.is_empty() {
-            errors.push("--services: give at least one number".to_owned());
-        }
-        for &n in &service_counts {
-            if !(1..=MAX_SERVICES).contains(&n) {
-                errors.push(format!(
-                    "--services {n}: must be between 1 and {MAX_SERVICES}"
-                ));
-            }
-        }
+        let default: &[usize] = if self.quick {
+            &[1, 1000]
+        } else {
+            &[1, 1000, 10_000]
+        };
+        let service_counts = service_counts(self.services.as_ref(), default, &mut errors);
         let traffic = self.traffic.settings(self.quick, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(clusterip::Config {
-            peer_cpu: traffic.peer_cpu,
             quick: self.quick,
             service_counts,
-            rounds: traffic.rounds,
-            duration: traffic.duration,
-            warmup: traffic.warmup,
-            seed: traffic.seed,
+            traffic,
         })
     }
 }
@@ -165,7 +161,75 @@ struct OverlayArgs {
     no_build: bool,
 }
 
-/// The measurement settings of the traffic scenarios (`clusterip`, `overlay`).
+#[derive(Debug, Args)]
+struct NodePortArgs {
+    /// A short run (1 and 1 000 services, 2 rounds of 0.5 s).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write results.json, results.md and the charts [default: bench-results/<UTC time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Numbers of services to measure at, comma-separated [default: 1,10000; --quick: 1,1000].
+    #[arg(long, value_delimiter = ',')]
+    services: Option<Vec<usize>>,
+    #[command(flatten)]
+    traffic: TrafficArgs,
+    /// Single runs of every path in the per-packet measurement [default: 20000; --quick: 5000].
+    #[arg(long)]
+    testrun_calls: Option<u32>,
+    /// Do not build the binaries first (done by default under `cargo run`).
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// The numbers of services of `--services`, or the defaults, and every problem with them.
+fn service_counts(
+    given: Option<&Vec<usize>>,
+    default: &[usize],
+    errors: &mut Vec<String>,
+) -> Vec<usize> {
+    let counts = given.cloned().unwrap_or_else(|| default.to_vec());
+    if counts.is_empty() {
+        errors.push("--services: give at least one number".to_owned());
+    }
+    for &n in &counts {
+        if !(1..=MAX_SERVICES).contains(&n) {
+            errors.push(format!(
+                "--services {n}: must be between 1 and {MAX_SERVICES}"
+            ));
+        }
+    }
+    counts
+}
+
+impl NodePortArgs {
+    /// The scenario's configuration; every problem, each naming its flag, if any.
+    fn config(&self) -> Result<nodeport::Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let default: &[usize] = if self.quick { &[1, 1000] } else { &[1, 10_000] };
+        let service_counts = service_counts(self.services.as_ref(), default, &mut errors);
+        let testrun_calls = self
+            .testrun_calls
+            .unwrap_or(if self.quick { 5000 } else { 20_000 });
+        if !(1..=1_000_000).contains(&testrun_calls) {
+            errors.push(format!(
+                "--testrun-calls {testrun_calls}: must be between 1 and 1000000"
+            ));
+        }
+        let traffic = self.traffic.settings(self.quick, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(nodeport::Config {
+            quick: self.quick,
+            service_counts,
+            traffic,
+            testrun_calls,
+        })
+    }
+}
+
+/// The measurement settings of the traffic scenarios (`clusterip`, `overlay`, `nodeport`).
 #[derive(Debug, Args)]
 struct TrafficArgs {
     /// Measurements of every path and metric [default: 3; --quick: 2].
@@ -183,15 +247,6 @@ struct TrafficArgs {
     /// Let the scheduler place the peers (results then depend on where it puts them).
     #[arg(long)]
     no_pin: bool,
-}
-
-/// What [`TrafficArgs`] come to.
-struct Traffic {
-    rounds: usize,
-    duration: Duration,
-    warmup: Duration,
-    seed: u64,
-    peer_cpu: Option<usize>,
 }
 
 impl TrafficArgs {
@@ -239,11 +294,7 @@ impl OverlayArgs {
         }
         Ok(overlay::Config {
             quick: self.quick,
-            rounds: traffic.rounds,
-            duration: traffic.duration,
-            warmup: traffic.warmup,
-            seed: traffic.seed,
-            peer_cpu: traffic.peer_cpu,
+            traffic,
         })
     }
 }
@@ -685,13 +736,7 @@ fn cni(args: &CniArgs, config: &cni::Config) -> anyhow::Result<()> {
         machine,
         plugins,
         phases,
-        root_namespace: cni::results::RootCheck {
-            in_init_netns: rootns::in_init_netns(),
-            links: before.links.clone(),
-            nft_ruleset_lines: before.nft_ruleset.lines().count(),
-            sysctls_compared: before.sysctls.len(),
-            differences,
-        },
+        root_namespace: root_check(&before, differences),
         warnings: Vec::new(),
     };
     let written = write_cni_reports(&out, &results)?;
@@ -704,13 +749,7 @@ fn cni(args: &CniArgs, config: &cni::Config) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if !results.root_namespace.differences.is_empty() {
-        bail!(
-            "the root network namespace changed during the run:\n  {}",
-            results.root_namespace.differences.join("\n  ")
-        );
-    }
-    Ok(())
+    root_unchanged(&results.root_namespace)
 }
 
 fn control_tools() -> anyhow::Result<control::Tools> {
@@ -777,35 +816,17 @@ fn run_control(args: &ControlArgs, config: &control::Config) -> anyhow::Result<(
         cli: measured.cli,
         peers: measured.peers,
         goals,
-        root_namespace: cni::results::RootCheck {
-            in_init_netns: rootns::in_init_netns(),
-            links: before.links.clone(),
-            nft_ruleset_lines: before.nft_ruleset.lines().count(),
-            sysctls_compared: before.sysctls.len(),
-            differences,
-        },
+        root_namespace: root_check(&before, differences),
         warnings,
     };
-    let json = out.join("results.json");
-    fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
-        .with_context(|| format!("writing {}", json.display()))?;
-    let md = out.join("results.md");
-    fs::write(&md, control::report::render(&results))
-        .with_context(|| format!("writing {}", md.display()))?;
+    write_results(&out, &results, &control::report::render(&results))?;
     print_verdicts(&results.warnings, &results.goals, "undecided");
     eprintln!(
-        "gannet-bench: control done in {:.0} s; wrote {}, {}",
+        "gannet-bench: control done in {:.0} s; wrote results.json, results.md in {}",
         results.wall_seconds,
-        json.display(),
-        md.display()
+        out.display()
     );
-    if !results.root_namespace.differences.is_empty() {
-        bail!(
-            "the root network namespace changed during the run:\n  {}",
-            results.root_namespace.differences.join("\n  ")
-        );
-    }
-    Ok(())
+    root_unchanged(&results.root_namespace)
 }
 
 fn overlay_tools(args: &OverlayArgs) -> anyhow::Result<overlay::Tools> {
@@ -843,68 +864,189 @@ fn run_overlay(args: &OverlayArgs, config: &overlay::Config) -> anyhow::Result<(
         )?;
     }
     let tools = overlay_tools(args)?;
-    let started = SystemTime::now();
-    let out = output_dir(args.out.as_deref(), started)?;
-    let machine = machine::collect(Some(Path::new(WORKSPACE)));
-    let before = rootns::take().context("reading the root network namespace")?;
-    let clock = Instant::now();
-
-    let progress = progress_bar(config.measurements(), "measurements");
-    let scratch = ScratchDir::new()?;
-    let mut warnings = Vec::new();
-    let outcome = overlay::run(config, &tools, &progress, scratch.path(), &mut warnings);
-    progress.finish_and_clear();
-    drop(scratch);
-    let after = rootns::take().context("reading the root network namespace again")?;
-    let differences = rootns::differences(&before, &after);
-    let measured = outcome?;
-
+    let run = CheckedRun::start(args.out.as_deref())?;
+    let (measured, warnings, root) = run
+        .measure(config.measurements(), |progress, scratch, warnings| {
+            overlay::run(config, &tools, progress, scratch, warnings)
+        })?;
     let results = overlay::report::Results::new(
-        util::rfc3339(started),
-        clock.elapsed().as_secs_f64(),
+        util::rfc3339(run.started),
+        run.seconds(),
         config.settings(),
-        machine,
+        run.machine.clone(),
         measured,
-        cni::results::RootCheck {
-            in_init_netns: rootns::in_init_netns(),
-            links: before.links.clone(),
-            nft_ruleset_lines: before.nft_ruleset.lines().count(),
-            sysctls_compared: before.sysctls.len(),
-            differences,
-        },
+        root,
         warnings,
     );
-    let json = out.join("results.json");
-    fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
-        .with_context(|| format!("writing {}", json.display()))?;
-    let charts = overlay::report::write_charts(&out, &results)?;
-    let md = out.join("results.md");
-    fs::write(&md, overlay::report::render(&results, &charts))
-        .with_context(|| format!("writing {}", md.display()))?;
-    print_verdicts(&results.warnings, &results.goals, "not measured");
-    eprintln!(
-        "gannet-bench: overlay done in {:.0} s; wrote {} in {}",
-        results.wall_seconds,
-        [
-            "results.json",
-            "results.md",
-            "rr.png",
-            "crr.png",
-            "stream.png"
-        ]
-        .join(", "),
-        out.display()
+    let charts = overlay::report::write_charts(&run.out, &results)?;
+    let markdown = overlay::report::render(&results, &charts);
+    run.finish(
+        "overlay",
+        &results,
+        &markdown,
+        &results.goals,
+        &results.warnings,
+        &results.root_namespace,
+    )
+}
+
+fn nodeport_tools() -> anyhow::Result<nodeport::Tools> {
+    Ok(nodeport::Tools {
+        gannetd: find_tool("gannetd", "gannet-agent")?,
+        testrun: find_tool("gannet-testrun", "gannet-agent")?,
+        gannet_cni: find_tool("gannet-cni", "gannet-cni")?,
+        peer: find_tool("gannet-bench-peer", "gannet-bench")?,
+    })
+}
+
+fn run_nodeport(args: &NodePortArgs, config: &nodeport::Config) -> anyhow::Result<()> {
+    preflight(
+        "nodeport",
+        &["ip", "nft", "iptables", "iptables-restore", "sysctl"],
+        true,
+        true,
+        &[],
+    )?;
+    if !args.no_build {
+        build_binaries(
+            &["gannet-agent", "gannet-bench", "gannet-cni"],
+            "gannetd, gannet-testrun, gannet-bench-peer and gannet-cni",
+        )?;
+    }
+    let tools = nodeport_tools()?;
+    let run = CheckedRun::start(args.out.as_deref())?;
+    let (sizes, warnings, root) = run
+        .measure(config.measurements(), |progress, scratch, warnings| {
+            nodeport::run(config, &tools, progress, scratch, warnings)
+        })?;
+    let results = nodeport::report::Results::new(
+        util::rfc3339(run.started),
+        run.seconds(),
+        config.settings(),
+        run.machine.clone(),
+        sizes,
+        root,
+        warnings,
     );
-    if !results.root_namespace.differences.is_empty() {
+    let charts = nodeport::report::write_charts(&run.out, &results)?;
+    let markdown = nodeport::report::render(&results, &charts);
+    run.finish(
+        "nodeport",
+        &results,
+        &markdown,
+        &results.goals,
+        &results.warnings,
+        &results.root_namespace,
+    )
+}
+
+/// The root namespace check of a run, from the snapshot before and the differences after.
+fn root_check(before: &rootns::Snapshot, differences: Vec<String>) -> cni::results::RootCheck {
+    cni::results::RootCheck {
+        in_init_netns: rootns::in_init_netns(),
+        links: before.links.clone(),
+        nft_ruleset_lines: before.nft_ruleset.lines().count(),
+        sysctls_compared: before.sysctls.len(),
+        differences,
+    }
+}
+
+/// Fails the run if the root network namespace changed during it.
+fn root_unchanged(root: &cni::results::RootCheck) -> anyhow::Result<()> {
+    if !root.differences.is_empty() {
         bail!(
             "the root network namespace changed during the run:\n  {}",
-            results.root_namespace.differences.join("\n  ")
+            root.differences.join("\n  ")
         );
     }
     Ok(())
 }
 
-/// `--out`, or `bench-results/<UTC time>/`; created.
+/// A run that reads the root network namespace before and after it: when it started, where it
+/// writes, the machine, the namespace before.
+struct CheckedRun {
+    started: SystemTime,
+    clock: Instant,
+    out: PathBuf,
+    machine: machine::Machine,
+    before: rootns::Snapshot,
+}
+
+impl CheckedRun {
+    /// Creates the output directory (`--out`) and reads the machine and the root namespace.
+    fn start(out: Option<&Path>) -> anyhow::Result<CheckedRun> {
+        let started = SystemTime::now();
+        let out = output_dir(out, started)?;
+        let machine = machine::collect(Some(Path::new(WORKSPACE)));
+        let before = rootns::take().context("reading the root network namespace")?;
+        Ok(CheckedRun {
+            started,
+            clock: Instant::now(),
+            out,
+            machine,
+            before,
+        })
+    }
+
+    /// Runs `measure` with a progress bar of `total` measurements, a scratch directory (removed
+    /// afterwards, also on failure) and a list for warnings; then reads the root namespace again.
+    fn measure<T>(
+        &self,
+        total: u64,
+        measure: impl FnOnce(&ProgressBar, &Path, &mut Vec<String>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(T, Vec<String>, cni::results::RootCheck)> {
+        let progress = progress_bar(total, "measurements");
+        let scratch = ScratchDir::new()?;
+        let mut warnings = Vec::new();
+        let outcome = measure(&progress, scratch.path(), &mut warnings);
+        progress.finish_and_clear();
+        drop(scratch);
+        let after = rootns::take().context("reading the root network namespace again")?;
+        let differences = rootns::differences(&self.before, &after);
+        Ok((outcome?, warnings, root_check(&self.before, differences)))
+    }
+
+    /// Seconds since the start.
+    fn seconds(&self) -> f64 {
+        self.clock.elapsed().as_secs_f64()
+    }
+
+    /// Writes `results.json` and `results.md`, prints the warnings and goal verdicts, and fails
+    /// if the root namespace changed.
+    fn finish(
+        &self,
+        scenario: &str,
+        results: &impl serde::Serialize,
+        markdown: &str,
+        goals: &[control::report::Goal],
+        warnings: &[String],
+        root: &cni::results::RootCheck,
+    ) -> anyhow::Result<()> {
+        write_results(&self.out, results, markdown)?;
+        print_verdicts(warnings, goals, "not measured");
+        eprintln!(
+            "gannet-bench: {scenario} done in {:.0} s; wrote results.json, results.md, rr.png, \
+             crr.png, stream.png in {}",
+            self.seconds(),
+            self.out.display()
+        );
+        root_unchanged(root)
+    }
+}
+
+/// Writes `results.json` (`results`) and `results.md` (`markdown`) into `out`.
+fn write_results(
+    out: &Path,
+    results: &impl serde::Serialize,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    let json = out.join("results.json");
+    fs::write(&json, serde_json::to_string_pretty(results)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let md = out.join("results.md");
+    fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))
+}
+
 /// A scenario's warnings and goal verdicts on stderr; `unknown` names a goal without a verdict.
 fn print_verdicts(warnings: &[String], goals: &[control::report::Goal], unknown: &str) {
     for warning in warnings {
@@ -920,6 +1062,7 @@ fn print_verdicts(warnings: &[String], goals: &[control::report::Goal], unknown:
     }
 }
 
+/// `--out`, or `bench-results/<UTC time>/`; created.
 fn output_dir(out: Option<&Path>, started: SystemTime) -> anyhow::Result<PathBuf> {
     let out = out.map_or_else(
         || Path::new("bench-results").join(util::compact_timestamp(started)),
@@ -969,5 +1112,8 @@ fn main() -> ExitCode {
         Scenario::Control(args) => run_scenario(args.config(), |config| run_control(args, config)),
         Scenario::Cni(args) => run_scenario(args.config(), |config| cni(args, config)),
         Scenario::Overlay(args) => run_scenario(args.config(), |config| run_overlay(args, config)),
+        Scenario::Nodeport(args) => {
+            run_scenario(args.config(), |config| run_nodeport(args, config))
+        }
     }
 }

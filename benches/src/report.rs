@@ -118,6 +118,36 @@ fn compare(ours: &MetricResult, theirs: &MetricResult) -> (&'static str, Outcome
     }
 }
 
+/// The section listing `goals` with their verdicts (as the `overlay` and `nodeport` reports
+/// have it).
+pub fn goals_section(out: &mut String, goals: &[crate::control::report::Goal]) {
+    let _ = writeln!(
+        out,
+        "## Goals (shown, not asserted)\n\n| goal | measured | |\n|---|---|---|"
+    );
+    for g in goals {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            g.goal,
+            g.measured.replace('|', "\\|"),
+            verdict(g.met)
+        );
+    }
+    out.push('\n');
+}
+
+/// The section listing the run's warnings, if it had any.
+pub fn warnings_section(out: &mut String, warnings: &[String]) {
+    if !warnings.is_empty() {
+        out.push_str("## Warnings\n\n");
+        for warning in warnings {
+            let _ = writeln!(out, "- {warning}");
+        }
+        out.push('\n');
+    }
+}
+
 /// A goal's verdict in the tables: met, not met, or not measured (`None`).
 #[must_use]
 pub fn verdict(met: Option<bool>) -> &'static str {
@@ -300,13 +330,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
         s.gannetd_sync_interval_ms
     );
 
-    if !results.warnings.is_empty() {
-        out.push_str("## Warnings\n\n");
-        for warning in &results.warnings {
-            let _ = writeln!(out, "- {warning}");
-        }
-        out.push('\n');
-    }
+    warnings_section(&mut out, &results.warnings);
 
     let _ = writeln!(
         out,

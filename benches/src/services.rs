@@ -1,6 +1,7 @@
 //! The services a benchmark programs, and the Kubernetes manifests gannetd reads them from.
 //!
-//! Every service is a `ClusterIP` service with one TCP port and three endpoints. Only the measured
+//! Every service is a `ClusterIP` service (or, for the `nodeport` scenario, a `NodePort` service:
+//! [`with_node_ports`]) with one TCP port and three endpoints. Only the measured
 //! service, the last one, points at running pods; the others point at addresses of pods that do not
 //! exist and are never connected to. The same list feeds gannetd (as YAML) and the kube-proxy rule
 //! generators, so all of them program exactly the same services.
@@ -33,6 +34,10 @@ const FIRST_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const FIRST_ABSENT_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
 /// Largest number of services the address plan above fits (the absent pods stay in the /16).
 pub const MAX_SERVICES: usize = 20_000;
+/// The node port of service 0 (service `i` gets this plus `i`): Kubernetes' default range
+/// (30000-32767) holds only 2 768, so the benchmark's cluster has a wider one, as a cluster with
+/// 10 000 `NodePort` services must (`--service-node-port-range`).
+pub const FIRST_NODE_PORT: u16 = 30_000;
 /// The manifest file gannetd reads.
 pub const MANIFEST_FILE: &str = "services.yaml";
 
@@ -53,6 +58,8 @@ pub struct Service {
     pub endpoints: Vec<Ipv4Addr>,
     /// The endpoints' port.
     pub target_port: u16,
+    /// The node port (`type: NodePort`, `externalTrafficPolicy: Cluster`), if any.
+    pub node_port: Option<u16>,
 }
 
 impl Service {
@@ -101,9 +108,27 @@ pub fn bench_services(
                 port: SERVICE_PORT,
                 endpoints,
                 target_port: TARGET_PORT,
+                node_port: None,
             }
         })
         .collect())
+}
+
+/// Makes every service a `NodePort` service: service `i` gets node port
+/// [`FIRST_NODE_PORT`]` + i`.
+///
+/// # Errors
+/// If a port would pass 65535.
+pub fn with_node_ports(services: &mut [Service]) -> anyhow::Result<()> {
+    for (i, svc) in services.iter_mut().enumerate() {
+        let port = u16::try_from(usize::from(FIRST_NODE_PORT) + i)
+            .ok()
+            .with_context(|| {
+                format!("service {i} has no node port left above {FIRST_NODE_PORT}")
+            })?;
+        svc.node_port = Some(port);
+    }
+    Ok(())
 }
 
 /// The services as Kubernetes YAML: per service a `v1` `Service` and a `discovery.k8s.io/v1`
@@ -122,6 +147,10 @@ pub fn manifests_yaml(services: &[Service]) -> String {
             target_port,
             ..
         } = svc;
+        let (kind, node_port) = match svc.node_port {
+            Some(node_port) => ("NodePort", format!("\n      nodePort: {node_port}")),
+            None => ("ClusterIP", String::new()),
+        };
         let _ = write!(
             out,
             "---
@@ -131,14 +160,14 @@ metadata:
   name: {name}
   namespace: {namespace}
 spec:
-  type: ClusterIP
+  type: {kind}
   clusterIP: {cluster_ip}
   clusterIPs: [\"{cluster_ip}\"]
   ports:
     - name: {port_name}
       protocol: TCP
       port: {port}
-      targetPort: {target_port}
+      targetPort: {target_port}{node_port}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -243,5 +272,23 @@ mod tests {
             "{yaml}"
         );
         assert_eq!(yaml.matches("conditions: {ready: true}").count(), 6);
+        assert!(yaml.contains("type: ClusterIP\n"), "{yaml}");
+        assert!(!yaml.contains("nodePort"), "{yaml}");
+    }
+
+    #[test]
+    fn node_port_services_get_consecutive_ports() {
+        let mut services = bench_services(3, &backends()).expect("services");
+        with_node_ports(&mut services).expect("ports");
+        assert_eq!(services[2].node_port, Some(30_002));
+        let yaml = manifests_yaml(&services);
+        assert_eq!(yaml.matches("type: NodePort\n").count(), 3, "{yaml}");
+        assert!(
+            yaml.contains("      port: 80\n      targetPort: 8080\n      nodePort: 30002\n---"),
+            "{yaml}"
+        );
+        let mut all = bench_services(MAX_SERVICES, &backends()).expect("services");
+        with_node_ports(&mut all).expect("20 000 ports fit");
+        assert_eq!(all[MAX_SERVICES - 1].node_port, Some(49_999));
     }
 }

@@ -5,9 +5,11 @@
 //! - `links/<program>`: the pinned cgroup links (programs stay attached while gannetd is
 //!   down; on restart each is switched to the newly loaded program with one `BPF_LINK_UPDATE`).
 
+pub mod frame;
 pub mod nodeport;
 pub mod pods;
 pub mod reconcile;
+pub mod testrun;
 
 use std::{
     fs, io,

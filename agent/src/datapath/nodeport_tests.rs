@@ -14,10 +14,11 @@ use gannet_common::{
 };
 use gannet_testkit::Netns;
 
+use crate::datapath::frame::{fold, ipv4_checksum, sum16, tcp_v4};
 use crate::datapath::nodeport::ExternalMaps;
 use crate::datapath::pods::{
     Endpoint, PodFastPath,
-    tests::{BpfRoot, Case, POD_MAC, host_veth, ipv4_checksum, run_cases, small_capacity},
+    tests::{BpfRoot, Case, POD_MAC, host_veth, run_cases, small_capacity},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -38,69 +39,6 @@ const BACKEND_PORT: u16 = 8080;
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfa];
 const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
 const EXT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
-
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += u32::from(word);
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).expect("folded")
-}
-
-/// An Ethernet + IPv4 + TCP frame with both checksums right.
-#[expect(clippy::too_many_arguments, reason = "a fixture builder")]
-fn tcp_v4(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: Ipv4Addr,
-    sport: u16,
-    dst: Ipv4Addr,
-    dport: u16,
-    ttl: u8,
-    flags: u8,
-) -> Vec<u8> {
-    let payload = b"hello";
-    let mut tcp = Vec::new();
-    tcp.extend_from_slice(&sport.to_be_bytes());
-    tcp.extend_from_slice(&dport.to_be_bytes());
-    tcp.extend_from_slice(&1000u32.to_be_bytes());
-    tcp.extend_from_slice(&0u32.to_be_bytes());
-    tcp.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    tcp.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, PROTO_TCP]);
-    pseudo.extend_from_slice(&u16::try_from(tcp.len()).unwrap().to_be_bytes());
-    let csum = fold(sum16(&tcp, sum16(&pseudo, 0)));
-    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
-
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, ttl, PROTO_TCP, 0, 0];
-    ip[2..4].copy_from_slice(&u16::try_from(20 + tcp.len()).unwrap().to_be_bytes());
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let csum = ipv4_checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
-}
 
 /// An Ethernet + IPv4 + ICMP error frame quoting `quoted` (an IP header and 8 bytes of its
 /// transport header), every checksum right.

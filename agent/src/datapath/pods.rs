@@ -37,7 +37,8 @@ use super::{
 use crate::sys;
 
 /// The pod programs' object, built by build.rs.
-static POD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gannet-pod"));
+pub(super) static POD_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gannet-pod"));
 
 const FROM_POD: &str = "gannet_from_pod";
 const TO_POD: &str = "gannet_to_pod";
@@ -126,15 +127,12 @@ impl PodFastPath {
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
+        let mut ebpf = pinned_loader(&maps_dir)
             .map_max_entries(map_names::ENDPOINTS, capacity.endpoints)
             .map_max_entries(map_names::ENDPOINT_STATS, capacity.endpoints)
             .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
             .map_max_entries(map_names::MAGLEV, capacity.external)
             .map_max_entries(map_names::NODEPORT_AFFINITY, capacity.affinity)
-            // A BTF map (map-in-map) says nothing about pinning; pin it with the others.
-            .map_pin_path(map_names::MAGLEV, maps_dir.join(map_names::MAGLEV))
             .load(POD_OBJECT)?;
         for name in [FROM_POD, TO_POD, FROM_TUNNEL, TO_TUNNEL, nodeport::PROGRAM] {
             program(&mut ebpf, name)?
@@ -544,6 +542,17 @@ impl PodFastPath {
     pub fn from_tunnel_program(&mut self) -> Result<&mut SchedClassifier, DataPathError> {
         program(&mut self.ebpf, FROM_TUNNEL)
     }
+}
+
+/// A loader of the pod object whose maps are pinned under `maps_dir`: a map pinned there is
+/// used as it is, one that is not is created and pinned there.
+pub(super) fn pinned_loader(maps_dir: &Path) -> EbpfLoader<'_> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(maps_dir)
+        // A BTF map (map-in-map) says nothing about pinning; pin it with the others.
+        .map_pin_path(map_names::MAGLEV, maps_dir.join(map_names::MAGLEV));
+    loader
 }
 
 /// Attaches program `name` to `ifname` with tcx (after the programs already there) and pins the

@@ -11,6 +11,7 @@ use gannet_testkit::{Netns, unique_name};
 
 use super::{Endpoint, PodFastPath};
 use crate::datapath::cleanup;
+use crate::datapath::frame::ipv4_checksum;
 use crate::overlay::ebpf::{TunnelMaps, value};
 
 const TC_ACT_OK: u32 = 0;
@@ -95,17 +96,6 @@ pub(crate) fn host_veth(ns: &Netns) -> [u8; 6] {
 pub(crate) const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const GW_MAC: [u8; 6] = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
-
-pub(crate) fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in header.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([chunk[0], chunk[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).expect("folded")
-}
 
 fn frame_v4(dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
     let mut f = Vec::new();

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::results::{PhaseResult, Plugin, Results, Verb, VerbResult};
-use crate::report::thousands;
+use crate::report::{thousands, warnings_section};
 
 /// gannet-cni's p50 goal: at least this many times faster than the reference plugins.
 pub const GOAL_SPEEDUP: f64 = 2.0;
@@ -207,13 +207,7 @@ pub fn render(results: &Results, chart: Option<&str>) -> String {
         out.push('\n');
     }
 
-    if !results.warnings.is_empty() {
-        out.push_str("## Warnings\n\n");
-        for warning in &results.warnings {
-            let _ = writeln!(out, "- {warning}");
-        }
-        out.push('\n');
-    }
+    warnings_section(&mut out, &results.warnings);
 
     let concurrency: Vec<String> = s.concurrency.iter().map(ToString::to_string).collect();
     let _ = write!(

@@ -61,6 +61,7 @@ pub fn services(count: usize, endpoints: usize) -> anyhow::Result<Vec<Service>> 
                 .map(|j| offset(FIRST_ENDPOINT, i * endpoints + j))
                 .collect(),
             target_port: TARGET_PORT,
+            node_port: None,
         })
         .collect())
 }

@@ -14,16 +14,14 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
-use gannet_testkit::{Cgroup, Netns, run_in};
+use anyhow::{Context as _, bail};
+use gannet_testkit::{Cgroup, Netns};
 use serde_json::Value;
 
 use crate::util::check_interrupted;
 
 /// How long a process may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `gannetd cleanup` may take.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a process exited, how long to wait for the end of its stderr.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// How long gannet-control may take to start serving.
@@ -517,16 +515,7 @@ impl BenchAgent {
     /// # Errors
     /// If the command fails or prints no JSON.
     pub fn status(&self) -> anyhow::Result<Value> {
-        let mut cmd = Command::new(&self.gannetd);
-        cmd.arg("status").arg("--bpf-root").arg(&self.bpf_root);
-        let output = run_in(cmd, None, None, CLEANUP_TIMEOUT).context("running gannetd status")?;
-        ensure!(
-            output.status.success(),
-            "gannetd status failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        serde_json::from_slice(&output.stdout).context("parsing gannetd status")
+        crate::agent::status(&self.gannetd, &self.bpf_root, None, None)
     }
 
     /// Stops gannetd and removes its programs, links, pins and state with `gannetd cleanup`.

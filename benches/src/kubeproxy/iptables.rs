@@ -9,6 +9,11 @@
 //! Packets of established connections skip the nat table (conntrack translates them) but still go
 //! through the filter chains.
 //!
+//! A new connection to a node port (`externalTrafficPolicy: Cluster`) from outside walks all of
+//! `KUBE-SERVICES` (no cluster IP matches), then its last rule (`--dst-type LOCAL`) into
+//! `KUBE-NODEPORTS`, one rule per node port in service order, to `KUBE-EXT-…` (masquerade mark,
+//! then `KUBE-SVC-…`); `KUBE-FORWARD` accepts it by the mark, `KUBE-POSTROUTING` masquerades it.
+//!
 //! kube-proxy installs the jumps from the built-in chains itself (`iptables -I`) and restores the
 //! rest with `iptables-restore --noflush`; here both are in one input for a fresh namespace.
 
@@ -26,6 +31,16 @@ pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 pub fn service_chain(svc: &Service) -> String {
     format!(
         "KUBE-SVC-{}",
+        hash_prefix(&format!("{}tcp", svc.port_name_string()), 16)
+    )
+}
+
+/// `KUBE-EXT-` and the same hash as [`service_chain`]: where traffic to `svc`'s node port (and
+/// external IPs) goes.
+#[must_use]
+pub fn external_chain(svc: &Service) -> String {
+    format!(
+        "KUBE-EXT-{}",
         hash_prefix(&format!("{}tcp", svc.port_name_string()), 16)
     )
 }
@@ -93,6 +108,9 @@ COMMIT
     );
     for svc in services {
         let _ = writeln!(out, ":{} - [0:0]", service_chain(svc));
+        if svc.node_port.is_some() {
+            let _ = writeln!(out, ":{} - [0:0]", external_chain(svc));
+        }
         for &ep in &svc.endpoints {
             let _ = writeln!(out, ":{} - [0:0]", endpoint_chain(svc, ep));
         }
@@ -122,9 +140,29 @@ COMMIT
     out.push_str(
         "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
     );
+    // KUBE-NODEPORTS in service order, one rule per node port: the last service is matched last.
+    for svc in services {
+        if let Some(node_port) = svc.node_port {
+            let _ = writeln!(
+                out,
+                "-A KUBE-NODEPORTS -m comment --comment {} -m tcp -p tcp --dport {node_port} -j {}",
+                svc.port_name_string(),
+                external_chain(svc)
+            );
+        }
+    }
     for svc in services {
         let name = svc.port_name_string();
         let chain = service_chain(svc);
+        if svc.node_port.is_some() {
+            // externalTrafficPolicy: Cluster: masquerade (the endpoint may be on another node),
+            // then the service's endpoints.
+            let external = external_chain(svc);
+            let _ = write!(
+                out,
+                "-A {external} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ\n-A {external} -j {chain}\n"
+            );
+        }
         let _ = writeln!(
             out,
             "-A {chain} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {}/32 --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
@@ -261,6 +299,50 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_go_through_kube_nodeports_and_an_ext_chain() {
+        let mut svcs = services(3);
+        crate::services::with_node_ports(&mut svcs).expect("ports");
+        svcs[0].node_port = None;
+        let input = restore_input(&svcs);
+        // One KUBE-NODEPORTS rule per node port, in service order, after the catch-all jump.
+        let nodeports: Vec<&str> = input
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-NODEPORTS "))
+            .collect();
+        assert_eq!(
+            nodeports,
+            [
+                format!(
+                    "-A KUBE-NODEPORTS -m comment --comment bench/svc-00001:http -m tcp -p tcp --dport 30001 -j {}",
+                    external_chain(&svcs[1])
+                ),
+                format!(
+                    "-A KUBE-NODEPORTS -m comment --comment bench/svc-00002:http -m tcp -p tcp --dport 30002 -j {}",
+                    external_chain(&svcs[2])
+                ),
+            ]
+        );
+        // KUBE-EXT: masquerade mark, then the service chain; declared in the nat table.
+        let ext = external_chain(&svcs[2]);
+        assert!(input.contains(&format!(":{ext} - [0:0]\n")), "{input}");
+        let ext_rules: Vec<&str> = input
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {ext} ")))
+            .collect();
+        assert_eq!(
+            ext_rules,
+            [
+                format!(
+                    "-A {ext} -m comment --comment \"masquerade traffic for bench/svc-00002:http external destinations\" -j KUBE-MARK-MASQ"
+                ),
+                format!("-A {ext} -j {}", service_chain(&svcs[2])),
+            ]
+        );
+        assert!(!input.contains(&format!(":{} - [0:0]", external_chain(&svcs[0]))));
+        assert_eq!(input.matches(":KUBE-EXT-").count(), 2);
+    }
+
+    #[test]
     fn large_clusters_drop_endpoint_comments() {
         let small = restore_input(&services(2));
         assert!(small.contains("-> 10.244.0.13:8080\""));
@@ -282,8 +364,10 @@ mod tests {
             port: 80,
             endpoints: vec![Ipv4Addr::new(10, 180, 0, 1)],
             target_port: 80,
+            node_port: None,
         };
         assert_eq!(service_chain(&svc), "KUBE-SVC-XPGD46QRK7WJZT7O");
+        assert_eq!(external_chain(&svc), "KUBE-EXT-XPGD46QRK7WJZT7O");
         assert_eq!(
             endpoint_chain(&svc, svc.endpoints[0]),
             "KUBE-SEP-SXIVWICOYRO3J4NJ"

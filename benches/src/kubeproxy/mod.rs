@@ -1,9 +1,12 @@
 //! The rules kube-proxy programs for a set of `ClusterIP` services, in its nftables mode and its
 //! iptables mode, generated the way kube-proxy (`pkg/proxy/nftables`, `pkg/proxy/iptables`)
 //! generates them: the same tables, chains, hooks, priorities, chain names (same hashes), masquerade
-//! marks and conntrack checks. What kube-proxy would add for `NodePort`, `LoadBalancer` and external
-//! IP services is left out, because the benchmark has none; the chains that exist regardless (and
-//! sit on the path of every forwarded packet) are kept.
+//! marks and conntrack checks; for `NodePort` services (`externalTrafficPolicy: Cluster`) also what
+//! kube-proxy adds for the node port (iptables: the `KUBE-NODEPORTS` rule and the `KUBE-EXT-…`
+//! chain; nftables: the `service-nodeports` element and the `external-…` chain). What it would add
+//! for `LoadBalancer` and external IPs, or `externalTrafficPolicy: Local`, is left out, because the
+//! benchmarks have none; the chains that exist regardless (and sit on the path of every forwarded
+//! packet) are kept.
 
 pub mod iptables;
 pub mod nft;
@@ -47,13 +50,16 @@ mod tests {
     use super::*;
     use crate::services::bench_services;
 
+    /// A `ClusterIP` service and a `NodePort` service, so both kinds' rules are checked.
     fn two_services() -> Vec<crate::services::Service> {
         let backends = [
             Ipv4Addr::new(10, 244, 0, 11),
             Ipv4Addr::new(10, 244, 0, 12),
             Ipv4Addr::new(10, 244, 0, 13),
         ];
-        bench_services(2, &backends).expect("services")
+        let mut services = bench_services(2, &backends).expect("services");
+        services[1].node_port = Some(30_001);
+        services
     }
 
     fn is_root() -> bool {

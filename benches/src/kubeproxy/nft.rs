@@ -8,8 +8,14 @@
 //! and cluster-IP checks, map and set lookups) and `nat-postrouting` (the masquerade mark test).
 //! Packets of established connections are translated by conntrack; the filter chains' rules only
 //! look at `ct state new` packets, but the chains themselves are still traversed.
+//!
+//! A `NodePort` service (`externalTrafficPolicy: Cluster`) adds an element to the
+//! `service-nodeports` verdict map (protocol . port → its `external-…` chain), looked up from
+//! `services` for packets to an address in `nodeport-ips`; the external chain marks the packet
+//! for masquerade and continues in the service's chain.
 
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 
 use super::{MASQUERADE_MARK, hash_prefix};
 use crate::services::{CLUSTER_CIDR, SERVICE_CIDR, Service};
@@ -39,17 +45,24 @@ pub fn service_chain(svc: &Service) -> String {
     format!("service-{}", service_chain_base(svc))
 }
 
+/// The name of the chain that traffic to `svc`'s node port (and external IPs) enters.
+#[must_use]
+pub fn external_chain(svc: &Service) -> String {
+    format!("external-{}", service_chain_base(svc))
+}
+
 /// The rules kube-proxy's nftables mode programs for `services` (IPv4), for `nft -f`, with the
-/// service network [`SERVICE_CIDR`].
+/// service network [`SERVICE_CIDR`] on a node whose address is [`NODE_IP`].
 #[must_use]
 pub fn ruleset(services: &[Service]) -> String {
-    ruleset_in(services, SERVICE_CIDR)
+    ruleset_in(services, SERVICE_CIDR, NODE_IP)
 }
 
 /// [`ruleset`] for a cluster whose service network is `service_cidr` (kube-proxy drops traffic
-/// to addresses of it that no service holds).
+/// to addresses of it that no service holds), on a node whose address (the one that accepts node
+/// ports, kube-proxy's `nodeport-ips`) is `node_ip`.
 #[must_use]
-pub fn ruleset_in(services: &[Service], service_cidr: &str) -> String {
+pub fn ruleset_in(services: &[Service], service_cidr: &str, node_ip: Ipv4Addr) -> String {
     let t = format!("ip {TABLE}");
     let mut out = String::with_capacity(4096 + services.len() * 1500);
     let _ = write!(
@@ -106,7 +119,7 @@ add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips
 add rule {t} services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
 add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
 
-add element {t} nodeport-ips {{ {NODE_IP} }}
+add element {t} nodeport-ips {{ {node_ip} }}
 "#
     );
     for svc in services {
@@ -119,6 +132,10 @@ add element {t} nodeport-ips {{ {NODE_IP} }}
             .collect();
         // Chains first: a rule may only jump to a chain that exists.
         let _ = writeln!(out, "\n# {}\nadd chain {t} {chain}", svc.port_name_string());
+        let external = svc.node_port.map(|_| external_chain(svc));
+        if let Some(external) = &external {
+            let _ = writeln!(out, "add chain {t} {external}");
+        }
         for ep_chain in &endpoints {
             let _ = writeln!(out, "add chain {t} {ep_chain}");
         }
@@ -137,6 +154,14 @@ add element {t} nodeport-ips {{ {NODE_IP} }}
             endpoints.len(),
             choices.join(" , ")
         );
+        // Traffic from outside (externalTrafficPolicy: Cluster): masqueraded, as it may cross
+        // nodes, then balanced like the cluster IP's.
+        if let Some(external) = &external {
+            let _ = write!(
+                out,
+                "add rule {t} {external} jump mark-for-masquerade\nadd rule {t} {external} goto {chain}\n"
+            );
+        }
         for (ep_chain, ep) in endpoints.iter().zip(&svc.endpoints) {
             let _ = write!(
                 out,
@@ -149,6 +174,12 @@ add element {t} nodeport-ips {{ {NODE_IP} }}
             "add element {t} cluster-ips {{ {vip} }}\nadd element {t} service-ips {{ {vip} . tcp . {} : goto {chain} }}\n",
             svc.port
         );
+        if let (Some(external), Some(node_port)) = (&external, svc.node_port) {
+            let _ = writeln!(
+                out,
+                "add element {t} service-nodeports {{ tcp . {node_port} : goto {external} }}"
+            );
+        }
     }
     out
 }
@@ -233,6 +264,42 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_are_elements_of_service_nodeports() {
+        let mut svcs = two_services();
+        svcs[1].node_port = Some(30_001);
+        let node = Ipv4Addr::new(10, 99, 0, 11);
+        let rules = ruleset_in(&svcs, "10.96.0.0/16", node);
+        let t = "ip kube-proxy";
+        assert!(
+            rules.contains(&format!("add element {t} nodeport-ips {{ 10.99.0.11 }}\n")),
+            "{rules}"
+        );
+        assert!(rules.contains(&format!(
+            "add rule {t} services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports\n"
+        )));
+        let external = external_chain(&svcs[1]);
+        let service = service_chain(&svcs[1]);
+        // The external chain exists before its rules and the map element that jump to it.
+        let declared = rules
+            .find(&format!("add chain {t} {external}\n"))
+            .expect("the external chain");
+        let element = rules
+            .find(&format!(
+                "add element {t} service-nodeports {{ tcp . 30001 : goto {external} }}\n"
+            ))
+            .expect("the node port element");
+        assert!(declared < element);
+        assert!(rules.contains(&format!(
+            "add rule {t} {external} jump mark-for-masquerade\nadd rule {t} {external} goto {service}\n"
+        )));
+        assert_eq!(
+            lines_starting(&rules, &format!("add element {t} service-nodeports")).len(),
+            1,
+            "only the NodePort service has one"
+        );
+    }
+
+    #[test]
     fn chain_names_follow_kube_proxy() {
         let svc = Service {
             namespace: "ns1".into(),
@@ -242,8 +309,17 @@ mod tests {
             port: 80,
             endpoints: vec![Ipv4Addr::new(10, 180, 0, 1)],
             target_port: 80,
+            node_port: None,
         };
         assert_eq!(service_chain(&svc), "service-ULMVA6XW-ns1/svc1/tcp/p80");
+        // From kube-proxy's own tests: ns3/svc3 port p80, node port 3003.
+        let svc3 = Service {
+            namespace: "ns3".into(),
+            name: "svc3".into(),
+            node_port: Some(3003),
+            ..svc.clone()
+        };
+        assert_eq!(external_chain(&svc3), "external-4AT6LBPK-ns3/svc3/tcp/p80");
         let rules = ruleset(std::slice::from_ref(&svc));
         assert!(
             rules.contains(

@@ -26,13 +26,12 @@ use anyhow::{Context as _, bail, ensure};
 use gannet_testkit::cluster::{NODE_IF, Underlay, UnderlayNode};
 use gannet_testkit::{Cgroup, ChildGuard, Netns, run_in};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
 use super::{CLUSTER_CIDR, SERVICE_CIDR, Target, Tools, Variant};
 use crate::clusterip::start_server;
-use crate::cni::exec;
 use crate::control::procs::{ControlPlane, Logged};
 use crate::kubeproxy::nft;
+use crate::nodes::{EXEC_TIMEOUT, POD_IF, cni_add, gannet_cni_config, mtu, nft_load, run_tool};
 use crate::services::{SERVICE_PORT, Service, TARGET_PORT, bench_services, manifests_yaml};
 use crate::topology::add_routed_pod;
 use crate::util::check_interrupted;
@@ -47,12 +46,10 @@ pub const FLANNEL_PORT: u16 = 8472;
 pub const FLANNEL_MTU: u32 = 1450;
 /// The bridge the reference plugin creates.
 pub const FLANNEL_BRIDGE: &str = "cni0";
-/// The pods' interface.
-const POD_IF: &str = "eth0";
+/// gannet-cni's network name.
+const CNI_NETWORK: &str = "gannet-overlay-bench";
 /// How long gannetd may take to come up, program the other node or a service.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one CNI invocation or one tool may take.
-const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Flannel's pod CIDR of node `index` (the benchmark hands them out as flanneld's lease would).
 #[must_use]
@@ -115,111 +112,11 @@ pub fn flannel_cni_config(index: usize, ipam_dir: &Path) -> Value {
     })
 }
 
-/// gannet-cni's network configuration for a node whose gannetd keeps its state in `state_dir`.
-#[must_use]
-pub fn gannet_cni_config(state_dir: &Path, ipam_dir: &Path) -> Value {
-    json!({
-        "cniVersion": crate::cni::CNI_VERSION,
-        "name": "gannet-overlay-bench",
-        "type": "gannet-cni",
-        "subnetFile": state_dir.join("subnet.env"),
-        "agentSocket": state_dir.join("cni.sock"),
-        "ipam": { "type": "gannet", "dataDir": ipam_dir },
-    })
-}
-
 /// The one service: cluster IP 10.96.0.10, port 80 → 8080, its endpoint the server pod.
 fn service(server: Ipv4Addr) -> anyhow::Result<Service> {
     bench_services(1, &[server])?
         .pop()
         .context("no service generated")
-}
-
-/// A 64-hex-digit container id, unique per run and pod.
-fn container_id(pod: &str) -> String {
-    let digest = Sha256::digest(format!("gannet-bench/{}/{pod}", std::process::id()).as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Runs `program args…` inside `netns`, failing with its stderr.
-fn run_tool(netns: &Netns, program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    let output = run_in(cmd, Some(netns), None, EXEC_TIMEOUT)?;
-    ensure!(
-        output.status.success(),
-        "`{program} {}` in {} failed ({}): {}",
-        args.join(" "),
-        netns.name(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// `nft -f` of `rules` inside `netns` (through a file in `scratch`).
-fn nft_load(netns: &Netns, rules: &str, scratch: &Path, name: &str) -> anyhow::Result<()> {
-    let file = scratch.join(name);
-    fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
-    run_tool(netns, "nft", &["-f", &file.display().to_string()]).map(drop)
-}
-
-/// The MTU of `dev` in `netns`.
-fn mtu(netns: &Netns, dev: &str) -> anyhow::Result<u32> {
-    let line = netns.ip(&["-o", "link", "show", "dev", dev])?;
-    line.split_whitespace()
-        .skip_while(|w| *w != "mtu")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no MTU in {line:?}"))
-}
-
-/// Runs one CNI `ADD` for the pod in `pod` from a thread inside `node` (the plugin runs in the
-/// node's namespace, as under a runtime) and returns the pod's IPv4 address.
-fn cni_add(
-    node: &Netns,
-    pod: &Netns,
-    plugin: &Path,
-    cni_path: &Path,
-    config: &Value,
-    name: &str,
-) -> anyhow::Result<Ipv4Addr> {
-    let id = container_id(name);
-    let args = format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={id}"
-    );
-    let config = serde_json::to_vec(config)?;
-    let cni_path = cni_path.display().to_string();
-    let outcome = node.run(|| {
-        exec::invoke(
-            &exec::Invocation {
-                plugin,
-                command: "ADD",
-                container_id: &id,
-                netns: pod.path(),
-                ifname: POD_IF,
-                args: &args,
-                cni_path: &cni_path,
-                config: &config,
-            },
-            EXEC_TIMEOUT,
-        )
-    })??;
-    ensure!(
-        outcome.status.success(),
-        "{} ADD of {name} failed: {}",
-        plugin.display(),
-        outcome.describe()
-    );
-    let result: Value = serde_json::from_slice(&outcome.stdout)
-        .with_context(|| format!("the ADD result of {name} is not JSON"))?;
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str())
-        .find_map(|cidr| cidr.split('/').next()?.parse::<Ipv4Addr>().ok())
-        .with_context(|| format!("the ADD result of {name} has no IPv4 address: {result}"))
 }
 
 /// gannetd on one node of a gannet cluster; dropping it stops it and runs `gannetd cleanup`
@@ -621,9 +518,10 @@ fn flannel(cluster: &mut Cluster, tools: &Tools, scratch: &Path) -> anyhow::Resu
     cluster.client_ip = ips[0];
     cluster.server_ip = ips[1];
     let svc = service(cluster.server_ip)?;
+    let node_a = &cluster.underlay.nodes()[0];
     nft_load(
-        &cluster.underlay.nodes()[0].netns,
-        &nft::ruleset_in(std::slice::from_ref(&svc), SERVICE_CIDR),
+        &node_a.netns,
+        &nft::ruleset_in(std::slice::from_ref(&svc), SERVICE_CIDR, node_a.ipv4),
         scratch,
         "flannel-kube-proxy.nft",
     )
@@ -682,6 +580,7 @@ fn gannet(cluster: &mut Cluster, tools: &Tools, scratch: &Path) -> anyhow::Resul
     let mut ips = Vec::new();
     for (index, role) in ["client", "server"].into_iter().enumerate() {
         let config = gannet_cni_config(
+            CNI_NETWORK,
             &cluster.agents[index].state_dir,
             &scratch.join(format!("ipam-{mode}-{index}")),
         );
@@ -763,19 +662,15 @@ mod tests {
     fn the_service_network_leaves_the_underlay_alone() {
         let svc = service(Ipv4Addr::new(10, 244, 2, 2)).expect("a service");
         assert_eq!(svc.cluster_ip, Ipv4Addr::new(10, 96, 0, 10));
-        let rules = nft::ruleset_in(std::slice::from_ref(&svc), SERVICE_CIDR);
+        let rules = nft::ruleset_in(
+            std::slice::from_ref(&svc),
+            SERVICE_CIDR,
+            gannet_testkit::cluster::node_addrs(0).0,
+        );
         // kube-proxy drops traffic to unallocated addresses of the service network: the
         // underlay (10.99.0.0/24) must not be one of them.
         assert!(rules.contains("ip daddr { 10.96.0.0/16 } drop"), "{rules}");
         assert!(!rules.contains("10.96.0.0/12"), "{rules}");
         assert!(rules.contains("dnat to 10.244.2.2:8080"), "{rules}");
-    }
-
-    #[test]
-    fn container_ids_are_64_hex_digits() {
-        let id = container_id("flannel-client");
-        assert_eq!(id.len(), 64);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(id, container_id("flannel-server"));
     }
 }

@@ -20,7 +20,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::clusterip::run_client;
-use crate::peer::{ClientOptions, Metric, Sample};
+use crate::peer::{ClientOptions, Metric, Sample, Traffic};
 use crate::results::MetricResult;
 use crate::util::{Rng, check_interrupted, note};
 use cluster::{Built, Cluster};
@@ -167,16 +167,8 @@ pub struct Tools {
 pub struct Config {
     /// `--quick` (only recorded).
     pub quick: bool,
-    /// Measurements of every variant, path and metric.
-    pub rounds: usize,
-    /// Length of one measurement.
-    pub duration: Duration,
-    /// Uncounted traffic before each rr and crr measurement.
-    pub warmup: Duration,
-    /// Seed of the measurement order.
-    pub seed: u64,
-    /// The CPU client and server are pinned to, if any.
-    pub peer_cpu: Option<usize>,
+    /// Rounds (of every variant, path and metric), their length, order and CPU.
+    pub traffic: Traffic,
 }
 
 /// How the run was configured, as recorded.
@@ -205,12 +197,12 @@ impl Config {
     pub fn settings(&self) -> Settings {
         Settings {
             quick: self.quick,
-            rounds: self.rounds,
-            seconds: self.duration.as_secs_f64(),
-            warmup_seconds: self.warmup.as_secs_f64(),
-            seed: self.seed,
+            rounds: self.traffic.rounds,
+            seconds: self.traffic.duration.as_secs_f64(),
+            warmup_seconds: self.traffic.warmup.as_secs_f64(),
+            seed: self.traffic.seed,
             peer_threads: 1,
-            peer_cpu: self.peer_cpu,
+            peer_cpu: self.traffic.peer_cpu,
             underlay_mtu: gannet_testkit::cluster::UNDERLAY_MTU,
             cluster_cidr: CLUSTER_CIDR,
             service_cidr: SERVICE_CIDR,
@@ -224,7 +216,7 @@ impl Config {
     #[must_use]
     pub fn measurements(&self) -> u64 {
         let paths: usize = Variant::ALL.iter().map(|v| v.targets().len()).sum();
-        (self.rounds * paths * Metric::ALL.len()) as u64
+        (self.traffic.rounds * paths * Metric::ALL.len()) as u64
     }
 }
 
@@ -307,7 +299,7 @@ fn sample(
         cluster.client_netns(),
         cluster.client_cgroup().filter(|_| in_cgroup),
         options,
-        config.peer_cpu,
+        config.traffic.peer_cpu,
     )
 }
 
@@ -367,7 +359,7 @@ pub fn run(
     for variant in Variant::ALL {
         check_interrupted()?;
         progress.set_message(format!("building the {variant} cluster"));
-        match cluster::build(variant, tools, config.peer_cpu, scratch)
+        match cluster::build(variant, tools, config.traffic.peer_cpu, scratch)
             .with_context(|| format!("building the {variant} cluster"))?
         {
             Built::Ready(cluster) => {
@@ -390,7 +382,7 @@ pub fn run(
             Built::Skipped(reason) => {
                 note(progress, format!("{variant}: skipped: {reason}"));
                 warnings.push(format!("{variant} skipped: {reason}"));
-                let paths = variant.targets().len() * Metric::ALL.len() * config.rounds;
+                let paths = variant.targets().len() * Metric::ALL.len() * config.traffic.rounds;
                 progress.set_length(progress.length().unwrap_or(0).saturating_sub(paths as u64));
                 variants.push(VariantResult::skipped(variant, reason));
             }
@@ -402,10 +394,10 @@ pub fn run(
         check(cluster, tools, config)?;
     }
 
-    let mut rng = Rng::new(config.seed);
+    let mut rng = Rng::new(config.traffic.seed);
     let mut samples: BTreeMap<(Variant, Target), BTreeMap<Metric, Vec<f64>>> = BTreeMap::new();
-    let mut order = Vec::with_capacity(config.rounds);
-    for round in 0..config.rounds {
+    let mut order = Vec::with_capacity(config.traffic.rounds);
+    for round in 0..config.traffic.rounds {
         let mut indices: Vec<usize> = (0..clusters.len()).collect();
         rng.shuffle(&mut indices);
         order.push(indices.iter().map(|&i| clusters[i].variant).collect());
@@ -417,14 +409,14 @@ pub fn run(
                     progress.set_message(format!(
                         "round {}/{}: {} {target} {metric}",
                         round + 1,
-                        config.rounds,
+                        config.traffic.rounds,
                         cluster.variant
                     ));
                     let options = ClientOptions {
                         metric,
                         addrs: vec![cluster.target(target).context("no address")?],
-                        duration: config.duration,
-                        warmup: config.warmup,
+                        duration: config.traffic.duration,
+                        warmup: config.traffic.warmup,
                         max_operations: None,
                     };
                     let result = sample(cluster, tools, config, &options, true)
@@ -533,11 +525,13 @@ mod tests {
     fn every_path_is_counted_for_the_progress_bar() {
         let config = Config {
             quick: true,
-            rounds: 2,
-            duration: Duration::from_millis(500),
-            warmup: Duration::from_millis(100),
-            seed: 1,
-            peer_cpu: None,
+            traffic: crate::peer::Traffic {
+                rounds: 2,
+                duration: Duration::from_millis(500),
+                warmup: Duration::from_millis(100),
+                seed: 1,
+                peer_cpu: None,
+            },
         };
         // Underlay, routed: 1 path each; flannel, vxlan, host-gw, ebpf: 2 each; 3 metrics;
         // 2 rounds.

@@ -6,12 +6,12 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{Measured, Settings, Target, Variant, VariantResult};
-use crate::chart::{GoalLine, GroupedRatios, Series, render_grouped};
+use crate::chart::{GoalLine, GroupedRatios, Series, write_metric_charts};
 use crate::cni::results::RootCheck;
 use crate::control::report::Goal;
 use crate::machine::Machine;
 use crate::peer::Metric;
-use crate::report::{format_value, result_cells, verdict};
+use crate::report::{format_value, goals_section, result_cells, warnings_section};
 
 /// ebpf's rr and crr goal, as a ratio to flannel.
 pub const GOAL_EBPF_OVER_FLANNEL: f64 = 1.1;
@@ -297,13 +297,7 @@ fn color(variant: Variant) -> plotters::style::RGBColor {
 /// # Errors
 /// If a chart cannot be drawn or written.
 pub fn write_charts(out: &Path, results: &Results) -> anyhow::Result<Vec<(Metric, String)>> {
-    let mut files = Vec::new();
-    for metric in Metric::ALL {
-        let file = format!("{metric}.png");
-        render_grouped(&out.join(&file), &chart(results, metric))?;
-        files.push((metric, file));
-    }
-    Ok(files)
+    write_metric_charts(out, |metric| chart(results, metric))
 }
 
 /// The whole `results.md`; `charts` are the chart files (relative paths) per metric.
@@ -375,20 +369,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
         out.push('\n');
     }
 
-    let _ = writeln!(
-        out,
-        "## Goals (shown, not asserted)\n\n| goal | measured | |\n|---|---|---|"
-    );
-    for g in &results.goals {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            g.goal,
-            g.measured.replace('|', "\\|"),
-            verdict(g.met)
-        );
-    }
-    out.push('\n');
+    goals_section(&mut out, &results.goals);
 
     let _ = writeln!(
         out,
@@ -414,13 +395,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
     }
     out.push('\n');
 
-    if !results.warnings.is_empty() {
-        out.push_str("## Warnings\n\n");
-        for warning in &results.warnings {
-            let _ = writeln!(out, "- {warning}");
-        }
-        out.push('\n');
-    }
+    warnings_section(&mut out, &results.warnings);
     let root = &results.root_namespace;
     let _ = writeln!(
         out,
@@ -521,11 +496,13 @@ mod tests {
             40.0,
             super::super::Config {
                 quick: true,
-                rounds: 2,
-                duration: std::time::Duration::from_millis(500),
-                warmup: std::time::Duration::from_millis(100),
-                seed: 7,
-                peer_cpu: Some(1),
+                traffic: crate::peer::Traffic {
+                    rounds: 2,
+                    duration: std::time::Duration::from_millis(500),
+                    warmup: std::time::Duration::from_millis(100),
+                    seed: 7,
+                    peer_cpu: Some(1),
+                },
             }
             .settings(),
             Machine::default(),

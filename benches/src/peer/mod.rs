@@ -118,6 +118,21 @@ pub struct Sample {
     pub backends: BTreeMap<String, u64>,
 }
 
+/// How a traffic scenario (`clusterip`, `overlay`, `nodeport`) measures with the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traffic {
+    /// Measurements of every path and metric.
+    pub rounds: usize,
+    /// Length of one measurement.
+    pub duration: Duration,
+    /// Uncounted traffic before each rr and crr measurement.
+    pub warmup: Duration,
+    /// Seed of the measurement order.
+    pub seed: u64,
+    /// The CPU every peer (client and servers) is pinned to, if any.
+    pub peer_cpu: Option<usize>,
+}
+
 /// Pins the calling thread (the whole single-threaded peer) to `cpu`.
 ///
 /// # Errors

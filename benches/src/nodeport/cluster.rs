@@ -1,0 +1,479 @@
+//! The clusters of the `nodeport` scenario, one per variant, each on an underlay of its own
+//! (`gannet_testkit::cluster::Underlay`: node namespaces and an external client on a bridge in
+//! another namespace, no route out of the machine):
+//!
+//! - node A (10.99.0.11) receives the client's packets at `10.99.0.11:nodePort`; node B
+//!   (10.99.0.12) runs the server pod, the measured service's one endpoint; the external client
+//!   (10.99.0.250) is on the same segment;
+//! - both nodes run gannetd from a manifest directory (`v1 Node` manifests for both nodes, with
+//!   the VTEP MACs their devices have) with the overlay [`OVERLAY`] between them, the server pod
+//!   is wired by gannet-cni: the pod network is the same for every variant;
+//! - `gannet-tc`: node A's gannetd serves the node port with `gannet_nodeport` on its `eth0`
+//!   (`--nodeport-interfaces=eth0`; it adds the overlay device for the replies) and gets the N
+//!   services as manifests;
+//! - `kube-proxy-nft`, `kube-proxy-iptables`: gannetd runs with `--nodeport-interfaces=` and no
+//!   services (on node A also `--masquerade=false`: see [`node_args`]); kube-proxy's rules for the
+//!   N services are loaded into node A, whose kernel forwards (the testkit's nodes have
+//!   `ip_forward=1`) into the overlay route to node B's pods.
+//!
+//! Node B runs with `--nodeport-interfaces=` in every variant (nothing reaches it from outside).
+//! Field order is drop order: the server, the pod, the agents (stopped, `gannetd cleanup` in
+//! their namespace), their cgroups, the namespaces.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use gannet_testkit::cluster::{NODE_IF, Underlay};
+use gannet_testkit::{Cgroup, ChildGuard, Netns};
+use serde_json::Value;
+
+use super::packet::{self, NodePortState};
+use super::{Load, Tools, Variant};
+use crate::agent::{Agent, Node};
+use crate::clusterip::{start_server, timed_load};
+use crate::kubeproxy::{iptables, nft};
+use crate::nodes::{cni_add, gannet_cni_config};
+use crate::services::{
+    CLUSTER_CIDR, MANIFEST_FILE, Service, bench_services, with_node_ports, write_manifests,
+};
+
+/// gannetd's `--overlay` between the nodes, in every variant (its default, Flannel's wire
+/// format).
+pub const OVERLAY: &str = "vxlan";
+/// The overlay's device, where replies from node B arrive on node A.
+pub const OVERLAY_DEVICE: &str = "gannet.vxlan";
+/// The service network: not Kubernetes' default 10.96.0.0/12, which holds the underlay
+/// (10.99.0.0/24), and kube-proxy's nftables rules drop new traffic to addresses of it that no
+/// service holds (the nodes' VXLAN packets among them). 10 000 cluster IPs from 10.96.0.10 fit.
+pub const SERVICE_CIDR: &str = crate::overlay::SERVICE_CIDR;
+/// The nodes' pod CIDRs: above the addresses the benchmark's absent endpoints take
+/// (`services::bench_services`: 10.244.1.0 onwards, 3 per service).
+pub const POD_CIDRS: [&str; 2] = ["10.244.250.0/24", "10.244.251.0/24"];
+/// gannet-cni's network name.
+const CNI_NETWORK: &str = "gannet-nodeport-bench";
+/// How long gannetd may take to program the other node or write its subnet file.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long gannetd may take to program the services (kube-proxy's rule loads have the
+/// `clusterip` scenario's limit, 10 minutes).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long loading kube-proxy's rules may take: `iptables-restore` of 10 000 NodePort services
+/// took 7½ minutes on a 2-CPU machine (iptables-nft 1.8.9, almost all of it in user space).
+const RULES_TIMEOUT: Duration = Duration::from_secs(1800);
+/// The manifest with both Node objects.
+const NODES_FILE: &str = "nodes.yaml";
+
+/// A `v1 Node` manifest: its pod CIDR, its `InternalIP` and its VTEP MAC (what a control plane
+/// would publish).
+#[must_use]
+pub fn node_yaml(name: &str, ip: Ipv4Addr, pod_cidr: &str, vtep_mac: Option<&str>) -> String {
+    let annotation = vtep_mac
+        .map(|mac| format!("  annotations:\n    gannet.io/vtep-mac: \"{mac}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n{annotation}spec:\n  podCIDR: {pod_cidr}\n  podCIDRs: [{pod_cidr}]\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {ip}\n"
+    )
+}
+
+/// gannetd's flags on node `index` for `variant`.
+///
+/// kube-proxy's node A runs without gannet's nftables table (`--masquerade=false`): kube-proxy
+/// masquerades the node port's traffic into the overlay to the overlay device's address (in the
+/// cluster CIDR), and the table's `notrack` rule for traffic between cluster addresses then
+/// exempts the backend's replies from conntrack, so they are never translated back and the
+/// connections hang. Nothing on the measured path needs the table on node A (it masquerades
+/// node A's pods' traffic out of the cluster); node B keeps it in every variant.
+fn node_args(variant: Variant, index: usize, name: &str, ip: Ipv4Addr) -> Vec<String> {
+    let mut args = vec![
+        "--node-name".into(),
+        name.into(),
+        format!("--node-ip={ip}"),
+        "--overlay".into(),
+        OVERLAY.into(),
+        "--cluster-cidr".into(),
+        CLUSTER_CIDR.into(),
+    ];
+    match (variant.gannet(), index) {
+        (true, 0) => args.push(format!("--nodeport-interfaces={NODE_IF}")),
+        (false, 0) => args.extend([
+            "--nodeport-interfaces=".to_owned(),
+            "--masquerade=false".to_owned(),
+        ]),
+        _ => args.push("--nodeport-interfaces=".to_owned()),
+    }
+    args
+}
+
+/// One variant's cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub variant: Variant,
+    // Field order is drop order.
+    server: Option<ChildGuard>,
+    pod: Option<Netns>,
+    /// Node A's, node B's.
+    agents: Vec<Agent>,
+    cgroups: Vec<Cgroup>,
+    underlay: Underlay,
+    manifest_dirs: Vec<PathBuf>,
+    /// The server pod's address.
+    pub server_ip: Ipv4Addr,
+    /// How long building it took.
+    pub setup_seconds: f64,
+}
+
+impl Cluster {
+    /// Builds `variant`'s cluster: underlay, external client, gannetd on both nodes with the
+    /// overlay programmed, the server pod on node B and its server (pinned to `cpu`).
+    ///
+    /// # Errors
+    /// If a step fails or the run is interrupted; what was created is removed again.
+    pub fn build(
+        variant: Variant,
+        tools: &Tools,
+        cpu: Option<usize>,
+        scratch: &Path,
+    ) -> anyhow::Result<Cluster> {
+        let started = Instant::now();
+        let mut underlay = Underlay::new(2).context("building the two-node underlay")?;
+        let client = underlay
+            .add_external()
+            .context("adding the external client")?;
+        // Room for many short connections from one client.
+        client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        let mut cluster = Cluster {
+            variant,
+            server: None,
+            pod: None,
+            agents: Vec::new(),
+            cgroups: Vec::new(),
+            underlay,
+            manifest_dirs: Vec::new(),
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            setup_seconds: 0.0,
+        };
+        let short = variant.short();
+        for (index, node) in cluster.underlay.nodes().iter().enumerate() {
+            crate::util::check_interrupted()?;
+            let manifest_dir = scratch.join(format!("np-{short}-manifests-{index}"));
+            fs::create_dir_all(&manifest_dir)
+                .with_context(|| format!("creating {}", manifest_dir.display()))?;
+            cluster.manifest_dirs.push(manifest_dir.clone());
+            let state_dir = scratch.join(format!("np-{short}-state-{index}"));
+            let cgroup = Cgroup::new()?;
+            let args = node_args(variant, index, &node.name, node.ipv4);
+            let tag = format!("np-{short}-{index}");
+            let agent = Agent::start_node(
+                &tools.gannetd,
+                &cgroup,
+                &manifest_dir,
+                Node {
+                    netns: &node.netns,
+                    tag: &tag,
+                    state_dir: &state_dir,
+                    args: &args,
+                },
+            );
+            cluster.cgroups.push(cgroup);
+            cluster
+                .agents
+                .push(agent.with_context(|| format!("starting gannetd on {}", node.name))?);
+        }
+        cluster.join_nodes()?;
+        cluster.add_server(tools, cpu, scratch)?;
+        cluster.setup_seconds = started.elapsed().as_secs_f64();
+        Ok(cluster)
+    }
+
+    /// Gives both agents both Node manifests (with the VTEP MACs their devices have) and waits
+    /// until each programmed the other node and wrote its subnet file.
+    fn join_nodes(&mut self) -> anyhow::Result<()> {
+        let mut manifests = String::new();
+        for (node, pod_cidr) in self.underlay.nodes().iter().zip(POD_CIDRS) {
+            let link = node.netns.ip(&["-br", "link", "show", OVERLAY_DEVICE])?;
+            let mac = link
+                .split_whitespace()
+                .nth(2)
+                .with_context(|| format!("no MAC in {link:?}"))?
+                .to_owned();
+            manifests.push_str(&node_yaml(&node.name, node.ipv4, pod_cidr, Some(&mac)));
+        }
+        for dir in &self.manifest_dirs {
+            write_file(dir, NODES_FILE, &manifests)?;
+        }
+        for agent in &mut self.agents {
+            agent.wait_for_log("subnet file written", AGENT_TIMEOUT)?;
+            agent.wait_for_log("node programmed", AGENT_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// The server pod on node B, wired by gannet-cni, and the peer server in it.
+    fn add_server(
+        &mut self,
+        tools: &Tools,
+        cpu: Option<usize>,
+        scratch: &Path,
+    ) -> anyhow::Result<()> {
+        let short = self.variant.short();
+        let pod = self.pod.insert(Netns::new(&format!("{short}s"))?);
+        let node_b = &self.underlay.nodes()[1];
+        let state_dir = scratch.join(format!("np-{short}-state-1"));
+        let config = gannet_cni_config(
+            CNI_NETWORK,
+            &state_dir,
+            &scratch.join(format!("np-{short}-ipam")),
+        );
+        let cni_dir = tools
+            .gannet_cni
+            .parent()
+            .context("gannet-cni has no directory")?;
+        self.server_ip = cni_add(
+            &node_b.netns,
+            pod,
+            &tools.gannet_cni,
+            cni_dir,
+            &config,
+            &format!("np-{short}-server"),
+        )
+        .context("wiring the server pod")?;
+        self.server = Some(
+            start_server(&tools.peer, pod, 's', cpu).context("starting the server in the pod")?,
+        );
+        Ok(())
+    }
+
+    /// The namespace of the external client.
+    #[must_use]
+    pub fn client_netns(&self) -> &Netns {
+        self.underlay
+            .external()
+            .expect("the external client is added when the cluster is built")
+    }
+
+    /// Node A's address (where the node ports are).
+    #[must_use]
+    pub fn node_ip(&self) -> Ipv4Addr {
+        self.underlay.nodes()[0].ipv4
+    }
+
+    /// Node A's namespace.
+    #[must_use]
+    pub fn node_netns(&self) -> &Netns {
+        &self.underlay.nodes()[0].netns
+    }
+
+    /// Node A's gannetd.
+    #[must_use]
+    pub fn node_agent(&self) -> &Agent {
+        &self.agents[0]
+    }
+
+    /// The server pod's address and port: the measured service's endpoint.
+    #[must_use]
+    pub fn backend(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.server_ip, crate::services::TARGET_PORT)
+    }
+
+    /// `n` `NodePort` services, the last one (the measured one) with the server pod as its one
+    /// endpoint.
+    ///
+    /// # Errors
+    /// If `n` is out of range.
+    pub fn services(&self, n: usize) -> anyhow::Result<Vec<Service>> {
+        let mut services = bench_services(n, &[self.server_ip])?;
+        with_node_ports(&mut services)?;
+        Ok(services)
+    }
+
+    /// Where the client connects: node A's address and the measured (last) service's node
+    /// port.
+    ///
+    /// # Errors
+    /// If there are no services.
+    pub fn target(&self, services: &[Service]) -> anyhow::Result<SocketAddrV4> {
+        let port = services
+            .last()
+            .and_then(|s| s.node_port)
+            .context("the measured service has no node port")?;
+        Ok(SocketAddrV4::new(self.node_ip(), port))
+    }
+
+    /// Programs `services` the variant's way and records how long it took in `load`.
+    ///
+    /// # Errors
+    /// If loading fails or takes longer than its timeout.
+    pub fn program(
+        &mut self,
+        services: &[Service],
+        scratch: &Path,
+        load: &mut Load,
+    ) -> anyhow::Result<()> {
+        let n = services.len();
+        let node_ip = self.node_ip();
+        match self.variant {
+            Variant::GannetTc => {
+                let dir = &self.manifest_dirs[0];
+                let start = Instant::now();
+                write_manifests(dir, services)?;
+                load.manifest_bytes = fs::metadata(dir.join(MANIFEST_FILE))
+                    .map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX));
+                // Every service's cluster IP and its node port on node A's one address.
+                let frontends = 2 * n as u64;
+                let took = self.agents[0].wait_synced(frontends, start, LOAD_TIMEOUT)?;
+                load.gannetd_sync_seconds = Some(took.as_secs_f64());
+                load.gannetd_frontends = Some(frontends);
+            }
+            Variant::KubeProxyNft => {
+                let rules = nft::ruleset_in(services, SERVICE_CIDR, node_ip);
+                load.nft_rules_bytes = rules.len();
+                let file = write_file(scratch, &format!("np-kube-proxy-{n}.nft"), &rules)?;
+                let mut cmd = Command::new("nft");
+                cmd.arg("-f").arg(&file);
+                load.nft = Some(timed_load(cmd, self.node_netns(), "nft -f", RULES_TIMEOUT)?);
+            }
+            Variant::KubeProxyIptables => {
+                let rules = iptables::restore_input(services);
+                load.iptables_rules_bytes = rules.len();
+                let file = write_file(scratch, &format!("np-kube-proxy-{n}.iptables"), &rules)?;
+                let mut cmd = Command::new("iptables-restore");
+                cmd.args(["-w", "30", "--noflush"]).arg(&file);
+                load.iptables_restore = Some(timed_load(
+                    cmd,
+                    self.node_netns(),
+                    "iptables-restore",
+                    RULES_TIMEOUT,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    /// After the connectivity check (`connections` answered): that the variant's mechanism
+    /// served them. gannet: `gannet_nodeport` is on node A's `eth0` and counted at least that
+    /// many new flows; kube-proxy: gannetd's NodePort program is off on node A. Returns what it
+    /// found, for the report.
+    ///
+    /// # Errors
+    /// If it is not so.
+    pub fn check_served_by_variant(
+        &self,
+        tools: &Tools,
+        connections: u64,
+    ) -> anyhow::Result<String> {
+        if self.variant.gannet() {
+            // From the pins: `gannetd status` reads every Maglev table, minutes for 10 000.
+            let state = packet::state(self, tools)?;
+            let new_flows = state.counters.get("new_flows").copied().unwrap_or(0);
+            ensure!(
+                state.interfaces.iter().any(|i| i == NODE_IF) && new_flows >= connections,
+                "gannet_nodeport did not serve the check: interfaces {:?}, new flows {new_flows} \
+                 (expected at least {connections})",
+                state.interfaces
+            );
+            Ok(format!(
+                "gannet_nodeport on {} counted {new_flows} new flows",
+                state.interfaces.join(", ")
+            ))
+        } else {
+            let status = self.agents[0].status()?;
+            let nodeport = &status["nodeport"];
+            ensure!(
+                nodeport["enabled"] != Value::Bool(true),
+                "gannetd's NodePort program is on in the {} cluster: {nodeport}",
+                self.variant
+            );
+            Ok("gannetd's NodePort program off; kube-proxy's rules served".to_owned())
+        }
+    }
+
+    /// gannet's NodePort counters and conntrack usage on node A, for the report; `None` for
+    /// kube-proxy.
+    ///
+    /// # Errors
+    /// If `gannet-testrun --state-only` fails.
+    pub fn counters(&self, tools: &Tools) -> anyhow::Result<Option<NodePortState>> {
+        if !self.variant.gannet() {
+            return Ok(None);
+        }
+        packet::state(self, tools).map(Some)
+    }
+}
+
+/// Writes `text` to `dir/name` atomically (a temporary file gannetd ignores, renamed over the
+/// old one) and returns the path.
+fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_gannets_node_a_serves_node_ports() {
+        let ip = Ipv4Addr::new(10, 99, 0, 11);
+        let a = node_args(Variant::GannetTc, 0, "node-0", ip);
+        assert!(
+            a.contains(&"--nodeport-interfaces=eth0".to_owned()),
+            "{a:?}"
+        );
+        assert!(a.contains(&"--node-ip=10.99.0.11".to_owned()), "{a:?}");
+        for (variant, index) in [
+            (Variant::GannetTc, 1),
+            (Variant::KubeProxyNft, 0),
+            (Variant::KubeProxyIptables, 0),
+        ] {
+            let args = node_args(variant, index, "n", ip);
+            assert!(
+                args.contains(&"--nodeport-interfaces=".to_owned()),
+                "{variant} node {index}: {args:?}"
+            );
+            assert_eq!(
+                args.contains(&"--masquerade=false".to_owned()),
+                index == 0,
+                "only kube-proxy's node A goes without gannet's table: {variant} node {index}"
+            );
+        }
+        assert!(!a.iter().any(|f| f.starts_with("--masquerade")), "{a:?}");
+    }
+
+    #[test]
+    fn node_manifests_carry_the_lease_and_the_vtep_mac() {
+        let yaml = node_yaml(
+            "node-1",
+            Ipv4Addr::new(10, 99, 0, 12),
+            POD_CIDRS[1],
+            Some("0e:00:00:00:00:02"),
+        );
+        assert!(yaml.contains("kind: Node\n"), "{yaml}");
+        assert!(yaml.contains("podCIDRs: [10.244.251.0/24]\n"), "{yaml}");
+        assert!(
+            yaml.contains("gannet.io/vtep-mac: \"0e:00:00:00:00:02\""),
+            "{yaml}"
+        );
+        assert!(yaml.contains("address: 10.99.0.12\n"), "{yaml}");
+    }
+
+    #[test]
+    fn pod_cidrs_are_clear_of_the_absent_endpoints() {
+        // The largest run's absent endpoints end below the nodes' pod CIDRs.
+        let backends = [Ipv4Addr::new(10, 244, 251, 2)];
+        let services = bench_services(crate::services::MAX_SERVICES, &backends).expect("services");
+        let highest = services
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|ip| **ip != backends[0])
+            .max()
+            .copied()
+            .expect("endpoints");
+        assert!(highest < Ipv4Addr::new(10, 244, 250, 0), "{highest}");
+    }
+}

@@ -1,0 +1,804 @@
+//! The `nodeport` scenario's `results.json`, goals, `results.md` and charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{PACKET_PROGRAMS, Settings, SizeResult, Variant};
+use crate::chart::{GoalLine, GroupedRatios, Series, write_metric_charts};
+use crate::cni::results::RootCheck;
+use crate::control::report::Goal;
+use crate::machine::Machine;
+use crate::peer::Metric;
+use crate::report::{GOAL_SERVICES, format_value, goals_section, thousands, warnings_section};
+use crate::results::LoadTime;
+
+/// The hit path's goal: at most this many nanoseconds per packet.
+pub const GOAL_HIT_NS: f64 = 100.0;
+/// gannet's crr goal against kube-proxy's iptables rules.
+pub const GOAL_CRR_OVER_IPTABLES: f64 = 1.5;
+/// gannet's crr goal against kube-proxy's nftables rules.
+pub const GOAL_CRR_OVER_NFT: f64 = 1.2;
+/// gannet's stream goal: within 5% of the best peer.
+pub const GOAL_STREAM_OF_BEST: f64 = 0.95;
+/// The path the hit-path goal is about.
+pub const HIT_PATH: &str = "tracked";
+/// The peers, in report order.
+const PEERS: [Variant; 2] = [Variant::KubeProxyNft, Variant::KubeProxyIptables];
+
+/// The whole `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Results {
+    /// `nodeport`.
+    pub scenario: &'static str,
+    pub started_at: String,
+    pub wall_seconds: f64,
+    pub settings: Settings,
+    pub machine: Machine,
+    /// One entry per number of services.
+    pub sizes: Vec<SizeResult>,
+    pub goals: Vec<Goal>,
+    /// The root network namespace before and after the run.
+    pub root_namespace: RootCheck,
+    pub warnings: Vec<String>,
+}
+
+impl Results {
+    /// Assembles the results; the goals are evaluated here.
+    #[must_use]
+    pub fn new(
+        started_at: String,
+        wall_seconds: f64,
+        settings: Settings,
+        machine: Machine,
+        sizes: Vec<SizeResult>,
+        root_namespace: RootCheck,
+        warnings: Vec<String>,
+    ) -> Results {
+        let goals = goals(&sizes);
+        Results {
+            scenario: "nodeport",
+            started_at,
+            wall_seconds,
+            settings,
+            machine,
+            sizes,
+            goals,
+            root_namespace,
+            warnings,
+        }
+    }
+}
+
+/// The size the goals are evaluated at: [`GOAL_SERVICES`], else the largest measured.
+fn goal_size(sizes: &[SizeResult]) -> Option<&SizeResult> {
+    sizes
+        .iter()
+        .find(|s| s.services == GOAL_SERVICES)
+        .or_else(|| sizes.iter().max_by_key(|s| s.services))
+}
+
+fn ratio_goal(size: &SizeResult, metric: Metric, peer: Variant, min: f64) -> Goal {
+    let name = format!(
+        "gannet {metric} ≥ {min:.2}× {peer} at {} services",
+        format_services(size.services)
+    );
+    match (
+        size.gannet_over(peer, metric),
+        size.get(Variant::GannetTc, metric),
+        size.get(peer, metric),
+    ) {
+        (Some(ratio), Some(ours), Some(theirs)) => Goal {
+            goal: name,
+            measured: format!(
+                "{ratio:.2}× ({} vs {} {})",
+                format_value(metric, ours.median),
+                format_value(metric, theirs.median),
+                metric.unit()
+            ),
+            met: Some(ratio >= min),
+        },
+        _ => unmeasured(size, name, metric),
+    }
+}
+
+/// A goal whose numbers are missing: not met when gannet's measurement failed, else undecided.
+fn unmeasured(size: &SizeResult, goal: String, metric: Metric) -> Goal {
+    match size.failure(Variant::GannetTc, metric) {
+        Some(failure) => Goal {
+            goal,
+            measured: format!(
+                "gannet's {metric} failed in {} round(s): {}",
+                failure.rounds, failure.first_error
+            ),
+            met: Some(false),
+        },
+        None => Goal {
+            goal,
+            measured: "not measured".to_owned(),
+            met: None,
+        },
+    }
+}
+
+/// The goals at 10 000 services (or the largest size measured): each program's hit path ≤ 100
+/// ns per packet; gannet's crr ≥ 1.5× iptables and ≥ 1.2× nft; its stream ≥ 0.95× the best peer.
+#[must_use]
+pub fn goals(sizes: &[SizeResult]) -> Vec<Goal> {
+    let Some(size) = goal_size(sizes) else {
+        return Vec::new();
+    };
+    let n = format_services(size.services);
+    let mut out = Vec::new();
+    for program in PACKET_PROGRAMS {
+        let cost = size.packet.iter().find(|p| p.program == program.name);
+        let hit = cost.and_then(|c| c.paths.iter().find(|p| p.path == HIT_PATH));
+        out.push(Goal {
+            goal: format!(
+                "{} ({}) hit path ≤ {GOAL_HIT_NS:.0} ns per packet at {n} services",
+                program.name, program.hook
+            ),
+            measured: hit.map_or_else(
+                || "not measured".to_owned(),
+                |h| {
+                    format!(
+                        "{:.0} ns (single runs: median {:.0} ns, clock overhead {:.0} ns)",
+                        h.ns_per_packet,
+                        h.single_run_ns.median,
+                        cost.map_or(0.0, |c| c.clock_overhead_ns)
+                    )
+                },
+            ),
+            met: hit.map(|h| h.ns_per_packet <= GOAL_HIT_NS),
+        });
+    }
+    out.push(ratio_goal(
+        size,
+        Metric::Crr,
+        Variant::KubeProxyIptables,
+        GOAL_CRR_OVER_IPTABLES,
+    ));
+    out.push(ratio_goal(
+        size,
+        Metric::Crr,
+        Variant::KubeProxyNft,
+        GOAL_CRR_OVER_NFT,
+    ));
+    let best = PEERS
+        .into_iter()
+        .filter_map(|p| size.get(p, Metric::Stream).map(|r| (p, r.median)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let name = format!("gannet stream within 5% of the best peer at {n} services");
+    out.push(match (best, size.get(Variant::GannetTc, Metric::Stream)) {
+        (Some((peer, theirs)), Some(ours)) if theirs > 0.0 => {
+            let ratio = ours.median / theirs;
+            Goal {
+                goal: name,
+                measured: format!(
+                    "{ratio:.3}× {peer} ({:.2} vs {theirs:.2} Gbit/s)",
+                    ours.median
+                ),
+                met: Some(ratio >= GOAL_STREAM_OF_BEST),
+            }
+        }
+        _ => unmeasured(size, name, Metric::Stream),
+    });
+    out
+}
+
+fn format_services(n: usize) -> String {
+    thousands(n as f64).replace(',', " ")
+}
+
+fn format_load(load: Option<&LoadTime>) -> String {
+    load.map_or_else(
+        || "–".to_owned(),
+        |l| {
+            format!(
+                "{} (user {:.1} s, sys {:.1} s)",
+                format_seconds(l.seconds),
+                l.user_seconds,
+                l.system_seconds
+            )
+        },
+    )
+}
+
+fn format_seconds(seconds: f64) -> String {
+    if seconds < 1.0 {
+        format!("{:.0} ms", seconds * 1000.0)
+    } else {
+        format!("{seconds:.1} s")
+    }
+}
+
+/// One line per size for the terminal: gannet against each peer.
+#[must_use]
+pub fn summary_line(size: &SizeResult) -> String {
+    let parts: Vec<String> = PEERS
+        .iter()
+        .map(|peer| {
+            let ratios: Vec<String> = Metric::ALL
+                .iter()
+                .filter_map(|&m| size.gannet_over(*peer, m).map(|r| format!("{m} {r:.2}")))
+                .collect();
+            format!("÷ {peer}: {}", ratios.join(" "))
+        })
+        .collect();
+    format!("{} services, gannet {}", size.services, parts.join(" | "))
+}
+
+fn color(variant: Variant) -> plotters::style::RGBColor {
+    use plotters::style::RGBColor;
+    match variant {
+        Variant::GannetTc => RGBColor(0, 114, 178),
+        Variant::KubeProxyNft => RGBColor(230, 159, 0),
+        Variant::KubeProxyIptables => RGBColor(120, 120, 120),
+    }
+}
+
+/// The chart of `metric`: groups = numbers of services, bars = the variants as a ratio to
+/// kube-proxy's iptables rules (the reference line at 1), crr's goal against them dashed.
+#[must_use]
+pub fn chart(results: &Results, metric: Metric) -> GroupedRatios {
+    let groups = results
+        .sizes
+        .iter()
+        .map(|s| {
+            let base = s
+                .get(Variant::KubeProxyIptables, metric)
+                .map(|r| {
+                    format!(
+                        " (iptables {} {})",
+                        format_value(metric, r.median),
+                        metric.unit()
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{} service{}{base}",
+                format_services(s.services),
+                if s.services == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    let series = Variant::ALL
+        .into_iter()
+        .map(|variant| Series {
+            label: variant.name().to_owned(),
+            color: color(variant),
+            ratios: results
+                .sizes
+                .iter()
+                .map(|s| {
+                    let ours = s.get(variant, metric)?.median;
+                    let base = s.get(Variant::KubeProxyIptables, metric)?.median;
+                    (base > 0.0).then(|| ours / base)
+                })
+                .collect(),
+        })
+        .collect();
+    let goals = if metric == Metric::Crr {
+        vec![GoalLine {
+            value: GOAL_CRR_OVER_IPTABLES,
+            label: format!("gannet goal {GOAL_CRR_OVER_IPTABLES:.1}× iptables"),
+            color: color(Variant::GannetTc),
+        }]
+    } else {
+        Vec::new()
+    };
+    GroupedRatios {
+        title: format!("{metric} from outside to NodeIP:nodePort — ratio to kube-proxy iptables"),
+        groups,
+        x_desc: "services programmed (NodePort, backend on the other node)".to_owned(),
+        y_desc: "ratio to kube-proxy iptables (higher is better)".to_owned(),
+        series,
+        goals,
+    }
+}
+
+/// Draws `rr.png`, `crr.png` and `stream.png` into `out`; returns the file names per metric.
+///
+/// # Errors
+/// If a chart cannot be drawn or written.
+pub fn write_charts(out: &Path, results: &Results) -> anyhow::Result<Vec<(Metric, String)>> {
+    write_metric_charts(out, |metric| chart(results, metric))
+}
+
+fn traffic_tables(out: &mut String, results: &Results) {
+    let _ = writeln!(
+        out,
+        "## From outside to NodeIP:nodePort\n\n\
+         | services | variant | rr (transactions/s) | crr (connections/s) | stream (Gbit/s) |\n\
+         |---:|---|---:|---:|---:|"
+    );
+    for size in &results.sizes {
+        for variant in Variant::ALL {
+            let _ = write!(out, "| {} | {variant} |", format_services(size.services));
+            for metric in Metric::ALL {
+                let mut cell = size.get(variant, metric).map_or_else(
+                    || "–".to_owned(),
+                    |r| {
+                        format!(
+                            "{} (±{:.0}%)",
+                            format_value(metric, r.median),
+                            r.spread * 50.0
+                        )
+                    },
+                );
+                if let Some(failure) = size.failure(variant, metric) {
+                    let _ = write!(cell, " **failed** ×{}", failure.rounds);
+                }
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n| services | gannet ÷ | rr | crr | stream |\n|---:|---|---:|---:|---:|"
+    );
+    for size in &results.sizes {
+        for peer in PEERS {
+            let _ = write!(out, "| {} | {peer} |", format_services(size.services));
+            for metric in Metric::ALL {
+                let cell = size
+                    .gannet_over(peer, metric)
+                    .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+}
+
+fn packet_tables(out: &mut String, results: &Results) {
+    let _ = writeln!(
+        out,
+        "## What a packet costs the NodePort program (`BPF_PROG_TEST_RUN`)\n\n\
+         `gannet-testrun` in gannet's node A, against its gannetd's maps (the services, Maglev \
+         tables and conntrack gannetd programmed, the node's routes). ns per packet; in \
+         parentheses the median of the single runs before the clock overhead was subtracted. \
+         XDP: not measured — gannet has no XDP program yet (`--nodeport-acceleration xdp` is \
+         refused), so there is no XDP column.\n\n\
+         | services | program | miss | tracked (hit path) | reply | first packet | clock overhead | `repeat` on the tracked frame |\n\
+         |---:|---|---:|---:|---:|---:|---:|---|"
+    );
+    for size in &results.sizes {
+        for program in &size.packet {
+            let cell = |path: &str| {
+                program.paths.iter().find(|p| p.path == path).map_or_else(
+                    || "–".to_owned(),
+                    |p| format!("{:.0} ({:.0})", p.ns_per_packet, p.single_run_ns.median),
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} ({}) | {} | {} | {} | {} | {:.0} | last verdict {}, {:.0} ns |",
+                format_services(size.services),
+                program.program,
+                program.hook,
+                cell("miss"),
+                cell("tracked"),
+                cell("reply"),
+                cell("first-packet"),
+                program.clock_overhead_ns,
+                program.repeat_check.last_verdict,
+                program.repeat_check.ns_per_repetition
+            );
+        }
+    }
+    let _ = writeln!(out, "\nVerdicts of the single runs:\n");
+    for size in &results.sizes {
+        for program in &size.packet {
+            let verdicts: Vec<String> = program
+                .paths
+                .iter()
+                .map(|p| {
+                    let v: Vec<String> = p
+                        .verdicts
+                        .iter()
+                        .map(|(k, n)| format!("{k} ×{n}"))
+                        .collect();
+                    format!("{} {}", p.path, v.join(", "))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "- {} services, {}: {}; the tracked flow went to {} as {}.",
+                format_services(size.services),
+                program.program,
+                verdicts.join("; "),
+                program.backend,
+                program.source_at_backend
+            );
+        }
+    }
+    out.push('\n');
+}
+
+fn load_table(out: &mut String, results: &Results) {
+    let _ = writeln!(
+        out,
+        "## Programming the services\n\n\
+         | services | gannetd (manifest → programmed) | `nft -f` | `iptables-restore` |\n\
+         |---:|---:|---:|---:|"
+    );
+    for size in &results.sizes {
+        let l = &size.load;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            format_services(size.services),
+            l.gannetd_sync_seconds.map_or_else(
+                || "–".to_owned(),
+                |s| format!(
+                    "{} ({} frontends)",
+                    format_seconds(s),
+                    l.gannetd_frontends.unwrap_or(0)
+                )
+            ),
+            format_load(l.nft.as_ref()),
+            format_load(l.iptables_restore.as_ref()),
+        );
+    }
+    out.push('\n');
+}
+
+/// The whole `results.md`; `charts` are the chart files (relative paths) per metric.
+#[must_use]
+pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
+    let s = &results.settings;
+    let m = &results.machine;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# gannet-bench: NodePort from outside (nodeport)\n\n\
+         Run of {} ({}), {:.0} s, {} round(s) of {} s per measurement, medians; kernel {}, {} CPUs.\n\n\
+         An external client (10.99.0.250) connects to `NodeIP:nodePort` of node A (10.99.0.11); \
+         the service's one endpoint is a pod on node B, reached over gannetd's `{}` overlay. \
+         N `NodePort` services are programmed (the measured one last), three ways:\n\n\
+         - **gannet-tc**: gannetd's `gannet_nodeport` tc program on node A's `eth0` (conntrack, \
+         Maglev, SNAT to the overlay address, FIB redirect into the overlay);\n\
+         - **kube-proxy-nft**: kube-proxy's nftables rules in node A (`service-nodeports` verdict \
+         map, `external-…` chain, masquerade), gannetd's program off;\n\
+         - **kube-proxy-iptables**: kube-proxy's iptables rules in node A (`KUBE-SERVICES`, then \
+         `KUBE-NODEPORTS`, one rule per node port, `KUBE-EXT-…`, masquerade), gannetd's program \
+         off.\n\n\
+         Values are medians, (±x%) is half the range of the samples.\n",
+        results.started_at,
+        if s.quick { "`--quick`" } else { "full" },
+        results.wall_seconds,
+        s.rounds,
+        s.seconds,
+        m.kernel,
+        m.nproc,
+        s.overlay,
+    );
+    traffic_tables(&mut out, results);
+    for (metric, file) in charts {
+        let _ = writeln!(out, "![{metric}: ratio to kube-proxy iptables]({file})");
+    }
+    if !charts.is_empty() {
+        out.push('\n');
+    }
+    packet_tables(&mut out, results);
+    load_table(&mut out, results);
+
+    goals_section(&mut out, &results.goals);
+
+    let _ = writeln!(out, "## Checks\n");
+    for size in &results.sizes {
+        for (variant, found) in &size.checks {
+            let _ = writeln!(
+                out,
+                "- {} services, {variant}: {found}",
+                format_services(size.services)
+            );
+        }
+        for (when, state) in &size.gannet_counters {
+            let counters: Vec<String> = state
+                .counters
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "- {} services, gannet's NodePort program {when}: {}; conntrack {} of {} entries",
+                format_services(size.services),
+                counters.join(", "),
+                state.conntrack_entries,
+                state.conntrack_capacity
+            );
+        }
+    }
+    out.push('\n');
+
+    warnings_section(&mut out, &results.warnings);
+    let root = &results.root_namespace;
+    let _ = writeln!(
+        out,
+        "## How it was measured\n\n\
+         - Every variant has its own cluster per number of services: nodes `10.99.0.11` and \
+         `10.99.0.12` and the client `10.99.0.250` on a bridge of their own (nothing routed out \
+         of the machine), gannetd on both nodes from a manifest directory (`--overlay {}`, \
+         their Node manifests with the VTEP MACs), the server pod wired by gannet-cni. The N \
+         services have node ports from {} on (service i gets {} + i), the measured one last; \
+         the others have 3 endpoints each at addresses of pods that do not exist.\n\
+         - Traffic: `gannet-bench-peer`, one thread each side, {}; rr = 1-byte request/response \
+         on one connection, crr = connect, 1-byte request, response, close (RST), stream = bulk \
+         send on one connection until the server acknowledged every byte. {} s per measurement \
+         after {} s of uncounted warm-up (rr, crr); {} round(s), the variants in a random order \
+         in each (seed {}).\n\
+         - Per packet: `gannet-testrun --calls {}` (one `BPF_PROG_TEST_RUN` per packet and path, \
+         interleaved; the clock's overhead measured on the `miss` frame, a single run against \
+         {} repetitions, and subtracted).\n\
+         - Root network namespace: compared before and after the run (links, addresses, \
+         `nft list ruleset` of {} lines, {} sysctls): {}.\n\
+         - Machine: {}; {} CPUs ({}); {}; {}; {} ({}); cgroup v2 at {}; gannet {}.\n",
+        s.overlay,
+        s.first_node_port,
+        s.first_node_port,
+        s.peer_cpu.map_or_else(
+            || "placed by the scheduler".to_owned(),
+            |cpu| format!("client, server and gannet-testrun pinned to CPU {cpu}")
+        ),
+        s.seconds,
+        s.warmup_seconds,
+        s.rounds,
+        s.seed,
+        s.testrun_calls,
+        s.testrun_repeat,
+        root.nft_ruleset_lines,
+        root.sysctls_compared,
+        if root.differences.is_empty() {
+            "unchanged".to_owned()
+        } else {
+            format!("**changed**: {}", root.differences.join("; "))
+        },
+        m.kernel,
+        m.nproc,
+        m.cpu_model,
+        m.memory,
+        m.nft_version,
+        m.iptables_version,
+        m.iptables_backend,
+        m.cgroup2,
+        m.gannet_commit,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::nodeport::Load;
+    use crate::nodeport::packet::{PathCost, ProgramCost, RepeatCheck, Spread};
+    use crate::results::MetricResult;
+
+    fn size(services: usize, hit_ns: f64, values: [[f64; 3]; 3]) -> SizeResult {
+        let mut results = BTreeMap::new();
+        for (variant, vals) in Variant::ALL.into_iter().zip(values) {
+            results.insert(
+                variant,
+                Metric::ALL
+                    .into_iter()
+                    .zip(vals)
+                    .filter_map(|(m, x)| MetricResult::from_samples(m, vec![x]).map(|r| (m, r)))
+                    .collect(),
+            );
+        }
+        let path = |path: &str, ns: f64| PathCost {
+            path: path.to_owned(),
+            what: String::new(),
+            verdicts: BTreeMap::from([("TC_ACT_REDIRECT".to_owned(), 10)]),
+            single_run_ns: Spread {
+                p10: ns,
+                median: ns + 30.0,
+                p90: ns + 60.0,
+            },
+            repeated_ns: None,
+            ns_per_packet: ns,
+        };
+        SizeResult {
+            services,
+            load: Load::default(),
+            target: "10.99.0.11:30000".into(),
+            backend: "10.244.251.2:8080".into(),
+            checks: BTreeMap::new(),
+            gannet_counters: BTreeMap::new(),
+            packet: vec![ProgramCost {
+                program: "gannet_nodeport".into(),
+                hook: "tc".into(),
+                backend: "10.244.251.2:8080".into(),
+                source_at_backend: "10.244.250.0:61000".into(),
+                clock_overhead_ns: 30.0,
+                repeat_check: RepeatCheck {
+                    repetitions: 1000,
+                    last_verdict: "TC_ACT_UNSPEC".into(),
+                    ns_per_repetition: 40.0,
+                },
+                paths: vec![path("miss", 40.0), path("tracked", hit_ns)],
+            }],
+            order: Vec::new(),
+            failed: BTreeMap::new(),
+            results,
+        }
+    }
+
+    #[test]
+    fn goals_are_evaluated_at_ten_thousand_services() {
+        let sizes = vec![
+            // At 1 service everything would fail; the goals look at 10 000.
+            size(
+                1,
+                500.0,
+                [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0]],
+            ),
+            // gannet, nft, iptables: rr, crr, stream.
+            size(
+                10_000,
+                80.0,
+                [
+                    [100_000.0, 30_000.0, 9.6],
+                    [90_000.0, 26_000.0, 10.0],
+                    [80_000.0, 10_000.0, 9.0],
+                ],
+            ),
+        ];
+        let goals = goals(&sizes);
+        let find = |prefix: &str| {
+            goals
+                .iter()
+                .find(|g| g.goal.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no goal {prefix}: {goals:?}"))
+        };
+        let hit = find("gannet_nodeport (tc) hit path");
+        assert_eq!(hit.met, Some(true), "{hit:?}");
+        assert!(hit.goal.ends_with("at 10 000 services"), "{hit:?}");
+        // 30 000 / 10 000 = 3.0 ≥ 1.5; 30 000 / 26 000 = 1.15 < 1.2.
+        assert_eq!(
+            find("gannet crr ≥ 1.50× kube-proxy-iptables").met,
+            Some(true)
+        );
+        let nft = find("gannet crr ≥ 1.20× kube-proxy-nft");
+        assert_eq!(nft.met, Some(false));
+        assert_eq!(nft.measured, "1.15× (30,000 vs 26,000 connections/s)");
+        // 9.6 / 10.0 = 0.96 ≥ 0.95 of the best peer (nft).
+        let stream = find("gannet stream within 5%");
+        assert_eq!(stream.met, Some(true), "{stream:?}");
+        assert!(stream.measured.contains("kube-proxy-nft"), "{stream:?}");
+        assert_eq!(goals.len(), PACKET_PROGRAMS.len() + 3);
+    }
+
+    #[test]
+    fn a_failed_measurement_fails_its_goal() {
+        let mut s = size(
+            10_000,
+            80.0,
+            [
+                [100_000.0, 30_000.0, 9.6],
+                [90_000.0, 20_000.0, 10.0],
+                [80_000.0, 10_000.0, 9.0],
+            ],
+        );
+        s.results
+            .get_mut(&Variant::GannetTc)
+            .expect("gannet")
+            .remove(&Metric::Stream);
+        s.failed.insert(
+            Variant::GannetTc,
+            BTreeMap::from([(
+                Metric::Stream,
+                crate::nodeport::Failure {
+                    rounds: 3,
+                    first_error: "sending: timed out".into(),
+                },
+            )]),
+        );
+        let goals = goals(std::slice::from_ref(&s));
+        let stream = goals.last().expect("the stream goal");
+        assert_eq!(stream.met, Some(false), "{stream:?}");
+        assert_eq!(
+            stream.measured,
+            "gannet's stream failed in 3 round(s): sending: timed out"
+        );
+        let mut md = String::new();
+        let results = Results {
+            scenario: "nodeport",
+            started_at: String::new(),
+            wall_seconds: 0.0,
+            settings: crate::nodeport::Config {
+                quick: false,
+                service_counts: vec![10_000],
+                traffic: crate::peer::Traffic {
+                    rounds: 3,
+                    duration: std::time::Duration::from_secs(2),
+                    warmup: std::time::Duration::from_millis(200),
+                    seed: 1,
+                    peer_cpu: None,
+                },
+                testrun_calls: 10,
+            }
+            .settings(),
+            machine: Machine::default(),
+            sizes: vec![s],
+            goals,
+            root_namespace: RootCheck::default(),
+            warnings: Vec::new(),
+        };
+        traffic_tables(&mut md, &results);
+        assert!(
+            md.contains("| 10 000 | gannet-tc | 100,000 (±0%) | 30,000 (±0%) | – **failed** ×3 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_report_has_every_table() {
+        let sizes = vec![size(
+            1,
+            120.0,
+            [
+                [100_000.0, 30_000.0, 9.0],
+                [90_000.0, 20_000.0, 9.0],
+                [80_000.0, 15_000.0, 9.0],
+            ],
+        )];
+        let results = Results::new(
+            "2026-12-05T00:00:00Z".into(),
+            60.0,
+            crate::nodeport::Config {
+                quick: true,
+                service_counts: vec![1],
+                traffic: crate::peer::Traffic {
+                    rounds: 2,
+                    duration: std::time::Duration::from_millis(500),
+                    warmup: std::time::Duration::from_millis(100),
+                    seed: 3,
+                    peer_cpu: Some(1),
+                },
+                testrun_calls: 100,
+            }
+            .settings(),
+            Machine::default(),
+            sizes,
+            RootCheck::default(),
+            Vec::new(),
+        );
+        let md = render(&results, &[(Metric::Crr, "crr.png".into())]);
+        assert!(
+            md.contains("| 1 | gannet-tc | 100,000 (±0%) | 30,000 (±0%) | 9.00 (±0%) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | kube-proxy-iptables | 1.25× | 2.00× | 1.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | gannet_nodeport (tc) | 40 (70) | 120 (150) | – | – | 30 |"),
+            "{md}"
+        );
+        assert!(md.contains("XDP: not measured"), "{md}");
+        // The goals fall back to the largest size measured: 120 ns > 100 ns.
+        assert!(
+            md.contains(
+                "| gannet_nodeport (tc) hit path ≤ 100 ns per packet at 1 services | 120 ns"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("**not met**"), "{md}");
+        let crr = chart(&results, Metric::Crr);
+        assert_eq!(crr.series.len(), 3);
+        assert_eq!(crr.series[0].ratios, [Some(2.0)]);
+        assert_eq!(crr.goals.len(), 1);
+        assert_eq!(
+            summary_line(&results.sizes[0]),
+            "1 services, gannet ÷ kube-proxy-nft: rr 1.11 crr 1.50 stream 1.00 | ÷ kube-proxy-iptables: rr 1.25 crr 2.00 stream 1.00"
+        );
+    }
+}
