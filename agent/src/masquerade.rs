@@ -16,28 +16,33 @@
 //! Pod-to-pod and pod-to-service traffic is never masqueraded: the socket load balancer has
 //! already put a pod address in the destination, and every pod address is in the cluster CIDR.
 //!
-//! A NAT chain turns connection tracking on for every packet of the namespace. Traffic from a pod
-//! address to a pod address needs no tracking (no NAT, no state gannet uses), so two more chains
-//! at the `raw` priority exempt it (`notrack`), as they would otherwise cost every pod-to-pod
-//! connection a conntrack entry on both nodes:
+//! A NAT chain turns connection tracking on for every packet of the namespace. Traffic a node
+//! forwards from a pod address to a pod address needs no tracking (no NAT, no state gannet
+//! uses), so a chain at the `raw` priority exempts it (`notrack`), as it would otherwise cost
+//! every pod-to-pod connection a conntrack entry on both nodes:
 //!
 //! ```text
 //!   chain prerouting { type filter hook prerouting priority raw;
-//!     ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 notrack }
-//!   chain output { type filter hook output priority raw; (the same) }
+//!     ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 fib daddr type != local notrack }
 //! ```
+//!
+//! Packets to the node's own addresses in the cluster CIDR (the overlay device's, the bridge's)
+//! stay tracked: they are the replies of connections the node made, or that something else on
+//! the node (kube-proxy, with gannet as the pod network only) translated to that address, whose
+//! replies must find their conntrack entry to be translated back. The node's own connections
+//! are therefore tracked both ways (a `raw` output rule would leave them half tracked).
 //!
 //! With a VXLAN overlay, the tunnel's own UDP packets (`udp dport 8472`, whose source port is a
 //! hash of the inner flow, so one conntrack entry per pod connection on each node) are exempted
-//! the same way. A host firewall that accepts them must then not ask for `ct state new`: they
-//! are `untracked`.
+//! in the `raw` prerouting chain and an output chain like it. A host firewall that accepts them
+//! must then not ask for `ct state new`: they are `untracked`.
 
 use std::borrow::Cow;
 
 use ipnet::IpNet;
 use nftables::{
     batch::Batch,
-    expr::{Expression, NamedExpression, Payload, PayloadField, Prefix},
+    expr::{Expression, Fib, FibFlag, FibResult, NamedExpression, Payload, PayloadField, Prefix},
     schema::{Chain, NfListObject, Nftables, Rule, Table},
     stmt::{Match, NAT, NATFlag, Operator, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
@@ -120,26 +125,27 @@ impl MasqueradeRules {
                     comment: Some(Cow::Borrowed("gannet: the overlay's tunnel, untracked")),
                 }));
             }
-            for cluster in &self.cluster_cidrs {
-                let proto = if matches!(cluster, IpNet::V4(_)) {
-                    "ip"
-                } else {
-                    "ip6"
-                };
-                batch.add(NfListObject::Rule(Rule {
-                    family: NfFamily::INet,
-                    table: TABLE.into(),
-                    chain: name.into(),
-                    expr: Cow::Owned(vec![
-                        matches(proto, "saddr", Operator::EQ, *cluster),
-                        matches(proto, "daddr", Operator::EQ, *cluster),
-                        Statement::Notrack,
-                    ]),
-                    handle: None,
-                    index: None,
-                    comment: Some(Cow::Borrowed("gannet: pod to pod, untracked")),
-                }));
-            }
+        }
+        for cluster in &self.cluster_cidrs {
+            let proto = if matches!(cluster, IpNet::V4(_)) {
+                "ip"
+            } else {
+                "ip6"
+            };
+            batch.add(NfListObject::Rule(Rule {
+                family: NfFamily::INet,
+                table: TABLE.into(),
+                chain: "prerouting".into(),
+                expr: Cow::Owned(vec![
+                    matches(proto, "saddr", Operator::EQ, *cluster),
+                    matches(proto, "daddr", Operator::EQ, *cluster),
+                    not_local_destination(),
+                    Statement::Notrack,
+                ]),
+                handle: None,
+                index: None,
+                comment: Some(Cow::Borrowed("gannet: pod to pod, untracked")),
+            }));
         }
         for pod_cidr in &self.pod_cidrs {
             let v4 = matches!(pod_cidr, IpNet::V4(_));
@@ -180,6 +186,18 @@ impl MasqueradeRules {
         }
         batch.to_nftables()
     }
+}
+
+/// `fib daddr type != local`: the destination is not an address of this node.
+fn not_local_destination() -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: [FibFlag::Daddr].into_iter().collect(),
+        })),
+        right: Expression::String("local".into()),
+        op: Operator::NEQ,
+    })
 }
 
 fn table() -> Table<'static> {
@@ -301,6 +319,15 @@ mod tests {
             .iter()
             .map(|e| {
                 if let Some(m) = e.get("match")
+                    && m["left"].get("fib").is_some()
+                {
+                    format!(
+                        "fib {} type {} {}",
+                        m["left"]["fib"]["flags"],
+                        m["op"].as_str().unwrap(),
+                        m["right"].as_str().unwrap()
+                    )
+                } else if let Some(m) = e.get("match")
                     && m["right"].is_number()
                 {
                     format!(
@@ -371,11 +398,9 @@ mod tests {
             rules,
             [
                 "prerouting: udp dport == 8472 notrack",
-                "prerouting: ip saddr == 10.244.0.0/16 ip daddr == 10.244.0.0/16 notrack",
-                "prerouting: ip6 saddr == fd00:244::/48 ip6 daddr == fd00:244::/48 notrack",
                 "output: udp dport == 8472 notrack",
-                "output: ip saddr == 10.244.0.0/16 ip daddr == 10.244.0.0/16 notrack",
-                "output: ip6 saddr == fd00:244::/48 ip6 daddr == fd00:244::/48 notrack",
+                r#"prerouting: ip saddr == 10.244.0.0/16 ip daddr == 10.244.0.0/16 fib "daddr" type != local notrack"#,
+                r#"prerouting: ip6 saddr == fd00:244::/48 ip6 daddr == fd00:244::/48 fib "daddr" type != local notrack"#,
                 "postrouting: ip saddr == 10.244.1.0/24 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
                 "postrouting: ip6 saddr == fd00:244:1::/64 ip6 daddr != fd00:244::/48 ip6 daddr != ff00::/8 masquerade fully-random",
             ]

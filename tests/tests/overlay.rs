@@ -443,6 +443,42 @@ fn masquerade(c: &mut Cluster) {
     );
 }
 
+/// Something else on a node that translates a connection to the node's own overlay address (as
+/// kube-proxy does for a node port whose endpoint is on another node, with gannet as the pod
+/// network only) gets the replies back: gannet's `notrack` for pod-to-pod traffic leaves
+/// packets to the node's own addresses tracked. The translation is a test table of the node's
+/// (removed at the end), the client the host outside the cluster.
+fn foreign_nat_to_the_overlay_address(c: &Cluster) {
+    const TABLE: &str = "gannet_test_kp";
+    let node = c.node_netns(0);
+    let backend = &c.pod(1, 0).ip;
+    let dir = ScratchDir::new("kp-nft");
+    std::fs::create_dir_all(&dir.0).expect("a scratch directory");
+    let nft = |script: &str| {
+        let file = dir.0.join("rules.nft");
+        std::fs::write(&file, script).expect("writing the rules");
+        let mut cmd = Command::new("nft");
+        cmd.arg("-f").arg(&file);
+        let out = run_in(cmd, Some(node), None, Duration::from_secs(5)).expect("running nft");
+        assert!(out.status.success(), "nft -f: {out:?}");
+    };
+    nft(&format!(
+        "table ip {TABLE} {{\n\
+           chain pre {{ type nat hook prerouting priority dstnat; tcp dport 30999 dnat to {backend}:8080; }}\n\
+           chain post {{ type nat hook postrouting priority srcnat; ct status dnat masquerade; }}\n\
+         }}\n"
+    ));
+    let external = c.underlay.external().expect("external host");
+    let to = format!("{}:30999", c.underlay.nodes()[0].ipv4);
+    let output = probe_in(external, None, &["tcp", "--to", &to, "--count", "5"]);
+    let report: Report = parse_json_output(&output).expect("probe report");
+    nft(&format!("delete table ip {TABLE}\n"));
+    assert_eq!(
+        report.ok, 5,
+        "connections masqueraded to the overlay address get their replies: {report:?}"
+    );
+}
+
 fn flow_survives_restart(c: &mut Cluster, mode: &str) {
     let target = addr(&c.pod(1, 0).ip);
     let mut cmd = Command::new(bin_path("gannet-probe"));
@@ -771,6 +807,9 @@ fn whole_cluster(modes: [&str; NODES], pod_mtu: u32) {
     service_across_nodes(&c);
     full_mtu_transfer(&c, pod_mtu);
     masquerade(&mut c);
+    if modes[0] != "host-gw" {
+        foreign_nat_to_the_overlay_address(&c);
+    }
     flow_survives_restart(&mut c, modes[0]);
     if modes.iter().all(|m| *m == modes[0]) {
         status_lists_the_nodes(&c, modes[0]);
