@@ -6,8 +6,9 @@
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use gannet_common::{
-    CT_TCP_ESTABLISHED, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, CtEntry, CtKey, DEFAULT_MAX_CONNTRACK,
-    PROTO_TCP,
+    CT_TCP_ESTABLISHED, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, CT_TIMEOUT_TCP_CLOSING,
+    CT_TIMEOUT_TCP_ESTABLISHED, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, CtEntry, CtKey,
+    DEFAULT_MAX_CONNTRACK, PROTO_TCP,
 };
 
 use crate::flow::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -71,3 +72,34 @@ pub(crate) fn touch(entry: *mut CtEntry, flow: &Flow, now: u64) {
 pub(crate) fn closing(entry: &CtEntry) -> bool {
     entry.tcp & (CT_TCP_RST | CT_TCP_FIN) != 0
 }
+
+/// Whether a flow is over, judged by its reply entry and, when it still has one, its client
+/// entry: a RST either way, FINs both ways (a client entry that is gone counts as closed), or
+/// idle past the timeout the agent's sweep would remove it at (`CT_TIMEOUT_*`).
+#[inline(always)]
+pub(crate) fn over(proto: u8, reply: &CtEntry, client: Option<&CtEntry>, now: u64) -> bool {
+    let (client_tcp, client_seen) = client.map_or((CT_TCP_FIN, 0), |c| (c.tcp, c.last_seen_ns));
+    let last = if client_seen > reply.last_seen_ns {
+        client_seen
+    } else {
+        reply.last_seen_ns
+    };
+    let idle = now.saturating_sub(last);
+    if proto != PROTO_TCP {
+        return idle > u64::from(CT_TIMEOUT_UDP) * NSEC_PER_SEC;
+    }
+    let seen = reply.tcp | client_tcp;
+    if seen & CT_TCP_RST != 0 || reply.tcp & client_tcp & CT_TCP_FIN != 0 {
+        return true;
+    }
+    let timeout = if seen & CT_TCP_FIN != 0 {
+        CT_TIMEOUT_TCP_CLOSING
+    } else if seen & CT_TCP_ESTABLISHED != 0 {
+        CT_TIMEOUT_TCP_ESTABLISHED
+    } else {
+        CT_TIMEOUT_TCP_SYN
+    };
+    idle > u64::from(timeout) * NSEC_PER_SEC
+}
+
+pub(crate) const NSEC_PER_SEC: u64 = 1_000_000_000;

@@ -25,7 +25,7 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{
         Array, LruHashMap, PerCpuArray,
@@ -43,7 +43,7 @@ use gannet_common::{
 };
 
 use crate::{
-    conntrack::{self, CONNTRACK},
+    conntrack::{self, CONNTRACK, NSEC_PER_SEC},
     dsr, endpoint, fib,
     flow::{self, Flow, TCP_ACK, TCP_SYN},
     icmp::{self, Direction, IcmpError},
@@ -70,8 +70,6 @@ static SOURCE_RANGES: LpmTrie<[u8; 20], u8> = LpmTrie::pinned(DEFAULT_MAX_SOURCE
 static AFFINITY: LruHashMap<NpAffinityKey, AffinityValue> =
     LruHashMap::pinned(DEFAULT_MAX_NODEPORT_AFFINITY, 0);
 
-const NSEC_PER_SEC: u64 = 1_000_000_000;
-
 /// Working memory of the packet being handled: BPF gives a program and the functions it calls
 /// 512 bytes of stack together, too little for a flow, its keys and entries. tc programs do not
 /// nest on one CPU, so one element per CPU serves.
@@ -82,12 +80,14 @@ pub(crate) struct Scratch {
     entry: CtEntry,
     reply_key: CtKey,
     reply: CtEntry,
+    /// The client entry's key of a flow whose SNAT port is being taken over.
+    old_key: CtKey,
 }
 
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// How many SNAT ports a new flow tries before it gives up.
+/// How many random SNAT ports a new flow tries before it takes over one of a flow that is over.
 const SNAT_ATTEMPTS: u32 = 8;
 
 #[classifier]
@@ -507,7 +507,7 @@ fn new_flow(s: &mut Scratch, service: &ServiceValue, config: &NodePortConfig) ->
     } else {
         Return::Snat
     };
-    if !track(s, service.id, backend_id, backend, mode, config, hash) {
+    if !track(s, service.id, backend_id, backend, mode, config) {
         count(NP_STAT_CT_FAILED);
         return NewFlow::Verdict(TC_ACT_SHOT);
     }
@@ -573,7 +573,6 @@ fn track(
     backend: &BackendValue,
     mode: Return,
     config: &NodePortConfig,
-    hash: u32,
 ) -> bool {
     let now = now();
     let flow = &s.flow;
@@ -624,7 +623,7 @@ fn track(
         s.entry.flags = CT_F_SNAT;
         s.reply.flags = CT_F_REPLY | CT_F_SNAT;
         s.reply_key.daddr = address;
-        if !claim_snat_port(s, hash) {
+        if !claim_snat_port(s) {
             return false;
         }
     } else if CONNTRACK.insert(&s.reply_key, &s.reply, 0).is_err() {
@@ -637,22 +636,29 @@ fn track(
     true
 }
 
-/// Finds a SNAT port no tracked flow to the same backend uses: the reply entry is inserted only
-/// if its key is new. The port goes into both entries.
+/// Finds a SNAT port for the flow: the reply entry is inserted only if its key is new, trying
+/// random ports (as netfilter's `fully-random`: flows that collide once do not collide again).
+/// When every port tried is taken, the first one whose flow is over (`conntrack::over`: a RST,
+/// FINs both ways, or idle past its timeout, still waiting for the agent's sweep) is taken over,
+/// as netfilter reuses the ports of connections in `TIME_WAIT`: without it, closed flows would
+/// hold every port of a busy backend until the sweep. The port goes into both entries.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys and entries live in per-CPU scratch memory; by value they would be copied onto the stack"
 )]
 #[inline(always)]
-fn claim_snat_port(s: &mut Scratch, hash: u32) -> bool {
+fn claim_snat_port(s: &mut Scratch) -> bool {
     let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-    for attempt in 0..SNAT_ATTEMPTS {
+    // Network order; no port of the range is 0.
+    let mut reusable = 0u16;
+    for _ in 0..SNAT_ATTEMPTS {
+        // SAFETY: helper without arguments.
+        let random = unsafe { bpf_get_prandom_u32() };
         #[expect(
             clippy::cast_possible_truncation,
             reason = "below the port range's size"
         )]
-        let offset = (hash.wrapping_add(attempt.wrapping_mul(7919)) % range) as u16;
-        let port = (SNAT_PORT_MIN + offset).to_be();
+        let port = (SNAT_PORT_MIN + (random % range) as u16).to_be();
         s.reply_key.dport = port;
         if CONNTRACK
             .insert(&s.reply_key, &s.reply, u64::from(BPF_NOEXIST))
@@ -661,6 +667,78 @@ fn claim_snat_port(s: &mut Scratch, hash: u32) -> bool {
             s.entry.sport = port;
             return true;
         }
+        if reusable == 0 && port_reusable(s) {
+            reusable = port;
+        }
     }
-    false
+    if reusable == 0 {
+        return false;
+    }
+    s.reply_key.dport = reusable;
+    take_over_port(s)
+}
+
+/// Whether the flow holding the SNAT port of `s.reply_key` is over. Leaves the key of that flow's
+/// client entry in `s.old_key`.
+#[inline(never)]
+fn port_reusable(s: &mut Scratch) -> bool {
+    match old_flow(s) {
+        // Gone since the insert failed: free.
+        None => true,
+        // SAFETY: LRU map values stay valid for the program's run.
+        Some((reply, client)) => unsafe {
+            conntrack::over(s.reply_key.proto, &*reply, client.map(|c| &*c), now())
+        },
+    }
+}
+
+/// The reply entry under `s.reply_key` and, when it is still there and belongs to the same
+/// flow, its client entry (whose key goes into `s.old_key`).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys live in per-CPU scratch memory; by value they would be copied onto the stack"
+)]
+#[inline(always)]
+fn old_flow(s: &mut Scratch) -> Option<(*const CtEntry, Option<*const CtEntry>)> {
+    let reply = CONNTRACK.get_ptr(&s.reply_key)?;
+    // SAFETY: LRU map values stay valid for the program's run.
+    let r = unsafe { &*reply };
+    // The reply entry restores the client and the frontend: the client entry's key.
+    s.old_key = CtKey {
+        saddr: r.daddr,
+        daddr: r.saddr,
+        sport: r.dport,
+        dport: r.sport,
+        proto: s.reply_key.proto,
+        pad: [0; 3],
+    };
+    let client = CONNTRACK.get_ptr(&s.old_key).filter(|c| {
+        // SAFETY: as above.
+        let c = unsafe { &**c };
+        // The client may have started a new flow from the same port since.
+        c.flags & CT_F_REPLY == 0
+            && c.sport == s.reply_key.dport
+            && c.saddr == s.reply_key.daddr
+            && c.backend_id == r.backend_id
+    });
+    Some((reply, client))
+}
+
+/// Takes the port of `s.reply_key` over from a flow that is over: its client entry goes (a late
+/// packet of it then starts no confusion on the new flow's addresses), the reply entry becomes
+/// the new flow's.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and entries live in per-CPU scratch memory; by value they would be copied onto the stack"
+)]
+#[inline(never)]
+fn take_over_port(s: &mut Scratch) -> bool {
+    if let Some((_, Some(_))) = old_flow(s) {
+        let _ = CONNTRACK.remove(&s.old_key);
+    }
+    if CONNTRACK.insert(&s.reply_key, &s.reply, 0).is_err() {
+        return false;
+    }
+    s.entry.sport = s.reply_key.dport;
+    true
 }
