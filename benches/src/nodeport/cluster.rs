@@ -12,9 +12,8 @@
 //!   (`--nodeport-interfaces=eth0`; it adds the overlay device for the replies) and gets the N
 //!   services as manifests;
 //! - `kube-proxy-nft`, `kube-proxy-iptables`: gannetd runs with `--nodeport-interfaces=` and no
-//!   services (on node A also `--masquerade=false`: see [`node_args`]); kube-proxy's rules for the
-//!   N services are loaded into node A, whose kernel forwards (the testkit's nodes have
-//!   `ip_forward=1`) into the overlay route to node B's pods.
+//!   services; kube-proxy's rules for the N services are loaded into node A, whose kernel
+//!   forwards (the testkit's nodes have `ip_forward=1`) into the overlay route to node B's pods.
 //!
 //! Node B runs with `--nodeport-interfaces=` in every variant (nothing reaches it from outside).
 //! Field order is drop order: the server, the pod, the agents (stopped, `gannetd cleanup` in
@@ -79,13 +78,6 @@ pub fn node_yaml(name: &str, ip: Ipv4Addr, pod_cidr: &str, vtep_mac: Option<&str
 }
 
 /// gannetd's flags on node `index` for `variant`.
-///
-/// kube-proxy's node A runs without gannet's nftables table (`--masquerade=false`): kube-proxy
-/// masquerades the node port's traffic into the overlay to the overlay device's address (in the
-/// cluster CIDR), and the table's `notrack` rule for traffic between cluster addresses then
-/// exempts the backend's replies from conntrack, so they are never translated back and the
-/// connections hang. Nothing on the measured path needs the table on node A (it masquerades
-/// node A's pods' traffic out of the cluster); node B keeps it in every variant.
 fn node_args(variant: Variant, index: usize, name: &str, ip: Ipv4Addr) -> Vec<String> {
     let mut args = vec![
         "--node-name".into(),
@@ -98,10 +90,6 @@ fn node_args(variant: Variant, index: usize, name: &str, ip: Ipv4Addr) -> Vec<St
     ];
     match (variant.gannet(), index) {
         (true, 0) => args.push(format!("--nodeport-interfaces={NODE_IF}")),
-        (false, 0) => args.extend([
-            "--nodeport-interfaces=".to_owned(),
-            "--masquerade=false".to_owned(),
-        ]),
         _ => args.push("--nodeport-interfaces=".to_owned()),
     }
     args
@@ -436,10 +424,11 @@ mod tests {
                 args.contains(&"--nodeport-interfaces=".to_owned()),
                 "{variant} node {index}: {args:?}"
             );
-            assert_eq!(
-                args.contains(&"--masquerade=false".to_owned()),
-                index == 0,
-                "only kube-proxy's node A goes without gannet's table: {variant} node {index}"
+            // gannet's masquerade table stays: kube-proxy's replies to the overlay address
+            // are tracked (see `agent/src/masquerade.rs`).
+            assert!(
+                !args.iter().any(|f| f.starts_with("--masquerade")),
+                "{variant} node {index}: {args:?}"
             );
         }
         assert!(!a.iter().any(|f| f.starts_with("--masquerade")), "{a:?}");
