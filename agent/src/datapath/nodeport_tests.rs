@@ -9,7 +9,7 @@ use aya::maps::{HashMap, Map, MapData};
 use aya::programs::{TestRun as _, TestRunOptions};
 use gannet_common::{
     BackendValue, CT_F_REPLY, CT_F_SNAT, CT_TCP_ESTABLISHED, CT_TCP_FIN, CtEntry, CtKey,
-    NODEPORT_F_DSR, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4, NodePortConfig, PROTO_TCP,
+    NODEPORT_F_DSR, NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4, NodePortConfig, PROTO_TCP, PROTO_UDP,
     SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
     map_names, v4_mapped,
 };
@@ -439,6 +439,25 @@ fn nodeport_fixtures() {
                 rst_v4((CLIENT_MAC, EXT_MAC), (lb, 80), (CLIENT, CLIENT_PORT)),
             )];
             failures.extend(run_cases(fp.nodeport_program().unwrap(), cases));
+            let key = ServiceKey {
+                proto: PROTO_UDP,
+                ..frontend(lb, 53)
+            };
+            services
+                .insert(key, service(20, SVC_F_EXTERNAL), 0)
+                .unwrap();
+            let datagram = udp(
+                (EXT_MAC, CLIENT_MAC),
+                (IpAddr::V4(CLIENT), CLIENT_PORT),
+                (IpAddr::V4(lb), 53),
+            );
+            let cases: Vec<Case> = vec![(
+                "UDP to a LoadBalancer IP without a backend: ICMP port unreachable back",
+                datagram.clone(),
+                TC_ACT_REDIRECT,
+                port_unreachable(&datagram, IpAddr::V4(lb)),
+            )];
+            failures.extend(run_cases(fp.nodeport_program().unwrap(), cases));
 
             let cases: Vec<Case> = vec![(
                 "the local backend's reply: source back to NodeIP:NodePort, out to the client",
@@ -579,7 +598,7 @@ fn nodeport_fixtures() {
             }
             let stats = fp.nodeport.stats().expect("counters");
             if stats.new_flows != 3
-                || stats.no_backend != 3
+                || stats.no_backend != 4
                 || stats.replies != 2
                 || stats.icmp_errors != 2
             {
@@ -1172,6 +1191,105 @@ fn nodeport_dsr_fixtures() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// An Ethernet + IP + UDP frame (TTL 64, payload "hello") with every checksum right.
+fn udp(
+    (dst_mac, src_mac): ([u8; 6], [u8; 6]),
+    (src, sport): (IpAddr, u16),
+    (dst, dport): (IpAddr, u16),
+) -> Vec<u8> {
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&13u16.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(b"hello");
+    let csum = fold(sum16(&udp, pseudo_sum(src, dst, PROTO_UDP, udp.len())));
+    udp[6..8].copy_from_slice(&csum.to_be_bytes());
+    frame((dst_mac, src_mac), (src, dst), PROTO_UDP, &udp)
+}
+
+/// The one's-complement sum of the pseudo-header of an IPv4 or IPv6 transport header.
+fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+    let mut pseudo = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, proto]);
+            pseudo.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("mixed address families"),
+    }
+    sum16(&pseudo, 0)
+}
+
+/// Ethernet + an IP header (IPv4: id 0, DF; TTL or hop limit 64) + `payload`.
+fn frame(
+    (dst_mac, src_mac): ([u8; 6], [u8; 6]),
+    (src, dst): (IpAddr, IpAddr),
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+            ip[2..4].copy_from_slice(&u16::try_from(20 + payload.len()).unwrap().to_be_bytes());
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let csum = ipv4_checksum(&ip);
+            ip[10..12].copy_from_slice(&csum.to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+            f.extend_from_slice(&[proto, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The ICMP (`ICMPv6`) port unreachable a node sends for `datagram` (a frame from [`udp`]) from
+/// `from`: it quotes the datagram's IP and UDP headers.
+fn port_unreachable(datagram: &[u8], from: IpAddr) -> Vec<u8> {
+    let (dst_mac, src_mac) = (
+        datagram[6..12].try_into().unwrap(),
+        datagram[0..6].try_into().unwrap(),
+    );
+    let (to, quote, kind, proto) = if datagram[12..14] == [0x08, 0x00] {
+        let to: [u8; 4] = datagram[26..30].try_into().unwrap();
+        (IpAddr::from(to), &datagram[14..14 + 28], [3, 3], 1)
+    } else {
+        let to: [u8; 16] = datagram[22..38].try_into().unwrap();
+        (IpAddr::from(to), &datagram[14..14 + 48], [1, 4], 58)
+    };
+    let mut icmp = vec![kind[0], kind[1], 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quote);
+    let start = if proto == 58 {
+        pseudo_sum(from, to, proto, icmp.len())
+    } else {
+        0
+    };
+    let csum = fold(sum16(&icmp, start));
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    frame((dst_mac, src_mac), (from, to), proto, &icmp)
+}
+
 /// An Ethernet + IPv6 + TCP frame with its checksum right.
 #[expect(clippy::too_many_arguments, reason = "a fixture builder")]
 fn tcp_v6(
@@ -1311,6 +1429,28 @@ fn nodeport_ipv6_fixtures() {
                 ),
             )];
             failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
+
+            // UDP to an external IPv6 address without backends: ICMPv6 port unreachable.
+            let external: std::net::Ipv6Addr = "fd00:99::201".parse().unwrap();
+            let key = ServiceKey {
+                addr: external.octets(),
+                port: 53u16.to_be(),
+                proto: PROTO_UDP,
+                pad: 0,
+            };
+            services.insert(key, service(9, SVC_F_EXTERNAL), 0).unwrap();
+            let datagram = udp(
+                (EXT_MAC, CLIENT_MAC),
+                (IpAddr::V6(client), CLIENT_PORT),
+                (IpAddr::V6(external), 53),
+            );
+            let cases: Vec<Case> = vec![(
+                "IPv6 UDP to an external IP without a backend: ICMPv6 port unreachable back",
+                datagram.clone(),
+                TC_ACT_REDIRECT,
+                port_unreachable(&datagram, IpAddr::V6(external)),
+            )];
+            failures.extend(run_cases(fp.nodeport_program().unwrap(), cases));
             failures
         })
         .expect("running in the test netns");

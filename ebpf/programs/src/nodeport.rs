@@ -16,7 +16,8 @@
 //!    from `SNAT_PORT_MIN..=SNAT_PORT_MAX`, so the reply comes back here. Then it is forwarded
 //!    (`fib::forward`). A frontend without a backend: `externalTrafficPolicy: Local` drops, as
 //!    kube-proxy does; otherwise it is refused (`reject.rs`: the host stack answers for the
-//!    node's own addresses, the program sends a TCP RST for others).
+//!    node's own addresses, the program answers for others: a TCP RST, an ICMP port
+//!    unreachable for UDP).
 //! 4. Anything else continues (`TC_ACT_UNSPEC`: the next tcx program, then the host stack).
 //!
 //! Replies from a pod of this node (the backend of a flow whose source was kept) arrive at the
