@@ -15,7 +15,10 @@ use gannet_common::{
 };
 use serde::Serialize;
 
-use crate::datapath::DataPathError;
+use crate::datapath::{
+    DataPathError,
+    nodeport::{TableMap, read_table},
+};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -102,10 +105,15 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
         HashMap::try_from(open(bpf_root, map_names::BACKENDS)?)
             .map_err(map_err(map_names::BACKENDS))?;
 
-    let maglev: Option<HashOfMaps<MapData, u32, aya::maps::Array<MapData, u32>>> =
-        open(bpf_root, map_names::MAGLEV)
-            .ok()
-            .and_then(|m| HashOfMaps::try_from(m).ok());
+    let maglev: Option<HashOfMaps<MapData, u32, TableMap>> = open(bpf_root, map_names::MAGLEV)
+        .ok()
+        .and_then(|m| HashOfMaps::try_from(m).ok());
+    // Entries of every table, as the programs index them.
+    let table_size = open(bpf_root, map_names::NODEPORT_CONFIG)
+        .ok()
+        .and_then(|m| Array::<MapData, NodePortConfig>::try_from(m).ok())
+        .and_then(|config| config.get(&0, 0).ok())
+        .map_or(0, |config| config.maglev_table_size);
 
     let mut out = Vec::new();
     for (key, value) in services.iter().filter_map(Result::ok) {
@@ -116,14 +124,11 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
         };
         let external = value.flags & gannet_common::SVC_F_EXTERNAL != 0;
         let packet_backends = external.then(|| {
+            // One read-only mapping of the table, not a system call per entry.
             let mut ids: Vec<u32> = maglev
                 .as_ref()
                 .and_then(|m| m.get(&value.id, 0).ok())
-                .map(|table: aya::maps::Array<MapData, u32>| {
-                    (0..table.len())
-                        .filter_map(|i| table.get(&i, 0).ok())
-                        .collect()
-                })
+                .and_then(|table| read_table(&table, table_size).ok())
                 .unwrap_or_default();
             ids.sort_unstable();
             ids.dedup();

@@ -1,6 +1,8 @@
 //! The few bpf(2) and filesystem calls aya does not expose: reopening a pinned link, switching a
 //! link to a new program atomically (`BPF_LINK_UPDATE`), reading which cgroup or interface a
-//! link is attached to, and telling filesystems apart.
+//! link is attached to, updating and deleting many map elements in one call
+//! (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`), mapping a map's memory, and telling
+//! filesystems apart.
 
 use std::{
     ffi::CString,
@@ -15,6 +17,8 @@ use std::{
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// `bpffs` superblock magic.
 pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -78,6 +82,135 @@ pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Res
     attr.put_u32(0, fd_u32(link));
     attr.put_u32(4, fd_u32(prog));
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// A batch operation stopped at element `done` (the elements before it took effect, the ones
+/// from it on did not) with `source`.
+#[derive(Debug)]
+pub(crate) struct BatchError {
+    pub(crate) done: usize,
+    pub(crate) source: io::Error,
+}
+
+/// `attr.batch` of `union bpf_attr` (include/uapi/linux/bpf.h): `in_batch` and `out_batch` (unused
+/// by updates and deletes), `keys`, `values`, `count` (in: elements; out: elements processed),
+/// `map_fd`, `elem_flags`, `flags`.
+fn batch_attr(map: BorrowedFd<'_>, keys: u64, values: u64, count: usize) -> BpfAttr {
+    let mut attr = BpfAttr::new();
+    attr.put_u64(16, keys);
+    attr.put_u64(24, values);
+    attr.put_u32(
+        32,
+        u32::try_from(count).expect("a batch of at most u32::MAX elements"),
+    );
+    attr.put_u32(36, fd_u32(map));
+    attr
+}
+
+fn batch(cmd: libc::c_long, attr: &mut BpfAttr, count: usize) -> Result<(), BatchError> {
+    bpf(cmd, attr).map(drop).map_err(|source| {
+        let done = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes"));
+        BatchError {
+            // The kernel writes back how many it processed; never trust it beyond `count`.
+            done: usize::try_from(done).map_or(count, |d| d.min(count)),
+            source,
+        }
+    })
+}
+
+/// Sets `keys[i]` to `values[i]` in `map` with one `BPF_MAP_UPDATE_BATCH` (`BPF_ANY` each), in
+/// order; it stops at the first element that fails. `K` and `V` must be exactly the map's key
+/// and value (for a map of maps: the inner map's file descriptor as a `u32`).
+///
+/// Why: since Linux 6.8 (`generic_map_update_batch`) the kernel waits for an RCU grace period
+/// once per batch, where `BPF_MAP_UPDATE_ELEM` on a map of maps waits once per element (about
+/// 10 ms each, `maybe_wait_bpf_programs`); on older kernels a batch costs what the single
+/// updates do.
+pub(crate) fn map_update_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = batch_attr(
+        map,
+        keys.as_ptr() as u64,
+        values.as_ptr() as u64,
+        keys.len(),
+    );
+    batch(BPF_MAP_UPDATE_BATCH, &mut attr, keys.len())
+}
+
+/// Deletes `keys` from `map` with one `BPF_MAP_DELETE_BATCH`, in order; it stops at the first
+/// key that fails (a missing key fails with `ENOENT`). `K` must be exactly the map's key. One
+/// RCU grace period for the batch, as [`map_update_batch`].
+pub(crate) fn map_delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = batch_attr(map, keys.as_ptr() as u64, 0, keys.len());
+    batch(BPF_MAP_DELETE_BATCH, &mut attr, keys.len())
+}
+
+/// A shared memory mapping of a `BPF_F_MMAPABLE` array's values, unmapped on drop.
+pub(crate) struct MapMemory {
+    ptr: std::ptr::NonNull<u64>,
+    len: usize,
+    writable: bool,
+}
+
+impl MapMemory {
+    /// Maps the first `len` `u64` values of the array `map` (its value size must be 8), for
+    /// reading, or for reading and writing.
+    pub(crate) fn new(map: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Self> {
+        let bytes = len.max(1) * 8;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a new shared mapping of the map's values (the kernel checks the length against
+        // the map and the protection against the fd's access); unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                prot,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u64>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Self { ptr, len, writable })
+    }
+
+    /// The values. The caller must be the only writer: gannet writes a table only before it is
+    /// installed and never after, so what a program or another reader sees does not change.
+    pub(crate) fn values(&self) -> &[u64] {
+        // SAFETY: `len` page-aligned u64s mapped readable for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The values, to write (a mapping made writable).
+    pub(crate) fn values_mut(&mut self) -> &mut [u64] {
+        assert!(self.writable, "writing a read-only mapping");
+        // SAFETY: as `values`; exclusive through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for MapMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len.max(1) * 8) };
+    }
 }
 
 /// What the kernel says about a cgroup link.

@@ -385,6 +385,14 @@ fn delete_result(map: &'static str, r: Result<(), MapError>) -> Result<(), MapOp
     }
 }
 
+fn maglev_err(op: &'static str, e: DataPathError) -> MapOpError {
+    MapOpError::Other {
+        map: map_names::MAGLEV,
+        op,
+        source: io::Error::other(e),
+    }
+}
+
 fn list<K: aya::Pod, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
     name: &'static str,
@@ -494,23 +502,31 @@ impl ServiceMaps for BpfMaps {
             return Ok(());
         };
         maglev
-            .put(service_id, table)
-            .map_err(|e| MapOpError::Other {
-                map: map_names::MAGLEV,
-                op: "update",
-                source: io::Error::other(e),
-            })
+            .stage(service_id, table)
+            .map_err(|e| maglev_err("create", e))
     }
 
-    fn del_maglev(&mut self, service_id: u32) -> Result<(), MapOpError> {
+    fn del_maglev(&mut self, service_id: u32) {
+        if let Some(maglev) = &mut self.external {
+            maglev.stage_remove(service_id);
+        }
+    }
+
+    fn maglev_staged(&self) -> usize {
+        self.external
+            .as_ref()
+            .map_or(0, nodeport::ExternalMaps::staged)
+    }
+
+    fn flush_maglev(&mut self) -> Vec<(u32, MapOpError)> {
         let Some(maglev) = &mut self.external else {
-            return Ok(());
+            return Vec::new();
         };
-        maglev.remove(service_id).map_err(|e| MapOpError::Other {
-            map: map_names::MAGLEV,
-            op: "delete",
-            source: io::Error::other(e),
-        })
+        maglev
+            .flush()
+            .into_iter()
+            .map(|(id, e)| (id, maglev_err("update", e)))
+            .collect()
     }
 
     fn maglev_ids(&self) -> Result<std::collections::BTreeSet<u32>, MapOpError> {
@@ -519,6 +535,10 @@ impl ServiceMaps for BpfMaps {
             .as_ref()
             .map(nodeport::ExternalMaps::service_ids)
             .unwrap_or_default())
+    }
+
+    fn maglev_table(&self, service_id: u32) -> Option<Vec<u32>> {
+        self.external.as_ref()?.get(service_id)
     }
 
     fn put_ranges(&mut self, service_id: u32, nets: &[ipnet::IpNet]) -> Result<(), MapOpError> {

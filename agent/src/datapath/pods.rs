@@ -127,6 +127,7 @@ impl PodFastPath {
         for dir in [&maps_dir, &links_dir] {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
+        nodeport::retire_incompatible_maglev(&maps_dir)?;
         let mut ebpf = pinned_loader(&maps_dir)
             .map_max_entries(map_names::ENDPOINTS, capacity.endpoints)
             .map_max_entries(map_names::ENDPOINT_STATS, capacity.endpoints)

@@ -11,6 +11,16 @@
 //!
 //! A change that cannot be written (a full map) is rolled back before the switch, so the
 //! service keeps its previous backends and every other service is untouched.
+//!
+//! An externally reachable frontend also has a Maglev table (what the NodePort program balances
+//! packets from outside with), replaced whole. Installing or removing a table costs the kernel
+//! an RCU grace period (about 10 ms), once per batch of tables, so a pass stages the tables it
+//! writes and installs them together ([`ServiceMaps::flush_maglev`], at most
+//! [`MAX_STAGED_TABLES`] at a time): a frontend whose table changes is switched (step 3) only
+//! after its new table is in; one whose table cannot be installed is rolled back like any other
+//! failure. A table is built and written only when the backends it is built from change (the
+//! table depends on that set alone), not when anything else about the frontend does, and not
+//! after a restart that finds it in place.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -28,6 +38,9 @@ use ipnet::IpNet;
 use tracing::{debug, error, info, warn};
 
 use crate::nodeport::maglev;
+
+/// Most Maglev tables one batch installs (see [`ServiceMaps::flush_maglev`]).
+pub use super::nodeport::MAX_STAGED_TABLES;
 
 /// How long freed slots and backends stay readable after the switch that released them.
 /// Programs hold a value for microseconds; this is generous.
@@ -65,13 +78,25 @@ pub trait ServiceMaps {
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError>;
     fn slots(&self) -> Result<Vec<(SlotKey, u32)>, MapOpError>;
     fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapOpError>;
-    /// Installs (or replaces, atomically) the Maglev table of an externally reachable service:
-    /// [`maglev_size`](Self::maglev_size) backend ids.
+    /// Writes the Maglev table of an externally reachable service
+    /// ([`maglev_size`](Self::maglev_size) backend ids), to replace its table, atomically, at
+    /// the next [`flush_maglev`](Self::flush_maglev); until then the service keeps the table it
+    /// has. Replaces what was staged for the service.
     fn put_maglev(&mut self, service_id: u32, table: &[u32]) -> Result<(), MapOpError>;
-    /// Removes a service's Maglev table; a missing one is fine.
-    fn del_maglev(&mut self, service_id: u32) -> Result<(), MapOpError>;
+    /// Stages the removal of a service's Maglev table (a missing one is fine) for the next
+    /// [`flush_maglev`](Self::flush_maglev). Replaces what was staged for the service.
+    fn del_maglev(&mut self, service_id: u32);
+    /// Tables and removals staged.
+    fn maglev_staged(&self) -> usize;
+    /// Installs and removes the staged tables, as few kernel calls as the maps allow (one
+    /// batch each). Returns the services whose table could not be installed or removed; the
+    /// others took effect.
+    fn flush_maglev(&mut self) -> Vec<(u32, MapOpError)>;
     /// Service ids that have a Maglev table.
     fn maglev_ids(&self) -> Result<BTreeSet<u32>, MapOpError>;
+    /// A service's Maglev table as installed (when adopting a running data plane): its entries,
+    /// or `None` when it has none or it cannot be read.
+    fn maglev_table(&self, service_id: u32) -> Option<Vec<u32>>;
     /// Entries of every Maglev table (`--maglev-table-size`).
     fn maglev_size(&self) -> u32;
     /// Adds `loadBalancerSourceRanges` of a service.
@@ -110,8 +135,8 @@ struct Programmed {
     affinity: Option<u32>,
     /// `SVC_F_EXTERNAL` / `SVC_F_LOCAL`.
     flags: u8,
-    /// What the NodePort program balances to (the Maglev table's backends); empty for a
-    /// ClusterIP frontend.
+    /// What the NodePort program balances to: the backends its Maglev table was built from,
+    /// sorted; empty when it has no table (a ClusterIP frontend, or no backend for packets).
     packet: Vec<Backend>,
     /// `loadBalancerSourceRanges` in the source-range trie under this id.
     ranges: Vec<IpNet>,
@@ -304,6 +329,44 @@ pub fn packet_backends(spec: &ServicePort, node: &str) -> Vec<Backend> {
     spec.terminating.iter().filter(local).copied().collect()
 }
 
+/// The backends of an adopted external frontend's Maglev table (`table`: `None` when it has
+/// none, `Some(None)` when it cannot be read), with their ids, sorted (empty when there is no
+/// table), and whether the table is one this agent would have written for them. It is not when
+/// it has another size (`--maglev-table-size` changed), names a backend id missing from the
+/// backend map, or one whose backend is known under another id: the first apply writes it
+/// again. The backends it names are returned either way, so that they stay allocated (and the
+/// table valid) until then.
+fn adopt_table(
+    table: Option<Option<Vec<u32>>>,
+    size: u32,
+    values: &HashMap<u32, BackendValue>,
+    known: &HashMap<Backend, BackendEntry>,
+) -> (Vec<(u32, Backend)>, bool) {
+    let Some(table) = table else {
+        return (Vec::new(), true);
+    };
+    let Some(mut ids) = table else {
+        return (Vec::new(), false);
+    };
+    let mut consistent = ids.len() == size as usize;
+    ids.sort_unstable();
+    ids.dedup();
+    let mut packet = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(value) = values.get(&id) else {
+            consistent = false;
+            continue;
+        };
+        let backend = backend_of(value);
+        match known.get(&backend) {
+            Some(entry) if entry.id != id => consistent = false,
+            _ => packet.push((id, backend)),
+        }
+    }
+    packet.sort_unstable_by_key(|(_, b)| *b);
+    (packet, consistent)
+}
+
 fn index(i: usize) -> u32 {
     u32::try_from(i).expect("slot index checked against MAX_BACKENDS_PER_SERVICE")
 }
@@ -315,6 +378,7 @@ impl<M: ServiceMaps> Reconciler<M> {
         let backend_values: HashMap<u32, BackendValue> = maps.backends()?.into_iter().collect();
         let mut ranges = maps.ranges()?;
         let mut slots: HashMap<SlotKey, u32> = maps.slots()?.into_iter().collect();
+        let tables = maps.maglev_ids()?;
         let mut services = BTreeMap::new();
         let mut by_id = HashMap::new();
         let mut backends: HashMap<Backend, BackendEntry> = HashMap::new();
@@ -340,9 +404,7 @@ impl<M: ServiceMaps> Reconciler<M> {
                 } else {
                     Vec::new()
                 },
-                // An external frontend's Maglev backends are not read back: the first apply
-                // writes its table again (the same backends give the same table).
-                dirty: value.flags & SVC_F_EXTERNAL != 0,
+                dirty: false,
             };
             for i in 0..u32::from(value.count) {
                 let slot = SlotKey::new(value.id, value.generation, i);
@@ -363,6 +425,21 @@ impl<M: ServiceMaps> Reconciler<M> {
                     .or_insert(BackendEntry { id: *id, users: 0 })
                     .users += 1;
             }
+            if value.flags & SVC_F_EXTERNAL != 0 {
+                let table = tables
+                    .contains(&value.id)
+                    .then(|| maps.maglev_table(value.id));
+                let (packet, consistent) =
+                    adopt_table(table, maps.maglev_size(), &backend_values, &backends);
+                for (id, backend) in packet {
+                    backends
+                        .entry(backend)
+                        .or_insert(BackendEntry { id, users: 0 })
+                        .users += 1;
+                    programmed.packet.push(backend);
+                }
+                programmed.dirty |= !consistent;
+            }
             by_id.insert(value.id, frontend);
             services.insert(frontend, programmed);
         }
@@ -374,10 +451,13 @@ impl<M: ServiceMaps> Reconciler<M> {
             .filter(|p: &&Programmed| p.flags & SVC_F_EXTERNAL != 0)
             .map(|p| p.id)
             .collect();
-        for id in maps.maglev_ids()? {
+        for &id in &tables {
             if !external.contains(&id) {
-                maps.del_maglev(id)?;
+                maps.del_maglev(id);
             }
+        }
+        if let Some((_, e)) = maps.flush_maglev().into_iter().next() {
+            return Err(e);
         }
         // Ranges no adopted frontend uses.
         for (id, nets) in ranges {
@@ -440,7 +520,7 @@ impl<M: ServiceMaps> Reconciler<M> {
         for (frontend, spec) in &desired.services {
             self.program_into(&mut batch, frontend, spec, now);
         }
-        self.finish(batch)
+        self.finish(batch, now)
     }
 
     /// Programs a diff: `Some` frontends are added or updated, `None` ones removed (removing
@@ -461,7 +541,7 @@ impl<M: ServiceMaps> Reconciler<M> {
                 None => {}
             }
         }
-        self.finish(batch)
+        self.finish(batch, now)
     }
 
     fn remove_into(&mut self, batch: &mut Batch, frontend: &Frontend, now: Instant) {
@@ -481,21 +561,15 @@ impl<M: ServiceMaps> Reconciler<M> {
         spec: &ServicePort,
         now: Instant,
     ) {
-        let report = &mut batch.report;
-        match self.program(frontend, spec, now) {
-            Ok(Change::Unchanged) => report.unchanged += 1,
-            Ok(Change::Added) => report.added += 1,
-            Ok(Change::Updated { id, removed }) => {
-                report.updated += 1;
-                if !removed.is_empty()
-                    && let Some(set) = batch
-                        .purge
-                        .entry(id)
-                        .or_insert_with(|| Some(BTreeSet::new()))
-                {
-                    set.extend(removed);
+        match self.prepare(frontend, spec, now) {
+            Ok(None) => batch.report.unchanged += 1,
+            Ok(Some(prepared)) if prepared.table_staged => {
+                batch.waiting.push(prepared);
+                if self.maps.maglev_staged() >= MAX_STAGED_TABLES {
+                    self.flush(batch, now);
                 }
             }
+            Ok(Some(prepared)) => self.commit(batch, prepared, now),
             Err(e) => {
                 error!(
                     service = %format_args!("{}/{}", spec.namespace, spec.name),
@@ -504,12 +578,45 @@ impl<M: ServiceMaps> Reconciler<M> {
                     error = %e,
                     "could not program service; it keeps its previous state"
                 );
-                report.failed.push((*frontend, e.to_string()));
+                batch.report.failed.push((*frontend, e.to_string()));
             }
         }
     }
 
-    fn finish(&mut self, batch: Batch) -> ApplyReport {
+    /// Installs the staged Maglev tables, then switches the frontends that waited for them (or
+    /// rolls back those whose table could not be installed).
+    fn flush(&mut self, batch: &mut Batch, now: Instant) {
+        let mut failures: HashMap<u32, MapOpError> = self.maps.flush_maglev().into_iter().collect();
+        for prepared in std::mem::take(&mut batch.waiting) {
+            match failures.remove(&prepared.next.id) {
+                None => self.commit(batch, prepared, now),
+                Some(e) => {
+                    let frontend = prepared.frontend;
+                    error!(
+                        %frontend,
+                        error = %e,
+                        "could not install the Maglev table; the frontend keeps its previous state"
+                    );
+                    self.undo(&prepared, prepared.next.backend_ids.len(), now);
+                    batch.report.failed.push((frontend, e.to_string()));
+                }
+            }
+        }
+        // Removals that failed: the table stays (naming backends that will be freed); the next
+        // apply writes the frontend again.
+        for (id, e) in failures {
+            warn!(service_id = id, error = %e, "could not remove a Maglev table");
+            if let Some(p) = self.by_id.get(&id).and_then(|f| self.services.get_mut(f)) {
+                p.dirty = true;
+            }
+        }
+    }
+
+    fn finish(&mut self, mut batch: Batch, now: Instant) -> ApplyReport {
+        // Switching a waiting frontend may stage removals: flush until nothing is left.
+        while !batch.waiting.is_empty() || self.maps.maglev_staged() > 0 {
+            self.flush(&mut batch, now);
+        }
         if !batch.purge.is_empty() {
             self.purge_affinity(&batch.purge);
         }
@@ -540,15 +647,21 @@ impl<M: ServiceMaps> Reconciler<M> {
         &self.maps
     }
 
-    fn program(
+    /// Steps 1 and 2 for `frontend`, and its Maglev table staged when it needs a new one: `None`
+    /// when nothing changed. On an error everything written is rolled back.
+    fn prepare(
         &mut self,
         frontend: &Frontend,
         spec: &ServicePort,
         now: Instant,
-    ) -> Result<Change, MapOpError> {
+    ) -> Result<Option<Prepared>, MapOpError> {
         let existing = self.services.get(frontend).cloned();
         let flags = external_flags(spec);
-        let packet = packet_backends(spec, &self.node_name);
+        let mut packet = packet_backends(spec, &self.node_name);
+        // The table depends on the set of backends only (`maglev::table`): keep it sorted, so
+        // that another order of the same endpoints is no change.
+        packet.sort_unstable();
+        packet.dedup();
         let ranges = source_ranges(spec);
         if let Some(p) = &existing
             && !p.dirty
@@ -558,7 +671,7 @@ impl<M: ServiceMaps> Reconciler<M> {
             && p.packet == packet
             && p.ranges == ranges
         {
-            return Ok(Change::Unchanged);
+            return Ok(None);
         }
         if spec.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
             return Err(MapOpError::Full {
@@ -598,102 +711,132 @@ impl<M: ServiceMaps> Reconciler<M> {
             Some(p) => (p.id, 1 - p.generation),
             None => (self.service_ids.alloc(), 0),
         };
-        let rollback = |this: &mut Self, written: usize| {
-            for i in 0..written {
-                let _ = this.maps.del_slot(&SlotKey::new(id, generation, index(i)));
-            }
-            for b in spec.backends.iter().chain(&packet) {
-                this.release_backend(b, now);
-            }
-            if existing.is_none() {
-                this.service_ids.release(id);
-            }
+        let mut prepared = Prepared {
+            frontend: *frontend,
+            next: Programmed {
+                id,
+                generation,
+                backends: spec.backends.clone(),
+                backend_ids,
+                affinity: spec.session_affinity_timeout,
+                flags,
+                packet,
+                ranges,
+                dirty: false,
+            },
+            existing,
+            table_staged: false,
         };
+        let next = &prepared.next;
 
         // 2. Slots of the generation nobody reads.
-        for (i, backend_id) in backend_ids.iter().enumerate() {
+        for (i, backend_id) in next.backend_ids.iter().enumerate() {
             if let Err(e) = self
                 .maps
                 .put_slot(&SlotKey::new(id, generation, index(i)), *backend_id)
             {
-                rollback(self, i);
+                self.undo(&prepared, i, now);
                 return Err(e);
             }
         }
 
-        // 2b. The Maglev table of an external frontend (replaced whole: the NodePort program
-        // reads the old or the new one), before the switch makes the frontend external.
+        // 2b. An external frontend's new source ranges (ranges that went are removed after the
+        // switch), then its Maglev table when the backends it is built from changed (or it was
+        // never written, or adopted state did not read back), staged: the switch waits until it
+        // is installed.
         if flags & SVC_F_EXTERNAL != 0 {
-            let result = if packet_ids.is_empty() {
-                self.maps.del_maglev(id)
-            } else {
-                let keys: Vec<_> = packet
-                    .iter()
-                    .map(|b| maglev::backend_key(b.ip, b.port))
-                    .collect();
-                let table: Vec<u32> = maglev::table(&keys, self.maps.maglev_size())
-                    .into_iter()
-                    .map(|i| packet_ids[i as usize])
-                    .collect();
-                self.maps.put_maglev(id, &table)
-            };
-            if let Err(e) = result {
-                rollback(self, backend_ids.len());
+            if let Err(e) = self.maps.put_ranges(id, &next.ranges) {
+                self.undo(&prepared, next.backend_ids.len(), now);
                 return Err(e);
             }
-            // New source ranges before the switch; ranges that went, after it.
-            if let Err(e) = self.maps.put_ranges(id, &ranges) {
-                rollback(self, backend_ids.len());
-                return Err(e);
+            let same_table = prepared.existing.as_ref().is_some_and(|p| {
+                !p.dirty && p.flags & SVC_F_EXTERNAL != 0 && p.packet == next.packet
+            });
+            match (same_table, packet_ids.is_empty()) {
+                (true, _) => {}
+                // No backend for packets: no table (the program finds none and refuses).
+                (false, true) => {
+                    if prepared.existing.is_some() {
+                        self.maps.del_maglev(id);
+                    }
+                }
+                (false, false) => {
+                    let keys: Vec<_> = next
+                        .packet
+                        .iter()
+                        .map(|b| maglev::backend_key(b.ip, b.port))
+                        .collect();
+                    let table: Vec<u32> = maglev::table(&keys, self.maps.maglev_size())
+                        .into_iter()
+                        .map(|i| packet_ids[i as usize])
+                        .collect();
+                    if let Err(e) = self.maps.put_maglev(id, &table) {
+                        self.undo(&prepared, next.backend_ids.len(), now);
+                        return Err(e);
+                    }
+                    prepared.table_staged = true;
+                }
             }
         }
+        Ok(Some(prepared))
+    }
+
+    /// Steps 3 and 4 for a prepared frontend (whose new Maglev table, if it needed one, is
+    /// installed).
+    fn commit(&mut self, batch: &mut Batch, prepared: Prepared, now: Instant) {
+        let Prepared {
+            frontend,
+            ref existing,
+            ref next,
+            table_staged,
+        } = prepared;
+        let id = next.id;
 
         // 3. The switch.
         let value = service_value(
             id,
-            generation,
-            backend_ids.len(),
-            spec.session_affinity_timeout,
-            flags,
+            next.generation,
+            next.backend_ids.len(),
+            next.affinity,
+            next.flags,
         );
-        if let Err(e) = self.maps.put_service(&service_key(frontend), &value) {
-            rollback(self, backend_ids.len());
-            return Err(e);
+        if let Err(e) = self.maps.put_service(&service_key(&frontend), &value) {
+            error!(%frontend, error = %e, "could not program service; it keeps its previous state");
+            if table_staged {
+                // Its new table is in, naming backends the rollback releases: take it out (the
+                // frontend is written again by the next apply).
+                self.maps.del_maglev(id);
+                if let Some(p) = self.services.get_mut(&frontend) {
+                    p.dirty = true;
+                }
+            }
+            self.undo(&prepared, next.backend_ids.len(), now);
+            batch.report.failed.push((frontend, e.to_string()));
+            return;
         }
-        if flags & SVC_F_EXTERNAL == 0
+        if next.flags & SVC_F_EXTERNAL == 0
             && existing
                 .as_ref()
                 .is_some_and(|p| p.flags & SVC_F_EXTERNAL != 0)
-            && let Err(e) = self.maps.del_maglev(id)
         {
-            warn!(%frontend, error = %e, "could not remove the Maglev table of a frontend that is no longer external");
+            self.maps.del_maglev(id);
         }
-        if let Some(old) = &existing {
+        if let Some(old) = existing {
             let gone: Vec<IpNet> = old
                 .ranges
                 .iter()
-                .filter(|n| !ranges.contains(n))
+                .filter(|n| !next.ranges.contains(n))
                 .copied()
                 .collect();
             if let Err(e) = self.maps.del_ranges(id, &gone) {
                 warn!(%frontend, error = %e, "could not remove source ranges a frontend no longer has");
             }
         }
-        debug!(%frontend, id, generation, backends = backend_ids.len(), "service switched");
+        debug!(%frontend, id, generation = next.generation, backends = next.backend_ids.len(), "service switched");
 
         // 4. Release what the old generation held.
-        let programmed = Programmed {
-            id,
-            generation,
-            backends: spec.backends.clone(),
-            backend_ids,
-            affinity: spec.session_affinity_timeout,
-            flags,
-            packet,
-            ranges,
-            dirty: false,
-        };
-        let change = match existing {
+        let Prepared { existing, next, .. } = prepared;
+        match existing {
             Some(old) => {
                 self.defer(
                     now,
@@ -707,28 +850,63 @@ impl<M: ServiceMaps> Reconciler<M> {
                     .backends
                     .iter()
                     .zip(&old.backend_ids)
-                    .filter(|(b, _)| !spec.backends.contains(b))
+                    .filter(|(b, _)| !next.backends.contains(b))
                     .map(|(_, id)| *id)
                     .collect();
                 for b in old.backends.iter().chain(&old.packet) {
                     self.release_backend(b, now);
                 }
-                Change::Updated { id, removed }
+                batch.report.updated += 1;
+                if !removed.is_empty()
+                    && let Some(set) = batch
+                        .purge
+                        .entry(id)
+                        .or_insert_with(|| Some(BTreeSet::new()))
+                {
+                    set.extend(removed);
+                }
             }
-            None => Change::Added,
-        };
-        self.by_id.insert(id, *frontend);
-        self.services.insert(*frontend, programmed);
-        Ok(change)
+            None => batch.report.added += 1,
+        }
+        self.by_id.insert(id, frontend);
+        self.services.insert(frontend, next);
+    }
+
+    /// Rolls back a prepared frontend that will not be switched: its first `written` slots, the
+    /// source ranges it added, its backends, and its id when it was new.
+    fn undo(&mut self, prepared: &Prepared, written: usize, now: Instant) {
+        let next = &prepared.next;
+        for i in 0..written {
+            let _ = self
+                .maps
+                .del_slot(&SlotKey::new(next.id, next.generation, index(i)));
+        }
+        let old_ranges = prepared.existing.as_ref().map_or(&[][..], |p| &p.ranges);
+        let added: Vec<IpNet> = next
+            .ranges
+            .iter()
+            .filter(|n| !old_ranges.contains(n))
+            .copied()
+            .collect();
+        if !added.is_empty()
+            && let Err(e) = self.maps.del_ranges(next.id, &added)
+        {
+            warn!(frontend = %prepared.frontend, error = %e, "could not remove source ranges of a change rolled back");
+        }
+        for b in next.backends.iter().chain(&next.packet) {
+            self.release_backend(b, now);
+        }
+        if prepared.existing.is_none() {
+            self.service_ids.release(next.id);
+        }
     }
 
     fn remove(&mut self, frontend: &Frontend, now: Instant) -> Result<u32, MapOpError> {
         let programmed = self.services[frontend].clone();
         self.maps.del_service(&service_key(frontend))?;
-        if programmed.flags & SVC_F_EXTERNAL != 0
-            && let Err(e) = self.maps.del_maglev(programmed.id)
-        {
-            warn!(%frontend, error = %e, "could not remove the Maglev table of a removed frontend");
+        if programmed.flags & SVC_F_EXTERNAL != 0 {
+            // Unreachable now; removed with the pass's other table changes.
+            self.maps.del_maglev(programmed.id);
         }
         if let Err(e) = self.maps.del_ranges(programmed.id, &programmed.ranges) {
             warn!(%frontend, error = %e, "could not remove the source ranges of a removed frontend");
@@ -835,17 +1013,25 @@ impl<M: ServiceMaps> Reconciler<M> {
     }
 }
 
-/// What one apply has done so far, and whose affinity entries to purge at its end.
+/// What one apply has done so far, whose affinity entries to purge at its end, and the
+/// frontends waiting for their Maglev tables to be installed.
 #[derive(Default)]
 struct Batch {
     report: ApplyReport,
     purge: HashMap<u32, Option<BTreeSet<u32>>>,
+    waiting: Vec<Prepared>,
 }
 
-enum Change {
-    Unchanged,
-    Added,
-    Updated { id: u32, removed: Vec<u32> },
+/// A frontend written up to its switch: backends, the slots of the generation nobody reads,
+/// new source ranges, and its new Maglev table staged when it needs one.
+struct Prepared {
+    frontend: Frontend,
+    /// What it was (`None`: a new frontend).
+    existing: Option<Programmed>,
+    /// What it becomes at the switch.
+    next: Programmed,
+    /// Its new Maglev table is staged: the switch waits until the table is installed.
+    table_staged: bool,
 }
 
 #[cfg(test)]

@@ -42,9 +42,13 @@ pub mod map_names {
     /// LRU hash: [`CtKey`](super::CtKey) → [`CtEntry`](super::CtEntry): the flows the
     /// NodePort programs translated, one entry per direction.
     pub const CONNTRACK: &str = "GANNET_CT";
-    /// Hash of maps: service id (`u32`) → array of [`maglev_table_size`] backend ids (`u32`):
-    /// the Maglev lookup table of each externally reachable frontend.
+    /// Hash of maps: service id (`u32`) → the Maglev lookup table of each externally reachable
+    /// frontend: an array (`BPF_F_INNER_MAP | BPF_F_MMAPABLE`) of
+    /// [`maglev_slots`]`(`[`maglev_table_size`]`)` `u64` values, two backend ids to a value
+    /// (see [`maglev_pack`]).
     ///
+    /// [`maglev_slots`]: super::maglev_slots
+    /// [`maglev_pack`]: super::maglev_pack
     /// [`maglev_table_size`]: super::NodePortConfig::maglev_table_size
     pub const MAGLEV: &str = "GANNET_MAGLEV";
     /// Array of one [`NodePortConfig`](super::NodePortConfig).
@@ -87,6 +91,37 @@ pub const DEFAULT_MAX_EXTERNAL: u32 = 65_536;
 /// The Maglev table size the kernel programs were built with as the inner map's template; the
 /// agent creates inner maps of `--maglev-table-size` (the template allows any size).
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+/// Backend ids per value of a Maglev table's inner map. A BPF array rounds every value up to 8
+/// bytes, so an array of `u32` ids would take twice the memory of its entries (131 KiB for the
+/// default 16 381 entries); two ids to a `u64` take none more than they need (64 KiB).
+///
+/// The layout, a contract between the agent (which writes the tables through a memory mapping)
+/// and the programs (which read them): entry `i` of a table of `m` entries is the half
+/// `i % 2` of value `i / 2` ([`maglev_entry`]); value `k` holds entry `2k` in its low 32 bits and
+/// entry `2k + 1` in its high 32 bits ([`maglev_pack`]). With `m` odd (it is prime) the high half
+/// of the last value is 0 and never read. On a little-endian machine (every BPF target gannet
+/// builds for) the array's bytes are exactly the `u32` entries in order.
+pub const MAGLEV_IDS_PER_SLOT: u32 = 2;
+
+/// The values of the inner map holding a Maglev table of `entries` backend ids.
+#[must_use]
+pub const fn maglev_slots(entries: u32) -> u32 {
+    entries.div_ceil(MAGLEV_IDS_PER_SLOT)
+}
+
+/// A Maglev table's value holding entries `2k` (`even`) and `2k + 1` (`odd`).
+#[must_use]
+pub const fn maglev_pack(even: u32, odd: u32) -> u64 {
+    (odd as u64) << 32 | even as u64
+}
+
+/// Entry `index` of a Maglev table, from its value `index / 2`.
+#[must_use]
+pub const fn maglev_entry(slot: u64, index: u32) -> u32 {
+    // Truncation intended: the half `index % 2` selects.
+    (slot >> ((index & 1) * 32)) as u32
+}
 
 /// Source ports the NodePort programs use when they SNAT a flow to a backend on another node:
 /// above Linux's default ephemeral range (32768–60999), so they never collide with the node's

@@ -1,24 +1,32 @@
 //! Backend selection for packets: Maglev consistent hashing. The agent builds each externally
-//! reachable frontend's table (one array of backend ids per service, in a hash of maps, swapped
-//! atomically by replacing the inner map); the programs hash the flow and index it. Every node
-//! builds the same table for the same backends and hashes the same way, so any node picks the
-//! same backend for the same flow (what ECMP in front of several nodes needs), and a backend
-//! change moves only about 1/N of the flows.
+//! reachable frontend's table (one array per service, in a hash of maps, swapped atomically by
+//! replacing the inner map); the programs hash the flow and index it. Every node builds the same
+//! table for the same backends and hashes the same way, so any node picks the same backend for
+//! the same flow (what ECMP in front of several nodes needs), and a backend change moves only
+//! about 1/N of the flows.
+//!
+//! A table of `m` entries is stored two backend ids to a `u64` value (`ceil(m/2)` values: a BPF
+//! array rounds every value up to 8 bytes, so one `u32` a value would waste half of it): entry
+//! `i` is the half `i % 2` of value `i / 2` (`gannet_common::maglev_entry`).
 
 use aya_ebpf::{
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
     btf_maps::{Array, HashOfMaps},
     macros::btf_map,
 };
-use gannet_common::{DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_EXTERNAL};
+use gannet_common::{
+    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_EXTERNAL, MAGLEV_IDS_PER_SLOT, maglev_entry,
+    maglev_slots,
+};
 
 use crate::flow::Flow;
 
 /// The inner map's template: any size is accepted (`BPF_F_INNER_MAP`), the agent creates the
-/// tables with `--maglev-table-size` entries, and writes them through a memory mapping.
+/// tables with `maglev_slots(--maglev-table-size)` values, and writes them through a memory
+/// mapping.
 type Table = Array<
-    u32,
-    { DEFAULT_MAGLEV_TABLE_SIZE as usize },
+    u64,
+    { maglev_slots(DEFAULT_MAGLEV_TABLE_SIZE) as usize },
     { (BPF_F_INNER_MAP | BPF_F_MMAPABLE) as usize },
 >;
 
@@ -33,7 +41,8 @@ pub(crate) fn backend(service_id: u32, hash: u32, table_size: u32) -> Option<u32
     }
     let index = hash % table_size;
     // SAFETY: the inner map is replaced, never rewritten in place, so the value is stable.
-    unsafe { MAGLEV.get_value(&service_id, &index) }.copied()
+    let slot = unsafe { MAGLEV.get_value(&service_id, &(index / MAGLEV_IDS_PER_SLOT)) }?;
+    Some(maglev_entry(*slot, index))
 }
 
 /// The flow's hash: the 5-tuple as the client sent it (so every node computes the same), or only
