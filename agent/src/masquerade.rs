@@ -321,9 +321,17 @@ mod tests {
                 if let Some(m) = e.get("match")
                     && m["left"].get("fib").is_some()
                 {
+                    let flags = &m["left"]["fib"]["flags"];
+                    let flags = match flags.as_array() {
+                        Some(list) => list
+                            .iter()
+                            .map(|f| f.as_str().unwrap())
+                            .collect::<Vec<_>>()
+                            .join(" . "),
+                        None => flags.as_str().unwrap().to_owned(),
+                    };
                     format!(
-                        "fib {} type {} {}",
-                        m["left"]["fib"]["flags"],
+                        "fib {flags} type {} {}",
                         m["op"].as_str().unwrap(),
                         m["right"].as_str().unwrap()
                     )
@@ -399,8 +407,8 @@ mod tests {
             [
                 "prerouting: udp dport == 8472 notrack",
                 "output: udp dport == 8472 notrack",
-                r#"prerouting: ip saddr == 10.244.0.0/16 ip daddr == 10.244.0.0/16 fib "daddr" type != local notrack"#,
-                r#"prerouting: ip6 saddr == fd00:244::/48 ip6 daddr == fd00:244::/48 fib "daddr" type != local notrack"#,
+                r#"prerouting: ip saddr == 10.244.0.0/16 ip daddr == 10.244.0.0/16 fib daddr type != local notrack"#,
+                r#"prerouting: ip6 saddr == fd00:244::/48 ip6 daddr == fd00:244::/48 fib daddr type != local notrack"#,
                 "postrouting: ip saddr == 10.244.1.0/24 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
                 "postrouting: ip6 saddr == fd00:244:1::/64 ip6 daddr != fd00:244::/48 ip6 daddr != ff00::/8 masquerade fully-random",
             ]
