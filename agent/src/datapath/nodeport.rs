@@ -465,6 +465,11 @@ impl ExternalMaps {
         while from < ids.len() {
             match sys::map_update_batch(outer, &ids[from..], &fds[from..]) {
                 Ok(()) => break,
+                // Everything took effect (the error came after: writing back the count).
+                Err(e) if from + e.done >= ids.len() => {
+                    warn!(error = %e.source, "installing Maglev tables");
+                    break;
+                }
                 // The element at `done` failed: report it and go on with the rest.
                 Err(e) => {
                     failures.push((ids[from + e.done], batch_err("update", e.source)));
@@ -476,6 +481,10 @@ impl ExternalMaps {
         while from < removals.len() {
             match sys::map_delete_batch(outer, &removals[from..]) {
                 Ok(()) => break,
+                Err(e) if from + e.done >= removals.len() => {
+                    warn!(error = %e.source, "removing Maglev tables");
+                    break;
+                }
                 Err(e) => {
                     if e.source.raw_os_error() != Some(libc::ENOENT) {
                         failures.push((removals[from + e.done], batch_err("delete", e.source)));
@@ -516,9 +525,9 @@ impl ExternalMaps {
     }
 
     /// The table of `service_id`, read back through one read-only memory mapping of its inner
-    /// map (for adoption, status and tests): [`size`](Self::size) entries, or, for a table of
-    /// another size (a different `--maglev-table-size` before a restart), all its values'
-    /// entries, an even number (never a valid size, an odd prime).
+    /// map (for adoption, status and tests): [`size`](Self::size) entries; for a table of
+    /// another size (`--maglev-table-size` changed across a restart), both halves of each of its
+    /// values, a number of entries that differs from `size`.
     pub fn get(&self, service_id: u32) -> Option<Vec<u32>> {
         let inner = self.outer.get(&service_id, 0).ok()?;
         let entries = if inner.len() == maglev_slots(self.size) {

@@ -367,6 +367,11 @@ fn adopt_table(
     (packet, consistent)
 }
 
+/// `namespace/name` of the service a frontend belongs to.
+fn service_name(spec: &ServicePort) -> String {
+    format!("{}/{}", spec.namespace, spec.name)
+}
+
 fn index(i: usize) -> u32 {
     u32::try_from(i).expect("slot index checked against MAX_BACKENDS_PER_SERVICE")
 }
@@ -570,16 +575,7 @@ impl<M: ServiceMaps> Reconciler<M> {
                 }
             }
             Ok(Some(prepared)) => self.commit(batch, prepared, now),
-            Err(e) => {
-                error!(
-                    service = %format_args!("{}/{}", spec.namespace, spec.name),
-                    port = %spec.port_name,
-                    %frontend,
-                    error = %e,
-                    "could not program service; it keeps its previous state"
-                );
-                batch.report.failed.push((*frontend, e.to_string()));
-            }
+            Err(e) => batch.fail(*frontend, &service_name(spec), &spec.port_name, &e),
         }
     }
 
@@ -591,14 +587,8 @@ impl<M: ServiceMaps> Reconciler<M> {
             match failures.remove(&prepared.next.id) {
                 None => self.commit(batch, prepared, now),
                 Some(e) => {
-                    let frontend = prepared.frontend;
-                    error!(
-                        %frontend,
-                        error = %e,
-                        "could not install the Maglev table; the frontend keeps its previous state"
-                    );
                     self.undo(&prepared, prepared.next.backend_ids.len(), now);
-                    batch.report.failed.push((frontend, e.to_string()));
+                    batch.fail(prepared.frontend, &prepared.service, &prepared.port, &e);
                 }
             }
         }
@@ -713,6 +703,8 @@ impl<M: ServiceMaps> Reconciler<M> {
         };
         let mut prepared = Prepared {
             frontend: *frontend,
+            service: service_name(spec),
+            port: spec.port_name.clone(),
             next: Programmed {
                 id,
                 generation,
@@ -789,6 +781,7 @@ impl<M: ServiceMaps> Reconciler<M> {
             ref existing,
             ref next,
             table_staged,
+            ..
         } = prepared;
         let id = next.id;
 
@@ -801,7 +794,6 @@ impl<M: ServiceMaps> Reconciler<M> {
             next.flags,
         );
         if let Err(e) = self.maps.put_service(&service_key(&frontend), &value) {
-            error!(%frontend, error = %e, "could not program service; it keeps its previous state");
             if table_staged {
                 // Its new table is in, naming backends the rollback releases: take it out (the
                 // frontend is written again by the next apply).
@@ -811,7 +803,7 @@ impl<M: ServiceMaps> Reconciler<M> {
                 }
             }
             self.undo(&prepared, next.backend_ids.len(), now);
-            batch.report.failed.push((frontend, e.to_string()));
+            batch.fail(frontend, &prepared.service, &prepared.port, &e);
             return;
         }
         if next.flags & SVC_F_EXTERNAL == 0
@@ -1022,10 +1014,27 @@ struct Batch {
     waiting: Vec<Prepared>,
 }
 
+impl Batch {
+    /// Reports a frontend that could not be programmed (it keeps its previous state).
+    fn fail(&mut self, frontend: Frontend, service: &str, port: &str, e: &MapOpError) {
+        error!(
+            service,
+            port,
+            %frontend,
+            error = %e,
+            "could not program service; it keeps its previous state"
+        );
+        self.report.failed.push((frontend, e.to_string()));
+    }
+}
+
 /// A frontend written up to its switch: backends, the slots of the generation nobody reads,
 /// new source ranges, and its new Maglev table staged when it needs one.
 struct Prepared {
     frontend: Frontend,
+    /// `namespace/name` and port name of the service it belongs to, for the log.
+    service: String,
+    port: String,
     /// What it was (`None`: a new frontend).
     existing: Option<Programmed>,
     /// What it becomes at the switch.

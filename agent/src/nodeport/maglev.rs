@@ -18,7 +18,8 @@
 //!   table to catch that).
 
 /// The default table size (`--maglev-table-size`): a prime, about 1 600 slots per backend for 10
-/// backends, 64 KiB of kernel memory per service.
+/// backends, 64 KiB of kernel memory per service (two 4-byte backend ids to each 8-byte value of
+/// the inner map: see `gannet_common::MAGLEV_IDS_PER_SLOT`).
 pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
 
 /// The largest table size accepted. The table lives in kernel memory, one per service (4 bytes a
