@@ -16,8 +16,9 @@ use aya::{
     programs::{Program, ProgramError, TestRun as _, TestRunOptions},
 };
 use gannet_common::{
-    CtEntry, CtKey, NP_STAT_CT_FAILED, NP_STAT_FIB_FAILED, NP_STAT_FORWARD, NP_STAT_NEW_FLOWS,
-    NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STATS, map_names,
+    CtEntry, CtKey, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_DSR_IN, NP_STAT_FIB_FAILED,
+    NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES,
+    NP_STAT_XDP_TX, NP_STATS, map_names,
 };
 
 use super::{
@@ -159,6 +160,10 @@ fn counter_name(index: u32) -> String {
         NP_STAT_NO_BACKEND => "no_backend",
         NP_STAT_CT_FAILED => "conntrack_failed",
         NP_STAT_FIB_FAILED => "route_failed",
+        NP_STAT_DENIED => "denied",
+        NP_STAT_ICMP_ERRORS => "icmp_errors",
+        NP_STAT_XDP_TX => "xdp_tx",
+        NP_STAT_DSR_IN => "dsr_in",
         other => return format!("counter_{other}"),
     };
     known.to_owned()
