@@ -16,8 +16,9 @@ use aya::{
     programs::{Program, ProgramError, TestRun as _, TestRunOptions},
 };
 use gannet_common::{
-    CtEntry, CtKey, NP_STAT_CT_FAILED, NP_STAT_FIB_FAILED, NP_STAT_FORWARD, NP_STAT_NEW_FLOWS,
-    NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STATS, map_names,
+    CtEntry, CtKey, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_DSR_IN, NP_STAT_FIB_FAILED,
+    NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS, NP_STAT_NO_BACKEND, NP_STAT_REPLIES,
+    NP_STAT_XDP_TX, NP_STATS, map_names,
 };
 
 use super::{
@@ -142,6 +143,8 @@ pub struct PacketPrograms {
 pub struct NodePortState {
     /// The interfaces `gannet_nodeport` is attached to.
     pub interfaces: Vec<String>,
+    /// The interfaces `gannet_nodeport_xdp` is attached to (native XDP).
+    pub xdp_interfaces: Vec<String>,
     /// Its counters, summed over CPUs, by name (`NP_STAT_*`; a counter without a name here as
     /// `counter_<index>`).
     pub counters: std::collections::BTreeMap<String, u64>,
@@ -159,6 +162,10 @@ fn counter_name(index: u32) -> String {
         NP_STAT_NO_BACKEND => "no_backend",
         NP_STAT_CT_FAILED => "conntrack_failed",
         NP_STAT_FIB_FAILED => "route_failed",
+        NP_STAT_DENIED => "denied",
+        NP_STAT_ICMP_ERRORS => "icmp_errors",
+        NP_STAT_XDP_TX => "xdp_tx",
+        NP_STAT_DSR_IN => "dsr_in",
         other => return format!("counter_{other}"),
     };
     known.to_owned()
@@ -254,6 +261,7 @@ impl PacketPrograms {
             .max_entries();
         Ok(NodePortState {
             interfaces: nodeport::attached(&self.bpf_root).into_keys().collect(),
+            xdp_interfaces: nodeport::attached_xdp(&self.bpf_root).into_keys().collect(),
             counters,
             conntrack_entries: self.conntrack.keys().filter(Result::is_ok).count(),
             conntrack_capacity,
@@ -374,6 +382,7 @@ mod tests {
         assert_eq!(Hook::Xdp.verdict_name(3), "XDP_TX");
         assert_eq!(Hook::Tc.verdict_name(5), "5");
         assert_eq!(counter_name(NP_STAT_FIB_FAILED), "route_failed");
+        assert_eq!(counter_name(NP_STAT_XDP_TX), "xdp_tx");
         assert_eq!(counter_name(99), "counter_99");
     }
 }
