@@ -5,28 +5,35 @@
 //! Run it inside the node's network namespace, against gannetd's `--bpf-root`, with a frontend
 //! gannetd serves from outside (`NodeIP:nodePort`): it loads a second copy of the pod object
 //! with gannetd's pinned maps (see `gannet_agent::datapath::testrun`), attaches nothing, and runs
-//! frames from `--client` through each `--program`:
+//! frames from `--client` through each `--program` (`gannet_nodeport` in tc,
+//! `gannet_nodeport_xdp` in XDP):
 //!
 //! - `miss`: a packet to a port of the node that is no frontend (what every other packet on the
 //!   interface pays);
 //! - `tracked`: a packet of an established flow (its first packet created the conntrack entries):
-//!   the hit path, rewritten and redirected as the entry says;
+//!   the hit path, rewritten and redirected as the entry says (XDP: rewritten and transmitted
+//!   when it leaves by the interface it came in on, else passed untouched to tc);
 //! - `reply`: the backend's answer in that flow, arriving on `--reply-interface` (the overlay
-//!   device, where replies of flows sent into the overlay come back);
+//!   device, where replies of flows sent into the overlay come back) for tc, and on
+//!   `--interface` for XDP, which runs only on the external interfaces;
 //! - `first-packet`: the first packet of a new flow (Maglev lookup, SNAT port, two conntrack
 //!   entries); the entries are removed after each run, so every run finds the map as the last.
 //!
 //! Why one run per call: the kernel repeats a test run on the same packet, so from the second
 //! repetition on a program sees its own output; for a program that rewrites the packet (every
-//! path above except `miss`) `repeat` measures something else (a `miss`, here: the rewritten
+//! tc path above except `miss`) `repeat` measures something else (a `miss`, here: the rewritten
 //! packet is nobody's frontend, which the output shows as `repeat_check`). So every path is
 //! run once per call, `--calls` times, interleaved; the kernel's time of a single run includes
 //! reading the clock once, which is measured on the `miss` frame (a single run against
-//! `--repeat` repetitions of it, which leave the packet as it was) and subtracted.
+//! `--repeat` repetitions of it, which leave the packet as it was) and subtracted. A path whose
+//! single run leaves the frame as it was (and, unlike `first-packet`, the maps as they were: an
+//! XDP program passing the packet to tc) is also run with `--repeat` repetitions, and that time
+//! is its cost; both numbers are reported, which also shows how far the subtraction is off.
 //!
 //! Prints one JSON document on stdout, with the NodePort program's interfaces, counters and
 //! conntrack usage before and after. The runs count in the programs' counters (`gannetd
-//! status`); the packets are never sent anywhere (a test run does not carry out a redirect).
+//! status`); the packets are never sent anywhere (a test run does not carry out a redirect or
+//! a transmit).
 //! `--state-only` prints only those (cheaply: `gannetd status` reads every Maglev table).
 #![expect(
     unused_crate_dependencies,
@@ -52,7 +59,8 @@ const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfa];
 const BACKEND_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xbe];
 /// Repetitions of the tracked frame in the check that shows what `repeat` would measure.
 const REPEAT_CHECK: u32 = 1000;
-/// Samples of the repeated `miss` run, spread over the calls.
+/// Samples of the repeated runs (of `miss`, and of the paths that leave frame and maps as they
+/// were), spread over the calls.
 const REPEATED_SAMPLES: usize = 10;
 
 #[derive(Debug, Parser)]
@@ -73,7 +81,8 @@ struct Args {
     /// The interface the client's packets arrive on.
     #[arg(long, default_value = "eth0")]
     interface: String,
-    /// The interface the backend's replies arrive on [default: --interface].
+    /// The interface the backend's replies arrive on, for tc programs [default: --interface];
+    /// XDP programs get them on --interface.
     #[arg(long)]
     reply_interface: Option<String>,
     /// Print only the NodePort program's interfaces, counters and conntrack usage.
@@ -137,14 +146,19 @@ struct PathResult {
     path: &'static str,
     /// What the path is.
     what: &'static str,
-    /// Verdicts of the runs, by name.
+    /// The interface the frames arrived on.
+    interface: String,
+    /// Verdicts of the single runs, by name.
     verdicts: BTreeMap<String, u64>,
     /// The kernel's time of single runs.
     single_run_ns: Spread,
-    /// The time per repetition of `--repeat` repetitions (`miss` only), median of the samples.
+    /// The single runs' median minus the clock overhead.
+    single_minus_overhead_ns: f64,
+    /// The time per repetition of `--repeat` repetitions, median of the samples: for the paths
+    /// that leave the frame and the maps as they were (`miss`; XDP passing a packet to tc).
     repeated_ns: Option<f64>,
-    /// What one packet costs: the repeated time (`miss`), else the single runs' median minus
-    /// the clock overhead.
+    /// What one packet costs: the repeated time where there is one, else the single runs'
+    /// median minus the clock overhead.
     ns_per_packet: f64,
 }
 
@@ -231,11 +245,13 @@ fn open_interface(name: &str) -> anyhow::Result<Interface> {
     Ok(Interface { index, mac })
 }
 
-/// The verdicts and times of one path's single runs.
+/// The verdicts and times of one path's runs.
 #[derive(Default)]
 struct Samples {
     verdicts: BTreeMap<String, u64>,
     times: Vec<f64>,
+    /// Times per repetition of repeated runs (paths that leave frame and maps as they were).
+    repeated: Vec<f64>,
 }
 
 impl Samples {
@@ -256,6 +272,63 @@ impl Samples {
         self.times.push(run.duration.as_nanos() as f64);
         Ok(())
     }
+
+    /// Runs `frame` `repeat` times through `name` and records the time per repetition.
+    fn run_repeated(
+        &mut self,
+        programs: &PacketPrograms,
+        name: &str,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> anyhow::Result<()> {
+        let run = programs.run(name, frame, ifindex, repeat)?;
+        self.repeated.push(run.duration.as_nanos() as f64);
+        Ok(())
+    }
+}
+
+/// One path: its frame, where it arrives, and whether `repeat` measures it.
+struct Path {
+    name: &'static str,
+    what: &'static str,
+    frame: Vec<u8>,
+    interface: String,
+    ifindex: u32,
+    /// The frame comes out of a run as it went in, and the run changes no map the path
+    /// depends on: repetitions are the same path.
+    repeatable: bool,
+}
+
+/// What each path is, for `hook`.
+fn what(hook: Hook, path: &str) -> &'static str {
+    match (hook, path) {
+        (_, "miss") => "a packet to a port of the node that is no frontend",
+        (Hook::Tc, "tracked") => {
+            "a packet of an established flow: conntrack hit, rewrite, FIB lookup, redirect"
+        }
+        (Hook::Tc, "reply") => {
+            "the backend's reply in that flow: conntrack hit, reverse rewrite, FIB, redirect"
+        }
+        (Hook::Tc, _) => {
+            "the first packet of a new flow: Maglev, SNAT port, two conntrack entries, rewrite, \
+             FIB, redirect"
+        }
+        (Hook::Xdp, "tracked") => {
+            "a packet of an established flow: conntrack hit, backend check, FIB lookup; rewritten \
+             and transmitted (XDP_TX) when it leaves by the interface it came in on, else passed \
+             untouched to tc"
+        }
+        (Hook::Xdp, "reply") => {
+            "the backend's reply in that flow, arriving on the external interface: conntrack \
+             hit, FIB lookup; rewritten and transmitted (XDP_TX) when the client is out of the \
+             same interface, else passed untouched"
+        }
+        (Hook::Xdp, _) => {
+            "the first packet of a new flow: Maglev, SNAT port, two conntrack entries, then as \
+             tracked"
+        }
+    }
 }
 
 fn measure(
@@ -269,6 +342,11 @@ fn measure(
     let hook = programs
         .hook(name)
         .with_context(|| format!("{name} is neither tc nor XDP"))?;
+    // XDP runs only on the external interfaces: the replies it sees arrive there.
+    let reply_if = match hook {
+        Hook::Tc => reply_if,
+        Hook::Xdp => ingress,
+    };
     let client = flow.client;
     let frontend = flow.frontend;
     let frame = |from: SocketAddrV4, to: SocketAddrV4, flags| {
@@ -319,31 +397,52 @@ fn measure(
         hook.verdict_name(unchanged.verdict)
     );
     let repeated_tracked = programs.run(name, &tracked, ingress.index, REPEAT_CHECK)?;
+    let as_it_was = |frame: &[u8], ifindex| -> anyhow::Result<bool> {
+        Ok(programs.run(name, frame, ifindex, 1)?.output == frame)
+    };
+    let tracked_unchanged = as_it_was(&tracked, ingress.index)?;
+    let reply_unchanged = as_it_was(&reply, reply_if.index)?;
+    let path = |name, frame, interface: &Interface, ifname: &str, repeatable| Path {
+        name,
+        what: what(hook, name),
+        frame,
+        interface: ifname.to_owned(),
+        ifindex: interface.index,
+        repeatable,
+    };
+    let reply_name = match hook {
+        Hook::Tc => args.reply_interface.as_deref().unwrap_or(&args.interface),
+        Hook::Xdp => &args.interface,
+    };
+    let mut paths = [
+        path("miss", miss, ingress, &args.interface, true),
+        path(
+            "tracked",
+            tracked,
+            ingress,
+            &args.interface,
+            tracked_unchanged,
+        ),
+        path("reply", reply, reply_if, reply_name, reply_unchanged),
+        // Never repeatable: its run creates the entries the next one would find.
+        path("first-packet", Vec::new(), ingress, &args.interface, false),
+    ];
 
     let mut samples: [Samples; 4] = Default::default();
-    let mut repeated = Vec::new();
     let every = (args.calls as usize / REPEATED_SAMPLES).max(1);
     let mut port = args.first_port;
     for call in 0..args.calls as usize {
-        if call % every == 0 {
-            let run = programs.run(name, &miss, ingress.index, args.repeat)?;
-            repeated.push(run.duration.as_nanos() as f64);
-        }
-        let [miss_s, tracked_s, reply_s, first_s] = &mut samples;
-        miss_s.run(programs, name, hook, &miss, ingress.index)?;
-        tracked_s.run(programs, name, hook, &tracked, ingress.index)?;
-        reply_s.run(programs, name, hook, &reply, reply_if.index)?;
         if port == args.client_port {
             port = port.wrapping_add(1);
         }
         let new_client = SocketAddrV4::new(*client.ip(), port);
-        first_s.run(
-            programs,
-            name,
-            hook,
-            &frame(new_client, frontend, TCP_SYN),
-            ingress.index,
-        )?;
+        paths[3].frame = frame(new_client, frontend, TCP_SYN);
+        for (path, s) in paths.iter().zip(samples.iter_mut()) {
+            if call % every == 0 && path.repeatable {
+                s.run_repeated(programs, name, &path.frame, path.ifindex, args.repeat)?;
+            }
+            s.run(programs, name, hook, &path.frame, path.ifindex)?;
+        }
         // Leave the map as the run found it (and its SNAT port free).
         let new_key = key(new_client, frontend);
         if let Some(new_entry) = programs.conntrack_entry(&new_key) {
@@ -355,47 +454,29 @@ fn measure(
     programs.forget(&reply_key(&entry));
     programs.forget(&key(client, frontend));
 
-    let repeated_miss = Spread::of(repeated).median;
-    let [miss_s, tracked_s, reply_s, first_s] = samples;
-    let miss_single = Spread::of(miss_s.times.clone());
-    let overhead = miss_single.median - repeated_miss;
-    let path = |path, what, s: Samples| {
-        let spread = Spread::of(s.times);
-        PathResult {
-            path,
-            what,
-            verdicts: s.verdicts,
-            ns_per_packet: spread.median - overhead,
-            single_run_ns: spread,
-            repeated_ns: None,
-        }
+    let overhead = {
+        let [miss_s, ..] = &samples;
+        Spread::of(miss_s.times.clone()).median - Spread::of(miss_s.repeated.clone()).median
     };
-    let paths = vec![
-        PathResult {
-            path: "miss",
-            what: "a packet to a port of the node that is no frontend",
-            verdicts: miss_s.verdicts,
-            single_run_ns: miss_single,
-            repeated_ns: Some(repeated_miss),
-            ns_per_packet: repeated_miss,
-        },
-        path(
-            "tracked",
-            "a packet of an established flow: conntrack hit, rewrite, FIB lookup, redirect",
-            tracked_s,
-        ),
-        path(
-            "reply",
-            "the backend's reply in that flow: conntrack hit, reverse rewrite, FIB, redirect",
-            reply_s,
-        ),
-        path(
-            "first-packet",
-            "the first packet of a new flow: Maglev, SNAT port, two conntrack entries, rewrite, \
-             FIB, redirect",
-            first_s,
-        ),
-    ];
+    let paths = paths
+        .into_iter()
+        .zip(samples)
+        .map(|(path, s)| {
+            let single = Spread::of(s.times);
+            let repeated = (!s.repeated.is_empty()).then(|| Spread::of(s.repeated).median);
+            let single_minus_overhead_ns = single.median - overhead;
+            PathResult {
+                path: path.name,
+                what: path.what,
+                interface: path.interface,
+                verdicts: s.verdicts,
+                ns_per_packet: repeated.unwrap_or(single_minus_overhead_ns),
+                single_run_ns: single,
+                single_minus_overhead_ns,
+                repeated_ns: repeated,
+            }
+        })
+        .collect();
     Ok(ProgramResult {
         program: name.to_owned(),
         hook: hook.name(),

@@ -1743,3 +1743,393 @@ fn an_older_pinned_maglev_map_is_replaced() {
     super::retire_incompatible_maglev(&maps_dir).unwrap();
     assert!(pin.exists(), "a pinned map of this layout must stay");
 }
+
+/// An Ethernet + IPv4 + UDP frame with [`TCP_PAYLOAD`] (the same 5 bytes), its IPv4 checksum
+/// right and its UDP checksum right (`with_csum`; a computed 0 sent as 0xffff) or 0 (none).
+#[expect(clippy::too_many_arguments, reason = "a fixture builder")]
+fn udp_v4(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    ttl: u8,
+    with_csum: bool,
+) -> Vec<u8> {
+    let payload = crate::datapath::frame::TCP_PAYLOAD;
+    let len = u16::try_from(8 + payload.len()).unwrap();
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    if with_csum {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&[0, PROTO_UDP]);
+        pseudo.extend_from_slice(&len.to_be_bytes());
+        let csum = match fold(sum16(&udp, sum16(&pseudo, 0))) {
+            0 => 0xffff,
+            c => c,
+        };
+        udp[6..8].copy_from_slice(&csum.to_be_bytes());
+    }
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, ttl, PROTO_UDP, 0, 0];
+    ip[2..4].copy_from_slice(&(20 + len).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// `frame` (Ethernet + IPv4 without options) with four NOP options after its IPv4 header (its
+/// header checksum recomputed; the transport checksum does not cover them).
+fn with_ip_options(frame: &[u8]) -> Vec<u8> {
+    let mut ip = frame[14..34].to_vec();
+    ip[0] = 0x46;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) + 4;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[1, 1, 1, 1]);
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut f = frame[..14].to_vec();
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&frame[34..]);
+    f
+}
+
+/// The checksum cases the TCP fixtures do not reach, both directions of a flow translated (SNAT) to a pod
+/// of another node: UDP with a checksum and without one (0 stays 0), and TCP over IPv4 with
+/// options (its ports do not follow the addresses). Every output checksum is computed from
+/// scratch by the fixture.
+#[test]
+fn nodeport_checksum_fixtures() {
+    let (ns, _pod_gateway) = fixture_netns();
+    let bpf_root = BpfRoot::new();
+    let ext0 = ns
+        .run(|| crate::sys::link_info("ext0").expect("ext0").0)
+        .expect("running in the test netns");
+    let failures = ns
+        .run(|| {
+            let Loaded {
+                mut fp,
+                mut maglev,
+                size,
+                mut services,
+                mut backends,
+            } = load(&bpf_root);
+            let udp_frontend = ServiceKey {
+                proto: PROTO_UDP,
+                ..frontend(NODE, NODE_PORT)
+            };
+            services
+                .insert(udp_frontend, service(2, SVC_F_EXTERNAL), 0)
+                .unwrap();
+            services
+                .insert(frontend(NODE, NODE_PORT), service(3, SVC_F_EXTERNAL), 0)
+                .unwrap();
+            backends
+                .insert(12, backend(REMOTE_POD, BACKEND_PORT), 0)
+                .unwrap();
+            maglev.put(2, &vec![12; size]).unwrap();
+            maglev.put(3, &vec![12; size]).unwrap();
+            fp.nodeport
+                .configure(&NodePortConfig {
+                    snat_v4: v4_mapped(SNAT.octets()),
+                    snat_v6: [0; 16],
+                    node_v4: v4_mapped(NODE.octets()),
+                    node_v6: [0; 16],
+                    maglev_table_size: maglev.size(),
+                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
+                })
+                .unwrap();
+            // The SNAT port of the flow from `client_port`, from its reply entry.
+            let snat_port = |fp: &PodFastPath, proto: u8, client_port: u16| {
+                fp.nodeport
+                    .conntrack_entries()
+                    .iter()
+                    .find(|(k, e)| {
+                        e.flags & CT_F_REPLY != 0
+                            && k.proto == proto
+                            && e.dport == client_port.to_be()
+                    })
+                    .map(|(k, _)| u16::from_be(k.dport))
+            };
+            let mut failures = Vec::new();
+            let mut check = |name: &str, got: (u32, Vec<u8>), expected: &[u8]| {
+                if got.0 != TC_ACT_REDIRECT || got.1 != expected {
+                    failures.push(format!(
+                        "{name}: expected verdict {TC_ACT_REDIRECT} and\n  {expected:02x?}\n got {} and\n  {:02x?}",
+                        got.0, got.1
+                    ));
+                }
+            };
+            let run = |fp: &mut PodFastPath, frame: &[u8]| {
+                let (verdict, _, out) = timed_run(fp, false, ext0, frame, 1);
+                (verdict, out)
+            };
+            for (client_port, with_csum) in [(40001, true), (40002, false)] {
+                let what = if with_csum { "with a checksum" } else { "without a checksum" };
+                let got = run(&mut fp, &udp_v4(
+                    EXT_MAC, CLIENT_MAC, CLIENT, client_port, NODE, NODE_PORT, 64, with_csum,
+                ));
+                let Some(port) = snat_port(&fp, PROTO_UDP, client_port) else {
+                    return vec![format!("UDP {what}: no SNAT reply entry")];
+                };
+                check(
+                    &format!("UDP {what}: SNAT + DNAT"),
+                    got,
+                    &udp_v4(
+                        OTHER_NODE_MAC, EXT_MAC, SNAT, port, REMOTE_POD, BACKEND_PORT, 63,
+                        with_csum,
+                    ),
+                );
+                let got = run(&mut fp, &udp_v4(
+                    EXT_MAC, OTHER_NODE_MAC, REMOTE_POD, BACKEND_PORT, SNAT, port, 64, with_csum,
+                ));
+                check(
+                    &format!("UDP {what}: the reply"),
+                    got,
+                    &udp_v4(
+                        CLIENT_MAC, EXT_MAC, NODE, NODE_PORT, CLIENT, client_port, 63, with_csum,
+                    ),
+                );
+            }
+            let client_port = 40003;
+            let got = run(&mut fp, &with_ip_options(&tcp_v4(
+                EXT_MAC, CLIENT_MAC, CLIENT, client_port, NODE, NODE_PORT, 64, SYN,
+            )));
+            let Some(port) = snat_port(&fp, PROTO_TCP, client_port) else {
+                return vec!["TCP with IP options: no SNAT reply entry".to_owned()];
+            };
+            check(
+                "TCP with IP options: SNAT + DNAT",
+                got,
+                &with_ip_options(&tcp_v4(
+                    OTHER_NODE_MAC, EXT_MAC, SNAT, port, REMOTE_POD, BACKEND_PORT, 63, SYN,
+                )),
+            );
+            let got = run(&mut fp, &with_ip_options(&tcp_v4(
+                EXT_MAC, OTHER_NODE_MAC, REMOTE_POD, BACKEND_PORT, SNAT, port, 64, SYN_ACK,
+            )));
+            check(
+                "TCP with IP options: the reply",
+                got,
+                &with_ip_options(&tcp_v4(
+                    CLIENT_MAC, EXT_MAC, NODE, NODE_PORT, CLIENT, client_port, 63, SYN_ACK,
+                )),
+            );
+            failures
+        })
+        .expect("running in the test netns");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The context of a tc test run arriving on `ifindex` (`struct __sk_buff` up to `ifindex`).
+fn skb_md(ifindex: u32) -> [u8; 44] {
+    let mut md = [0u8; 44];
+    md[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    md[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    md
+}
+
+/// One test run of `frame`, `repeat` times: verdict, kernel time per repetition (ns), output.
+fn timed_run(
+    fp: &mut PodFastPath,
+    xdp: bool,
+    ifindex: u32,
+    frame: &[u8],
+    repeat: u32,
+) -> (u32, f64, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 64];
+    let skb = skb_md(ifindex);
+    let md = xdp_md(frame.len(), ifindex);
+    let options = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(if xdp { &md[..] } else { &skb[..] }),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    let result = if xdp {
+        fp.nodeport_xdp_program().unwrap().test_run(options)
+    } else {
+        fp.nodeport_program().unwrap().test_run(options)
+    }
+    .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, result.duration.as_nanos() as f64, out)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// What the hit path costs, two ways (a measurement, not a check: run it by hand on a quiet
+/// machine, `cargo test -p gannet-agent --lib hit_path_cost -- --ignored --nocapture`):
+///
+/// - as `gannet-testrun` measures it: single runs of a tracked packet, minus the clock overhead
+///   (a single `miss` run against repeated ones);
+/// - warm, with `repeat`: a second, synthetic tracked flow translates the first one's output
+///   back into its input (client → frontend → SNAT → backend → client → …), so every
+///   repetition is a tracked packet with the full SNAT + DNAT rewrite, FIB lookup, TTL and MACs.
+///   The frame starts with TTL 255 and runs 200 times; after an even number of repetitions it
+///   must be the input again (TTL − 200, MACs of the frontend's neighbour), checksums verifying.
+#[test]
+#[ignore = "a measurement: run by hand with --ignored --nocapture"]
+fn hit_path_cost() {
+    const FRONTEND: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
+    const FRONTEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
+    const LOOP_BACKEND: u32 = 99;
+    const REPEAT: u32 = 200;
+    const CALLS: usize = 20_000;
+    let (ns, _pod_gateway) = fixture_netns();
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "10.99.0.100",
+        "lladdr",
+        "02:00:00:00:00:64",
+        "dev",
+        "ext0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    let bpf_root = BpfRoot::new();
+    let ext0 = ns
+        .run(|| crate::sys::link_info("ext0").expect("ext0").0)
+        .expect("running in the test netns");
+    let report = ns
+        .run(|| {
+            let Loaded {
+                mut fp,
+                mut maglev,
+                size,
+                mut services,
+                mut backends,
+            } = load(&bpf_root);
+            services
+                .insert(frontend(FRONTEND, NODE_PORT), service(2, SVC_F_EXTERNAL), 0)
+                .unwrap();
+            backends.insert(12, backend(REMOTE_POD, BACKEND_PORT), 0).unwrap();
+            backends.insert(LOOP_BACKEND, backend(FRONTEND, NODE_PORT), 0).unwrap();
+            maglev.put(2, &vec![12; size]).unwrap();
+            fp.nodeport
+                .configure(&NodePortConfig {
+                    snat_v4: v4_mapped(SNAT.octets()),
+                    snat_v6: [0; 16],
+                    node_v4: v4_mapped(NODE.octets()),
+                    node_v6: [0; 16],
+                    maglev_table_size: maglev.size(),
+                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
+                })
+                .unwrap();
+            let mut conntrack: HashMap<MapData, gannet_common::CtKey, gannet_common::CtEntry> =
+                pinned_hash(&bpf_root, map_names::CONNTRACK);
+            let mut lines = Vec::new();
+            for xdp in [false, true] {
+                let name = if xdp { "xdp" } else { "tc" };
+                // The flow, from its first packet.
+                let syn = tcp_v4(EXT_MAC, CLIENT_MAC, CLIENT, CLIENT_PORT, FRONTEND, NODE_PORT, 64, SYN);
+                let (verdict, _, _) = timed_run(&mut fp, xdp, ext0, &syn, 1);
+                let key = gannet_common::CtKey {
+                    saddr: v4_mapped(CLIENT.octets()),
+                    daddr: v4_mapped(FRONTEND.octets()),
+                    sport: CLIENT_PORT.to_be(),
+                    dport: NODE_PORT.to_be(),
+                    proto: PROTO_TCP,
+                    pad: [0; 3],
+                };
+                let entry = conntrack
+                    .get(&key, 0)
+                    .unwrap_or_else(|e| panic!("{name}: no entry after the SYN (verdict {verdict}): {e}"));
+                // The synthetic flow: the translated packet, translated back.
+                let back_key = gannet_common::CtKey {
+                    saddr: entry.saddr,
+                    daddr: entry.daddr,
+                    sport: entry.sport,
+                    dport: entry.dport,
+                    proto: PROTO_TCP,
+                    pad: [0; 3],
+                };
+                let back = gannet_common::CtEntry {
+                    saddr: key.saddr,
+                    daddr: key.daddr,
+                    sport: key.sport,
+                    dport: key.dport,
+                    backend_id: LOOP_BACKEND,
+                    ..entry
+                };
+                conntrack.insert(back_key, back, 0).unwrap();
+                let ack = |ttl| {
+                    tcp_v4(EXT_MAC, CLIENT_MAC, CLIENT, CLIENT_PORT, FRONTEND, NODE_PORT, ttl, 0x10)
+                };
+                let miss = tcp_v4(EXT_MAC, CLIENT_MAC, CLIENT, CLIENT_PORT, NODE, 9, 64, 0x10);
+                let mut single = Vec::new();
+                let mut single_miss = Vec::new();
+                let mut repeated_miss = Vec::new();
+                let mut warm = Vec::new();
+                let tracked = ack(64);
+                let looped = ack(255);
+                let mut verdicts = std::collections::BTreeMap::new();
+                for call in 0..CALLS {
+                    let (v, t, _) = timed_run(&mut fp, xdp, ext0, &tracked, 1);
+                    *verdicts.entry(v).or_insert(0) += 1;
+                    single.push(t);
+                    single_miss.push(timed_run(&mut fp, xdp, ext0, &miss, 1).1);
+                    if call % 10 == 0 {
+                        repeated_miss.push(timed_run(&mut fp, xdp, ext0, &miss, 10_000).1);
+                        let (v, t, out) = timed_run(&mut fp, xdp, ext0, &looped, REPEAT);
+                        let mut expected = ack(255 - REPEAT as u8);
+                        expected[..6].copy_from_slice(&FRONTEND_MAC);
+                        expected[6..12].copy_from_slice(&EXT_MAC);
+                        assert_eq!(
+                            out, expected,
+                            "{name}: the looped frame after {REPEAT} repetitions (verdict {v})"
+                        );
+                        warm.push(t);
+                    }
+                }
+                let overhead = median(single_miss.clone()) - median(repeated_miss.clone());
+                let mut sorted = warm.clone();
+                sorted.sort_by(f64::total_cmp);
+                lines.push(format!(
+                    "{name}: tracked single {:.0} ns − overhead {:.0} = {:.0} ns (verdicts {verdicts:?}); \
+                     warm (repeat {REPEAT}, looped) median {:.0} ns, p10 {:.0} ns; miss repeated {:.0} ns, \
+                     single {:.0} ns",
+                    median(single.clone()),
+                    overhead,
+                    median(single) - overhead,
+                    median(warm),
+                    sorted[sorted.len() / 10],
+                    median(repeated_miss),
+                    median(single_miss),
+                ));
+                let _ = conntrack.remove(&back_key);
+                let _ = conntrack.remove(&key);
+                for (k, e) in fp.nodeport.conntrack_entries() {
+                    if e.flags & CT_F_REPLY != 0 {
+                        let _ = conntrack.remove(&k);
+                    }
+                }
+            }
+            lines
+        })
+        .expect("running in the test netns");
+    for line in report {
+        println!("{line}");
+    }
+}

@@ -143,6 +143,8 @@ pub struct PacketPrograms {
 pub struct NodePortState {
     /// The interfaces `gannet_nodeport` is attached to.
     pub interfaces: Vec<String>,
+    /// The interfaces `gannet_nodeport_xdp` is attached to (native XDP).
+    pub xdp_interfaces: Vec<String>,
     /// Its counters, summed over CPUs, by name (`NP_STAT_*`; a counter without a name here as
     /// `counter_<index>`).
     pub counters: std::collections::BTreeMap<String, u64>,
@@ -259,6 +261,7 @@ impl PacketPrograms {
             .max_entries();
         Ok(NodePortState {
             interfaces: nodeport::attached(&self.bpf_root).into_keys().collect(),
+            xdp_interfaces: nodeport::attached_xdp(&self.bpf_root).into_keys().collect(),
             counters,
             conntrack_entries: self.conntrack.keys().filter(Result::is_ok).count(),
             conntrack_capacity,
@@ -379,6 +382,7 @@ mod tests {
         assert_eq!(Hook::Xdp.verdict_name(3), "XDP_TX");
         assert_eq!(Hook::Tc.verdict_name(5), "5");
         assert_eq!(counter_name(NP_STAT_FIB_FAILED), "route_failed");
+        assert_eq!(counter_name(NP_STAT_XDP_TX), "xdp_tx");
         assert_eq!(counter_name(99), "counter_99");
     }
 }

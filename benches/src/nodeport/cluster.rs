@@ -11,6 +11,14 @@
 //! - `gannet-tc`: node A's gannetd serves the node port with `gannet_nodeport` on its `eth0`
 //!   (`--nodeport-interfaces=eth0`; it adds the overlay device for the replies) and gets the N
 //!   services as manifests;
+//! - `gannet-xdp`: the same with `--nodeport-acceleration xdp`: `gannet_nodeport_xdp` in native
+//!   mode on node A's `eth0` (a veth) in front of the tc program. A veth receives the frames its
+//!   peer's XDP program transmits only when it runs NAPI itself (an XDP program, or GRO), so
+//!   node A's port on the bridge gets GRO (nothing else changes for the packets it receives:
+//!   the kernel takes the NAPI path only for the XDP frames and for packets of senders without
+//!   segmentation offload). The testkit's `Underlay::wire_like` is not used: it also turns off
+//!   transmit checksum offload on every host, which only matters for frames XDP rewrites and
+//!   would make the client's load differ from the other variants';
 //! - `kube-proxy-nft`, `kube-proxy-iptables`: gannetd runs with `--nodeport-interfaces=` and no
 //!   services; kube-proxy's rules for the N services are loaded into node A, whose kernel
 //!   forwards (the testkit's nodes have `ip_forward=1`) into the overlay route to node B's pods.
@@ -64,6 +72,8 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 const RULES_TIMEOUT: Duration = Duration::from_secs(1800);
 /// The manifest with both Node objects.
 const NODES_FILE: &str = "nodes.yaml";
+/// What gannetd logs when its XDP program is attached natively.
+const XDP_ATTACHED: &str = "NodePort XDP program attached (native)";
 
 /// A `v1 Node` manifest: its pod CIDR, its `InternalIP` and its VTEP MAC (what a control plane
 /// would publish).
@@ -89,7 +99,12 @@ fn node_args(variant: Variant, index: usize, name: &str, ip: Ipv4Addr) -> Vec<St
         CLUSTER_CIDR.into(),
     ];
     match (variant.gannet(), index) {
-        (true, 0) => args.push(format!("--nodeport-interfaces={NODE_IF}")),
+        (true, 0) => {
+            args.push(format!("--nodeport-interfaces={NODE_IF}"));
+            if variant.xdp() {
+                args.extend(["--nodeport-acceleration".to_owned(), "xdp".to_owned()]);
+            }
+        }
         _ => args.push("--nodeport-interfaces=".to_owned()),
     }
     args
@@ -170,7 +185,21 @@ impl Cluster {
                 .agents
                 .push(agent.with_context(|| format!("starting gannetd on {}", node.name))?);
         }
+        if variant.xdp() {
+            // Node A's port on the bridge takes the frames node A's XDP program transmits.
+            let port = &cluster.underlay.nodes()[0].underlay_port;
+            cluster
+                .underlay
+                .bridge_ns()
+                .ethtool(&["-K", port, "gro", "on"])
+                .context("GRO on node A's bridge port, for frames XDP transmits")?;
+        }
         cluster.join_nodes()?;
+        if variant.xdp() {
+            cluster.agents[0]
+                .wait_for_log(XDP_ATTACHED, AGENT_TIMEOUT)
+                .context("gannetd on node A did not attach its XDP program natively")?;
+        }
         cluster.add_server(tools, cpu, scratch)?;
         cluster.setup_seconds = started.elapsed().as_secs_f64();
         Ok(cluster)
@@ -303,7 +332,7 @@ impl Cluster {
         let n = services.len();
         let node_ip = self.node_ip();
         match self.variant {
-            Variant::GannetTc => {
+            Variant::GannetTc | Variant::GannetXdp => {
                 let dir = &self.manifest_dirs[0];
                 let start = Instant::now();
                 write_manifests(dir, services)?;
@@ -341,9 +370,9 @@ impl Cluster {
     }
 
     /// After the connectivity check (`connections` answered): that the variant's mechanism
-    /// served them. gannet: `gannet_nodeport` is on node A's `eth0` and counted at least that
-    /// many new flows; kube-proxy: gannetd's NodePort program is off on node A. Returns what it
-    /// found, for the report.
+    /// served them. gannet: `gannet_nodeport` is on node A's `eth0` (with `gannet-xdp` also
+    /// `gannet_nodeport_xdp`) and counted at least that many new flows; kube-proxy: gannetd's
+    /// NodePort program is off on node A. Returns what it found, for the report.
     ///
     /// # Errors
     /// If it is not so.
@@ -362,8 +391,23 @@ impl Cluster {
                  (expected at least {connections})",
                 state.interfaces
             );
+            let on_xdp = state.xdp_interfaces.iter().any(|i| i == NODE_IF);
+            ensure!(
+                on_xdp == self.variant.xdp(),
+                "{}: gannet_nodeport_xdp on {:?}",
+                self.variant,
+                state.xdp_interfaces
+            );
+            let xdp = if on_xdp {
+                format!(
+                    ", gannet_nodeport_xdp (native) on {}",
+                    state.xdp_interfaces.join(", ")
+                )
+            } else {
+                String::new()
+            };
             Ok(format!(
-                "gannet_nodeport on {} counted {new_flows} new flows",
+                "gannet_nodeport on {}{xdp}: {new_flows} new flows counted",
                 state.interfaces.join(", ")
             ))
         } else {
@@ -413,9 +457,27 @@ mod tests {
             a.contains(&"--nodeport-interfaces=eth0".to_owned()),
             "{a:?}"
         );
+        assert!(!a.iter().any(|f| f == "--nodeport-acceleration"), "{a:?}");
+        let x = node_args(Variant::GannetXdp, 0, "node-0", ip);
+        assert!(
+            x.windows(2)
+                .any(|w| w == ["--nodeport-acceleration", "xdp"]),
+            "{x:?}"
+        );
+        assert!(
+            x.contains(&"--nodeport-interfaces=eth0".to_owned()),
+            "{x:?}"
+        );
+        assert!(
+            !node_args(Variant::GannetXdp, 1, "n", ip)
+                .iter()
+                .any(|f| f == "--nodeport-acceleration"),
+            "node B serves no node ports"
+        );
         assert!(a.contains(&"--node-ip=10.99.0.11".to_owned()), "{a:?}");
         for (variant, index) in [
             (Variant::GannetTc, 1),
+            (Variant::GannetXdp, 1),
             (Variant::KubeProxyNft, 0),
             (Variant::KubeProxyIptables, 0),
         ] {

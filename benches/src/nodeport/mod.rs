@@ -1,16 +1,25 @@
 //! The `nodeport` scenario: traffic from outside the cluster to `NodeIP:nodePort`, balanced to a
 //! backend on another node, side by side in one run for several numbers of services: gannet's
-//! `gannet_nodeport` tc program, and the same services as kube-proxy's nftables and iptables
+//! `gannet_nodeport` tc program, the same with its XDP front `gannet_nodeport_xdp`
+//! (`--nodeport-acceleration xdp`), and the same services as kube-proxy's nftables and iptables
 //! modes program them.
 //!
 //! For every number of services N, every variant gets a cluster of its own ([`cluster`]: two
 //! nodes and an external client on an underlay bridge, gannetd's overlay between the nodes, the
 //! server pod on node B). The N services are programmed (and timed): written as manifests for
 //! gannetd on node A, or loaded with `nft -f` / `iptables-restore` into node A. After a
-//! connectivity check of every variant, the per-packet cost of the NodePort program is measured
+//! connectivity check of every variant, the per-packet cost of the NodePort programs is measured
 //! on gannet's node A ([`packet`]: `gannet-testrun`, `BPF_PROG_TEST_RUN` against gannetd's maps),
 //! then rounds follow in which the variants, in a random order, measure rr, crr and stream from
 //! the external client with the `clusterip` scenario's peer.
+//!
+//! The backend is behind the overlay, so the XDP front never sends a packet itself here: it
+//! looks every packet up, finds that it leaves through the overlay device (not the interface it
+//! came in on) and passes it to tc untouched, which then does the work as in `gannet-tc`. The
+//! `gannet-xdp` variant therefore measures what the XDP front costs where it cannot help (its
+//! lookups, and native XDP on a veth: the peer can no longer pass segmentation-offloaded
+//! packets), not what it saves where it can; its per-packet `reply` path (a reply arriving on
+//! the external interface and sent back out of it) shows the latter.
 
 pub mod cluster;
 pub mod packet;
@@ -33,14 +42,21 @@ use crate::util::{Rng, check_interrupted, note};
 use cluster::Cluster;
 use packet::ProgramCost;
 
-/// The packet programs whose per-packet cost is measured, one row each. gannet has only the tc
-/// program so far; an XDP program (`--nodeport-acceleration xdp`) is one more entry:
-/// `PacketProgram { hook: "xdp", name: "gannet_nodeport_xdp" }` (`gannet-testrun` runs tc and
-/// XDP programs alike).
-pub const PACKET_PROGRAMS: &[PacketProgram] = &[PacketProgram {
-    hook: "tc",
-    name: "gannet_nodeport",
-}];
+/// The packet programs whose per-packet cost is measured, one row each, each in the node A of
+/// the variant that runs it (`gannet-testrun` runs tc and XDP programs alike). In `gannet-xdp`
+/// every packet meets the XDP program first and then, passed, the tc program.
+pub const PACKET_PROGRAMS: &[PacketProgram] = &[
+    PacketProgram {
+        hook: "tc",
+        name: "gannet_nodeport",
+        variant: Variant::GannetTc,
+    },
+    PacketProgram {
+        hook: "xdp",
+        name: "gannet_nodeport_xdp",
+        variant: Variant::GannetXdp,
+    },
+];
 
 /// A program of the pod object measured with `gannet-testrun`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +65,8 @@ pub struct PacketProgram {
     pub hook: &'static str,
     /// Its name in the object.
     pub name: &'static str,
+    /// The variant whose node A it is measured in.
+    pub variant: Variant,
 }
 
 /// Connections of the connectivity check of every variant.
@@ -60,6 +78,8 @@ const CHECK_CONNECTIONS: u64 = 30;
 pub enum Variant {
     /// gannetd's `gannet_nodeport` on node A's underlay interface (tc).
     GannetTc,
+    /// The same with `--nodeport-acceleration xdp`: `gannet_nodeport_xdp` in front of it.
+    GannetXdp,
     /// kube-proxy's nftables rules in node A.
     KubeProxyNft,
     /// kube-proxy's iptables rules in node A.
@@ -68,17 +88,22 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in report order.
-    pub const ALL: [Variant; 3] = [
+    pub const ALL: [Variant; 4] = [
         Variant::GannetTc,
+        Variant::GannetXdp,
         Variant::KubeProxyNft,
         Variant::KubeProxyIptables,
     ];
+
+    /// gannet's variants.
+    pub const GANNET: [Variant; 2] = [Variant::GannetTc, Variant::GannetXdp];
 
     /// The name in reports and JSON.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             Variant::GannetTc => "gannet-tc",
+            Variant::GannetXdp => "gannet-xdp",
             Variant::KubeProxyNft => "kube-proxy-nft",
             Variant::KubeProxyIptables => "kube-proxy-iptables",
         }
@@ -89,6 +114,7 @@ impl Variant {
     pub fn short(self) -> &'static str {
         match self {
             Variant::GannetTc => "gt",
+            Variant::GannetXdp => "gx",
             Variant::KubeProxyNft => "nf",
             Variant::KubeProxyIptables => "ip",
         }
@@ -98,7 +124,13 @@ impl Variant {
     /// `--nodeport-interfaces=` and no services).
     #[must_use]
     pub fn gannet(self) -> bool {
-        self == Variant::GannetTc
+        matches!(self, Variant::GannetTc | Variant::GannetXdp)
+    }
+
+    /// Whether gannetd runs with `--nodeport-acceleration xdp`.
+    #[must_use]
+    pub fn xdp(self) -> bool {
+        self == Variant::GannetXdp
     }
 }
 
@@ -228,9 +260,9 @@ pub struct SizeResult {
     pub backend: String,
     /// What each variant's connectivity check found, beyond the answers.
     pub checks: BTreeMap<Variant, String>,
-    /// gannet's NodePort counters and conntrack usage on node A after the check, after the
-    /// per-packet measurement and after the rounds.
-    pub gannet_counters: BTreeMap<&'static str, packet::NodePortState>,
+    /// gannet's NodePort counters and conntrack usage on node A, per gannet variant: after the
+    /// check, after the per-packet measurement and after the rounds.
+    pub gannet_counters: BTreeMap<Variant, BTreeMap<&'static str, packet::NodePortState>>,
     /// The per-packet cost of each program in [`PACKET_PROGRAMS`].
     pub packet: Vec<ProgramCost>,
     /// The order the variants were measured in, per round.
@@ -255,10 +287,10 @@ impl SizeResult {
         self.failed.get(&variant)?.get(&metric)
     }
 
-    /// gannet's median divided by `peer`'s.
+    /// `ours`' median divided by `peer`'s.
     #[must_use]
-    pub fn gannet_over(&self, peer: Variant, metric: Metric) -> Option<f64> {
-        let ours = self.get(Variant::GannetTc, metric)?.median;
+    pub fn over(&self, ours: Variant, peer: Variant, metric: Metric) -> Option<f64> {
+        let ours = self.get(ours, metric)?.median;
         let theirs = self.get(peer, metric)?.median;
         (theirs > 0.0).then(|| ours / theirs)
     }
@@ -362,21 +394,28 @@ fn run_size(
         checks.insert(cluster.variant, found);
     }
 
-    progress.set_message(format!("{n} services: per-packet cost (gannet-testrun)"));
-    let gannet = clusters
-        .iter()
-        .find(|c| c.variant.gannet())
-        .context("no gannet cluster")?;
-    let measured =
-        packet::measure(gannet, tools, config, target).context("measuring the per-packet cost")?;
-    for program in &measured.programs {
-        note(progress, format!("{n} services: {}", program.summary()));
+    let mut gannet_counters = BTreeMap::new();
+    let mut packet = Vec::new();
+    for cluster in clusters.iter().filter(|c| c.variant.gannet()) {
+        check_interrupted()?;
+        progress.set_message(format!(
+            "{n} services: per-packet cost in {} (gannet-testrun)",
+            cluster.variant
+        ));
+        let measured = packet::measure(cluster, tools, config, target)
+            .with_context(|| format!("measuring the per-packet cost in {}", cluster.variant))?;
+        for program in &measured.programs {
+            note(progress, format!("{n} services: {}", program.summary()));
+        }
+        gannet_counters.insert(
+            cluster.variant,
+            BTreeMap::from([
+                ("after the check", measured.before),
+                ("after the per-packet measurement", measured.after),
+            ]),
+        );
+        packet.extend(measured.programs);
     }
-    let mut gannet_counters = BTreeMap::from([
-        ("after the check", measured.before),
-        ("after the per-packet measurement", measured.after),
-    ]);
-    let packet = measured.programs;
 
     let mut samples: BTreeMap<Variant, BTreeMap<Metric, Vec<f64>>> = BTreeMap::new();
     let mut failed: BTreeMap<Variant, BTreeMap<Metric, Failure>> = BTreeMap::new();
@@ -450,7 +489,10 @@ fn run_size(
     }
     for cluster in &clusters {
         if let Some(counters) = cluster.counters(tools)? {
-            gannet_counters.insert("after the rounds", counters);
+            gannet_counters
+                .entry(cluster.variant)
+                .or_default()
+                .insert("after the rounds", counters);
         }
     }
     let backend = clusters[0].backend().to_string();
@@ -523,7 +565,18 @@ mod tests {
             },
             testrun_calls: 100,
         };
-        assert_eq!(config.measurements(), 2 * 2 * 3 * 3);
+        assert_eq!(config.measurements(), 2 * 2 * 4 * 3);
+        assert!(Variant::GANNET.iter().all(|v| v.gannet()));
+        assert!(
+            Variant::ALL
+                .iter()
+                .filter(|v| v.xdp())
+                .eq([&Variant::GannetXdp])
+        );
+        for program in PACKET_PROGRAMS {
+            assert!(program.variant.gannet(), "{program:?}");
+            assert_eq!(program.hook == "xdp", program.variant.xdp(), "{program:?}");
+        }
         assert_eq!(config.settings().overlay, cluster::OVERLAY);
     }
 }

@@ -1,8 +1,9 @@
 //! The per-packet cost of the NodePort programs: `gannet-testrun` (the agent's benchmark tool)
 //! in gannet's node A, against its gannetd's pinned maps, for every program in
-//! [`PACKET_PROGRAMS`](super::PACKET_PROGRAMS). See the tool's documentation for how it measures:
-//! one `BPF_PROG_TEST_RUN` per packet, because a repeated run rewrites its own packet, and the
-//! clock's overhead subtracted.
+//! [`PACKET_PROGRAMS`](super::PACKET_PROGRAMS), each in its variant's cluster. See the tool's
+//! documentation for how it measures: one `BPF_PROG_TEST_RUN` per packet, because a repeated run
+//! rewrites its own packet, and the clock's overhead subtracted; a path that leaves the packet
+//! as it was (an XDP program passing it to tc) also with `repeat`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -15,7 +16,7 @@ use gannet_testkit::run_in;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::{Cluster, OVERLAY_DEVICE};
-use super::{Config, PACKET_PROGRAMS, Tools};
+use super::{Config, PACKET_PROGRAMS, Tools, Variant};
 use crate::services::FIRST_NODE_PORT;
 
 /// Repetitions of the `miss` frame in one run (its time per repetition).
@@ -37,11 +38,20 @@ pub struct PathCost {
     /// `miss`, `tracked`, `reply`, `first-packet`.
     pub path: String,
     pub what: String,
+    /// The interface the frames arrived on.
+    #[serde(default)]
+    pub interface: String,
     /// The programs' verdicts, by name, and how often.
     pub verdicts: BTreeMap<String, u64>,
     pub single_run_ns: Spread,
+    /// The single runs' median minus the clock overhead.
+    #[serde(default)]
+    pub single_minus_overhead_ns: f64,
+    /// The time per repetition of repeated runs: paths that leave the packet and the maps as
+    /// they were (`miss`; XDP passing a packet to tc).
     pub repeated_ns: Option<f64>,
-    /// What one packet costs (ns).
+    /// What one packet costs (ns): the repeated time where there is one, else the single runs'
+    /// median minus the clock overhead.
     pub ns_per_packet: f64,
 }
 
@@ -77,7 +87,11 @@ struct Report {
 /// them from gannetd's pins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePortState {
+    /// Where `gannet_nodeport` (tc) is attached.
     pub interfaces: Vec<String>,
+    /// Where `gannet_nodeport_xdp` is attached (native).
+    #[serde(default)]
+    pub xdp_interfaces: Vec<String>,
     pub counters: BTreeMap<String, u64>,
     pub conntrack_entries: usize,
     pub conntrack_capacity: u32,
@@ -112,9 +126,19 @@ impl ProgramCost {
             .collect();
         format!("{} ({}): {}", self.program, self.hook, paths.join(", "))
     }
+
+    /// The variant whose node A the program was measured in.
+    #[must_use]
+    pub fn variant(&self) -> Option<Variant> {
+        PACKET_PROGRAMS
+            .iter()
+            .find(|p| p.name == self.program)
+            .map(|p| p.variant)
+    }
 }
 
-/// The arguments of `gannet-testrun` for `cluster`'s node A and its frontend `target`.
+/// The arguments of `gannet-testrun` for `cluster`'s node A and its frontend `target`: the
+/// programs of [`PACKET_PROGRAMS`] measured in `cluster`'s variant.
 fn arguments(cluster: &Cluster, config: &Config, target: SocketAddrV4) -> Vec<String> {
     let mut args = vec![
         "--bpf-root".to_owned(),
@@ -128,7 +152,10 @@ fn arguments(cluster: &Cluster, config: &Config, target: SocketAddrV4) -> Vec<St
         format!("--calls={}", config.testrun_calls),
         format!("--repeat={REPEAT}"),
     ];
-    for program in PACKET_PROGRAMS {
+    for program in PACKET_PROGRAMS
+        .iter()
+        .filter(|p| p.variant == cluster.variant)
+    {
         args.push(format!("--program={}", program.name));
     }
     if let Some(cpu) = config.traffic.peer_cpu {
@@ -151,7 +178,8 @@ fn testrun(cluster: &Cluster, tools: &Tools, args: Vec<String>) -> anyhow::Resul
     Ok(output.stdout)
 }
 
-/// Runs `gannet-testrun` in `cluster`'s node A (gannet's) against the frontend `target`.
+/// Runs `gannet-testrun` in `cluster`'s node A (a gannet variant's) against the frontend
+/// `target`, for the programs measured in that variant.
 ///
 /// # Errors
 /// If the tool fails or its report cannot be read.
@@ -217,7 +245,10 @@ mod tests {
                "repeated_ns": 39.5, "ns_per_packet": 39.5},
               {"path": "tracked", "what": "w", "verdicts": {"TC_ACT_REDIRECT": 10},
                "single_run_ns": {"p10": 100.0, "median": 110.0, "p90": 130.0},
-               "repeated_ns": null, "ns_per_packet": 79.5}
+               "repeated_ns": null, "ns_per_packet": 79.5},
+              {"path": "reply", "what": "w", "interface": "eth0", "verdicts": {"XDP_PASS": 10},
+               "single_run_ns": {"p10": 100.0, "median": 110.0, "p90": 130.0},
+               "single_minus_overhead_ns": 79.5, "repeated_ns": 70.0, "ns_per_packet": 70.0}
             ]
           }]
         }"#;
@@ -228,11 +259,16 @@ mod tests {
         assert_eq!(programs.len(), 1);
         let p = &programs[0];
         assert_eq!(p.ns("tracked"), Some(79.5));
-        assert_eq!(p.ns("reply"), None);
+        assert_eq!(p.ns("reply"), Some(70.0));
+        assert_eq!(p.ns("first-packet"), None);
+        assert_eq!(p.paths[2].interface, "eth0");
+        assert_eq!(p.paths[1].interface, "", "older reports have no interface");
+        assert!(measured.before.xdp_interfaces.is_empty());
+        assert_eq!(p.variant(), Some(Variant::GannetTc));
         assert_eq!(p.repeat_check.last_verdict, "TC_ACT_UNSPEC");
         assert_eq!(
             p.summary(),
-            "gannet_nodeport (tc): miss 40 ns, tracked 80 ns"
+            "gannet_nodeport (tc): miss 40 ns, tracked 80 ns, reply 70 ns"
         );
     }
 }

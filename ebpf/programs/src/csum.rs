@@ -1,6 +1,9 @@
-//! Internet checksums updated by hand (RFC 1624), for XDP, which has no checksum helpers: when
-//! bytes `old` of a packet become `new`, a checksum over them changes by the one's-complement
-//! difference. XDP sees frames as the NIC delivered them, with complete checksums.
+//! Internet checksums updated by hand (RFC 1624): when bytes `old` of a packet become `new`, a
+//! checksum over them changes by the one's-complement difference. XDP has no checksum helpers
+//! and sees frames as the NIC delivered them, with complete checksums; tc computes the IPv4
+//! header checksum here too (it is always complete, and a valid header adds the same to a
+//! `CHECKSUM_COMPLETE` sum whatever it holds), and hands the kernel's TCP/UDP checksum helper
+//! one [`diff`] instead of one call per changed word.
 
 /// Adds the 16-bit words of `bytes` (big-endian) to a one's-complement accumulator.
 #[inline(always)]
@@ -53,4 +56,19 @@ pub(crate) fn replace_udp4<const N: usize>(
     }
     let next = replace(field, old, new);
     if next == [0, 0] { [0xff, 0xff] } else { next }
+}
+
+/// The one's-complement difference `new − old` as the kernel's checksum helpers take it
+/// (`bpf_l4_csum_replace` with size 0, a `__wsum`, what `bpf_csum_diff` returns): the 16-bit
+/// words in memory order, folded.
+#[inline(always)]
+pub(crate) fn diff<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(!u16::from_ne_bytes([old[i], old[i + 1]]));
+        sum += u32::from(u16::from_ne_bytes([new[i], new[i + 1]]));
+        i += 2;
+    }
+    u32::from(fold(sum))
 }

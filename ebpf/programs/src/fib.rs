@@ -3,7 +3,7 @@
 //! MAC, without passing the host stack (which would take a packet with a source address of this
 //! node, arriving from outside, for a martian).
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -77,8 +77,9 @@ fn lookup_and_redirect(
     saddr: &[u8; 16],
     daddr: &[u8; 16],
 ) -> i32 {
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: plain integers and unions of integers; all-zero is valid.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let params = unsafe { packet::zero(&mut params) };
     params.l4_protocol = flow.proto;
     // SAFETY: the skb pointer is valid for the program's run.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -100,7 +101,7 @@ fn lookup_and_redirect(
         }
     }
     // SAFETY: valid skb context; params on the stack, of the size passed.
-    let ret = unsafe { fib_lookup(ctx.skb.skb.cast(), &raw mut params, FIB_SIZE, 0) };
+    let ret = unsafe { fib_lookup(ctx.skb.skb.cast(), &raw mut *params, FIB_SIZE, 0) };
     #[expect(
         clippy::cast_sign_loss,
         reason = "compared against small non-negative codes"
@@ -121,8 +122,9 @@ fn lookup_and_redirect(
         return unsafe { bpf_redirect(params.ifindex, 0) } as i32;
     }
     // No neighbour entry yet: the kernel resolves it and queues the packet.
+    let mut neigh = MaybeUninit::<bpf_redir_neigh>::uninit();
     // SAFETY: plain integers; all-zero is valid.
-    let mut neigh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+    let neigh = unsafe { packet::zero(&mut neigh) };
     // SAFETY: reading the union member the lookup wrote for this family.
     unsafe {
         match flow.l3 {
@@ -139,6 +141,6 @@ fn lookup_and_redirect(
     // SAFETY: helper valid in tc; params on the stack, of the size passed.
     #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* fit in i32")]
     let verdict =
-        unsafe { bpf_redirect_neigh(params.ifindex, &raw mut neigh, NEIGH_SIZE, 0) } as i32;
+        unsafe { bpf_redirect_neigh(params.ifindex, &raw mut *neigh, NEIGH_SIZE, 0) } as i32;
     verdict
 }

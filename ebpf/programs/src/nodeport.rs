@@ -144,13 +144,17 @@ fn from_netdev(ctx: &mut TcContext) -> i32 {
     if let Some(entry) = CONNTRACK.get_ptr_mut(&s.key) {
         // SAFETY: the LRU map keeps the value valid for the program's run.
         let tracked = unsafe { &*entry };
+        // The clock at tick resolution (CLOCK_MONOTONIC_COARSE: the agent's timeouts are
+        // seconds): no clock read per packet, and `touch` writes the time once per tick.
+        // SAFETY: helper without arguments.
+        let seen = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
         if tracked.flags & CT_F_REPLY != 0 {
-            conntrack::touch(entry, &s.flow, now());
+            conntrack::touch(entry, &s.flow, seen);
             count(NP_STAT_REPLIES);
             return translate_reply(ctx, &s.flow, tracked);
         }
         if still_valid(&s.flow, tracked) {
-            conntrack::touch(entry, &s.flow, now());
+            conntrack::touch(entry, &s.flow, seen);
             count(NP_STAT_FORWARD);
             return translate(ctx, &s.flow, tracked);
         }

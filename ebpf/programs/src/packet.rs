@@ -1,14 +1,18 @@
 //! Ethernet, IPv4 and IPv6 header access for tc programs: fixed offsets, bounds-checked loads
-//! through `bpf_skb_load_bytes`, and the TTL/hop-limit decrement a router owes a forwarded
-//! packet.
+//! (direct, or through `bpf_skb_load_bytes` where the headers may lie outside the linear data),
+//! and the TTL/hop-limit decrement a router owes a forwarded packet.
+
+use core::mem::{MaybeUninit, align_of, size_of};
 
 use aya_ebpf::programs::{TcContext, XdpContext};
+
+use crate::csum;
 
 pub(crate) const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
-const IPV4_TTL: usize = ETH_HLEN + 8;
+pub(crate) const IPV4_TTL: usize = ETH_HLEN + 8;
 pub(crate) const IPV4_CSUM: usize = ETH_HLEN + 10;
 pub(crate) const IPV4_SADDR: usize = ETH_HLEN + 12;
 pub(crate) const IPV4_DADDR: usize = ETH_HLEN + 16;
@@ -46,6 +50,18 @@ pub(crate) fn addresses(ctx: &TcContext, l3: L3) -> Option<([u8; 16], [u8; 16])>
     }
 }
 
+/// The `T` at `offset` of the packet: read directly when it lies in the linear data (as the
+/// headers of every packet a NodePort program translates do), else through
+/// `bpf_skb_load_bytes`.
+#[inline(always)]
+pub(crate) fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    match Data::tc(ctx).at::<T>(offset) {
+        // SAFETY: `at` checked that the bytes lie within the packet.
+        Some(p) => Some(unsafe { p.read_unaligned() }),
+        None => ctx.load(offset).ok(),
+    }
+}
+
 /// Decrements the TTL (IPv4, with the header checksum) or hop limit (IPv6). Returns `false`
 /// when the packet must not be forwarded (TTL ≤ 1: the host stack answers with ICMP) or the
 /// packet could not be written.
@@ -53,31 +69,51 @@ pub(crate) fn addresses(ctx: &TcContext, l3: L3) -> Option<([u8; 16], [u8; 16])>
 pub(crate) fn decrement_ttl(ctx: &mut TcContext, l3: L3) -> bool {
     match l3 {
         L3::V4 => {
-            // TTL and protocol form one 16-bit word of the header checksum.
-            let Ok(old) = ctx.load::<[u8; 2]>(IPV4_TTL) else {
+            // TTL, protocol and the header checksum, written back in one store (the checksum
+            // updated here: see `csum.rs`); TTL and protocol form one of its 16-bit words.
+            let Some(old) = read::<[u8; 4]>(ctx, IPV4_TTL) else {
                 return false;
             };
             if old[0] <= 1 {
                 return false;
             }
-            let new = [old[0] - 1, old[1]];
-            ctx.store(IPV4_TTL, &new, 0).is_ok()
-                && ctx
-                    .l3_csum_replace(
-                        IPV4_CSUM,
-                        u64::from(u16::from_ne_bytes(old)),
-                        u64::from(u16::from_ne_bytes(new)),
-                        2,
-                    )
-                    .is_ok()
+            let word = [old[0] - 1, old[1]];
+            let sum = csum::replace([old[2], old[3]], &[old[0], old[1]], &word);
+            ctx.store(IPV4_TTL, &[word[0], word[1], sum[0], sum[1]], 0)
+                .is_ok()
         }
         L3::V6 => {
-            let Ok(hop) = ctx.load::<u8>(IPV6_HOP_LIMIT) else {
+            let Some(hop) = read::<u8>(ctx, IPV6_HOP_LIMIT) else {
                 return false;
             };
             hop > 1 && ctx.store(IPV6_HOP_LIMIT, &(hop - 1), 0).is_ok()
         }
     }
+}
+
+/// Zeroes `value` in place, a 32-bit word at a time, and returns it.
+///
+/// Not `core::mem::zeroed()`: LLVM makes a zero-fill of more than a few bytes a `memset`, which
+/// bpf-linker (it expands `memcpy` inline, not `memset`) leaves as a call to a function storing
+/// one byte per iteration (64 of them for a FIB lookup's parameters, once a fifth of the
+/// NodePort hit path). Volatile stores are never merged back into one.
+///
+/// # Safety
+/// All-zero bytes must be a valid `T` (plain integers and unions of them).
+#[inline(always)]
+pub(crate) unsafe fn zero<T>(value: &mut MaybeUninit<T>) -> &mut T {
+    const {
+        assert!(size_of::<T>().is_multiple_of(4) && align_of::<T>() >= 4);
+    }
+    let words = value.as_mut_ptr().cast::<u32>();
+    let mut i = 0;
+    while i < size_of::<T>() / 4 {
+        // SAFETY: word `i` lies within `value`, 4-aligned (checked above).
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte is written, and all-zero is a valid `T` (the caller's promise).
+    unsafe { value.assume_init_mut() }
 }
 
 /// Rewrites the Ethernet addresses.

@@ -13,7 +13,7 @@
 //! 4. Anything else passes (ICMP errors too: tc handles them); a client outside a frontend's
 //!    source ranges, and a frontend that must drop, are dropped here.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -30,7 +30,7 @@ use crate::{
     csum,
     flow::Flow,
     nodeport,
-    packet::{Data, ETH_HLEN, L3, words},
+    packet::{self, Data, ETH_HLEN, L3, words},
 };
 
 const AF_INET: u8 = 2;
@@ -61,8 +61,9 @@ pub(crate) fn transmit(ctx: &XdpContext, flow: &Flow, tracked: &CtEntry) -> u32 
         // The DSR option needs room in the packet: tc inserts it.
         return XDP_PASS;
     }
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: plain integers and unions of integers; all-zero is valid.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let params = unsafe { packet::zero(&mut params) };
     params.l4_protocol = flow.proto;
     #[expect(clippy::cast_possible_truncation, reason = "an ifindex fits 32 bits")]
     let ingress = ctx.ingress_ifindex() as u32;
@@ -88,7 +89,7 @@ pub(crate) fn transmit(ctx: &XdpContext, flow: &Flow, tracked: &CtEntry) -> u32 
         }
     }
     // SAFETY: valid XDP context; params on the stack, of the size passed.
-    let ret = unsafe { fib_lookup(ctx.ctx.cast(), &raw mut params, FIB_SIZE, 0) };
+    let ret = unsafe { fib_lookup(ctx.ctx.cast(), &raw mut *params, FIB_SIZE, 0) };
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || params.ifindex != ingress {
         return XDP_PASS;
     }
