@@ -78,6 +78,12 @@ pub struct CommonArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// How services are programmed: `ebpf` (the socket load balancer, the NodePort program in
+    /// tc/XDP and the pod fast path) or `nftables` (one nftables table of gannet's own,
+    /// `inet gannet-services`, for nodes that cannot run gannet's eBPF programs; no program is
+    /// loaded and `--cgroup-path` is not used).
+    #[arg(long, value_enum, default_value_t = DataPlane::Ebpf, env = "GANNET_DATAPLANE")]
+    pub dataplane: DataPlane,
     /// Name of this node (defaults to the host name).
     #[arg(long, env = "GANNET_NODE_NAME")]
     pub node_name: Option<String>,
@@ -193,6 +199,13 @@ pub struct RunArgs {
     pub maglev_table_size: u32,
 }
 
+/// `--dataplane`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataPlane {
+    Ebpf,
+    Nftables,
+}
+
 /// `--nodeport-acceleration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Acceleration {
@@ -273,6 +286,7 @@ pub enum Source {
 /// Validated configuration of `gannetd run`.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    pub dataplane: DataPlane,
     pub node_name: String,
     pub cgroup_path: PathBuf,
     pub bpf_root: PathBuf,
@@ -348,7 +362,9 @@ fn check_cgroup(path: &Path, errors: &mut Vec<String>) {
 impl RunArgs {
     pub fn validate(&self) -> Result<RunConfig, ConfigErrors> {
         let mut errors = Vec::new();
-        check_cgroup(&self.common.cgroup_path, &mut errors);
+        if self.dataplane == DataPlane::Ebpf {
+            check_cgroup(&self.common.cgroup_path, &mut errors);
+        }
         check_bpf_root(&self.common.bpf_root, &mut errors);
         check_state_dir(&self.common.state_dir, &mut errors);
         let source = self.source(&mut errors);
@@ -381,10 +397,25 @@ impl RunArgs {
         }
         let nodeport = self.nodeport_settings(&mut errors);
         let (overlay, cluster_cidrs) = self.overlay_config(&source, &mut errors);
+        if self.dataplane == DataPlane::Nftables {
+            for (given, flag) in [
+                (self.overlay == Mode::Ebpf, "--overlay ebpf"),
+                (nodeport.xdp, "--nodeport-acceleration xdp"),
+                (nodeport.dsr, "--lb-mode dsr"),
+            ] {
+                if given {
+                    errors.push(format!(
+                        "{flag}: needs gannet's eBPF programs, which --dataplane nftables does \
+                         not load"
+                    ));
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(RunConfig {
+            dataplane: self.dataplane,
             nodeport,
             overlay,
             cluster_cidrs,

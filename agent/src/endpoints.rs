@@ -74,7 +74,8 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
 impl Registry {
     /// Reads the registry (an absent file is an empty registry) and drops records whose host
     /// interface the fast path no longer knows (the pod went away while gannetd was down).
-    pub fn load(state_dir: &Path, fast_path: &PodFastPath) -> io::Result<Registry> {
+    /// Without a fast path (the nftables data plane) every record is kept.
+    pub fn load(state_dir: &Path, fast_path: Option<&PodFastPath>) -> io::Result<Registry> {
         let path = state_dir.join(REGISTRY);
         let mut records: BTreeMap<String, Record> = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -86,9 +87,11 @@ impl Registry {
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e),
         };
-        let live = fast_path.endpoints();
         let before = records.len();
-        records.retain(|_, r| live.contains_key(&r.host_if_index));
+        if let Some(fast_path) = fast_path {
+            let live = fast_path.endpoints();
+            records.retain(|_, r| live.contains_key(&r.host_if_index));
+        }
         let registry = Registry { path, records };
         if registry.records.len() != before {
             registry.save()?;
@@ -111,7 +114,7 @@ impl Registry {
     pub fn handle(
         &mut self,
         request: Request,
-        fast_path: &mut PodFastPath,
+        fast_path: Option<&mut PodFastPath>,
     ) -> (Response, Option<PodChange>) {
         let mut change = None;
         let response = self.act(request, fast_path, &mut change);
@@ -135,7 +138,7 @@ impl Registry {
     fn act(
         &mut self,
         request: Request,
-        fast_path: &mut PodFastPath,
+        fast_path: Option<&mut PodFastPath>,
         change: &mut Option<PodChange>,
     ) -> Response {
         if request.api_version != agent_api::API_VERSION {
@@ -159,11 +162,16 @@ impl Registry {
                     .iter()
                     .map(gannet_cni::net::Cidr::addr)
                     .collect();
-                let added = fast_path.add(&Endpoint {
-                    host_ifname: endpoint.host_if_name.clone(),
-                    mac,
-                    ips: ips.clone(),
-                });
+                // Without a fast path (the nftables data plane) the pod's traffic takes the
+                // kernel's routes: the endpoint is only recorded.
+                let added = match fast_path {
+                    Some(fast_path) => fast_path.add(&Endpoint {
+                        host_ifname: endpoint.host_if_name.clone(),
+                        mac,
+                        ips: ips.clone(),
+                    }),
+                    None => Ok(endpoint.host_if_index),
+                };
                 let ifindex = match added {
                     Ok(ifindex) => ifindex,
                     Err(e) => return Response::error(format!("endpoint {key}: {e}")),
@@ -207,7 +215,9 @@ impl Registry {
                     debug!(endpoint = %key, "unregister of an unknown endpoint: nothing to do");
                     return Response::ok();
                 };
-                if let Err(e) = fast_path.remove(record.host_if_index) {
+                if let Some(fast_path) = fast_path
+                    && let Err(e) = fast_path.remove(record.host_if_index)
+                {
                     return Response::error(format!("endpoint {key}: {e}"));
                 }
                 info!(endpoint = %key, pod = ?record.pod, "endpoint unregistered");

@@ -53,7 +53,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status(args) => match status::read(&args.bpf_root, &args.state_dir) {
+        Command::Status(args) => match status::read_nft(&args.state_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|nft| match nft {
+                Some(status) => Ok(status),
+                None => status::read(&args.bpf_root, &args.state_dir).map_err(|e| e.to_string()),
+            }) {
             Ok(status) => match serde_json::to_string_pretty(&status) {
                 Ok(json) => {
                     println!("{json}");
@@ -93,6 +98,9 @@ fn main() -> ExitCode {
                 .and_then(|mut removed| {
                     if masquerade::remove().map_err(|e| e.to_string())? {
                         removed.push(format!("nftables table inet {}", masquerade::TABLE));
+                    }
+                    if datapath::nft::remove().map_err(|e| e.to_string())? {
+                        removed.push(format!("nftables table inet {}", datapath::nft::TABLE));
                     }
                     Ok(removed)
                 });

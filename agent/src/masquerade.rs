@@ -68,6 +68,9 @@ pub struct MasqueradeRules {
     /// The overlay's VXLAN port: its UDP packets (node to node, one flow per inner connection)
     /// are not tracked either.
     pub tunnel_port: Option<u16>,
+    /// Pod-to-pod traffic is not tracked (the eBPF data plane). The nftables data plane needs
+    /// it tracked: a backend's reply to a pod is translated back by its connection's entry.
+    pub untrack_pod_to_pod: bool,
 }
 
 impl MasqueradeRules {
@@ -126,7 +129,11 @@ impl MasqueradeRules {
                 }));
             }
         }
-        for cluster in &self.cluster_cidrs {
+        for cluster in self
+            .cluster_cidrs
+            .iter()
+            .filter(|_| self.untrack_pod_to_pod)
+        {
             let proto = if matches!(cluster, IpNet::V4(_)) {
                 "ip"
             } else {
@@ -299,7 +306,7 @@ pub fn exists() -> Result<bool, MasqueradeError> {
     }
 }
 
-fn describe(error: &nftables::helper::NftablesError) -> String {
+pub(crate) fn describe(error: &nftables::helper::NftablesError) -> String {
     match error {
         nftables::helper::NftablesError::NftFailed { stderr, hint, .. } => {
             format!("nft failed while {hint}: {}", stderr.trim())
@@ -370,7 +377,7 @@ mod tests {
 
     #[test]
     fn rules_masquerade_only_what_leaves_the_cluster() {
-        let rules = MasqueradeRules {
+        let masq = MasqueradeRules {
             pod_cidrs: vec![
                 "10.244.1.0/24".parse().unwrap(),
                 "fd00:244:1::/64".parse().unwrap(),
@@ -380,9 +387,10 @@ mod tests {
                 "fd00:244::/48".parse().unwrap(),
             ],
             tunnel_port: Some(8472),
+            untrack_pod_to_pod: true,
         };
         let json: serde_json::Value =
-            serde_json::from_str(&payload(&rules.batch()).unwrap()).unwrap();
+            serde_json::from_str(&payload(&masq.batch()).unwrap()).unwrap();
         let commands = json["nftables"].as_array().unwrap();
         let chains: Vec<String> = commands
             .iter()
@@ -422,6 +430,25 @@ mod tests {
                 r#"{"delete":{"table":{"family":"inet","name":"gannet"}}}"#,
                 r#"{"add":{"table":{"family":"inet","name":"gannet"}}}"#,
             ]
+        );
+        // The nftables data plane keeps pod-to-pod traffic tracked.
+        let tracked = MasqueradeRules {
+            untrack_pod_to_pod: false,
+            ..masq
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&payload(&tracked.batch()).unwrap()).unwrap();
+        let untracked: Vec<String> = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| text(&r["expr"]))
+            .filter(|t| t.contains("notrack"))
+            .collect();
+        assert_eq!(
+            untracked,
+            ["udp dport == 8472 notrack", "udp dport == 8472 notrack"]
         );
     }
 }

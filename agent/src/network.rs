@@ -9,7 +9,7 @@ use gannet_k8s::ClusterNode;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use crate::config::{RunConfig, Source};
+use crate::config::{DataPlane, RunConfig, Source};
 use crate::datapath::pods::PodFastPath;
 use crate::masquerade::{self, MasqueradeRules};
 use crate::overlay::{Mode, Overlay, OverlayError, Programs};
@@ -31,6 +31,8 @@ pub struct NodeNetwork {
     /// The VXLAN port with `--overlay vxlan|ebpf`.
     tunnel_port: Option<u16>,
     masquerading: Option<MasqueradeRules>,
+    /// See [`MasqueradeRules::untrack_pod_to_pod`].
+    untrack_pod_to_pod: bool,
     warned_no_cluster_cidr: bool,
     /// `--overlay-resync-seconds`.
     resync: Option<std::time::Duration>,
@@ -44,7 +46,10 @@ impl NodeNetwork {
     /// # Errors
     /// When the overlay cannot start (no underlay, the device cannot be created, the programs
     /// cannot be attached).
-    pub fn start(config: &RunConfig, fast_path: &mut PodFastPath) -> Result<Self, OverlayError> {
+    pub fn start(
+        config: &RunConfig,
+        fast_path: Option<&mut PodFastPath>,
+    ) -> Result<Self, OverlayError> {
         let mut programs = Programs {
             fast_path,
             bpf_root: &config.bpf_root,
@@ -97,6 +102,7 @@ impl NodeNetwork {
             tunnel_port: matches!(config.overlay.mode, Mode::Vxlan | Mode::Ebpf)
                 .then_some(config.overlay.port),
             masquerading: None,
+            untrack_pod_to_pod: config.dataplane == DataPlane::Ebpf,
             warned_no_cluster_cidr: false,
             resync: config.overlay.resync,
         })
@@ -202,6 +208,7 @@ impl NodeNetwork {
             pod_cidrs: lease.pod_cidrs.clone(),
             cluster_cidrs: lease.cluster_cidrs.clone(),
             tunnel_port: self.tunnel_port,
+            untrack_pod_to_pod: self.untrack_pod_to_pod,
         };
         if self.masquerading.as_ref() == Some(&rules) {
             return;

@@ -1,8 +1,8 @@
 //! The agent's main loop: a source of services (a manifest directory or the control plane)
-//! feeds the reconciler, and gannet-cni's registrations feed the pod fast path, until a signal
-//! arrives.
+//! feeds the data plane (eBPF or nftables: `--dataplane`), and gannet-cni's registrations feed
+//! the pod fast path (eBPF), until a signal arrives.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use gannet_k8s::ManifestDir;
@@ -14,17 +14,22 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{RunConfig, Source},
+    config::{DataPlane, RunConfig, Source},
     control::{Control, PodReport, Update},
     datapath::nodeport::monotonic_ns,
     datapath::{
-        BpfMaps, SockLb,
+        self, BpfMaps, ServiceDataPlane, SockLb,
+        nft::{self, NftDataPlane},
         pods::PodFastPath,
         reconcile::{ApplyReport, DEFAULT_GRACE, Reconciler},
     },
     endpoints::{self, Registry},
     network::NodeNetwork,
-    nodeport::{frontends::Expander, health::HealthServers, setup::NodePortSetup},
+    nodeport::{
+        frontends::Expander,
+        health::HealthServers,
+        setup::{NodePortSetup, node_port_addresses},
+    },
 };
 
 /// How often released map entries are looked at for freeing.
@@ -75,7 +80,7 @@ impl Services {
     /// channel receive.
     async fn next(
         &mut self,
-        reconciler: &mut Reconciler<BpfMaps>,
+        plane: &mut dyn ServiceDataPlane,
         network: &mut NodeNetwork,
         external: &mut External,
     ) {
@@ -94,7 +99,7 @@ impl Services {
                         }
                         *had_clean_scan |= outcome.errors.is_empty();
                         let state = external.expander.full(&outcome.state);
-                        let report = reconciler.apply(&state, *had_clean_scan, Instant::now());
+                        let report = plane.apply(&state, *had_clean_scan);
                         external.health_changed = true;
                         debug!(
                             frontends = outcome.state.services.len(),
@@ -121,7 +126,7 @@ impl Services {
                     Update::Full(state) => {
                         let state = external.expander.full(&state);
                         external.health_changed = true;
-                        let report = reconciler.apply(&state, true, Instant::now());
+                        let report = plane.apply(&state, true);
                         info!(
                             frontends = state.services.len(),
                             "programmed the control plane's services"
@@ -133,7 +138,7 @@ impl Services {
                     Update::Changes(changes) => {
                         external.health_changed = true;
                         let changes = external.expander.changes(&changes);
-                        reconciler.apply_changes(&changes, Instant::now())
+                        plane.apply_changes(&changes)
                     }
                     Update::Nodes(nodes) => {
                         network.nodes(&nodes, true);
@@ -156,10 +161,9 @@ impl Services {
     }
 }
 
-/// Traffic from outside the node: where the NodePort program runs, the frontends services
-/// expand to, and the health check servers.
+/// Traffic from outside the node: the frontends services expand to, and the health check
+/// servers.
 struct External {
-    setup: NodePortSetup,
     expander: Expander,
     health: HealthServers,
     /// The expander's health checks may have changed since the servers were updated.
@@ -167,16 +171,144 @@ struct External {
 }
 
 impl External {
-    /// Brings the health check servers and the SNAT addresses up to date.
-    async fn sync(&mut self, network: &NodeNetwork, fast_path: &mut PodFastPath) {
-        if let Err(error) = self.setup.lease(&network.pod_cidrs(), fast_path) {
-            warn!(%error, "cannot update the NodePort SNAT addresses");
-        }
+    /// Brings the health check servers up to date.
+    async fn sync(&mut self) {
         if self.health_changed {
             self.health_changed = false;
             for (port, error) in self.health.update(self.expander.health()).await {
                 warn!(port, %error, "healthCheckNodePort not served");
             }
+        }
+    }
+}
+
+/// The data plane services are programmed into, with what only it needs.
+enum Plane {
+    Ebpf(Box<Ebpf>),
+    Nft(NftDataPlane),
+}
+
+/// The eBPF data plane: the socket load balancer's reconciler, the pod fast path (whose object
+/// also holds the NodePort programs) and where the NodePort program runs.
+struct Ebpf {
+    reconciler: Reconciler<BpfMaps>,
+    fast_path: PodFastPath,
+    setup: Option<NodePortSetup>,
+}
+
+impl Plane {
+    /// Loads (or adopts) the data plane `--dataplane` names, and removes what the other one
+    /// left on this node (an earlier gannetd in the other mode): both must never translate the
+    /// same traffic.
+    fn start(config: &RunConfig) -> anyhow::Result<Plane> {
+        Ok(match config.dataplane {
+            DataPlane::Ebpf => {
+                match nft::remove() {
+                    Ok(true) => info!(
+                        table = nft::TABLE,
+                        "removed the nftables data plane's table of an earlier gannetd"
+                    ),
+                    Ok(false) => {}
+                    Err(error) => warn!(%error, "cannot remove the nftables data plane's table"),
+                }
+                let mut lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
+                let mut fast_path = PodFastPath::load(&config.bpf_root, &config.capacity.pods())?;
+                if let Some(maglev) = fast_path.take_external() {
+                    lb.maps.set_external(maglev);
+                }
+                let reconciler = Reconciler::adopt(lb.maps, DEFAULT_GRACE, &config.node_name)?;
+                Plane::Ebpf(Box::new(Ebpf {
+                    reconciler,
+                    fast_path,
+                    setup: None,
+                }))
+            }
+            DataPlane::Nftables => {
+                let removed = datapath::cleanup(&config.bpf_root).with_context(|| {
+                    format!(
+                        "removing the eBPF data plane of an earlier gannetd ({})",
+                        config.bpf_root.display()
+                    )
+                })?;
+                if !removed.is_empty() {
+                    info!(
+                        removed = removed.len(),
+                        bpf_root = %config.bpf_root.display(),
+                        "removed the eBPF data plane of an earlier gannetd"
+                    );
+                }
+                Plane::Nft(
+                    NftDataPlane::adopt(&config.node_name)
+                        .context("setting up the nftables data plane")?,
+                )
+            }
+        })
+    }
+
+    fn services(&mut self) -> &mut dyn ServiceDataPlane {
+        match self {
+            Plane::Ebpf(ebpf) => &mut ebpf.reconciler,
+            Plane::Nft(nft) => nft,
+        }
+    }
+
+    fn fast_path(&mut self) -> Option<&mut PodFastPath> {
+        match self {
+            Plane::Ebpf(ebpf) => Some(&mut ebpf.fast_path),
+            Plane::Nft(_) => None,
+        }
+    }
+
+    /// Where the NodePort program runs (eBPF), or only which node addresses accept node ports
+    /// (nftables, which serves them on every interface).
+    fn start_external(&mut self, config: &RunConfig) -> anyhow::Result<Vec<std::net::IpAddr>> {
+        match self {
+            Plane::Ebpf(ebpf) => {
+                let setup = NodePortSetup::start(
+                    &config.nodeport,
+                    &config.overlay.node_ips,
+                    config.overlay.mode,
+                    config.capacity.maglev_table_size,
+                    &mut ebpf.fast_path,
+                    &config.bpf_root,
+                )
+                .context("setting up the NodePort program")?;
+                let addresses = setup.addresses.clone();
+                ebpf.setup = Some(setup);
+                Ok(addresses)
+            }
+            Plane::Nft(_) => {
+                let addresses = node_port_addresses(&config.nodeport, &config.overlay.node_ips)
+                    .context("finding the node addresses that accept node ports")?;
+                info!(?addresses, "node ports served by the nftables data plane");
+                Ok(addresses)
+            }
+        }
+    }
+
+    /// This node's pod CIDRs: the NodePort program's SNAT addresses (eBPF), the local backends
+    /// (nftables).
+    fn lease(&mut self, network: &NodeNetwork) {
+        match self {
+            Plane::Ebpf(ebpf) => {
+                if let Some(setup) = &mut ebpf.setup
+                    && let Err(error) = setup.lease(&network.pod_cidrs(), &mut ebpf.fast_path)
+                {
+                    warn!(%error, "cannot update the NodePort SNAT addresses");
+                }
+            }
+            Plane::Nft(nft) => nft.set_pod_cidrs(&network.pod_cidrs()),
+        }
+    }
+
+    /// Whether the NodePort program's conntrack map needs sweeping.
+    fn nodeport_enabled(&self) -> bool {
+        matches!(self, Plane::Ebpf(ebpf) if ebpf.setup.as_ref().is_some_and(NodePortSetup::enabled))
+    }
+
+    fn collect_conntrack_garbage(&mut self) {
+        if let Plane::Ebpf(ebpf) = self {
+            ebpf.fast_path.nodeport.collect_garbage(monotonic_ns());
         }
     }
 }
@@ -209,18 +341,20 @@ fn log_report(report: &ApplyReport) {
 }
 
 /// Runs until SIGTERM or SIGINT. The data plane stays in place when this returns: programs stay
-/// attached through their pinned links and the maps keep serving, so a restarted gannetd adopts
-/// them without a gap.
+/// attached through their pinned links and the maps keep serving (eBPF), the table stays
+/// (nftables), so a restarted gannetd adopts them without a gap.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     match &config.source {
         Source::Manifests(dir) => info!(
             node = %config.node_name,
+            dataplane = ?config.dataplane,
             cgroup = %config.cgroup_path.display(),
             manifest_dir = %dir.display(),
             "gannetd starting"
         ),
         Source::Control(control) => info!(
             node = %config.node_name,
+            dataplane = ?config.dataplane,
             cgroup = %config.cgroup_path.display(),
             control = %control.server,
             subnet_file = %config.subnet_file.display(),
@@ -228,36 +362,23 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             "gannetd starting"
         ),
     }
-    let mut lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
-    let mut fast_path = PodFastPath::load(&config.bpf_root, &config.capacity.pods())?;
-    if let Some(maglev) = fast_path.take_external() {
-        lb.maps.set_external(maglev);
-    }
-    let mut reconciler = Reconciler::adopt(lb.maps, DEFAULT_GRACE, &config.node_name)?;
-    let mut registry = Registry::load(&config.state_dir, &fast_path).with_context(|| {
-        format!(
-            "reading the endpoint registry in {}",
-            config.state_dir.display()
-        )
-    })?;
+    let mut plane = Plane::start(&config)?;
+    let mut registry = Registry::load(&config.state_dir, plane.fast_path().as_deref())
+        .with_context(|| {
+            format!(
+                "reading the endpoint registry in {}",
+                config.state_dir.display()
+            )
+        })?;
     let (calls_tx, mut calls) = mpsc::channel(64);
     let socket = endpoints::serve(&config.state_dir, calls_tx)
         .with_context(|| format!("listening in {}", config.state_dir.display()))?;
     let mut network =
-        NodeNetwork::start(&config, &mut fast_path).context("setting up the overlay")?;
-    let setup = NodePortSetup::start(
-        &config.nodeport,
-        &config.overlay.node_ips,
-        config.overlay.mode,
-        config.capacity.maglev_table_size,
-        &mut fast_path,
-        &config.bpf_root,
-    )
-    .context("setting up the NodePort program")?;
+        NodeNetwork::start(&config, plane.fast_path()).context("setting up the overlay")?;
+    let addresses = plane.start_external(&config)?;
     let mut external = External {
-        expander: Expander::new(setup.addresses.clone(), &config.node_name),
-        health: HealthServers::new(setup.addresses.clone()),
-        setup,
+        expander: Expander::new(addresses.clone(), &config.node_name),
+        health: HealthServers::new(addresses),
         health_changed: false,
     };
     let mut services = Services::new(&config, &network)?;
@@ -285,19 +406,20 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: exiting, data plane left running"); break; }
             _ = sigint.recv() => { info!("SIGINT: exiting, data plane left running"); break; }
             Some((request, reply)) = calls.recv() => {
-                let (response, change) = registry.handle(request, &mut fast_path);
+                let (response, change) = registry.handle(request, plane.fast_path());
                 let _ = reply.send(response);
                 if let Some(change) = change {
                     services.report_pod(PodReport::for_pod(&change.pod, change.ips));
                 }
             }
-            () = services.next(&mut reconciler, &mut network, &mut external) => {
-                external.sync(&network, &mut fast_path).await;
+            () = services.next(plane.services(), &mut network, &mut external) => {
+                plane.lease(&network);
+                external.sync().await;
             }
-            _ = conntrack_gc.tick(), if external.setup.enabled() => {
-                fast_path.nodeport.collect_garbage(monotonic_ns());
+            _ = conntrack_gc.tick(), if plane.nodeport_enabled() => {
+                plane.collect_conntrack_garbage();
             }
-            _ = garbage.tick() => reconciler.collect_garbage(Instant::now()),
+            _ = garbage.tick() => plane.services().collect_garbage(),
             _ = resync.tick(), if resync_every.is_some() => network.resync(),
         }
     }

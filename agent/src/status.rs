@@ -22,6 +22,8 @@ use crate::datapath::{
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// `ebpf` or `nftables`: which data plane holds the services.
+    pub dataplane: &'static str,
     pub services: Vec<ServiceStatus>,
     pub endpoints: Vec<EndpointStatus>,
     /// The overlay and the other nodes it programmed (when gannetd runs one).
@@ -94,6 +96,38 @@ fn addr_port(addr: [u8; 16], port_be: u16) -> String {
 }
 
 /// Reads the pinned maps under `bpf_root`, and the overlay's report in `state_dir`.
+/// The nftables data plane's services, when its table exists (`--dataplane nftables`), read
+/// from the table.
+///
+/// # Errors
+/// When `nft` cannot be run or the table cannot be read.
+pub fn read_nft(state_dir: &Path) -> Result<Option<Status>, crate::datapath::nft::NftError> {
+    let Some(plane) = crate::datapath::nft::NftDataPlane::read()? else {
+        return Ok(None);
+    };
+    let services = plane
+        .frontends()
+        .iter()
+        .map(|(frontend, p)| ServiceStatus {
+            frontend: frontend.to_string(),
+            backends: p.backends.iter().map(ToString::to_string).collect(),
+            affinity_timeout_seconds: None,
+            external: p.external,
+            local_only: p.external && !p.masquerade,
+            packet_backends: p
+                .external
+                .then(|| p.backends.iter().map(ToString::to_string).collect()),
+        })
+        .collect();
+    Ok(Some(Status {
+        dataplane: "nftables",
+        services,
+        endpoints: Vec::new(),
+        overlay: crate::overlay::read_status(state_dir),
+        nodeport: None,
+    }))
+}
+
 pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> {
     let map_err = |name| move |source| DataPathError::Map { name, source };
     let services: HashMap<_, ServiceKey, ServiceValue> =
@@ -192,6 +226,7 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
         }
     }
     Ok(Status {
+        dataplane: "ebpf",
         services: out,
         endpoints,
         overlay: crate::overlay::read_status(state_dir),

@@ -132,6 +132,15 @@ impl Agent {
                 .iter()
                 .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
         };
+        // The nftables data plane programs a table in gannetd's namespace: never the root one.
+        anyhow::ensure!(
+            self.netns.is_some()
+                || !self
+                    .extra_args
+                    .iter()
+                    .any(|a| a == "nftables" || a == "--dataplane=nftables"),
+            "--dataplane nftables needs a network namespace of the test's own"
+        );
         if !given("--node-name") {
             cmd.args(["--node-name", "test-node"]);
         }
@@ -183,13 +192,15 @@ impl Agent {
     /// # Errors
     /// If the command fails or prints no JSON.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let output = Command::new(bin_path("gannetd"))
-            .arg("status")
+        let mut cmd = Command::new(bin_path("gannetd"));
+        cmd.arg("status")
             .arg("--bpf-root")
             .arg(&self.bpf_root)
             .arg("--state-dir")
-            .arg(&self.state_dir)
-            .output()
+            .arg(&self.state_dir);
+        // In the agent's namespace: the nftables data plane's table is there.
+        let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
+        let output = crate::run_in(cmd, netns.as_ref(), None, AGENT_TIMEOUT)
             .context("running gannetd status")?;
         if !output.status.success() {
             bail!(

@@ -76,6 +76,8 @@ struct Node {
 }
 
 struct Cluster {
+    /// gannetd runs `--dataplane nftables`: no program, so no program counters and no Maglev.
+    nft: bool,
     nodes: Vec<Node>,
     plane: ControlPlane,
     underlay: Underlay,
@@ -137,6 +139,7 @@ impl Cluster {
         ])
         .expect("starting gannet-control");
         let mut cluster = Cluster {
+            nft: extra.contains(&"nftables"),
             nodes: Vec::new(),
             plane,
             underlay,
@@ -575,6 +578,10 @@ fn external_ip_and_consistent_hashing(c: &Cluster) {
         report.backends.len() > 1,
         "balanced over the backends: {report:?}"
     );
+    if c.nft {
+        // nftables picks a backend at random per connection, on each node for itself.
+        return;
+    }
 
     // One UDP flow (fixed source port) through node 0, then through node 2: the same backend,
     // whichever node the network hands it to.
@@ -622,10 +629,11 @@ fn source_ranges_and_rejects(c: &Cluster) {
     );
     let status = c.nodes[0].agent.status().unwrap();
     assert!(
-        status["nodeport"]["counters"]["denied"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 2,
+        c.nft
+            || status["nodeport"]["counters"]["denied"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 2,
         "{:#}",
         status["nodeport"]
     );
@@ -681,10 +689,11 @@ fn icmp_errors_come_back(c: &Cluster) {
     );
     let status = c.nodes[0].agent.status().unwrap();
     assert!(
-        status["nodeport"]["counters"]["icmp_errors"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 9,
+        c.nft
+            || status["nodeport"]["counters"]["icmp_errors"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 9,
         "{:#}",
         status["nodeport"]
     );
@@ -831,6 +840,44 @@ fn full_conntrack(c: &mut Cluster) {
     }
 }
 
+/// Pods reach the cluster IPs (TCP over IPv4 and IPv6, UDP), every backend on every node: the
+/// socket load balancer (eBPF), or the node's nftables table, whose replies from other nodes'
+/// pods must be tracked to be translated back.
+fn cluster_ips_from_a_pod(c: &Cluster) {
+    let pod = &c.nodes[0].pods[0];
+    let probe = |args: &[&str]| -> Report {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        cmd.args(["--timeout-ms", "2000"]).args(args);
+        let out = run_in(
+            cmd,
+            Some(&pod.netns),
+            Some(&c.nodes[0].cgroup),
+            PROBE_TIMEOUT,
+        )
+        .unwrap();
+        parse_json_output(&out).unwrap()
+    };
+    for to in ["10.96.0.80:80", "[fd00:96::80]:80"] {
+        let report = eventually("the cluster IP answers", Duration::from_secs(15), || {
+            Some(probe(&["tcp", "--to", to, "--count", "60"])).filter(|r| r.ok == 60)
+        });
+        assert_eq!(
+            report.backends.len(),
+            NODES,
+            "{to}: every backend, on every node: {report:?}"
+        );
+    }
+    let udp = probe(&[
+        "udp",
+        "--to",
+        "10.96.0.80:53",
+        "--count",
+        "20",
+        "--per-request-socket",
+    ]);
+    assert_eq!(udp.ok, 20, "UDP to the cluster IP: {udp:?}");
+}
+
 fn hairpin(c: &Cluster) {
     // A pod under the socket load balancer reaching its own service through the node port.
     let pod = &c.nodes[0].pods[0];
@@ -892,6 +939,25 @@ fn status(c: &Cluster) {
     status_with(c, &["eth0", "gannet.vxlan"]);
 }
 
+/// `gannetd status` of the nftables data plane: the frontends as its table holds them.
+fn status_nft(c: &Cluster) {
+    let status = c.nodes[0].agent.status().unwrap();
+    assert_eq!(status["dataplane"], "nftables", "{status:#}");
+    assert!(status.get("nodeport").is_none(), "no program: {status:#}");
+    let frontend = format!("{}/TCP", sock(&c.nodes[0].ipv4, NODE_PORT));
+    let services = status["services"].as_array().cloned().unwrap_or_default();
+    let entry = services
+        .iter()
+        .find(|s| s["frontend"] == frontend.as_str())
+        .unwrap_or_else(|| panic!("{frontend} in the status: {status:#}"));
+    assert_eq!(entry["external"], true, "{entry:#}");
+    assert_eq!(
+        entry["backends"].as_array().map(Vec::len),
+        Some(NODES),
+        "{entry:#}"
+    );
+}
+
 fn status_with(c: &Cluster, expected_interfaces: &[&str]) {
     let status = c.nodes[0].agent.status().unwrap();
     let np = &status["nodeport"];
@@ -931,11 +997,31 @@ fn nodeport_from_outside() {
     external_ip_and_consistent_hashing(&c);
     source_ranges_and_rejects(&c);
     icmp_errors_come_back(&c);
+    cluster_ips_from_a_pod(&c);
     hairpin(&c);
     full_conntrack(&mut c);
     maglev_across_nodes(&mut c);
     flow_survives_restart(&mut c);
     status(&c);
+}
+
+/// `--dataplane nftables`: the same checks of traffic from outside (node ports over TCP, UDP and
+/// IPv6 on every node, `externalTrafficPolicy: Local`, an external IP, source ranges, refusals,
+/// ICMP errors, hairpin, a flow across a restart), served by gannet's nftables table instead of
+/// programs; pods reach services through the same table (no socket load balancer).
+#[test]
+fn nodeport_from_outside_nftables() {
+    let mut c = Cluster::new("vxlan", &["--dataplane", "nftables"]);
+    c.apply_services();
+    nodeport_every_node(&c);
+    local_policy(&mut c);
+    external_ip_and_consistent_hashing(&c);
+    source_ranges_and_rejects(&c);
+    icmp_errors_come_back(&c);
+    cluster_ips_from_a_pod(&c);
+    hairpin(&c);
+    flow_survives_restart(&mut c);
+    status_nft(&c);
 }
 
 /// `--nodeport-acceleration xdp` with host-gw: backends on other nodes and their replies cross

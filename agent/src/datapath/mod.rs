@@ -6,15 +6,18 @@
 //!   down; on restart each is switched to the newly loaded program with one `BPF_LINK_UPDATE`).
 
 pub mod frame;
+pub mod nft;
 pub mod nodeport;
 pub mod pods;
 pub mod reconcile;
 pub mod testrun;
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use aya::{
@@ -29,7 +32,46 @@ use gannet_common::{
 use tracing::{debug, info, warn};
 
 use crate::{config::Capacity, sys};
-use reconcile::{MapOpError, ServiceMaps};
+use gannet_k8s::{DesiredState, Frontend, ServicePort};
+use reconcile::{ApplyReport, MapOpError, ServiceMaps};
+
+/// Where desired services meet a data plane: the eBPF one ([`reconcile::Reconciler`] over the
+/// socket load balancer's and the NodePort program's maps) or the nftables one
+/// ([`nft::NftDataPlane`]). Desired state in (every frontend, expanded: see
+/// `nodeport::frontends`), changes applied, a report out.
+pub trait ServiceDataPlane {
+    /// Brings the data plane to `desired`; with `prune`, frontends not in it are removed
+    /// (without, they stay: a source that may be incomplete).
+    fn apply(&mut self, desired: &DesiredState, prune: bool) -> ApplyReport;
+    /// Applies changes of frontends (`None`: removed).
+    fn apply_changes(&mut self, changes: &BTreeMap<Frontend, Option<ServicePort>>) -> ApplyReport;
+    /// Frees what a change left for later (called every 100 ms).
+    fn collect_garbage(&mut self) {}
+}
+
+impl<M: reconcile::ServiceMaps> ServiceDataPlane for reconcile::Reconciler<M> {
+    fn apply(&mut self, desired: &DesiredState, prune: bool) -> ApplyReport {
+        reconcile::Reconciler::apply(self, desired, prune, Instant::now())
+    }
+
+    fn apply_changes(&mut self, changes: &BTreeMap<Frontend, Option<ServicePort>>) -> ApplyReport {
+        reconcile::Reconciler::apply_changes(self, changes, Instant::now())
+    }
+
+    fn collect_garbage(&mut self) {
+        reconcile::Reconciler::collect_garbage(self, Instant::now());
+    }
+}
+
+impl ServiceDataPlane for nft::NftDataPlane {
+    fn apply(&mut self, desired: &DesiredState, prune: bool) -> ApplyReport {
+        nft::NftDataPlane::apply(self, desired, prune)
+    }
+
+    fn apply_changes(&mut self, changes: &BTreeMap<Frontend, Option<ServicePort>>) -> ApplyReport {
+        nft::NftDataPlane::apply_changes(self, changes)
+    }
+}
 
 /// The programs of the socket load balancer, by their names in the object.
 pub const SOCK_PROGRAMS: [&str; 8] = [

@@ -49,6 +49,59 @@ fn global(ip: IpAddr) -> bool {
         }
 }
 
+/// Every interface of the namespace with its global addresses.
+fn holders() -> Result<Vec<(String, Vec<IpAddr>)>, SetupError> {
+    let mut netlink = Netlink::open()?;
+    let mut holders = Vec::new();
+    for link in netlink.links()? {
+        let addresses: Vec<IpAddr> = netlink
+            .addresses(link.index)?
+            .into_iter()
+            .map(|cidr| cidr.addr())
+            .filter(|ip| global(*ip))
+            .collect();
+        holders.push((link.name, addresses));
+    }
+    Ok(holders)
+}
+
+/// `--node-ip`, else every global address but the overlay device's.
+fn node_ips_from(holders: &[(String, Vec<IpAddr>)], node_ips: &[IpAddr]) -> Vec<IpAddr> {
+    if node_ips.is_empty() {
+        holders
+            .iter()
+            .filter(|(name, _)| name != DEVICE)
+            .flat_map(|(_, ips)| ips.iter().copied())
+            .collect()
+    } else {
+        node_ips.to_vec()
+    }
+}
+
+/// The node addresses within `--nodeport-addresses`.
+fn accepting(settings: &NodePortSettings, node_ips: &[IpAddr]) -> Vec<IpAddr> {
+    node_ips
+        .iter()
+        .copied()
+        .filter(|ip| {
+            settings.addresses.is_empty() || settings.addresses.iter().any(|n| n.contains(ip))
+        })
+        .collect()
+}
+
+/// The node addresses that accept node ports (`node_ips`: `--node-ip`, else every global
+/// address of the namespace, within `--nodeport-addresses`), for a data plane that needs no
+/// program attached (nftables).
+///
+/// # Errors
+/// When the interfaces and their addresses cannot be listed.
+pub fn node_port_addresses(
+    settings: &NodePortSettings,
+    node_ips: &[IpAddr],
+) -> Result<Vec<IpAddr>, SetupError> {
+    Ok(accepting(settings, &node_ips_from(&holders()?, node_ips)))
+}
+
 impl NodePortSetup {
     /// Attaches the program where `settings` say (and detaches it from interfaces it was on
     /// before but no longer should be), and writes its settings. `node_ips`: `--node-ip`, else
@@ -66,33 +119,9 @@ impl NodePortSetup {
         fast_path: &mut PodFastPath,
         bpf_root: &std::path::Path,
     ) -> Result<Self, SetupError> {
-        let mut netlink = Netlink::open()?;
-        let mut holders: Vec<(String, Vec<IpAddr>)> = Vec::new();
-        for link in netlink.links()? {
-            let addresses: Vec<IpAddr> = netlink
-                .addresses(link.index)?
-                .into_iter()
-                .map(|cidr| cidr.addr())
-                .filter(|ip| global(*ip))
-                .collect();
-            holders.push((link.name, addresses));
-        }
-        let node_ips: Vec<IpAddr> = if node_ips.is_empty() {
-            holders
-                .iter()
-                .filter(|(name, _)| name != DEVICE)
-                .flat_map(|(_, ips)| ips.iter().copied())
-                .collect()
-        } else {
-            node_ips.to_vec()
-        };
-        let addresses: Vec<IpAddr> = node_ips
-            .iter()
-            .copied()
-            .filter(|ip| {
-                settings.addresses.is_empty() || settings.addresses.iter().any(|n| n.contains(ip))
-            })
-            .collect();
+        let holders = holders()?;
+        let node_ips = node_ips_from(&holders, node_ips);
+        let addresses = accepting(settings, &node_ips);
         let mut interfaces: Vec<String> = match &settings.interfaces {
             Some(names) => names.clone(),
             None => holders

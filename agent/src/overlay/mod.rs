@@ -111,6 +111,8 @@ pub enum OverlayError {
     Maps(#[from] ebpf::MapsError),
     #[error("the overlay's programs: {0}")]
     Programs(Box<DataPathError>),
+    #[error("--overlay ebpf needs the eBPF data plane (--dataplane ebpf)")]
+    NeedsPrograms,
 }
 
 impl From<DataPathError> for OverlayError {
@@ -122,7 +124,9 @@ impl From<DataPathError> for OverlayError {
 /// What the overlay needs of the eBPF data path: the loaded pod programs (their object holds
 /// the VXLAN device's programs of `--overlay ebpf`) and where their maps are pinned.
 pub struct Programs<'a> {
-    pub fast_path: &'a mut PodFastPath,
+    /// `None` with the nftables data plane, which loads no program (and allows no `ebpf`
+    /// overlay).
+    pub fast_path: Option<&'a mut PodFastPath>,
     pub bpf_root: &'a Path,
 }
 
@@ -134,6 +138,9 @@ impl Programs<'_> {
     /// # Errors
     /// When the links cannot be unpinned or the maps cannot be written.
     pub fn disable_tunnel(&mut self) -> Result<(), OverlayError> {
+        let Some(fast_path) = self.fast_path.as_deref_mut() else {
+            return Ok(());
+        };
         let mut maps = TunnelMaps::open(self.bpf_root)?;
         let was_enabled = maps.config()?.flags & TUNNEL_F_ENABLED != 0;
         maps.set_config(&TunnelConfig::default())?;
@@ -141,7 +148,7 @@ impl Programs<'_> {
         for (cidr, _) in &entries {
             maps.remove(*cidr)?;
         }
-        let detached = self.fast_path.detach_tunnel()?;
+        let detached = fast_path.detach_tunnel()?;
         if was_enabled || detached || !entries.is_empty() {
             info!(
                 removed = entries.len(),
@@ -239,7 +246,11 @@ impl Overlay {
                     mac: vtep.mac,
                     flags,
                 })?;
-                programs.fast_path.attach_tunnel(DEVICE)?;
+                programs
+                    .fast_path
+                    .as_deref_mut()
+                    .ok_or(OverlayError::NeedsPrograms)?
+                    .attach_tunnel(DEVICE)?;
                 overlay.tunnel = Some(maps);
             }
             Mode::HostGw | Mode::None => {
