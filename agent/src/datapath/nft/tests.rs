@@ -3,6 +3,7 @@
 //! new instance adopts the table as it is, and that bad input is refused per frontend.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use gannet_k8s::{Backend, DesiredState, External, Frontend, Protocol, ServicePort};
 use gannet_testkit::Netns;
@@ -268,4 +269,63 @@ fn a_frontend_the_kernel_refuses_is_reported_and_the_others_are_programmed() {
         );
     })
     .expect("running in the test netns");
+}
+
+/// What programming costs (a measurement, not a check: run it by hand on a quiet machine,
+/// `cargo test --release -p gannet-agent --lib programming_cost -- --ignored --nocapture`):
+/// 10 000 cluster-IP services × 10 endpoints in one full sync, then one endpoint change of one
+/// service at a time, in a namespace of the test's own.
+#[test]
+#[ignore = "a measurement: run by hand with --ignored --nocapture"]
+fn programming_cost() {
+    const SERVICES: u32 = 10_000;
+    const ENDPOINTS: u32 = 10;
+    const CHANGES: usize = 50;
+    let ns = Netns::new("nftcost").expect("test netns");
+    let report = ns
+        .run(|| {
+            let ip = |base: u32, i: u32| IpAddr::V4((base + i).into()).to_string();
+            let service = |i: u32, shift: u32| {
+                let backends: Vec<Backend> = (0..ENDPOINTS)
+                    .map(|e| backend(&ip(0x0af4_0000, i * ENDPOINTS + e + shift), 8080))
+                    .collect();
+                (
+                    frontend(&ip(0x0a60_0000, i), 80, Protocol::Tcp),
+                    spec(&format!("svc-{i}"), &backends),
+                )
+            };
+            let desired = state(&(0..SERVICES).map(|i| service(i, 0)).collect::<Vec<_>>());
+            let mut plane = NftDataPlane::adopt("n1").expect("creating the table");
+            let start = std::time::Instant::now();
+            let report = plane.apply(&desired, true);
+            let full = start.elapsed();
+            assert_eq!(report.added, SERVICES as usize, "{report:?}");
+            let mut times = Vec::new();
+            for c in 0..CHANGES {
+                // Service c's last endpoint moves to a new address.
+                let i = u32::try_from(c).unwrap();
+                let (f, mut s) = service(i, 0);
+                s.backends[usize::try_from(ENDPOINTS - 1).unwrap()] =
+                    backend(&ip(0x0af5_0000, i), 8080);
+                let start = std::time::Instant::now();
+                let report = plane.apply_changes(&BTreeMap::from([(f, Some(s))]));
+                times.push(start.elapsed().as_secs_f64() * 1000.0);
+                assert_eq!(report.updated, 1, "{report:?}");
+            }
+            times.sort_by(f64::total_cmp);
+            let start = std::time::Instant::now();
+            let adopted = NftDataPlane::adopt("n1").expect("adopting");
+            let adopt = start.elapsed();
+            assert_eq!(adopted.frontends().len(), SERVICES as usize);
+            format!(
+                "{SERVICES} services × {ENDPOINTS} endpoints: full sync {:.2} s; one endpoint \
+                 change p50 {:.1} ms, p99 {:.1} ms; adoption (read back) {:.2} s",
+                full.as_secs_f64(),
+                times[times.len() / 2],
+                times[times.len() * 99 / 100],
+                adopt.as_secs_f64(),
+            )
+        })
+        .expect("running in the test netns");
+    println!("{report}");
 }
