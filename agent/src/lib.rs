@@ -2,6 +2,7 @@
 //! the services it is given.
 
 pub mod config;
+pub mod conntrack;
 pub mod control;
 pub mod datapath;
 pub mod endpoints;
