@@ -727,6 +727,51 @@ fn udp_backends(c: &Cluster, node: usize, ports: std::ops::Range<u16>) -> Vec<St
         .collect()
 }
 
+/// nftables data plane: UDP flows (fixed client ports) whose backend is removed from the service
+/// go to the remaining backends at their next packet (their conntrack entries are deleted),
+/// while flows of the remaining backends stay where they are (theirs are kept).
+fn udp_flows_of_a_removed_backend_move(c: &mut Cluster) {
+    let all: Vec<(usize, usize)> = (0..NODES).map(|n| (n, 0)).collect();
+    c.apply_ten(&all);
+    c.external()
+        .ip(&[
+            "route",
+            "replace",
+            &format!("{TEN_IP}/32"),
+            "via",
+            &c.nodes[0].ipv4,
+        ])
+        .expect("routing the external IP");
+    eventually("ten answers", Duration::from_secs(15), || {
+        Some(c.udp(&sock(TEN_IP, 53), 10, &["--per-request-socket"])).filter(|r| r.ok == 10)
+    });
+    const FLOWS: std::ops::Range<u16> = 48_000..48_030;
+    let before = udp_backends(c, 0, FLOWS);
+    let gone = c.nodes[1].pods[0].name.clone();
+    assert!(
+        before.contains(&gone),
+        "some of 30 flows went to {gone}: {before:?}"
+    );
+    c.apply_ten(&[(0, 0), (2, 0)]);
+    // Logged once the entries are deleted (the table changes first: until then a flow's next
+    // packet may still find its entry).
+    c.nodes[0]
+        .agent
+        .wait_log("forgot the UDP flows of a removed backend", 1)
+        .expect("gannetd deletes the flows of the removed backend");
+    let after = udp_backends(c, 0, FLOWS);
+    for (port, (was, is)) in FLOWS.zip(before.iter().zip(&after)) {
+        if *was == gone {
+            assert_ne!(
+                *is, gone,
+                "flow from port {port} still goes to the removed backend"
+            );
+        } else {
+            assert_eq!(is, was, "flow from port {port} keeps its backend");
+        }
+    }
+}
+
 fn maglev_across_nodes(c: &mut Cluster) {
     // Ten backends: the three pods there are and seven more.
     for (node, index) in [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2), (0, 3)] {
@@ -1020,6 +1065,7 @@ fn nodeport_from_outside_nftables() {
     icmp_errors_come_back(&c);
     cluster_ips_from_a_pod(&c);
     hairpin(&c);
+    udp_flows_of_a_removed_backend_move(&mut c);
     flow_survives_restart(&mut c);
     status_nft(&c);
 }

@@ -34,7 +34,8 @@
 //! A change is atomic for packets (an nftables transaction): a connection starting during it
 //! sees the old backends or the new ones, never none. Established connections keep their
 //! conntrack entry and never pass these chains again; a UDP flow to a removed backend has its
-//! conntrack entries deleted (see [`crate::conntrack`]), so that its client is balanced anew.
+//! conntrack entries deleted after the transaction (see [`crate::conntrack`]), so that its
+//! client's next packet is balanced anew.
 
 pub mod table;
 
@@ -43,6 +44,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use gannet_common::PROTO_UDP;
 use gannet_k8s::{Backend, DesiredState, Frontend, Protocol, ServicePort};
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -543,6 +545,7 @@ impl NftDataPlane {
             arranged.insert(*frontend, want);
         }
         let count = elements.len();
+        let stale = self.stale_udp_flows(&arranged);
         let mut commands = next.structure(self);
         commands.extend(next.hairpin_commands(self));
         commands.extend(elements.commands());
@@ -557,6 +560,7 @@ impl NftDataPlane {
                 for (frontend, want) in arranged {
                     self.record(frontend, want, report);
                 }
+                forget_udp_flows(&stale);
             }
             Err(e) if changes.len() > 1 => {
                 warn!(error = %e, frontends = changes.len(),
@@ -576,6 +580,29 @@ impl NftDataPlane {
         }
     }
 
+    /// UDP frontends' backends that `changes` take away (or whose frontend goes): their clients'
+    /// conntrack entries would keep sending to them.
+    fn stale_udp_flows(
+        &self,
+        changes: &BTreeMap<Frontend, Option<Programmed>>,
+    ) -> Vec<(Frontend, Backend)> {
+        let mut out = Vec::new();
+        for (frontend, want) in changes {
+            if frontend.protocol != Protocol::Udp {
+                continue;
+            }
+            let Some(old) = self.programmed.get(frontend) else {
+                continue;
+            };
+            for b in old.backends.iter().filter(|b| b.port != 0) {
+                if !want.as_ref().is_some_and(|w| w.backends.contains(b)) {
+                    out.push((*frontend, *b));
+                }
+            }
+        }
+        out
+    }
+
     fn record(&mut self, frontend: Frontend, want: Option<Programmed>, report: &mut ApplyReport) {
         match (self.programmed.contains_key(&frontend), want) {
             (true, Some(w)) => {
@@ -591,6 +618,23 @@ impl NftDataPlane {
                 self.programmed.remove(&frontend);
             }
             (false, None) => {}
+        }
+    }
+}
+
+/// Deletes the conntrack entries of UDP flows to backends a frontend no longer has (after the
+/// transaction: their next packet is balanced anew), as kube-proxy does.
+fn forget_udp_flows(stale: &[(Frontend, Backend)]) {
+    for (frontend, backend) in stale {
+        let to = SocketAddr::new(frontend.ip, frontend.port);
+        match crate::conntrack::delete_flows(PROTO_UDP, to, socket(backend)) {
+            Ok(0) => {}
+            Ok(deleted) => {
+                info!(%frontend, %backend, deleted, "forgot the UDP flows of a removed backend");
+            }
+            Err(error) => {
+                warn!(%frontend, %backend, %error, "cannot delete the UDP flows of a removed backend");
+            }
         }
     }
 }
