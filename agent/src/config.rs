@@ -49,10 +49,12 @@ pub enum Command {
     /// Run the agent (the default when no subcommand is given).
     Run(RunArgs),
     /// Remove everything gannetd created: its cgroup links, its pinned maps and its bpffs
-    /// directory. Stop gannetd first.
+    /// directory, the overlay's device and routes, its nftables tables (`inet gannet`,
+    /// `inet gannet-services`). Stop gannetd first.
     Cleanup(CommonArgs),
     /// Print what the data plane holds (services with their backends, endpoints with their
-    /// counters) as JSON, read from the pinned maps.
+    /// counters) as JSON, read from the pinned maps, or with `--dataplane nftables` from the
+    /// table `inet gannet-services`.
     Status(CommonArgs),
 }
 
