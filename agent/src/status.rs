@@ -111,7 +111,7 @@ pub fn read_nft(state_dir: &Path) -> Result<Option<Status>, crate::datapath::nft
         .map(|(frontend, p)| ServiceStatus {
             frontend: frontend.to_string(),
             backends: p.backends.iter().map(ToString::to_string).collect(),
-            affinity_timeout_seconds: None,
+            affinity_timeout_seconds: p.affinity,
             external: p.external,
             local_only: p.external && !p.masquerade,
             packet_backends: p

@@ -50,6 +50,8 @@ const TEN_NODE_PORT: u16 = 30090;
 /// `ten`'s external IP: the same flows can reach it through any node (as ECMP would send them).
 const TEN_IP: &str = "10.99.0.110";
 const EMPTY_NODE_PORT: u16 = 30099;
+/// `sticky`: `sessionAffinity: ClientIP`.
+const STICKY_NODE_PORT: u16 = 30070;
 /// `empty`'s external IP: not a node's address, so the NodePort program refuses it itself.
 const EMPTY_IP: &str = "10.99.0.103";
 /// A UDP NodePort whose backends listen on nothing: they answer with ICMP port unreachable.
@@ -923,6 +925,64 @@ fn cluster_ips_from_a_pod(c: &Cluster) {
     assert_eq!(udp.ok, 20, "UDP to the cluster IP: {udp:?}");
 }
 
+/// `sessionAffinity: ClientIP` on a node port: every connection of the external client goes to
+/// the backend its first one got.
+fn affinity_pins_a_client(c: &Cluster) {
+    let endpoints: String = (0..NODES)
+        .map(|n| {
+            format!(
+                "  - addresses: [\"{}\"]\n    nodeName: {}\n",
+                c.nodes[n].pods[0].ip, c.nodes[n].name
+            )
+        })
+        .collect();
+    c.plane
+        .apply(&format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: sticky
+  namespace: default
+spec:
+  type: NodePort
+  sessionAffinity: ClientIP
+  sessionAffinityConfig:
+    clientIP:
+      timeoutSeconds: 600
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+    nodePort: {STICKY_NODE_PORT}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: sticky-v4
+  namespace: default
+  labels:
+    kubernetes.io/service-name: sticky
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+endpoints:
+{endpoints}"
+        ))
+        .expect("applying sticky");
+    let to = sock(&c.nodes[0].ipv4, STICKY_NODE_PORT);
+    let report = eventually("sticky answers", Duration::from_secs(15), || {
+        Some(c.tcp(&to, 30)).filter(|r| r.ok == 30)
+    });
+    assert_eq!(
+        report.backends.len(),
+        1,
+        "one client, one backend with ClientIP affinity: {report:?}"
+    );
+}
+
 fn hairpin(c: &Cluster) {
     // A pod under the socket load balancer reaching its own service through the node port.
     let pod = &c.nodes[0].pods[0];
@@ -1043,6 +1103,7 @@ fn nodeport_from_outside() {
     source_ranges_and_rejects(&c);
     icmp_errors_come_back(&c);
     cluster_ips_from_a_pod(&c);
+    affinity_pins_a_client(&c);
     hairpin(&c);
     full_conntrack(&mut c);
     maglev_across_nodes(&mut c);
@@ -1064,6 +1125,7 @@ fn nodeport_from_outside_nftables() {
     source_ranges_and_rejects(&c);
     icmp_errors_come_back(&c);
     cluster_ips_from_a_pod(&c);
+    affinity_pins_a_client(&c);
     hairpin(&c);
     udp_flows_of_a_removed_backend_move(&mut c);
     flow_survives_restart(&mut c);

@@ -8,7 +8,8 @@
 //! prerouting/output, nat, dstnat: jump services
 //! services:   frontend in @masquerade4: meta mark |= 0x4000 (external, externalTrafficPolicy Cluster)
 //!             ip daddr . meta l4proto . th dport vmap @services4        (and ip6 … @services6)
-//!             frontend → goto lb-N, N = its number of backends
+//!             frontend → goto lb-N, N = its number of backends (with sessionAffinity: goto aff-N,
+//!             where a client a slot remembers goes back to that slot, others on to lb-N)
 //! lb-N:       numgen random mod N vmap { 0 : goto slot-0, …, N-1 : goto slot-(N-1) }
 //! slot-i:     dnat to frontend map @slot<i>-addr4 : frontend map @slot<i>-port4
 //! postrouting, nat, srcnat:
@@ -75,6 +76,8 @@ pub struct Programmed {
     pub masquerade: bool,
     /// `loadBalancerSourceRanges`: the clients it accepts (empty: every client).
     pub ranges: Vec<IpNet>,
+    /// `sessionAffinity: ClientIP`: its timeout (seconds).
+    pub affinity: Option<u32>,
 }
 
 impl Programmed {
@@ -109,6 +112,7 @@ impl Programmed {
                 .as_ref()
                 .map(|e| e.source_ranges.clone())
                 .unwrap_or_default(),
+            affinity: spec.session_affinity_timeout,
         }
     }
 
@@ -149,6 +153,10 @@ pub struct NftDataPlane {
     slots: usize,
     /// `lb-N` chains that exist.
     lb_chains: BTreeSet<usize>,
+    /// `aff-N` chains that exist.
+    aff_chains: BTreeSet<usize>,
+    /// Affinity timeouts that have their sets and rules.
+    timeouts: BTreeSet<u32>,
     /// Backend addresses in the hairpin set, with how many frontend slots use them.
     hairpin: BTreeMap<IpAddr, usize>,
     pod_cidrs: Vec<IpNet>,
@@ -244,6 +252,8 @@ impl NftDataPlane {
             programmed: BTreeMap::new(),
             slots: 0,
             lb_chains: BTreeSet::new(),
+            aff_chains: BTreeSet::new(),
+            timeouts: BTreeSet::new(),
             hairpin: BTreeMap::new(),
             pod_cidrs: Vec::new(),
         }
@@ -285,6 +295,7 @@ impl NftDataPlane {
         let expected_sets = [
             names::SERVICES,
             names::BLOCKED,
+            names::LB,
             names::MASQUERADE,
             names::EXTERNAL,
             names::FIREWALL,
@@ -314,6 +325,16 @@ impl NftDataPlane {
             .filter_map(|c| c.strip_prefix("lb-")?.parse().ok())
             .filter(|n| *n <= self.slots)
             .collect();
+        self.aff_chains = chains
+            .iter()
+            .filter_map(|c| c.strip_prefix("aff-")?.parse().ok())
+            .filter(|n| *n <= self.slots && self.lb_chains.contains(n))
+            .collect();
+        self.timeouts = sets
+            .keys()
+            .filter_map(|name| names::affinity_timeout_of(name))
+            .filter(|t| sets.contains_key(&names::affinity_frontends(*t, "6")))
+            .collect();
         let elements = |name: String| -> Vec<(Value, Value)> {
             sets.get(&name)
                 .and_then(|s| s["elem"].as_array())
@@ -326,9 +347,10 @@ impl NftDataPlane {
                 let Some(frontend) = parse_frontend(&key) else {
                     continue;
                 };
-                let n = verdict["goto"]["target"]
-                    .as_str()
-                    .and_then(|t| t.strip_prefix("lb-"))
+                let target = verdict["goto"]["target"].as_str().unwrap_or_default();
+                let n = target
+                    .strip_prefix("lb-")
+                    .or_else(|| target.strip_prefix("aff-"))
                     .and_then(|n| n.parse::<usize>().ok())
                     .unwrap_or(0);
                 let entry = self.programmed.entry(frontend).or_default();
@@ -375,6 +397,13 @@ impl NftDataPlane {
             for (key, _) in elements(format!("{}{s}", names::MASQUERADE)) {
                 if let Some(frontend) = parse_frontend(&key) {
                     self.programmed.entry(frontend).or_default().masquerade = true;
+                }
+            }
+            for seconds in self.timeouts.clone() {
+                for (key, _) in elements(names::affinity_frontends(seconds, s)) {
+                    if let Some(frontend) = parse_frontend(&key) {
+                        self.programmed.entry(frontend).or_default().affinity = Some(seconds);
+                    }
                 }
             }
             for (key, _) in elements(format!("{}{s}", names::EXTERNAL)) {
@@ -546,6 +575,7 @@ impl NftDataPlane {
         }
         let count = elements.len();
         let stale = self.stale_udp_flows(&arranged);
+        let forgotten = self.moved_affinity_slots(&arranged);
         let mut commands = next.structure(self);
         commands.extend(next.hairpin_commands(self));
         commands.extend(elements.commands());
@@ -561,6 +591,7 @@ impl NftDataPlane {
                     self.record(frontend, want, report);
                 }
                 forget_udp_flows(&stale);
+                forget_affinity(&forgotten);
             }
             Err(e) if changes.len() > 1 => {
                 warn!(error = %e, frontends = changes.len(),
@@ -603,6 +634,34 @@ impl NftDataPlane {
         out
     }
 
+    /// Frontends with affinity whose slots change: the clients those slots remember are to be
+    /// balanced anew (by slot set name, the frontends).
+    fn moved_affinity_slots(
+        &self,
+        changes: &BTreeMap<Frontend, Option<Programmed>>,
+    ) -> BTreeMap<String, Vec<Frontend>> {
+        let mut out: BTreeMap<String, Vec<Frontend>> = BTreeMap::new();
+        for (frontend, want) in changes {
+            let Some(old) = self
+                .programmed
+                .get(frontend)
+                .filter(|o| o.affinity.is_some())
+            else {
+                continue;
+            };
+            let new = want.as_ref().map_or(&[][..], |w| &w.backends[..]);
+            let s = Family::of(frontend.ip).suffix();
+            for (i, b) in old.backends.iter().enumerate() {
+                if new.get(i) != Some(b) || want.as_ref().is_none_or(|w| w.affinity.is_none()) {
+                    out.entry(names::affinity_slot(i, s))
+                        .or_default()
+                        .push(*frontend);
+                }
+            }
+        }
+        out
+    }
+
     fn record(&mut self, frontend: Frontend, want: Option<Programmed>, report: &mut ApplyReport) {
         match (self.programmed.contains_key(&frontend), want) {
             (true, Some(w)) => {
@@ -639,6 +698,42 @@ fn forget_udp_flows(stale: &[(Frontend, Backend)]) {
     }
 }
 
+/// Deletes the clients that affinity slot sets remember for frontends whose slot changed (after
+/// the transaction; until then such a client goes to whatever its slot holds, or, when it holds
+/// nothing, is balanced anew). Best effort: an element may expire meanwhile.
+fn forget_affinity(slots: &BTreeMap<String, Vec<Frontend>>) {
+    for (set, frontends) in slots {
+        let listing = match nftables::helper::get_current_ruleset_raw(
+            None::<&str>,
+            ["-j", "list", "set", "inet", TABLE, set.as_str()],
+        ) {
+            Ok(text) => serde_json::from_str::<Value>(&text).unwrap_or_default(),
+            Err(e) => {
+                warn!(set, error = %crate::masquerade::describe(&e), "cannot read an affinity set");
+                continue;
+            }
+        };
+        let mut elements = Elements::default();
+        let items = listing["nftables"].as_array().cloned().unwrap_or_default();
+        for item in &items {
+            for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+                let (key, _) = split_element(elem);
+                if parse_frontend(&key).is_some_and(|f| frontends.contains(&f)) {
+                    elements.delete(set.clone(), key);
+                }
+            }
+        }
+        let count = elements.len();
+        if count == 0 {
+            continue;
+        }
+        match apply(elements.commands()) {
+            Ok(()) => debug!(set, clients = count, "affinity of moved slots forgotten"),
+            Err(e) => debug!(set, error = %e, "affinity of moved slots not forgotten (expired?)"),
+        }
+    }
+}
+
 /// The same backends (in another slot order) and the same flags: nothing to change.
 fn same_but_order(a: &Programmed, b: &Programmed) -> bool {
     let mut x = a.backends.clone();
@@ -648,6 +743,7 @@ fn same_but_order(a: &Programmed, b: &Programmed) -> bool {
         && a.external == b.external
         && a.masquerade == b.masquerade
         && a.ranges == b.ranges
+        && a.affinity == b.affinity
 }
 
 const REJECT_CHAIN_NAME: &str = table::REJECT_CHAIN;
@@ -665,6 +761,8 @@ fn pod_cidr_set(net: &IpNet) -> String {
 struct Next {
     slots: usize,
     lb_chains: BTreeSet<usize>,
+    aff_chains: BTreeSet<usize>,
+    timeouts: BTreeSet<u32>,
     hairpin: BTreeMap<IpAddr, usize>,
 }
 
@@ -673,6 +771,8 @@ impl Next {
         Next {
             slots: plane.slots,
             lb_chains: plane.lb_chains.clone(),
+            aff_chains: plane.aff_chains.clone(),
+            timeouts: plane.timeouts.clone(),
             hairpin: plane.hairpin.clone(),
         }
     }
@@ -690,19 +790,38 @@ impl Next {
         let key = table::frontend_key(frontend);
         let empty = Programmed::default();
         let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
-        // The services map: which lb-N.
-        if o.backends.len() != n.backends.len() {
+        // The services map: which lb-N (aff-N with affinity); with affinity also lb-N in the
+        // lb map, where a client whose slot is gone is balanced anew.
+        let (n_old, n_new) = (o.backends.len(), n.backends.len());
+        if n_old != n_new || o.affinity.is_some() != n.affinity.is_some() {
             let set = format!("{}{s}", names::SERVICES);
-            if !o.backends.is_empty() {
+            let lb = format!("{}{s}", names::LB);
+            if n_old > 0 {
                 elements.delete(set.clone(), key.clone());
+                if o.affinity.is_some() {
+                    elements.delete(lb.clone(), key.clone());
+                }
             }
-            if !n.backends.is_empty() {
-                self.lb_chains.insert(n.backends.len());
-                self.slots = self.slots.max(n.backends.len());
-                elements.add(
-                    set,
-                    table::mapping(key.clone(), table::lb_verdict(n.backends.len())),
-                );
+            if n_new > 0 {
+                self.lb_chains.insert(n_new);
+                self.slots = self.slots.max(n_new);
+                let verdict = if n.affinity.is_some() {
+                    self.aff_chains.insert(n_new);
+                    elements.add(lb, table::mapping(key.clone(), table::lb_verdict(n_new)));
+                    table::aff_verdict(n_new)
+                } else {
+                    table::lb_verdict(n_new)
+                };
+                elements.add(set, table::mapping(key.clone(), verdict));
+            }
+        }
+        if o.affinity != n.affinity {
+            if let Some(seconds) = o.affinity {
+                elements.delete(names::affinity_frontends(seconds, s), key.clone());
+            }
+            if let Some(seconds) = n.affinity {
+                self.timeouts.insert(seconds);
+                elements.add(names::affinity_frontends(seconds, s), key.clone());
             }
         }
         // The slots: address and port each changed only where they differ.
@@ -785,11 +904,17 @@ impl Next {
     /// The chains and maps the transaction needs and the table does not have yet.
     fn structure(&self, plane: &NftDataPlane) -> Vec<Value> {
         let mut out = Vec::new();
+        for seconds in self.timeouts.difference(&plane.timeouts) {
+            out.extend(table::affinity_timeout(*seconds, plane.slots));
+        }
         for i in plane.slots..self.slots {
-            out.extend(table::slot(i));
+            out.extend(table::slot(i, &self.timeouts));
         }
         for n in self.lb_chains.difference(&plane.lb_chains) {
             out.extend(table::lb_chain(*n));
+        }
+        for n in self.aff_chains.difference(&plane.aff_chains) {
+            out.extend(table::aff_chain(*n));
         }
         out
     }
@@ -813,6 +938,8 @@ impl Next {
         self.hairpin.retain(|_, users| *users > 0);
         plane.slots = self.slots;
         plane.lb_chains = self.lb_chains;
+        plane.aff_chains = self.aff_chains;
+        plane.timeouts = self.timeouts;
         plane.hairpin = self.hairpin;
     }
 }

@@ -116,6 +116,45 @@ pub mod names {
     pub fn slot_chain(i: usize) -> String {
         format!("slot-{i}")
     }
+
+    /// Frontend → `goto lb-<N>`, for frontends with `sessionAffinity: ClientIP` (whose
+    /// `services` element goes to `aff-<N>` first).
+    pub const LB: &str = "lb";
+
+    /// The chain of a frontend with affinity and `n` backends: a client it has seen goes back
+    /// to its slot, others to `lb-<n>`.
+    #[must_use]
+    pub fn aff_chain(n: usize) -> String {
+        format!("aff-{n}")
+    }
+
+    /// Slot `i` reached through affinity: as `slot-<i>`, and back to `lb-<N>` when the slot no
+    /// longer holds a backend for the frontend.
+    #[must_use]
+    pub fn aff_slot_chain(i: usize) -> String {
+        format!("aff-slot-{i}")
+    }
+
+    /// The clients that slot `i` served, per frontend: `frontend . client`, with a timeout.
+    #[must_use]
+    pub fn affinity_slot(i: usize, suffix: &str) -> String {
+        format!("affinity-slot{i}-{suffix}")
+    }
+
+    /// The frontends whose affinity times out after `seconds`.
+    #[must_use]
+    pub fn affinity_frontends(seconds: u32, suffix: &str) -> String {
+        format!("affinity-{seconds}s-{suffix}")
+    }
+
+    /// The timeout of an `affinity_frontends` set, from its name.
+    #[must_use]
+    pub fn affinity_timeout_of(set: &str) -> Option<u32> {
+        set.strip_prefix("affinity-")?
+            .strip_suffix("s-4")?
+            .parse()
+            .ok()
+    }
 }
 
 /// The chain a blocked frontend's packets go to, and the verdict.
@@ -246,6 +285,7 @@ pub fn skeleton() -> Vec<Value> {
             key.clone(),
             "verdict",
         ));
+        out.push(map(&format!("{}{s}", names::LB), key.clone(), "verdict"));
         out.push(set(&format!("{}{s}", names::MASQUERADE), key.clone(), &[]));
         out.push(set(&format!("{}{s}", names::EXTERNAL), key.clone(), &[]));
         out.push(set(&format!("{}{s}", names::FIREWALL), key, &[]));
@@ -385,10 +425,56 @@ pub fn skeleton() -> Vec<Value> {
     out
 }
 
-/// Slot `i`: its maps, and its chain translating to the backend they hold for the frontend.
+/// `frontend . client`: the key of the affinity sets.
+fn packet_frontend_client(family: Family) -> Value {
+    let mut key = packet_frontend(family);
+    key["concat"]
+        .as_array_mut()
+        .expect("a concatenation")
+        .push(json!({ "payload": { "protocol": family.proto(), "field": "saddr" } }));
+    key
+}
+
+/// The rule of slot chain `chain` (slot `i`) that remembers the client of a frontend whose
+/// affinity times out after `seconds`.
+fn remember(chain: &str, i: usize, family: Family, seconds: u32) -> Value {
+    let s = family.suffix();
+    let mut elem = packet_frontend_client(family);
+    elem = json!({ "elem": { "val": elem, "timeout": seconds } });
+    let mut body = json!({ "chain": chain });
+    body["expr"] = json!([
+        lookup(packet_frontend(family), &names::affinity_frontends(seconds, s), "=="),
+        { "set": { "op": "update", "elem": elem, "set": format!("@{}", names::affinity_slot(i, s)) } },
+    ]);
+    json!({ "insert": obj("rule", body) })
+}
+
+/// What a new affinity timeout needs: its sets, and in every slot chain that exists (`slots`)
+/// the rules that remember clients for it (inserted before the translation).
 #[must_use]
-pub fn slot(i: usize) -> Vec<Value> {
-    let chain = names::slot_chain(i);
+pub fn affinity_timeout(seconds: u32, slots: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    for family in Family::BOTH {
+        out.push(set(
+            &names::affinity_frontends(seconds, family.suffix()),
+            frontend_key_type(family),
+            &[],
+        ));
+    }
+    for i in 0..slots {
+        for chain in [names::slot_chain(i), names::aff_slot_chain(i)] {
+            for family in Family::BOTH {
+                out.push(remember(&chain, i, family, seconds));
+            }
+        }
+    }
+    out
+}
+
+/// Slot `i`: its maps and affinity sets, its chain translating to the backend they hold for the
+/// frontend, and the same reached through affinity (`timeouts`: the affinity timeouts that exist).
+#[must_use]
+pub fn slot(i: usize, timeouts: &std::collections::BTreeSet<u32>) -> Vec<Value> {
     let mut out = Vec::new();
     for family in Family::BOTH {
         let s = family.suffix();
@@ -399,28 +485,77 @@ pub fn slot(i: usize) -> Vec<Value> {
             family.addr_type(),
         ));
         out.push(map(&names::slot_port(i, s), key, "inet_service"));
+        out.push(set(
+            &names::affinity_slot(i, s),
+            json!([
+                family.addr_type(),
+                "inet_proto",
+                "inet_service",
+                family.addr_type()
+            ]),
+            &["timeout"],
+        ));
     }
-    out.push(add("chain", json!({ "name": chain })));
+    for chain in [names::slot_chain(i), names::aff_slot_chain(i)] {
+        out.push(add("chain", json!({ "name": chain })));
+        for family in Family::BOTH {
+            let s = family.suffix();
+            for proto in ["tcp", "udp"] {
+                out.push(rule(
+                    &chain,
+                    json!([
+                        { "match": { "op": "==", "left": { "meta": { "key": "nfproto" } },
+                                     "right": if family == Family::V4 { "ipv4" } else { "ipv6" } } },
+                        { "match": { "op": "==", "left": { "meta": { "key": "l4proto" } }, "right": proto } },
+                        { "dnat": {
+                            "family": family.proto(),
+                            "addr": { "map": { "key": packet_frontend(family),
+                                               "data": format!("@{}", names::slot_addr(i, s)) } },
+                            "port": { "map": { "key": packet_frontend(family),
+                                               "data": format!("@{}", names::slot_port(i, s)) } },
+                        } },
+                    ]),
+                ));
+            }
+            for seconds in timeouts {
+                out.push(remember(&chain, i, family, *seconds));
+            }
+        }
+    }
+    // A client remembered in a slot the frontend no longer has a backend in: balanced anew.
     for family in Family::BOTH {
-        let s = family.suffix();
-        for proto in ["tcp", "udp"] {
+        out.push(rule(
+            &names::aff_slot_chain(i),
+            json!([{ "vmap": {
+                "key": packet_frontend(family),
+                "data": format!("@{}{}", names::LB, family.suffix()),
+            } }]),
+        ));
+    }
+    out
+}
+
+/// The chain of frontends with affinity and `n` backends: a client one of the `n` slots
+/// remembers goes back there, any other to `lb-<n>`.
+#[must_use]
+pub fn aff_chain(n: usize) -> Vec<Value> {
+    let chain = names::aff_chain(n);
+    let mut out = vec![add("chain", json!({ "name": chain }))];
+    for i in 0..n {
+        for family in Family::BOTH {
             out.push(rule(
                 &chain,
                 json!([
-                    { "match": { "op": "==", "left": { "meta": { "key": "nfproto" } },
-                                 "right": if family == Family::V4 { "ipv4" } else { "ipv6" } } },
-                    { "match": { "op": "==", "left": { "meta": { "key": "l4proto" } }, "right": proto } },
-                    { "dnat": {
-                        "family": family.proto(),
-                        "addr": { "map": { "key": packet_frontend(family),
-                                           "data": format!("@{}", names::slot_addr(i, s)) } },
-                        "port": { "map": { "key": packet_frontend(family),
-                                           "data": format!("@{}", names::slot_port(i, s)) } },
-                    } },
+                    lookup(packet_frontend_client(family), &names::affinity_slot(i, family.suffix()), "=="),
+                    { "goto": { "target": names::aff_slot_chain(i) } },
                 ]),
             ));
         }
     }
+    out.push(rule(
+        &chain,
+        json!([{ "goto": { "target": names::lb_chain(n) } }]),
+    ));
     out
 }
 
@@ -506,6 +641,23 @@ pub fn backend_values(backend: &Backend) -> (Value, Value) {
 #[must_use]
 pub fn lb_verdict(n: usize) -> Value {
     json!({ "goto": { "target": names::lb_chain(n) } })
+}
+
+/// `goto aff-<n>`.
+#[must_use]
+pub fn aff_verdict(n: usize) -> Value {
+    json!({ "goto": { "target": names::aff_chain(n) } })
+}
+
+/// `frontend . client`, an element of an affinity set.
+#[must_use]
+pub fn affinity_key(frontend: &Frontend, client: IpAddr) -> Value {
+    let mut key = frontend_key(frontend);
+    key["concat"]
+        .as_array_mut()
+        .expect("a concatenation")
+        .push(json!(client.to_string()));
+    key
 }
 
 /// A blocked frontend's verdict.

@@ -139,6 +139,12 @@ fn the_table_holds_each_frontend_as_elements_and_changes_touch_only_one_frontend
         let web6 = frontend("fd00:96::10", 80, Protocol::Tcp);
         let np = frontend("192.168.1.10", 30080, Protocol::Tcp);
         let empty = frontend("10.96.0.99", 80, Protocol::Tcp);
+        let sticky = frontend("10.96.0.77", 80, Protocol::Tcp);
+        let mut sticky_spec = spec(
+            "sticky",
+            &[backend("10.244.1.7", 80), backend("10.244.2.7", 80)],
+        );
+        sticky_spec.session_affinity_timeout = Some(600);
         let (b1, b2, b3) = (
             backend("10.244.1.5", 8080),
             backend("10.244.2.5", 8080),
@@ -153,9 +159,10 @@ fn the_table_holds_each_frontend_as_elements_and_changes_touch_only_one_frontend
                 external(spec("web", &[b1, b2]), false, &["192.168.0.0/16"]),
             ),
             (empty, spec("empty", &[])),
+            (sticky, sticky_spec),
         ]);
         let report = plane.apply(&desired, true);
-        assert_eq!((report.added, report.failed.len()), (5, 0), "{report:?}");
+        assert_eq!((report.added, report.failed.len()), (6, 0), "{report:?}");
         let all = elements();
         for expected in [
             r#"services4: {"concat":["10.96.0.10","tcp",80]} => {"goto":{"target":"lb-2"}}"#,
@@ -165,6 +172,9 @@ fn the_table_holds_each_frontend_as_elements_and_changes_touch_only_one_frontend
             r#"masquerade4: {"concat":["192.168.1.10","tcp",30080]}"#,
             r#"firewall4: {"concat":["192.168.1.10","tcp",30080]}"#,
             r#"pod-cidrs4: {"prefix":{"addr":"10.244.1.0","len":24}}"#,
+            r#"services4: {"concat":["10.96.0.77","tcp",80]} => {"goto":{"target":"aff-2"}}"#,
+            r#"lb4: {"concat":["10.96.0.77","tcp",80]} => {"goto":{"target":"lb-2"}}"#,
+            r#"affinity-600s-4: {"concat":["10.96.0.77","tcp",80]}"#,
         ] {
             assert!(
                 all.iter().any(|e| e == expected),
@@ -173,7 +183,7 @@ fn the_table_holds_each_frontend_as_elements_and_changes_touch_only_one_frontend
         }
         assert_eq!(
             all.iter().filter(|e| e.starts_with("slot")).count(),
-            2 * (2 + 1 + 1 + 2),
+            2 * (2 + 1 + 1 + 2 + 2),
             "one address and one port per backend slot: {all:#?}"
         );
 
@@ -211,14 +221,14 @@ fn the_table_holds_each_frontend_as_elements_and_changes_touch_only_one_frontend
                 report.removed,
                 report.unchanged
             ),
-            (0, 0, 0, 5),
+            (0, 0, 0, 6),
             "{report:?}"
         );
         assert_eq!(elements(), after);
 
         // Removing everything leaves no element but the pod CIDR.
         let report = adopted.apply(&DesiredState::default(), true);
-        assert_eq!(report.removed, 5, "{report:?}");
+        assert_eq!(report.removed, 6, "{report:?}");
         assert_eq!(
             elements(),
             [r#"pod-cidrs4: {"prefix":{"addr":"10.244.1.0","len":24}}"#]
