@@ -1,7 +1,8 @@
 //! gannetd under the harness's control: started on the benchmark's own cgroup and bpffs directory,
 //! fed through a manifest directory, stopped and cleaned up by a guard; alone in the harness's
-//! namespace (socket load balancing only), or as a node of a simulated cluster in the node's
-//! namespace ([`Agent::start_node`]).
+//! namespace (socket load balancing only), as a node of a simulated cluster in the node's
+//! namespace ([`Agent::start_node`]), or with its nftables data plane in a node's namespace
+//! ([`Agent::start_nft`], never the root namespace).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,49 @@ pub const SYNC_INTERVAL_MS: u64 = 50;
 #[must_use]
 pub fn bpf_root() -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/gannet-bench-{}", std::process::id()))
+}
+
+/// The flags of a gannetd with the nftables data plane on a single node (no overlay, no
+/// masquerade, nothing but its table of services), scanning its manifest directory every
+/// `sync_interval_ms`.
+#[must_use]
+pub fn nft_args(node_name: &str, sync_interval_ms: u64) -> Vec<String> {
+    [
+        "--dataplane",
+        "nftables",
+        "--node-name",
+        node_name,
+        "--overlay",
+        "none",
+        "--masquerade=false",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([format!("--sync-interval-ms={sync_interval_ms}")])
+    .collect()
+}
+
+/// Checks that `netns` is neither the harness's own network namespace (where the benchmarks'
+/// eBPF gannetd runs, the root namespace on a normal run) nor PID 1's (where readable; some
+/// sandboxes do not let even root read it): the nftables data plane programs a table in the
+/// namespace gannetd runs in, and the benchmarks never touch the root namespace's rules.
+///
+/// # Errors
+/// If it is one of them, or `netns` or the harness's namespace cannot be read.
+pub fn check_not_root_netns(netns: &Netns) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |path: &Path| fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    let ours = id(netns.path()).with_context(|| format!("reading {}", netns.path().display()))?;
+    let own = Path::new("/proc/thread-self/ns/net");
+    let harness = id(own).with_context(|| format!("reading {}", own.display()))?;
+    let init = id(Path::new("/proc/1/ns/net")).ok();
+    ensure!(
+        ours != harness && Some(ours) != init,
+        "refusing to run gannetd's nftables data plane in {}: it is the harness's own or the root \
+         network namespace",
+        netns.path().display()
+    );
+    Ok(())
 }
 
 /// Checks that `cgroup` is a sub-directory of the cgroup v2 root: a benchmark's gannetd never
@@ -210,7 +254,32 @@ impl Agent {
     /// If `cgroup` is the cgroup v2 root (never attach there), a stale bpffs directory is in the
     /// way, or gannetd does not come up.
     pub fn start(gannetd: &Path, cgroup: &Cgroup, manifest_dir: &Path) -> anyhow::Result<Agent> {
-        Self::launch(gannetd, cgroup, manifest_dir, None)
+        Self::launch(gannetd, cgroup, manifest_dir, None, ATTACHED)
+    }
+
+    /// Starts `gannetd --dataplane nftables` in `node`'s namespace (checked not to be the root
+    /// namespace), with [`nft_args`] in `node.args`, serving `manifest_dir`, and waits until it
+    /// serves CNI requests (its table created). It loads no program; `cgroup` is only named to
+    /// `gannetd cleanup`.
+    ///
+    /// # Errors
+    /// If the namespace is the root one, `node.args` do not select the nftables data plane, or
+    /// gannetd does not come up.
+    pub fn start_nft(
+        gannetd: &Path,
+        cgroup: &Cgroup,
+        manifest_dir: &Path,
+        node: Node<'_>,
+    ) -> anyhow::Result<Agent> {
+        check_not_root_netns(node.netns)?;
+        ensure!(
+            node.args
+                .windows(2)
+                .any(|w| w == ["--dataplane", "nftables"]),
+            "start_nft needs --dataplane nftables in the node's flags: {:?}",
+            node.args
+        );
+        Self::launch(gannetd, cgroup, manifest_dir, Some(node), CNI_READY)
     }
 
     /// Starts `gannetd` as a node of a simulated cluster: in `node`'s namespace, with its flags,
@@ -224,16 +293,18 @@ impl Agent {
         manifest_dir: &Path,
         node: Node<'_>,
     ) -> anyhow::Result<Agent> {
-        let mut agent = Self::launch(gannetd, cgroup, manifest_dir, Some(node))?;
+        let mut agent = Self::launch(gannetd, cgroup, manifest_dir, Some(node), ATTACHED)?;
         agent.wait_for_log(CNI_READY, START_TIMEOUT)?;
         Ok(agent)
     }
 
+    /// Starts gannetd and waits until it has logged `ready`.
     fn launch(
         gannetd: &Path,
         cgroup: &Cgroup,
         manifest_dir: &Path,
         node: Option<Node<'_>>,
+        ready: &str,
     ) -> anyhow::Result<Agent> {
         check_cgroup(cgroup)?;
         let bpf_root = fresh_bpf_root(node.map(|n| n.tag))?;
@@ -245,8 +316,10 @@ impl Agent {
             .arg(&bpf_root)
             .arg("--manifest-dir")
             .arg(manifest_dir)
-            .args(["--log-format", "json"])
-            .arg(format!("--sync-interval-ms={SYNC_INTERVAL_MS}"));
+            .args(["--log-format", "json"]);
+        if !node.is_some_and(|n| n.args.iter().any(|a| a.starts_with("--sync-interval-ms"))) {
+            cmd.arg(format!("--sync-interval-ms={SYNC_INTERVAL_MS}"));
+        }
         match node {
             Some(node) => {
                 cmd.arg("--state-dir").arg(node.state_dir).args(node.args);
@@ -272,7 +345,7 @@ impl Agent {
             node: node.map(|n| (n.netns.path().to_path_buf(), n.state_dir.to_path_buf())),
             log_seen: 0,
         };
-        agent.wait_for_log(ATTACHED, START_TIMEOUT)?;
+        agent.wait_for_log(ready, START_TIMEOUT)?;
         Ok(agent)
     }
 
@@ -468,6 +541,38 @@ mod tests {
             None
         );
         assert_eq!(parse_sync("services synced added=3"), None);
+    }
+
+    #[test]
+    fn the_nft_data_plane_refuses_the_harness_namespace() {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: creating a network namespace needs root");
+            return;
+        }
+        let own = Netns::open_path(Path::new("/proc/self/ns/net")).expect("own namespace");
+        let err = check_not_root_netns(&own).expect_err("the harness's namespace is refused");
+        assert!(err.to_string().contains("refusing"), "{err:#}");
+        let node = Netns::new("chk").expect("a namespace");
+        check_not_root_netns(&node).expect("a namespace of its own is fine");
+    }
+
+    #[test]
+    fn nft_agents_get_the_nftables_data_plane_alone() {
+        let args = nft_args("n", 10);
+        assert_eq!(
+            args,
+            [
+                "--dataplane",
+                "nftables",
+                "--node-name",
+                "n",
+                "--overlay",
+                "none",
+                "--masquerade=false",
+                "--sync-interval-ms=10"
+            ]
+        );
     }
 
     #[test]

@@ -90,6 +90,7 @@ fn color(variant: Variant) -> RGBColor {
     match variant {
         Variant::Direct => RGBColor(120, 120, 120),
         Variant::Gannet => RGBColor(0, 114, 178),
+        Variant::GannetNft => RGBColor(0, 158, 115),
         Variant::KubeProxyNft => RGBColor(230, 159, 0),
         Variant::KubeProxyIptables => RGBColor(213, 94, 0),
     }

@@ -117,12 +117,66 @@ struct ClusterIpArgs {
     services: Option<Vec<usize>>,
     #[command(flatten)]
     traffic: TrafficArgs,
+    /// Services of the programming measurement (gannet-nft and `nft -f` of kube-proxy's rules,
+    /// then endpoint changes); 0 skips it [default: 10000; --quick: 1000].
+    #[arg(long)]
+    program_services: Option<usize>,
+    /// Endpoints per service of the programming measurement.
+    #[arg(long, default_value_t = 10)]
+    program_endpoints: usize,
+    /// Endpoint changes timed through gannet-nft after the programming [default: 20; --quick:
+    /// 10].
+    #[arg(long)]
+    changes: Option<usize>,
+    /// Seconds `nft -f` of the programming measurement may take before it is killed.
+    #[arg(long, default_value_t = 600)]
+    program_timeout: u64,
     /// Do not build gannetd and gannet-bench-peer first (done by default under `cargo run`).
     #[arg(long)]
     no_build: bool,
 }
 
 impl ClusterIpArgs {
+    /// The programming measurement's configuration (`None`: `--program-services 0`); every
+    /// problem, each naming its flag, into `errors`.
+    fn programming(&self, errors: &mut Vec<String>) -> Option<clusterip::programming::Config> {
+        let services = self
+            .program_services
+            .unwrap_or(if self.quick { 1000 } else { 10_000 });
+        let changes = self.changes.unwrap_or(if self.quick { 10 } else { 20 });
+        let endpoints = self.program_endpoints;
+        if services > control::objects::MAX_SERVICES {
+            errors.push(format!(
+                "--program-services {services}: must be at most {}",
+                control::objects::MAX_SERVICES
+            ));
+        }
+        if !(1..=control::objects::MAX_ENDPOINTS_PER_SERVICE).contains(&endpoints) {
+            errors.push(format!(
+                "--program-endpoints {endpoints}: must be between 1 and {}",
+                control::objects::MAX_ENDPOINTS_PER_SERVICE
+            ));
+        } else if services * endpoints > control::objects::MAX_ENDPOINTS {
+            errors.push(format!(
+                "--program-services {services} × --program-endpoints {endpoints}: at most {} \
+                 endpoints in all",
+                control::objects::MAX_ENDPOINTS
+            ));
+        }
+        if changes > 10_000 {
+            errors.push(format!("--changes {changes}: must be at most 10000"));
+        }
+        if self.program_timeout == 0 {
+            errors.push("--program-timeout 0: must be at least 1".to_owned());
+        }
+        (services > 0).then(|| clusterip::programming::Config {
+            services,
+            endpoints,
+            changes,
+            timeout: Duration::from_secs(self.program_timeout),
+        })
+    }
+
     /// The scenario's configuration; every problem, each naming its flag, if any.
     fn config(&self) -> Result<clusterip::Config, Vec<String>> {
         let mut errors = Vec::new();
@@ -133,6 +187,7 @@ impl ClusterIpArgs {
         };
         let service_counts = service_counts(self.services.as_ref(), default, &mut errors);
         let traffic = self.traffic.settings(self.quick, &mut errors);
+        let programming = self.programming(&mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -140,6 +195,7 @@ impl ClusterIpArgs {
             quick: self.quick,
             service_counts,
             traffic,
+            programming,
         })
     }
 }
@@ -584,6 +640,7 @@ fn tools() -> anyhow::Result<Tools> {
     Ok(Tools {
         gannetd: find_tool("gannetd", "gannet-agent")?,
         peer: find_tool("gannet-bench-peer", "gannet-bench")?,
+        gannet_control: find_tool("gannet-control", "gannet-control")?,
     })
 }
 
@@ -631,34 +688,28 @@ fn clusterip(args: &ClusterIpArgs, config: &clusterip::Config) -> anyhow::Result
     )?;
     if !args.no_build {
         build_binaries(
-            &["gannet-agent", "gannet-bench"],
-            "gannetd and gannet-bench-peer",
+            &["gannet-agent", "gannet-bench", "gannet-control"],
+            "gannetd, gannet-bench-peer and gannet-control",
         )?;
     }
     let tools = tools()?;
-    let started = SystemTime::now();
-    let out = output_dir(args.out.as_deref(), started)?;
-    let machine = machine::collect(Some(Path::new(WORKSPACE)));
-    let clock = Instant::now();
-
-    let progress = progress_bar(config.measurements(), "measurements");
-    let scratch = ScratchDir::new()?;
-    let mut warnings = Vec::new();
-    let outcome = clusterip::run(config, &tools, &progress, scratch.path(), &mut warnings);
-    progress.finish_and_clear();
-    drop(scratch);
-    let runs = outcome?;
-
+    let run = CheckedRun::start(args.out.as_deref())?;
+    let (measured, warnings, root) = run
+        .measure(config.measurements(), |progress, scratch, warnings| {
+            clusterip::run(config, &tools, progress, scratch, warnings)
+        })?;
     let results = Results {
         scenario: "clusterip",
-        started_at: util::rfc3339(started),
-        wall_seconds: clock.elapsed().as_secs_f64(),
+        started_at: util::rfc3339(run.started),
+        wall_seconds: run.seconds(),
         settings: config.settings(),
-        machine,
-        runs,
+        machine: run.machine.clone(),
+        runs: measured.runs,
+        programming: measured.programming,
+        root_namespace: root,
         warnings,
     };
-    let written = write_reports(&out, &results)?;
+    let written = write_reports(&run.out, &results)?;
     for warning in &results.warnings {
         eprintln!("gannet-bench: warning: {warning}");
     }
@@ -671,7 +722,7 @@ fn clusterip(args: &ClusterIpArgs, config: &clusterip::Config) -> anyhow::Result
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(())
+    root_unchanged(&results.root_namespace)
 }
 
 fn write_cni_reports(out: &Path, results: &cni::results::Results) -> anyhow::Result<Vec<PathBuf>> {

@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
+use crate::cni::results::LatencyStats;
 use crate::peer::Metric;
-use crate::results::{LoadTime, MetricResult, Results, RunResult, Variant};
+use crate::results::{LoadTime, MetricResult, Programming, Results, RunResult, Variant};
 
 /// The size the goals are stated for.
 pub const GOAL_SERVICES: usize = 10_000;
@@ -11,6 +12,11 @@ pub const GOAL_SERVICES: usize = 10_000;
 pub const GOAL_RR: f64 = 0.97;
 /// gannet's crr goal, as a ratio to direct.
 pub const GOAL_CRR: f64 = 0.95;
+/// gannet-nft's goal for programming the services, as a speed-up over `nft -f` of kube-proxy's
+/// rules.
+pub const GOAL_PROGRAMMING_SPEEDUP: f64 = 10.0;
+/// gannet-nft's goal for one endpoint change's p99, in milliseconds.
+pub const GOAL_CHANGE_P99_MS: f64 = 50.0;
 
 /// `1234567.8` → `1,234,568`.
 #[must_use]
@@ -226,12 +232,258 @@ fn goals(out: &mut String, results: &Results) {
             parts.join(", ")
         );
     }
+    for metric in [Metric::Rr, Metric::Crr] {
+        let (measured, met) = match (
+            run.get(Variant::GannetNft, metric),
+            run.get(Variant::KubeProxyNft, metric),
+        ) {
+            (Some(ours), Some(theirs)) => {
+                let ratio = ours.median / theirs.median;
+                (
+                    format!("{ratio:.3}× ({})", compare(ours, theirs).0),
+                    Some(ratio >= 1.0),
+                )
+            }
+            _ => ("–".to_owned(), None),
+        };
+        let _ = writeln!(
+            out,
+            "| gannet-nft {metric} ≥ kube-proxy-nft | {measured} | {} |",
+            verdict(met)
+        );
+    }
+    programming_goals(out, results.programming.as_ref());
     out.push_str(
-        "\nMet: ahead on rr and crr, and not behind on stream (bulk throughput is bound by \
-         copying the bytes, the same work on every path). \"Within noise\": the difference is \
-         smaller than the half range of either side's samples.\n",
+        "\nMet (gannet ahead of kube-proxy): ahead on rr and crr, and not behind on stream (bulk \
+         throughput is bound by copying the bytes, the same work on every path). \"Within \
+         noise\": the difference is smaller than the half range of either side's samples; the \
+         gannet-nft rows compare the medians alone.\n",
     );
     out.push('\n');
+}
+
+/// The goal rows of the programming measurement (as rows of the goals table).
+fn programming_goals(out: &mut String, programming: Option<&Programming>) {
+    let Some(p) = programming else {
+        let _ = writeln!(
+            out,
+            "| gannet-nft programs {0} services × 10 endpoints ≥ {GOAL_PROGRAMMING_SPEEDUP:.0}× \
+             faster than `nft -f` of kube-proxy's rules | – | not measured |\n\
+             | gannet-nft: one endpoint change p99 < {GOAL_CHANGE_P99_MS:.0} ms | – | not \
+             measured |",
+            format_services(GOAL_SERVICES)
+        );
+        return;
+    };
+    let size = format!(
+        "{} services × {} endpoints",
+        format_services(p.services),
+        p.endpoints_per_service
+    );
+    let (measured, met) = match p.speedup() {
+        Some((speedup, lower_bound)) => (
+            format!(
+                "{}{speedup:.1}× (gannet-nft {}, `nft -f` {}{})",
+                if lower_bound { "> " } else { "" },
+                format_seconds(p.gannet_nft_seconds),
+                if lower_bound { "killed after " } else { "" },
+                format_seconds(p.kube_proxy_nft.seconds().map_or(0.0, |(s, _)| s)),
+            ),
+            Some(speedup >= GOAL_PROGRAMMING_SPEEDUP),
+        ),
+        None => ("–".to_owned(), None),
+    };
+    let _ = writeln!(
+        out,
+        "| gannet-nft programs {size} ≥ {GOAL_PROGRAMMING_SPEEDUP:.0}× faster than `nft -f` of \
+         kube-proxy's rules | {measured} | {} |",
+        verdict(met)
+    );
+    for (source, latency, made) in [
+        (
+            "through gannet-control",
+            &p.control_change_latency,
+            "gRPC Apply of the slice",
+        ),
+        (
+            "through the manifest directory",
+            &p.change_latency,
+            "slice file renamed",
+        ),
+    ] {
+        let (measured, met) = match latency {
+            Some(latency) => (
+                format!(
+                    "{} ({} changes, {size})",
+                    format_ms(latency.table.p99_ms),
+                    latency.table.count
+                ),
+                Some(latency.table.p99_ms < GOAL_CHANGE_P99_MS),
+            ),
+            None => ("–".to_owned(), None),
+        };
+        let _ = writeln!(
+            out,
+            "| gannet-nft: one endpoint change p99 < {GOAL_CHANGE_P99_MS:.0} ms, {source} ({made} \
+             → element in the table) | {measured} | {} |",
+            verdict(met)
+        );
+    }
+}
+
+fn format_ms(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn latency_row(out: &mut String, what: &str, stats: Option<&LatencyStats>) {
+    match stats {
+        Some(s) => {
+            let _ = writeln!(
+                out,
+                "| {what} | {} | {} | {} | {} | {} | {} |",
+                s.count,
+                format_ms(s.min_ms),
+                format_ms(s.p50_ms),
+                format_ms(s.p90_ms),
+                format_ms(s.p99_ms),
+                format_ms(s.max_ms)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "| {what} | – | – | – | – | – | – |");
+        }
+    }
+}
+
+/// The section of the programming measurement.
+fn programming_section(out: &mut String, p: &Programming, sync_interval_ms: u64) {
+    let _ = writeln!(
+        out,
+        "## Programming {} services × {} endpoints, and endpoint changes (gannet-nft)\n\n\
+         | | time | |\n|---|---:|---|",
+        format_services(p.services),
+        p.endpoints_per_service
+    );
+    let _ = writeln!(
+        out,
+        "| gannet-nft: manifests written → gannetd logged every service programmed | {} | its \
+         table then held {} frontends, {} of them with a backend in the last slot; manifests {} |",
+        format_seconds(p.gannet_nft_seconds),
+        thousands(p.table.services as f64),
+        thousands(p.table.last_slot_addresses as f64),
+        format_bytes(p.manifest_bytes)
+    );
+    if let Some(seconds) = p.control_sync_seconds {
+        let _ = writeln!(
+            out,
+            "| gannet-nft watching gannet-control (which held the services): gannetd started → \
+             every service programmed | {} | |",
+            format_seconds(seconds)
+        );
+    }
+    let nft = match &p.kube_proxy_nft {
+        crate::control::report::PeerLoad::Done {
+            seconds,
+            user_seconds,
+            system_seconds,
+            input_bytes,
+            ..
+        } => format!(
+            "| `nft -f` of kube-proxy's rules | {} | user {}, sys {}; rules {} |",
+            format_seconds(*seconds),
+            format_seconds(*user_seconds),
+            format_seconds(*system_seconds),
+            format_bytes(*input_bytes)
+        ),
+        crate::control::report::PeerLoad::TimedOut {
+            timeout_seconds,
+            input_bytes,
+        } => format!(
+            "| `nft -f` of kube-proxy's rules | > {} (killed) | rules {} |",
+            format_seconds(*timeout_seconds),
+            format_bytes(*input_bytes)
+        ),
+        crate::control::report::PeerLoad::Skipped => {
+            "| `nft -f` of kube-proxy's rules | – | not run |".to_owned()
+        }
+    };
+    let _ = writeln!(out, "{nft}");
+    if let Some((speedup, lower_bound)) = p.speedup() {
+        let _ = writeln!(
+            out,
+            "| `nft -f` ÷ gannet-nft | {}{speedup:.1}× | |",
+            if lower_bound { "> " } else { "" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nBoth into an empty node namespace of their own. gannet-nft: from writing the manifest \
+         files (every Service, and every EndpointSlice) until gannetd's `services synced` line \
+         (it scans the directory every {sync_interval_ms} ms); its table was then read back. \
+         `nft -f`: the same services as kube-proxy's nftables mode programs them, wall-clock \
+         time and CPU time.\n"
+    );
+    if p.change_latency.is_none() && p.control_change_latency.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Endpoint changes, one at a time: one endpoint address of one service's EndpointSlice \
+         replaced by a fresh address, timed until `nft monitor` in the node namespace reported \
+         the new element of the slot's address map (the kernel committed it). Through the \
+         manifest directory: the slice's own file renamed into the directory, at a random moment \
+         of gannetd's {sync_interval_ms} ms scan cycle; gannetd then validates and joins every \
+         object of the directory again and compares every frontend with its table. Through \
+         gannet-control: the changed slice applied with the gRPC Apply (as `gannetctl apply` \
+         does) to a gannet-control holding the same services, watched by a fresh gannetd \
+         (`--control`), which gets the change of one service.\n\n\
+         | latency | changes | min | p50 | p90 | p99 | max |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    if let Some(latency) = &p.control_change_latency {
+        latency_row(
+            out,
+            "**gannet-control: Apply called → element in the table**",
+            Some(&latency.table),
+        );
+        latency_row(
+            out,
+            "gannet-control: the Apply call alone",
+            latency.call.as_ref(),
+        );
+        latency_row(
+            out,
+            "gannet-control: Apply called → `services synced` logged",
+            Some(&latency.logged),
+        );
+    }
+    if let Some(latency) = &p.change_latency {
+        latency_row(
+            out,
+            "**manifest directory: slice renamed → element in the table**",
+            Some(&latency.table),
+        );
+        latency_row(
+            out,
+            "manifest directory: slice renamed → gannetd reads it (its scan interval)",
+            latency.noticed.as_ref(),
+        );
+        latency_row(
+            out,
+            "manifest directory: gannetd reads it → element in the table",
+            latency.after_noticed.as_ref(),
+        );
+        latency_row(
+            out,
+            "manifest directory: slice renamed → `services synced` logged",
+            Some(&latency.logged),
+        );
+    }
+    out.push_str("\nPercentiles are nearest-rank: always a measured value.\n\n");
 }
 
 /// The whole `results.md`; `charts` are the chart files (relative paths) per metric.
@@ -260,6 +512,10 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
          - **direct** (a): the client connects to the backend pod's address: the limit;\n\
          - **gannet** (b): the client runs in the cgroup gannetd's socket load balancer is attached \
          to and connects to the cluster IP; gannetd got the services from Kubernetes YAML;\n\
+         - **gannet-nft** (e): gannetd with its nftables data plane (`--dataplane nftables`) in \
+         the node namespace, given the same YAML; the client connects to the cluster IP and its \
+         packets are translated in the node's netfilter hooks by gannet's table \
+         `inet gannet-services`;\n\
          - **kube-proxy-nft** (c): kube-proxy's nftables rules for the N services in the node \
          namespace, the client connects to the cluster IP;\n\
          - **kube-proxy-iptables** (d): kube-proxy's iptables rules for the N services in the node \
@@ -304,16 +560,17 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
     let _ = writeln!(
         out,
         "## Time to program the services\n\n\
-         | services | gannetd sync | `nft -f` | `iptables-restore` | manifest | nft rules | iptables rules |\n\
-         |---:|---:|---:|---:|---:|---:|---:|"
+         | services | gannetd sync | gannetd nftables sync | `nft -f` | `iptables-restore` | manifest | nft rules | iptables rules |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for run in &results.runs {
         let l = &run.load;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             format_services(run.services),
             format_seconds(l.gannetd_sync_seconds),
+            format_seconds(l.gannetd_nft_sync_seconds),
             format_load(&l.nft),
             format_load(&l.iptables_restore),
             format_bytes(l.manifest_bytes),
@@ -323,14 +580,38 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
     }
     let _ = writeln!(
         out,
-        "\ngannetd sync: from writing the manifest file until gannetd logged that every service was \
+        "\ngannetd sync (eBPF maps) and gannetd nftables sync (gannet-nft's table): from writing \
+         the manifest file until gannetd logged that every service was \
          programmed (it scans the directory every {} ms and parses the YAML). `nft -f` and \
          `iptables-restore --noflush`: loading kube-proxy's rules into an empty node namespace, \
          wall-clock time and the command's CPU time in user space and in the kernel.\n",
         s.gannetd_sync_interval_ms
     );
 
+    if let Some(p) = &results.programming {
+        let interval = s
+            .programming
+            .as_ref()
+            .map_or(0, |p| p.gannetd_sync_interval_ms);
+        programming_section(&mut out, p, interval);
+    }
+
     warnings_section(&mut out, &results.warnings);
+
+    let root = &results.root_namespace;
+    let _ = writeln!(
+        out,
+        "## Root network namespace\n\nCompared before and after the run ({} links, {} lines of \
+         `nft list ruleset`, {} sysctls): {}.\n",
+        root.links.len(),
+        root.nft_ruleset_lines,
+        root.sysctls_compared,
+        if root.differences.is_empty() {
+            "unchanged".to_owned()
+        } else {
+            format!("**changed**: {}", root.differences.join("; "))
+        }
+    );
 
     let _ = writeln!(
         out,
@@ -339,7 +620,9 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
          10.244.0.x/32, a default route via 169.254.1.1 (a permanent neighbour entry for the host \
          veth's MAC); in the node namespace a /32 route per pod through its host veth and \
          `ip_forward=1`. Every path goes pod → node → pod, so kube-proxy's DNAT and the replies pass \
-         the node's netfilter hooks and conntrack. Each path has its own node namespace with its own \
+         the node's netfilter hooks and conntrack (so do gannet-nft's: its gannetd runs in that \
+         path's node namespace and programs its table there; nothing else untracks pod-to-pod \
+         traffic there). Each path has its own node namespace with its own \
          pods (client 10.244.0.10, backends .11–.13), built the same way; rules are loaded only \
          into their own node, and gannetd's programs act only on the gannet client's cgroup.\n\
          - Services: {} endpoints each; only the measured service's endpoints exist, the other N−1 \
@@ -351,7 +634,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
          so no `TIME_WAIT` sockets pile up and slow later connections), \
          stream = bulk send on one connection, until the server acknowledges every byte. \
          {} s per measurement after {} s of uncounted warm-up (rr, crr).\n\
-         - Order: for every N, {} round(s); in each round the four paths run back to back in a \
+         - Order: for every N, {} round(s); in each round the five paths run back to back in a \
          random order (seed {}), each measuring rr, crr and stream.\n\
          - Machine: {}; {} CPUs ({}); {}; {}; {} (`iptables-restore` is {}); cgroup v2 at {}; \
          gannet {}.\n",
@@ -384,15 +667,23 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
+    use std::net::Ipv4Addr;
+
     use super::*;
+    use crate::cni::results::RootCheck;
+    use crate::control::report::PeerLoad;
     use crate::machine::Machine;
-    use crate::results::{LoadTimes, MetricResult, Settings};
+    use crate::results::{
+        ChangeLatency, ChangeSample, LoadTimes, MetricResult, ProgrammingSettings, Settings,
+        TableCounts,
+    };
 
     fn run(services: usize, gannet_rr: f64) -> RunResult {
         let mut run = RunResult {
             services,
             load: LoadTimes {
                 gannetd_sync_seconds: 0.25,
+                gannetd_nft_sync_seconds: 0.5,
                 nft: LoadTime {
                     seconds: 1.5,
                     user_seconds: 0.25,
@@ -414,6 +705,7 @@ mod tests {
         for (variant, rr, crr, stream) in [
             (Variant::Direct, 40_000.0, 10_000.0, 20.0),
             (Variant::Gannet, gannet_rr, 9_800.0, 19.9),
+            (Variant::GannetNft, 36_500.0, 6_900.0, 18.0),
             (Variant::KubeProxyNft, 36_000.0, 7_000.0, 18.0),
             (Variant::KubeProxyIptables, 30_000.0, 5_000.0, 17.0),
         ] {
@@ -449,6 +741,7 @@ mod tests {
                 peer_threads: 1,
                 peer_cpu: Some(1),
                 gannetd_sync_interval_ms: 50,
+                programming: None,
             },
             machine: Machine {
                 kernel: "6.1.0".into(),
@@ -457,8 +750,158 @@ mod tests {
                 ..Machine::default()
             },
             runs,
+            programming: None,
+            root_namespace: RootCheck::default(),
             warnings: vec!["something odd".into()],
         }
+    }
+
+    /// Changes of `table_ms` each (through the manifest directory if `file`, else through
+    /// gannet-control).
+    fn changes(table_ms: &[f64], file: bool) -> Vec<ChangeSample> {
+        table_ms
+            .iter()
+            .enumerate()
+            .map(|(k, &ms)| ChangeSample {
+                service: format!("bench/svc-{k:05}"),
+                old: Ipv4Addr::new(10, 128, 0, 1),
+                new: Ipv4Addr::new(10, 192, 0, 0),
+                slot: 2,
+                table_ms: ms,
+                noticed_ms: file.then_some(ms / 2.0),
+                call_ms: (!file).then_some(1.5),
+                logged_ms: ms + 1.0,
+            })
+            .collect()
+    }
+
+    /// A programming measurement: gannet-nft `gannet` s, `nft -f` `nft` s (killed: a lower
+    /// bound), changes through the manifest directory of `table_ms` each, through gannet-control
+    /// 4 ms each.
+    fn programming(gannet: f64, nft: PeerLoad, table_ms: &[f64]) -> Programming {
+        let file = changes(table_ms, true);
+        let control = changes(&vec![4.0; table_ms.len()], false);
+        Programming {
+            services: GOAL_SERVICES,
+            endpoints_per_service: 10,
+            manifest_bytes: 11 * 1024 * 1024,
+            gannet_nft_seconds: gannet,
+            control_sync_seconds: Some(2.5),
+            table: TableCounts {
+                services: GOAL_SERVICES,
+                last_slot_addresses: GOAL_SERVICES,
+            },
+            kube_proxy_nft: nft,
+            change_latency: ChangeLatency::of(&file),
+            changes: file,
+            control_change_latency: ChangeLatency::of(&control),
+            control_changes: control,
+        }
+    }
+
+    fn nft_done(seconds: f64) -> PeerLoad {
+        PeerLoad::Done {
+            seconds,
+            user_seconds: 4.5,
+            system_seconds: seconds - 5.0,
+            input_bytes: 47 * 1024 * 1024,
+            services_found: GOAL_SERVICES,
+        }
+    }
+
+    #[test]
+    fn programming_goals_and_section() {
+        let mut with = results(false, vec![run(GOAL_SERVICES, 39_000.0)]);
+        with.settings.programming = Some(ProgrammingSettings {
+            services: GOAL_SERVICES,
+            endpoints_per_service: 10,
+            changes: 4,
+            timeout_seconds: 600.0,
+            gannetd_sync_interval_ms: 10,
+        });
+        with.programming = Some(programming(8.0, nft_done(160.0), &[5.0, 7.5, 12.0, 60.0]));
+        let md = render(&with, &[]);
+        assert!(
+            md.contains("| gannet-nft programs 10 000 services × 10 endpoints ≥ 10× faster than `nft -f` of kube-proxy's rules | 20.0× (gannet-nft 8.00 s, `nft -f` 160.00 s) | **met** |"),
+            "{md}"
+        );
+        // Nearest rank: the p99 of 4 changes is the slowest.
+        assert!(
+            md.contains("| gannet-nft: one endpoint change p99 < 50 ms, through the manifest directory (slice file renamed → element in the table) | 60.0 ms (4 changes, 10 000 services × 10 endpoints) | **not met** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| gannet-nft: one endpoint change p99 < 50 ms, through gannet-control (gRPC Apply of the slice → element in the table) | 4.00 ms (4 changes, 10 000 services × 10 endpoints) | **met** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| **manifest directory: slice renamed → element in the table** | 4 | 5.00 ms | 7.50 ms | 60.0 ms | 60.0 ms | 60.0 ms |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| manifest directory: gannetd reads it → element in the table | 4 | 2.50 ms |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| gannet-control: the Apply call alone | 4 | 1.50 ms |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("gannetd started → every service programmed | 2.50 s |"),
+            "{md}"
+        );
+        assert!(md.contains("| `nft -f` ÷ gannet-nft | 20.0× | |"), "{md}");
+        assert!(md.contains("every 10 ms"), "{md}");
+        // rr 36 500 vs 36 000, crr 6 900 vs 7 000 (single samples: no noise).
+        assert!(
+            md.contains("| gannet-nft rr ≥ kube-proxy-nft | 1.014× (ahead) | **met** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| gannet-nft crr ≥ kube-proxy-nft | 0.986× (behind) | **not met** |"),
+            "{md}"
+        );
+
+        // A killed nft -f gives a lower bound; changes under the goal meet it.
+        with.programming = Some(programming(
+            8.0,
+            PeerLoad::TimedOut {
+                timeout_seconds: 600.0,
+                input_bytes: 1,
+            },
+            &[5.0, 7.5],
+        ));
+        let md = render(&with, &[]);
+        assert!(
+            md.contains(
+                "| > 75.0× (gannet-nft 8.00 s, `nft -f` killed after 600.00 s) | **met** |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 7.50 ms (2 changes, 10 000 services × 10 endpoints) | **met** |"),
+            "{md}"
+        );
+        let latency = with
+            .programming
+            .as_ref()
+            .and_then(|p| p.change_latency.clone())
+            .expect("latency");
+        assert!(
+            latency.call.is_none() && latency.noticed.is_some(),
+            "{latency:?}"
+        );
+        assert!(md.contains("| > 600.00 s (killed) |"), "{md}");
+
+        // Not run: not measured.
+        let md = render(&results(false, vec![run(GOAL_SERVICES, 39_000.0)]), &[]);
+        assert!(
+            md.contains("| gannet-nft: one endpoint change p99 < 50 ms | – | not measured |"),
+            "{md}"
+        );
+        assert!(!md.contains("## Programming"), "{md}");
     }
 
     #[test]
@@ -482,8 +925,8 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("| 1 |") || l.starts_with("| 10 000 |"))
             .collect();
-        // 4 result rows per size, plus one load-time row per size.
-        assert_eq!(rows.len(), 10, "{md}");
+        // 5 result rows per size, plus one load-time row per size.
+        assert_eq!(rows.len(), 12, "{md}");
         assert!(
             md.contains("| 10 000 | gannet (b) | 39,000 (±0%) | 0.97× | 9,800 (±0%) | 0.98× | 19.90 (±0%) | 0.99× |"),
             "{md}"
@@ -497,7 +940,15 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("![rr: ratio to direct](rr.png)"));
-        assert!(md.contains("| 10 000 | 250 ms | 1.50 s (user 250 ms, sys 1.25 s) | 3.25 s (user 3.00 s, sys 200 ms) | 2.0 MiB | 5 KiB | 1 KiB |"), "{md}");
+        assert!(md.contains("| 10 000 | 250 ms | 500 ms | 1.50 s (user 250 ms, sys 1.25 s) | 3.25 s (user 3.00 s, sys 200 ms) | 2.0 MiB | 5 KiB | 1 KiB |"), "{md}");
+        assert!(
+            md.contains("| 10 000 | gannet-nft (e) | 36,500 (±0%) | 0.91× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Compared before and after the run (0 links"),
+            "{md}"
+        );
         assert!(md.contains("- something odd"));
         // Goals at 10 000: rr 0.975 ≥ 0.97, crr 0.98 ≥ 0.95, ahead of both kube-proxies.
         assert!(

@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
+use crate::cni::results::{LatencyStats, RootCheck};
+use crate::control::report::PeerLoad;
 use crate::machine::Machine;
 use crate::peer::Metric;
 
@@ -17,6 +20,10 @@ pub enum Variant {
     /// (b) The client, in gannetd's cgroup, connects to the cluster IP.
     #[serde(rename = "gannet")]
     Gannet,
+    /// (e) gannetd's nftables data plane (`--dataplane nftables`) in the node namespace; the
+    /// client connects to the cluster IP.
+    #[serde(rename = "gannet-nft")]
+    GannetNft,
     /// (c) kube-proxy's nftables rules in the node namespace.
     #[serde(rename = "kube-proxy-nft")]
     KubeProxyNft,
@@ -27,9 +34,10 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in report order.
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::Direct,
         Variant::Gannet,
+        Variant::GannetNft,
         Variant::KubeProxyNft,
         Variant::KubeProxyIptables,
     ];
@@ -40,17 +48,19 @@ impl Variant {
         match self {
             Variant::Direct => "direct",
             Variant::Gannet => "gannet",
+            Variant::GannetNft => "gannet-nft",
             Variant::KubeProxyNft => "kube-proxy-nft",
             Variant::KubeProxyIptables => "kube-proxy-iptables",
         }
     }
 
-    /// The letter the task description gives it.
+    /// The letter the task description gives it (gannet-nft came later: e).
     #[must_use]
     pub fn letter(self) -> char {
         match self {
             Variant::Direct => 'a',
             Variant::Gannet => 'b',
+            Variant::GannetNft => 'e',
             Variant::KubeProxyNft => 'c',
             Variant::KubeProxyIptables => 'd',
         }
@@ -62,6 +72,7 @@ impl Variant {
         match self {
             Variant::Direct => "dir",
             Variant::Gannet => "gan",
+            Variant::GannetNft => "gnf",
             Variant::KubeProxyNft => "nft",
             Variant::KubeProxyIptables => "ipt",
         }
@@ -143,6 +154,9 @@ pub struct LoadTimes {
     /// From writing the manifest file until gannetd logged that it programmed every service
     /// (includes its manifest scan interval and YAML parsing).
     pub gannetd_sync_seconds: f64,
+    /// The same for the gannet-nft path's gannetd (`--dataplane nftables`): until it logged that
+    /// the services' elements were in its table.
+    pub gannetd_nft_sync_seconds: f64,
     /// `nft -f` of kube-proxy's nftables rules into an empty node namespace.
     pub nft: LoadTime,
     /// `iptables-restore --noflush` of kube-proxy's iptables rules into an empty node namespace.
@@ -220,6 +234,137 @@ pub struct Settings {
     pub peer_cpu: Option<usize>,
     /// gannetd's manifest scan interval.
     pub gannetd_sync_interval_ms: u64,
+    /// The programming measurement, if run.
+    pub programming: Option<ProgrammingSettings>,
+}
+
+/// How the programming measurement was configured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProgrammingSettings {
+    /// Services programmed.
+    pub services: usize,
+    /// Endpoints of every service.
+    pub endpoints_per_service: usize,
+    /// Endpoint changes timed.
+    pub changes: usize,
+    /// How long `nft -f` of kube-proxy's rules may take before it is killed.
+    pub timeout_seconds: f64,
+    /// The manifest scan interval of this measurement's gannetd.
+    pub gannetd_sync_interval_ms: u64,
+}
+
+/// N services × E endpoints programmed by gannet-nft and by `nft -f` of kube-proxy's rules, each
+/// into an empty node namespace, then endpoint changes through gannet-nft.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Programming {
+    /// Services programmed.
+    pub services: usize,
+    /// Endpoints of every service.
+    pub endpoints_per_service: usize,
+    /// Size of the manifest files, in bytes.
+    pub manifest_bytes: usize,
+    /// From writing the manifest files until gannetd logged every service programmed.
+    pub gannet_nft_seconds: f64,
+    /// A fresh gannetd watching gannet-control, which held the services: from its start until
+    /// it logged every service programmed (if the control-plane changes ran).
+    pub control_sync_seconds: Option<f64>,
+    /// What gannetd's table held afterwards (checked to be every service and endpoint).
+    pub table: TableCounts,
+    /// `nft -f` of kube-proxy's rules for the same services.
+    pub kube_proxy_nft: PeerLoad,
+    /// Every endpoint change through the manifest directory, in order.
+    pub changes: Vec<ChangeSample>,
+    /// Their latencies.
+    pub change_latency: Option<ChangeLatency>,
+    /// Every endpoint change through gannet-control (the gRPC Apply), in order.
+    pub control_changes: Vec<ChangeSample>,
+    /// Their latencies.
+    pub control_change_latency: Option<ChangeLatency>,
+}
+
+impl Programming {
+    /// How many times faster gannet-nft programmed the services than `nft -f`, and whether that
+    /// is a lower bound (`nft -f` was killed).
+    #[must_use]
+    pub fn speedup(&self) -> Option<(f64, bool)> {
+        let (nft, lower_bound) = self.kube_proxy_nft.seconds()?;
+        (self.gannet_nft_seconds > 0.0).then(|| (nft / self.gannet_nft_seconds, lower_bound))
+    }
+}
+
+/// Elements of gannet's table after the full programming.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TableCounts {
+    /// Frontends in the `services4` verdict map.
+    pub services: usize,
+    /// Elements of the last slot's address map (`slot<E-1>-addr4`): every service has a
+    /// backend there.
+    pub last_slot_addresses: usize,
+}
+
+/// One endpoint change: one address of one service's `EndpointSlice` replaced by a fresh one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChangeSample {
+    /// The service, `namespace/name`.
+    pub service: String,
+    /// The address replaced.
+    pub old: Ipv4Addr,
+    /// The fresh address put in its place.
+    pub new: Ipv4Addr,
+    /// The slot map that received the new address.
+    pub slot: usize,
+    /// The change made (the slice's file renamed into the manifest directory, or the gRPC
+    /// Apply called) → the new element reported by `nft monitor` in the node namespace: the
+    /// change is in the table.
+    pub table_ms: f64,
+    /// → gannetd logged that it reads the file (its scan noticed it; manifest directory).
+    pub noticed_ms: Option<f64>,
+    /// → the gRPC Apply call returned (gannet-control).
+    pub call_ms: Option<f64>,
+    /// → gannetd's `services synced` line (one frontend updated).
+    pub logged_ms: f64,
+}
+
+/// Latency statistics of the endpoint changes (nearest-rank percentiles).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChangeLatency {
+    /// Change made → element in the table.
+    pub table: LatencyStats,
+    /// File renamed → gannetd reads it (the scan interval's share; manifest directory).
+    pub noticed: Option<LatencyStats>,
+    /// gannetd reads the file → element in the table (gannetd's and nft's work).
+    pub after_noticed: Option<LatencyStats>,
+    /// The gRPC Apply call alone (gannet-control).
+    pub call: Option<LatencyStats>,
+    /// Change made → `services synced` logged.
+    pub logged: LatencyStats,
+}
+
+impl ChangeLatency {
+    /// The statistics of `changes`; `None` if there are none.
+    #[must_use]
+    pub fn of(changes: &[ChangeSample]) -> Option<ChangeLatency> {
+        let table: Vec<f64> = changes.iter().map(|c| c.table_ms).collect();
+        let noticed: Vec<f64> = changes.iter().filter_map(|c| c.noticed_ms).collect();
+        let after: Vec<f64> = changes
+            .iter()
+            .filter_map(|c| c.noticed_ms.map(|n| c.table_ms - n))
+            .collect();
+        let calls: Vec<f64> = changes.iter().filter_map(|c| c.call_ms).collect();
+        let logged: Vec<f64> = changes.iter().map(|c| c.logged_ms).collect();
+        let all = |v: &[f64]| {
+            (v.len() == changes.len())
+                .then(|| LatencyStats::from_samples(v))
+                .flatten()
+        };
+        Some(ChangeLatency {
+            table: LatencyStats::from_samples(&table)?,
+            noticed: all(&noticed),
+            after_noticed: all(&after),
+            call: all(&calls),
+            logged: LatencyStats::from_samples(&logged)?,
+        })
+    }
 }
 
 /// The whole `results.json`.
@@ -237,6 +382,10 @@ pub struct Results {
     pub machine: Machine,
     /// One entry per number of services.
     pub runs: Vec<RunResult>,
+    /// N services × E endpoints and endpoint changes (gannet-nft and `nft -f`), if run.
+    pub programming: Option<Programming>,
+    /// The root network namespace before and after the run.
+    pub root_namespace: RootCheck,
     /// Anything odd seen during the run (failed connections, one-sided backend spread).
     pub warnings: Vec<String>,
 }

@@ -164,7 +164,11 @@ pub fn busy_processes() -> Vec<String> {
         .collect()
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// A single-threaded tokio runtime for the gRPC client.
+///
+/// # Errors
+/// If it cannot be built.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -173,7 +177,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Loads every service and its slice into gannet-control, `batch` objects per Apply call, and
 /// checks that it lists them all.
-fn load_store(
+///
+/// # Errors
+/// If a call fails or times out, or the listing differs.
+pub fn load_store(
     rt: &tokio::runtime::Runtime,
     client: &mut Client,
     services: &[Service],
@@ -593,7 +600,10 @@ fn timed_load(
 }
 
 /// Output of `program args…` in `netns`, checked.
-fn output_in(netns: &Netns, program: &str, args: &[&str]) -> anyhow::Result<String> {
+///
+/// # Errors
+/// If it cannot run, fails, or takes longer than 300 s.
+pub fn output_in(netns: &Netns, program: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = Command::new(program);
     cmd.args(args).env("LC_ALL", "C");
     let output = run_in(cmd, Some(netns), None, CHECK_TIMEOUT)?;
@@ -676,19 +686,30 @@ fn peers(
 }
 
 /// One peer rule load: `program args… FILE` of `rules` in a fresh namespace named after `role`.
-struct PeerRun<'a> {
-    role: &'a str,
-    file: PathBuf,
-    rules: String,
-    program: &'a str,
-    args: &'a [&'a str],
-    what: &'a str,
-    timeout: Duration,
+/// (The `clusterip` scenario's programming measurement loads kube-proxy's nftables rules the same
+/// way.)
+pub struct PeerRun<'a> {
+    /// Names the namespace.
+    pub role: &'a str,
+    /// Where the rules are written (removed afterwards).
+    pub file: PathBuf,
+    /// The rules.
+    pub rules: String,
+    /// The loader and its arguments before the file.
+    pub program: &'a str,
+    pub args: &'a [&'a str],
+    /// The loader's name in messages.
+    pub what: &'a str,
+    /// How long it may take before it is killed.
+    pub timeout: Duration,
 }
 
 /// Runs `run`, then (if it finished in time) `count` in its namespace: how many services the
-/// loaded rules hold, checked by `count` itself.
-fn load_peer(
+/// loaded rules hold, checked by `count` itself. The namespace is removed before it returns.
+///
+/// # Errors
+/// If the file cannot be written, the loader fails, or `count` does.
+pub fn load_peer(
     run: PeerRun<'_>,
     count: impl FnOnce(&Netns) -> anyhow::Result<usize>,
 ) -> anyhow::Result<PeerLoad> {

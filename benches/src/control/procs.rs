@@ -5,7 +5,7 @@
 //! Every guard stops its process and removes what it created when dropped.
 
 use std::fs::{self, File};
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,43 @@ impl Logged {
     /// # Errors
     /// If the namespace cannot be opened or the program cannot start.
     pub fn spawn(mut cmd: Command, netns: Option<&Netns>, what: &str) -> anyhow::Result<Logged> {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        Self::start(cmd, netns, what, |child| {
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>)
+        })
+    }
+
+    /// Like [`spawn`](Self::spawn), but reads stdout and stderr together, as one stream of lines
+    /// (for a program that reports on stdout, such as `nft monitor`, and complains on stderr).
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn), or if the pipe cannot be created.
+    pub fn spawn_merged(
+        mut cmd: Command,
+        netns: Option<&Netns>,
+        what: &str,
+    ) -> anyhow::Result<Logged> {
+        let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+        cmd.stdout(writer.try_clone().context("duplicating a pipe")?)
+            .stderr(writer);
+        let mut reader = Some(reader);
+        Self::start(cmd, netns, what, move |_| {
+            reader.take().map(|r| Box::new(r) as Box<dyn Read + Send>)
+        })
+    }
+
+    /// Starts `cmd` (stdin null) in `netns` and reads the stream `output` takes from the child
+    /// line by line on a thread. `cmd` is dropped once the child runs, so that the child holds
+    /// the only write ends of its pipes.
+    fn start(
+        mut cmd: Command,
+        netns: Option<&Netns>,
+        what: &str,
+        output: impl FnOnce(&mut Child) -> Option<Box<dyn Read + Send>>,
+    ) -> anyhow::Result<Logged> {
         let netns_file = netns
             .map(|ns| {
                 File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))
@@ -106,18 +143,17 @@ impl Logged {
                 });
             }
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null());
         let started = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        drop(cmd);
         drop(netns_file);
-        let stderr = child.stderr.take().context("stderr is piped")?;
+        let stream = output(&mut child).context("the output is piped")?;
         let log = Arc::new((Mutex::new(LogState::default()), Condvar::new()));
         let reader = {
             let log = Arc::clone(&log);
             thread::spawn(move || {
-                let mut reader = BufReader::new(stderr);
+                let mut reader = BufReader::new(stream);
                 let mut buf = Vec::new();
                 loop {
                     buf.clear();
@@ -586,6 +622,23 @@ mod tests {
             .wait_exit(Duration::from_secs(5))
             .expect("exit");
         assert_eq!(status.code(), Some(3));
+    }
+
+    #[test]
+    fn merged_output_reads_stdout_and_stderr_in_order() {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo out; sleep 0.05; echo err >&2; sleep 0.05; echo out2",
+        ]);
+        let mut child = Logged::spawn_merged(cmd, None, "sh").expect("sh");
+        let (closed, status) = child.wait_exit(Duration::from_secs(5)).expect("exit");
+        assert!(status.success(), "{status}");
+        assert_eq!(child.tail(10), "out\nerr\nout2");
+        let (i, line) = child
+            .wait_line(0, Duration::from_secs(1), "err", |l| l.text == "err")
+            .expect("err line");
+        assert!(i == 1 && line.at <= closed, "{i} {line:?}");
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! The `clusterip` scenario: client pod → cluster IP → backend pod, four ways, at several numbers
-//! of programmed services.
+//! The `clusterip` scenario: client pod → cluster IP → backend pod, five ways, at several numbers
+//! of programmed services; and how long programming many services and changing one endpoint
+//! take ([`programming`]).
 //!
 //! For every number of services N: one routed node per path (each with a client pod and three
 //! backend pods running the peer server), kube-proxy's nftables rules loaded into the nft path's
 //! node and its iptables rules into the iptables path's node, gannetd started on a cgroup of our
-//! own and given the N services as YAML; then a connectivity check of every path, then rounds in
-//! which the four paths are measured back to back in a random order.
+//! own and given the N services as YAML, and a second gannetd with its nftables data plane in the
+//! gannet-nft path's node namespace, given the same YAML; then a connectivity check of every path,
+//! then rounds in which the five paths are measured back to back in a random order.
+
+pub mod programming;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -18,10 +22,12 @@ use anyhow::{Context as _, bail, ensure};
 use gannet_testkit::{Cgroup, ChildGuard, Netns, spawn};
 use indicatif::ProgressBar;
 
-use crate::agent::{Agent, SYNC_INTERVAL_MS};
+use crate::agent::{self, Agent, SYNC_INTERVAL_MS};
 use crate::kubeproxy::{iptables, nft};
 use crate::peer::{self, ClientOptions, Metric, Sample, Traffic};
-use crate::results::{LoadTime, LoadTimes, MetricResult, RunResult, Settings, Variant};
+use crate::results::{
+    LoadTime, LoadTimes, MetricResult, Programming, RunResult, Settings, Variant,
+};
 use crate::services::{
     self, ENDPOINTS_PER_SERVICE, SERVICE_PORT, Service, TARGET_PORT, bench_services,
 };
@@ -54,6 +60,8 @@ pub struct Tools {
     pub gannetd: PathBuf,
     /// The traffic peer.
     pub peer: PathBuf,
+    /// The control plane (the programming measurement's changes through it).
+    pub gannet_control: PathBuf,
 }
 
 /// How to run the scenario.
@@ -65,6 +73,8 @@ pub struct Config {
     pub service_counts: Vec<usize>,
     /// Rounds (per number of services), their length, order and CPU.
     pub traffic: Traffic,
+    /// The programming measurement (N × E services, endpoint changes), if it runs.
+    pub programming: Option<programming::Config>,
 }
 
 impl Config {
@@ -83,14 +93,17 @@ impl Config {
             peer_threads: 1,
             peer_cpu: self.traffic.peer_cpu,
             gannetd_sync_interval_ms: SYNC_INTERVAL_MS,
+            programming: self.programming.as_ref().map(programming::Config::settings),
         }
     }
 
     /// How many measurements the whole run takes (for the progress bar).
     #[must_use]
     pub fn measurements(&self) -> u64 {
-        (self.service_counts.len() * self.traffic.rounds * Variant::ALL.len() * Metric::ALL.len())
-            as u64
+        // Each change is made twice: through the manifest directory and through gannet-control.
+        let changes = self.programming.as_ref().map_or(0, |p| 2 * p.changes);
+        (self.service_counts.len() * self.traffic.rounds * Variant::ALL.len() * Metric::ALL.len()
+            + changes) as u64
     }
 }
 
@@ -285,8 +298,10 @@ struct Bench<'a> {
     config: &'a Config,
     tools: &'a Tools,
     progress: &'a ProgressBar,
-    // Field order is drop order: gannetd before its cgroup, then the paths.
+    // Field order is drop order: the gannetds before the cgroup, then the paths (the nft
+    // gannetd's namespace is the gannet-nft path's node).
     agent: Option<Agent>,
+    nft_agent: Option<Agent>,
     cgroup: Option<Cgroup>,
     paths: BTreeMap<Variant, PathSetup>,
     vip: Ipv4Addr,
@@ -381,6 +396,36 @@ impl Bench<'_> {
         load.gannetd_sync_seconds = agent
             .wait_synced(n as u64, start, LOAD_TIMEOUT)?
             .as_secs_f64();
+        check_interrupted()?;
+
+        self.progress
+            .set_message(format!("{n} services: gannetd --dataplane nftables"));
+        let manifest_dir = scratch.join(format!("manifests-nft-{n}"));
+        fs::create_dir(&manifest_dir)
+            .with_context(|| format!("creating {}", manifest_dir.display()))?;
+        let state_dir = scratch.join(format!("state-nft-{n}"));
+        let args = agent::nft_args("bench-nft", SYNC_INTERVAL_MS);
+        let node = agent::Node {
+            netns: self.paths[&Variant::GannetNft].node.node(),
+            tag: "nft",
+            state_dir: &state_dir,
+            args: &args,
+        };
+        let cgroup = self
+            .cgroup
+            .as_ref()
+            .context("the cgroup was created above")?;
+        let nft_agent = self.nft_agent.insert(Agent::start_nft(
+            &self.tools.gannetd,
+            cgroup,
+            &manifest_dir,
+            node,
+        )?);
+        let start = Instant::now();
+        services::write_manifests(&manifest_dir, services)?;
+        load.gannetd_nft_sync_seconds = nft_agent
+            .wait_synced(n as u64, start, LOAD_TIMEOUT)?
+            .as_secs_f64();
         Ok(load)
     }
 
@@ -434,6 +479,14 @@ impl Bench<'_> {
              measurement would not be gannet's",
             self.vip
         );
+        // The gannet-nft path's node holds gannet's table and nothing else that could translate.
+        let node = self.path(Variant::GannetNft).node.node();
+        let tables = crate::control::output_in(node, "nft", &["list", "tables"])?;
+        let tables: Vec<&str> = tables.lines().map(str::trim).collect();
+        ensure!(
+            tables == [format!("table inet {}", programming::TABLE)],
+            "the gannet-nft node should hold gannet's table only, it holds {tables:?}"
+        );
         Ok(spread)
     }
 }
@@ -458,6 +511,7 @@ fn run_size(
         tools,
         progress,
         agent: None,
+        nft_agent: None,
         cgroup: None,
         paths: BTreeMap::new(),
         vip,
@@ -477,8 +531,12 @@ fn run_size(
     note(
         progress,
         format!(
-            "{n} services programmed: gannetd {:.3} s, nft -f {:.3} s, iptables-restore {:.3} s",
-            load.gannetd_sync_seconds, load.nft.seconds, load.iptables_restore.seconds
+            "{n} services programmed: gannetd {:.3} s, gannetd nftables {:.3} s, nft -f {:.3} s, \
+             iptables-restore {:.3} s",
+            load.gannetd_sync_seconds,
+            load.gannetd_nft_sync_seconds,
+            load.nft.seconds,
+            load.iptables_restore.seconds
         ),
     );
     check_interrupted()?;
@@ -553,7 +611,16 @@ fn run_size(
     Ok(run)
 }
 
-/// Runs the scenario and returns one result per number of services.
+/// What the scenario measured.
+#[derive(Debug)]
+pub struct Measured {
+    /// One result per number of services.
+    pub runs: Vec<RunResult>,
+    /// The programming measurement, if it ran.
+    pub programming: Option<Programming>,
+}
+
+/// Runs the scenario: every number of services, then the programming measurement.
 ///
 /// # Errors
 /// If any step fails or the run is interrupted; everything created is removed either way.
@@ -563,7 +630,7 @@ pub fn run(
     progress: &ProgressBar,
     scratch: &Path,
     warnings: &mut Vec<String>,
-) -> anyhow::Result<Vec<RunResult>> {
+) -> anyhow::Result<Measured> {
     let mut rng = Rng::new(config.traffic.seed);
     let mut runs = Vec::with_capacity(config.service_counts.len());
     for &n in &config.service_counts {
@@ -572,7 +639,50 @@ pub fn run(
         note(progress, summary_line(&run));
         runs.push(run);
     }
-    Ok(runs)
+    let programming = config
+        .programming
+        .as_ref()
+        .map(|p| {
+            let binaries = programming::Tools {
+                gannetd: &tools.gannetd,
+                gannet_control: &tools.gannet_control,
+            };
+            let measured = programming::run(p, binaries, progress, scratch, &mut rng, warnings)
+                .with_context(|| {
+                    format!(
+                        "programming {} services × {} endpoints",
+                        p.services, p.endpoints
+                    )
+                })?;
+            note(progress, programming_line(&measured));
+            anyhow::Ok(measured)
+        })
+        .transpose()?;
+    Ok(Measured { runs, programming })
+}
+
+/// One line for the terminal: the programming measurement.
+fn programming_line(p: &Programming) -> String {
+    let nft = p.kube_proxy_nft.seconds().map_or_else(
+        || "not run".to_owned(),
+        |(s, killed)| format!("{}{s:.1} s", if killed { "> " } else { "" }),
+    );
+    let mut changes = String::new();
+    for (source, latency) in [
+        ("manifest directory", &p.change_latency),
+        ("gannet-control", &p.control_change_latency),
+    ] {
+        if let Some(c) = latency {
+            changes.push_str(&format!(
+                "; endpoint change ({source}) p50 {:.1} ms, p99 {:.1} ms ({} changes)",
+                c.table.p50_ms, c.table.p99_ms, c.table.count
+            ));
+        }
+    }
+    format!(
+        "{} services × {} endpoints: gannet-nft {:.2} s, nft -f {nft}{changes}",
+        p.services, p.endpoints_per_service, p.gannet_nft_seconds
+    )
 }
 
 /// One line per size for the terminal: the ratios of every path and metric.
