@@ -107,12 +107,12 @@ fn main() -> ExitCode {
             let network = match network {
                 Ok(removed) => {
                     for what in &removed {
-                        info!(removed = what, "overlay cleaned up");
+                        info!(removed = what, "network state cleaned up");
                     }
                     removed.len()
                 }
                 Err(e) => {
-                    error!(error = %e, "cleanup of the overlay failed");
+                    error!(error = %e, "cleanup of the overlay or the nftables tables failed");
                     return ExitCode::FAILURE;
                 }
             };

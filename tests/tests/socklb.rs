@@ -1,6 +1,12 @@
 //! Socket-level ClusterIP load balancing, end to end: gannetd attached to a test cgroup, backend
 //! servers in pod namespaces, clients in a pod namespace *and* the test cgroup, real sockets.
 //!
+//! The behaviour checks run against both data planes, with the same assertions: the eBPF socket
+//! load balancer (gannetd in the test's namespace, attached to the test cgroup), and the nftables
+//! data plane (`*_nftables`: gannetd runs `--dataplane nftables` in the client pod's namespace,
+//! whose table translates the client's connections in the nat output hook, as for a process on a
+//! node). Where the planes differ by design the check says so.
+//!
 //! Nothing here touches the root network namespace or the root cgroup.
 #![expect(
     unused_crate_dependencies,
@@ -24,18 +30,50 @@ const VIP4: &str = "10.96.0.10";
 const VIP6: &str = "fd00:96::10";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The data plane a check runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plane {
+    Ebpf,
+    Nftables,
+}
+
+impl Plane {
+    /// What gannetd logs when a restart takes over what the killed one programmed.
+    fn adopted(self) -> &'static str {
+        match self {
+            Plane::Ebpf => "adopted the running data plane",
+            Plane::Nftables => "adopted the nftables table inet gannet-services",
+        }
+    }
+
+    /// How `sendto()` from a local client to a service without backends fails at once: the
+    /// socket load balancer refuses in the hook; the table rejects the datagram in the output
+    /// hook, which the kernel reports to the sender as a dropped packet.
+    fn udp_refusal(self) -> &'static str {
+        match self {
+            Plane::Ebpf => "ECONNREFUSED",
+            Plane::Nftables => "EPERM",
+        }
+    }
+}
+
 /// A node with one client pod (pod 0) and `n` backend pods (pods 1..=n, named b1..bn) serving
-/// TCP and UDP on port 8080 over IPv4 and IPv6, and gannetd attached to the client's cgroup.
-/// Field order is drop order.
+/// TCP and UDP on port 8080 over IPv4 and IPv6, and gannetd attached to the client's cgroup
+/// (eBPF) or programming the client pod's namespace (nftables). Field order is drop order.
 struct Cluster {
     agent: Agent,
     _servers: Vec<ChildGuard>,
     cgroup: Cgroup,
     net: PodNet,
+    plane: Plane,
 }
 
 impl Cluster {
     fn new(backends: usize, agent_args: &[&str]) -> Cluster {
+        Cluster::on(Plane::Ebpf, backends, agent_args)
+    }
+
+    fn on(plane: Plane, backends: usize, agent_args: &[&str]) -> Cluster {
         let net = PodNet::new(backends + 1).expect("building the pod network");
         let mut servers = Vec::new();
         for (i, pod) in net.pods().iter().enumerate().skip(1) {
@@ -53,12 +91,21 @@ impl Cluster {
             servers.push(server);
         }
         let cgroup = Cgroup::new().expect("creating the test cgroup");
-        let agent = Agent::start(&cgroup, agent_args).expect("starting gannetd");
+        let agent = match plane {
+            Plane::Ebpf => Agent::start(&cgroup, agent_args),
+            Plane::Nftables => {
+                let mut args = vec!["--dataplane", "nftables"];
+                args.extend_from_slice(agent_args);
+                Agent::start_in(Some(&net.pods()[0].netns), &cgroup, &args)
+            }
+        }
+        .expect("starting gannetd");
         Cluster {
             agent,
             _servers: servers,
             cgroup,
             net,
+            plane,
         }
     }
 
@@ -130,6 +177,22 @@ impl Cluster {
         parse_json_output(&output).expect("probe report")
     }
 
+    /// Whether what gannetd programs is still there: its bpffs directory (eBPF) or its table
+    /// in the client pod's namespace (nftables).
+    fn holds_state(&self) -> bool {
+        match self.plane {
+            Plane::Ebpf => self.agent.bpf_root().exists(),
+            Plane::Nftables => {
+                let mut nft = Command::new("nft");
+                nft.args(["list", "table", "inet", "gannet-services"]);
+                run_in(nft, Some(&self.net.pods()[0].netns), None, PROBE_TIMEOUT)
+                    .expect("running nft")
+                    .status
+                    .success()
+            }
+        }
+    }
+
     fn spawn_probe(&self, args: &[&str]) -> ChildGuard {
         let mut cmd = Command::new(bin_path("gannet-probe"));
         cmd.args(args);
@@ -146,7 +209,16 @@ fn assert_all_ok(report: &Report, what: &str) {
 
 #[test]
 fn tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address() {
-    let mut c = Cluster::new(2, &[]);
+    tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address_on(Plane::Ebpf);
+}
+
+#[test]
+fn tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address_nftables() {
+    tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address_on(Plane::Nftables);
+}
+
+fn tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 2, &[]);
     c.publish(None, &[(1, true), (2, true)]);
 
     let tcp = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
@@ -176,6 +248,9 @@ fn tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address() {
     ]);
     assert_all_ok(&connected, "connected UDP through the ClusterIP");
 
+    if plane == Plane::Nftables {
+        return;
+    }
     // The same client outside the cgroup is not balanced: the VIP is routed nowhere.
     let outside = c.probe_outside_cgroup(&[
         "--timeout-ms",
@@ -194,7 +269,16 @@ fn tcp_and_udp_reach_backends_and_the_client_sees_only_the_service_address() {
 
 #[test]
 fn three_backends_share_new_connections_evenly() {
-    let mut c = Cluster::new(3, &[]);
+    three_backends_share_new_connections_evenly_on(Plane::Ebpf);
+}
+
+#[test]
+fn three_backends_share_new_connections_evenly_nftables() {
+    three_backends_share_new_connections_evenly_on(Plane::Nftables);
+}
+
+fn three_backends_share_new_connections_evenly_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 3, &[]);
     c.publish(None, &[(1, true), (2, true), (3, true)]);
     let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "900"]);
     assert_all_ok(&report, "900 connections");
@@ -211,7 +295,16 @@ fn three_backends_share_new_connections_evenly() {
 
 #[test]
 fn udp_sticks_to_one_backend_per_socket() {
-    let mut c = Cluster::new(3, &[]);
+    udp_sticks_to_one_backend_per_socket_on(Plane::Ebpf);
+}
+
+#[test]
+fn udp_sticks_to_one_backend_per_socket_nftables() {
+    udp_sticks_to_one_backend_per_socket_on(Plane::Nftables);
+}
+
+fn udp_sticks_to_one_backend_per_socket_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 3, &[]);
     c.publish(None, &[(1, true), (2, true), (3, true)]);
     let one_socket = c.probe(&["udp", "--to", "10.96.0.10:53", "--count", "60"]);
     assert_all_ok(&one_socket, "60 datagrams on one socket");
@@ -240,7 +333,16 @@ fn udp_sticks_to_one_backend_per_socket() {
 
 #[test]
 fn removed_endpoint_gets_no_new_connections_but_established_ones_keep_working() {
-    let mut c = Cluster::new(2, &[]);
+    removed_endpoint_gets_no_new_connections_but_established_ones_keep_working_on(Plane::Ebpf);
+}
+
+#[test]
+fn removed_endpoint_gets_no_new_connections_but_established_ones_keep_working_nftables() {
+    removed_endpoint_gets_no_new_connections_but_established_ones_keep_working_on(Plane::Nftables);
+}
+
+fn removed_endpoint_gets_no_new_connections_but_established_ones_keep_working_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 2, &[]);
     // Only b1 at first, so the held connection lands on b1.
     c.publish(None, &[(1, true)]);
     let mut held = c.spawn_probe(&["hold", "--to", "10.96.0.10:80"]);
@@ -272,7 +374,16 @@ fn removed_endpoint_gets_no_new_connections_but_established_ones_keep_working() 
 
 #[test]
 fn ipv6_services_work_for_tcp_and_udp() {
-    let mut c = Cluster::new(2, &[]);
+    ipv6_services_work_for_tcp_and_udp_on(Plane::Ebpf);
+}
+
+#[test]
+fn ipv6_services_work_for_tcp_and_udp_nftables() {
+    ipv6_services_work_for_tcp_and_udp_on(Plane::Nftables);
+}
+
+fn ipv6_services_work_for_tcp_and_udp_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 2, &[]);
     let endpoints: Vec<(String, bool)> = (1..=2).map(|i| (c.backend_v6(i), true)).collect();
     c.agent
         .apply(
@@ -320,7 +431,16 @@ fn ipv6_services_work_for_tcp_and_udp() {
 
 #[test]
 fn client_ip_affinity_pins_a_client_to_one_backend() {
-    let mut c = Cluster::new(3, &[]);
+    client_ip_affinity_pins_a_client_to_one_backend_on(Plane::Ebpf);
+}
+
+#[test]
+fn client_ip_affinity_pins_a_client_to_one_backend_nftables() {
+    client_ip_affinity_pins_a_client_to_one_backend_on(Plane::Nftables);
+}
+
+fn client_ip_affinity_pins_a_client_to_one_backend_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 3, &[]);
     c.publish(Some(600), &[(1, true), (2, true), (3, true)]);
     let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "60"]);
     assert_all_ok(&report, "connections with ClientIP affinity");
@@ -355,7 +475,16 @@ fn client_ip_affinity_pins_a_client_to_one_backend() {
 
 #[test]
 fn service_without_ready_backends_refuses_at_once() {
-    let mut c = Cluster::new(1, &[]);
+    service_without_ready_backends_refuses_at_once_on(Plane::Ebpf);
+}
+
+#[test]
+fn service_without_ready_backends_refuses_at_once_nftables() {
+    service_without_ready_backends_refuses_at_once_on(Plane::Nftables);
+}
+
+fn service_without_ready_backends_refuses_at_once_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 1, &[]);
     c.publish(None, &[(1, false)]);
     let tcp = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "5"]);
     assert_eq!(
@@ -366,15 +495,25 @@ fn service_without_ready_backends_refuses_at_once() {
     );
     let udp = c.probe(&["udp", "--to", "10.96.0.10:53", "--count", "3"]);
     assert_eq!(
-        (udp.ok, udp.error_count("ECONNREFUSED")),
+        (udp.ok, udp.error_count(plane.udp_refusal())),
         (0, 3),
-        "sendto() to a service without ready backends must fail with ECONNREFUSED: {udp:?}"
+        "sendto() to a service without ready backends must fail with {}: {udp:?}",
+        plane.udp_refusal()
     );
 }
 
 #[test]
 fn sigkill_and_restart_drop_no_request_and_adopt_the_data_plane() {
-    let mut c = Cluster::new(2, &[]);
+    sigkill_and_restart_drop_no_request_and_adopt_the_data_plane_on(Plane::Ebpf);
+}
+
+#[test]
+fn sigkill_and_restart_drop_no_request_and_adopt_the_data_plane_nftables() {
+    sigkill_and_restart_drop_no_request_and_adopt_the_data_plane_on(Plane::Nftables);
+}
+
+fn sigkill_and_restart_drop_no_request_and_adopt_the_data_plane_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 2, &[]);
     c.publish(None, &[(1, true), (2, true)]);
     let mut looping = c.spawn_probe(&[
         "loop",
@@ -390,7 +529,7 @@ fn sigkill_and_restart_drop_no_request_and_adopt_the_data_plane() {
     std::thread::sleep(Duration::from_millis(700));
     c.agent.restart().expect("restarting gannetd");
     c.agent
-        .wait_log("adopted the running data plane", 1)
+        .wait_log(plane.adopted(), 1)
         .expect("the new gannetd adopts");
     let output = looping.wait_output(Duration::from_secs(30)).unwrap();
     let report: Report = parse_json_output(&output).unwrap();
@@ -410,7 +549,16 @@ fn sigkill_and_restart_drop_no_request_and_adopt_the_data_plane() {
 
 #[test]
 fn invalid_manifest_is_rejected_and_the_running_state_stays() {
-    let mut c = Cluster::new(2, &[]);
+    invalid_manifest_is_rejected_and_the_running_state_stays_on(Plane::Ebpf);
+}
+
+#[test]
+fn invalid_manifest_is_rejected_and_the_running_state_stays_nftables() {
+    invalid_manifest_is_rejected_and_the_running_state_stays_on(Plane::Nftables);
+}
+
+fn invalid_manifest_is_rejected_and_the_running_state_stays_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 2, &[]);
     c.publish(None, &[(1, true), (2, true)]);
     // Break the service: SCTP is not supported.
     c.agent
@@ -442,7 +590,16 @@ fn invalid_manifest_is_rejected_and_the_running_state_stays() {
 
 #[test]
 fn endpoint_churn_under_load_never_fails_a_connection() {
-    let mut c = Cluster::new(3, &[]);
+    endpoint_churn_under_load_never_fails_a_connection_on(Plane::Ebpf);
+}
+
+#[test]
+fn endpoint_churn_under_load_never_fails_a_connection_nftables() {
+    endpoint_churn_under_load_never_fails_a_connection_on(Plane::Nftables);
+}
+
+fn endpoint_churn_under_load_never_fails_a_connection_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 3, &[]);
     c.publish(None, &[(1, true), (2, true), (3, true)]);
     let mut looping = c.spawn_probe(&["loop", "--to", "10.96.0.10:80", "--duration-ms", "3000"]);
     let sets: [&[(usize, bool)]; 4] = [
@@ -504,7 +661,16 @@ fn a_full_map_skips_the_service_that_does_not_fit_and_keeps_the_others() {
 
 #[test]
 fn cleanup_detaches_everything() {
-    let mut c = Cluster::new(1, &[]);
+    cleanup_detaches_everything_on(Plane::Ebpf);
+}
+
+#[test]
+fn cleanup_detaches_everything_nftables() {
+    cleanup_detaches_everything_on(Plane::Nftables);
+}
+
+fn cleanup_detaches_everything_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 1, &[]);
     c.publish(None, &[(1, true)]);
     assert_all_ok(
         &c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]),
@@ -518,10 +684,7 @@ fn cleanup_detaches_everything() {
         refused.to_string().contains("still running"),
         "the refusal must say why: {refused:#}"
     );
-    assert!(
-        c.agent.bpf_root().exists(),
-        "a refused cleanup removes nothing"
-    );
+    assert!(c.holds_state(), "a refused cleanup removes nothing");
     c.agent.stop(libc::SIGTERM).unwrap();
     // SIGTERM leaves the data plane running.
     assert_all_ok(
@@ -530,8 +693,8 @@ fn cleanup_detaches_everything() {
     );
     c.agent.cleanup().unwrap();
     assert!(
-        !c.agent.bpf_root().exists(),
-        "cleanup must remove {}",
+        !c.holds_state(),
+        "cleanup must remove {} (eBPF) or the table inet gannet-services (nftables)",
         c.agent.bpf_root().display()
     );
     let after = c.probe(&[

@@ -16,8 +16,10 @@
 //!             mark 0x4000 (cleared), ip daddr != @pod-cidrs4: masquerade
 //!             ct status dnat, ip saddr . ip daddr in @hairpin4: masquerade (a pod that reached itself)
 //! prerouting, filter, -110 (before DNAT):
+//!             ct state established,related: accept
 //!             frontend in @firewall4, frontend . ip saddr not in @firewall-allow4: drop
 //! input/forward/output, filter:
+//!             ct state established,related: accept
 //!             frontend vmap @blocked4: goto reject (no endpoint) or drop (Local, none on this node)
 //! ```
 //!
@@ -763,7 +765,9 @@ struct Next {
     lb_chains: BTreeSet<usize>,
     aff_chains: BTreeSet<usize>,
     timeouts: BTreeSet<u32>,
-    hairpin: BTreeMap<IpAddr, usize>,
+    /// Users each touched address loses and gains (only addresses of changed frontends, so a
+    /// change costs its own backends, not all of the table's).
+    hairpin: BTreeMap<IpAddr, (usize, usize)>,
 }
 
 impl Next {
@@ -773,7 +777,7 @@ impl Next {
             lb_chains: plane.lb_chains.clone(),
             aff_chains: plane.aff_chains.clone(),
             timeouts: plane.timeouts.clone(),
-            hairpin: plane.hairpin.clone(),
+            hairpin: BTreeMap::new(),
         }
     }
 
@@ -854,12 +858,10 @@ impl Next {
             }
         }
         for b in &o.backends {
-            if let Some(users) = self.hairpin.get_mut(&b.ip) {
-                *users -= 1;
-            }
+            self.hairpin.entry(b.ip).or_default().0 += 1;
         }
         for b in &n.backends {
-            *self.hairpin.entry(b.ip).or_insert(0) += 1;
+            self.hairpin.entry(b.ip).or_default().1 += 1;
         }
         if o.block != n.block {
             let set = format!("{}{s}", names::BLOCKED);
@@ -923,25 +925,38 @@ impl Next {
     fn hairpin_commands(&self, plane: &NftDataPlane) -> Vec<Value> {
         let mut elements = Elements::default();
         let set = |ip: &IpAddr| format!("{}{}", names::HAIRPIN, Family::of(*ip).suffix());
-        for (ip, users) in &self.hairpin {
-            let had = plane.hairpin.contains_key(ip);
-            if *users > 0 && !had {
+        for (ip, delta) in &self.hairpin {
+            let had = plane.hairpin.get(ip).copied().unwrap_or(0);
+            let has = users_after(had, *delta);
+            if has > 0 && had == 0 {
                 elements.add(set(ip), table::hairpin_key(*ip));
-            } else if *users == 0 && had {
+            } else if has == 0 && had > 0 {
                 elements.delete(set(ip), table::hairpin_key(*ip));
             }
         }
         elements.commands()
     }
 
-    fn commit(mut self, plane: &mut NftDataPlane) {
-        self.hairpin.retain(|_, users| *users > 0);
+    fn commit(self, plane: &mut NftDataPlane) {
         plane.slots = self.slots;
         plane.lb_chains = self.lb_chains;
         plane.aff_chains = self.aff_chains;
         plane.timeouts = self.timeouts;
-        plane.hairpin = self.hairpin;
+        for (ip, delta) in self.hairpin {
+            let had = plane.hairpin.get(&ip).copied().unwrap_or(0);
+            match users_after(had, delta) {
+                0 => plane.hairpin.remove(&ip),
+                has => plane.hairpin.insert(ip, has),
+            };
+        }
     }
+}
+
+/// Users of a hairpin address after a transaction that took `lost` and gave `gained`. An
+/// adopted table may hold a backend without counting it (its hairpin element was missing), so
+/// losses never go below zero.
+fn users_after(had: usize, (lost, gained): (usize, usize)) -> usize {
+    had.saturating_sub(lost) + gained
 }
 
 /// A set element as nft lists it: `key` alone, or `[key, value]` for a map.

@@ -389,7 +389,15 @@ pub fn skeleton() -> Vec<Value> {
             ]),
         ));
     }
+    // Source ranges and refusals concern new connections only (as in kube-proxy): packets of
+    // established ones leave these chains after one conntrack state test.
+    let established = json!([
+        { "match": { "op": "in", "left": { "ct": { "key": "state" } },
+                     "right": ["established", "related"] } },
+        { "accept": null },
+    ]);
     out.push(base_chain("firewall", "filter", "prerouting", FIREWALL));
+    out.push(rule("firewall", established.clone()));
     for family in Family::BOTH {
         let s = family.suffix();
         let mut with_client = packet_frontend(family);
@@ -412,6 +420,7 @@ pub fn skeleton() -> Vec<Value> {
         ("filter-output", "output"),
     ] {
         out.push(base_chain(name, "filter", hook, FILTER));
+        out.push(rule(name, established.clone()));
         for family in Family::BOTH {
             out.push(rule(
                 name,

@@ -240,6 +240,48 @@ fn the_table_holds_each_frontend_as_elements_and_changes_touch_only_one_frontend
 }
 
 #[test]
+fn a_hairpin_element_goes_with_the_last_frontend_using_its_address() {
+    let ns = Netns::new("nfthp").expect("test netns");
+    ns.run(|| {
+        let hairpin = |ip: &str| format!(r#"hairpin4: {{"concat":["{ip}","{ip}"]}}"#);
+        let mut plane = NftDataPlane::adopt("n1").expect("creating the table");
+        let (web, api) = (
+            frontend("10.96.0.10", 80, Protocol::Tcp),
+            frontend("10.96.0.11", 80, Protocol::Tcp),
+        );
+        let (shared, own) = (backend("10.244.1.5", 8080), backend("10.244.1.6", 8080));
+        let report = plane.apply(
+            &state(&[
+                (web, spec("web", &[shared, own])),
+                (api, spec("api", &[shared])),
+            ]),
+            true,
+        );
+        assert_eq!((report.added, report.failed.len()), (2, 0), "{report:?}");
+        for ip in ["10.244.1.5", "10.244.1.6"] {
+            assert!(elements().contains(&hairpin(ip)), "{ip}: {:#?}", elements());
+        }
+
+        // web lets both go: the address api still uses keeps its element, the other loses it.
+        plane.apply_changes(&BTreeMap::from([(web, Some(spec("web", &[])))]));
+        let all = elements();
+        assert!(all.contains(&hairpin("10.244.1.5")), "{all:#?}");
+        assert!(!all.contains(&hairpin("10.244.1.6")), "{all:#?}");
+
+        // An adopting instance counts the users from the table: api's removal takes the last.
+        let mut adopted = NftDataPlane::adopt("n1").expect("adopting");
+        adopted.apply_changes(&BTreeMap::from([(api, None)]));
+        assert!(
+            !elements().iter().any(|e| e.starts_with("hairpin")),
+            "{:#?}",
+            elements()
+        );
+        assert!(remove().unwrap());
+    })
+    .expect("running in the test netns");
+}
+
+#[test]
 fn a_frontend_the_kernel_refuses_is_reported_and_the_others_are_programmed() {
     let ns = Netns::new("nftbad").expect("test netns");
     ns.run(|| {
