@@ -373,6 +373,77 @@ fn removed_endpoint_gets_no_new_connections_but_established_ones_keep_working_on
 }
 
 #[test]
+fn terminating_endpoints_serve_only_while_none_is_ready() {
+    terminating_endpoints_serve_only_while_none_is_ready_on(Plane::Ebpf);
+}
+
+#[test]
+fn terminating_endpoints_serve_only_while_none_is_ready_nftables() {
+    terminating_endpoints_serve_only_while_none_is_ready_on(Plane::Nftables);
+}
+
+/// kube-proxy's fallback: a service's backends are its ready endpoints, or, while none is
+/// ready, the serving and terminating ones (a rollout's last pods draining).
+fn terminating_endpoints_serve_only_while_none_is_ready_on(plane: Plane) {
+    let mut c = Cluster::on(plane, 2, &[]);
+    c.publish(None, &[(1, true), (2, true)]);
+    let addresses = [c.backend_v4(1), c.backend_v4(2)];
+    let slice = |endpoints: &[(usize, &str)]| {
+        let mut yaml = endpoint_slice_yaml(
+            "web-1",
+            "web",
+            "IPv4",
+            &[("http", "TCP"), ("dns", "UDP")],
+            &[],
+        );
+        for (i, conditions) in endpoints {
+            yaml.push_str(&format!(
+                "- addresses: [\"{}\"]\n  conditions: {{{conditions}}}\n",
+                addresses[*i - 1]
+            ));
+        }
+        yaml
+    };
+    let draining = "ready: false, serving: true, terminating: true";
+    let gone = "ready: false, serving: false, terminating: true";
+
+    let yaml = slice(&[(1, draining), (2, "ready: true")]);
+    c.agent
+        .apply("web-eps.yaml", &yaml, "manifests applied")
+        .unwrap();
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "40"]);
+    assert_all_ok(&report, "a ready and a terminating endpoint");
+    assert_eq!(
+        report.backend_count("b2"),
+        40,
+        "while one is ready, a terminating endpoint gets no new connection: {report:?}"
+    );
+
+    let yaml = slice(&[(1, draining), (2, gone)]);
+    c.agent
+        .apply("web-eps.yaml", &yaml, "manifests applied")
+        .unwrap();
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "40"]);
+    assert_all_ok(&report, "only a serving terminating endpoint");
+    assert_eq!(
+        report.backend_count("b1"),
+        40,
+        "with none ready, the serving terminating endpoint serves: {report:?}"
+    );
+
+    let yaml = slice(&[(1, gone)]);
+    c.agent
+        .apply("web-eps.yaml", &yaml, "manifests applied")
+        .unwrap();
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]);
+    assert_eq!(
+        (report.ok, report.error_count("ECONNREFUSED")),
+        (0, 3),
+        "an endpoint that no longer serves is no backend: {report:?}"
+    );
+}
+
+#[test]
 fn ipv6_services_work_for_tcp_and_udp() {
     ipv6_services_work_for_tcp_and_udp_on(Plane::Ebpf);
 }
