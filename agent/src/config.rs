@@ -83,7 +83,8 @@ pub struct RunArgs {
     /// How services are programmed: `ebpf` (the socket load balancer, the NodePort program in
     /// tc/XDP and the pod fast path) or `nftables` (one nftables table of gannet's own,
     /// `inet gannet-services`, for nodes that cannot run gannet's eBPF programs; no program is
-    /// loaded and `--cgroup-path` is not used).
+    /// loaded and `--cgroup-path` is not used; the table is checked every 10 s and programmed
+    /// again when it was flushed or removed).
     #[arg(long, value_enum, default_value_t = DataPlane::Ebpf, env = "GANNET_DATAPLANE")]
     pub dataplane: DataPlane,
     /// Name of this node (defaults to the host name).

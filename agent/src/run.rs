@@ -398,6 +398,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut resync = tokio::time::interval(resync_every.unwrap_or(Duration::from_secs(86_400)));
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
     resync.tick().await;
+    let mut repair = tokio::time::interval(datapath::REPAIR_INTERVAL);
+    repair.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    repair.tick().await;
     let mut conntrack_gc = tokio::time::interval(CONNTRACK_GC_INTERVAL);
     conntrack_gc.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
@@ -420,6 +423,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 plane.collect_conntrack_garbage();
             }
             _ = garbage.tick() => plane.services().collect_garbage(),
+            _ = repair.tick() => {
+                if let Some(report) = plane.services().repair() {
+                    log_report(&report);
+                }
+            }
             _ = resync.tick(), if resync_every.is_some() => network.resync(),
         }
     }

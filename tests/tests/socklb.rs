@@ -618,6 +618,33 @@ fn sigkill_and_restart_drop_no_request_and_adopt_the_data_plane_on(plane: Plane)
     assert_eq!(after.backend_count("b2"), 30, "after restart: {after:?}");
 }
 
+/// nftables only: a firewall service that runs `nft flush ruleset` takes gannet's table with it;
+/// gannetd notices within its repair interval (10 s) and programs the table again.
+#[test]
+fn a_flushed_ruleset_is_programmed_again_nftables() {
+    let mut c = Cluster::on(Plane::Nftables, 2, &[]);
+    c.publish(None, &[(1, true), (2, true)]);
+    assert_all_ok(
+        &c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "5"]),
+        "before the flush",
+    );
+    let synced = c.agent.log_count("services synced");
+    let mut nft = Command::new("nft");
+    nft.args(["flush", "ruleset"]);
+    let output = run_in(nft, Some(&c.net.pods()[0].netns), None, PROBE_TIMEOUT).unwrap();
+    assert!(output.status.success(), "nft flush ruleset: {output:?}");
+    assert!(!c.holds_state(), "the flush removed the table");
+    c.agent
+        .wait_log("was removed or changed outside gannetd", 1)
+        .expect("gannetd notices the flush");
+    c.agent
+        .wait_log("services synced", synced + 1)
+        .expect("gannetd programs the table again");
+    let after = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
+    assert_all_ok(&after, "after the repair");
+    assert_eq!(after.backends.len(), 2, "both backends again: {after:?}");
+}
+
 #[test]
 fn invalid_manifest_is_rejected_and_the_running_state_stays() {
     invalid_manifest_is_rejected_and_the_running_state_stays_on(Plane::Ebpf);

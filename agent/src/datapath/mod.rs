@@ -47,7 +47,15 @@ pub trait ServiceDataPlane {
     fn apply_changes(&mut self, changes: &BTreeMap<Frontend, Option<ServicePort>>) -> ApplyReport;
     /// Frees what a change left for later (called every 100 ms).
     fn collect_garbage(&mut self) {}
+    /// Checks that what was programmed is still in place and programs it again where not
+    /// (called every [`REPAIR_INTERVAL`]); the report of what it did, if anything.
+    fn repair(&mut self) -> Option<ApplyReport> {
+        None
+    }
 }
+
+/// How often [`ServiceDataPlane::repair`] runs.
+pub const REPAIR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl<M: reconcile::ServiceMaps> ServiceDataPlane for reconcile::Reconciler<M> {
     fn apply(&mut self, desired: &DesiredState, prune: bool) -> ApplyReport {
@@ -70,6 +78,10 @@ impl ServiceDataPlane for nft::NftDataPlane {
 
     fn apply_changes(&mut self, changes: &BTreeMap<Frontend, Option<ServicePort>>) -> ApplyReport {
         nft::NftDataPlane::apply_changes(self, changes)
+    }
+
+    fn repair(&mut self) -> Option<ApplyReport> {
+        nft::NftDataPlane::repair(self)
     }
 }
 

@@ -164,6 +164,32 @@ pub struct NftDataPlane {
     pod_cidrs: Vec<IpNet>,
 }
 
+/// The chains every table of this layout has, each with rules.
+const BASE_CHAINS: [&str; 9] = [
+    "services",
+    REJECT_CHAIN_NAME,
+    "nat-prerouting",
+    "nat-output",
+    "nat-postrouting",
+    "firewall",
+    "filter-input",
+    "filter-forward",
+    "filter-output",
+];
+
+/// The sets and maps every table of this layout has, per family (suffix `4`, `6`).
+const SETS: [&str; 9] = [
+    names::SERVICES,
+    names::BLOCKED,
+    names::LB,
+    names::MASQUERADE,
+    names::EXTERNAL,
+    names::FIREWALL,
+    names::FIREWALL_ALLOW,
+    names::HAIRPIN,
+    names::POD_CIDRS,
+];
+
 /// Runs one transaction.
 fn apply(commands: Vec<Value>) -> Result<(), NftError> {
     if commands.is_empty() {
@@ -179,10 +205,16 @@ fn apply(commands: Vec<Value>) -> Result<(), NftError> {
 
 /// The table as nft lists it, `None` when there is none.
 fn list() -> Result<Option<Value>, NftError> {
-    match nftables::helper::get_current_ruleset_raw(
-        None::<&str>,
-        ["-j", "list", "table", "inet", TABLE],
-    ) {
+    list_with(&["-j", "list", "table", "inet", TABLE])
+}
+
+/// The table's chains, rules and sets without the sets' elements (`nft -t`): cheap at any size.
+fn list_structure() -> Result<Option<Value>, NftError> {
+    list_with(&["-t", "-j", "list", "table", "inet", TABLE])
+}
+
+fn list_with(args: &[&str]) -> Result<Option<Value>, NftError> {
+    match nftables::helper::get_current_ruleset_raw(None::<&str>, args.iter().copied()) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| NftError::Read(e.to_string())),
@@ -261,6 +293,88 @@ impl NftDataPlane {
         }
     }
 
+    /// Checks that the table still has the structure this instance programmed (its chains with
+    /// their rules, its sets and maps) and rebuilds it whole when not: someone ran `nft flush
+    /// ruleset`, deleted or flushed the table, or removed one of its chains. Elements removed by
+    /// hand are not detected (that would mean reading every element back). Returns the report
+    /// of the rebuild, `None` when the table was intact (or could not be read: logged).
+    pub fn repair(&mut self) -> Option<ApplyReport> {
+        let listing = match list_structure() {
+            Ok(listing) => listing,
+            Err(error) => {
+                warn!(%error, "cannot check the nftables table inet {TABLE}");
+                return None;
+            }
+        };
+        if listing.as_ref().is_some_and(|l| self.intact(l)) {
+            return None;
+        }
+        warn!(
+            frontends = self.programmed.len(),
+            "the nftables table inet {TABLE} was removed or changed outside gannetd: \
+             programming it again"
+        );
+        let mut commands = Vec::new();
+        if listing.is_some() {
+            commands.push(json!({ "delete": { "table": table::table() } }));
+        }
+        commands.extend(table::skeleton());
+        if let Err(error) = apply(commands) {
+            error!(%error, "cannot create the nftables table inet {TABLE} again");
+            return None;
+        }
+        let programmed = std::mem::take(&mut self.programmed);
+        let pod_cidrs = std::mem::take(&mut self.pod_cidrs);
+        *self = NftDataPlane::adopt_empty(&self.node_name);
+        self.set_pod_cidrs(&pod_cidrs);
+        let changes = programmed.into_iter().map(|(f, p)| (f, Some(p))).collect();
+        let mut report = ApplyReport::default();
+        self.program(changes, &BTreeMap::new(), &mut report);
+        Some(report)
+    }
+
+    /// Whether a structure listing holds every chain this instance created, each with its
+    /// rules, and every set and map.
+    fn intact(&self, listing: &Value) -> bool {
+        let mut rules: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut sets = BTreeSet::new();
+        for item in listing["nftables"].as_array().into_iter().flatten() {
+            if let Some(name) = item["chain"]["name"].as_str() {
+                rules.entry(name).or_default();
+            }
+            if let Some(chain) = item["rule"]["chain"].as_str() {
+                *rules.entry(chain).or_default() += 1;
+            }
+            for kind in ["set", "map"] {
+                if let Some(name) = item[kind]["name"].as_str() {
+                    sets.insert(name.to_owned());
+                }
+            }
+        }
+        let mut chains: Vec<String> = BASE_CHAINS.iter().map(|c| (*c).to_owned()).collect();
+        chains.extend((0..self.slots).map(names::slot_chain));
+        chains.extend((0..self.slots).map(names::aff_slot_chain));
+        chains.extend(self.lb_chains.iter().map(|n| names::lb_chain(*n)));
+        chains.extend(self.aff_chains.iter().map(|n| names::aff_chain(*n)));
+        let mut wanted_sets: Vec<String> = Vec::new();
+        for family in Family::BOTH {
+            let s = family.suffix();
+            wanted_sets.extend(SETS.iter().map(|set| format!("{set}{s}")));
+            for i in 0..self.slots {
+                wanted_sets.push(names::slot_addr(i, s));
+                wanted_sets.push(names::slot_port(i, s));
+                wanted_sets.push(names::affinity_slot(i, s));
+            }
+            for seconds in &self.timeouts {
+                wanted_sets.push(names::affinity_frontends(*seconds, s));
+            }
+        }
+        chains
+            .iter()
+            .all(|c| rules.get(c.as_str()).is_some_and(|n| *n > 0))
+            && wanted_sets.iter().all(|set| sets.contains(set))
+    }
+
     /// Fills the state from a listing of the table; `false` when it is not the layout this
     /// gannetd writes (a base chain or set missing).
     fn read_back(&mut self, listing: &Value) -> bool {
@@ -283,30 +397,8 @@ impl NftDataPlane {
                 }
             }
         }
-        let expected_chains = [
-            "services",
-            REJECT_CHAIN_NAME,
-            "nat-prerouting",
-            "nat-output",
-            "nat-postrouting",
-            "firewall",
-            "filter-input",
-            "filter-forward",
-            "filter-output",
-        ];
-        let expected_sets = [
-            names::SERVICES,
-            names::BLOCKED,
-            names::LB,
-            names::MASQUERADE,
-            names::EXTERNAL,
-            names::FIREWALL,
-            names::FIREWALL_ALLOW,
-            names::HAIRPIN,
-            names::POD_CIDRS,
-        ];
-        if !expected_chains.iter().all(|c| chains.contains(*c))
-            || !expected_sets.iter().all(|s| {
+        if !BASE_CHAINS.iter().all(|c| chains.contains(*c))
+            || !SETS.iter().all(|s| {
                 Family::BOTH
                     .iter()
                     .all(|f| sets.contains_key(&format!("{s}{}", f.suffix())))

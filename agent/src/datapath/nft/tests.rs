@@ -281,6 +281,82 @@ fn a_hairpin_element_goes_with_the_last_frontend_using_its_address() {
     .expect("running in the test netns");
 }
 
+/// Runs `nft` with `args` in the current namespace (the test's).
+fn nft(args: &[&str]) {
+    let status = std::process::Command::new("nft")
+        .args(args)
+        .status()
+        .expect("running nft");
+    assert!(status.success(), "nft {args:?}");
+}
+
+#[test]
+fn a_table_flushed_or_removed_outside_gannetd_is_programmed_again() {
+    let ns = Netns::new("nftrep").expect("test netns");
+    ns.run(|| {
+        let mut plane = NftDataPlane::adopt("n1").expect("creating the table");
+        plane.set_pod_cidrs(&["10.244.1.0/24".parse().unwrap()]);
+        let mut sticky = spec("sticky", &[backend("10.244.1.7", 80)]);
+        sticky.session_affinity_timeout = Some(600);
+        let desired = state(&[
+            (
+                frontend("10.96.0.10", 80, Protocol::Tcp),
+                spec(
+                    "web",
+                    &[backend("10.244.1.5", 8080), backend("10.244.2.5", 8080)],
+                ),
+            ),
+            (frontend("10.96.0.77", 80, Protocol::Tcp), sticky),
+            (
+                frontend("10.96.0.99", 80, Protocol::Tcp),
+                spec("empty", &[]),
+            ),
+        ]);
+        let report = plane.apply(&desired, true);
+        assert_eq!((report.added, report.failed.len()), (3, 0), "{report:?}");
+        let programmed = elements();
+        let rules = |listing: Option<Value>| {
+            listing.expect("the table exists")["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i.get("rule").is_some())
+                .count()
+        };
+        let rule_count = rules(list().unwrap());
+
+        assert!(plane.repair().is_none(), "an intact table is left alone");
+
+        for damage in [
+            &["delete", "table", "inet", TABLE][..],
+            &["flush", "table", "inet", TABLE],
+            &["flush", "ruleset"],
+            &["delete", "chain", "inet", TABLE, "slot-1"],
+        ] {
+            if damage[0] == "delete" && damage[1] == "chain" {
+                // A chain that rules jump to cannot be deleted before its rules.
+                nft(&["flush", "chain", "inet", TABLE, "lb-2"]);
+                nft(&["flush", "chain", "inet", TABLE, "aff-1"]);
+                nft(&["flush", "chain", "inet", TABLE, "lb-1"]);
+                nft(&["flush", "chain", "inet", TABLE, "aff-slot-1"]);
+                nft(&["flush", "chain", "inet", TABLE, "slot-1"]);
+            }
+            nft(damage);
+            let report = plane.repair().expect("the damage is found");
+            assert_eq!(
+                (report.added, report.failed.len()),
+                (3, 0),
+                "after {damage:?}: {report:?}"
+            );
+            assert_eq!(elements(), programmed, "after {damage:?}");
+            assert_eq!(rules(list().unwrap()), rule_count, "after {damage:?}");
+            assert!(plane.repair().is_none(), "repaired after {damage:?}");
+        }
+        assert!(remove().unwrap());
+    })
+    .expect("running in the test netns");
+}
+
 #[test]
 fn a_frontend_the_kernel_refuses_is_reported_and_the_others_are_programmed() {
     let ns = Netns::new("nftbad").expect("test netns");
