@@ -1049,6 +1049,12 @@ fn status_nft(c: &Cluster) {
     let status = c.nodes[0].agent.status().unwrap();
     assert_eq!(status["dataplane"], "nftables", "{status:#}");
     assert!(status.get("nodeport").is_none(), "no program: {status:#}");
+    node_port_entry_has_every_node(c, &status, "backends");
+}
+
+/// The status entry of node 0's node port: external, with a backend on every node (under
+/// `field`: the nftables table lists `backends`, the eBPF plane `packet_backends`).
+fn node_port_entry_has_every_node(c: &Cluster, status: &Value, field: &str) {
     let frontend = format!("{}/TCP", sock(&c.nodes[0].ipv4, NODE_PORT));
     let services = status["services"].as_array().cloned().unwrap_or_default();
     let entry = services
@@ -1057,7 +1063,7 @@ fn status_nft(c: &Cluster) {
         .unwrap_or_else(|| panic!("{frontend} in the status: {status:#}"));
     assert_eq!(entry["external"], true, "{entry:#}");
     assert_eq!(
-        entry["backends"].as_array().map(Vec::len),
+        entry[field].as_array().map(Vec::len),
         Some(NODES),
         "{entry:#}"
     );
@@ -1079,18 +1085,7 @@ fn status_with(c: &Cluster, expected_interfaces: &[&str]) {
         "{np:#}"
     );
     assert!(np["conntrack_entries"].as_u64().unwrap_or(0) > 0, "{np:#}");
-    let frontend = format!("{}/TCP", sock(&c.nodes[0].ipv4, NODE_PORT));
-    let services = status["services"].as_array().cloned().unwrap_or_default();
-    let entry = services
-        .iter()
-        .find(|s| s["frontend"] == frontend.as_str())
-        .unwrap_or_else(|| panic!("{frontend} in the status: {status:#}"));
-    assert_eq!(entry["external"], true, "{entry:#}");
-    assert_eq!(
-        entry["packet_backends"].as_array().map(Vec::len),
-        Some(NODES),
-        "{entry:#}"
-    );
+    node_port_entry_has_every_node(c, &status, "packet_backends");
 }
 
 #[test]
