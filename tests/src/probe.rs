@@ -402,6 +402,69 @@ pub fn hold(
     Ok(report)
 }
 
+/// `hold --udp` mode: one connected UDP socket, driven by `input` lines. Prints
+/// `connected <peer>` once connected; for each `ping` line sends a request and prints the
+/// backend's name or `error: ERRNO`, where ERRNO is the socket's pending error (`SO_ERROR`, what
+/// the kernel aborted the socket with) if it has one, else the failed call's; for each
+/// `reconnect` line connects the socket again and prints `connected <peer>` or `error: ERRNO`.
+/// Returns at end of input.
+///
+/// # Errors
+/// If the first connect fails (after printing `error: ERRNO`), or reading `input` or writing
+/// `output` fails.
+pub fn hold_udp(
+    opts: &ClientOptions,
+    input: impl BufRead,
+    mut output: impl Write,
+) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let socket = match udp_socket(opts, true) {
+        Ok(socket) => socket,
+        Err(failure) => {
+            writeln!(output, "error: {failure}")?;
+            output.flush()?;
+            bail!("connecting to {}: {failure}", opts.to);
+        }
+    };
+    let pending_or = |socket: &UdpSocket, failure: Failure| match socket.take_error() {
+        Ok(Some(pending)) => Failure::from(pending),
+        _ => failure,
+    };
+    writeln!(output, "connected {}", socket.peer_addr()?)?;
+    output.flush()?;
+    let mut report = Report::default();
+    for line in input.lines() {
+        match line?.trim() {
+            "ping" => {
+                let began = Instant::now();
+                match udp_exchange(&socket, opts, true) {
+                    Ok((backend, peer)) => {
+                        writeln!(output, "{backend}")?;
+                        report.record_ok(&backend, peer);
+                    }
+                    Err(failure) => {
+                        let failure = pending_or(&socket, failure);
+                        writeln!(output, "error: {failure}")?;
+                        report.record_failure(&failure, began.elapsed());
+                    }
+                }
+            }
+            "reconnect" => match socket.connect(opts.to).and_then(|()| socket.peer_addr()) {
+                Ok(peer) => writeln!(output, "connected {peer}")?,
+                Err(e) => writeln!(output, "error: {}", Failure::from(e))?,
+            },
+            "" => continue,
+            other => writeln!(
+                output,
+                "error: unknown command {other:?} (expected ping or reconnect)"
+            )?,
+        }
+        output.flush()?;
+    }
+    report.elapsed_us = micros(start.elapsed());
+    Ok(report)
+}
+
 /// One TCP request on a new connection: the backend's name and `getpeername()`.
 ///
 /// # Errors

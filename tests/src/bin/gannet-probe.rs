@@ -75,10 +75,15 @@ enum Mode {
         #[arg(long)]
         connected: bool,
     },
-    /// Keep one TCP connection; send a request for each `ping` line on stdin.
+    /// Keep one TCP connection (or connected UDP socket); send a request for each `ping` line
+    /// on stdin.
     Hold {
         #[command(flatten)]
         client: ClientArgs,
+        /// A connected UDP socket instead of a TCP connection; a `reconnect` line connects it
+        /// again.
+        #[arg(long)]
+        udp: bool,
     },
     /// COUNT ICMP/ICMPv6 echo requests through a raw socket (needs `CAP_NET_RAW`), one at a time,
     /// each waiting up to --timeout-ms for its reply.
@@ -196,8 +201,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print_json(&probe::udp_count(&client.options(timeout), count, udp))
         }
-        Mode::Hold { client } => {
-            let report = probe::hold(&client.options(timeout), io::stdin().lock(), io::stdout())?;
+        Mode::Hold { client, udp } => {
+            let (opts, input, output) = (client.options(timeout), io::stdin().lock(), io::stdout());
+            let report = if udp {
+                probe::hold_udp(&opts, input, output)?
+            } else {
+                probe::hold(&opts, input, output)?
+            };
             print_json(&report)
         }
         Mode::Icmp {
