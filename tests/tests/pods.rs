@@ -15,7 +15,7 @@ use gannet_testkit::{
     agent::Agent,
     bin_path,
     cni::{cni, pod_ip},
-    probe::{Report, parse_json_output},
+    probe::{Report, ServeReport, SpoofReport, parse_json_output},
     run_in, spawn, unique_name,
 };
 use serde_json::{Value, json};
@@ -139,6 +139,90 @@ fn pods_registered_by_gannet_cni_talk_through_the_fast_path_only() {
     cni(&node, &a, "DEL", "pod-a", &registered);
     cni(&node, &c, "DEL", "pod-c", &conf(&ipam_dir, None));
     drop(servers);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&ipam_dir);
+}
+
+/// A pod with `CAP_NET_RAW` (what containerd gives by default) writing another pod's address
+/// into its packets: gannet's pod program drops them before `bpf_redirect_peer` could hand them
+/// to their destination, and counts them; the same pod's packets from its own address pass.
+#[test]
+fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
+    let node = Netns::new("node").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let agent = Agent::start_in(Some(&node), &cgroup, &[]).unwrap();
+    let ipam_dir = std::env::temp_dir().join(unique_name("gannet-ipam"));
+    let registered = conf(&ipam_dir, Some(&agent.cni_socket()));
+    let (a, b, c) = (
+        Netns::new("pa").unwrap(),
+        Netns::new("pb").unwrap(),
+        Netns::new("pc").unwrap(),
+    );
+    let ip_a = pod_ip(&cni(&node, &a, "ADD", "pod-a", &registered));
+    let ip_b = pod_ip(&cni(&node, &b, "ADD", "pod-b", &registered));
+    let ip_c = pod_ip(&cni(&node, &c, "ADD", "pod-c", &registered));
+    // Only the fast path may carry pod-to-pod traffic.
+    node.sysctl("net.ipv4.ip_forward", "0").unwrap();
+
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args([
+        "serve",
+        "--name",
+        "pod-c",
+        "--udp",
+        "--listen",
+        "0.0.0.0:8080",
+    ]);
+    let mut server = spawn(cmd, Some(&c), None).unwrap();
+    server
+        .wait_for_line("ready", Duration::from_secs(10))
+        .unwrap();
+
+    let spoof = |from: &str, count: &str| {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        let to = format!("{ip_c}:8080");
+        cmd.args(["spoof", "--from", from, "--to", &to, "--count", count]);
+        let output = run_in(cmd, Some(&a), None, Duration::from_secs(30)).expect("probe runs");
+        let report: SpoofReport = parse_json_output(&output).expect("spoof report");
+        assert_eq!(
+            report.sent,
+            count.parse::<u64>().unwrap(),
+            "pod a's kernel must send every datagram: {report:?}"
+        );
+    };
+    // The positive control: the same raw socket, pod a's own address.
+    spoof(&ip_a, "5");
+    // Pod b's address, from pod a.
+    spoof(&ip_b, "7");
+
+    server.kill(libc::SIGTERM).expect("stopping the server");
+    let served: ServeReport =
+        parse_json_output(&server.wait_output(Duration::from_secs(10)).unwrap())
+            .expect("server report");
+    assert_eq!(
+        served.udp_requests, 5,
+        "pod c must get pod a's 5 datagrams from its own address and none of the 7 with pod b's: \
+         {served:?}"
+    );
+    let status = agent.status().unwrap();
+    let ea = endpoint_of(&status, &ip_a).unwrap_or_else(|| panic!("pod a in status: {status}"));
+    assert_eq!(
+        ea["tx_dropped_source"].as_u64(),
+        Some(7),
+        "pod a's 7 spoofed datagrams must be counted as dropped: {ea}"
+    );
+    for ip in [&ip_b, &ip_c] {
+        let e = endpoint_of(&status, ip).unwrap_or_else(|| panic!("{ip} in status: {status}"));
+        assert_eq!(
+            e["tx_dropped_source"].as_u64(),
+            Some(0),
+            "{ip} sent nothing spoofed: {e}"
+        );
+    }
+
+    for (pod, name) in [(&a, "pod-a"), (&b, "pod-b"), (&c, "pod-c")] {
+        cni(&node, pod, "DEL", name, &registered);
+    }
     drop(agent);
     let _ = std::fs::remove_dir_all(&ipam_dir);
 }

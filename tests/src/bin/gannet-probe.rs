@@ -102,6 +102,20 @@ enum Mode {
         #[arg(long)]
         dont_fragment: bool,
     },
+    /// COUNT UDP datagrams over IPv4 from an address of your choice (a raw socket with headers
+    /// of its own; needs `CAP_NET_RAW`), as a pod spoofing another's address would send them.
+    Spoof {
+        #[arg(
+            long,
+            help = "Source address to write into the packets, e.g. 10.244.3.3"
+        )]
+        from: std::net::Ipv4Addr,
+        #[arg(long, help = "Destination, e.g. 10.244.3.4:8080")]
+        to: std::net::SocketAddrV4,
+        /// Number of datagrams.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
     /// One TCP connection sending BYTES bytes to a `serve --sink` server, which replies with the
     /// count it received after EOF.
     Stream {
@@ -222,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dont_fragment,
             timeout,
         })?),
+        Mode::Spoof { from, to, count } => print_json(&probe::spoof_udp(from, to, count)?),
         Mode::Stream { client, bytes } => {
             print_json(&probe::stream(&client.options(timeout), bytes))
         }
