@@ -16,7 +16,9 @@ use gannet_testkit::{
     bin_path,
     cni::{cni, pod_ip},
     probe::{Report, ServeReport, SpoofReport, parse_json_output},
-    run_in, spawn, unique_name,
+    run_in, spawn,
+    tcx_counter::{self, TcxCounter},
+    unique_name,
 };
 use serde_json::{Value, json};
 
@@ -221,6 +223,99 @@ fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
     }
 
     for (pod, name) in [(&a, "pod-a"), (&b, "pod-b"), (&c, "pod-c")] {
+        cni(&node, pod, "DEL", name, &registered);
+    }
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&ipam_dir);
+}
+
+/// gannet's pod programs end a tcx chain only for what they handle: everything else continues
+/// (`TCX_NEXT`) to the programs attached after them, which see it. Counters attached after
+/// gannet's on pod a's host veth see pod a's packets for the host stack (ingress) and the node's
+/// packets to pod a (egress), not the ones the fast path redirects.
+#[test]
+fn programs_after_gannets_on_a_pod_veth_see_what_is_not_gannets_business() {
+    let node = Netns::new("node").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let agent = Agent::start_in(Some(&node), &cgroup, &[]).unwrap();
+    let ipam_dir = std::env::temp_dir().join(unique_name("gannet-ipam"));
+    let registered = conf(&ipam_dir, Some(&agent.cni_socket()));
+    let (a, b) = (Netns::new("pa").unwrap(), Netns::new("pb").unwrap());
+    let ip_a = pod_ip(&cni(&node, &a, "ADD", "pod-a", &registered));
+    let ip_b = pod_ip(&cni(&node, &b, "ADD", "pod-b", &registered));
+    node.sysctl("net.ipv4.ip_forward", "0").unwrap();
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args([
+        "serve",
+        "--name",
+        "pod-b",
+        "--udp",
+        "--listen",
+        "0.0.0.0:8080",
+    ]);
+    let mut server = spawn(cmd, Some(&b), None).unwrap();
+    server
+        .wait_for_line("ready", Duration::from_secs(10))
+        .unwrap();
+
+    let status = agent.status().unwrap();
+    let veth_a = endpoint_of(&status, &ip_a)
+        .and_then(|e| e["host_ifindex"].as_u64())
+        .and_then(|i| u32::try_from(i).ok())
+        .unwrap_or_else(|| panic!("pod a's host veth in status: {status}"));
+    let ingress = TcxCounter::attach(&node, veth_a, tcx_counter::Direction::Ingress).unwrap();
+    let egress = TcxCounter::attach(&node, veth_a, tcx_counter::Direction::Egress).unwrap();
+
+    // Pod a to pod b: gannet's business (the fast path redirects it; the chain ends there).
+    let to_b = format!("{ip_b}:8080");
+    let fast = probe(&a, &["udp", "--to", &to_b, "--count", "50"]);
+    assert_eq!(fast.ok, 50, "pod a → pod b through the fast path: {fast:?}");
+    let seen = ingress.count().unwrap();
+    assert!(
+        seen < 50,
+        "the fast path's packets must not reach the programs after gannet's: {seen} counted"
+    );
+
+    // Pod a to an address that is no pod's: the host stack's (which drops it: no forwarding).
+    let elsewhere = probe(
+        &a,
+        &[
+            "--timeout-ms",
+            "100",
+            "udp",
+            "--to",
+            "192.0.2.1:9",
+            "--count",
+            "5",
+        ],
+    );
+    assert_eq!(elsewhere.ok, 0, "nothing answers 192.0.2.1: {elsewhere:?}");
+    let more = ingress.count().unwrap() - seen;
+    assert!(
+        more >= 5,
+        "pod a's 5 datagrams for the host stack must reach the program after gannet's at ingress, \
+         {more} did"
+    );
+
+    // The node to pod a: through the veth's egress.
+    let before = egress.count().unwrap();
+    let to_a = format!("{ip_a}:9");
+    let node_to_a = probe(
+        &node,
+        &["--timeout-ms", "100", "udp", "--to", &to_a, "--count", "5"],
+    );
+    assert_eq!(
+        node_to_a.ok, 0,
+        "nothing listens on pod a's port 9: {node_to_a:?}"
+    );
+    let sent = egress.count().unwrap() - before;
+    assert!(
+        sent >= 5,
+        "the node's 5 datagrams to pod a must reach the program after gannet's at egress, {sent} did"
+    );
+
+    drop((ingress, egress, server));
+    for (pod, name) in [(&a, "pod-a"), (&b, "pod-b")] {
         cni(&node, pod, "DEL", name, &registered);
     }
     drop(agent);

@@ -17,6 +17,8 @@ use crate::overlay::ebpf::{TunnelMaps, value};
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
+/// `TC_ACT_UNSPEC` (-1), tcx's `TCX_NEXT`: not the program's business, the next program runs.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 /// A `--bpf-root` of the test's own under /sys/fs/bpf, removed on drop (also on panic).
 pub(crate) struct BpfRoot(PathBuf);
@@ -267,9 +269,9 @@ fn from_pod_fixtures() {
                     forwarded(frame_v6(pod6, 64), host_mac),
                 ),
                 (
-                    "IPv4 elsewhere: to the host stack, untouched",
+                    "IPv4 elsewhere: not gannet's business (the next program, then the host stack), untouched",
                     frame_v4(Ipv4Addr::new(10, 244, 7, 7), 64),
-                    TC_ACT_OK,
+                    TC_ACT_UNSPEC,
                     frame_v4(Ipv4Addr::new(10, 244, 7, 7), 64),
                 ),
                 (
@@ -278,7 +280,12 @@ fn from_pod_fixtures() {
                     TC_ACT_OK,
                     frame_v4(pod4, 1),
                 ),
-                ("ARP: to the host stack", arp.clone(), TC_ACT_OK, arp),
+                (
+                    "ARP: not gannet's business, untouched",
+                    arp.clone(),
+                    TC_ACT_UNSPEC,
+                    arp,
+                ),
             ];
 
             let mut failures = run_cases_from(fp.from_pod_program().unwrap(), SENDER_VETH, cases);
@@ -333,52 +340,82 @@ fn from_pod_drops_what_a_pod_sends_from_addresses_not_its_own() {
             let own6: Ipv6Addr = "fd00:244::11".parse().unwrap();
             let link_local: Ipv6Addr = "fe80::11".parse().unwrap();
             let elsewhere = Ipv4Addr::new(10, 244, 7, 7);
-            let unchanged = |f: Vec<u8>, verdict| (f.clone(), verdict, f);
-            let case = |name, (input, verdict, output)| -> Case { (name, input, verdict, output) };
+            let unchanged =
+                |name, input: Vec<u8>, verdict| -> Case { (name, input.clone(), verdict, input) };
+            let to = |last: u16| Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, last);
             let cases: Vec<Case> = vec![
-                case(
+                unchanged(
                     "IPv4 from another pod's address (to a third pod): dropped",
-                    unchanged(frame_v4_from(pod4, Ipv4Addr::new(10, 244, 0, 13), 64), TC_ACT_SHOT),
+                    frame_v4_from(pod4, Ipv4Addr::new(10, 244, 0, 13), 64),
+                    TC_ACT_SHOT,
                 ),
-                case(
-                    "IPv4 from an address no pod has (to the host stack's side): dropped",
-                    unchanged(frame_v4_from(Ipv4Addr::new(10, 244, 0, 99), elsewhere, 64), TC_ACT_SHOT),
+                unchanged(
+                    "IPv4 from an address no pod has: dropped",
+                    frame_v4_from(Ipv4Addr::new(10, 244, 0, 99), elsewhere, 64),
+                    TC_ACT_SHOT,
                 ),
-                case(
-                    "IPv4 from the victim's address to the victim itself: dropped, not redirected",
-                    unchanged(frame_v4_from(pod4, pod4, 64), TC_ACT_SHOT),
+                unchanged(
+                    "IPv4 from the victim's address to the victim itself: dropped",
+                    frame_v4_from(pod4, pod4, 64),
+                    TC_ACT_SHOT,
                 ),
-                case(
+                unchanged(
                     "IPv6 from another pod's address: dropped",
-                    unchanged(frame_v6_from(pod6, "fd00:244::13".parse().unwrap(), 64), TC_ACT_SHOT),
+                    frame_v6_from(pod6, to(0x13), 64),
+                    TC_ACT_SHOT,
                 ),
-                case(
-                    "IPv6 link-local to the gateway: the host stack's",
-                    unchanged(frame_v6_from(link_local, "fe80::1".parse().unwrap(), 64), TC_ACT_OK),
+                unchanged(
+                    "IPv6 link-local to the gateway: the host stack's, not gannet's business",
+                    frame_v6_from(link_local, "fe80::1".parse().unwrap(), 64),
+                    TC_ACT_UNSPEC,
                 ),
-                case(
-                    "IPv6 link-local to another pod: the host stack's (which does not forward it), not redirected",
-                    unchanged(frame_v6_from(link_local, pod6, 64), TC_ACT_OK),
+                unchanged(
+                    "IPv6 link-local to another pod: not redirected (the host stack does not \
+                     forward it)",
+                    frame_v6_from(link_local, pod6, 64),
+                    TC_ACT_UNSPEC,
                 ),
-                case("ARP for the pod's own address: to the host stack", unchanged(arp_request(SENDER_V4), TC_ACT_OK)),
-                case("ARP probe (sender 0.0.0.0): to the host stack", unchanged(arp_request(Ipv4Addr::UNSPECIFIED), TC_ACT_OK)),
-                case("ARP claiming another pod's address: dropped", unchanged(arp_request(pod4), TC_ACT_SHOT)),
-                case("neighbour advertisement of the pod's own address: passed", unchanged(advert(own6, own6), TC_ACT_OK)),
-                case(
+                unchanged(
+                    "ARP for the pod's own address: passed",
+                    arp_request(SENDER_V4),
+                    TC_ACT_UNSPEC,
+                ),
+                unchanged(
+                    "ARP probe (sender 0.0.0.0): passed",
+                    arp_request(Ipv4Addr::UNSPECIFIED),
+                    TC_ACT_UNSPEC,
+                ),
+                unchanged(
+                    "ARP claiming another pod's address: dropped",
+                    arp_request(pod4),
+                    TC_ACT_SHOT,
+                ),
+                unchanged(
+                    "neighbour advertisement of the pod's own address: passed",
+                    advert(own6, own6),
+                    TC_ACT_UNSPEC,
+                ),
+                unchanged(
                     "neighbour advertisement of the pod's link-local address: passed",
-                    unchanged(advert(link_local, link_local), TC_ACT_OK),
+                    advert(link_local, link_local),
+                    TC_ACT_UNSPEC,
                 ),
-                case(
+                unchanged(
                     "neighbour advertisement of another pod's address, from link-local: dropped",
-                    unchanged(advert(link_local, pod6), TC_ACT_SHOT),
+                    advert(link_local, pod6),
+                    TC_ACT_SHOT,
                 ),
-                case(
-                    "neighbour advertisement of another pod's address, from the pod's own: dropped",
-                    unchanged(advert(own6, pod6), TC_ACT_SHOT),
+                unchanged(
+                    "neighbour advertisement of another pod's address, from the pod's own: \
+                     dropped",
+                    advert(own6, pod6),
+                    TC_ACT_SHOT,
                 ),
-                case(
+                (
                     "and the pod's own traffic still takes the fast path",
-                    (frame_v4(pod4, 64), TC_ACT_REDIRECT, forwarded(frame_v4(pod4, 64), host_mac)),
+                    frame_v4(pod4, 64),
+                    TC_ACT_REDIRECT,
+                    forwarded(frame_v4(pod4, 64), host_mac),
                 ),
             ];
             let mut failures = run_cases_from(fp.from_pod_program().unwrap(), SENDER_VETH, cases);
@@ -388,10 +425,15 @@ fn from_pod_drops_what_a_pod_sends_from_addresses_not_its_own() {
                 neighbour: 3,
             };
             if drops != expected {
-                failures.push(format!("sender's drops: expected {expected:?}, got {drops:?}"));
+                failures.push(format!(
+                    "sender's drops: expected {expected:?}, got {drops:?}"
+                ));
             }
             if fp.drops(victim) != gannet_common::EndpointDrops::default() {
-                failures.push(format!("the victim dropped nothing: {:?}", fp.drops(victim)));
+                failures.push(format!(
+                    "the victim dropped nothing: {:?}",
+                    fp.drops(victim)
+                ));
             }
             let stats = fp.stats(victim).expect("counters exist");
             if stats.rx_packets != 1 {
@@ -474,9 +516,9 @@ fn tunnel_fixtures() {
                     routed(frame_v6(remote6, 64), NODE_MAC, TUNNEL_MAC),
                 ),
                 (
-                    "IPv4 in no map: to the host stack, untouched",
+                    "IPv4 in no map: not gannet's business, untouched",
                     frame_v4(elsewhere, 64),
-                    TC_ACT_OK,
+                    TC_ACT_UNSPEC,
                     frame_v4(elsewhere, 64),
                 ),
                 (
@@ -502,9 +544,9 @@ fn tunnel_fixtures() {
                     forwarded(frame_v4(pod4, 64), host_mac),
                 ),
                 (
-                    "from the tunnel to no pod of this node: to the host stack, untouched",
+                    "from the tunnel to no pod of this node: not gannet's business, untouched",
                     frame_v4(remote4, 64),
-                    TC_ACT_OK,
+                    TC_ACT_UNSPEC,
                     frame_v4(remote4, 64),
                 ),
             ];
@@ -513,9 +555,9 @@ fn tunnel_fixtures() {
             maps.set_config(&TunnelConfig::default())
                 .expect("disabling the tunnel");
             let cases: Vec<Case> = vec![(
-                "tunnel disabled: another node's pod is left to the host stack, untouched",
+                "tunnel disabled: another node's pod is not gannet's business, untouched",
                 frame_v4(remote4, 64),
-                TC_ACT_OK,
+                TC_ACT_UNSPEC,
                 frame_v4(remote4, 64),
             )];
             failures.extend(run_cases_from(

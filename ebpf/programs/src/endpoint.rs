@@ -55,7 +55,11 @@ pub(crate) enum Direction {
     FromPod,
 }
 
+/// The packet is gannet's, and goes on to the host stack (the rest of the tcx chain is skipped).
 const OK: i32 = TC_ACT_OK;
+/// Not gannet's business: the next tcx program runs (`TCX_NEXT`); at the end of the chain the
+/// packet goes on to the host stack, as with `TC_ACT_OK`.
+pub(crate) const NEXT: i32 = TC_ACT_UNSPEC;
 const SHOT: i32 = TC_ACT_SHOT;
 
 #[inline(always)]
@@ -79,9 +83,9 @@ pub(crate) fn count(ifindex: u32, direction: Direction, bytes: u32) {
     }
 }
 
-/// A packet a pod sent (tc ingress of its host-side veth). To another pod of this node it goes
-/// straight into that pod's namespace; to a pod of another node (`--overlay ebpf`) straight
-/// into the VXLAN device; everything else continues to the host stack.
+/// A packet a pod sent (tc ingress of its host-side veth). One the pod may not send is dropped.
+/// To another pod of this node it goes straight into that pod's namespace; to a pod of another
+/// node (`--overlay ebpf`) straight into the VXLAN device; everything else continues (`NEXT`).
 #[inline(always)]
 pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
     // SAFETY: the context's skb pointer is valid for the program's run.
@@ -92,10 +96,10 @@ pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
         if packet::is_arp(ctx) && !arp_allowed(ctx, ifindex) {
             return dropped(ifindex, DropReason::Neighbour);
         }
-        return OK;
+        return NEXT;
     };
     let Some((src, dst)) = packet::addresses(ctx, l3) else {
-        return OK;
+        return NEXT;
     };
     if !owns(ifindex, src) {
         if l3 == packet::L3::V4 || !link_local_or_unspecified(&src) {
@@ -106,7 +110,7 @@ pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
         if !advert_allowed(ctx, ifindex) {
             return dropped(ifindex, DropReason::Neighbour);
         }
-        return OK;
+        return NEXT;
     }
     if l3 == packet::L3::V6 && !advert_allowed(ctx, ifindex) {
         return dropped(ifindex, DropReason::Neighbour);
@@ -121,11 +125,12 @@ pub(crate) fn from_pod(ctx: &mut TcContext) -> i32 {
         if verdict != TC_ACT_UNSPEC {
             return verdict;
         }
+        // Into the tunnel, or `NEXT`.
         return fib::encapsulate(ctx, l3, &dst);
     };
     if peer.ifindex == ifindex {
         // Hairpin to itself: leave it to the stack.
-        return OK;
+        return NEXT;
     }
     deliver(ctx, l3, &peer)
 }
@@ -221,11 +226,12 @@ pub(crate) fn deliver(ctx: &mut TcContext, l3: packet::L3, pod: &EndpointValue) 
     verdict
 }
 
-/// A packet the host stack delivers to a pod (tc egress of its host-side veth).
+/// A packet the host stack delivers to a pod (tc egress of its host-side veth): counted, and
+/// left to the programs after this one.
 #[inline(always)]
 pub(crate) fn to_pod(ctx: &TcContext) -> i32 {
     // SAFETY: as in `from_pod`.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     count(ifindex, Direction::ToPod, len);
-    OK
+    NEXT
 }
