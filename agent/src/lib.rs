@@ -12,6 +12,7 @@ pub mod network;
 pub mod nodeport;
 pub mod overlay;
 pub mod run;
+pub mod sockdiag;
 pub mod status;
 pub mod subnet;
 mod sys;

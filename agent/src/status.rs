@@ -7,9 +7,9 @@ use aya::maps::{
     Array, HashMap, HashOfMaps, IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap,
 };
 use gannet_common::{
-    BackendValue, CtEntry, CtKey, EndpointKey, EndpointStats, EndpointValue, NODEPORT_F_ENABLED,
-    NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED, NP_STAT_DSR_IN,
-    NP_STAT_FIB_FAILED, NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS,
+    BackendValue, CtEntry, CtKey, EndpointDrops, EndpointKey, EndpointStats, EndpointValue,
+    NODEPORT_F_ENABLED, NODEPORT_F_SNAT_V4, NODEPORT_F_SNAT_V6, NP_STAT_CT_FAILED, NP_STAT_DENIED,
+    NP_STAT_DSR_IN, NP_STAT_FIB_FAILED, NP_STAT_FORWARD, NP_STAT_ICMP_ERRORS, NP_STAT_NEW_FLOWS,
     NP_STAT_NO_BACKEND, NP_STAT_REPLIES, NP_STAT_XDP_TX, NodePortConfig, ServiceKey, ServiceValue,
     SlotKey, map_names,
 };
@@ -78,6 +78,10 @@ pub struct EndpointStatus {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Packets the pod sent from an address that is not its own, dropped.
+    pub tx_dropped_source: u64,
+    /// ARP and neighbour advertisements the pod sent for an address not its own, dropped.
+    pub tx_dropped_neighbour: u64,
 }
 
 fn open(bpf_root: &Path, name: &'static str) -> Result<Map, DataPathError> {
@@ -200,6 +204,11 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
         let stats: PerCpuHashMap<_, u32, EndpointStats> =
             PerCpuHashMap::try_from(open(bpf_root, map_names::ENDPOINT_STATS)?)
                 .map_err(map_err(map_names::ENDPOINT_STATS))?;
+        // Absent while a gannetd from before the source check runs.
+        let drops: Option<PerCpuHashMap<_, u32, EndpointDrops>> =
+            open(bpf_root, map_names::ENDPOINT_DROPS)
+                .ok()
+                .and_then(|m| PerCpuHashMap::try_from(m).ok());
         let mut by_ifindex: std::collections::BTreeMap<u32, Vec<IpAddr>> = Default::default();
         for (k, v) in eps.iter().filter_map(Result::ok) {
             by_ifindex.entry(v.ifindex).or_default().push(ip(k.addr));
@@ -213,6 +222,8 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
                 rx_bytes: 0,
                 tx_packets: 0,
                 tx_bytes: 0,
+                tx_dropped_source: 0,
+                tx_dropped_neighbour: 0,
             };
             if let Ok(per_cpu) = stats.get(&ifindex, 0) {
                 for s in per_cpu.iter() {
@@ -220,6 +231,12 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
                     e.rx_bytes += s.rx_bytes;
                     e.tx_packets += s.tx_packets;
                     e.tx_bytes += s.tx_bytes;
+                }
+            }
+            if let Some(Ok(per_cpu)) = drops.as_ref().map(|d| d.get(&ifindex, 0)) {
+                for d in per_cpu.iter() {
+                    e.tx_dropped_source += d.source;
+                    e.tx_dropped_neighbour += d.neighbour;
                 }
             }
             endpoints.push(e);

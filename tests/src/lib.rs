@@ -17,6 +17,7 @@ mod netns;
 mod podnet;
 pub mod probe;
 mod process;
+pub mod tcx_counter;
 mod xdp_pass;
 
 use std::path::{Path, PathBuf};

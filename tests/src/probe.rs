@@ -402,6 +402,69 @@ pub fn hold(
     Ok(report)
 }
 
+/// `hold --udp` mode: one connected UDP socket, driven by `input` lines. Prints
+/// `connected <peer>` once connected; for each `ping` line sends a request and prints the
+/// backend's name or `error: ERRNO`, where ERRNO is the socket's pending error (`SO_ERROR`, what
+/// the kernel aborted the socket with) if it has one, else the failed call's; for each
+/// `reconnect` line connects the socket again and prints `connected <peer>` or `error: ERRNO`.
+/// Returns at end of input.
+///
+/// # Errors
+/// If the first connect fails (after printing `error: ERRNO`), or reading `input` or writing
+/// `output` fails.
+pub fn hold_udp(
+    opts: &ClientOptions,
+    input: impl BufRead,
+    mut output: impl Write,
+) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let socket = match udp_socket(opts, true) {
+        Ok(socket) => socket,
+        Err(failure) => {
+            writeln!(output, "error: {failure}")?;
+            output.flush()?;
+            bail!("connecting to {}: {failure}", opts.to);
+        }
+    };
+    let pending_or = |socket: &UdpSocket, failure: Failure| match socket.take_error() {
+        Ok(Some(pending)) => Failure::from(pending),
+        _ => failure,
+    };
+    writeln!(output, "connected {}", socket.peer_addr()?)?;
+    output.flush()?;
+    let mut report = Report::default();
+    for line in input.lines() {
+        match line?.trim() {
+            "ping" => {
+                let began = Instant::now();
+                match udp_exchange(&socket, opts, true) {
+                    Ok((backend, peer)) => {
+                        writeln!(output, "{backend}")?;
+                        report.record_ok(&backend, peer);
+                    }
+                    Err(failure) => {
+                        let failure = pending_or(&socket, failure);
+                        writeln!(output, "error: {failure}")?;
+                        report.record_failure(&failure, began.elapsed());
+                    }
+                }
+            }
+            "reconnect" => match socket.connect(opts.to).and_then(|()| socket.peer_addr()) {
+                Ok(peer) => writeln!(output, "connected {peer}")?,
+                Err(e) => writeln!(output, "error: {}", Failure::from(e))?,
+            },
+            "" => continue,
+            other => writeln!(
+                output,
+                "error: unknown command {other:?} (expected ping or reconnect)"
+            )?,
+        }
+        output.flush()?;
+    }
+    report.elapsed_us = micros(start.elapsed());
+    Ok(report)
+}
+
 /// One TCP request on a new connection: the backend's name and `getpeername()`.
 ///
 /// # Errors
@@ -690,6 +753,61 @@ pub fn icmp_echo(opts: &IcmpOptions) -> anyhow::Result<IcmpReport> {
     report.replies_from = replies_from.iter().map(ToString::to_string).collect();
     report.path_mtu = kernel_path_mtu(opts.to);
     report.elapsed_us = micros(start.elapsed());
+    Ok(report)
+}
+
+/// What the `spoof` mode prints at the end.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoofReport {
+    /// Datagrams the kernel accepted for sending.
+    pub sent: u64,
+    /// Sends that failed, by errno name.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// `spoof` mode: `count` UDP datagrams (the request line) from `from:40000` to `to`, IPv4, with
+/// headers of our own through a raw socket (`IPPROTO_RAW`, needs `CAP_NET_RAW`): the source
+/// address is whatever `from` says, as an attacker in a pod would send it.
+///
+/// # Errors
+/// If the raw socket cannot be opened.
+pub fn spoof_udp(
+    from: Ipv4Addr,
+    to: std::net::SocketAddrV4,
+    count: u64,
+) -> anyhow::Result<SpoofReport> {
+    const SRC_PORT: u16 = 40_000;
+    // SAFETY: socket(2) has no memory-safety preconditions.
+    let raw = check(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    })
+    .context("opening a raw IPv4 socket")?;
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let udp_len = u16::try_from(8 + REQUEST.len()).expect("a short request");
+    let total = 20 + udp_len;
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    packet[2..4].copy_from_slice(&total.to_be_bytes());
+    packet.extend_from_slice(&from.octets());
+    packet.extend_from_slice(&to.ip().octets());
+    // The kernel fills in the header checksum (and the id, left 0); a UDP checksum of 0 means
+    // none, which IPv4 allows.
+    packet.extend_from_slice(&SRC_PORT.to_be_bytes());
+    packet.extend_from_slice(&to.port().to_be_bytes());
+    packet.extend_from_slice(&udp_len.to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(REQUEST);
+    let mut report = SpoofReport::default();
+    for _ in 0..count {
+        match send_to(&fd, &packet, &SocketAddr::V4(to)) {
+            Ok(()) => report.sent += 1,
+            Err(failure) => *report.errors.entry(failure.name().to_owned()).or_default() += 1,
+        }
+    }
     Ok(report)
 }
 

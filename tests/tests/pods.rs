@@ -15,8 +15,10 @@ use gannet_testkit::{
     agent::Agent,
     bin_path,
     cni::{cni, pod_ip},
-    probe::{Report, parse_json_output},
-    run_in, spawn, unique_name,
+    probe::{Report, ServeReport, SpoofReport, parse_json_output},
+    run_in, spawn,
+    tcx_counter::{self, TcxCounter},
+    unique_name,
 };
 use serde_json::{Value, json};
 
@@ -139,6 +141,183 @@ fn pods_registered_by_gannet_cni_talk_through_the_fast_path_only() {
     cni(&node, &a, "DEL", "pod-a", &registered);
     cni(&node, &c, "DEL", "pod-c", &conf(&ipam_dir, None));
     drop(servers);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&ipam_dir);
+}
+
+/// A pod with `CAP_NET_RAW` (what containerd gives by default) writing another pod's address
+/// into its packets: gannet's pod program drops them before `bpf_redirect_peer` could hand them
+/// to their destination, and counts them; the same pod's packets from its own address pass.
+#[test]
+fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
+    let node = Netns::new("node").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let agent = Agent::start_in(Some(&node), &cgroup, &[]).unwrap();
+    let ipam_dir = std::env::temp_dir().join(unique_name("gannet-ipam"));
+    let registered = conf(&ipam_dir, Some(&agent.cni_socket()));
+    let (a, b, c) = (
+        Netns::new("pa").unwrap(),
+        Netns::new("pb").unwrap(),
+        Netns::new("pc").unwrap(),
+    );
+    let ip_a = pod_ip(&cni(&node, &a, "ADD", "pod-a", &registered));
+    let ip_b = pod_ip(&cni(&node, &b, "ADD", "pod-b", &registered));
+    let ip_c = pod_ip(&cni(&node, &c, "ADD", "pod-c", &registered));
+    // Only the fast path may carry pod-to-pod traffic.
+    node.sysctl("net.ipv4.ip_forward", "0").unwrap();
+
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args([
+        "serve",
+        "--name",
+        "pod-c",
+        "--udp",
+        "--listen",
+        "0.0.0.0:8080",
+    ]);
+    let mut server = spawn(cmd, Some(&c), None).unwrap();
+    server
+        .wait_for_line("ready", Duration::from_secs(10))
+        .unwrap();
+
+    let spoof = |from: &str, count: &str| {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        let to = format!("{ip_c}:8080");
+        cmd.args(["spoof", "--from", from, "--to", &to, "--count", count]);
+        let output = run_in(cmd, Some(&a), None, Duration::from_secs(30)).expect("probe runs");
+        let report: SpoofReport = parse_json_output(&output).expect("spoof report");
+        assert_eq!(
+            report.sent,
+            count.parse::<u64>().unwrap(),
+            "pod a's kernel must send every datagram: {report:?}"
+        );
+    };
+    // The positive control: the same raw socket, pod a's own address.
+    spoof(&ip_a, "5");
+    // Pod b's address, from pod a.
+    spoof(&ip_b, "7");
+
+    server.kill(libc::SIGTERM).expect("stopping the server");
+    let served: ServeReport =
+        parse_json_output(&server.wait_output(Duration::from_secs(10)).unwrap())
+            .expect("server report");
+    assert_eq!(
+        served.udp_requests, 5,
+        "pod c must get pod a's 5 datagrams from its own address and none of the 7 with pod b's: \
+         {served:?}"
+    );
+    let status = agent.status().unwrap();
+    let ea = endpoint_of(&status, &ip_a).unwrap_or_else(|| panic!("pod a in status: {status}"));
+    assert_eq!(
+        ea["tx_dropped_source"].as_u64(),
+        Some(7),
+        "pod a's 7 spoofed datagrams must be counted as dropped: {ea}"
+    );
+    for ip in [&ip_b, &ip_c] {
+        let e = endpoint_of(&status, ip).unwrap_or_else(|| panic!("{ip} in status: {status}"));
+        assert_eq!(
+            e["tx_dropped_source"].as_u64(),
+            Some(0),
+            "{ip} sent nothing spoofed: {e}"
+        );
+    }
+
+    for (pod, name) in [(&a, "pod-a"), (&b, "pod-b"), (&c, "pod-c")] {
+        cni(&node, pod, "DEL", name, &registered);
+    }
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&ipam_dir);
+}
+
+/// gannet's pod programs end a tcx chain only for what they handle: everything else continues
+/// (`TCX_NEXT`) to the programs attached after them, which see it. Counters attached after
+/// gannet's on pod a's host veth see pod a's packets for the host stack (ingress) and the node's
+/// packets to pod a (egress), not the ones the fast path redirects.
+#[test]
+fn programs_after_gannets_on_a_pod_veth_see_what_is_not_gannets_business() {
+    let node = Netns::new("node").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let agent = Agent::start_in(Some(&node), &cgroup, &[]).unwrap();
+    let ipam_dir = std::env::temp_dir().join(unique_name("gannet-ipam"));
+    let registered = conf(&ipam_dir, Some(&agent.cni_socket()));
+    let (a, b) = (Netns::new("pa").unwrap(), Netns::new("pb").unwrap());
+    let ip_a = pod_ip(&cni(&node, &a, "ADD", "pod-a", &registered));
+    let ip_b = pod_ip(&cni(&node, &b, "ADD", "pod-b", &registered));
+    node.sysctl("net.ipv4.ip_forward", "0").unwrap();
+    let mut cmd = Command::new(bin_path("gannet-probe"));
+    cmd.args([
+        "serve",
+        "--name",
+        "pod-b",
+        "--udp",
+        "--listen",
+        "0.0.0.0:8080",
+    ]);
+    let mut server = spawn(cmd, Some(&b), None).unwrap();
+    server
+        .wait_for_line("ready", Duration::from_secs(10))
+        .unwrap();
+
+    let status = agent.status().unwrap();
+    let veth_a = endpoint_of(&status, &ip_a)
+        .and_then(|e| e["host_ifindex"].as_u64())
+        .and_then(|i| u32::try_from(i).ok())
+        .unwrap_or_else(|| panic!("pod a's host veth in status: {status}"));
+    let ingress = TcxCounter::attach(&node, veth_a, tcx_counter::Direction::Ingress).unwrap();
+    let egress = TcxCounter::attach(&node, veth_a, tcx_counter::Direction::Egress).unwrap();
+
+    // Pod a to pod b: gannet's business (the fast path redirects it; the chain ends there).
+    let to_b = format!("{ip_b}:8080");
+    let fast = probe(&a, &["udp", "--to", &to_b, "--count", "50"]);
+    assert_eq!(fast.ok, 50, "pod a → pod b through the fast path: {fast:?}");
+    let seen = ingress.count().unwrap();
+    assert!(
+        seen < 50,
+        "the fast path's packets must not reach the programs after gannet's: {seen} counted"
+    );
+
+    // Pod a to an address that is no pod's: the host stack's (which drops it: no forwarding).
+    let elsewhere = probe(
+        &a,
+        &[
+            "--timeout-ms",
+            "100",
+            "udp",
+            "--to",
+            "192.0.2.1:9",
+            "--count",
+            "5",
+        ],
+    );
+    assert_eq!(elsewhere.ok, 0, "nothing answers 192.0.2.1: {elsewhere:?}");
+    let more = ingress.count().unwrap() - seen;
+    assert!(
+        more >= 5,
+        "pod a's 5 datagrams for the host stack must reach the program after gannet's at ingress, \
+         {more} did"
+    );
+
+    // The node to pod a: through the veth's egress.
+    let before = egress.count().unwrap();
+    let to_a = format!("{ip_a}:9");
+    let node_to_a = probe(
+        &node,
+        &["--timeout-ms", "100", "udp", "--to", &to_a, "--count", "5"],
+    );
+    assert_eq!(
+        node_to_a.ok, 0,
+        "nothing listens on pod a's port 9: {node_to_a:?}"
+    );
+    let sent = egress.count().unwrap() - before;
+    assert!(
+        sent >= 5,
+        "the node's 5 datagrams to pod a must reach the program after gannet's at egress, {sent} did"
+    );
+
+    drop((ingress, egress, server));
+    for (pod, name) in [(&a, "pod-a"), (&b, "pod-b")] {
+        cni(&node, pod, "DEL", name, &registered);
+    }
     drop(agent);
     let _ = std::fs::remove_dir_all(&ipam_dir);
 }

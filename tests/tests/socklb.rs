@@ -74,6 +74,16 @@ impl Cluster {
     }
 
     fn on(plane: Plane, backends: usize, agent_args: &[&str]) -> Cluster {
+        Cluster::build(plane, false, backends, agent_args)
+    }
+
+    /// The eBPF data plane with gannetd in the node's namespace (where the bridge is), not the
+    /// test's: the sockets it terminates are those of its own namespace.
+    fn ebpf_in_node(backends: usize, agent_args: &[&str]) -> Cluster {
+        Cluster::build(Plane::Ebpf, true, backends, agent_args)
+    }
+
+    fn build(plane: Plane, in_node: bool, backends: usize, agent_args: &[&str]) -> Cluster {
         let net = PodNet::new(backends + 1).expect("building the pod network");
         let mut servers = Vec::new();
         for (i, pod) in net.pods().iter().enumerate().skip(1) {
@@ -92,7 +102,7 @@ impl Cluster {
         }
         let cgroup = Cgroup::new().expect("creating the test cgroup");
         let agent = match plane {
-            Plane::Ebpf => Agent::start(&cgroup, agent_args),
+            Plane::Ebpf => Agent::start_in(in_node.then(|| net.node()), &cgroup, agent_args),
             Plane::Nftables => {
                 let mut args = vec!["--dataplane", "nftables"];
                 args.extend_from_slice(agent_args);
@@ -198,6 +208,33 @@ impl Cluster {
         cmd.args(args);
         spawn(cmd, Some(&self.net.pods()[0].netns), Some(&self.cgroup)).expect("spawning probe")
     }
+
+    /// A `hold` probe in the node's namespace, in the test cgroup or (`in_cgroup` false)
+    /// outside it; returns it once connected, with the `connected` line.
+    fn hold_in_node(&self, args: &[&str], in_cgroup: bool) -> (ChildGuard, String) {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        cmd.arg("hold").args(args);
+        let mut probe = spawn(
+            cmd,
+            Some(self.net.node()),
+            in_cgroup.then_some(&self.cgroup),
+        )
+        .expect("spawning probe");
+        let line = probe
+            .wait_for_line("connected", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("hold {args:?} must connect: {e:#}"));
+        (probe, line)
+    }
+}
+
+/// Sends `ping` to a `hold` probe and returns its answer (a backend name or `error: ERRNO`).
+fn ping(probe: &mut ChildGuard) -> String {
+    probe.send_line("ping").expect("writing to the probe");
+    probe
+        .read_line(Duration::from_secs(5))
+        .expect("the probe answers every ping")
+        .trim()
+        .to_owned()
 }
 
 fn assert_all_ok(report: &Report, what: &str) {
@@ -440,6 +477,71 @@ fn terminating_endpoints_serve_only_while_none_is_ready_on(plane: Plane) {
         (report.ok, report.error_count("ECONNREFUSED")),
         (0, 3),
         "an endpoint that no longer serves is no backend: {report:?}"
+    );
+}
+
+#[test]
+fn connected_udp_sockets_of_a_removed_backend_are_terminated_and_reconnect_elsewhere() {
+    // gannetd terminates sockets in its own network namespace (see the README): clients and
+    // gannetd in the node's.
+    let mut c = Cluster::ebpf_in_node(2, &[]);
+    c.publish(None, &[(1, true)]);
+    let (mut udp, connected) = c.hold_in_node(&["--udp", "--to", "10.96.0.10:53"], true);
+    assert_eq!(
+        connected, "connected 10.96.0.10:53",
+        "getpeername() of the UDP socket"
+    );
+    assert_eq!(
+        ping(&mut udp),
+        "b1",
+        "the connected UDP socket must reach b1"
+    );
+    let (mut tcp, _) = c.hold_in_node(&["--to", "10.96.0.10:80"], true);
+    assert_eq!(
+        ping(&mut tcp),
+        "b1",
+        "the held TCP connection must reach b1"
+    );
+    // A UDP socket connected to b1 itself, by a process outside gannetd's cgroup: not ours.
+    let b1 = format!("{}:8080", c.backend_v4(1));
+    let (mut outside, _) = c.hold_in_node(&["--udp", "--to", &b1], false);
+    assert_eq!(ping(&mut outside), "b1");
+
+    // b1 leaves the service (not ready; its server stays up), b2 joins.
+    c.publish_endpoints(&[(1, false), (2, true)]);
+    assert_eq!(
+        ping(&mut udp),
+        "error: ECONNABORTED",
+        "the UDP socket connected to the removed backend must have been terminated"
+    );
+    udp.send_line("reconnect").unwrap();
+    let again = udp.read_line(Duration::from_secs(5)).unwrap();
+    assert_eq!(again.trim(), "connected 10.96.0.10:53", "connecting again");
+    assert_eq!(
+        ping(&mut udp),
+        "b2",
+        "connecting again must reach the service's remaining backend"
+    );
+    assert_eq!(
+        ping(&mut tcp),
+        "b1",
+        "a TCP connection to a removed but running endpoint must keep working"
+    );
+    assert_eq!(
+        ping(&mut outside),
+        "b1",
+        "a socket outside gannetd's cgroup must be left alone"
+    );
+
+    // Deleting the service terminates the sockets connected to its backends too.
+    assert_eq!(ping(&mut udp), "b2");
+    c.agent
+        .apply("web-svc.yaml", "", "manifests applied")
+        .expect("service deleted");
+    assert_eq!(
+        ping(&mut udp),
+        "error: ECONNABORTED",
+        "the UDP socket of a deleted service must have been terminated"
     );
 }
 

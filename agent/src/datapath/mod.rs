@@ -13,7 +13,7 @@ pub mod reconcile;
 pub mod testrun;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
@@ -31,7 +31,7 @@ use gannet_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{config::Capacity, sys};
+use crate::{config::Capacity, sockdiag, sys};
 use gannet_k8s::{DesiredState, Frontend, ServicePort};
 use reconcile::{ApplyReport, MapOpError, ServiceMaps};
 
@@ -206,7 +206,7 @@ impl SockLb {
 
         // Take (and check) the maps before any program is attached: a pinned map of another
         // layout must stop us before it reaches the data path.
-        let maps = BpfMaps::take(&mut ebpf, capacity)?;
+        let maps = BpfMaps::take(&mut ebpf, capacity, cgroup)?;
         check_sock_rev_nat(&ebpf)?;
         let cgroup_file = fs::File::open(cgroup).map_err(io_err(cgroup))?;
         let cgroup_id = sys::cgroup_id(cgroup).map_err(io_err(cgroup))?;
@@ -356,6 +356,9 @@ pub struct BpfMaps {
     capacity: Capacity,
     /// The Maglev tables (from the pod object); until set, external frontends get none.
     external: Option<nodeport::ExternalMaps>,
+    /// The cgroup the programs are attached to: connected UDP sockets of its sub-tree are
+    /// terminated when their backend goes.
+    cgroup: PathBuf,
 }
 
 /// Takes a map out of the loaded object. The key and value sizes are checked (a pinned map
@@ -388,7 +391,7 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
 }
 
 impl BpfMaps {
-    fn take(ebpf: &mut Ebpf, mut capacity: Capacity) -> Result<Self, DataPathError> {
+    fn take(ebpf: &mut Ebpf, mut capacity: Capacity, cgroup: &Path) -> Result<Self, DataPathError> {
         let c = &mut capacity;
         Ok(Self {
             services: take_map(ebpf, map_names::SERVICES, "--max-services", &mut c.services)?,
@@ -398,6 +401,7 @@ impl BpfMaps {
             rev_nat: take_map(ebpf, map_names::REV_NAT, "--max-rev-nat", &mut c.rev_nat)?,
             capacity,
             external: None,
+            cgroup: cgroup.to_owned(),
         })
     }
 
@@ -633,4 +637,84 @@ impl ServiceMaps for BpfMaps {
             nodeport::ExternalMaps::size,
         )
     }
+
+    /// Terminates, in gannetd's network namespace, the connected UDP sockets of the attached
+    /// cgroup's sub-tree whose peer is a backend in `gone`, unless the reverse-NAT entry the
+    /// connect hook left says the socket reached it through a frontend that still has it (two
+    /// services sharing a backend). A socket without such an entry (connected to the backend's
+    /// address directly, or whose entry the LRU map evicted) is terminated too: it is talking
+    /// to an endpoint that left its service.
+    fn terminate_udp(
+        &mut self,
+        gone: &BTreeMap<gannet_k8s::Backend, BTreeSet<u32>>,
+    ) -> Result<usize, sockdiag::SockDiagError> {
+        let mut socket = sockdiag::DiagSocket::open()?;
+        let v4 = gone.keys().any(|b| b.ip.is_ipv4());
+        let mut candidates = Vec::new();
+        // An IPv6 socket reaches IPv4 backends through IPv4-mapped addresses (reported as IPv4).
+        for family in [sockdiag::AF_INET, sockdiag::AF_INET6] {
+            if family == sockdiag::AF_INET && !v4 {
+                continue;
+            }
+            candidates.extend(
+                sockdiag::connected_udp(&mut socket, family)?
+                    .into_iter()
+                    .filter_map(|s| {
+                        let backend = gannet_k8s::Backend {
+                            ip: s.peer.ip(),
+                            port: s.peer.port(),
+                        };
+                        Some((gone.get_key_value(&backend)?, s))
+                    }),
+            );
+        }
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let cgroups = cgroup_subtree(&self.cgroup);
+        let doomed: Vec<sockdiag::UdpSock> = candidates
+            .into_iter()
+            .filter(|(_, s)| s.cgroup_id.is_some_and(|id| cgroups.contains(&id)))
+            .filter(|((backend, frontends), s)| {
+                let value = reconcile::backend_value(backend);
+                let key = RevNatKey {
+                    cookie: s.cookie,
+                    addr: value.addr,
+                    port: value.port,
+                    pad: [0; 6],
+                };
+                self.rev_nat
+                    .get(&key, 0)
+                    .map_or(true, |rev| frontends.contains(&rev.service_id))
+            })
+            .map(|(_, s)| s)
+            .collect();
+        for s in &doomed {
+            debug!(local = %s.local, peer = %s.peer, cookie = s.cookie, "terminating a connected UDP socket");
+        }
+        sockdiag::destroy(&mut socket, &doomed)
+    }
+}
+
+/// The ids of `root` and every cgroup below it. Unreadable directories are skipped (a cgroup
+/// removed while we walk).
+fn cgroup_subtree(root: &Path) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(id) = sys::cgroup_id(&dir) else {
+            continue;
+        };
+        ids.insert(id);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        dirs.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    ids
 }

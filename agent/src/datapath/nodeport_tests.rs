@@ -20,7 +20,7 @@ use crate::datapath::frame::{fold, ipv4_checksum, sum16, tcp_v4};
 use crate::datapath::nodeport::{ExternalMaps, monotonic_ns};
 use crate::datapath::pods::{
     Endpoint, PodCapacity, PodFastPath,
-    tests::{BpfRoot, Case, POD_MAC, host_veth, run_cases, small_capacity},
+    tests::{BpfRoot, Case, POD_MAC, host_veth, run_cases, run_cases_from, small_capacity},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -484,7 +484,11 @@ fn nodeport_fixtures() {
                     SYN_ACK,
                 ),
             )];
-            failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
+            failures.extend(run_cases_from(
+                fp.from_pod_program().unwrap(),
+                "hveth",
+                cases,
+            ));
 
             let cases: Vec<Case> = vec![(
                 "an ICMP error the backend sends about the client's packet: from the frontend, \
@@ -507,7 +511,11 @@ fn nodeport_fixtures() {
                     &quote(CLIENT, CLIENT_PORT, NODE, NODE_PORT),
                 ),
             )];
-            failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
+            failures.extend(run_cases_from(
+                fp.from_pod_program().unwrap(),
+                "hveth",
+                cases,
+            ));
 
             // Fragmentation needed, from a router on the client's side, about a reply: to the
             // backend, quoting backend → client.
@@ -1181,7 +1189,11 @@ fn nodeport_dsr_fixtures() {
                     SYN_ACK,
                 ),
             )];
-            failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
+            failures.extend(run_cases_from(
+                fp.from_pod_program().unwrap(),
+                "hveth",
+                cases,
+            ));
             let stats = fp.nodeport.stats().expect("counters");
             if stats.dsr_in != 1 || stats.denied != 1 {
                 failures.push(format!("counters: {stats:?}"));
@@ -1429,7 +1441,11 @@ fn nodeport_ipv6_fixtures() {
                     SYN_ACK,
                 ),
             )];
-            failures.extend(run_cases(fp.from_pod_program().unwrap(), cases));
+            failures.extend(run_cases_from(
+                fp.from_pod_program().unwrap(),
+                "hveth",
+                cases,
+            ));
 
             // UDP to an external IPv6 address without backends: ICMPv6 port unreachable.
             let external: std::net::Ipv6Addr = "fd00:99::201".parse().unwrap();

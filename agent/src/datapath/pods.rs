@@ -27,7 +27,9 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use gannet_common::{EndpointKey, EndpointStats, EndpointValue, map_names, v4_mapped};
+use gannet_common::{
+    EndpointDrops, EndpointKey, EndpointStats, EndpointValue, map_names, v4_mapped,
+};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -111,6 +113,8 @@ pub struct PodFastPath {
     bpf_root: PathBuf,
     endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
     stats: PerCpuHashMap<MapData, u32, EndpointStats>,
+    /// Created by the program at a pod's first drop; removed here with the endpoint.
+    drops: PerCpuHashMap<MapData, u32, EndpointDrops>,
     links_dir: PathBuf,
     /// `<bpf-root>/links`: where the tunnel device's links are pinned.
     tunnel_links_dir: PathBuf,
@@ -131,6 +135,7 @@ impl PodFastPath {
         let mut ebpf = pinned_loader(&maps_dir)
             .map_max_entries(map_names::ENDPOINTS, capacity.endpoints)
             .map_max_entries(map_names::ENDPOINT_STATS, capacity.endpoints)
+            .map_max_entries(map_names::ENDPOINT_DROPS, capacity.endpoints)
             .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
             .map_max_entries(map_names::MAGLEV, capacity.external)
             .map_max_entries(map_names::NODEPORT_AFFINITY, capacity.affinity)
@@ -155,6 +160,14 @@ impl PodFastPath {
             name: map_names::ENDPOINT_STATS,
             source,
         })?;
+        let drops = PerCpuHashMap::try_from(
+            ebpf.take_map(map_names::ENDPOINT_DROPS)
+                .ok_or(DataPathError::MissingMap(map_names::ENDPOINT_DROPS))?,
+        )
+        .map_err(|source| DataPathError::Map {
+            name: map_names::ENDPOINT_DROPS,
+            source,
+        })?;
         let nodeport = NodePortMaps::take(&mut ebpf)?;
         let maglev = Some(ExternalMaps::take(
             &mut ebpf,
@@ -168,6 +181,7 @@ impl PodFastPath {
             bpf_root: bpf_root.to_owned(),
             endpoints,
             stats,
+            drops,
             links_dir,
             tunnel_links_dir,
         };
@@ -444,6 +458,7 @@ impl PodFastPath {
             let _ = self.endpoints.remove(k);
         }
         let _ = self.stats.remove(&ifindex);
+        let _ = self.drops.remove(&ifindex);
         debug!(ifindex, addresses = doomed.len(), "endpoint removed");
         Ok(())
     }
@@ -461,6 +476,22 @@ impl PodFastPath {
                     tx_bytes: a.tx_bytes + s.tx_bytes,
                 }),
         )
+    }
+
+    /// What the program dropped of the endpoint's packets, summed over CPUs (zero before its
+    /// first drop).
+    pub fn drops(&self, ifindex: u32) -> EndpointDrops {
+        self.drops
+            .get(&ifindex, 0)
+            .map(|per_cpu| {
+                per_cpu
+                    .iter()
+                    .fold(EndpointDrops::default(), |a, d| EndpointDrops {
+                        source: a.source + d.source,
+                        neighbour: a.neighbour + d.neighbour,
+                    })
+            })
+            .unwrap_or_default()
     }
 
     /// Addresses in the endpoint map, by host-side ifindex.

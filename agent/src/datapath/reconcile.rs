@@ -105,6 +105,14 @@ pub trait ServiceMaps {
     fn del_ranges(&mut self, service_id: u32, nets: &[IpNet]) -> Result<(), MapOpError>;
     /// Every service's source ranges.
     fn ranges(&self) -> Result<BTreeMap<u32, Vec<IpNet>>, MapOpError>;
+    /// Terminates the connected UDP sockets that frontends sent to backends they no longer
+    /// have: `gone` maps each such backend to the ids of the UDP frontends that lost it (updated
+    /// or removed). Called after the switch and the affinity purge, so a socket that connects
+    /// again gets one of the frontend's current backends. Returns how many were terminated.
+    fn terminate_udp(
+        &mut self,
+        gone: &BTreeMap<Backend, BTreeSet<u32>>,
+    ) -> Result<usize, crate::sockdiag::SockDiagError>;
 }
 
 /// What one [`Reconciler::apply`] did.
@@ -551,8 +559,17 @@ impl<M: ServiceMaps> Reconciler<M> {
 
     fn remove_into(&mut self, batch: &mut Batch, frontend: &Frontend, now: Instant) {
         match self.remove(frontend, now) {
-            Ok(id) => {
-                batch.purge.insert(id, None);
+            Ok(removed) => {
+                batch.purge.insert(removed.id, None);
+                if frontend.protocol == Protocol::Udp {
+                    for backend in &removed.backends {
+                        batch
+                            .udp_gone
+                            .entry(*backend)
+                            .or_default()
+                            .insert(removed.id);
+                    }
+                }
                 batch.report.removed += 1;
             }
             Err(e) => batch.report.failed.push((*frontend, e.to_string())),
@@ -609,6 +626,20 @@ impl<M: ServiceMaps> Reconciler<M> {
         }
         if !batch.purge.is_empty() {
             self.purge_affinity(&batch.purge);
+        }
+        if !batch.udp_gone.is_empty() {
+            match self.maps.terminate_udp(&batch.udp_gone) {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    sockets = n,
+                    "connected UDP sockets of removed backends terminated"
+                ),
+                Err(e) => warn!(
+                    error = %e,
+                    "could not terminate the connected UDP sockets of removed backends; they \
+                     keep sending to them until they reconnect"
+                ),
+            }
         }
         batch.report
     }
@@ -843,7 +874,12 @@ impl<M: ServiceMaps> Reconciler<M> {
                     .iter()
                     .zip(&old.backend_ids)
                     .filter(|(b, _)| !next.backends.contains(b))
-                    .map(|(_, id)| *id)
+                    .map(|(b, backend_id)| {
+                        if frontend.protocol == Protocol::Udp {
+                            batch.udp_gone.entry(*b).or_default().insert(id);
+                        }
+                        *backend_id
+                    })
                     .collect();
                 for b in old.backends.iter().chain(&old.packet) {
                     self.release_backend(b, now);
@@ -893,7 +929,7 @@ impl<M: ServiceMaps> Reconciler<M> {
         }
     }
 
-    fn remove(&mut self, frontend: &Frontend, now: Instant) -> Result<u32, MapOpError> {
+    fn remove(&mut self, frontend: &Frontend, now: Instant) -> Result<Programmed, MapOpError> {
         let programmed = self.services[frontend].clone();
         self.maps.del_service(&service_key(frontend))?;
         if programmed.flags & SVC_F_EXTERNAL != 0 {
@@ -918,7 +954,7 @@ impl<M: ServiceMaps> Reconciler<M> {
         }
         self.defer(now, Deferred::ServiceId(programmed.id));
         debug!(%frontend, id = programmed.id, "service removed");
-        Ok(programmed.id)
+        Ok(programmed)
     }
 
     fn acquire_backend(&mut self, backend: &Backend) -> Result<u32, MapOpError> {
@@ -1005,12 +1041,14 @@ impl<M: ServiceMaps> Reconciler<M> {
     }
 }
 
-/// What one apply has done so far, whose affinity entries to purge at its end, and the
-/// frontends waiting for their Maglev tables to be installed.
+/// What one apply has done so far, whose affinity entries to purge and which UDP sockets to
+/// terminate at its end, and the frontends waiting for their Maglev tables to be installed.
 #[derive(Default)]
 struct Batch {
     report: ApplyReport,
     purge: HashMap<u32, Option<BTreeSet<u32>>>,
+    /// Backends UDP frontends lost, with the ids of those frontends.
+    udp_gone: BTreeMap<Backend, BTreeSet<u32>>,
     waiting: Vec<Prepared>,
 }
 

@@ -39,6 +39,9 @@ struct CheckedMaps {
     /// Skip the check after every operation (it is quadratic in the services; for tests of
     /// many services that check at the end).
     unchecked: bool,
+    /// What `terminate_udp` was asked, call by call, with the affinity entries left at the
+    /// time (the purge must come first).
+    terminated: Vec<(BTreeMap<Backend, std::collections::BTreeSet<u32>>, usize)>,
 }
 
 impl CheckedMaps {
@@ -285,6 +288,33 @@ impl ServiceMaps for CheckedMaps {
     fn ranges(&self) -> Result<BTreeMap<u32, Vec<ipnet::IpNet>>, MapOpError> {
         Ok(self.ranges.clone())
     }
+
+    fn terminate_udp(
+        &mut self,
+        gone: &BTreeMap<Backend, std::collections::BTreeSet<u32>>,
+    ) -> Result<usize, crate::sockdiag::SockDiagError> {
+        // The switch is done: no service resolves to a backend it is told is gone.
+        for (backend, ids) in gone {
+            for (key, svc) in &self.services {
+                if ids.contains(&svc.id) {
+                    let now = (0..u32::from(svc.count))
+                        .map(|i| {
+                            self.backends[&self.slots[&SlotKey::new(svc.id, svc.generation, i)]]
+                        })
+                        .any(|b| {
+                            super::ip_of(b.addr) == backend.ip
+                                && u16::from_be(b.port) == backend.port
+                        });
+                    assert!(
+                        !now,
+                        "{key:?} still resolves to {backend}, which is to be terminated"
+                    );
+                }
+            }
+        }
+        self.terminated.push((gone.clone(), self.affinity.len()));
+        Ok(0)
+    }
 }
 
 fn frontend(last: u8, port: u16) -> Frontend {
@@ -499,6 +529,86 @@ fn removed_backend_loses_its_affinity_entries() {
         vec![2],
         "client pinned to removed backend 1 must be forgotten"
     );
+}
+
+#[test]
+fn udp_backends_that_go_have_their_connected_sockets_terminated() {
+    let t0 = Instant::now();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
+    let tcp = frontend(1, 80);
+    let udp = Frontend {
+        protocol: Protocol::Udp,
+        ..frontend(1, 53)
+    };
+    let other_udp = Frontend {
+        protocol: Protocol::Udp,
+        ..frontend(2, 53)
+    };
+    r.apply(
+        &state(&[
+            (tcp, backends(&[1, 2])),
+            (udp, backends(&[1, 2])),
+            (other_udp, backends(&[1, 3])),
+        ]),
+        true,
+        t0,
+    );
+    assert!(
+        r.maps().terminated.is_empty(),
+        "nothing went, nothing may be terminated: {:?}",
+        r.maps().terminated
+    );
+    let id_of = |r: &Reconciler<CheckedMaps>, f: &Frontend| r.maps().services[&service_key(f)].id;
+    let (udp_id, other_id) = (id_of(&r, &udp), id_of(&r, &other_udp));
+    // A socket of `udp` pinned to backend 1, to see that the purge comes first.
+    let backend_1 = *r
+        .maps()
+        .backends
+        .iter()
+        .find(|(_, v)| v.addr[15] == 1)
+        .unwrap()
+        .0;
+    r.maps.affinity.insert(
+        AffinityKey {
+            service_id: udp_id,
+            kind: gannet_common::AFFINITY_SOCKET,
+            client: 7,
+        },
+        AffinityValue {
+            backend_id: backend_1,
+            pad: 0,
+            last_used_ns: 0,
+        },
+    );
+
+    // Backend 1 leaves both services; the TCP frontend's connections are left alone.
+    r.apply(
+        &state(&[
+            (tcp, backends(&[2])),
+            (udp, backends(&[2])),
+            (other_udp, backends(&[3])),
+        ]),
+        true,
+        t0,
+    );
+    let expected: BTreeMap<Backend, std::collections::BTreeSet<u32>> =
+        [(backends(&[1])[0], [udp_id, other_id].into())].into();
+    assert_eq!(
+        r.maps().terminated,
+        vec![(expected, 0)],
+        "backend 1's UDP sockets of both frontends, after the affinity purge"
+    );
+
+    // A removed UDP frontend: every backend it had.
+    r.apply(
+        &state(&[(tcp, backends(&[2])), (udp, backends(&[2]))]),
+        true,
+        t0,
+    );
+    let expected: BTreeMap<Backend, std::collections::BTreeSet<u32>> =
+        [(backends(&[3])[0], [other_id].into())].into();
+    assert_eq!(r.maps().terminated.last(), Some(&(expected, 0)));
+    assert_eq!(r.maps().terminated.len(), 2);
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "GANNET_EP";
     /// host-side ifindex (`u32`) → [`EndpointStats`](super::EndpointStats), per CPU.
     pub const ENDPOINT_STATS: &str = "GANNET_EP_STATS";
+    /// host-side ifindex (`u32`) → [`EndpointDrops`](super::EndpointDrops), per CPU: what the
+    /// pod program dropped of what the pod sent. Created by the program at a pod's first drop.
+    pub const ENDPOINT_DROPS: &str = "GANNET_EP_DROPS";
     /// LPM trie: aya's `lpm_trie::Key<[u8; 16]>` → [`NodeValue`](super::NodeValue): the other
     /// nodes' pod CIDRs (`--overlay ebpf`). The key's data is the prefix's address in network
     /// order, IPv4 as `::ffff:a.b.c.d`; its length counts bits over all 16 bytes, so an IPv4
@@ -328,6 +331,19 @@ pub struct EndpointStats {
     pub tx_bytes: u64,
 }
 
+/// Packets of one pod that the pod program dropped (they are counted in its
+/// [`EndpointStats::tx_packets`] too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointDrops {
+    /// IPv4 and IPv6 packets whose source is not one of the pod's addresses (IPv6 link-local
+    /// and unspecified sources are the pod's own).
+    pub source: u64,
+    /// ARP packets whose sender address, and IPv6 neighbour advertisements whose target, is
+    /// not one of the pod's addresses.
+    pub neighbour: u64,
+}
+
 /// What an IPv4 prefix length is offset by in the 16-byte, IPv4-mapped key of
 /// [`map_names::NODES`]: the 96 bits of `::ffff:` come first.
 pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
@@ -534,6 +550,7 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::EndpointValue {}
     unsafe impl aya::Pod for super::EndpointStats {}
+    unsafe impl aya::Pod for super::EndpointDrops {}
     unsafe impl aya::Pod for super::NodeValue {}
     unsafe impl aya::Pod for super::TunnelConfig {}
     unsafe impl aya::Pod for super::CtKey {}
@@ -556,6 +573,7 @@ const _: () = {
     assert!(core::mem::size_of::<EndpointKey>() == 16);
     assert!(core::mem::size_of::<EndpointValue>() == 20);
     assert!(core::mem::size_of::<EndpointStats>() == 32);
+    assert!(core::mem::size_of::<EndpointDrops>() == 16);
     assert!(core::mem::size_of::<NodeValue>() == 24);
     assert!(core::mem::size_of::<TunnelConfig>() == 16);
     assert!(core::mem::size_of::<CtKey>() == 40);

@@ -7,7 +7,7 @@ use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
         bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
@@ -46,13 +46,16 @@ pub(crate) fn forward(ctx: &mut TcContext, flow: &Flow, saddr: &[u8; 16], daddr:
         return endpoint::deliver(ctx, flow.l3, &pod);
     }
     let verdict = encapsulate(ctx, flow.l3, daddr);
-    if verdict != TC_ACT_OK {
+    // Not a remote pod (`TC_ACT_UNSPEC`), or one whose TTL is exhausted (`TC_ACT_OK`, which
+    // `route` drops): routed here.
+    if verdict != TC_ACT_UNSPEC && verdict != TC_ACT_OK {
         return verdict;
     }
     route(ctx, flow, saddr, daddr)
 }
 
-/// `--overlay ebpf`: into the tunnel when `daddr` is another node's pod (`TC_ACT_OK` when not).
+/// `--overlay ebpf`: into the tunnel when `daddr` is another node's pod; `TC_ACT_UNSPEC` when
+/// it is not, `TC_ACT_OK` (to the host stack) when its TTL is exhausted.
 /// Not inlined, to keep its tunnel key off `forward`'s frame.
 #[inline(never)]
 pub(crate) fn encapsulate(ctx: &mut TcContext, l3: L3, daddr: &[u8; 16]) -> i32 {

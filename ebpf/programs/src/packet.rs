@@ -11,6 +11,7 @@ use crate::csum;
 pub(crate) const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 
 pub(crate) const IPV4_TTL: usize = ETH_HLEN + 8;
 pub(crate) const IPV4_CSUM: usize = ETH_HLEN + 10;
@@ -35,6 +36,13 @@ pub(crate) fn l3(ctx: &TcContext) -> Option<L3> {
         ETH_P_IPV6 => Some(L3::V6),
         _ => None,
     }
+}
+
+/// Whether the frame is an ARP packet.
+#[inline(always)]
+pub(crate) fn is_arp(ctx: &TcContext) -> bool {
+    ctx.load::<u16>(12)
+        .is_ok_and(|proto| u16::from_be(proto) == ETH_P_ARP)
 }
 
 /// Source and destination addresses, 16 bytes each (IPv4 as `::ffff:a.b.c.d`).

@@ -1,7 +1,10 @@
 //! The per-pod programs, attached (tcx) to each pod's host-side veth in the node's namespace.
 //!
 //! What happens to a packet a pod sends (`gannet_from_pod`, tc ingress of the host veth):
-//! counted as the pod's tx; if its destination is another pod of this node, its MACs are set
+//! counted as the pod's tx; dropped (and counted as such) if it is not the pod's to send: an
+//! IPv4 or IPv6 source that is not one of the pod's addresses (IPv6 link-local ones go to the
+//! host stack only), ARP for another address, a neighbour advertisement for another address;
+//! if its destination is another pod of this node, its MACs are set
 //! for the peer, its TTL is decremented, and it is handed straight to the peer's namespace with
 //! `bpf_redirect_peer` (no host routing, no netfilter); anything else goes on to the host stack.
 //!

@@ -19,7 +19,10 @@ use gannet_common::{
     DEFAULT_MAX_NODES, NodeValue, TUNNEL_F_ENABLED, TUNNEL_F_IPV6_UNDERLAY, TunnelConfig,
 };
 
-use crate::{endpoint, packet};
+use crate::{
+    endpoint::{self, NEXT},
+    packet,
+};
 
 /// The other nodes' pod CIDRs. An LPM trie is never preallocated: an update replaces the
 /// element under RCU, so a value looked up is never one being rewritten.
@@ -32,6 +35,7 @@ static NODES: LpmTrie<[u8; 16], NodeValue> = LpmTrie::pinned(DEFAULT_MAX_NODES, 
 #[map(name = "GANNET_TUNNEL")]
 static TUNNEL: Array<TunnelConfig> = Array::pinned(1, 0);
 
+/// The packet is gannet's, and goes on (to the host stack, or the device).
 const OK: i32 = TC_ACT_OK;
 const SHOT: i32 = TC_ACT_SHOT;
 
@@ -133,15 +137,16 @@ fn redirect(ifindex: u32) -> i32 {
 
 /// A pod's packet for a destination that is no pod of this node: if it lies in another node's
 /// pod CIDR, it is routed here (TTL decremented, MACs set for the remote VTEP, tunnel key set)
-/// and redirected into the VXLAN device, which encapsulates it; otherwise it goes on to the
-/// host stack (`TC_ACT_OK`).
+/// and redirected into the VXLAN device, which encapsulates it; with a TTL that does not allow
+/// that, it goes to the host stack (`TC_ACT_OK`; the stack answers with ICMP); a destination
+/// in no other node's pod CIDR is not the tunnel's business (`NEXT`).
 #[inline(always)]
 pub(crate) fn from_pod(ctx: &mut TcContext, l3: packet::L3, dst: [u8; 16]) -> i32 {
     let Some(tunnel) = config() else {
-        return OK;
+        return NEXT;
     };
     let Some(node) = node(dst) else {
-        return OK;
+        return NEXT;
     };
     if !packet::decrement_ttl(ctx, l3) {
         // TTL exhausted (the host stack answers with ICMP) or not writable.
@@ -156,7 +161,8 @@ pub(crate) fn from_pod(ctx: &mut TcContext, l3: packet::L3, dst: [u8; 16]) -> i3
 
 /// A packet the VXLAN device decapsulated (tc ingress of the device). Another VNI than ours is
 /// dropped. A packet for a pod of this node goes straight into the pod's namespace; anything
-/// else (this node's own addresses, unknown destinations) goes on to the host stack.
+/// else (this node's own addresses, unknown destinations) continues (`NEXT`: the next tcx
+/// program, then the host stack).
 ///
 /// A packet without a tunnel key did not come through the device's decapsulation (only another
 /// program redirecting into its ingress, or `BPF_PROG_TEST_RUN`, can produce one); it is judged
@@ -164,7 +170,7 @@ pub(crate) fn from_pod(ctx: &mut TcContext, l3: packet::L3, dst: [u8; 16]) -> i3
 #[inline(always)]
 pub(crate) fn from_tunnel(ctx: &mut TcContext) -> i32 {
     let Some(tunnel) = config() else {
-        return OK;
+        return NEXT;
     };
     if let Metadata::Key { vni } = metadata(ctx, tunnel.flags & TUNNEL_F_IPV6_UNDERLAY != 0)
         && vni != tunnel.vni
@@ -172,29 +178,29 @@ pub(crate) fn from_tunnel(ctx: &mut TcContext) -> i32 {
         return SHOT;
     }
     let Some(l3) = packet::l3(ctx) else {
-        return OK;
+        return NEXT;
     };
     let Some((_, dst)) = packet::addresses(ctx, l3) else {
-        return OK;
+        return NEXT;
     };
     let Some(pod) = endpoint::local(dst) else {
-        return OK;
+        return NEXT;
     };
     endpoint::deliver(ctx, l3, &pod)
 }
 
 /// A packet the node itself routes into the VXLAN device (tc egress of the device), e.g. from a
 /// host process to a remote pod through the cluster-CIDR route. Packets `from_pod` already
-/// redirected carry their tunnel key and pass. Others get the key and MACs of the node whose
+/// redirected carry their tunnel key and continue (`NEXT`). Others get the key and MACs of the node whose
 /// pod CIDR holds their destination; a destination no node owns cannot be encapsulated (the
 /// device would drop it anyway) and is dropped here.
 #[inline(always)]
 pub(crate) fn to_tunnel(ctx: &mut TcContext) -> i32 {
     let Some(tunnel) = config() else {
-        return OK;
+        return NEXT;
     };
     if let Metadata::Key { .. } = metadata(ctx, tunnel.flags & TUNNEL_F_IPV6_UNDERLAY != 0) {
-        return OK;
+        return NEXT;
     }
     let Some(l3) = packet::l3(ctx) else {
         return SHOT;

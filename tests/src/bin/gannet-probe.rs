@@ -75,10 +75,15 @@ enum Mode {
         #[arg(long)]
         connected: bool,
     },
-    /// Keep one TCP connection; send a request for each `ping` line on stdin.
+    /// Keep one TCP connection (or connected UDP socket); send a request for each `ping` line
+    /// on stdin.
     Hold {
         #[command(flatten)]
         client: ClientArgs,
+        /// A connected UDP socket instead of a TCP connection; a `reconnect` line connects it
+        /// again.
+        #[arg(long)]
+        udp: bool,
     },
     /// COUNT ICMP/ICMPv6 echo requests through a raw socket (needs `CAP_NET_RAW`), one at a time,
     /// each waiting up to --timeout-ms for its reply.
@@ -96,6 +101,20 @@ enum Mode {
         /// clear and IPv6 ones are fragmented by the sender.
         #[arg(long)]
         dont_fragment: bool,
+    },
+    /// COUNT UDP datagrams over IPv4 from an address of your choice (a raw socket with headers
+    /// of its own; needs `CAP_NET_RAW`), as a pod spoofing another's address would send them.
+    Spoof {
+        #[arg(
+            long,
+            help = "Source address to write into the packets, e.g. 10.244.3.3"
+        )]
+        from: std::net::Ipv4Addr,
+        #[arg(long, help = "Destination, e.g. 10.244.3.4:8080")]
+        to: std::net::SocketAddrV4,
+        /// Number of datagrams.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
     },
     /// One TCP connection sending BYTES bytes to a `serve --sink` server, which replies with the
     /// count it received after EOF.
@@ -196,8 +215,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print_json(&probe::udp_count(&client.options(timeout), count, udp))
         }
-        Mode::Hold { client } => {
-            let report = probe::hold(&client.options(timeout), io::stdin().lock(), io::stdout())?;
+        Mode::Hold { client, udp } => {
+            let (opts, input, output) = (client.options(timeout), io::stdin().lock(), io::stdout());
+            let report = if udp {
+                probe::hold_udp(&opts, input, output)?
+            } else {
+                probe::hold(&opts, input, output)?
+            };
             print_json(&report)
         }
         Mode::Icmp {
@@ -212,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dont_fragment,
             timeout,
         })?),
+        Mode::Spoof { from, to, count } => print_json(&probe::spoof_udp(from, to, count)?),
         Mode::Stream { client, bytes } => {
             print_json(&probe::stream(&client.options(timeout), bytes))
         }
