@@ -64,11 +64,12 @@ pub struct CommonArgs {
     #[arg(long, default_value = "/sys/fs/cgroup", env = "GANNET_CGROUP_PATH")]
     pub cgroup_path: PathBuf,
     /// Directory under bpffs for gannetd's pinned maps and links (bpffs is mounted at
-    /// /sys/fs/bpf when missing).
+    /// /sys/fs/bpf when missing). gannetd locks it while it runs: one gannetd per bpf root.
     #[arg(long, default_value = "/sys/fs/bpf/gannet", env = "GANNET_BPF_ROOT")]
     pub bpf_root: PathBuf,
     /// Directory for gannetd's runtime state: the CNI socket (`cni.sock`) and the endpoint
-    /// registry (`endpoints.json`).
+    /// registry (`endpoints.json`). gannetd locks it while it runs: one gannetd per state
+    /// directory.
     #[arg(long, default_value = "/run/gannet", env = "GANNET_STATE_DIR")]
     pub state_dir: PathBuf,
     /// Log format.

@@ -24,6 +24,7 @@ use crate::{
         reconcile::{ApplyReport, DEFAULT_GRACE, Reconciler},
     },
     endpoints::{self, Registry},
+    lock::AgentLocks,
     network::NodeNetwork,
     nodeport::{
         frontends::Expander,
@@ -340,6 +341,27 @@ fn log_report(report: &ApplyReport) {
     }
 }
 
+/// Locks `--bpf-root` (created first, on bpffs; with the nftables data plane only when an earlier
+/// gannetd left one) and `--state-dir`.
+fn take_locks(config: &RunConfig) -> anyhow::Result<AgentLocks> {
+    let bpf_root = match config.dataplane {
+        DataPlane::Ebpf => {
+            datapath::ensure_bpffs(&config.bpf_root)?;
+            Some(config.bpf_root.as_path())
+        }
+        DataPlane::Nftables => config
+            .bpf_root
+            .is_dir()
+            .then_some(config.bpf_root.as_path()),
+    };
+    AgentLocks::take(bpf_root, &config.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: only one gannetd may run per --bpf-root and per --state-dir; stop the other \
+             one first"
+        )
+    })
+}
+
 /// Runs until SIGTERM or SIGINT. The data plane stays in place when this returns: programs stay
 /// attached through their pinned links and the maps keep serving (eBPF), the table stays
 /// (nftables), so a restarted gannetd adopts them without a gap.
@@ -362,6 +384,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             "gannetd starting"
         ),
     }
+    // One gannetd per bpf root and per state directory, held until this returns.
+    let _locks = take_locks(&config)?;
     let mut plane = Plane::start(&config)?;
     let mut registry = Registry::load(&config.state_dir, plane.fast_path().as_deref())
         .with_context(|| {

@@ -1,0 +1,153 @@
+//! Operator guardrails of gannetd: one agent per bpf root and state directory, a cleanup that
+//! cannot cut a running agent, a failed start that leaves nothing, flags that fail early.
+//!
+//! gannetd runs attached to a test cgroup, in the test's own network namespace with everything
+//! that would touch it switched off (no overlay, no masquerade, no NodePort program), as in
+//! `socklb.rs`. Nothing here touches the root cgroup or the host's network.
+#![expect(
+    unused_crate_dependencies,
+    reason = "integration tests link all of the package's dependencies; these use the kit"
+)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use gannet_testkit::{Cgroup, ScratchDir, agent::Agent, bin_path, spawn, unique_name};
+
+/// How long a gannetd that must refuse to start may take to exit.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A bpf root and state directory of a gannetd started by a test outside [`Agent`]: whatever a
+/// start that should not have happened left there is removed by `gannetd cleanup` on drop.
+struct Leftovers {
+    bpf_root: PathBuf,
+    state_dir: ScratchDir,
+    manifests: ScratchDir,
+}
+
+impl Leftovers {
+    fn new() -> Leftovers {
+        let manifests = ScratchDir::new("gannet-gm");
+        std::fs::create_dir_all(&manifests.0).expect("creating a manifest directory");
+        Leftovers {
+            bpf_root: PathBuf::from("/sys/fs/bpf").join(unique_name("gannet-gr")),
+            state_dir: ScratchDir::new("gannet-gs"),
+            manifests,
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let _ = Command::new(bin_path("gannetd"))
+            .arg("cleanup")
+            .arg("--bpf-root")
+            .arg(&self.bpf_root)
+            .arg("--state-dir")
+            .arg(&self.state_dir.0)
+            .output();
+    }
+}
+
+/// Runs a gannetd that is expected to refuse to start (in this namespace, attached to
+/// `cgroup` should it start anyway), and returns how it exited. If it keeps running, it is
+/// killed and the test fails.
+fn gannetd_that_must_exit(
+    cgroup: &Path,
+    bpf_root: &Path,
+    state_dir: &Path,
+    manifests: &Path,
+) -> Output {
+    let mut cmd = Command::new(bin_path("gannetd"));
+    cmd.arg("--cgroup-path")
+        .arg(cgroup)
+        .arg("--bpf-root")
+        .arg(bpf_root)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--manifest-dir")
+        .arg(manifests)
+        .args([
+            "--node-name",
+            "test-node",
+            "--overlay",
+            "none",
+            "--masquerade=false",
+            "--nodeport-interfaces=",
+        ]);
+    let mut child = spawn(cmd, None, None).expect("starting gannetd");
+    match child.wait_output(REFUSAL_TIMEOUT) {
+        Ok(output) => output,
+        Err(e) => panic!("gannetd was expected to refuse to start, but kept running: {e:#}"),
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_second_agent_on_the_same_bpf_root_or_state_dir_is_refused_naming_the_first() {
+    let cgroup = Cgroup::new().expect("creating the test cgroup");
+    let agent = Agent::start(&cgroup, &[]).expect("starting gannetd");
+    let pid = agent.pid().expect("gannetd runs");
+    let holder = format!("pid {pid} (");
+
+    // The same bpf root, another state directory.
+    let other = Leftovers::new();
+    let same_root = gannetd_that_must_exit(
+        cgroup.path(),
+        agent.bpf_root(),
+        &other.state_dir.0,
+        &other.manifests.0,
+    );
+    let message = stderr(&same_root);
+    assert!(
+        !same_root.status.success(),
+        "a second gannetd on the same --bpf-root must exit non-zero: {message}"
+    );
+    assert!(
+        message.contains("--bpf-root") && message.contains(&holder),
+        "the refusal must name --bpf-root and the first gannetd ({holder}…): {message}"
+    );
+    assert!(
+        message.contains(&format!("{} --cgroup-path", bin_path("gannetd").display())),
+        "the refusal must show the holder's command line: {message}"
+    );
+    assert!(
+        !other.state_dir.0.exists(),
+        "the refused gannetd must not leave its state directory behind"
+    );
+
+    // The same state directory, another bpf root.
+    let other = Leftovers::new();
+    let same_state = gannetd_that_must_exit(
+        cgroup.path(),
+        &other.bpf_root,
+        agent.state_dir(),
+        &other.manifests.0,
+    );
+    let message = stderr(&same_state);
+    assert!(
+        !same_state.status.success(),
+        "a second gannetd on the same --state-dir must exit non-zero: {message}"
+    );
+    assert!(
+        message.contains("--state-dir") && message.contains(&holder),
+        "the refusal must name --state-dir and the first gannetd ({holder}…): {message}"
+    );
+    assert!(
+        !other.bpf_root.exists(),
+        "the refused gannetd must remove the bpf root it created ({})",
+        other.bpf_root.display()
+    );
+    // The first one still owns its socket and answers on it.
+    assert!(
+        std::os::unix::net::UnixStream::connect(agent.cni_socket()).is_ok(),
+        "the first gannetd must still answer on {}",
+        agent.cni_socket().display()
+    );
+}
