@@ -31,6 +31,11 @@ pub const EXIT_USAGE: i32 = 64;
     name = "gannetd",
     version,
     about = "gannet node agent: eBPF service load balancing and the pod network between nodes",
+    after_help = "One gannetd per node: it locks --bpf-root and --state-dir while it runs; a \
+                  second gannetd (or gannetd cleanup) on either exits with status 1 naming the \
+                  process that holds it. When its pinned maps, its cgroup links or its CNI \
+                  socket are removed while it runs, gannetd logs an error and exits with status \
+                  1: start it again to re-create them.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -50,7 +55,8 @@ pub enum Command {
     Run(RunArgs),
     /// Remove everything gannetd created: its cgroup links, its pinned maps and its bpffs
     /// directory, the overlay's device and routes, its nftables tables (`inet gannet`,
-    /// `inet gannet-services`). Stop gannetd first.
+    /// `inet gannet-services`). Refuses (status 1, naming it) while a gannetd holds the
+    /// `--bpf-root` or the `--state-dir` it is given: stop gannetd first.
     Cleanup(CommonArgs),
     /// Print what the data plane holds (services with their backends, endpoints with their
     /// counters) as JSON, read from the pinned maps, or with `--dataplane nftables` from the

@@ -280,6 +280,58 @@ fn cmdline(pid: u32) -> Option<String> {
     (!args.is_empty()).then(|| args.join(" "))
 }
 
+/// What a running gannetd pinned or bound at start, to notice when it disappears underneath it
+/// (someone removed the pins by hand, or an older `gannetd cleanup` that took no lock): each path
+/// with the inode it had.
+#[derive(Debug, Default)]
+pub struct Watched {
+    entries: Vec<(PathBuf, u64, u64)>,
+}
+
+impl Watched {
+    /// Watches `path` as it is now; a path that does not exist is not watched.
+    pub fn add(&mut self, path: &Path) {
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            self.entries.push((path.to_owned(), meta.dev(), meta.ino()));
+        }
+    }
+
+    /// Watches every entry directly in `dir` as it is now.
+    pub fn add_entries(&mut self, dir: &Path) {
+        if let Ok(entries) = fs::read_dir(dir) {
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for path in paths {
+                self.add(&path);
+            }
+        }
+    }
+
+    /// How many paths are watched.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is watched.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The first watched path that is gone or is now another file, with what happened to it.
+    #[must_use]
+    pub fn check(&self) -> Option<(PathBuf, &'static str)> {
+        self.entries
+            .iter()
+            .find_map(|(path, dev, ino)| match fs::symlink_metadata(path) {
+                Ok(meta) if (meta.dev(), meta.ino()) == (*dev, *ino) => None,
+                Ok(_) => Some((path.clone(), "replaced by another file")),
+                Err(_) => Some((path.clone(), "removed")),
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,5 +375,26 @@ mod tests {
             !again.is_current(),
             "a removed directory is no longer current"
         );
+    }
+
+    #[test]
+    fn watched_paths_report_removal_and_replacement() {
+        let dir = std::env::temp_dir().join(format!("gannet-watch-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("creating the test directory");
+        fs::write(dir.join("a"), "a").expect("writing a");
+        fs::write(dir.join("b"), "b").expect("writing b");
+        let mut watched = Watched::default();
+        watched.add_entries(&dir);
+        assert_eq!(watched.len(), 2);
+        assert_eq!(watched.check(), None);
+        fs::write(dir.join("b.new"), "b").expect("writing b.new");
+        fs::rename(dir.join("b.new"), dir.join("b")).expect("replacing b");
+        assert_eq!(
+            watched.check(),
+            Some((dir.join("b"), "replaced by another file"))
+        );
+        fs::remove_file(dir.join("a")).expect("removing a");
+        assert_eq!(watched.check(), Some((dir.join("a"), "removed")));
+        fs::remove_dir_all(&dir).expect("removing the test directory");
     }
 }

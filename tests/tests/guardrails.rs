@@ -151,3 +151,89 @@ fn a_second_agent_on_the_same_bpf_root_or_state_dir_is_refused_naming_the_first(
         agent.cni_socket().display()
     );
 }
+
+/// Runs `gannetd cleanup` for `bpf_root` and `state_dir`.
+fn cleanup(bpf_root: &Path, state_dir: &Path) -> Output {
+    let mut cmd = Command::new(bin_path("gannetd"));
+    cmd.arg("cleanup")
+        .arg("--bpf-root")
+        .arg(bpf_root)
+        .arg("--state-dir")
+        .arg(state_dir);
+    gannet_testkit::run_in(cmd, None, None, REFUSAL_TIMEOUT).expect("running gannetd cleanup")
+}
+
+#[test]
+fn cleanup_is_refused_while_an_agent_holds_either_directory() {
+    let cgroup = Cgroup::new().expect("creating the test cgroup");
+    let mut agent = Agent::start(&cgroup, &[]).expect("starting gannetd");
+    let pid = agent.pid().expect("gannetd runs");
+    let link = agent.bpf_root().join("links/gannet_connect4");
+    assert!(link.exists(), "gannetd pins {}", link.display());
+
+    // Its bpf root with another state directory (once enough to remove the whole data plane),
+    // then its state directory with another bpf root.
+    let other = Leftovers::new();
+    for (bpf_root, state_dir, flag) in [
+        (agent.bpf_root(), other.state_dir.0.as_path(), "--bpf-root"),
+        (other.bpf_root.as_path(), agent.state_dir(), "--state-dir"),
+    ] {
+        let output = cleanup(bpf_root, state_dir);
+        let message = stderr(&output);
+        assert!(
+            !output.status.success(),
+            "cleanup of {flag} must be refused while gannetd runs: {message}"
+        );
+        assert!(
+            message.contains(flag) && message.contains(&format!("pid {pid} (")),
+            "the refusal must name {flag} and the running gannetd (pid {pid}): {message}"
+        );
+        assert!(
+            link.exists() && agent.cni_socket().exists(),
+            "a refused cleanup ({flag}) must remove nothing"
+        );
+    }
+    assert_eq!(
+        agent.log_count("taken away underneath it"),
+        0,
+        "gannetd must not have noticed any removal: {}",
+        agent.logs()
+    );
+
+    // Once it is stopped, the same cleanup goes through.
+    agent.stop(libc::SIGTERM).expect("stopping gannetd");
+    let output = cleanup(agent.bpf_root(), &other.state_dir.0);
+    assert!(
+        output.status.success(),
+        "cleanup after stop: {}",
+        stderr(&output)
+    );
+    assert!(
+        !agent.bpf_root().exists(),
+        "cleanup must remove {}",
+        agent.bpf_root().display()
+    );
+}
+
+#[test]
+fn an_agent_whose_link_is_unpinned_underneath_it_exits_non_zero_naming_it() {
+    let cgroup = Cgroup::new().expect("creating the test cgroup");
+    let mut agent = Agent::start(&cgroup, &[]).expect("starting gannetd");
+    let link = agent.bpf_root().join("links/gannet_connect4");
+    // Unpinning the link detaches the program from the test cgroup: what an older cleanup or
+    // a hand-made `rm` did to a running agent.
+    std::fs::remove_file(&link).expect("removing a pinned link");
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("gannetd must notice and exit");
+    assert!(
+        !status.success(),
+        "gannetd must exit non-zero when its link is gone: {status}"
+    );
+    let logs = agent.logs();
+    assert!(
+        logs.contains("taken away underneath it") && logs.contains(&link.display().to_string()),
+        "gannetd must log what was removed ({}): {logs}",
+        link.display()
+    );
+}
