@@ -280,6 +280,92 @@ fn cmdline(pid: u32) -> Option<String> {
     (!args.is_empty()).then(|| args.join(" "))
 }
 
+/// Removes what a start that failed had created, so that the next start begins from nothing
+/// (and does not claim to adopt a data plane that never served): the bpf root with every pin and
+/// link in it when it held no pin before this start, the state directory when this start
+/// created it. A start that adopted an earlier gannetd's data plane leaves that in place.
+/// Disarmed by [`started`](Self::started) once gannetd is ready.
+#[derive(Debug)]
+pub struct StartGuard {
+    /// The bpf root, when this start found no pin in it.
+    fresh_bpf_root: Option<PathBuf>,
+    /// The state directory, when this start created it.
+    created_state_dir: Option<PathBuf>,
+    armed: bool,
+}
+
+impl StartGuard {
+    /// Looks at what `locks` found and created; call right after taking them, before anything
+    /// is loaded.
+    #[must_use]
+    pub fn new(locks: &AgentLocks) -> StartGuard {
+        let fresh_bpf_root = locks
+            .bpf_root
+            .as_ref()
+            .map(DirLock::path)
+            .filter(|root| !holds_pins(root))
+            .map(Path::to_owned);
+        let created_state_dir = locks
+            .state_dir
+            .as_ref()
+            .map(DirLock::path)
+            .filter(|dir| locks.created().iter().any(|c| c == dir))
+            .map(Path::to_owned);
+        StartGuard {
+            fresh_bpf_root,
+            created_state_dir,
+            armed: true,
+        }
+    }
+
+    /// gannetd started: from now on what it created is its data plane, kept across restarts.
+    pub fn started(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(root) = &self.fresh_bpf_root {
+            match crate::datapath::cleanup(root) {
+                Ok(removed) => tracing::warn!(
+                    bpf_root = %root.display(),
+                    removed = removed.len(),
+                    "start failed: removed the pins and links it had created"
+                ),
+                Err(error) => tracing::error!(
+                    bpf_root = %root.display(),
+                    %error,
+                    "start failed, and removing the pins it had created failed too"
+                ),
+            }
+        }
+        if let Some(dir) = &self.created_state_dir
+            && let Err(error) = fs::remove_dir_all(dir)
+        {
+            tracing::error!(
+                state_dir = %dir.display(),
+                %error,
+                "start failed, and removing the state directory it had created failed too"
+            );
+        }
+    }
+}
+
+/// Whether `dir` holds anything but directories (pins and links, on bpffs).
+fn holds_pins(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            entry
+                .file_type()
+                .map_or(true, |t| !t.is_dir() || holds_pins(&entry.path()))
+        })
+    })
+}
+
 /// What a running gannetd pinned or bound at start, to notice when it disappears underneath it
 /// (someone removed the pins by hand, or an older `gannetd cleanup` that took no lock): each path
 /// with the inode it had.

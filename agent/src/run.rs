@@ -24,7 +24,7 @@ use crate::{
         reconcile::{ApplyReport, DEFAULT_GRACE, Reconciler},
     },
     endpoints::{self, Registry},
-    lock::{AgentLocks, Watched},
+    lock::{AgentLocks, StartGuard, Watched},
     network::NodeNetwork,
     nodeport::{
         frontends::Expander,
@@ -407,7 +407,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         ),
     }
     // One gannetd per bpf root and per state directory, held until this returns.
-    let _locks = take_locks(&config)?;
+    let locks = take_locks(&config)?;
+    // Until ready, a failure removes what this start created (dropped before the locks).
+    let mut start = StartGuard::new(&locks);
     let mut plane = Plane::start(&config)?;
     let mut registry = Registry::load(&config.state_dir, plane.fast_path().as_deref())
         .with_context(|| {
@@ -432,6 +434,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     for pod in registry.pods() {
         services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));
     }
+    start.started();
     info!(socket = %socket.display(), "ready for CNI endpoints");
     let watched = watched(&config, &socket);
     let mut watch = tokio::time::interval(WATCH_INTERVAL);

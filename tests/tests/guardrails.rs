@@ -237,3 +237,39 @@ fn an_agent_whose_link_is_unpinned_underneath_it_exits_non_zero_naming_it() {
         link.display()
     );
 }
+
+#[test]
+fn a_start_that_fails_after_loading_leaves_no_pins_behind() {
+    let cgroup = Cgroup::new().expect("creating the test cgroup");
+    let dirs = Leftovers::new();
+    // A registry gannetd cannot read: it fails after it has loaded and pinned the data plane.
+    std::fs::create_dir_all(&dirs.state_dir.0).expect("creating the state directory");
+    let registry = dirs.state_dir.0.join("endpoints.json");
+    std::fs::write(&registry, "not json").expect("writing a broken registry");
+    let output = gannetd_that_must_exit(
+        cgroup.path(),
+        &dirs.bpf_root,
+        &dirs.state_dir.0,
+        &dirs.manifests.0,
+    );
+    let message = stderr(&output);
+    assert!(
+        !output.status.success() && message.contains("endpoint registry"),
+        "gannetd must fail on the broken registry: {message}"
+    );
+    assert!(
+        message.contains("socket load balancer attached"),
+        "the start must have got as far as pinning (else this test proves nothing): {message}"
+    );
+    assert!(
+        !dirs.bpf_root.exists(),
+        "a failed start must remove the pins it created, so the next start does not adopt \
+         them; left: {:?}",
+        std::fs::read_dir(&dirs.bpf_root)
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+    assert!(
+        registry.exists(),
+        "the state directory was there before: its files are not the failed start's to remove"
+    );
+}
