@@ -273,3 +273,116 @@ fn a_start_that_fails_after_loading_leaves_no_pins_behind() {
         "the state directory was there before: its files are not the failed start's to remove"
     );
 }
+
+/// Runs `binary` with `args` (it must exit on its own), returning its status code and stderr.
+fn run(binary: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin_path(binary));
+    cmd.args(args);
+    let output = gannet_testkit::run_in(cmd, None, None, REFUSAL_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{binary} must exit at once on bad flags: {e:#}"));
+    (output.status.code(), stderr(&output))
+}
+
+#[test]
+fn flags_that_would_fail_late_exit_64_naming_the_flag_before_anything_is_created() {
+    let cgroup = Cgroup::new().expect("creating the test cgroup");
+    let dirs = Leftovers::new();
+    let bpf_root = dirs.bpf_root.to_str().expect("utf-8");
+    let state_dir = dirs.state_dir.0.to_str().expect("utf-8");
+    let manifests = dirs.manifests.0.to_str().expect("utf-8");
+    let common = [
+        "--state-dir",
+        state_dir,
+        "--manifest-dir",
+        manifests,
+        "--overlay",
+        "none",
+        "--masquerade=false",
+        "--nodeport-interfaces=",
+    ];
+
+    // --cgroup-path naming a file of a cgroup v2 directory (statfs alone says cgroup2).
+    let file = cgroup.path().join("cgroup.procs");
+    let file = file.to_str().expect("utf-8");
+    let mut args = vec!["--cgroup-path", file, "--bpf-root", bpf_root];
+    args.extend_from_slice(&common);
+    let (code, message) = run("gannetd", &args);
+    assert_eq!(code, Some(64), "--cgroup-path FILE: {message}");
+    assert!(
+        message.contains(&format!("--cgroup-path {file}: not a directory")),
+        "the error must name --cgroup-path: {message}"
+    );
+    assert!(
+        !dirs.bpf_root.exists() && !dirs.state_dir.0.exists(),
+        "a start refused for its flags must create nothing"
+    );
+
+    // --bpf-root outside bpffs.
+    let outside = ScratchDir::new("gannet-nb");
+    let outside_root = outside.0.join("bpf");
+    let outside_root = outside_root.to_str().expect("utf-8");
+    let cgroup_path = cgroup.path().to_str().expect("utf-8");
+    let mut args = vec!["--cgroup-path", cgroup_path, "--bpf-root", outside_root];
+    args.extend_from_slice(&common);
+    let (code, message) = run("gannetd", &args);
+    assert_eq!(code, Some(64), "--bpf-root outside bpffs: {message}");
+    assert!(
+        message.contains(&format!("--bpf-root {outside_root}:"))
+            && message.contains("not on a bpffs mount"),
+        "the error must name --bpf-root and say why: {message}"
+    );
+    assert!(
+        !outside.0.exists() && !dirs.state_dir.0.exists(),
+        "a start refused for its flags must create nothing"
+    );
+
+    // gannetd cleanup never removes a tree outside bpffs.
+    std::fs::create_dir_all(&outside.0).expect("creating a directory outside bpffs");
+    let precious = outside.0.join("precious");
+    std::fs::write(&precious, "keep me").expect("writing a file");
+    let outside_dir = outside.0.to_str().expect("utf-8");
+    let (code, message) = run(
+        "gannetd",
+        &[
+            "cleanup",
+            "--bpf-root",
+            outside_dir,
+            "--state-dir",
+            state_dir,
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(64),
+        "cleanup --bpf-root outside bpffs: {message}"
+    );
+    assert!(
+        message.contains(&format!("--bpf-root {outside_dir}:")) && precious.exists(),
+        "cleanup must refuse, naming --bpf-root, and remove nothing: {message}"
+    );
+
+    // gannet-control: overlapping pod and service ranges. Its store and socket are scratch
+    // paths, should it start anyway.
+    let control = ScratchDir::new("gannet-cc");
+    let data_dir = control.0.join("data");
+    let socket = format!("unix:{}", control.0.join("control.sock").display());
+    let (code, message) = run(
+        "gannet-control",
+        &[
+            "--data-dir",
+            data_dir.to_str().expect("utf-8"),
+            "--listen",
+            &socket,
+            "--cluster-cidr",
+            "10.0.0.0/8",
+            "--service-cidr",
+            "10.96.0.0/12",
+        ],
+    );
+    assert_eq!(code, Some(64), "overlapping CIDRs: {message}");
+    assert!(
+        message.contains("--service-cidr 10.96.0.0/12: overlaps --cluster-cidr 10.0.0.0/8"),
+        "the error must name both flags: {message}"
+    );
+    assert!(!data_dir.exists(), "gannet-control must create nothing");
+}
