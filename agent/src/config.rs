@@ -716,3 +716,24 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gannet_cni_defaults_are_gannetd_defaults() {
+        let cli = Cli::try_parse_from(["gannetd"]).expect("defaults parse");
+        let state_dir = cli.run.common.state_dir;
+        assert_eq!(
+            state_dir.join(crate::endpoints::SOCKET),
+            Path::new(gannet_cni::agent_api::DEFAULT_SOCKET),
+            "the conflist gannet-cni installs must find gannetd's socket"
+        );
+        assert_eq!(
+            state_dir.join(SUBNET_FILE),
+            Path::new(gannet_cni::config::DEFAULT_SUBNET_FILE),
+            "the conflist gannet-cni installs must find gannetd's subnet file"
+        );
+    }
+}
