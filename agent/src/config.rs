@@ -31,6 +31,11 @@ pub const EXIT_USAGE: i32 = 64;
     name = "gannetd",
     version,
     about = "gannet node agent: eBPF service load balancing and the pod network between nodes",
+    after_help = "One gannetd per node: it locks --bpf-root and --state-dir while it runs; a \
+                  second gannetd (or gannetd cleanup) on either exits with status 1 naming the \
+                  process that holds it. When its pinned maps, its cgroup links or its CNI \
+                  socket are removed while it runs, gannetd logs an error and exits with status \
+                  1: start it again to re-create them.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -50,7 +55,8 @@ pub enum Command {
     Run(RunArgs),
     /// Remove everything gannetd created: its cgroup links, its pinned maps and its bpffs
     /// directory, the overlay's device and routes, its nftables tables (`inet gannet`,
-    /// `inet gannet-services`). Stop gannetd first.
+    /// `inet gannet-services`). Refuses (status 1, naming it) while a gannetd holds the
+    /// `--bpf-root` or the `--state-dir` it is given: stop gannetd first.
     Cleanup(CommonArgs),
     /// Print what the data plane holds (services with their backends, endpoints with their
     /// counters) as JSON, read from the pinned maps, or with `--dataplane nftables` from the
@@ -60,15 +66,18 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// cgroup v2 directory the socket load balancer is attached to.
+    /// cgroup v2 directory the socket load balancer is attached to (a file or a directory of
+    /// another filesystem is refused at start).
     #[arg(long, default_value = "/sys/fs/cgroup", env = "GANNET_CGROUP_PATH")]
     pub cgroup_path: PathBuf,
     /// Directory under bpffs for gannetd's pinned maps and links (bpffs is mounted at
-    /// /sys/fs/bpf when missing).
+    /// /sys/fs/bpf when missing; a path on another filesystem, or the mount point itself, is
+    /// refused). gannetd locks it while it runs: one gannetd per bpf root.
     #[arg(long, default_value = "/sys/fs/bpf/gannet", env = "GANNET_BPF_ROOT")]
     pub bpf_root: PathBuf,
     /// Directory for gannetd's runtime state: the CNI socket (`cni.sock`) and the endpoint
-    /// registry (`endpoints.json`).
+    /// registry (`endpoints.json`). gannetd locks it while it runs: one gannetd per state
+    /// directory.
     #[arg(long, default_value = "/run/gannet", env = "GANNET_STATE_DIR")]
     pub state_dir: PathBuf,
     /// Log format.
@@ -331,12 +340,58 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// `--bpf-root` must be a directory on bpffs (what exists of it), or lie under /sys/fs/bpf while
+/// bpffs is not mounted there yet (gannetd mounts it). Checked before anything is created; also
+/// keeps `gannetd cleanup` from removing a tree that is not gannetd's.
 fn check_bpf_root(path: &Path, errors: &mut Vec<String>) {
     if !path.is_absolute() {
         errors.push(format!(
             "--bpf-root {}: must be an absolute path under a bpffs mount",
             path.display()
         ));
+        return;
+    }
+    if path.exists() && !path.is_dir() {
+        errors.push(format!("--bpf-root {}: not a directory", path.display()));
+        return;
+    }
+    if is_mount_point(path) {
+        errors.push(format!(
+            "--bpf-root {}: a mount point; give a directory of gannetd's own below it (e.g. \
+             {}/gannet): cleanup removes everything in it",
+            path.display(),
+            path.display()
+        ));
+        return;
+    }
+    let mut probe = path;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => break,
+        }
+    }
+    let bpffs = Path::new(crate::datapath::BPFFS);
+    let on_bpffs = |p: &Path| sys::fs_magic(p).is_ok_and(|m| m == sys::BPF_FS_MAGIC);
+    if on_bpffs(probe) || (path.starts_with(bpffs) && !on_bpffs(bpffs)) {
+        return;
+    }
+    errors.push(format!(
+        "--bpf-root {}: {} is not on a bpffs mount (use a directory under {}, or mount bpffs \
+         first: mount -t bpf bpf DIR)",
+        path.display(),
+        probe.display(),
+        bpffs.display()
+    ));
+}
+
+/// Whether `path` exists and is the root of a mount (another device than its parent).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let parent = path.parent().unwrap_or(path);
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(this), Ok(parent)) => this.dev() != parent.dev() || this.ino() == parent.ino(),
+        _ => false,
     }
 }
 
@@ -352,6 +407,14 @@ fn check_state_dir(path: &Path, errors: &mut Vec<String>) {
 }
 
 fn check_cgroup(path: &Path, errors: &mut Vec<String>) {
+    if path.exists() && !path.is_dir() {
+        errors.push(format!(
+            "--cgroup-path {}: not a directory (a cgroup v2 directory is expected, e.g. \
+             /sys/fs/cgroup)",
+            path.display()
+        ));
+        return;
+    }
     match sys::fs_magic(path) {
         Ok(sys::CGROUP2_SUPER_MAGIC) => {}
         Ok(_) => errors.push(format!(
@@ -653,4 +716,25 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gannet_cni_defaults_are_gannetd_defaults() {
+        let cli = Cli::try_parse_from(["gannetd"]).expect("defaults parse");
+        let state_dir = cli.run.common.state_dir;
+        assert_eq!(
+            state_dir.join(crate::endpoints::SOCKET),
+            Path::new(gannet_cni::agent_api::DEFAULT_SOCKET),
+            "the conflist gannet-cni installs must find gannetd's socket"
+        );
+        assert_eq!(
+            state_dir.join(SUBNET_FILE),
+            Path::new(gannet_cni::config::DEFAULT_SUBNET_FILE),
+            "the conflist gannet-cni installs must find gannetd's subnet file"
+        );
+    }
 }

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use gannet_agent::{
     config::{Cli, Command, EXIT_USAGE},
-    datapath, endpoints, logging, masquerade, overlay, run, status,
+    datapath, endpoints,
+    lock::AgentLocks,
+    logging, masquerade, overlay, run, status,
 };
 use tracing::{error, info};
 
@@ -86,6 +88,20 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE as u8);
                 }
             };
+            // The same locks a running gannetd holds: never cut one that runs, whichever of
+            // its directories cleanup is given. Held until cleanup is done.
+            let _locks = match AgentLocks::take_existing(&config.bpf_root, &config.state_dir) {
+                Ok(locks) => locks,
+                Err(e) => {
+                    error!(
+                        error = %e,
+                        "refusing to clean up: a gannetd is still running on these directories; \
+                         stop it first"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            // A gannetd older than the locks.
             if endpoints::agent_running(&config.state_dir) {
                 error!(
                     state_dir = %config.state_dir.display(),

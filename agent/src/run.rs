@@ -24,6 +24,7 @@ use crate::{
         reconcile::{ApplyReport, DEFAULT_GRACE, Reconciler},
     },
     endpoints::{self, Registry},
+    lock::{AgentLocks, StartGuard, Watched},
     network::NodeNetwork,
     nodeport::{
         frontends::Expander,
@@ -340,6 +341,49 @@ fn log_report(report: &ApplyReport) {
     }
 }
 
+/// How often gannetd checks that its pins, links and socket are still there.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What this gannetd pinned and bound at start, watched while it runs: the state directory and
+/// its CNI socket; with the eBPF data plane also the bpf root, every map pinned in it, and the
+/// socket load balancer's cgroup links (unpinning one detaches its program). Pod and NodePort
+/// links come and go with pods and interfaces and are not watched.
+fn watched(config: &RunConfig, socket: &std::path::Path) -> Watched {
+    let mut watched = Watched::default();
+    watched.add(&config.state_dir);
+    watched.add(socket);
+    if config.dataplane == DataPlane::Ebpf {
+        watched.add(&config.bpf_root);
+        watched.add_entries(&config.bpf_root.join("maps"));
+        for name in datapath::SOCK_PROGRAMS {
+            watched.add(&config.bpf_root.join("links").join(name));
+        }
+    }
+    debug!(paths = watched.len(), "watching pins, links and socket");
+    watched
+}
+
+/// Locks `--bpf-root` (created first, on bpffs; with the nftables data plane only when an earlier
+/// gannetd left one) and `--state-dir`.
+fn take_locks(config: &RunConfig) -> anyhow::Result<AgentLocks> {
+    let bpf_root = match config.dataplane {
+        DataPlane::Ebpf => {
+            datapath::ensure_bpffs(&config.bpf_root)?;
+            Some(config.bpf_root.as_path())
+        }
+        DataPlane::Nftables => config
+            .bpf_root
+            .is_dir()
+            .then_some(config.bpf_root.as_path()),
+    };
+    AgentLocks::take(bpf_root, &config.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: only one gannetd may run per --bpf-root and per --state-dir; stop the other \
+             one first"
+        )
+    })
+}
+
 /// Runs until SIGTERM or SIGINT. The data plane stays in place when this returns: programs stay
 /// attached through their pinned links and the maps keep serving (eBPF), the table stays
 /// (nftables), so a restarted gannetd adopts them without a gap.
@@ -362,6 +406,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             "gannetd starting"
         ),
     }
+    // One gannetd per bpf root and per state directory, held until this returns.
+    let locks = take_locks(&config)?;
+    // Until ready, a failure removes what this start created (dropped before the locks).
+    let mut start = StartGuard::new(&locks);
     let mut plane = Plane::start(&config)?;
     let mut registry = Registry::load(&config.state_dir, plane.fast_path().as_deref())
         .with_context(|| {
@@ -386,7 +434,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     for pod in registry.pods() {
         services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));
     }
+    start.started();
     info!(socket = %socket.display(), "ready for CNI endpoints");
+    let watched = watched(&config, &socket);
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut failure = None;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -429,8 +482,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 }
             }
             _ = resync.tick(), if resync_every.is_some() => network.resync(),
+            _ = watch.tick() => if let Some((path, what)) = watched.check() {
+                error!(
+                    path = %path.display(),
+                    what,
+                    "gannetd's data plane was taken away underneath it (pins, links or its \
+                     socket removed by hand or by another tool): exiting; start gannetd again \
+                     to re-create them"
+                );
+                failure = Some(anyhow::anyhow!(
+                    "{} was {what} while gannetd was running",
+                    path.display()
+                ));
+                break;
+            },
         }
     }
     external.health.shutdown().await;
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }

@@ -33,6 +33,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::Cidr;
 
+/// Where gannetd listens for registrations by default (`cni.sock` in its default `--state-dir`,
+/// `/run/gannet`); the conflist `gannet-cni install` writes points here.
+pub const DEFAULT_SOCKET: &str = "/run/gannet/cni.sock";
+
 /// The protocol version this module speaks.
 pub const API_VERSION: u32 = 1;
 

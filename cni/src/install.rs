@@ -35,28 +35,59 @@ pub struct Installed {
     pub conflist_written: bool,
 }
 
-/// The sample conflist: gannet-cni with its IPAM reading the node's subnet file, then portmap.
+/// Where the conflist sends gannet-cni to: gannetd's registration socket and its subnet file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFiles {
+    /// gannetd's CNI socket (`agentSocket`); `None`: the plugin works alone.
+    pub agent_socket: Option<PathBuf>,
+    /// The node's subnet file (`subnetFile`).
+    pub subnet_file: PathBuf,
+}
+
+impl Default for NodeFiles {
+    /// gannetd's defaults (`--state-dir /run/gannet`).
+    fn default() -> Self {
+        NodeFiles {
+            agent_socket: Some(PathBuf::from(crate::agent_api::DEFAULT_SOCKET)),
+            subnet_file: PathBuf::from(crate::config::DEFAULT_SUBNET_FILE),
+        }
+    }
+}
+
+/// The sample conflist, for a node running gannetd with its defaults.
 #[must_use]
 pub fn sample_conflist() -> serde_json::Value {
+    conflist(&NodeFiles::default())
+}
+
+/// The conflist `install` writes: gannet-cni with its IPAM reading the node's subnet file,
+/// registering pods with gannetd (their addresses reach the control plane, and they get the fast
+/// path), then portmap.
+#[must_use]
+pub fn conflist(node: &NodeFiles) -> serde_json::Value {
+    let mut plugin = serde_json::json!({
+        "type": BINARY_NAME,
+        "capabilities": { "ips": true, "mac": true },
+        "subnetFile": node.subnet_file,
+        "ipam": { "type": "gannet", "dataDir": crate::config::DEFAULT_DATA_DIR },
+        "logFile": "/var/log/gannet-cni.log"
+    });
+    if let Some(socket) = &node.agent_socket {
+        plugin["agentSocket"] = serde_json::json!(socket);
+    }
     serde_json::json!({
         "cniVersion": "1.0.0",
         "cniVersions": ["1.0.0", "1.1.0"],
         "name": "gannet",
         "plugins": [
-            {
-                "type": BINARY_NAME,
-                "capabilities": { "ips": true, "mac": true },
-                "subnetFile": crate::config::DEFAULT_SUBNET_FILE,
-                "ipam": { "type": "gannet", "dataDir": crate::config::DEFAULT_DATA_DIR },
-                "logFile": "/var/log/gannet-cni.log"
-            },
+            plugin,
             { "type": "portmap", "capabilities": { "portMappings": true } }
         ]
     })
 }
 
-/// Copies `source` (normally the running executable) to `bin_dir/gannet-cni` and writes the sample
-/// conflist to `conf_dir` unless one exists (or `overwrite_conf`).
+/// Copies `source` (normally the running executable) to `bin_dir/gannet-cni` and writes the
+/// conflist for `node` to `conf_dir` unless one exists (or `overwrite_conf`).
 ///
 /// # Errors
 /// If a directory cannot be created or a file cannot be written.
@@ -65,6 +96,7 @@ pub fn install(
     bin_dir: &Path,
     conf_dir: &Path,
     overwrite_conf: bool,
+    node: &NodeFiles,
 ) -> Result<Installed, InstallError> {
     let err = |what, path: &Path| {
         let path = path.to_path_buf();
@@ -83,7 +115,7 @@ pub fn install(
     let conflist_written = overwrite_conf || !conflist.exists();
     if conflist_written {
         let tmp = conf_dir.join(format!(".{CONFLIST_NAME}.tmp-{}", std::process::id()));
-        let mut text = serde_json::to_string_pretty(&sample_conflist()).unwrap_or_default();
+        let mut text = serde_json::to_string_pretty(&self::conflist(node)).unwrap_or_default();
         text.push('\n');
         fs::write(&tmp, text).map_err(err("writing", &tmp))?;
         fs::rename(&tmp, &conflist).map_err(err("installing", &conflist))?;
@@ -93,4 +125,26 @@ pub fn install(
         conflist,
         conflist_written,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_conflist_points_at_gannetd_defaults() {
+        let conf = sample_conflist();
+        let plugin = &conf["plugins"][0];
+        assert_eq!(plugin["agentSocket"], "/run/gannet/cni.sock");
+        assert_eq!(plugin["subnetFile"], "/run/gannet/subnet.env");
+        let alone = conflist(&NodeFiles {
+            agent_socket: None,
+            subnet_file: PathBuf::from("/x/subnet.env"),
+        });
+        assert!(
+            alone["plugins"][0].get("agentSocket").is_none(),
+            "without a socket the plugin works alone: {alone}"
+        );
+        assert_eq!(alone["plugins"][0]["subnetFile"], "/x/subnet.env");
+    }
 }

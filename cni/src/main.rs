@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Install the plugin binary and a sample conflist.
+    /// Install the plugin binary and a conflist (10-gannet.conflist) that works with gannetd on
+    /// this node: pods registered on its CNI socket, addresses from its subnet file.
     Install {
         /// CNI binary directory.
         #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
@@ -39,6 +40,15 @@ enum Cmd {
         /// Replace an existing 10-gannet.conflist.
         #[arg(long)]
         overwrite_conf: bool,
+        /// gannetd's CNI socket, written as `agentSocket` (`cni.sock` in gannetd's
+        /// `--state-dir`); `--agent-socket=` leaves it out (the plugin then works alone: pods
+        /// are not reported to the control plane and get no fast path).
+        #[arg(long, default_value = gannet_cni::agent_api::DEFAULT_SOCKET)]
+        agent_socket: String,
+        /// The node's subnet file that gannetd writes, written as `subnetFile` (gannetd's
+        /// `--subnet-file`, default `subnet.env` in its `--state-dir`).
+        #[arg(long, default_value = gannet_cni::config::DEFAULT_SUBNET_FILE)]
+        subnet_file: PathBuf,
     },
 }
 
@@ -79,9 +89,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bin_dir,
             conf_dir,
             overwrite_conf,
+            agent_socket,
+            subnet_file,
         } => {
             let exe = std::env::current_exe().context("locating the running executable")?;
-            let done = install::install(&exe, &bin_dir, &conf_dir, overwrite_conf)?;
+            let node = install::NodeFiles {
+                agent_socket: (!agent_socket.is_empty()).then(|| PathBuf::from(agent_socket)),
+                subnet_file,
+            };
+            let done = install::install(&exe, &bin_dir, &conf_dir, overwrite_conf, &node)?;
             println!("installed {}", done.binary.display());
             if done.conflist_written {
                 println!("wrote {}", done.conflist.display());

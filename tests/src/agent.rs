@@ -163,6 +163,36 @@ impl Agent {
         Ok(())
     }
 
+    /// The process id of the running gannetd.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// The cgroup gannetd attaches to.
+    #[must_use]
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// Waits up to `timeout` for gannetd to exit on its own (without a signal) and returns its
+    /// status; its log stays in [`logs`](Self::logs).
+    ///
+    /// # Errors
+    /// If it is not running, or still runs after `timeout` (it is then killed).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("gannetd is not running")?;
+        let output = child.wait_output(timeout);
+        match output {
+            Ok(output) => {
+                self.past_logs
+                    .push_str(&String::from_utf8_lossy(&output.stderr));
+                Ok(output.status)
+            }
+            Err(e) => Err(e.context("gannetd did not exit on its own")),
+        }
+    }
+
     /// The directory gannetd reads manifests from.
     #[must_use]
     pub fn manifest_dir(&self) -> &Path {

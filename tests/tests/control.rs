@@ -325,6 +325,96 @@ spec:
 }
 
 #[test]
+fn the_conflist_gannet_cni_installs_makes_a_pod_an_endpoint_bound_to_the_node() {
+    let node = Netns::new("icnode").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
+    let mut agent = Agent::start_with_control(Some(&node), &cgroup, &plane.addr(), &[]).unwrap();
+    agent.wait_log("subnet file written", 1).unwrap();
+
+    // `gannet-cni install` with this agent's socket and subnet file (on a node: gannetd's
+    // defaults, which install writes unless told otherwise).
+    let dir = ScratchDir::new("gannet-inst");
+    let output = Command::new(bin_path("gannet-cni"))
+        .arg("install")
+        .arg("--bin-dir")
+        .arg(dir.0.join("bin"))
+        .arg("--conf-dir")
+        .arg(dir.0.join("net.d"))
+        .arg("--agent-socket")
+        .arg(agent.cni_socket())
+        .arg("--subnet-file")
+        .arg(agent.subnet_file())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "gannet-cni install: {output:?}");
+    let conflist: Value = serde_json::from_slice(
+        &std::fs::read(dir.0.join("net.d/10-gannet.conflist")).expect("the installed conflist"),
+    )
+    .expect("JSON");
+    // The first plugin as a runtime hands it over (name and version injected); only the IPAM
+    // store and the log file move into the test's directory, and portmap is left out.
+    let mut conf = conflist["plugins"][0].clone();
+    conf["name"] = conflist["name"].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    conf["ipam"]["dataDir"] = json!(dir.0.join("ipam"));
+    conf["logFile"] = json!(dir.0.join("gannet-cni.log"));
+
+    // A Pod that no scheduler placed (no spec.nodeName), selected by a Service.
+    plane
+        .apply(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  labels:
+    app: web
+spec:
+  containers:
+  - name: web
+    image: busybox
+",
+        )
+        .unwrap();
+    let web = Netns::new("icweb").unwrap();
+    let web_ip = pod_ip(&cni(&node, &web, "ADD", "web-1", &conf));
+    let endpoints = eventually(
+        "the pod to become an endpoint of web",
+        Duration::from_secs(10),
+        || {
+            let out = plane.ctl(&["get", "endpointslices"], None).ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains(&web_ip).then_some(text)
+        },
+    );
+    assert!(endpoints.contains("web-"), "{endpoints}");
+    let wide = plane.ctl(&["get", "pods", "-o", "wide"], None).unwrap();
+    let wide = String::from_utf8_lossy(&wide.stdout).into_owned();
+    let row = wide
+        .lines()
+        .find(|l| l.starts_with("web-1"))
+        .unwrap_or_else(|| panic!("web-1 is listed: {wide}"));
+    assert!(
+        row.contains(&web_ip) && row.split_whitespace().any(|c| c == "test-node"),
+        "gannetctl get pods -o wide must show web-1 on test-node with {web_ip}: {wide}"
+    );
+    cni(&node, &web, "DEL", "web-1", &conf);
+    drop(agent);
+}
+
+#[test]
 fn gannetd_joins_a_tls_control_plane_with_its_agent_certificate() {
     let pki = ScratchDir::new("gannet-pki");
     let output = Command::new(bin_path("gannet-control"))

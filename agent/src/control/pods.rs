@@ -139,10 +139,16 @@ async fn send(
             );
             return Ok(());
         }
-        let mut pod = *pod;
         let status = pod_status(pod.status.clone().unwrap_or_default(), ips);
-        if pod.status.as_ref() == Some(&status) {
+        // A Pod no scheduler placed is bound to this node, which runs its network (the control
+        // plane takes spec.nodeName from a status update only while it is unset).
+        let unbound = assigned.is_none() && !ips.is_empty();
+        let mut pod = *pod;
+        if pod.status.as_ref() == Some(&status) && !unbound {
             return Ok(());
+        }
+        if unbound {
+            pod.spec.get_or_insert_with(Default::default).node_name = Some(node_name.to_owned());
         }
         pod.status = Some(status);
         match client.update_status(&Object::Pod(Box::new(pod))).await {

@@ -100,7 +100,8 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
 /// The socket load balancer's object, built by build.rs.
 static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gannet-sock"));
 
-const BPFFS: &str = "/sys/fs/bpf";
+/// Where bpffs is mounted when it is missing.
+pub(crate) const BPFFS: &str = "/sys/fs/bpf";
 const BPFFS_LOCK: &str = "/run/gannet-bpffs.lock";
 
 #[derive(Debug, thiserror::Error)]

@@ -347,6 +347,15 @@ fn install_places_binary_and_conflist_and_logs_go_to_the_log_file() {
     )
     .expect("JSON");
     assert_eq!(conflist["plugins"][0]["type"], "gannet-cni");
+    // By default the conflist works with gannetd's defaults on this node.
+    assert_eq!(
+        conflist["plugins"][0]["agentSocket"], "/run/gannet/cni.sock",
+        "{conflist}"
+    );
+    assert_eq!(
+        conflist["plugins"][0]["subnetFile"], "/run/gannet/subnet.env",
+        "{conflist}"
+    );
     assert!(
         conflist["cniVersions"]
             .as_array()

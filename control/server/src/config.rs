@@ -70,7 +70,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64)]
     pub node_cidr_mask_size_ipv6: u8,
     /// Service network(s) for cluster IPs, at most one IPv4 and one IPv6, comma-separated; the
-    /// first is the default family.
+    /// first is the default family. Must not overlap `--cluster-cidr`.
     #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
     pub service_cidr: Vec<String>,
     /// Node ports are allocated from this range.
@@ -266,7 +266,7 @@ impl RunArgs {
 
         let cluster_cidrs = parse_cidrs("--cluster-cidr", &self.cluster_cidr, &mut errors);
         let mut pod_networks = Vec::new();
-        for cidr in cluster_cidrs {
+        for &cidr in &cluster_cidrs {
             let (flag, mask, max) = match cidr {
                 IpNet::V4(_) => (
                     "--node-cidr-mask-size-ipv4",
@@ -297,6 +297,14 @@ impl RunArgs {
                 errors.push(format!(
                     "--service-cidr {cidr}: too small to hold a cluster IP"
                 ));
+            }
+            for pods in &cluster_cidrs {
+                if cidr.contains(&pods.network()) || pods.contains(&cidr.network()) {
+                    errors.push(format!(
+                        "--service-cidr {cidr}: overlaps --cluster-cidr {pods} (cluster IPs and \
+                         pod addresses need ranges of their own)"
+                    ));
+                }
             }
         }
 
@@ -541,6 +549,36 @@ mod tests {
         .0;
         assert_eq!(errors.len(), 3, "{errors:#?}");
         assert!(errors[0].contains("server.pem"), "{errors:#?}");
+    }
+
+    #[test]
+    fn overlapping_cluster_and_service_cidrs_are_refused() {
+        let errors = args(&[
+            "--cluster-cidr",
+            "10.0.0.0/8,fd00:10:244::/56",
+            "--service-cidr",
+            "10.96.0.0/12,fd00:10::/32",
+        ])
+        .validate()
+        .expect_err("both families overlap")
+        .0;
+        assert_eq!(
+            errors,
+            vec![
+                "--service-cidr 10.96.0.0/12: overlaps --cluster-cidr 10.0.0.0/8 (cluster IPs and \
+                 pod addresses need ranges of their own)",
+                "--service-cidr fd00:10::/32: overlaps --cluster-cidr fd00:10:244::/56 (cluster \
+                 IPs and pod addresses need ranges of their own)",
+            ],
+        );
+        args(&[
+            "--cluster-cidr",
+            "10.96.0.0/16",
+            "--service-cidr",
+            "10.97.0.0/16",
+        ])
+        .validate()
+        .expect("adjacent ranges do not overlap");
     }
 
     #[test]

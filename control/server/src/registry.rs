@@ -1395,7 +1395,18 @@ impl Registry {
             let current = decode(kind, &kv)?;
             let mut next = current.clone();
             match (&mut next, &object) {
-                (Object::Pod(next), Object::Pod(given)) => next.status.clone_from(&given.status),
+                (Object::Pod(next), Object::Pod(given)) => {
+                    next.status.clone_from(&given.status);
+                    // The node that runs a Pod's network reports its status; a Pod nobody
+                    // placed is bound to it (as Kubernetes' binding subresource does). A bound
+                    // Pod never moves.
+                    let node = given.spec.as_ref().and_then(|spec| spec.node_name.clone());
+                    if let (Some(spec), Some(node)) = (next.spec.as_mut(), node)
+                        && spec.node_name.is_none()
+                    {
+                        spec.node_name = Some(node);
+                    }
+                }
                 (Object::Service(next), Object::Service(given)) => {
                     next.status.clone_from(&given.status);
                 }

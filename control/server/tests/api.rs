@@ -941,3 +941,45 @@ async fn two_replicas_share_one_etcd() {
             .and_then(|s| s.cluster_ip.clone())
     );
 }
+
+fn node_name(object: &Object) -> Option<String> {
+    match object {
+        Object::Pod(pod) => pod.spec.as_ref()?.node_name.clone(),
+        other => panic!("expected a Pod, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_status_update_binds_an_unplaced_pod_but_never_moves_a_bound_one() {
+    let (store, _dir) = embedded();
+    let plane = Plane::start(store, test_options()).await;
+    let mut client = plane.client().await;
+    let unplaced = "apiVersion: v1
+kind: Pod
+metadata: {name: loose, namespace: shop}
+spec:
+  containers:
+  - {name: web, image: nginx}
+";
+    client
+        .apply(&[object(unplaced)], false)
+        .await
+        .expect("apply");
+    let mut report = client.get(Kind::Pod, "shop", "loose").await.expect("get");
+    assert_eq!(node_name(&report), None);
+    if let Object::Pod(pod) = &mut report {
+        pod.spec.get_or_insert_with(Default::default).node_name = Some("node-7".to_owned());
+    }
+    let bound = client.update_status(&report).await.expect("status");
+    assert_eq!(node_name(&bound), Some("node-7".to_owned()), "{bound:?}");
+
+    // Bound now: another node's report does not move it.
+    let mut other = bound.clone();
+    if let Object::Pod(pod) = &mut other {
+        pod.spec.get_or_insert_with(Default::default).node_name = Some("node-8".to_owned());
+    }
+    let kept = client.update_status(&other).await.expect("status");
+    assert_eq!(node_name(&kept), Some("node-7".to_owned()), "{kept:?}");
+    let stored = client.get(Kind::Pod, "shop", "loose").await.expect("get");
+    assert_eq!(node_name(&stored), Some("node-7".to_owned()), "{stored:?}");
+}
