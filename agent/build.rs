@@ -14,6 +14,13 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: build scripts are single-threaded at this point.
         unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     }
+    // aya-build passes every line the inner cargo writes to stderr on as a `cargo:warning`, so
+    // its progress ("Compiling core …", ~35 lines) would show as warnings of every build. Quiet
+    // keeps its errors and the compiler's messages, which are the lines worth a warning.
+    if std::env::var_os("CARGO_TERM_QUIET").is_none() {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
+    }
     let metadata = cargo_metadata_root()?;
     let programs = Package {
         name: "gannet-ebpf",
