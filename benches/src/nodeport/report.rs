@@ -92,10 +92,11 @@ fn ratio_goal(size: &SizeResult, metric: Metric, ours: Variant, peer: Variant, m
         size.get(ours, metric),
         size.get(peer, metric),
     ) {
+        // Three decimals: at a goal of 1.00× two would show 0.999× as a "1.00×" not met.
         (Some(ratio), Some(ours), Some(theirs)) => Goal {
             goal: name,
             measured: format!(
-                "{ratio:.2}× ({} vs {} {})",
+                "{ratio:.3}× ({} vs {} {})",
                 format_value(metric, ours.median),
                 format_value(metric, theirs.median),
                 metric.unit()
@@ -762,7 +763,7 @@ mod tests {
                 [
                     [100_000.0, 30_000.0, 9.6],
                     [95_000.0, 31_200.0, 9.0],
-                    [90_000.0, 25_000.0, 12.0],
+                    [89_910.0, 25_000.0, 12.0],
                     [90_000.0, 26_000.0, 10.0],
                     [80_000.0, 10_000.0, 9.0],
                 ],
@@ -787,7 +788,7 @@ mod tests {
         );
         let nft = find("gannet-tc crr ≥ 1.20× kube-proxy-nft");
         assert_eq!(nft.met, Some(false));
-        assert_eq!(nft.measured, "1.15× (30,000 vs 26,000 connections/s)");
+        assert_eq!(nft.measured, "1.154× (30,000 vs 26,000 connections/s)");
         // 31 200 / 26 000 = 1.2.
         assert_eq!(
             find("gannet-xdp crr ≥ 1.20× kube-proxy-nft").met,
@@ -798,13 +799,14 @@ mod tests {
         assert_eq!(stream.met, Some(true), "{stream:?}");
         assert!(stream.measured.contains("kube-proxy-nft"), "{stream:?}");
         assert_eq!(find("gannet-xdp stream within 5%").met, Some(false));
-        // gannet-nft against kube-proxy's nftables rules: rr equal (met), crr 25 000 < 26 000.
+        // gannet-nft against kube-proxy's nftables rules: rr 0.1 % short (not met, and not
+        // shown as 1.00×), crr 25 000 < 26 000.
         let rr = find("gannet-nft rr ≥ 1.00× kube-proxy-nft at 10 000 services");
-        assert_eq!(rr.met, Some(true), "{rr:?}");
-        assert_eq!(rr.measured, "1.00× (90,000 vs 90,000 transactions/s)");
+        assert_eq!(rr.met, Some(false), "{rr:?}");
+        assert_eq!(rr.measured, "0.999× (89,910 vs 90,000 transactions/s)");
         let crr = find("gannet-nft crr ≥ 1.00× kube-proxy-nft at 10 000 services");
         assert_eq!(crr.met, Some(false), "{crr:?}");
-        assert_eq!(crr.measured, "0.96× (25,000 vs 26,000 connections/s)");
+        assert_eq!(crr.measured, "0.962× (25,000 vs 26,000 connections/s)");
         // The program's goals are not gannet-nft's (it has no program; its stream, the best
         // here, sets no goal either).
         assert!(
@@ -958,7 +960,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| gannet-nft crr ≥ 1.00× kube-proxy-nft at 1 services | 0.95× (19,000 vs 20,000 connections/s) |"),
+            md.contains("| gannet-nft crr ≥ 1.00× kube-proxy-nft at 1 services | 0.950× (19,000 vs 20,000 connections/s) |"),
             "{md}"
         );
         assert!(
