@@ -114,9 +114,10 @@ fn node_args(variant: Variant, index: usize, name: &str, ip: Ipv4Addr) -> Vec<St
         "--cluster-cidr".into(),
         CLUSTER_CIDR.into(),
     ]);
-    match (variant.program(), index) {
-        _ if variant.nft() && index == 0 => {}
-        (true, 0) => {
+    match (variant, index) {
+        // Its node ports are on `--node-ip`, on every interface.
+        (Variant::GannetNft, 0) => {}
+        (Variant::GannetTc | Variant::GannetXdp, 0) => {
             args.push(format!("--nodeport-interfaces={NODE_IF}"));
             if variant.xdp() {
                 args.extend(["--nodeport-acceleration".to_owned(), "xdp".to_owned()]);

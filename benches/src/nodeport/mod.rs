@@ -262,7 +262,6 @@ pub struct Load {
     pub gannetd_frontends: Option<u64>,
     /// The same for gannet-nft's gannetd (`--dataplane nftables`): manifest written → every
     /// frontend in its table (one transaction).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub gannetd_nft_sync_seconds: Option<f64>,
     /// `nft -f` of kube-proxy's rules into node A.
     pub nft: Option<LoadTime>,
