@@ -258,7 +258,8 @@ impl Agent {
     }
 
     /// Starts `gannetd --dataplane nftables` in `node`'s namespace (checked not to be the root
-    /// namespace), with [`nft_args`] in `node.args`, serving `manifest_dir`, and waits until it
+    /// namespace), with `--dataplane nftables` in `node.args` ([`nft_args`] for a node alone,
+    /// or a cluster node's flags with an overlay), serving `manifest_dir`, and waits until it
     /// serves CNI requests (its table created). It loads no program; `cgroup` is only named to
     /// `gannetd cleanup`.
     ///

@@ -57,9 +57,9 @@ enum Scenario {
     /// (vxlan, host-gw, ebpf).
     Overlay(OverlayArgs),
     /// From outside the cluster to NodeIP:nodePort, the backend on another node: gannet's tc
-    /// NodePort program, the same behind its XDP front, kube-proxy's nftables and iptables
-    /// rules; per-packet cost of the programs (kernel test runs), rr, crr and stream, at 1 and
-    /// 10 000 services.
+    /// NodePort program, the same behind its XDP front, gannetd's nftables data plane,
+    /// kube-proxy's nftables and iptables rules; per-packet cost of the programs (kernel test
+    /// runs), rr, crr and stream, at 1 and 10 000 services.
     Nodeport(NodePortArgs),
     /// Print what the clusterip scenario programs for N services: kube-proxy's nftables rules,
     /// its iptables-restore input, or gannetd's manifests. Needs no root.

@@ -19,11 +19,18 @@
 //!   segmentation offload). The testkit's `Underlay::wire_like` is not used: it also turns off
 //!   transmit checksum offload on every host, which only matters for frames XDP rewrites and
 //!   would make the client's load differ from the other variants';
+//! - `gannet-nft`: node A's gannetd runs `--dataplane nftables` (started with
+//!   [`Agent::start_nft`], which refuses the harness's own and PID 1's namespace, so its table
+//!   `inet gannet-services` is in node A's namespace only), same overlay, and gets the N services
+//!   as manifests; no program is loaded, the table's nat hooks translate a connection's first
+//!   packet (node ports on `--node-ip`, masquerade for the backend on node B), conntrack the
+//!   rest, and node A's kernel forwards into the overlay as for kube-proxy;
 //! - `kube-proxy-nft`, `kube-proxy-iptables`: gannetd runs with `--nodeport-interfaces=` and no
 //!   services; kube-proxy's rules for the N services are loaded into node A, whose kernel
 //!   forwards (the testkit's nodes have `ip_forward=1`) into the overlay route to node B's pods.
 //!
-//! Node B runs with `--nodeport-interfaces=` in every variant (nothing reaches it from outside).
+//! Node B runs the eBPF gannetd with `--nodeport-interfaces=` in every variant (nothing reaches
+//! it from outside), so only node A differs between the variants.
 //! Field order is drop order: the server, the pod, the agents (stopped, `gannetd cleanup` in
 //! their namespace), their cgroups, the namespaces.
 
@@ -74,6 +81,9 @@ const RULES_TIMEOUT: Duration = Duration::from_secs(1800);
 const NODES_FILE: &str = "nodes.yaml";
 /// What gannetd logs when its XDP program is attached natively.
 const XDP_ATTACHED: &str = "NodePort XDP program attached (native)";
+/// The tables gannet-nft's node A may hold: gannetd's services table
+/// (`datapath::nft::TABLE`) and its overlay's masquerade table (`masquerade::TABLE`).
+const NFT_NODE_TABLES: [&str; 2] = ["table inet gannet", "table inet gannet-services"];
 
 /// A `v1 Node` manifest: its pod CIDR, its `InternalIP` and its VTEP MAC (what a control plane
 /// would publish).
@@ -87,9 +97,15 @@ pub fn node_yaml(name: &str, ip: Ipv4Addr, pod_cidr: &str, vtep_mac: Option<&str
     )
 }
 
-/// gannetd's flags on node `index` for `variant`.
+/// gannetd's flags on node `index` for `variant`: gannet-nft's node A runs the nftables data
+/// plane (which serves node ports on `--node-ip` on every interface: `--nodeport-interfaces`
+/// does not apply to it).
 fn node_args(variant: Variant, index: usize, name: &str, ip: Ipv4Addr) -> Vec<String> {
-    let mut args = vec![
+    let mut args = Vec::new();
+    if variant.nft() && index == 0 {
+        args.extend(["--dataplane".to_owned(), "nftables".to_owned()]);
+    }
+    args.extend([
         "--node-name".into(),
         name.into(),
         format!("--node-ip={ip}"),
@@ -97,9 +113,11 @@ fn node_args(variant: Variant, index: usize, name: &str, ip: Ipv4Addr) -> Vec<St
         OVERLAY.into(),
         "--cluster-cidr".into(),
         CLUSTER_CIDR.into(),
-    ];
-    match (variant.gannet(), index) {
-        (true, 0) => {
+    ]);
+    match (variant, index) {
+        // Its node ports are on `--node-ip`, on every interface.
+        (Variant::GannetNft, 0) => {}
+        (Variant::GannetTc | Variant::GannetXdp, 0) => {
             args.push(format!("--nodeport-interfaces={NODE_IF}"));
             if variant.xdp() {
                 args.extend(["--nodeport-acceleration".to_owned(), "xdp".to_owned()]);
@@ -169,17 +187,19 @@ impl Cluster {
             let cgroup = Cgroup::new()?;
             let args = node_args(variant, index, &node.name, node.ipv4);
             let tag = format!("np-{short}-{index}");
-            let agent = Agent::start_node(
-                &tools.gannetd,
-                &cgroup,
-                &manifest_dir,
-                Node {
-                    netns: &node.netns,
-                    tag: &tag,
-                    state_dir: &state_dir,
-                    args: &args,
-                },
-            );
+            let spec = Node {
+                netns: &node.netns,
+                tag: &tag,
+                state_dir: &state_dir,
+                args: &args,
+            };
+            let agent = if variant.nft() && index == 0 {
+                // Refuses the harness's own and PID 1's namespace and needs the nftables flags:
+                // the table goes into node A's namespace and nowhere else.
+                Agent::start_nft(&tools.gannetd, &cgroup, &manifest_dir, spec)
+            } else {
+                Agent::start_node(&tools.gannetd, &cgroup, &manifest_dir, spec)
+            };
             cluster.cgroups.push(cgroup);
             cluster
                 .agents
@@ -332,16 +352,23 @@ impl Cluster {
         let n = services.len();
         let node_ip = self.node_ip();
         match self.variant {
-            Variant::GannetTc | Variant::GannetXdp => {
+            Variant::GannetTc | Variant::GannetXdp | Variant::GannetNft => {
                 let dir = &self.manifest_dirs[0];
                 let start = Instant::now();
                 write_manifests(dir, services)?;
                 load.manifest_bytes = fs::metadata(dir.join(MANIFEST_FILE))
                     .map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX));
-                // Every service's cluster IP and its node port on node A's one address.
+                // Every service's cluster IP and its node port on node A's one address (both
+                // data planes count frontends).
                 let frontends = 2 * n as u64;
-                let took = self.agents[0].wait_synced(frontends, start, LOAD_TIMEOUT)?;
-                load.gannetd_sync_seconds = Some(took.as_secs_f64());
+                let took = self.agents[0]
+                    .wait_synced(frontends, start, LOAD_TIMEOUT)?
+                    .as_secs_f64();
+                if self.variant.nft() {
+                    load.gannetd_nft_sync_seconds = Some(took);
+                } else {
+                    load.gannetd_sync_seconds = Some(took);
+                }
                 load.gannetd_frontends = Some(frontends);
             }
             Variant::KubeProxyNft => {
@@ -371,8 +398,11 @@ impl Cluster {
 
     /// After the connectivity check (`connections` answered): that the variant's mechanism
     /// served them. gannet: `gannet_nodeport` is on node A's `eth0` (with `gannet-xdp` also
-    /// `gannet_nodeport_xdp`) and counted at least that many new flows; kube-proxy: gannetd's
-    /// NodePort program is off on node A. Returns what it found, for the report.
+    /// `gannet_nodeport_xdp`) and counted at least that many new flows; gannet-nft: node A's
+    /// gannetd reports the nftables data plane and no program, its table holds the measured node
+    /// port with the server as its backend, and node A holds no table but gannet's (nothing else
+    /// could have translated); kube-proxy: gannetd's NodePort program is off on node A. Returns
+    /// what it found, for the report.
     ///
     /// # Errors
     /// If it is not so.
@@ -380,8 +410,11 @@ impl Cluster {
         &self,
         tools: &Tools,
         connections: u64,
+        target: SocketAddrV4,
     ) -> anyhow::Result<String> {
-        if self.variant.gannet() {
+        if self.variant.nft() {
+            self.check_nft_table(target)
+        } else if self.variant.program() {
             // From the pins: `gannetd status` reads every Maglev table, minutes for 10 000.
             let state = packet::state(self, tools)?;
             let new_flows = state.counters.get("new_flows").copied().unwrap_or(0);
@@ -422,17 +455,80 @@ impl Cluster {
         }
     }
 
+    /// gannet-nft's part of [`check_served_by_variant`](Self::check_served_by_variant).
+    fn check_nft_table(&self, target: SocketAddrV4) -> anyhow::Result<String> {
+        let status = self.agents[0].status()?;
+        ensure!(
+            status["dataplane"] == "nftables" && status.get("nodeport").is_none(),
+            "gannet-nft's node A should run the nftables data plane and no program: {}",
+            status_head(&status)
+        );
+        let frontend = format!("{target}/TCP");
+        let services = status["services"].as_array().map_or(&[][..], Vec::as_slice);
+        let entry = services
+            .iter()
+            .find(|s| s["frontend"] == frontend.as_str())
+            .with_context(|| {
+                format!(
+                    "gannet-nft's table lacks {frontend} ({} frontends)",
+                    services.len()
+                )
+            })?;
+        let backend = self.backend().to_string();
+        ensure!(
+            entry["external"] == true
+                && entry["backends"]
+                    .as_array()
+                    .is_some_and(|b| b == &[Value::from(backend.as_str())]),
+            "gannet-nft's table: {frontend} should be external with backend {backend}: {entry}"
+        );
+        let tables = crate::control::output_in(self.node_netns(), "nft", &["list", "tables"])?;
+        let tables: Vec<&str> = tables.lines().map(str::trim).collect();
+        check_nft_tables(&tables)?;
+        Ok(format!(
+            "gannetd --dataplane nftables, no program; {frontend} → {backend} in its table \
+             ({} frontends); node A's tables: {}",
+            services.len(),
+            tables.join(", ")
+        ))
+    }
+
     /// gannet's NodePort counters and conntrack usage on node A, for the report; `None` for
-    /// kube-proxy.
+    /// kube-proxy and gannet-nft (no program).
     ///
     /// # Errors
     /// If `gannet-testrun --state-only` fails.
     pub fn counters(&self, tools: &Tools) -> anyhow::Result<Option<NodePortState>> {
-        if !self.variant.gannet() {
+        if !self.variant.program() {
             return Ok(None);
         }
         packet::state(self, tools).map(Some)
     }
+}
+
+/// The start of a `gannetd status` for an error message (its service list may be long).
+fn status_head(status: &Value) -> String {
+    let mut text = status.to_string();
+    if text.len() > 500 {
+        let mut end = 500;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// Checks `nft list tables` of gannet-nft's node A: gannet's services table, and no table but
+/// gannet's (its overlay's masquerade table may be there too).
+fn check_nft_tables(tables: &[&str]) -> anyhow::Result<()> {
+    ensure!(
+        tables.contains(&NFT_NODE_TABLES[1]) && tables.iter().all(|t| NFT_NODE_TABLES.contains(t)),
+        "gannet-nft's node A should hold gannet's tables only ({NFT_NODE_TABLES:?}), it holds \
+         {tables:?}"
+    );
+    Ok(())
 }
 
 /// Writes `text` to `dir/name` atomically (a temporary file gannetd ignores, renamed over the
@@ -478,6 +574,7 @@ mod tests {
         for (variant, index) in [
             (Variant::GannetTc, 1),
             (Variant::GannetXdp, 1),
+            (Variant::GannetNft, 1),
             (Variant::KubeProxyNft, 0),
             (Variant::KubeProxyIptables, 0),
         ] {
@@ -494,6 +591,66 @@ mod tests {
             );
         }
         assert!(!a.iter().any(|f| f.starts_with("--masquerade")), "{a:?}");
+        for (variant, index) in [
+            (Variant::GannetTc, 0),
+            (Variant::GannetXdp, 0),
+            (Variant::GannetNft, 1),
+            (Variant::KubeProxyNft, 0),
+            (Variant::KubeProxyIptables, 1),
+        ] {
+            let args = node_args(variant, index, "n", ip);
+            assert!(
+                !args.iter().any(|f| f.starts_with("--dataplane")),
+                "{variant} node {index} runs the eBPF data plane: {args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gannet_nfts_node_a_runs_the_nftables_data_plane() {
+        let ip = Ipv4Addr::new(10, 99, 0, 11);
+        let args = node_args(Variant::GannetNft, 0, "node-0", ip);
+        assert_eq!(
+            args,
+            [
+                "--dataplane",
+                "nftables",
+                "--node-name",
+                "node-0",
+                "--node-ip=10.99.0.11",
+                "--overlay",
+                "vxlan",
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+            ],
+            "the same node and overlay as the other variants, no NodePort program flags \
+             (--nodeport-interfaces does not apply to the nftables data plane), the default \
+             masquerade"
+        );
+        // What `Agent::start_nft` requires of the flags.
+        assert!(
+            args.windows(2).any(|w| w == ["--dataplane", "nftables"]),
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn gannet_nfts_node_holds_only_gannets_tables() {
+        check_nft_tables(&["table inet gannet", "table inet gannet-services"]).expect("both");
+        check_nft_tables(&["table inet gannet-services"]).expect("no overlay masquerade table");
+        let err = check_nft_tables(&["table inet gannet"]).expect_err("no services table");
+        assert!(err.to_string().contains("should hold"), "{err:#}");
+        let err = check_nft_tables(&[
+            "table inet gannet",
+            "table inet gannet-services",
+            "table ip kube-proxy",
+        ])
+        .expect_err("kube-proxy's table would translate too");
+        assert!(err.to_string().contains("kube-proxy"), "{err:#}");
+        assert!(
+            check_nft_tables(&["table inet gannet-services", "table ip nat"]).is_err(),
+            "iptables-nft's nat table would translate too"
+        );
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The `nodeport` scenario: traffic from outside the cluster to `NodeIP:nodePort`, balanced to a
 //! backend on another node, side by side in one run for several numbers of services: gannet's
 //! `gannet_nodeport` tc program, the same with its XDP front `gannet_nodeport_xdp`
-//! (`--nodeport-acceleration xdp`), and the same services as kube-proxy's nftables and iptables
-//! modes program them.
+//! (`--nodeport-acceleration xdp`), gannetd's nftables data plane (`--dataplane nftables`, its
+//! table `inet gannet-services` in node A), and the same services as kube-proxy's nftables and
+//! iptables modes program them.
 //!
 //! For every number of services N, every variant gets a cluster of its own ([`cluster`]: two
 //! nodes and an external client on an underlay bridge, gannetd's overlay between the nodes, the
 //! server pod on node B). The N services are programmed (and timed): written as manifests for
-//! gannetd on node A, or loaded with `nft -f` / `iptables-restore` into node A. After a
+//! gannetd on node A (eBPF or nftables), or loaded with `nft -f` / `iptables-restore` into node
+//! A. After a
 //! connectivity check of every variant, the per-packet cost of the NodePort programs is measured
 //! on gannet's node A ([`packet`]: `gannet-testrun`, `BPF_PROG_TEST_RUN` against gannetd's maps),
 //! then rounds follow in which the variants, in a random order, measure rr, crr and stream from
@@ -80,6 +82,9 @@ pub enum Variant {
     GannetTc,
     /// The same with `--nodeport-acceleration xdp`: `gannet_nodeport_xdp` in front of it.
     GannetXdp,
+    /// gannetd's nftables data plane on node A (`--dataplane nftables`): its table
+    /// `inet gannet-services` translates the first packet of a connection, conntrack the rest.
+    GannetNft,
     /// kube-proxy's nftables rules in node A.
     KubeProxyNft,
     /// kube-proxy's iptables rules in node A.
@@ -88,15 +93,20 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in report order.
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::GannetTc,
         Variant::GannetXdp,
+        Variant::GannetNft,
         Variant::KubeProxyNft,
         Variant::KubeProxyIptables,
     ];
 
     /// gannet's variants.
-    pub const GANNET: [Variant; 2] = [Variant::GannetTc, Variant::GannetXdp];
+    pub const GANNET: [Variant; 3] = [Variant::GannetTc, Variant::GannetXdp, Variant::GannetNft];
+
+    /// gannet's variants whose node port is served by its eBPF NodePort program (the goals of
+    /// the program are theirs).
+    pub const PROGRAM: [Variant; 2] = [Variant::GannetTc, Variant::GannetXdp];
 
     /// The name in reports and JSON.
     #[must_use]
@@ -104,6 +114,7 @@ impl Variant {
         match self {
             Variant::GannetTc => "gannet-tc",
             Variant::GannetXdp => "gannet-xdp",
+            Variant::GannetNft => "gannet-nft",
             Variant::KubeProxyNft => "kube-proxy-nft",
             Variant::KubeProxyIptables => "kube-proxy-iptables",
         }
@@ -115,16 +126,33 @@ impl Variant {
         match self {
             Variant::GannetTc => "gt",
             Variant::GannetXdp => "gx",
+            Variant::GannetNft => "gn",
             Variant::KubeProxyNft => "nf",
             Variant::KubeProxyIptables => "ip",
         }
     }
 
-    /// Whether gannetd serves the node port (else kube-proxy's rules do, and gannetd runs with
-    /// `--nodeport-interfaces=` and no services).
+    /// Whether gannetd serves the node port, with its program or its table (else kube-proxy's
+    /// rules do, and gannetd runs with `--nodeport-interfaces=` and no services).
     #[must_use]
     pub fn gannet(self) -> bool {
+        matches!(
+            self,
+            Variant::GannetTc | Variant::GannetXdp | Variant::GannetNft
+        )
+    }
+
+    /// Whether gannetd's eBPF NodePort program serves the node port (its counters and
+    /// per-packet cost are read in node A).
+    #[must_use]
+    pub fn program(self) -> bool {
         matches!(self, Variant::GannetTc | Variant::GannetXdp)
+    }
+
+    /// Whether node A's gannetd runs `--dataplane nftables` (only ever in node A's namespace).
+    #[must_use]
+    pub fn nft(self) -> bool {
+        self == Variant::GannetNft
     }
 
     /// Whether gannetd runs with `--nodeport-acceleration xdp`.
@@ -227,10 +255,14 @@ impl Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Load {
     /// From writing the manifest until gannetd logged every frontend programmed (its manifest
-    /// scan interval, YAML parsing and the Maglev tables included).
+    /// scan interval, YAML parsing and the Maglev tables included); the last of gannet-tc and
+    /// gannet-xdp programmed.
     pub gannetd_sync_seconds: Option<f64>,
     /// Frontends gannetd programmed (cluster IPs and `NodeIP:nodePort`s).
     pub gannetd_frontends: Option<u64>,
+    /// The same for gannet-nft's gannetd (`--dataplane nftables`): manifest written → every
+    /// frontend in its table (one transaction).
+    pub gannetd_nft_sync_seconds: Option<f64>,
     /// `nft -f` of kube-proxy's rules into node A.
     pub nft: Option<LoadTime>,
     /// `iptables-restore --noflush` of kube-proxy's rules into node A.
@@ -260,8 +292,8 @@ pub struct SizeResult {
     pub backend: String,
     /// What each variant's connectivity check found, beyond the answers.
     pub checks: BTreeMap<Variant, String>,
-    /// gannet's NodePort counters and conntrack usage on node A, per gannet variant: after the
-    /// check, after the per-packet measurement and after the rounds.
+    /// gannet's NodePort counters and conntrack usage on node A, per variant of gannet's
+    /// program: after the check, after the per-packet measurement and after the rounds.
     pub gannet_counters: BTreeMap<Variant, BTreeMap<&'static str, packet::NodePortState>>,
     /// The per-packet cost of each program in [`PACKET_PROGRAMS`].
     pub packet: Vec<ProgramCost>,
@@ -319,7 +351,8 @@ fn sample(
 }
 
 /// Checks that `cluster` answers at `target`, and that the variant's own mechanism did:
-/// gannet's program counted the new flows; for kube-proxy, gannetd's program is off.
+/// gannet's program counted the new flows; gannet-nft's table holds the node port and is the
+/// only one in node A besides gannet's overlay table; for kube-proxy, gannetd's program is off.
 fn check(
     cluster: &Cluster,
     tools: &Tools,
@@ -342,7 +375,7 @@ fn check(
         result.operations,
         result.errors
     );
-    cluster.check_served_by_variant(tools, CHECK_CONNECTIONS)
+    cluster.check_served_by_variant(tools, CHECK_CONNECTIONS, target)
 }
 
 /// Measures everything at `n` services.
@@ -378,8 +411,10 @@ fn run_size(
     note(
         progress,
         format!(
-            "{n} services programmed: gannetd {}, nft -f {}, iptables-restore {}",
+            "{n} services programmed: gannetd {}, gannetd nftables {}, nft -f {}, \
+             iptables-restore {}",
             seconds(load.gannetd_sync_seconds),
+            seconds(load.gannetd_nft_sync_seconds),
             seconds(load.nft.map(|l| l.seconds)),
             seconds(load.iptables_restore.map(|l| l.seconds)),
         ),
@@ -396,7 +431,7 @@ fn run_size(
 
     let mut gannet_counters = BTreeMap::new();
     let mut packet = Vec::new();
-    for cluster in clusters.iter().filter(|c| c.variant.gannet()) {
+    for cluster in clusters.iter().filter(|c| c.variant.program()) {
         check_interrupted()?;
         progress.set_message(format!(
             "{n} services: per-packet cost in {} (gannet-testrun)",
@@ -565,8 +600,33 @@ mod tests {
             },
             testrun_calls: 100,
         };
-        assert_eq!(config.measurements(), 2 * 2 * 4 * 3);
+        assert_eq!(config.measurements(), 2 * 2 * 5 * 3);
         assert!(Variant::GANNET.iter().all(|v| v.gannet()));
+        assert!(Variant::PROGRAM.iter().all(|v| v.gannet() && v.program()));
+        assert!(
+            Variant::ALL
+                .iter()
+                .filter(|v| v.gannet() && !v.program())
+                .eq([&Variant::GannetNft]),
+            "gannet-nft is gannet's, served by its table, not a program"
+        );
+        assert!(
+            Variant::ALL
+                .iter()
+                .filter(|v| v.nft())
+                .eq([&Variant::GannetNft])
+        );
+        let shorts: std::collections::BTreeSet<_> =
+            Variant::ALL.iter().map(|v| v.short()).collect();
+        assert_eq!(
+            shorts.len(),
+            Variant::ALL.len(),
+            "namespace prefixes are distinct"
+        );
+        assert_eq!(
+            serde_json::to_value(Variant::GannetNft).expect("json"),
+            serde_json::json!(Variant::GannetNft.name())
+        );
         assert!(
             Variant::ALL
                 .iter()
@@ -574,7 +634,7 @@ mod tests {
                 .eq([&Variant::GannetXdp])
         );
         for program in PACKET_PROGRAMS {
-            assert!(program.variant.gannet(), "{program:?}");
+            assert!(program.variant.program(), "{program:?}");
             assert_eq!(program.hook == "xdp", program.variant.xdp(), "{program:?}");
         }
         assert_eq!(config.settings().overlay, cluster::OVERLAY);
