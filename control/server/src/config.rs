@@ -49,7 +49,10 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Directory of the embedded store (`control.redb`); unused with --etcd-endpoints.
+    /// Directory of the embedded store (`control.redb`); unused with --etcd-endpoints. One
+    /// gannet-control per directory: a second one waits up to 10 s for the first to close the
+    /// store (as in a restart), then exits. On SIGTERM gannet-control ends its watch streams at
+    /// once (agents watch again from their last revision) and exits.
     #[arg(
         long,
         default_value = "/var/lib/gannet/control",

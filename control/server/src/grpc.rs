@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use gannet_api::{Kind, Object, Problem, invalid_status, pb};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Interceptor;
@@ -165,12 +165,16 @@ fn decode_objects(objects: &[pb::Object]) -> Result<Vec<Object>, Status> {
 #[derive(Clone, Debug)]
 pub struct Api {
     registry: Arc<Registry>,
+    /// Becomes `true` when the server stops: open watch streams end then (with `UNAVAILABLE`,
+    /// so clients watch again from their last revision), else they would hold the shutdown
+    /// until its drain timeout.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Api {
     #[must_use]
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    pub fn new(registry: Arc<Registry>, stopping: watch::Receiver<bool>) -> Self {
+        Self { registry, stopping }
     }
 }
 
@@ -259,11 +263,24 @@ impl pb::resources_server::Resources for Api {
             .await
             .map_err(|error| status(&error))?;
         let (tx, rx) = mpsc::channel(256);
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            };
+            tokio::pin!(stopped);
             loop {
                 let batch = tokio::select! {
                     batch = watch.next() => batch,
                     () = tx.closed() => return,
+                    () = &mut stopped => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "gannet-control is shutting down; watch again from the last revision",
+                            )))
+                            .await;
+                        return;
+                    }
                 };
                 let events = match batch {
                     None => {

@@ -212,8 +212,8 @@ pub async fn start(store: Arc<dyn Store>, options: Options) -> Result<ControlPla
         options.network.clone(),
         options.heartbeat_interval,
     ));
-    let api = Api::new(Arc::clone(&registry));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let api = Api::new(Arc::clone(&registry), shutdown_rx.clone());
     let mut plane = ControlPlane {
         registry: Arc::clone(&registry),
         bound: Vec::new(),

@@ -388,6 +388,44 @@ async fn cluster_ips_and_node_ports_are_allocated_validated_and_released() {
         .expect("the released cluster IP is free again");
 }
 
+/// SIGTERM with agents watching: the open watch streams end at once with UNAVAILABLE (the
+/// agents watch again from their last revision, at the next instance), so the shutdown does not
+/// wait for its drain timeout.
+#[tokio::test]
+async fn shutdown_ends_open_watches_instead_of_waiting_for_the_drain() {
+    let (store, _dir) = embedded();
+    let plane = Plane::start(store, test_options()).await;
+    let mut client = plane.client().await;
+    let revision = client
+        .apply(&[object(WEB)], false)
+        .await
+        .expect("apply")
+        .revision;
+    let mut watch = client
+        .watch(Kind::Service, None, revision)
+        .await
+        .expect("watch");
+    let Plane {
+        plane: server,
+        dir: _dir,
+        ..
+    } = plane;
+    // A drain far longer than the test's patience: only ending the watch lets this return.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        server.shutdown(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("the shutdown must not wait for the open watch");
+    match watch.next().await {
+        Err(error) => assert!(
+            error.to_string().contains("shutting down"),
+            "the watcher is told why: {error}"
+        ),
+        other => panic!("expected the watch to end with an error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn compacted_watch_is_expired_and_list_watch_relists() {
     let (store, _dir) = embedded();

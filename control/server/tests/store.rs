@@ -226,6 +226,30 @@ async fn embedded_store_survives_a_restart() {
     assert_eq!(batch[0].key, "k");
 }
 
+/// A restarted gannet-control may start while the old one still has the file open: the new
+/// one waits for it (up to 10 s) instead of failing with "Database already open".
+#[test]
+fn a_second_open_of_the_store_waits_for_the_first_to_close() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("control.redb");
+    let first = gannet_control::store::EmbeddedStore::open(&path).expect("open");
+    let second = {
+        let path = path.clone();
+        std::thread::spawn(move || gannet_control::store::EmbeddedStore::open(&path).map(drop))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !second.is_finished(),
+        "the second open must wait while the first has the file: {:?}",
+        second.join()
+    );
+    drop(first);
+    second
+        .join()
+        .expect("the opening thread")
+        .expect("the second open succeeds once the first closed the file");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_store_contract() {
     let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))

@@ -38,18 +38,57 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// How long [`EmbeddedStore::open`] waits for another process to close the store file.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn storage(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store file `path`; its directory must exist.
+    /// Opens (or creates) the store file `path`; its directory must exist. While another
+    /// process has it open (a gannet-control still stopping, as during a restart), waits up to
+    /// 10 s (`OPEN_WAIT`) for it, saying so once.
     ///
     /// # Errors
-    /// If the file cannot be opened (also when another process has it open).
+    /// If the file cannot be opened, or is still open elsewhere after that wait.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|error| StoreError::Unavailable(format!("{}: {error}", path.display())))?;
+        let deadline = std::time::Instant::now() + OPEN_WAIT;
+        let mut said = false;
+        let db = loop {
+            match Database::create(path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    if !said {
+                        tracing::warn!(
+                            path = %path.display(),
+                            wait_seconds = OPEN_WAIT.as_secs(),
+                            "the store file is open in another process (another gannet-control \
+                             on the same --data-dir, or one still stopping); waiting for it"
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(error) => {
+                    let hint = if matches!(error, redb::DatabaseError::DatabaseAlreadyOpen) {
+                        format!(
+                            " (still open in another process after {} s: is another \
+                             gannet-control running on this data directory?)",
+                            OPEN_WAIT.as_secs()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Err(StoreError::Unavailable(format!(
+                        "{}: {error}{hint}",
+                        path.display()
+                    )));
+                }
+            }
+        };
         let write = db.begin_write().map_err(storage)?;
         {
             write.open_table(KV).map_err(storage)?;
