@@ -72,7 +72,7 @@ pub mod map_names {
 /// Default capacity of [`map_names::SERVICES`]: service frontends (ClusterIP × port × protocol).
 pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
 /// Default capacity of [`map_names::BACKENDS`]: distinct backend address:port pairs.
-pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
+pub const DEFAULT_MAX_BACKENDS: u32 = 131_072;
 /// Default capacity of [`map_names::SLOTS`]: backend slots of all services, counting both
 /// generations while a service is being switched.
 pub const DEFAULT_MAX_SLOTS: u32 = 262_144;
