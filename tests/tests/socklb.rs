@@ -19,7 +19,7 @@ use std::{
 };
 
 use gannet_testkit::{
-    Cgroup, ChildGuard, PodNet,
+    Cgroup, ChildGuard, Netns, PodNet,
     agent::{Agent, endpoint_slice_yaml, service_yaml},
     bin_path,
     probe::{Report, parse_json_output},
@@ -78,7 +78,8 @@ impl Cluster {
     }
 
     /// The eBPF data plane with gannetd in the node's namespace (where the bridge is), not the
-    /// test's: the sockets it terminates are those of its own namespace.
+    /// test's, as on a node: clients there are host-network ones, clients in pods are in
+    /// namespaces of their own.
     fn ebpf_in_node(backends: usize, agent_args: &[&str]) -> Cluster {
         Cluster::build(Plane::Ebpf, true, backends, agent_args)
     }
@@ -212,14 +213,19 @@ impl Cluster {
     /// A `hold` probe in the node's namespace, in the test cgroup or (`in_cgroup` false)
     /// outside it; returns it once connected, with the `connected` line.
     fn hold_in_node(&self, args: &[&str], in_cgroup: bool) -> (ChildGuard, String) {
+        self.hold_in(self.net.node(), args, in_cgroup)
+    }
+
+    /// A `hold` probe in pod `pod`'s namespace, in the test cgroup or outside it.
+    fn hold_in_pod(&self, pod: usize, args: &[&str], in_cgroup: bool) -> (ChildGuard, String) {
+        self.hold_in(&self.net.pods()[pod].netns, args, in_cgroup)
+    }
+
+    fn hold_in(&self, netns: &Netns, args: &[&str], in_cgroup: bool) -> (ChildGuard, String) {
         let mut cmd = Command::new(bin_path("gannet-probe"));
         cmd.arg("hold").args(args);
-        let mut probe = spawn(
-            cmd,
-            Some(self.net.node()),
-            in_cgroup.then_some(&self.cgroup),
-        )
-        .expect("spawning probe");
+        let mut probe =
+            spawn(cmd, Some(netns), in_cgroup.then_some(&self.cgroup)).expect("spawning probe");
         let line = probe
             .wait_for_line("connected", Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("hold {args:?} must connect: {e:#}"));
@@ -482,67 +488,113 @@ fn terminating_endpoints_serve_only_while_none_is_ready_on(plane: Plane) {
 
 #[test]
 fn connected_udp_sockets_of_a_removed_backend_are_terminated_and_reconnect_elsewhere() {
-    // gannetd terminates sockets in its own network namespace (see the README): clients and
-    // gannetd in the node's.
+    // gannetd in the node's namespace, as on a node; clients there (host network) and in pods'
+    // namespaces of their own: the client pod's, and b2's (a second pod namespace).
     let mut c = Cluster::ebpf_in_node(2, &[]);
     c.publish(None, &[(1, true)]);
-    let (mut udp, connected) = c.hold_in_node(&["--udp", "--to", "10.96.0.10:53"], true);
+    let svc = ["--udp", "--to", "10.96.0.10:53"];
+    let (mut udp, connected) = c.hold_in_node(&svc, true);
     assert_eq!(
         connected, "connected 10.96.0.10:53",
         "getpeername() of the UDP socket"
     );
+    let (mut in_pod, connected) = c.hold_in_pod(0, &svc, true);
     assert_eq!(
-        ping(&mut udp),
-        "b1",
-        "the connected UDP socket must reach b1"
+        connected, "connected 10.96.0.10:53",
+        "getpeername() of the UDP socket in the client pod"
     );
+    let (mut in_b2, _) = c.hold_in_pod(2, &svc, true);
+    for (probe, what) in [
+        (&mut udp, "in the node's namespace"),
+        (&mut in_pod, "in the client pod"),
+        (&mut in_b2, "in b2's pod"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "b1",
+            "the connected UDP socket {what} must reach b1"
+        );
+    }
     let (mut tcp, _) = c.hold_in_node(&["--to", "10.96.0.10:80"], true);
     assert_eq!(
         ping(&mut tcp),
         "b1",
         "the held TCP connection must reach b1"
     );
-    // A UDP socket connected to b1 itself, by a process outside gannetd's cgroup: not ours.
+    let (mut tcp_in_pod, _) = c.hold_in_pod(0, &["--to", "10.96.0.10:80"], true);
+    assert_eq!(
+        ping(&mut tcp_in_pod),
+        "b1",
+        "the held TCP connection in the client pod must reach b1"
+    );
+    // UDP sockets connected to b1 itself, by processes outside gannetd's cgroup (in the node's
+    // namespace and in the client pod's): not ours.
     let b1 = format!("{}:8080", c.backend_v4(1));
     let (mut outside, _) = c.hold_in_node(&["--udp", "--to", &b1], false);
     assert_eq!(ping(&mut outside), "b1");
+    let (mut outside_in_pod, _) = c.hold_in_pod(0, &["--udp", "--to", &b1], false);
+    assert_eq!(ping(&mut outside_in_pod), "b1");
 
     // b1 leaves the service (not ready; its server stays up), b2 joins.
     c.publish_endpoints(&[(1, false), (2, true)]);
-    assert_eq!(
-        ping(&mut udp),
-        "error: ECONNABORTED",
-        "the UDP socket connected to the removed backend must have been terminated"
-    );
-    udp.send_line("reconnect").unwrap();
-    let again = udp.read_line(Duration::from_secs(5)).unwrap();
-    assert_eq!(again.trim(), "connected 10.96.0.10:53", "connecting again");
-    assert_eq!(
-        ping(&mut udp),
-        "b2",
-        "connecting again must reach the service's remaining backend"
-    );
-    assert_eq!(
-        ping(&mut tcp),
-        "b1",
-        "a TCP connection to a removed but running endpoint must keep working"
-    );
-    assert_eq!(
-        ping(&mut outside),
-        "b1",
-        "a socket outside gannetd's cgroup must be left alone"
-    );
+    for (probe, what) in [
+        (&mut udp, "in the node's namespace"),
+        (&mut in_pod, "in the client pod's namespace"),
+        (&mut in_b2, "in b2's pod's namespace"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "error: ECONNABORTED",
+            "the UDP socket {what} connected to the removed backend must have been terminated"
+        );
+        probe.send_line("reconnect").unwrap();
+        let again = probe.read_line(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            again.trim(),
+            "connected 10.96.0.10:53",
+            "connecting again {what}"
+        );
+        assert_eq!(
+            ping(probe),
+            "b2",
+            "connecting again {what} must reach the service's remaining backend"
+        );
+    }
+    for (probe, what) in [
+        (&mut tcp, "in the node's namespace"),
+        (&mut tcp_in_pod, "in the client pod"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "b1",
+            "a TCP connection {what} to a removed but running endpoint must keep working"
+        );
+    }
+    for (probe, what) in [
+        (&mut outside, "in the node's namespace"),
+        (&mut outside_in_pod, "in the client pod"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "b1",
+            "a socket {what} outside gannetd's cgroup must be left alone"
+        );
+    }
 
     // Deleting the service terminates the sockets connected to its backends too.
-    assert_eq!(ping(&mut udp), "b2");
     c.agent
         .apply("web-svc.yaml", "", "manifests applied")
         .expect("service deleted");
-    assert_eq!(
-        ping(&mut udp),
-        "error: ECONNABORTED",
-        "the UDP socket of a deleted service must have been terminated"
-    );
+    for (probe, what) in [
+        (&mut udp, "in the node's namespace"),
+        (&mut in_pod, "in the client pod"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "error: ECONNABORTED",
+            "the UDP socket {what} of a deleted service must have been terminated"
+        );
+    }
 }
 
 #[test]
