@@ -19,11 +19,11 @@ use std::{
 };
 
 use gannet_testkit::{
-    Cgroup, ChildGuard, Netns, PodNet,
-    agent::{Agent, endpoint_slice_yaml, service_yaml},
+    Cgroup, ChildGuard, Netns, PodNet, ScratchDir,
+    agent::{AGENT_TIMEOUT, Agent, endpoint_slice_yaml, service_yaml},
     bin_path,
     probe::{Report, parse_json_output},
-    run_in, spawn,
+    run_in, spawn, unique_name,
 };
 
 const VIP4: &str = "10.96.0.10";
@@ -961,6 +961,165 @@ fn cleanup_detaches_everything_on(plane: Plane) {
     assert_eq!(
         after.ok, 0,
         "after cleanup the ClusterIP must no longer be translated: {after:?}"
+    );
+}
+
+/// A `--bpf-root` of a test's own under /sys/fs/bpf: `gannetd cleanup` and removed on drop.
+struct BpfRoot(std::path::PathBuf);
+
+impl BpfRoot {
+    fn new() -> BpfRoot {
+        let bpffs = std::path::Path::new("/sys/fs/bpf");
+        let kind = Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(bpffs)
+            .output()
+            .expect("running stat");
+        assert_eq!(
+            String::from_utf8_lossy(&kind.stdout).trim(),
+            "bpf_fs",
+            "this test pins a map itself: it needs bpffs mounted at /sys/fs/bpf"
+        );
+        BpfRoot(bpffs.join(unique_name("gannet-pin")))
+    }
+
+    /// Every path below the root, relative to it, sorted.
+    fn contents(&self) -> Vec<String> {
+        fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("reading the bpf root") {
+                let path = entry.expect("a directory entry").path();
+                out.push(
+                    path.strip_prefix(root)
+                        .expect("below the root")
+                        .display()
+                        .to_string(),
+                );
+                if path.is_dir() {
+                    walk(&path, root, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, &self.0, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for BpfRoot {
+    fn drop(&mut self) {
+        let state = ScratchDir::new("gannet-pin-state");
+        let _ = Command::new(bin_path("gannetd"))
+            .arg("cleanup")
+            .arg("--bpf-root")
+            .arg(&self.0)
+            .arg("--state-dir")
+            .arg(&state.0)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_naming_the_map() {
+    // GANNET_BACKENDS (backend id, a u32, → BackendValue, not preallocated) with values of 512
+    // bytes: larger than this build's, so the programs' reads pass the verifier and, without a
+    // check, the map would be adopted and silently misread.
+    let root = BpfRoot::new();
+    let maps = root.0.join("maps");
+    std::fs::create_dir_all(&maps).expect("creating the bpf root");
+    let pin = maps.join("GANNET_BACKENDS");
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "512",
+            "entries",
+            "16",
+            "name",
+            "GANNET_BACKENDS",
+            "flags",
+            "1",
+        ])
+        .output()
+        .expect("running bpftool");
+    assert!(
+        created.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let netns = Netns::new("pins").expect("creating a namespace");
+    let cgroup = Cgroup::new().expect("creating the test cgroup");
+    let manifests = ScratchDir::new("gannet-pin-manifests");
+    std::fs::create_dir_all(&manifests.0).expect("creating the manifest directory");
+    let state = ScratchDir::new("gannet-pin-state");
+    let mut cmd = Command::new(bin_path("gannetd"));
+    cmd.arg("--cgroup-path")
+        .arg(cgroup.path())
+        .arg("--bpf-root")
+        .arg(&root.0)
+        .arg("--manifest-dir")
+        .arg(&manifests.0)
+        .arg("--state-dir")
+        .arg(&state.0)
+        .args([
+            "--node-name",
+            "test-node",
+            "--overlay",
+            "none",
+            "--masquerade=false",
+            "--nodeport-interfaces=",
+        ]);
+    let output = run_in(cmd, Some(&netns), None, AGENT_TIMEOUT).unwrap_or_else(|e| {
+        panic!("gannetd must refuse to start on a pinned map of another layout, but: {e:#}")
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "gannetd must exit with an error, got {}: {stderr}",
+        output.status
+    );
+    for needle in ["GANNET_BACKENDS", "value size 512", "gannetd cleanup"] {
+        assert!(
+            stderr.contains(needle),
+            "the refusal must name the map, what differs and the way out ({needle:?}): {stderr}"
+        );
+    }
+    assert_eq!(
+        root.contents(),
+        ["maps", "maps/GANNET_BACKENDS"],
+        "nothing may be created next to the refused map"
+    );
+    assert!(
+        !state.0.exists(),
+        "nothing may be created in the state directory {}",
+        state.0.display()
+    );
+    let attached = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup.path())
+        .output()
+        .expect("running bpftool");
+    let attached = String::from_utf8_lossy(&attached.stdout);
+    assert!(
+        attached.trim().is_empty() || attached.trim() == "[]",
+        "no program may be attached to the cgroup: {attached}"
+    );
+    let map = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("running bpftool");
+    let map = String::from_utf8_lossy(&map.stdout);
+    assert!(
+        map.contains("\"bytes_value\":512"),
+        "the pinned map must be left as it was: {map}"
     );
 }
 

@@ -8,6 +8,7 @@
 pub mod frame;
 pub mod nft;
 pub mod nodeport;
+pub mod pins;
 pub mod pods;
 pub mod reconcile;
 pub mod testrun;
@@ -137,6 +138,23 @@ pub enum DataPathError {
     },
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
+    /// A map pinned where gannetd pins one of its own has another type or layout: adopting it
+    /// would break the data path.
+    #[error(
+        "map {name}: the map pinned at {} does not match this gannetd's ({differences}); \
+         refusing to adopt it. It was left by another gannet version or put there by something \
+         else: stop gannetd and run `gannetd cleanup --bpf-root {}` (with gannetd's \
+         --state-dir; service traffic through this node stops until gannetd starts again), \
+         then start gannetd",
+        pin.display(),
+        bpf_root.display()
+    )]
+    IncompatiblePin {
+        name: String,
+        pin: PathBuf,
+        differences: String,
+        bpf_root: PathBuf,
+    },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataPathError + '_ {
@@ -184,6 +202,8 @@ impl SockLb {
     /// a previous gannetd left attached there is replaced in place, atomically.
     pub fn load(bpf_root: &Path, cgroup: &Path, capacity: Capacity) -> Result<Self, DataPathError> {
         ensure_bpffs(bpf_root)?;
+        // Before anything is created: a pinned map of another layout stops the start here.
+        pins::check_pinned_maps(bpf_root)?;
         let maps_dir = bpf_root.join("maps");
         let links_dir = bpf_root.join("links");
         for dir in [&maps_dir, &links_dir] {
