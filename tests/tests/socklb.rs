@@ -698,6 +698,142 @@ fn client_ip_affinity_pins_a_client_to_one_backend_on(plane: Plane) {
     );
 }
 
+/// A pinned map's entries as bpftool dumps them: (key bytes, value bytes).
+fn dump_map(pin: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        output.status.success(),
+        "bpftool map dump {}: {}",
+        pin.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let entries: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("bpftool's JSON");
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array()
+            .expect("an array of bytes")
+            .iter()
+            .map(|b| {
+                let hex = b.as_str().expect("a hex byte");
+                u8::from_str_radix(hex.trim_start_matches("0x"), 16).expect("hex")
+            })
+            .collect()
+    };
+    entries
+        .as_array()
+        .expect("a list of entries")
+        .iter()
+        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .collect()
+}
+
+/// `bpftool map update` of one entry of a pinned map.
+fn update_map(pin: &std::path::Path, key: &[u8], value: &[u8]) {
+    let hex = |b: &[u8]| b.iter().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>();
+    let output = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(pin)
+        .arg("key")
+        .args(hex(key))
+        .arg("value")
+        .args(hex(value))
+        .output()
+        .expect("running bpftool");
+    assert!(
+        output.status.success(),
+        "bpftool map update {}: {}",
+        pin.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The id of backend `ip:8080` in `GANNET_BACKENDS` (value: IPv4-mapped address, port in network
+/// order), if it is there.
+fn backend_id(root: &std::path::Path, ip: std::net::Ipv4Addr) -> Option<u32> {
+    let mut want = ip.to_ipv6_mapped().octets().to_vec();
+    want.extend_from_slice(&8080u16.to_be_bytes());
+    dump_map(&root.join("maps/GANNET_BACKENDS"))
+        .into_iter()
+        .find(|(_, value)| value.get(..18) == Some(&want[..]))
+        .map(|(key, _)| u32::from_ne_bytes(key[..4].try_into().expect("a u32 key")))
+}
+
+#[test]
+fn affinity_never_follows_a_reused_backend_id_to_another_backend() {
+    let mut c = Cluster::new(3, &[]);
+    let root = c.agent.bpf_root().to_owned();
+    // web, with ClientIP affinity, has b1; the client is pinned to it.
+    c.publish(Some(600), &[(1, true)]);
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "1"]);
+    assert_eq!(report.backend_count("b1"), 1, "web has only b1: {report:?}");
+    let b1 = c.net.pods()[1].ipv4;
+    let b1_id = backend_id(&root, b1).expect("b1 in the backend map");
+    let affinity_pin = root.join("maps/GANNET_AFFINITY");
+    // The client's entries, as a purge that failed (or a crash before it) would leave them.
+    let stale = dump_map(&affinity_pin);
+    assert!(
+        stale.iter().any(|(_, v)| v[..4] == b1_id.to_ne_bytes()),
+        "an affinity entry for b1 (id {b1_id}): {stale:?}"
+    );
+
+    // b1 leaves web for b2; once b1's id is freed, another service's backend b3 takes it.
+    c.publish_endpoints(&[(1, false), (2, true)]);
+    gannet_testkit::eventually("b1's backend id to be freed", AGENT_TIMEOUT, || {
+        backend_id(&root, b1).is_none().then_some(())
+    });
+    c.agent
+        .apply(
+            "other.yaml",
+            &format!(
+                "{}---\n{}",
+                service_yaml("other", &["10.96.0.20"], &[("http", 80, "TCP")], None),
+                endpoint_slice_yaml(
+                    "other-1",
+                    "other",
+                    "IPv4",
+                    &[("http", "TCP")],
+                    &[(c.backend_v4(3), true)],
+                )
+            ),
+            "manifests applied",
+        )
+        .expect("service other applied");
+    assert_eq!(
+        backend_id(&root, c.net.pods()[3].ipv4),
+        Some(b1_id),
+        "b3 must have taken b1's freed id (the case this test is about)"
+    );
+
+    // The stale entries come back, fresh (bpf_ktime_get_ns is CLOCK_MONOTONIC).
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write to.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) },
+        0
+    );
+    let now_ns =
+        u64::try_from(now.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap();
+    for (key, value) in &stale {
+        let mut value = value.clone();
+        value[8..16].copy_from_slice(&now_ns.to_ne_bytes());
+        update_map(&affinity_pin, key, &value);
+    }
+    let after = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "5"]);
+    assert_eq!(
+        after.backend_count("b2"),
+        5,
+        "a stale affinity entry must not send web's client to b3, another service's backend \
+         that reuses the id: {after:?}"
+    );
+}
+
 #[test]
 fn service_without_ready_backends_refuses_at_once() {
     service_without_ready_backends_refuses_at_once_on(Plane::Ebpf);

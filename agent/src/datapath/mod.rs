@@ -539,6 +539,7 @@ impl ServiceMaps for BpfMaps {
                 };
                 let value = AffinityValue {
                     backend_id,
+                    backend_epoch: 0,
                     pad: 0,
                     last_used_ns: 0,
                 };
@@ -555,6 +556,7 @@ impl ServiceMaps for BpfMaps {
                 };
                 let value = AffinityValue {
                     backend_id,
+                    backend_epoch: 0,
                     pad: 0,
                     last_used_ns: 0,
                 };
