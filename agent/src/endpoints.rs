@@ -110,14 +110,16 @@ impl Registry {
     }
 
     /// Acts on one request and says how it went, and which pod's network it changed (for the
-    /// pod's status in a control plane).
+    /// pod's status in a control plane). `pod_cidrs`: this node's pod CIDRs (empty while it has
+    /// no lease, e.g. a single node from manifests): a registration's addresses must lie in them.
     pub fn handle(
         &mut self,
         request: Request,
         fast_path: Option<&mut PodFastPath>,
+        pod_cidrs: &[ipnet::IpNet],
     ) -> (Response, Option<PodChange>) {
         let mut change = None;
-        let response = self.act(request, fast_path, &mut change);
+        let response = self.act(request, fast_path, pod_cidrs, &mut change);
         if !response.ok {
             change = None;
         }
@@ -139,6 +141,7 @@ impl Registry {
         &mut self,
         request: Request,
         fast_path: Option<&mut PodFastPath>,
+        pod_cidrs: &[ipnet::IpNet],
         change: &mut Option<PodChange>,
     ) -> Response {
         if request.api_version != agent_api::API_VERSION {
@@ -162,6 +165,18 @@ impl Registry {
                     .iter()
                     .map(gannet_cni::net::Cidr::addr)
                     .collect();
+                if let Err(e) = self.validate(&key, &endpoint, &ips, pod_cidrs) {
+                    warn!(endpoint = %key, error = %e, "registration refused");
+                    return Response::error(format!("endpoint {key}: {e}"));
+                }
+                // The fast path attaches programs to the host interface and trusts it to
+                // carry only this pod: it must be the veth gannet-cni made for this attachment.
+                if fast_path.is_some()
+                    && let Err(e) = check_host_interface(&endpoint)
+                {
+                    warn!(endpoint = %key, error = %e, "registration refused");
+                    return Response::error(format!("endpoint {key}: {e}"));
+                }
                 // Without a fast path (the nftables data plane) the pod's traffic takes the
                 // kernel's routes: the endpoint is only recorded.
                 let added = match fast_path {
@@ -228,6 +243,53 @@ impl Registry {
                 self.persist()
             }
         }
+    }
+
+    /// What a registration may claim, whoever sent it: Kubernetes names, addresses that a pod
+    /// can have (unicast, in this node's pod CIDRs when it has a lease) and that no other
+    /// registered endpoint has. A second registration of the same attachment may keep its
+    /// own addresses.
+    fn validate(
+        &self,
+        key: &str,
+        endpoint: &agent_api::Endpoint,
+        ips: &[IpAddr],
+        pod_cidrs: &[ipnet::IpNet],
+    ) -> Result<(), String> {
+        if let Some(ns) = &endpoint.pod_namespace {
+            dns1123_label(ns).map_err(|e| format!("pod namespace {ns:?}: {e}"))?;
+        }
+        if let Some(name) = &endpoint.pod_name {
+            dns1123_subdomain(name).map_err(|e| format!("pod name {name:?}: {e}"))?;
+        }
+        if ips.is_empty() {
+            return Err("no addresses".to_owned());
+        }
+        for ip in ips {
+            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+                return Err(format!("{ip} is not a pod address"));
+            }
+            if let IpAddr::V4(v4) = ip
+                && v4.is_broadcast()
+            {
+                return Err(format!("{ip} is not a pod address"));
+            }
+            if !pod_cidrs.is_empty() && !pod_cidrs.iter().any(|net| net.contains(ip)) {
+                let cidrs: Vec<String> = pod_cidrs.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "{ip} is outside this node's pod CIDRs ({})",
+                    cidrs.join(", ")
+                ));
+            }
+            if let Some((other, _)) = self
+                .records
+                .iter()
+                .find(|(k, r)| k.as_str() != key && r.ips.contains(ip))
+            {
+                return Err(format!("{ip} belongs to endpoint {other}"));
+            }
+        }
+        Ok(())
     }
 
     fn persist(&self) -> Response {
@@ -328,4 +390,206 @@ pub fn cleanup(state_dir: &Path) -> Result<usize, crate::datapath::DataPathError
 #[must_use]
 pub fn agent_running(state_dir: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(state_dir.join(SOCKET)).is_ok()
+}
+
+/// A DNS-1123 label (a Kubernetes namespace): at most 63 lower-case letters, digits and `-`,
+/// starting and ending with a letter or digit.
+fn dns1123_label(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err("must be 1 to 63 characters".to_owned());
+    }
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = s.as_bytes();
+    if !bytes.iter().all(|&c| ok(c) || c == b'-') || !ok(bytes[0]) || !ok(bytes[bytes.len() - 1]) {
+        return Err(
+            "must be lower-case letters, digits and '-', starting and ending with a letter or digit"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain (a Kubernetes pod name): at most 253 characters, DNS-1123 labels joined
+/// by `.`.
+fn dns1123_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 253 {
+        return Err("must be 1 to 253 characters".to_owned());
+    }
+    s.split('.').try_for_each(dns1123_label)
+}
+
+/// The registration's host interface is a veth of this namespace that gannet-cni made for this
+/// attachment: the name it derives from the attachment, the index the plugin sent, and the
+/// alias naming the attachment.
+fn check_host_interface(endpoint: &agent_api::Endpoint) -> Result<(), String> {
+    let attachment = gannet_cni::config::Attachment {
+        container_id: endpoint.container_id.clone(),
+        ifname: endpoint.if_name.clone(),
+    };
+    let name = gannet_cni::network::host_if_name(&endpoint.network, &attachment);
+    if endpoint.host_if_name != name {
+        return Err(format!(
+            "host interface {:?} is not the one gannet-cni makes for this attachment ({name})",
+            endpoint.host_if_name
+        ));
+    }
+    let mut netlink = gannet_cni::netlink::Netlink::open()
+        .map_err(|e| format!("looking up host interface {name}: {e}"))?;
+    let link = netlink
+        .link_by_name(&name)
+        .map_err(|e| format!("looking up host interface {name}: {e}"))?
+        .ok_or_else(|| format!("host interface {name} does not exist"))?;
+    if link.kind.as_deref() != Some("veth") {
+        return Err(format!("host interface {name} is not a veth"));
+    }
+    if link.index != endpoint.host_if_index {
+        return Err(format!(
+            "host interface {name} has index {}, not {} as sent",
+            link.index, endpoint.host_if_index
+        ));
+    }
+    let alias = gannet_cni::network::alias(&endpoint.network, &attachment);
+    if link.alias.as_deref() != Some(alias.as_str()) {
+        return Err(format!(
+            "host interface {name} does not carry the alias naming this attachment ({alias})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(container: &str, ips: &[&str], ns: &str, name: &str) -> agent_api::Endpoint {
+        agent_api::Endpoint {
+            network: "gannet".into(),
+            container_id: container.into(),
+            if_name: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            ips: ips.iter().map(|ip| ip.parse().expect("cidr")).collect(),
+            mac: "02:00:00:00:00:01".into(),
+            host_if_name: "lo".into(),
+            host_if_index: 1,
+            host_mac: "02:00:00:00:00:02".into(),
+            pod_namespace: Some(ns.into()),
+            pod_name: Some(name.into()),
+        }
+    }
+
+    fn register(
+        registry: &mut Registry,
+        endpoint: agent_api::Endpoint,
+        pod_cidrs: &[ipnet::IpNet],
+    ) -> Response {
+        registry
+            .handle(
+                Request::new(RequestBody::Register { endpoint }),
+                None,
+                pod_cidrs,
+            )
+            .0
+    }
+
+    fn refused(response: &Response, why: &str) {
+        assert!(!response.ok, "must be refused ({why}): {response:?}");
+        let error = response.error.as_deref().unwrap_or_default();
+        assert!(error.contains(why), "the error must say {why:?}: {error}");
+    }
+
+    #[test]
+    fn registrations_claim_only_valid_names_and_addresses_of_their_own() {
+        /// Removed on drop, also when the test fails.
+        struct TempDir(PathBuf);
+        impl Drop for TempDir {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("gannet-registry-{}", std::process::id())));
+        fs::create_dir_all(&dir.0).expect("temp dir");
+        let mut registry = Registry::load(&dir.0, None).expect("empty registry");
+        let cidrs: Vec<ipnet::IpNet> = vec!["10.244.0.0/24".parse().unwrap()];
+
+        let ok = register(
+            &mut registry,
+            endpoint("a", &["10.244.0.2/32"], "default", "web-1.x"),
+            &cidrs,
+        );
+        assert!(ok.ok, "{ok:?}");
+        // The same attachment again keeps its address.
+        let again = register(
+            &mut registry,
+            endpoint("a", &["10.244.0.2/32"], "default", "web-1.x"),
+            &cidrs,
+        );
+        assert!(again.ok, "{again:?}");
+        refused(
+            &register(
+                &mut registry,
+                endpoint("b", &["10.244.0.2/32"], "default", "web-2"),
+                &cidrs,
+            ),
+            "belongs to endpoint gannet/a/eth0",
+        );
+        refused(
+            &register(
+                &mut registry,
+                endpoint("b", &["10.96.0.10/32"], "default", "web-2"),
+                &cidrs,
+            ),
+            "outside this node's pod CIDRs (10.244.0.0/24)",
+        );
+        refused(
+            &register(
+                &mut registry,
+                endpoint("b", &["127.0.0.1/32"], "default", "web-2"),
+                &[],
+            ),
+            "not a pod address",
+        );
+        refused(
+            &register(
+                &mut registry,
+                endpoint("b", &["10.244.0.3/32"], "Default", "web-2"),
+                &cidrs,
+            ),
+            "pod namespace \"Default\"",
+        );
+        refused(
+            &register(
+                &mut registry,
+                endpoint("b", &["10.244.0.3/32"], "default", "web_2"),
+                &cidrs,
+            ),
+            "pod name \"web_2\"",
+        );
+        // Without a lease the pod CIDRs are not known: any unicast address of its own.
+        let free = register(
+            &mut registry,
+            endpoint("b", &["10.96.0.10/32"], "default", "web-2"),
+            &[],
+        );
+        assert!(free.ok, "{free:?}");
+        assert_eq!(registry.records().len(), 2, "{:?}", registry.records());
+    }
+
+    #[test]
+    fn the_host_interface_must_be_the_attachments_veth() {
+        let mut lo = endpoint("a", &["10.244.0.2/32"], "default", "web-1");
+        let err = check_host_interface(&lo).expect_err("lo is no pod's veth");
+        assert!(
+            err.contains("not the one gannet-cni makes"),
+            "the error must say why: {err}"
+        );
+        // The right name, but no such interface here.
+        let attachment = gannet_cni::config::Attachment {
+            container_id: "a".into(),
+            ifname: "eth0".into(),
+        };
+        lo.host_if_name = gannet_cni::network::host_if_name("gannet", &attachment);
+        let err = check_host_interface(&lo).expect_err("no such interface");
+        assert!(err.contains("does not exist"), "{err}");
+    }
 }

@@ -462,7 +462,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: exiting, data plane left running"); break; }
             _ = sigint.recv() => { info!("SIGINT: exiting, data plane left running"); break; }
             Some((request, reply)) = calls.recv() => {
-                let (response, change) = registry.handle(request, plane.fast_path());
+                let pod_cidrs = network.pod_cidrs();
+                let (response, change) = registry.handle(request, plane.fast_path(), &pod_cidrs);
                 let _ = reply.send(response);
                 if let Some(change) = change {
                     services.report_pod(PodReport::for_pod(&change.pod, change.ips));

@@ -16,7 +16,8 @@
 //!    `CAP_NET_ADMIN`.
 //!
 //! Like every netlink socket, ours sees the network namespace of the thread that opened it:
-//! sockets of other namespaces (pods in namespaces of their own) are out of its reach.
+//! to reach sockets of other namespaces (pods in namespaces of their own), open one in each
+//! (`crate::netns::in_each`).
 //!
 //! Messages are plain netlink: a 16-byte `nlmsghdr`, then `inet_diag_req_v2` (requests) or
 //! `inet_diag_msg` followed by attributes (answers). Headers, the interface index, the cookie

@@ -236,6 +236,38 @@ pub(crate) fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInf
     })
 }
 
+/// What `BPF_OBJ_GET_INFO_BY_FD` tells of a map (`struct bpf_map_info`: type, id, key size,
+/// value size, max entries, flags).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MapInfo {
+    pub(crate) map_type: u32,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) flags: u32,
+}
+
+/// The map `fd` refers to; `None` when `fd` is another kind of object (a program or a link
+/// pinned where a map was expected: the kernel would describe it with another structure).
+pub(crate) fn map_info(fd: BorrowedFd<'_>) -> io::Result<Option<MapInfo>> {
+    let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if target.as_os_str() != "anon_inode:bpf-map" {
+        return Ok(None);
+    }
+    let mut info = [0u8; 80];
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, fd_u32(fd));
+    attr.put_u32(4, u32::try_from(info.len()).expect("small"));
+    attr.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let word = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes"));
+    Ok(Some(MapInfo {
+        map_type: word(0),
+        key_size: word(8),
+        value_size: word(12),
+        flags: word(20),
+    }))
+}
+
 /// The interface a tcx (or XDP) link is attached to (`bpf_link_info.tcx.ifindex`, at the start
 /// of the per-type union); 0 once the interface is gone.
 pub(crate) fn tcx_link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {

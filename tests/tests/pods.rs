@@ -321,3 +321,81 @@ fn programs_after_gannets_on_a_pod_veth_see_what_is_not_gannets_business() {
     drop(agent);
     let _ = std::fs::remove_dir_all(&ipam_dir);
 }
+
+/// Sends one request line to gannetd's CNI socket and returns the answer.
+fn ask_agent(socket: &Path, request: &Value) -> Value {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut line = serde_json::to_vec(request).expect("json");
+    line.push(b'\n');
+    stream.write_all(&line).expect("sending");
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .expect("an answer");
+    serde_json::from_str(&answer).expect("a JSON answer")
+}
+
+fn register_request(container: &str, ip: &str, host_if: &str, index: u64) -> Value {
+    json!({
+        "apiVersion": 1,
+        "kind": "Register",
+        "endpoint": {
+            "network": "gannet-e2e",
+            "containerId": container,
+            "ifName": "eth0",
+            "netns": "/proc/self/ns/net",
+            "ips": [format!("{ip}/32")],
+            "mac": "02:00:00:00:00:09",
+            "hostIfName": host_if,
+            "hostIfIndex": index,
+            "hostMac": "02:00:00:00:00:0a",
+            "podNamespace": "default",
+            "podName": container,
+        }
+    })
+}
+
+#[test]
+fn registrations_of_interfaces_that_are_not_the_pods_veth_are_refused() {
+    let node = Netns::new("node").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let agent = Agent::start_in(Some(&node), &cgroup, &[]).unwrap();
+    let socket = agent.cni_socket();
+    // A veth of the node that gannet-cni did not make for this attachment.
+    let foreign = unique_name("fv");
+    let peer = unique_name("fp");
+    node.ip(&[
+        "link", "add", &foreign, "type", "veth", "peer", "name", &peer,
+    ])
+    .unwrap();
+    let shown: Value =
+        serde_json::from_str(&node.ip(&["-j", "link", "show", "dev", &foreign]).unwrap()).unwrap();
+    let index = shown[0]["ifindex"].as_u64().expect("ifindex");
+    for (host_if, index, what) in [
+        (foreign.as_str(), index, "a veth gannet-cni did not make"),
+        ("lo", 1, "the loopback interface"),
+    ] {
+        let answer = ask_agent(
+            &socket,
+            &register_request("intruder", "10.244.3.77", host_if, index),
+        );
+        assert_eq!(
+            answer["ok"], false,
+            "a registration naming {what} must be refused: {answer}"
+        );
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("not the one gannet-cni makes"),
+            "the refusal must say why: {error}"
+        );
+    }
+    let status = agent.status().unwrap();
+    assert!(
+        endpoint_of(&status, "10.244.3.77").is_none(),
+        "no endpoint may be programmed for a refused registration: {status}"
+    );
+}

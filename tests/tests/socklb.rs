@@ -19,11 +19,11 @@ use std::{
 };
 
 use gannet_testkit::{
-    Cgroup, ChildGuard, PodNet,
-    agent::{Agent, endpoint_slice_yaml, service_yaml},
+    Cgroup, ChildGuard, Netns, PodNet, ScratchDir,
+    agent::{AGENT_TIMEOUT, Agent, endpoint_slice_yaml, service_yaml},
     bin_path,
     probe::{Report, parse_json_output},
-    run_in, spawn,
+    run_in, spawn, unique_name,
 };
 
 const VIP4: &str = "10.96.0.10";
@@ -78,7 +78,8 @@ impl Cluster {
     }
 
     /// The eBPF data plane with gannetd in the node's namespace (where the bridge is), not the
-    /// test's: the sockets it terminates are those of its own namespace.
+    /// test's, as on a node: clients there are host-network ones, clients in pods are in
+    /// namespaces of their own.
     fn ebpf_in_node(backends: usize, agent_args: &[&str]) -> Cluster {
         Cluster::build(Plane::Ebpf, true, backends, agent_args)
     }
@@ -212,14 +213,19 @@ impl Cluster {
     /// A `hold` probe in the node's namespace, in the test cgroup or (`in_cgroup` false)
     /// outside it; returns it once connected, with the `connected` line.
     fn hold_in_node(&self, args: &[&str], in_cgroup: bool) -> (ChildGuard, String) {
+        self.hold_in(self.net.node(), args, in_cgroup)
+    }
+
+    /// A `hold` probe in pod `pod`'s namespace, in the test cgroup or outside it.
+    fn hold_in_pod(&self, pod: usize, args: &[&str], in_cgroup: bool) -> (ChildGuard, String) {
+        self.hold_in(&self.net.pods()[pod].netns, args, in_cgroup)
+    }
+
+    fn hold_in(&self, netns: &Netns, args: &[&str], in_cgroup: bool) -> (ChildGuard, String) {
         let mut cmd = Command::new(bin_path("gannet-probe"));
         cmd.arg("hold").args(args);
-        let mut probe = spawn(
-            cmd,
-            Some(self.net.node()),
-            in_cgroup.then_some(&self.cgroup),
-        )
-        .expect("spawning probe");
+        let mut probe =
+            spawn(cmd, Some(netns), in_cgroup.then_some(&self.cgroup)).expect("spawning probe");
         let line = probe
             .wait_for_line("connected", Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("hold {args:?} must connect: {e:#}"));
@@ -482,67 +488,113 @@ fn terminating_endpoints_serve_only_while_none_is_ready_on(plane: Plane) {
 
 #[test]
 fn connected_udp_sockets_of_a_removed_backend_are_terminated_and_reconnect_elsewhere() {
-    // gannetd terminates sockets in its own network namespace (see the README): clients and
-    // gannetd in the node's.
+    // gannetd in the node's namespace, as on a node; clients there (host network) and in pods'
+    // namespaces of their own: the client pod's, and b2's (a second pod namespace).
     let mut c = Cluster::ebpf_in_node(2, &[]);
     c.publish(None, &[(1, true)]);
-    let (mut udp, connected) = c.hold_in_node(&["--udp", "--to", "10.96.0.10:53"], true);
+    let svc = ["--udp", "--to", "10.96.0.10:53"];
+    let (mut udp, connected) = c.hold_in_node(&svc, true);
     assert_eq!(
         connected, "connected 10.96.0.10:53",
         "getpeername() of the UDP socket"
     );
+    let (mut in_pod, connected) = c.hold_in_pod(0, &svc, true);
     assert_eq!(
-        ping(&mut udp),
-        "b1",
-        "the connected UDP socket must reach b1"
+        connected, "connected 10.96.0.10:53",
+        "getpeername() of the UDP socket in the client pod"
     );
+    let (mut in_b2, _) = c.hold_in_pod(2, &svc, true);
+    for (probe, what) in [
+        (&mut udp, "in the node's namespace"),
+        (&mut in_pod, "in the client pod"),
+        (&mut in_b2, "in b2's pod"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "b1",
+            "the connected UDP socket {what} must reach b1"
+        );
+    }
     let (mut tcp, _) = c.hold_in_node(&["--to", "10.96.0.10:80"], true);
     assert_eq!(
         ping(&mut tcp),
         "b1",
         "the held TCP connection must reach b1"
     );
-    // A UDP socket connected to b1 itself, by a process outside gannetd's cgroup: not ours.
+    let (mut tcp_in_pod, _) = c.hold_in_pod(0, &["--to", "10.96.0.10:80"], true);
+    assert_eq!(
+        ping(&mut tcp_in_pod),
+        "b1",
+        "the held TCP connection in the client pod must reach b1"
+    );
+    // UDP sockets connected to b1 itself, by processes outside gannetd's cgroup (in the node's
+    // namespace and in the client pod's): not ours.
     let b1 = format!("{}:8080", c.backend_v4(1));
     let (mut outside, _) = c.hold_in_node(&["--udp", "--to", &b1], false);
     assert_eq!(ping(&mut outside), "b1");
+    let (mut outside_in_pod, _) = c.hold_in_pod(0, &["--udp", "--to", &b1], false);
+    assert_eq!(ping(&mut outside_in_pod), "b1");
 
     // b1 leaves the service (not ready; its server stays up), b2 joins.
     c.publish_endpoints(&[(1, false), (2, true)]);
-    assert_eq!(
-        ping(&mut udp),
-        "error: ECONNABORTED",
-        "the UDP socket connected to the removed backend must have been terminated"
-    );
-    udp.send_line("reconnect").unwrap();
-    let again = udp.read_line(Duration::from_secs(5)).unwrap();
-    assert_eq!(again.trim(), "connected 10.96.0.10:53", "connecting again");
-    assert_eq!(
-        ping(&mut udp),
-        "b2",
-        "connecting again must reach the service's remaining backend"
-    );
-    assert_eq!(
-        ping(&mut tcp),
-        "b1",
-        "a TCP connection to a removed but running endpoint must keep working"
-    );
-    assert_eq!(
-        ping(&mut outside),
-        "b1",
-        "a socket outside gannetd's cgroup must be left alone"
-    );
+    for (probe, what) in [
+        (&mut udp, "in the node's namespace"),
+        (&mut in_pod, "in the client pod's namespace"),
+        (&mut in_b2, "in b2's pod's namespace"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "error: ECONNABORTED",
+            "the UDP socket {what} connected to the removed backend must have been terminated"
+        );
+        probe.send_line("reconnect").unwrap();
+        let again = probe.read_line(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            again.trim(),
+            "connected 10.96.0.10:53",
+            "connecting again {what}"
+        );
+        assert_eq!(
+            ping(probe),
+            "b2",
+            "connecting again {what} must reach the service's remaining backend"
+        );
+    }
+    for (probe, what) in [
+        (&mut tcp, "in the node's namespace"),
+        (&mut tcp_in_pod, "in the client pod"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "b1",
+            "a TCP connection {what} to a removed but running endpoint must keep working"
+        );
+    }
+    for (probe, what) in [
+        (&mut outside, "in the node's namespace"),
+        (&mut outside_in_pod, "in the client pod"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "b1",
+            "a socket {what} outside gannetd's cgroup must be left alone"
+        );
+    }
 
     // Deleting the service terminates the sockets connected to its backends too.
-    assert_eq!(ping(&mut udp), "b2");
     c.agent
         .apply("web-svc.yaml", "", "manifests applied")
         .expect("service deleted");
-    assert_eq!(
-        ping(&mut udp),
-        "error: ECONNABORTED",
-        "the UDP socket of a deleted service must have been terminated"
-    );
+    for (probe, what) in [
+        (&mut udp, "in the node's namespace"),
+        (&mut in_pod, "in the client pod"),
+    ] {
+        assert_eq!(
+            ping(probe),
+            "error: ECONNABORTED",
+            "the UDP socket {what} of a deleted service must have been terminated"
+        );
+    }
 }
 
 #[test]
@@ -643,6 +695,142 @@ fn client_ip_affinity_pins_a_client_to_one_backend_on(plane: Plane) {
         0,
         "the removed backend must not be used: {:?}",
         after.backends
+    );
+}
+
+/// A pinned map's entries as bpftool dumps them: (key bytes, value bytes).
+fn dump_map(pin: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        output.status.success(),
+        "bpftool map dump {}: {}",
+        pin.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let entries: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("bpftool's JSON");
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array()
+            .expect("an array of bytes")
+            .iter()
+            .map(|b| {
+                let hex = b.as_str().expect("a hex byte");
+                u8::from_str_radix(hex.trim_start_matches("0x"), 16).expect("hex")
+            })
+            .collect()
+    };
+    entries
+        .as_array()
+        .expect("a list of entries")
+        .iter()
+        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .collect()
+}
+
+/// `bpftool map update` of one entry of a pinned map.
+fn update_map(pin: &std::path::Path, key: &[u8], value: &[u8]) {
+    let hex = |b: &[u8]| b.iter().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>();
+    let output = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(pin)
+        .arg("key")
+        .args(hex(key))
+        .arg("value")
+        .args(hex(value))
+        .output()
+        .expect("running bpftool");
+    assert!(
+        output.status.success(),
+        "bpftool map update {}: {}",
+        pin.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The id of backend `ip:8080` in `GANNET_BACKENDS` (value: IPv4-mapped address, port in network
+/// order), if it is there.
+fn backend_id(root: &std::path::Path, ip: std::net::Ipv4Addr) -> Option<u32> {
+    let mut want = ip.to_ipv6_mapped().octets().to_vec();
+    want.extend_from_slice(&8080u16.to_be_bytes());
+    dump_map(&root.join("maps/GANNET_BACKENDS"))
+        .into_iter()
+        .find(|(_, value)| value.get(..18) == Some(&want[..]))
+        .map(|(key, _)| u32::from_ne_bytes(key[..4].try_into().expect("a u32 key")))
+}
+
+#[test]
+fn affinity_never_follows_a_reused_backend_id_to_another_backend() {
+    let mut c = Cluster::new(3, &[]);
+    let root = c.agent.bpf_root().to_owned();
+    // web, with ClientIP affinity, has b1; the client is pinned to it.
+    c.publish(Some(600), &[(1, true)]);
+    let report = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "1"]);
+    assert_eq!(report.backend_count("b1"), 1, "web has only b1: {report:?}");
+    let b1 = c.net.pods()[1].ipv4;
+    let b1_id = backend_id(&root, b1).expect("b1 in the backend map");
+    let affinity_pin = root.join("maps/GANNET_AFFINITY");
+    // The client's entries, as a purge that failed (or a crash before it) would leave them.
+    let stale = dump_map(&affinity_pin);
+    assert!(
+        stale.iter().any(|(_, v)| v[..4] == b1_id.to_ne_bytes()),
+        "an affinity entry for b1 (id {b1_id}): {stale:?}"
+    );
+
+    // b1 leaves web for b2; once b1's id is freed, another service's backend b3 takes it.
+    c.publish_endpoints(&[(1, false), (2, true)]);
+    gannet_testkit::eventually("b1's backend id to be freed", AGENT_TIMEOUT, || {
+        backend_id(&root, b1).is_none().then_some(())
+    });
+    c.agent
+        .apply(
+            "other.yaml",
+            &format!(
+                "{}---\n{}",
+                service_yaml("other", &["10.96.0.20"], &[("http", 80, "TCP")], None),
+                endpoint_slice_yaml(
+                    "other-1",
+                    "other",
+                    "IPv4",
+                    &[("http", "TCP")],
+                    &[(c.backend_v4(3), true)],
+                )
+            ),
+            "manifests applied",
+        )
+        .expect("service other applied");
+    assert_eq!(
+        backend_id(&root, c.net.pods()[3].ipv4),
+        Some(b1_id),
+        "b3 must have taken b1's freed id (the case this test is about)"
+    );
+
+    // The stale entries come back, fresh (bpf_ktime_get_ns is CLOCK_MONOTONIC).
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write to.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) },
+        0
+    );
+    let now_ns =
+        u64::try_from(now.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap();
+    for (key, value) in &stale {
+        let mut value = value.clone();
+        value[8..16].copy_from_slice(&now_ns.to_ne_bytes());
+        update_map(&affinity_pin, key, &value);
+    }
+    let after = c.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "5"]);
+    assert_eq!(
+        after.backend_count("b2"),
+        5,
+        "a stale affinity entry must not send web's client to b3, another service's backend \
+         that reuses the id: {after:?}"
     );
 }
 
@@ -909,6 +1097,165 @@ fn cleanup_detaches_everything_on(plane: Plane) {
     assert_eq!(
         after.ok, 0,
         "after cleanup the ClusterIP must no longer be translated: {after:?}"
+    );
+}
+
+/// A `--bpf-root` of a test's own under /sys/fs/bpf: `gannetd cleanup` and removed on drop.
+struct BpfRoot(std::path::PathBuf);
+
+impl BpfRoot {
+    fn new() -> BpfRoot {
+        let bpffs = std::path::Path::new("/sys/fs/bpf");
+        let kind = Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(bpffs)
+            .output()
+            .expect("running stat");
+        assert_eq!(
+            String::from_utf8_lossy(&kind.stdout).trim(),
+            "bpf_fs",
+            "this test pins a map itself: it needs bpffs mounted at /sys/fs/bpf"
+        );
+        BpfRoot(bpffs.join(unique_name("gannet-pin")))
+    }
+
+    /// Every path below the root, relative to it, sorted.
+    fn contents(&self) -> Vec<String> {
+        fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("reading the bpf root") {
+                let path = entry.expect("a directory entry").path();
+                out.push(
+                    path.strip_prefix(root)
+                        .expect("below the root")
+                        .display()
+                        .to_string(),
+                );
+                if path.is_dir() {
+                    walk(&path, root, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, &self.0, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for BpfRoot {
+    fn drop(&mut self) {
+        let state = ScratchDir::new("gannet-pin-state");
+        let _ = Command::new(bin_path("gannetd"))
+            .arg("cleanup")
+            .arg("--bpf-root")
+            .arg(&self.0)
+            .arg("--state-dir")
+            .arg(&state.0)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_naming_the_map() {
+    // GANNET_BACKENDS (backend id, a u32, → BackendValue, not preallocated) with values of 512
+    // bytes: larger than this build's, so the programs' reads pass the verifier and, without a
+    // check, the map would be adopted and silently misread.
+    let root = BpfRoot::new();
+    let maps = root.0.join("maps");
+    std::fs::create_dir_all(&maps).expect("creating the bpf root");
+    let pin = maps.join("GANNET_BACKENDS");
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "512",
+            "entries",
+            "16",
+            "name",
+            "GANNET_BACKENDS",
+            "flags",
+            "1",
+        ])
+        .output()
+        .expect("running bpftool");
+    assert!(
+        created.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let netns = Netns::new("pins").expect("creating a namespace");
+    let cgroup = Cgroup::new().expect("creating the test cgroup");
+    let manifests = ScratchDir::new("gannet-pin-manifests");
+    std::fs::create_dir_all(&manifests.0).expect("creating the manifest directory");
+    let state = ScratchDir::new("gannet-pin-state");
+    let mut cmd = Command::new(bin_path("gannetd"));
+    cmd.arg("--cgroup-path")
+        .arg(cgroup.path())
+        .arg("--bpf-root")
+        .arg(&root.0)
+        .arg("--manifest-dir")
+        .arg(&manifests.0)
+        .arg("--state-dir")
+        .arg(&state.0)
+        .args([
+            "--node-name",
+            "test-node",
+            "--overlay",
+            "none",
+            "--masquerade=false",
+            "--nodeport-interfaces=",
+        ]);
+    let output = run_in(cmd, Some(&netns), None, AGENT_TIMEOUT).unwrap_or_else(|e| {
+        panic!("gannetd must refuse to start on a pinned map of another layout, but: {e:#}")
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "gannetd must exit with an error, got {}: {stderr}",
+        output.status
+    );
+    for needle in ["GANNET_BACKENDS", "value size 512", "gannetd cleanup"] {
+        assert!(
+            stderr.contains(needle),
+            "the refusal must name the map, what differs and the way out ({needle:?}): {stderr}"
+        );
+    }
+    assert_eq!(
+        root.contents(),
+        ["maps", "maps/GANNET_BACKENDS"],
+        "nothing may be created next to the refused map"
+    );
+    assert!(
+        !state.0.exists(),
+        "nothing may be created in the state directory {}",
+        state.0.display()
+    );
+    let attached = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup.path())
+        .output()
+        .expect("running bpftool");
+    let attached = String::from_utf8_lossy(&attached.stdout);
+    assert!(
+        attached.trim().is_empty() || attached.trim() == "[]",
+        "no program may be attached to the cgroup: {attached}"
+    );
+    let map = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("running bpftool");
+    let map = String::from_utf8_lossy(&map.stdout);
+    assert!(
+        map.contains("\"bytes_value\":512"),
+        "the pinned map must be left as it was: {map}"
     );
 }
 

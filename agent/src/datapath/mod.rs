@@ -8,6 +8,7 @@
 pub mod frame;
 pub mod nft;
 pub mod nodeport;
+pub mod pins;
 pub mod pods;
 pub mod reconcile;
 pub mod testrun;
@@ -137,6 +138,23 @@ pub enum DataPathError {
     },
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
+    /// A map pinned where gannetd pins one of its own has another type or layout: adopting it
+    /// would break the data path.
+    #[error(
+        "map {name}: the map pinned at {} does not match this gannetd's ({differences}); \
+         refusing to adopt it. It was left by another gannet version or put there by something \
+         else: stop gannetd and run `gannetd cleanup --bpf-root {}` (with gannetd's \
+         --state-dir; service traffic through this node stops until gannetd starts again), \
+         then start gannetd",
+        pin.display(),
+        bpf_root.display()
+    )]
+    IncompatiblePin {
+        name: String,
+        pin: PathBuf,
+        differences: String,
+        bpf_root: PathBuf,
+    },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataPathError + '_ {
@@ -184,6 +202,8 @@ impl SockLb {
     /// a previous gannetd left attached there is replaced in place, atomically.
     pub fn load(bpf_root: &Path, cgroup: &Path, capacity: Capacity) -> Result<Self, DataPathError> {
         ensure_bpffs(bpf_root)?;
+        // Before anything is created: a pinned map of another layout stops the start here.
+        pins::check_pinned_maps(bpf_root)?;
         let maps_dir = bpf_root.join("maps");
         let links_dir = bpf_root.join("links");
         for dir in [&maps_dir, &links_dir] {
@@ -519,6 +539,7 @@ impl ServiceMaps for BpfMaps {
                 };
                 let value = AffinityValue {
                     backend_id,
+                    backend_epoch: 0,
                     pad: 0,
                     last_used_ns: 0,
                 };
@@ -535,6 +556,7 @@ impl ServiceMaps for BpfMaps {
                 };
                 let value = AffinityValue {
                     backend_id,
+                    backend_epoch: 0,
                     pad: 0,
                     last_used_ns: 0,
                 };
@@ -639,17 +661,79 @@ impl ServiceMaps for BpfMaps {
         )
     }
 
-    /// Terminates, in gannetd's network namespace, the connected UDP sockets of the attached
-    /// cgroup's sub-tree whose peer is a backend in `gone`, unless the reverse-NAT entry the
-    /// connect hook left says the socket reached it through a frontend that still has it (two
-    /// services sharing a backend). A socket without such an entry (connected to the backend's
-    /// address directly, or whose entry the LRU map evicted) is terminated too: it is talking
-    /// to an endpoint that left its service.
+    /// Terminates the connected UDP sockets of the attached cgroup's sub-tree whose peer is a
+    /// backend in `gone`, unless the reverse-NAT entry the connect hook left says the socket
+    /// reached it through a frontend that still has it (two services sharing a backend). A
+    /// socket without such an entry (connected to the backend's address directly, or whose entry
+    /// the LRU map evicted) is terminated too: it is talking to an endpoint that left its
+    /// service.
+    ///
+    /// Looked at are gannetd's own network namespace and those of the sub-tree's processes
+    /// (pods in namespaces of their own), each once, through a netlink socket created there by a
+    /// helper thread (`crate::netns`). A namespace that cannot be reached is logged (once per
+    /// call, with how many) and the others are still done; only a failure in gannetd's own
+    /// namespace is returned as an error.
     fn terminate_udp(
         &mut self,
         gone: &BTreeMap<gannet_k8s::Backend, BTreeSet<u32>>,
     ) -> Result<usize, sockdiag::SockDiagError> {
-        let mut socket = sockdiag::DiagSocket::open()?;
+        let subtree = cgroup_subtree(&self.cgroup);
+        let own_ns = crate::netns::current().ok();
+        let mut own = sockdiag::DiagSocket::open()?;
+        let own_result = self.terminate_in(&mut own, gone, &subtree.ids);
+        drop(own);
+
+        let pods = crate::netns::of_processes(subtree.pids, own_ns.as_slice());
+        let mut terminated = 0;
+        let mut failures = 0;
+        let mut first_failure = pods.failed.as_ref().map(|(pid, e, n)| {
+            failures += n;
+            format!("reading /proc/{pid}/ns/net: {e}")
+        });
+        let sockets = crate::netns::in_each(&pods.found, sockdiag::DiagSocket::open);
+        for (found, socket) in pods.found.iter().zip(sockets) {
+            let result = socket.map_err(|e| e.to_string()).and_then(|mut s| {
+                self.terminate_in(&mut s, gone, &subtree.ids)
+                    .map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(n) => terminated += n,
+                Err(e) => {
+                    failures += 1;
+                    first_failure.get_or_insert_with(|| {
+                        format!(
+                            "network namespace of pid {} (inode {}): {e}",
+                            found.pid, found.id.ino
+                        )
+                    });
+                }
+            }
+        }
+        if let Some(first) = first_failure {
+            warn!(
+                namespaces = pods.found.len(),
+                failures,
+                first = %first,
+                "connected UDP sockets of removed backends could not be looked at in every pod \
+                 network namespace; those left keep sending to them until they reconnect"
+            );
+        }
+        debug!(
+            namespaces = pods.found.len(),
+            terminated, "pod network namespaces looked at"
+        );
+        Ok(own_result? + terminated)
+    }
+}
+
+impl BpfMaps {
+    /// [`ServiceMaps::terminate_udp`] in the namespace of `socket`.
+    fn terminate_in(
+        &self,
+        socket: &mut sockdiag::DiagSocket,
+        gone: &BTreeMap<gannet_k8s::Backend, BTreeSet<u32>>,
+        cgroups: &BTreeSet<u64>,
+    ) -> Result<usize, sockdiag::SockDiagError> {
         let v4 = gone.keys().any(|b| b.ip.is_ipv4());
         let mut candidates = Vec::new();
         // An IPv6 socket reaches IPv4 backends through IPv4-mapped addresses (reported as IPv4).
@@ -658,7 +742,7 @@ impl ServiceMaps for BpfMaps {
                 continue;
             }
             candidates.extend(
-                sockdiag::connected_udp(&mut socket, family)?
+                sockdiag::connected_udp(socket, family)?
                     .into_iter()
                     .filter_map(|s| {
                         let backend = gannet_k8s::Backend {
@@ -672,7 +756,6 @@ impl ServiceMaps for BpfMaps {
         if candidates.is_empty() {
             return Ok(0);
         }
-        let cgroups = cgroup_subtree(&self.cgroup);
         let doomed: Vec<sockdiag::UdpSock> = candidates
             .into_iter()
             .filter(|(_, s)| s.cgroup_id.is_some_and(|id| cgroups.contains(&id)))
@@ -693,20 +776,34 @@ impl ServiceMaps for BpfMaps {
         for s in &doomed {
             debug!(local = %s.local, peer = %s.peer, cookie = s.cookie, "terminating a connected UDP socket");
         }
-        sockdiag::destroy(&mut socket, &doomed)
+        sockdiag::destroy(socket, &doomed)
     }
 }
 
-/// The ids of `root` and every cgroup below it. Unreadable directories are skipped (a cgroup
-/// removed while we walk).
-fn cgroup_subtree(root: &Path) -> BTreeSet<u64> {
+/// A cgroup sub-tree: the ids of its cgroups and the processes in them.
+struct Subtree {
+    ids: BTreeSet<u64>,
+    pids: Vec<i32>,
+}
+
+/// The ids of `root` and every cgroup below it, and the processes in them (`cgroup.procs`).
+/// Unreadable directories are skipped (a cgroup removed while we walk).
+fn cgroup_subtree(root: &Path) -> Subtree {
     let mut ids = BTreeSet::new();
+    let mut pids = Vec::new();
     let mut dirs = vec![root.to_owned()];
     while let Some(dir) = dirs.pop() {
         let Ok(id) = sys::cgroup_id(&dir) else {
             continue;
         };
         ids.insert(id);
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(
+                procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
@@ -717,5 +814,5 @@ fn cgroup_subtree(root: &Path) -> BTreeSet<u64> {
                 .map(|e| e.path()),
         );
     }
-    ids
+    Subtree { ids, pids }
 }

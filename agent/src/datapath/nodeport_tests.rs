@@ -141,7 +141,7 @@ fn backend(ip: Ipv4Addr, port: u16) -> BackendValue {
     BackendValue {
         addr: v4_mapped(ip.octets()),
         port: port.to_be(),
-        pad: [0; 2],
+        epoch: 0,
     }
 }
 
@@ -1378,7 +1378,7 @@ fn nodeport_ipv6_fixtures() {
             let value = BackendValue {
                 addr: pod.octets(),
                 port: BACKEND_PORT.to_be(),
-                pad: [0; 2],
+                epoch: 0,
             };
             backends.insert(11, value, 0).unwrap();
             maglev.put(1, &vec![11; size]).unwrap();

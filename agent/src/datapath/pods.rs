@@ -125,6 +125,7 @@ impl PodFastPath {
     /// links of interfaces that no longer exist are removed with their endpoints.
     pub fn load(bpf_root: &Path, capacity: &PodCapacity) -> Result<Self, DataPathError> {
         ensure_bpffs(bpf_root)?;
+        super::pins::check_pinned_maps(bpf_root)?;
         let maps_dir = bpf_root.join("maps");
         let tunnel_links_dir = bpf_root.join("links");
         let links_dir = tunnel_links_dir.join("pods");

@@ -208,6 +208,11 @@ pub struct Reconciler<M> {
     backends: HashMap<Backend, BackendEntry>,
     service_ids: IdPool,
     backend_ids: IdPool,
+    /// The epoch the last backend allocation got ([`BackendValue::epoch`]): each allocation
+    /// takes the next one, skipping 0, so an id that is freed and taken again never holds the
+    /// same epoch as before (unless 65 535 allocations happen while a stale affinity entry
+    /// waits for its id to come back).
+    backend_epoch: u16,
     deferred: VecDeque<(Instant, Deferred)>,
     grace: Duration,
     /// This node's name: `externalTrafficPolicy: Local` keeps the endpoints on it.
@@ -255,12 +260,13 @@ fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
     })
 }
 
+/// A backend's map value, with epoch 0 (what an allocation sets is [`Reconciler`]'s).
 #[must_use]
 pub fn backend_value(backend: &Backend) -> BackendValue {
     BackendValue {
         addr: addr16(backend.ip),
         port: backend.port.to_be(),
-        pad: [0; 2],
+        epoch: 0,
     }
 }
 
@@ -495,6 +501,9 @@ impl<M: ServiceMaps> Reconciler<M> {
         service_ids.adopt(&used_service_ids);
         let mut backend_ids = IdPool::default();
         backend_ids.adopt(&used_backend_ids);
+        // Go on after the newest epoch found (with wrapping, the largest is a good enough
+        // guess: what matters is that a freed id's next epoch differs from its last).
+        let backend_epoch = backend_values.values().map(|v| v.epoch).max().unwrap_or(0);
         if !services.is_empty() {
             info!(
                 services = services.len(),
@@ -509,6 +518,7 @@ impl<M: ServiceMaps> Reconciler<M> {
             backends,
             service_ids,
             backend_ids,
+            backend_epoch,
             deferred: VecDeque::new(),
             grace,
             node_name: node_name.to_owned(),
@@ -963,7 +973,15 @@ impl<M: ServiceMaps> Reconciler<M> {
             return Ok(entry.id);
         }
         let id = self.backend_ids.alloc();
-        if let Err(e) = self.maps.put_backend(id, &backend_value(backend)) {
+        self.backend_epoch = match self.backend_epoch.wrapping_add(1) {
+            0 => 1,
+            epoch => epoch,
+        };
+        let value = BackendValue {
+            epoch: self.backend_epoch,
+            ..backend_value(backend)
+        };
+        if let Err(e) = self.maps.put_backend(id, &value) {
             self.backend_ids.release(id);
             return Err(e);
         }

@@ -493,6 +493,62 @@ fn restart_adopts_and_changes_only_differences() {
 }
 
 #[test]
+fn a_reused_backend_id_gets_a_new_epoch_also_after_a_restart() {
+    let t0 = Instant::now();
+    let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
+    let a = frontend(1, 80);
+    let b = frontend(2, 80);
+    let epoch_of = |r: &Reconciler<CheckedMaps>, last: u8| {
+        r.maps()
+            .backends
+            .iter()
+            .find(|(_, v)| v.addr[15] == last)
+            .map(|(id, v)| (*id, v.epoch))
+            .expect("backend programmed")
+    };
+    r.apply(&state(&[(a, backends(&[1]))]), true, t0);
+    let (id1, epoch1) = epoch_of(&r, 1);
+    assert_ne!(epoch1, 0, "0 is what maps of older agents hold");
+    // Backend 1 goes; once freed, backend 3 of another service takes its id.
+    r.apply(&state(&[(a, backends(&[2]))]), true, t0);
+    r.collect_garbage(t0 + GRACE * 2);
+    r.apply(
+        &state(&[(a, backends(&[2])), (b, backends(&[3]))]),
+        true,
+        t0 + GRACE * 2,
+    );
+    let (id3, epoch3) = epoch_of(&r, 3);
+    assert_eq!(id3, id1, "the freed id is taken again");
+    assert_ne!(epoch3, epoch1, "with another epoch");
+
+    // A restarted agent goes on after the epochs it finds.
+    let maps = std::mem::take(&mut r.maps);
+    let mut r2 = Reconciler::adopt(maps, GRACE, "test-node").unwrap();
+    let t1 = t0 + GRACE * 4;
+    r2.apply(
+        &state(&[(a, backends(&[2])), (b, backends(&[4]))]),
+        true,
+        t1,
+    );
+    r2.collect_garbage(t1 + GRACE * 2);
+    r2.apply(
+        &state(&[
+            (a, backends(&[2])),
+            (b, backends(&[4])),
+            (frontend(3, 80), backends(&[5])),
+        ]),
+        true,
+        t1 + GRACE * 2,
+    );
+    let (id5, epoch5) = epoch_of(&r2, 5);
+    assert_eq!(id5, id3, "backend 3's freed id is taken again");
+    assert!(
+        ![0, epoch1, epoch3].contains(&epoch5),
+        "a new epoch after the restart: {epoch5} (before: {epoch1}, {epoch3})"
+    );
+}
+
+#[test]
 fn removed_backend_loses_its_affinity_entries() {
     let t0 = Instant::now();
     let mut r = Reconciler::adopt(CheckedMaps::default(), GRACE, "test-node").unwrap();
@@ -517,6 +573,7 @@ fn removed_backend_loses_its_affinity_entries() {
             },
             AffinityValue {
                 backend_id,
+                backend_epoch: 0,
                 pad: 0,
                 last_used_ns: 0,
             },
@@ -576,6 +633,7 @@ fn udp_backends_that_go_have_their_connected_sockets_terminated() {
         },
         AffinityValue {
             backend_id: backend_1,
+            backend_epoch: 0,
             pad: 0,
             last_used_ns: 0,
         },

@@ -225,7 +225,11 @@ pub struct BackendValue {
     pub addr: [u8; 16],
     /// Backend port, network order.
     pub port: u16,
-    pub pad: [u8; 2],
+    /// Which allocation of this backend id this is, host order: the agent gives every backend
+    /// it allocates a new one (never 0; maps written before epochs existed hold 0). An affinity
+    /// entry remembers it ([`AffinityValue::backend_epoch`]), so a stale entry never follows a
+    /// reused id to another backend.
+    pub epoch: u16,
 }
 
 /// Socket-level reverse NAT: which service a socket's peer stands for.
@@ -292,7 +296,11 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AffinityValue {
     pub backend_id: u32,
-    pub pad: u32,
+    /// [`BackendValue::epoch`] of the backend when the entry was made (socket load balancer);
+    /// a hit counts only while the backend id still holds that allocation. 0 in the NodePort
+    /// programs' entries (their backends come from the Maglev table).
+    pub backend_epoch: u16,
+    pub pad: u16,
     /// `bpf_ktime_get_ns()` of the last use.
     pub last_used_ns: u64,
 }

@@ -201,10 +201,14 @@ fn select(
         // can only store another backend of this service.
         let remembered = unsafe { *entry };
         if now.wrapping_sub(remembered.last_used_ns) <= timeout_ns {
-            // The agent removes affinity entries of a backend before it frees the backend, so
-            // a hit here is still one of the service's backends.
+            // The agent removes affinity entries of a backend before it frees the backend; an
+            // entry it missed (a purge that failed, a crash between switch and purge) must not
+            // follow the id once it is reused for another backend: the epoch says whether the
+            // id still holds the backend the entry was made for (one compare, no lookup).
             // SAFETY: the backend map is not preallocated.
-            if let Some(backend) = unsafe { BACKENDS.get(remembered.backend_id) } {
+            if let Some(backend) = unsafe { BACKENDS.get(remembered.backend_id) }
+                && backend.epoch == remembered.backend_epoch
+            {
                 // SAFETY: as above; a plain store of the timestamp.
                 unsafe { (*entry).last_used_ns = now };
                 return Some(*backend);
@@ -215,6 +219,7 @@ fn select(
     let (backend_id, backend) = pick_random(key, svc)?;
     let value = AffinityValue {
         backend_id,
+        backend_epoch: backend.epoch,
         pad: 0,
         last_used_ns: now,
     };

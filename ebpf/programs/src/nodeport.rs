@@ -545,6 +545,7 @@ fn remember_backend(service_id: u32, client: &[u8; 16], backend_id: u32) {
     };
     let value = AffinityValue {
         backend_id,
+        backend_epoch: 0,
         pad: 0,
         last_used_ns: now(),
     };
