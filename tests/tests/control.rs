@@ -438,6 +438,7 @@ fn gannetd_joins_a_tls_control_plane_with_its_agent_certificate() {
     )
     .unwrap();
     let cgroup = Cgroup::new().unwrap();
+    // The old names (`--control` from the testkit, `--control-tls-dir`) keep working.
     let mut agent = Agent::start_with_control(
         Some(&node),
         &cgroup,
@@ -463,14 +464,19 @@ fn gannetd_joins_a_tls_control_plane_with_its_agent_certificate() {
     let empty = ScratchDir::new("gannet-nopki");
     std::fs::create_dir_all(&empty.0).unwrap();
     let refused = Command::new(bin_path("gannetd"))
-        .args(["--control", "https://127.0.0.1:7443", "--control-tls-dir"])
+        .args(["--server", "https://127.0.0.1:7443", "--tls-dir"])
         .arg(&empty.0)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(64), "{stderr}");
     assert!(
-        stderr.contains("--control-tls-dir") && stderr.contains("agent.pem"),
+        stderr.contains("--tls-dir") && stderr.contains("agent.pem"),
         "names the flag and the file: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("gannet-control certs").count(),
+        1,
+        "one hint for all the missing files: {stderr}"
     );
 }

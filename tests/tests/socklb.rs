@@ -922,7 +922,7 @@ fn bad_configuration_exits_64_naming_every_flag() {
             "relative/path",
             "--max-services",
             "0",
-            "--control",
+            "--server",
             "tcp://nowhere",
             "--node-ip",
             "not-an-ip",
@@ -935,7 +935,7 @@ fn bad_configuration_exits_64_naming_every_flag() {
         "--cgroup-path /proc",
         "--bpf-root relative/path",
         "--max-services 0",
-        "--control tcp://nowhere",
+        "--server tcp://nowhere",
         "--node-ip not-an-ip",
     ] {
         assert!(
@@ -944,13 +944,13 @@ fn bad_configuration_exits_64_naming_every_flag() {
         );
     }
     let both = Command::new(bin_path("gannetd"))
-        .args(["--manifest-dir", "/tmp", "--control", "unix:/tmp/x.sock"])
+        .args(["--manifest-dir", "/tmp", "--server", "unix:/tmp/x.sock"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&both.stderr);
     assert_eq!(both.status.code(), Some(64), "stderr: {stderr}");
     assert!(
-        stderr.contains("--manifest-dir and --control"),
+        stderr.contains("--manifest-dir and --server"),
         "two sources of services are refused: {stderr}"
     );
     // The overlay's flags (checked before anything is created; the interface is looked up in

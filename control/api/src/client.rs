@@ -23,6 +23,8 @@ use crate::problem::{Problem, problems_of};
 
 /// The unix socket `gannet-control` listens on and clients use by default.
 pub const DEFAULT_SOCKET: &str = "/run/gannet/control.sock";
+/// [`DEFAULT_SOCKET`] as an address, the form every binary's `--help` shows.
+pub const DEFAULT_SERVER: &str = "unix:/run/gannet/control.sock";
 /// The environment variable that names the server when `--server` is not given.
 pub const SERVER_ENV: &str = "GANNET_SERVER";
 /// Largest message either side accepts (a full list of 10 000 Services is a few MB).
@@ -852,6 +854,14 @@ impl ListWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_server_is_the_default_socket() {
+        assert_eq!(
+            DEFAULT_SERVER.parse::<ServerAddr>().expect("parses"),
+            ServerAddr::default()
+        );
+    }
 
     #[test]
     fn server_addresses_parse_and_print() {

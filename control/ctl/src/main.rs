@@ -29,15 +29,17 @@ const EXIT_USAGE: u8 = 64;
     about = "Command-line client of gannet-control"
 )]
 struct Cli {
-    /// `unix:PATH`, `https://HOST:PORT`, or `http://HOST:PORT` (an --insecure loopback server).
-    #[arg(long, global = true, env = SERVER_ENV, default_value = gannet_api::DEFAULT_SOCKET)]
+    /// The control plane: `unix:PATH`, `https://HOST:PORT`, or `http://HOST:PORT` (an
+    /// --insecure loopback server); the same flag and variable as gannetd's.
+    #[arg(long, global = true, env = SERVER_ENV, default_value = gannet_api::DEFAULT_SERVER, value_name = "ADDRESS")]
     server: String,
     /// For https servers: the directory with `ca.pem` and `token` (`gannet-control certs`).
     #[arg(
         long,
         global = true,
         default_value = "/etc/gannet/pki",
-        env = "GANNET_TLS_DIR"
+        env = "GANNET_TLS_DIR",
+        value_name = "DIR"
     )]
     tls_dir: PathBuf,
     /// The bearer token (instead of `token` in --tls-dir).

@@ -61,7 +61,7 @@ pub struct RunArgs {
     pub data_dir: PathBuf,
     /// Where to serve: `unix:PATH` (mode --socket-mode), or `HOST:PORT` (TLS; plain only with
     /// --insecure on loopback). Repeatable.
-    #[arg(long, default_value = "unix:/run/gannet/control.sock")]
+    #[arg(long, default_value = gannet_api::DEFAULT_SERVER)]
     pub listen: Vec<String>,
     /// Pod network(s), at most one IPv4 and one IPv6, comma-separated; each node leases one subnet.
     #[arg(long, value_delimiter = ',', default_value = "10.244.0.0/16")]
