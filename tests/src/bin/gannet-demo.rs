@@ -23,7 +23,7 @@ use gannet_testkit::{
 };
 use serde_json::{Value, json};
 
-use clap as _;
+use clap::Parser as _;
 use serde as _;
 
 const WEB: &str = include_str!("../../../examples/demo/web.yaml");
@@ -42,7 +42,28 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+/// The command line: nothing to set, but `--help` and `--version` answer instead of running.
+#[derive(clap::Parser)]
+#[command(
+    name = "gannet-demo",
+    version,
+    about = "The gannet demo: gannet-control, gannetd and gannet-cni on simulated nodes (network \
+             namespaces of their own, nothing connected to the host's network), the manifests of \
+             examples/demo applied with gannetctl, and real traffic through a ClusterIP and \
+             NodePorts. Run as root; everything it creates is removed when it ends, also on \
+             Ctrl-C."
+)]
+struct Cli {}
+
 fn main() -> ExitCode {
+    if let Err(e) = Cli::try_parse() {
+        let _ = e.print();
+        return if e.use_stderr() {
+            ExitCode::from(64)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
     if unsafe_is_root() {
         // SAFETY: the handler only stores to an atomic.
         unsafe {
