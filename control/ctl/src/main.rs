@@ -124,12 +124,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let server = cli.server.clone();
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gannetctl: {e:#}");
+            eprintln!("gannetctl: {}", gannet_api::chain(e.as_ref()));
+            if let Some(hint) = hint(&e, &server) {
+                eprintln!("  {hint}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What a person can do about `error`, when gannetctl knows.
+fn hint(error: &anyhow::Error, server: &str) -> Option<String> {
+    match error.downcast_ref::<ClientError>()? {
+        ClientError::Connect { .. } | ClientError::Unavailable(_) => Some(format!(
+            "is gannet-control running and listening on {server}? Point gannetctl at it with \
+             --server or {SERVER_ENV}."
+        )),
+        ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_) => Some(
+            "check the token (`token` in --tls-dir, or GANNET_TOKEN) that `gannet-control certs` \
+             wrote"
+                .to_owned(),
+        ),
+        _ => None,
     }
 }
 
