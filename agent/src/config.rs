@@ -250,6 +250,15 @@ pub enum DataPlane {
     Nftables,
 }
 
+impl fmt::Display for DataPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ebpf => "ebpf",
+            Self::Nftables => "nftables",
+        })
+    }
+}
+
 /// `--nodeport-acceleration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Acceleration {

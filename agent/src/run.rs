@@ -391,14 +391,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     match &config.source {
         Source::Manifests(dir) => info!(
             node = %config.node_name,
-            dataplane = ?config.dataplane,
+            dataplane = %config.dataplane,
             cgroup = %config.cgroup_path.display(),
             manifest_dir = %dir.display(),
             "gannetd starting"
         ),
         Source::Control(control) => info!(
             node = %config.node_name,
-            dataplane = ?config.dataplane,
+            dataplane = %config.dataplane,
             cgroup = %config.cgroup_path.display(),
             control = %control.server,
             subnet_file = %config.subnet_file.display(),
