@@ -153,6 +153,7 @@ fn control_plane_services_are_balanced_and_survive_a_control_plane_outage() {
         Some(&cgroup),
     )
     .expect("starting the looping client");
+    let stopped = std::time::Instant::now();
     plane.stop().unwrap();
     agent.wait_log("control plane unreachable", 1).unwrap();
     std::thread::sleep(OUTAGE);
@@ -168,6 +169,7 @@ fn control_plane_services_are_balanced_and_survive_a_control_plane_outage() {
 
     // Back again: the agent resumes its watch and catches up with a change made now.
     plane.restart().unwrap();
+    let outage = stopped.elapsed();
     let synced = agent.log_count("services synced");
     plane
         .apply(&service_with_slice(&[
@@ -181,6 +183,23 @@ fn control_plane_services_are_balanced_and_survive_a_control_plane_outage() {
         "gannetd says it is back: {}",
         agent.logs()
     );
+    // `away` measures the outage (with the watch's backoff, at most 30 s more), not the time
+    // until the next change of its kind.
+    for line in agent
+        .logs()
+        .lines()
+        .filter(|l| l.contains("watching the control plane again"))
+    {
+        let away: f64 = line
+            .split_once("away=")
+            .and_then(|(_, rest)| rest.split_once('s'))
+            .and_then(|(seconds, _)| seconds.parse().ok())
+            .unwrap_or_else(|| panic!("away=SECONDSs in {line}"));
+        assert!(
+            away <= outage.as_secs_f64() + 30.0 && !line.contains("Some("),
+            "the outage lasted {outage:?}: {line}"
+        );
+    }
     let after = probe(
         client,
         &cgroup,

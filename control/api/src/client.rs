@@ -824,6 +824,37 @@ impl ListWatch {
         self.revision
     }
 
+    /// Opens the watch when it is not open (after an error, or before the first watch). Lets a
+    /// caller tell "connected again" apart from "a change arrived", which can be much later.
+    /// `true`: the watch is open; `false`: a list comes first (the first one, or after an expired
+    /// revision), which [`ListWatch::next`] makes.
+    ///
+    /// # Errors
+    /// As [`ListWatch::next`].
+    pub async fn connect(&mut self, client: &mut Client) -> Result<bool, ClientError> {
+        let Some(revision) = self.revision else {
+            return Ok(false);
+        };
+        if self.stream.is_some() {
+            return Ok(true);
+        }
+        match client
+            .watch(self.kind, self.namespace.as_deref(), revision)
+            .await
+        {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                Ok(true)
+            }
+            Err(ClientError::Expired(reason)) => {
+                tracing::info!(kind = %self.kind, revision, reason, "watch expired, listing again");
+                self.revision = None;
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// The next change. After an error the state is kept: call again (after a backoff, maybe with
     /// a new client) and it resumes where it stopped.
     ///
