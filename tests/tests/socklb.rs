@@ -768,7 +768,20 @@ fn invalid_manifest_is_rejected_and_the_running_state_stays_on(plane: Plane) {
             "manifest rejected",
         )
         .unwrap();
+    // Another file changes while this one stays bad: the error is not told again.
+    c.agent
+        .apply(
+            "other-svc.yaml",
+            &service_yaml("other", &["10.96.0.99"], &[("http", 80, "TCP")], None),
+            "services synced",
+        )
+        .unwrap();
     let logs = c.agent.logs();
+    assert_eq!(
+        c.agent.log_count("manifest rejected"),
+        1,
+        "a bad manifest is logged once while it stays bad: {logs}"
+    );
     let line = logs
         .lines()
         .find(|l| l.contains("manifest rejected"))
