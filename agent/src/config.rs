@@ -9,7 +9,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gannet_api::{Credentials, ServerAddr, pki};
+use gannet_api::{Credentials, SERVER_ENV, ServerAddr, pki};
 use gannet_common::{
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
     DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_REV_NAT, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
@@ -25,6 +25,14 @@ pub const SUBNET_FILE: &str = "subnet.env";
 
 /// `EX_USAGE` from sysexits.h.
 pub const EXIT_USAGE: i32 = 64;
+
+/// The TLS directory's variable, as gannetctl's (`--tls-dir`).
+pub const TLS_DIR_ENV: &str = "GANNET_TLS_DIR";
+/// The TLS directory when neither `--tls-dir` nor a variable names one.
+pub const DEFAULT_TLS_DIR: &str = "/etc/gannet/pki";
+/// Earlier names of `GANNET_SERVER` and `GANNET_TLS_DIR`, read when the new ones are not set.
+pub const OLD_SERVER_ENV: &str = "GANNET_CONTROL";
+pub const OLD_TLS_DIR_ENV: &str = "GANNET_CONTROL_TLS_DIR";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,19 +65,16 @@ pub enum Command {
     /// directory, the overlay's device and routes, its nftables tables (`inet gannet`,
     /// `inet gannet-services`). Refuses (status 1, naming it) while a gannetd holds the
     /// `--bpf-root` or the `--state-dir` it is given: stop gannetd first.
-    Cleanup(CommonArgs),
+    Cleanup(CleanupArgs),
     /// Print what the data plane holds (services with their backends, endpoints with their
-    /// counters) as JSON, read from the pinned maps, or with `--dataplane nftables` from the
-    /// table `inet gannet-services`.
-    Status(CommonArgs),
+    /// counters) as JSON, read from the pinned maps in `--bpf-root`, or, when gannetd runs with
+    /// `--dataplane nftables`, from the table `inet gannet-services`.
+    Status(DirArgs),
 }
 
+/// The directories every subcommand works on.
 #[derive(Debug, Clone, Args)]
-pub struct CommonArgs {
-    /// cgroup v2 directory the socket load balancer is attached to (a file or a directory of
-    /// another filesystem is refused at start).
-    #[arg(long, default_value = "/sys/fs/cgroup", env = "GANNET_CGROUP_PATH")]
-    pub cgroup_path: PathBuf,
+pub struct DirArgs {
     /// Directory under bpffs for gannetd's pinned maps and links (bpffs is mounted at
     /// /sys/fs/bpf when missing; a path on another filesystem, or the mount point itself, is
     /// refused). gannetd locks it while it runs: one gannetd per bpf root.
@@ -80,9 +85,33 @@ pub struct CommonArgs {
     /// directory.
     #[arg(long, default_value = "/run/gannet", env = "GANNET_STATE_DIR")]
     pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// cgroup v2 directory the socket load balancer is attached to (a file or a directory of
+    /// another filesystem is refused at start).
+    #[arg(long, default_value = "/sys/fs/cgroup", env = "GANNET_CGROUP_PATH")]
+    pub cgroup_path: PathBuf,
+    #[command(flatten)]
+    pub dirs: DirArgs,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+}
+
+/// `gannetd cleanup`: the links to detach are pinned in `--bpf-root`, so it needs no cgroup.
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub dirs: DirArgs,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// Accepted for the scripts that passed it before; cleanup finds the links in
+    /// `--bpf-root`.
+    #[arg(long, hide = true)]
+    pub cgroup_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -104,18 +133,21 @@ pub struct RunArgs {
     #[arg(long, env = "GANNET_MANIFEST_DIR")]
     pub manifest_dir: Option<PathBuf>,
     /// The control plane: `unix:PATH` or `https://HOST:PORT` (`http://` for a loopback server
-    /// started with `--insecure`). The default when no `--manifest-dir` is given:
-    /// `unix:/run/gannet/control.sock`.
-    #[arg(long, env = "GANNET_CONTROL")]
-    pub control: Option<String>,
+    /// started with `--insecure`); the same flag and variable as gannetctl's. The default when no
+    /// `--manifest-dir` is given: `unix:/run/gannet/control.sock`. Old names, still read:
+    /// `--control`, `GANNET_CONTROL`.
+    #[arg(long = "server", visible_alias = "control", env = SERVER_ENV, value_name = "ADDRESS")]
+    pub server: Option<String>,
     /// For `https` control planes: the directory with `ca.pem`, `agent.pem` and `agent-key.pem`
-    /// (`gannet-control certs`).
+    /// (`gannet-control certs`), as gannetctl's and gannet-control's `--tls-dir`; default:
+    /// `/etc/gannet/pki`. Old names, still read: `--control-tls-dir`, `GANNET_CONTROL_TLS_DIR`.
     #[arg(
-        long,
-        default_value = "/etc/gannet/pki",
-        env = "GANNET_CONTROL_TLS_DIR"
+        long = "tls-dir",
+        visible_alias = "control-tls-dir",
+        env = TLS_DIR_ENV,
+        value_name = "DIR"
     )]
-    pub control_tls_dir: PathBuf,
+    pub tls_dir: Option<PathBuf>,
     /// This node's address as reported to the control plane (repeatable, or comma-separated);
     /// default: the global addresses of the network namespace gannetd runs in.
     #[arg(long, value_delimiter = ',')]
@@ -216,6 +248,15 @@ pub struct RunArgs {
 pub enum DataPlane {
     Ebpf,
     Nftables,
+}
+
+impl fmt::Display for DataPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ebpf => "ebpf",
+            Self::Nftables => "nftables",
+        })
+    }
 }
 
 /// `--nodeport-acceleration`.
@@ -319,7 +360,6 @@ pub struct RunConfig {
 /// Validated configuration of `gannetd cleanup`.
 #[derive(Debug, Clone)]
 pub struct CleanupConfig {
-    pub cgroup_path: PathBuf,
     pub bpf_root: PathBuf,
     pub state_dir: PathBuf,
 }
@@ -431,8 +471,8 @@ impl RunArgs {
         if self.dataplane == DataPlane::Ebpf {
             check_cgroup(&self.common.cgroup_path, &mut errors);
         }
-        check_bpf_root(&self.common.bpf_root, &mut errors);
-        check_state_dir(&self.common.state_dir, &mut errors);
+        check_bpf_root(&self.common.dirs.bpf_root, &mut errors);
+        check_state_dir(&self.common.dirs.state_dir, &mut errors);
         let source = self.source(&mut errors);
         let node_name = match &self.node_name {
             Some(name) if name.trim().is_empty() => {
@@ -490,8 +530,8 @@ impl RunArgs {
             masquerade: self.masquerade,
             node_name,
             cgroup_path: self.common.cgroup_path.clone(),
-            bpf_root: self.common.bpf_root.clone(),
-            state_dir: self.common.state_dir.clone(),
+            bpf_root: self.common.dirs.bpf_root.clone(),
+            state_dir: self.common.dirs.state_dir.clone(),
             source,
             sync_interval: Duration::from_millis(self.sync_interval_ms),
             capacity: Capacity {
@@ -548,11 +588,11 @@ pub const MAX_MAGLEV_TABLE_SIZE: u32 = 131_071;
 
 impl RunArgs {
     fn source(&self, errors: &mut Vec<String>) -> Source {
-        let control = match (&self.manifest_dir, &self.control) {
+        let server = self.server.clone().or_else(|| env_value(OLD_SERVER_ENV));
+        let control = match (&self.manifest_dir, &server) {
             (Some(_), Some(_)) => {
                 errors.push(
-                    "--manifest-dir and --control: give one source of services, not both"
-                        .to_owned(),
+                    "--manifest-dir and --server: give one source of services, not both".to_owned(),
                 );
                 return Source::Manifests(PathBuf::new());
             }
@@ -563,25 +603,23 @@ impl RunArgs {
                 return Source::Manifests(dir.clone());
             }
             (None, Some(text)) => text.clone(),
-            (None, None) => format!("unix:{}", gannet_api::DEFAULT_SOCKET),
+            (None, None) => gannet_api::DEFAULT_SERVER.to_owned(),
         };
         let server = match control.parse::<ServerAddr>() {
             Ok(server) => server,
             Err(e) => {
-                errors.push(format!("--control {control}: {e}"));
+                errors.push(format!("--server {control}: {e}"));
                 ServerAddr::default()
             }
         };
         let mut credentials = Credentials::default();
         if matches!(server, ServerAddr::Https { .. }) {
-            let dir = &self.control_tls_dir;
+            let dir = self.tls_dir();
+            let mut missing = Vec::new();
             let mut read = |name: &str| match std::fs::read(dir.join(name)) {
                 Ok(bytes) => Some(bytes),
                 Err(e) => {
-                    errors.push(format!(
-                        "--control-tls-dir {}: {name}: {e} (gannet-control certs writes it)",
-                        dir.display()
-                    ));
+                    missing.push(format!("{name} ({e})"));
                     None
                 }
             };
@@ -589,6 +627,13 @@ impl RunArgs {
             let cert = read(pki::AGENT_CERT);
             let key = read(pki::AGENT_KEY);
             credentials.identity = cert.zip(key);
+            if !missing.is_empty() {
+                errors.push(format!(
+                    "--tls-dir {}: cannot read {}; `gannet-control certs --out DIR` writes them",
+                    dir.display(),
+                    missing.join(", ")
+                ));
+            }
         }
         let mut node_ips = Vec::new();
         for text in &self.node_ip {
@@ -605,10 +650,18 @@ impl RunArgs {
         })
     }
 
+    /// `--tls-dir`, else `GANNET_CONTROL_TLS_DIR` (its old variable), else the default.
+    fn tls_dir(&self) -> PathBuf {
+        self.tls_dir
+            .clone()
+            .or_else(|| env_value(OLD_TLS_DIR_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_DIR))
+    }
+
     fn subnet_file(&self) -> PathBuf {
         self.subnet_file
             .clone()
-            .unwrap_or_else(|| self.common.state_dir.join(SUBNET_FILE))
+            .unwrap_or_else(|| self.common.dirs.state_dir.join(SUBNET_FILE))
     }
 
     /// The overlay's settings and `--cluster-cidr`, checked.
@@ -696,20 +749,24 @@ impl RunArgs {
     }
 }
 
-impl CommonArgs {
-    pub fn validate_cleanup(&self) -> Result<CleanupConfig, ConfigErrors> {
+impl CleanupArgs {
+    pub fn validate(&self) -> Result<CleanupConfig, ConfigErrors> {
         let mut errors = Vec::new();
-        check_bpf_root(&self.bpf_root, &mut errors);
-        check_state_dir(&self.state_dir, &mut errors);
+        check_bpf_root(&self.dirs.bpf_root, &mut errors);
+        check_state_dir(&self.dirs.state_dir, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(CleanupConfig {
-            cgroup_path: self.cgroup_path.clone(),
-            bpf_root: self.bpf_root.clone(),
-            state_dir: self.state_dir.clone(),
+            bpf_root: self.dirs.bpf_root.clone(),
+            state_dir: self.dirs.state_dir.clone(),
         })
     }
+}
+
+/// A variable's value, when set and not empty.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 fn hostname() -> String {
@@ -725,7 +782,7 @@ mod tests {
     #[test]
     fn gannet_cni_defaults_are_gannetd_defaults() {
         let cli = Cli::try_parse_from(["gannetd"]).expect("defaults parse");
-        let state_dir = cli.run.common.state_dir;
+        let state_dir = cli.run.common.dirs.state_dir;
         assert_eq!(
             state_dir.join(crate::endpoints::SOCKET),
             Path::new(gannet_cni::agent_api::DEFAULT_SOCKET),
@@ -736,5 +793,48 @@ mod tests {
             Path::new(gannet_cni::config::DEFAULT_SUBNET_FILE),
             "the conflist gannet-cni installs must find gannetd's subnet file"
         );
+    }
+
+    #[test]
+    fn server_and_tls_dir_take_their_old_names_too() {
+        for (server, tls_dir) in [
+            ("--server", "--tls-dir"),
+            ("--control", "--control-tls-dir"),
+        ] {
+            let cli =
+                Cli::try_parse_from(["gannetd", server, "unix:/tmp/c.sock", tls_dir, "/tmp/pki"])
+                    .unwrap_or_else(|e| panic!("{server} and {tls_dir} must parse: {e}"));
+            assert_eq!(
+                cli.run.server.as_deref(),
+                Some("unix:/tmp/c.sock"),
+                "{server}"
+            );
+            assert_eq!(cli.run.tls_dir(), Path::new("/tmp/pki"), "{tls_dir}");
+        }
+    }
+
+    #[test]
+    fn subcommands_take_only_the_flags_they_use() {
+        for flag in [
+            "--server",
+            "--node-name",
+            "--dataplane",
+            "--log-format",
+            "--cgroup-path",
+        ] {
+            assert!(
+                Cli::try_parse_from(["gannetd", "status", flag, "x"]).is_err(),
+                "gannetd status must refuse {flag}"
+            );
+        }
+        for flag in ["--server", "--node-name", "--dataplane"] {
+            assert!(
+                Cli::try_parse_from(["gannetd", "cleanup", flag, "x"]).is_err(),
+                "gannetd cleanup must refuse {flag}"
+            );
+        }
+        // Scripts pass --cgroup-path to cleanup: still accepted.
+        Cli::try_parse_from(["gannetd", "cleanup", "--cgroup-path", "/sys/fs/cgroup"])
+            .expect("cleanup --cgroup-path stays accepted");
     }
 }

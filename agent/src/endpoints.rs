@@ -204,7 +204,7 @@ impl Registry {
                     (None, Some(name)) => Some(name.clone()),
                     _ => None,
                 };
-                info!(endpoint = %key, pod = ?pod, ips = ?ips, host_if = %endpoint.host_if_name, "endpoint registered");
+                info!(endpoint = %key, pod = pod.as_deref(), ips = %crate::logging::list(&ips), host_if = %endpoint.host_if_name, "endpoint registered");
                 *change = pod.clone().map(|pod| PodChange {
                     pod,
                     ips: ips.clone(),
@@ -235,7 +235,7 @@ impl Registry {
                 {
                     return Response::error(format!("endpoint {key}: {e}"));
                 }
-                info!(endpoint = %key, pod = ?record.pod, "endpoint unregistered");
+                info!(endpoint = %key, pod = record.pod.as_deref(), "endpoint unregistered");
                 *change = record.pod.map(|pod| PodChange {
                     pod,
                     ips: Vec::new(),

@@ -6,6 +6,19 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::LogFormat;
 
+/// A list as a log field shows it: `10.244.0.0/24,fd00::/64`, the values without `Debug`'s
+/// brackets and quotes (`-` when empty).
+pub fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "-".to_owned();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("GANNET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt()

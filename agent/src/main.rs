@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         },
         Command::Cleanup(args) => {
             logging::init(args.log_format);
-            let config = match args.validate_cleanup() {
+            let config = match args.validate() {
                 Ok(c) => c,
                 Err(e) => {
                     eprint!("gannetd: {e}");
@@ -139,7 +139,6 @@ fn main() -> ExitCode {
                     info!(
                         removed,
                         bpf_root = %config.bpf_root.display(),
-                        cgroup = %config.cgroup_path.display(),
                         "cleaned up: programs detached, maps and pins removed"
                     );
                     ExitCode::SUCCESS

@@ -216,8 +216,8 @@ impl NodeNetwork {
         match masquerade::apply(&rules) {
             Ok(()) => {
                 info!(
-                    pod_cidrs = ?rules.pod_cidrs,
-                    cluster_cidrs = ?rules.cluster_cidrs,
+                    pod_cidrs = %crate::logging::list(&rules.pod_cidrs),
+                    cluster_cidrs = %crate::logging::list(&rules.cluster_cidrs),
                     table = masquerade::TABLE,
                     "masquerading pods' traffic that leaves the cluster"
                 );

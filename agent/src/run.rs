@@ -2,6 +2,7 @@
 //! feeds the data plane (eBPF or nftables: `--dataplane`), and gannet-cni's registrations feed
 //! the pod fast path (eBPF), until a signal arrives.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -45,6 +46,9 @@ enum Services {
         /// from it may only be missing because its file is invalid: keep what the previous agent
         /// programmed rather than remove it.
         had_clean_scan: bool,
+        /// The errors of the last scan, as logged: a file that stays bad is logged once, not
+        /// again each time another file changes.
+        reported: BTreeSet<String>,
     },
     Control(Control),
 }
@@ -59,6 +63,7 @@ impl Services {
                     dir: ManifestDir::new(dir),
                     tick,
                     had_clean_scan: false,
+                    reported: BTreeSet::new(),
                 }
             }
             Source::Control(control) => {
@@ -90,14 +95,18 @@ impl Services {
                 dir,
                 tick,
                 had_clean_scan,
+                reported,
             } => {
                 tick.tick().await;
                 match dir.scan() {
                     Ok(None) => {}
                     Ok(Some(outcome)) => {
-                        for e in &outcome.errors {
+                        let errors: BTreeSet<String> =
+                            outcome.errors.iter().map(ToString::to_string).collect();
+                        for e in errors.difference(reported) {
                             error!(error = %e, "manifest rejected; its last good version stays in effect");
                         }
+                        *reported = errors;
                         *had_clean_scan |= outcome.errors.is_empty();
                         let state = external.expander.full(&outcome.state);
                         let report = plane.apply(&state, *had_clean_scan);
@@ -391,14 +400,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     match &config.source {
         Source::Manifests(dir) => info!(
             node = %config.node_name,
-            dataplane = ?config.dataplane,
+            dataplane = %config.dataplane,
             cgroup = %config.cgroup_path.display(),
             manifest_dir = %dir.display(),
             "gannetd starting"
         ),
         Source::Control(control) => info!(
             node = %config.node_name,
-            dataplane = ?config.dataplane,
+            dataplane = %config.dataplane,
             cgroup = %config.cgroup_path.display(),
             control = %control.server,
             subnet_file = %config.subnet_file.display(),

@@ -39,7 +39,7 @@ impl SubnetFile {
             Ok(env) => env,
             Err(error) => {
                 error!(
-                    pod_cidrs = ?lease.pod_cidrs,
+                    pod_cidrs = %crate::logging::list(&lease.pod_cidrs),
                     error, "the node's lease is unusable; the subnet file is left as it is"
                 );
                 return;
@@ -59,7 +59,7 @@ impl SubnetFile {
         }
         match write_atomically(path, text.as_bytes()) {
             Ok(()) => {
-                info!(file = %path.display(), pod_cidrs = ?lease.pod_cidrs, mtu = self.mtu, "subnet file written");
+                info!(file = %path.display(), pod_cidrs = %crate::logging::list(&lease.pod_cidrs), mtu = self.mtu, "subnet file written");
             }
             Err(error) => error!(file = %path.display(), %error, "cannot write the subnet file"),
         }

@@ -19,7 +19,11 @@ const EX_USAGE: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(
     name = "gannet-cni",
-    about = "gannet's CNI plugin (run by container runtimes with CNI_COMMAND set)"
+    version,
+    about = "gannet's CNI plugin (run by container runtimes with CNI_COMMAND set)",
+    after_help = "Run by a runtime (CNI_COMMAND set, e.g. CNI_COMMAND=VERSION for the spec \
+                  versions it speaks) it follows the CNI protocol whatever its arguments; \
+                  --version and the subcommands are for a person at a shell."
 )]
 struct Cli {
     #[command(subcommand)]

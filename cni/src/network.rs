@@ -319,6 +319,19 @@ pub enum Retired {
     Tombstone(String),
 }
 
+impl std::fmt::Display for Retired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Absent => f.write_str("no host interface"),
+            Self::Deleted => f.write_str("veth pair deleted"),
+            Self::Tombstone(name) => write!(
+                f,
+                "veth pair down, renamed {name}, deleted in the background"
+            ),
+        }
+    }
+}
+
 /// Takes an attachment's veth pair out of service without waiting for its deletion: the host end
 /// down (the kernel removes the routes through it, and the pod end loses its carrier), the pod
 /// end down and renamed to a tombstone in `pod` (so the pod's interface name is free), the host

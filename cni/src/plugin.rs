@@ -420,8 +420,19 @@ impl Plugin<'_> {
         let requests = parse_requests(self.conf, self.env)?;
         if !requests.ips.is_empty() || requests.mac.is_some() {
             info!(
-                ips = ?requests.ips.iter().map(|(ip, from)| format!("{ip} ({from})")).collect::<Vec<_>>(),
-                mac = ?requests.mac.as_ref().map(|(mac, from)| format!("{} ({from})", format_mac(mac))),
+                ips = requests
+                    .ips
+                    .iter()
+                    .map(|(ip, from)| format!("{ip} ({from})"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                mac = requests
+                    .mac
+                    .as_ref()
+                    .map(|(mac, from)| tracing::field::display(format!(
+                        "{} ({from})",
+                        format_mac(mac)
+                    ))),
                 "requested by the runtime"
             );
         }
@@ -457,7 +468,14 @@ impl Plugin<'_> {
                 .collect();
             (ips, self.conf.mtu.unwrap_or(DEFAULT_MTU))
         };
-        info!(ips = ?ips.iter().map(ToString::to_string).collect::<Vec<_>>(), "addresses reserved");
+        info!(
+            ips = ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            "addresses reserved"
+        );
         self.pause("after-ipam");
         let extra_routes = self.extra_routes();
         let spec = PodSpec {
@@ -639,12 +657,12 @@ impl Plugin<'_> {
                 .store()
                 .release(&self.attachment())
                 .map_err(|e| ipam_error(&e))?;
-            info!(link = ?retired, released = ?released, "deleted");
+            info!(link = %retired, released = released.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "deleted");
         } else {
             let delegate = self.delegate()?;
             let version = delegate.negotiate(self.version)?;
             delegate.call("DEL", self.raw, version)?;
-            info!(link = ?retired, "deleted");
+            info!(link = %retired, "deleted");
         }
         Ok(())
     }

@@ -153,6 +153,7 @@ fn control_plane_services_are_balanced_and_survive_a_control_plane_outage() {
         Some(&cgroup),
     )
     .expect("starting the looping client");
+    let stopped = std::time::Instant::now();
     plane.stop().unwrap();
     agent.wait_log("control plane unreachable", 1).unwrap();
     std::thread::sleep(OUTAGE);
@@ -168,6 +169,7 @@ fn control_plane_services_are_balanced_and_survive_a_control_plane_outage() {
 
     // Back again: the agent resumes its watch and catches up with a change made now.
     plane.restart().unwrap();
+    let outage = stopped.elapsed();
     let synced = agent.log_count("services synced");
     plane
         .apply(&service_with_slice(&[
@@ -181,6 +183,23 @@ fn control_plane_services_are_balanced_and_survive_a_control_plane_outage() {
         "gannetd says it is back: {}",
         agent.logs()
     );
+    // `away` measures the outage (with the watch's backoff, at most 30 s more), not the time
+    // until the next change of its kind.
+    for line in agent
+        .logs()
+        .lines()
+        .filter(|l| l.contains("watching the control plane again"))
+    {
+        let away: f64 = line
+            .split_once("away=")
+            .and_then(|(_, rest)| rest.split_once('s'))
+            .and_then(|(seconds, _)| seconds.parse().ok())
+            .unwrap_or_else(|| panic!("away=SECONDSs in {line}"));
+        assert!(
+            away <= outage.as_secs_f64() + 30.0 && !line.contains("Some("),
+            "the outage lasted {outage:?}: {line}"
+        );
+    }
     let after = probe(
         client,
         &cgroup,
@@ -438,6 +457,7 @@ fn gannetd_joins_a_tls_control_plane_with_its_agent_certificate() {
     )
     .unwrap();
     let cgroup = Cgroup::new().unwrap();
+    // The old names (`--control` from the testkit, `--control-tls-dir`) keep working.
     let mut agent = Agent::start_with_control(
         Some(&node),
         &cgroup,
@@ -463,14 +483,19 @@ fn gannetd_joins_a_tls_control_plane_with_its_agent_certificate() {
     let empty = ScratchDir::new("gannet-nopki");
     std::fs::create_dir_all(&empty.0).unwrap();
     let refused = Command::new(bin_path("gannetd"))
-        .args(["--control", "https://127.0.0.1:7443", "--control-tls-dir"])
+        .args(["--server", "https://127.0.0.1:7443", "--tls-dir"])
         .arg(&empty.0)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(64), "{stderr}");
     assert!(
-        stderr.contains("--control-tls-dir") && stderr.contains("agent.pem"),
+        stderr.contains("--tls-dir") && stderr.contains("agent.pem"),
         "names the flag and the file: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("gannet-control certs").count(),
+        1,
+        "one hint for all the missing files: {stderr}"
     );
 }

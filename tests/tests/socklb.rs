@@ -956,7 +956,20 @@ fn invalid_manifest_is_rejected_and_the_running_state_stays_on(plane: Plane) {
             "manifest rejected",
         )
         .unwrap();
+    // Another file changes while this one stays bad: the error is not told again.
+    c.agent
+        .apply(
+            "other-svc.yaml",
+            &service_yaml("other", &["10.96.0.99"], &[("http", 80, "TCP")], None),
+            "services synced",
+        )
+        .unwrap();
     let logs = c.agent.logs();
+    assert_eq!(
+        c.agent.log_count("manifest rejected"),
+        1,
+        "a bad manifest is logged once while it stays bad: {logs}"
+    );
     let line = logs
         .lines()
         .find(|l| l.contains("manifest rejected"))
@@ -1269,7 +1282,7 @@ fn bad_configuration_exits_64_naming_every_flag() {
             "relative/path",
             "--max-services",
             "0",
-            "--control",
+            "--server",
             "tcp://nowhere",
             "--node-ip",
             "not-an-ip",
@@ -1282,7 +1295,7 @@ fn bad_configuration_exits_64_naming_every_flag() {
         "--cgroup-path /proc",
         "--bpf-root relative/path",
         "--max-services 0",
-        "--control tcp://nowhere",
+        "--server tcp://nowhere",
         "--node-ip not-an-ip",
     ] {
         assert!(
@@ -1291,13 +1304,13 @@ fn bad_configuration_exits_64_naming_every_flag() {
         );
     }
     let both = Command::new(bin_path("gannetd"))
-        .args(["--manifest-dir", "/tmp", "--control", "unix:/tmp/x.sock"])
+        .args(["--manifest-dir", "/tmp", "--server", "unix:/tmp/x.sock"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&both.stderr);
     assert_eq!(both.status.code(), Some(64), "stderr: {stderr}");
     assert!(
-        stderr.contains("--manifest-dir and --control"),
+        stderr.contains("--manifest-dir and --server"),
         "two sources of services are refused: {stderr}"
     );
     // The overlay's flags (checked before anything is created; the interface is looked up in

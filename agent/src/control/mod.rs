@@ -118,21 +118,39 @@ impl Backoff {
     }
 }
 
+/// Logs the end of an outage that began at `since`.
+fn back(kind: Kind, since: Instant, list_watch: &ListWatch) {
+    info!(
+        %kind,
+        away = %format_args!("{:.1}s", since.elapsed().as_secs_f64()),
+        revision = list_watch.revision(),
+        "watching the control plane again"
+    );
+}
+
 /// List-watches one kind forever, sending every change to `events`.
 async fn watch(kind: Kind, mut client: Client, events: mpsc::Sender<(Kind, Change)>) {
     let mut list_watch = ListWatch::new(kind, None);
     let mut backoff = Backoff::new();
     let mut away_since: Option<Instant> = None;
     loop {
-        match list_watch.next(&mut client).await {
+        // Connected again is logged when the watch is open again, not when the next change
+        // arrives (minutes later on a quiet cluster): `away` is the outage.
+        let next = match list_watch.connect(&mut client).await {
+            Ok(open) => {
+                if open && let Some(since) = away_since.take() {
+                    back(kind, since, &list_watch);
+                    backoff.reset();
+                }
+                list_watch.next(&mut client).await
+            }
+            Err(error) => Err(error),
+        };
+        match next {
             Ok(change) => {
+                // Back with a list (after an expired revision).
                 if let Some(since) = away_since.take() {
-                    info!(
-                        %kind,
-                        away = ?since.elapsed(),
-                        revision = ?list_watch.revision(),
-                        "watching the control plane again"
-                    );
+                    back(kind, since, &list_watch);
                 }
                 backoff.reset();
                 if events.send((kind, change)).await.is_err() {
@@ -307,8 +325,8 @@ impl Nodes {
         };
         info!(
             node = node.name,
-            pod_cidrs = ?node.pod_cidrs,
-            internal_ips = ?node.internal_ips,
+            pod_cidrs = %crate::logging::list(&node.pod_cidrs),
+            internal_ips = %crate::logging::list(&node.internal_ips),
             vtep_mac = node.vtep_mac.map(gannet_k8s::format_mac).unwrap_or_default(),
             "{what}"
         );

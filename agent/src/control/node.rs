@@ -107,8 +107,8 @@ async fn register(
             Ok(registered) => {
                 info!(
                     node = node_name,
-                    pod_cidrs = ?registered.pod_cidrs,
-                    internal_ips = ?internal_ips,
+                    pod_cidrs = %crate::logging::list(&registered.pod_cidrs),
+                    internal_ips = %crate::logging::list(&internal_ips),
                     heartbeat = ?registered.heartbeat_interval,
                     "node registered"
                 );

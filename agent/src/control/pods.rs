@@ -153,7 +153,7 @@ async fn send(
         pod.status = Some(status);
         match client.update_status(&Object::Pod(Box::new(pod))).await {
             Ok(_) => {
-                info!(pod = pod_label, ?ips, "pod status reported");
+                info!(pod = pod_label, ips = %crate::logging::list(ips), "pod status reported");
                 return Ok(());
             }
             // Changed meanwhile (resourceVersion is the precondition): read it again.

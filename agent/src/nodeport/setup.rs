@@ -185,8 +185,8 @@ impl NodePortSetup {
         let snat = this.snat_from(&[], &node_ips);
         this.configure(snat, fast_path)?;
         info!(
-            interfaces = ?this.interfaces,
-            addresses = ?this.addresses,
+            interfaces = %crate::logging::list(&this.interfaces),
+            addresses = %crate::logging::list(&this.addresses),
             "NodePort program attached"
         );
         Ok(this)
@@ -283,7 +283,11 @@ impl NodePortSetup {
         }
         if config != self.config {
             fast_path.nodeport.configure(&config)?;
-            info!(snat_v4 = ?v4, snat_v6 = ?v6, "NodePort SNAT addresses");
+            info!(
+                snat_v4 = v4.map(tracing::field::display),
+                snat_v6 = v6.map(tracing::field::display),
+                "NodePort SNAT addresses"
+            );
             self.config = config;
         }
         Ok(())

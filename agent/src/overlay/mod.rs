@@ -352,8 +352,8 @@ impl Overlay {
                 info!(
                     node = name,
                     mode = self.config.mode.name(),
-                    ip = ?node.internal_ips,
-                    pod_cidrs = ?node.pod_cidrs,
+                    ip = %crate::logging::list(&node.internal_ips),
+                    pod_cidrs = %crate::logging::list(&node.pod_cidrs),
                     vtep_mac = node.vtep_mac.map(format_mac).unwrap_or_default(),
                     entries = plan.entries.len(),
                     "node programmed"
@@ -401,7 +401,7 @@ impl Overlay {
                 }
             }
         }
-        info!(pod_cidrs = ?cidrs, "this node's pod CIDRs");
+        info!(pod_cidrs = %crate::logging::list(cidrs), "this node's pod CIDRs");
         self.local_cidrs = cidrs.to_vec();
     }
 
@@ -448,7 +448,7 @@ impl Overlay {
                 error!(%error, "cannot route the cluster CIDR into the VXLAN device; this node's own traffic to remote pods fails");
             }
         }
-        info!(cluster_cidrs = ?cidrs, device = DEVICE, "cluster CIDRs routed into the VXLAN device");
+        info!(cluster_cidrs = %crate::logging::list(cidrs), device = DEVICE, "cluster CIDRs routed into the VXLAN device");
         self.cluster_cidrs = cidrs.to_vec();
     }
 

@@ -23,6 +23,8 @@ use crate::problem::{Problem, problems_of};
 
 /// The unix socket `gannet-control` listens on and clients use by default.
 pub const DEFAULT_SOCKET: &str = "/run/gannet/control.sock";
+/// [`DEFAULT_SOCKET`] as an address, the form every binary's `--help` shows.
+pub const DEFAULT_SERVER: &str = "unix:/run/gannet/control.sock";
 /// The environment variable that names the server when `--server` is not given.
 pub const SERVER_ENV: &str = "GANNET_SERVER";
 /// Largest message either side accepts (a full list of 10 000 Services is a few MB).
@@ -124,7 +126,9 @@ pub enum ClientError {
          (a loopback server started with --insecure)"
     )]
     Address(String),
-    #[error("cannot connect to {server}: {source}")]
+    /// Its message carries the causes of `source` (each once); [`chain`] and `anyhow`'s `{:#}`
+    /// do not repeat them.
+    #[error("cannot connect to {server}: {}", causes(source))]
     Connect {
         server: String,
         #[source]
@@ -138,7 +142,8 @@ pub enum ClientError {
     /// `ABORTED`: a stale `resourceVersion`.
     #[error("conflict: {0}")]
     Conflict(String),
-    #[error("not found: {0}")]
+    /// The server's message says what was not found (`Service default/web not found`).
+    #[error("{}", not_found(.0))]
     NotFound(String),
     /// `OUT_OF_RANGE`: the watch revision was compacted; list again.
     #[error("expired, list again: {0}")]
@@ -156,6 +161,52 @@ pub enum ClientError {
     Convert(#[from] ConvertError),
     #[error("the server ended the watch")]
     WatchEnded,
+}
+
+/// `error` and its causes, `: `-separated, each told once: tonic and hyper wrap an error in
+/// layers that repeat their source's message (`transport error: transport error: No such file or
+/// directory (os error 2): No such file or directory (os error 2)`); a cause whose text an
+/// earlier message already holds is left out.
+#[must_use]
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        push_cause(&mut parts, error.to_string());
+        next = error.source();
+    }
+    parts.join(": ")
+}
+
+/// The causes below a connection error, without tonic's uninformative `transport error`.
+fn causes(source: &tonic::transport::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(source);
+    while let Some(error) = next {
+        push_cause(&mut parts, error.to_string());
+        next = error.source();
+    }
+    if parts.is_empty() {
+        source.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+fn push_cause(parts: &mut Vec<String>, text: String) {
+    let said = |t: &str| parts.iter().any(|p| p.contains(t));
+    if text.is_empty() || text == "transport error" && !parts.is_empty() || said(&text) {
+        return;
+    }
+    parts.push(text);
+}
+
+fn not_found(message: &str) -> String {
+    if message.contains("not found") {
+        message.to_owned()
+    } else {
+        format!("not found: {message}")
+    }
 }
 
 struct Problems<'a>(&'a [Problem]);
@@ -773,6 +824,37 @@ impl ListWatch {
         self.revision
     }
 
+    /// Opens the watch when it is not open (after an error, or before the first watch). Lets a
+    /// caller tell "connected again" apart from "a change arrived", which can be much later.
+    /// `true`: the watch is open; `false`: a list comes first (the first one, or after an expired
+    /// revision), which [`ListWatch::next`] makes.
+    ///
+    /// # Errors
+    /// As [`ListWatch::next`].
+    pub async fn connect(&mut self, client: &mut Client) -> Result<bool, ClientError> {
+        let Some(revision) = self.revision else {
+            return Ok(false);
+        };
+        if self.stream.is_some() {
+            return Ok(true);
+        }
+        match client
+            .watch(self.kind, self.namespace.as_deref(), revision)
+            .await
+        {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                Ok(true)
+            }
+            Err(ClientError::Expired(reason)) => {
+                tracing::info!(kind = %self.kind, revision, reason, "watch expired, listing again");
+                self.revision = None;
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// The next change. After an error the state is kept: call again (after a backoff, maybe with
     /// a new client) and it resumes where it stopped.
     ///
@@ -852,6 +934,40 @@ impl ListWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_tells_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Layer(&'static str, #[source] Option<Box<Layer>>);
+        let io = Layer("No such file or directory (os error 2)", None);
+        let error = Layer(
+            "transport error",
+            Some(Box::new(Layer(
+                "transport error",
+                Some(Box::new(Layer(
+                    "No such file or directory (os error 2)",
+                    Some(Box::new(io)),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            chain(&error),
+            "transport error: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            ClientError::NotFound("Service default/missing not found".to_owned()).to_string(),
+            "Service default/missing not found"
+        );
+    }
+
+    #[test]
+    fn the_default_server_is_the_default_socket() {
+        assert_eq!(
+            DEFAULT_SERVER.parse::<ServerAddr>().expect("parses"),
+            ServerAddr::default()
+        );
+    }
 
     #[test]
     fn server_addresses_parse_and_print() {

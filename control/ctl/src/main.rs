@@ -29,15 +29,17 @@ const EXIT_USAGE: u8 = 64;
     about = "Command-line client of gannet-control"
 )]
 struct Cli {
-    /// `unix:PATH`, `https://HOST:PORT`, or `http://HOST:PORT` (an --insecure loopback server).
-    #[arg(long, global = true, env = SERVER_ENV, default_value = gannet_api::DEFAULT_SOCKET)]
+    /// The control plane: `unix:PATH`, `https://HOST:PORT`, or `http://HOST:PORT` (an
+    /// --insecure loopback server); the same flag and variable as gannetd's.
+    #[arg(long, global = true, env = SERVER_ENV, default_value = gannet_api::DEFAULT_SERVER, value_name = "ADDRESS")]
     server: String,
     /// For https servers: the directory with `ca.pem` and `token` (`gannet-control certs`).
     #[arg(
         long,
         global = true,
         default_value = "/etc/gannet/pki",
-        env = "GANNET_TLS_DIR"
+        env = "GANNET_TLS_DIR",
+        value_name = "DIR"
     )]
     tls_dir: PathBuf,
     /// The bearer token (instead of `token` in --tls-dir).
@@ -122,12 +124,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let server = cli.server.clone();
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gannetctl: {e:#}");
+            eprintln!("gannetctl: {}", gannet_api::chain(e.as_ref()));
+            if let Some(hint) = hint(&e, &server) {
+                eprintln!("  {hint}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What a person can do about `error`, when gannetctl knows.
+fn hint(error: &anyhow::Error, server: &str) -> Option<String> {
+    match error.downcast_ref::<ClientError>()? {
+        ClientError::Connect { .. } | ClientError::Unavailable(_) => Some(format!(
+            "is gannet-control running and listening on {server}? Point gannetctl at it with \
+             --server or {SERVER_ENV}."
+        )),
+        ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_) => Some(
+            "check the token (`token` in --tls-dir, or GANNET_TOKEN) that `gannet-control certs` \
+             wrote"
+                .to_owned(),
+        ),
+        _ => None,
     }
 }
 

@@ -320,9 +320,63 @@ async fn unreachable_server_is_a_clear_error() {
     .await
     .expect("join");
     assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("cannot connect to unix:"), "{stderr}");
+    let cause = "No such file or directory (os error 2)";
+    assert_eq!(
+        stderr.matches(cause).count(),
+        1,
+        "each cause once: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("transport error").count(),
+        0,
+        "no uninformative layers: {stderr}"
+    );
     assert!(
-        text(&output.stderr).contains("cannot connect to unix:"),
-        "{}",
-        text(&output.stderr)
+        stderr.contains("is gannet-control running")
+            && stderr.contains("--server or GANNET_SERVER"),
+        "a hint a person can act on: {stderr}"
+    );
+
+    // A TCP address that nobody serves: the same, once.
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(GANNETCTL)
+            .args(["--server", "http://127.0.0.1:1", "get", "nodes"])
+            .env_remove("GANNET_SERVER")
+            .output()
+            .expect("gannetctl")
+    })
+    .await
+    .expect("join");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("tcp connect error").count(),
+        1,
+        "each cause once: {stderr}"
+    );
+    assert!(stderr.contains("is gannet-control running"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_server_comes_from_gannet_server_too_and_missing_objects_are_named_once() {
+    let fixture = start().await;
+    let socket = format!("unix:{}", fixture.socket.display());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(GANNETCTL)
+            .env("GANNET_SERVER", socket)
+            .args(["get", "service", "missing"])
+            .output()
+            .expect("gannetctl")
+    })
+    .await
+    .expect("join");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "gannetctl: Service default/missing not found",
+        "found the server through GANNET_SERVER, and says `not found` once"
     );
 }

@@ -61,7 +61,7 @@ pub struct RunArgs {
     pub data_dir: PathBuf,
     /// Where to serve: `unix:PATH` (mode --socket-mode), or `HOST:PORT` (TLS; plain only with
     /// --insecure on loopback). Repeatable.
-    #[arg(long, default_value = "unix:/run/gannet/control.sock")]
+    #[arg(long, default_value = gannet_api::DEFAULT_SERVER)]
     pub listen: Vec<String>,
     /// Pod network(s), at most one IPv4 and one IPv6, comma-separated; each node leases one subnet.
     #[arg(long, value_delimiter = ',', default_value = "10.244.0.0/16")]
@@ -202,19 +202,29 @@ fn is_loopback_listener(listen: &Listen) -> bool {
     }
 }
 
-fn read_file(dir: &Path, name: &str, errors: &mut Vec<String>) -> Option<Vec<u8>> {
-    let path = dir.join(name);
-    match std::fs::read(&path) {
+/// Reads `names` from `dir`; what cannot be read is reported in one line with one hint.
+fn read_files<const N: usize>(
+    dir: &Path,
+    names: [&str; N],
+    errors: &mut Vec<String>,
+) -> [Option<Vec<u8>>; N] {
+    let mut missing = Vec::new();
+    let read = names.map(|name| match std::fs::read(dir.join(name)) {
         Ok(bytes) => Some(bytes),
         Err(error) => {
-            errors.push(format!(
-                "--tls-dir {}: cannot read {name}: {error} (write the files with `gannet-control certs --out {}`)",
-                dir.display(),
-                dir.display()
-            ));
+            missing.push(format!("{name} ({error})"));
             None
         }
+    });
+    if !missing.is_empty() {
+        errors.push(format!(
+            "--tls-dir {}: cannot read {}; write the files with `gannet-control certs --out {}`",
+            dir.display(),
+            missing.join(", "),
+            dir.display()
+        ));
     }
+    read
 }
 
 impl RunArgs {
@@ -247,9 +257,11 @@ impl RunArgs {
         }
         let needs_tls = !self.insecure && listen.iter().any(|l| matches!(l, Listen::Tcp(_)));
         let tls = if needs_tls {
-            let cert = read_file(&self.tls_dir, certs::SERVER_CERT, &mut errors);
-            let key = read_file(&self.tls_dir, certs::SERVER_KEY, &mut errors);
-            let ca = read_file(&self.tls_dir, certs::CA_CERT, &mut errors);
+            let [cert, key, ca] = read_files(
+                &self.tls_dir,
+                [certs::SERVER_CERT, certs::SERVER_KEY, certs::CA_CERT],
+                &mut errors,
+            );
             let token = std::fs::read_to_string(self.tls_dir.join(certs::TOKEN))
                 .ok()
                 .map(|token| token.trim().to_owned())
@@ -550,8 +562,19 @@ mod tests {
         .validate()
         .expect_err("no files")
         .0;
-        assert_eq!(errors.len(), 3, "{errors:#?}");
-        assert!(errors[0].contains("server.pem"), "{errors:#?}");
+        assert_eq!(
+            errors.len(),
+            1,
+            "one line for the missing files: {errors:#?}"
+        );
+        for name in [certs::SERVER_CERT, certs::SERVER_KEY, certs::CA_CERT] {
+            assert!(errors[0].contains(name), "names {name}: {errors:#?}");
+        }
+        assert_eq!(
+            errors[0].matches("gannet-control certs").count(),
+            1,
+            "one hint: {errors:#?}"
+        );
     }
 
     #[test]

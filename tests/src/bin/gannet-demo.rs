@@ -23,7 +23,7 @@ use gannet_testkit::{
 };
 use serde_json::{Value, json};
 
-use clap as _;
+use clap::Parser as _;
 use serde as _;
 
 const WEB: &str = include_str!("../../../examples/demo/web.yaml");
@@ -42,7 +42,28 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+/// The command line: nothing to set, but `--help` and `--version` answer instead of running.
+#[derive(clap::Parser)]
+#[command(
+    name = "gannet-demo",
+    version,
+    about = "The gannet demo: gannet-control, gannetd and gannet-cni on simulated nodes (network \
+             namespaces of their own, nothing connected to the host's network), the manifests of \
+             examples/demo applied with gannetctl, and real traffic through a ClusterIP and \
+             NodePorts. Run as root; everything it creates is removed when it ends, also on \
+             Ctrl-C."
+)]
+struct Cli {}
+
 fn main() -> ExitCode {
+    if let Err(e) = Cli::try_parse() {
+        let _ = e.print();
+        return if e.use_stderr() {
+            ExitCode::from(64)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
     if unsafe_is_root() {
         // SAFETY: the handler only stores to an atomic.
         unsafe {
@@ -68,6 +89,16 @@ fn main() -> ExitCode {
 fn unsafe_is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Values as a person reads them: `10.96.0.10:80, 10.96.0.11:80` (`none` when empty).
+fn joined<'a>(values: impl Iterator<Item = &'a String>) -> String {
+    let values: Vec<&str> = values.map(String::as_str).collect();
+    if values.is_empty() {
+        "none".to_owned()
+    } else {
+        values.join(", ")
+    }
 }
 
 fn check_interrupted() -> anyhow::Result<()> {
@@ -289,7 +320,9 @@ fn wait_backends_of(agent: &Agent, frontend: &str, count: usize) -> anyhow::Resu
         }
         if Instant::now() > deadline {
             bail!(
-                "{frontend} has {now:?} backends after {WAIT:?}, not {count}; gannetd log:\n{}",
+                "{frontend} has {} backends after {} s, not {count}; gannetd log:\n{}",
+                now.map_or_else(|| "no".to_owned(), |n| n.to_string()),
+                WAIT.as_secs(),
                 agent.logs()
             );
         }
@@ -366,16 +399,16 @@ fn demo() -> anyhow::Result<()> {
     let report = demo.probe(&["tcp", "--to", TO_HTTP, "--count", "300"])?;
     println!("      300 new TCP connections from the client to {TO_HTTP}:");
     demo.bars(&report);
-    let peers: Vec<&String> = report.peers.keys().collect();
     println!(
-        "      getpeername() in the client says: {peers:?}; failed: {}",
+        "      getpeername() in the client says: {}; failed: {}",
+        joined(report.peers.keys()),
         report.failed
     );
     let udp = demo.probe(&["udp", "--to", "10.96.0.10:53", "--count", "3"])?;
     println!(
-        "      UDP (DNS-style) to 10.96.0.10:53: replies from {:?}, answered by {:?}",
-        udp.peers.keys().collect::<Vec<_>>(),
-        udp.backends.keys().collect::<Vec<_>>()
+        "      UDP (DNS-style) to 10.96.0.10:53: replies from {}, answered by {}",
+        joined(udp.peers.keys()),
+        joined(udp.backends.keys())
     );
 
     println!("\n[4/9] web-3 is shutting down: deleted with a grace period, it turns terminating");
@@ -390,8 +423,8 @@ fn demo() -> anyhow::Result<()> {
     demo.wait_backends("10.96.0.20:80", 0)?;
     let report = demo.probe(&["tcp", "--to", "10.96.0.20:80", "--count", "1"])?;
     println!(
-        "      connect() to 10.96.0.20:80 fails with {:?} after {} µs (no timeout, no packet to the VIP)",
-        report.errors.keys().collect::<Vec<_>>(),
+        "      connect() to 10.96.0.20:80 fails with {} after {} µs (no timeout, no packet to the VIP)",
+        joined(report.errors.keys()),
         report.first_error_after_us.unwrap_or(0)
     );
 
