@@ -32,7 +32,8 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+use crate::netlink::{NetlinkError, NetlinkSocket};
 
 // Netlink (include/uapi/linux/netlink.h).
 const NLMSG_HDRLEN: usize = 16;
@@ -101,14 +102,6 @@ const IPPROTO_UDP: u8 = 17;
 /// up in the socket's receive buffer (about 1 KiB of buffer each), far below the default 208 KiB.
 const DELETE_BATCH: usize = 64;
 
-/// User-space receive buffer. The kernel sizes dump datagrams after the largest buffer a
-/// reader offered and caps them at 32 KiB (`netlink_recvmsg`); a larger datagram than this is
-/// reported, never silently cut.
-const RECV_BUFFER: usize = 64 * 1024;
-
-/// How long one receive waits for the kernel, which always answers; a guard against a hang.
-const RECV_TIMEOUT_SECS: libc::time_t = 10;
-
 /// Why [`delete_flows`] failed. Kernel errors carry the errno (as an [`io::Error`]) and, when the
 /// kernel gave one, its extended-ack message.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +168,7 @@ pub fn delete_flows(
     backend: SocketAddr,
 ) -> Result<usize, ConntrackError> {
     let selector = Selector::new(protocol, frontend, backend)?;
-    let mut socket = Socket::open()?;
+    let mut socket = open_socket()?;
     let matches: Vec<Entry> = dump(&mut socket, selector.family(), Some(&selector))?
         .into_iter()
         .filter(|entry| selector.matches(entry))
@@ -699,137 +692,25 @@ fn ext_ack_message(msg: &Message<'_>) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // The socket and the two exchanges.
 
-/// A `NETLINK_NETFILTER` socket of the calling thread's network namespace.
-struct Socket {
-    fd: OwnedFd,
-    seq: u32,
-    buf: Vec<u8>,
+/// The ctnetlink socket.
+type Socket = NetlinkSocket;
+
+fn open_socket() -> Result<Socket, ConntrackError> {
+    Ok(Socket::open(
+        libc::NETLINK_NETFILTER,
+        "opening a NETLINK_NETFILTER socket",
+    )?)
 }
 
-impl Socket {
-    fn open() -> Result<Self, ConntrackError> {
-        let io = |doing| move |source| ConntrackError::Io { doing, source };
-        // SAFETY: plain socket creation.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io("opening a NETLINK_NETFILTER socket")(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: we own the new descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Errors capped to the request's header, and the kernel's error messages: both are
-        // conveniences that old kernels lack, so failing to set them is fine.
-        for option in [libc::NETLINK_CAP_ACK, libc::NETLINK_EXT_ACK] {
-            let _ = set_option(&fd, libc::SOL_NETLINK, option, &1i32);
-        }
-        let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)
-            .map_err(io("setting the netlink socket's receive timeout"))?;
-        Ok(Self {
-            fd,
-            // Any start will do: the socket is ours alone and every answer echoes its request's.
-            seq: 0,
-            buf: vec![0; RECV_BUFFER],
-        })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    /// Sends `request` (one or more messages) to the kernel.
-    fn send(&self, request: &[u8], doing: &'static str) -> Result<(), ConntrackError> {
-        // SAFETY: all-zero is a valid sockaddr_nl; pid 0 is the kernel.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        loop {
-            // SAFETY: valid socket, buffer and address of the sizes passed.
-            let sent = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                    (&raw const kernel).cast(),
-                    socklen_of::<libc::sockaddr_nl>(),
-                )
-            };
-            if sent >= 0 {
-                // Netlink datagrams are sent whole or not at all.
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(ConntrackError::Io { doing, source: err });
+impl From<NetlinkError> for ConntrackError {
+    fn from(error: NetlinkError) -> Self {
+        match error {
+            NetlinkError::Io { doing, source } => ConntrackError::Io { doing, source },
+            NetlinkError::Malformed { doing, detail } => {
+                ConntrackError::Malformed { doing, detail }
             }
         }
     }
-
-    /// Receives one datagram into `self.buf`; returns its length.
-    fn recv(&mut self, doing: &'static str) -> Result<usize, ConntrackError> {
-        loop {
-            // SAFETY: valid socket and buffer of the size passed. MSG_TRUNC makes the kernel
-            // return the datagram's real length.
-            let len = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            let Ok(len) = usize::try_from(len) else {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(ConntrackError::Io { doing, source: err });
-            };
-            if len > self.buf.len() {
-                return Err(ConntrackError::Malformed {
-                    doing,
-                    detail: format!(
-                        "a datagram of {len} bytes, more than the {} byte buffer",
-                        self.buf.len()
-                    ),
-                });
-            }
-            return Ok(len);
-        }
-    }
-}
-
-fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: valid socket; `value` is a readable `T` of the size passed.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(value).cast(),
-            socklen_of::<T>(),
-        )
-    };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn socklen_of<T>() -> libc::socklen_t {
-    libc::socklen_t::try_from(std::mem::size_of::<T>()).expect("a small struct")
 }
 
 /// The entries of `family`'s table (those the kernel's filter lets through, with a selector).

@@ -26,7 +26,8 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+use crate::netlink::{NetlinkError, NetlinkSocket};
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_NOOP: u16 = 1;
@@ -59,10 +60,6 @@ pub const AF_INET6: u8 = 10;
 
 /// `SOCK_DESTROY` requests sent in one `sendto` before their acks are read.
 const DESTROY_BATCH: usize = 64;
-/// User-space receive buffer: the kernel caps dump datagrams at 32 KiB.
-const RECV_BUFFER: usize = 64 * 1024;
-/// How long one receive waits for the kernel, which always answers; a guard against a hang.
-const RECV_TIMEOUT_SECS: libc::time_t = 10;
 
 /// Why listing or terminating sockets failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +102,7 @@ pub struct UdpSock {
 }
 
 /// A `NETLINK_SOCK_DIAG` socket of the calling thread's network namespace.
-pub struct DiagSocket {
-    fd: OwnedFd,
-    seq: u32,
-    buf: Vec<u8>,
-}
+pub struct DiagSocket(NetlinkSocket);
 
 impl DiagSocket {
     /// Opens the socket.
@@ -117,95 +110,31 @@ impl DiagSocket {
     /// # Errors
     /// If the kernel refuses the socket or its options.
     pub fn open() -> Result<Self, SockDiagError> {
-        let io = |doing| move |source| SockDiagError::Io { doing, source };
-        // SAFETY: plain socket creation.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io("opening a NETLINK_SOCK_DIAG socket")(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: we own the new descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Errors capped to the request's header: a convenience old kernels lack.
-        let _ = set_option(&fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, &1i32);
-        let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)
-            .map_err(io("setting the netlink socket's receive timeout"))?;
-        Ok(Self {
-            fd,
-            seq: 0,
-            buf: vec![0; RECV_BUFFER],
-        })
+        Ok(Self(NetlinkSocket::open(
+            libc::NETLINK_SOCK_DIAG,
+            "opening a NETLINK_SOCK_DIAG socket",
+        )?))
     }
+}
 
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
+impl std::ops::Deref for DiagSocket {
+    type Target = NetlinkSocket;
+    fn deref(&self) -> &NetlinkSocket {
+        &self.0
     }
+}
 
-    fn send(&self, request: &[u8], doing: &'static str) -> Result<(), SockDiagError> {
-        // SAFETY: all-zero is a valid sockaddr_nl; pid 0 is the kernel.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        loop {
-            // SAFETY: valid socket, buffer and address of the sizes passed.
-            let sent = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                    (&raw const kernel).cast(),
-                    socklen_of::<libc::sockaddr_nl>(),
-                )
-            };
-            if sent >= 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(SockDiagError::Io { doing, source: err });
-            }
-        }
+impl std::ops::DerefMut for DiagSocket {
+    fn deref_mut(&mut self) -> &mut NetlinkSocket {
+        &mut self.0
     }
+}
 
-    /// Receives one datagram into `self.buf`; returns its length.
-    fn recv(&mut self, doing: &'static str) -> Result<usize, SockDiagError> {
-        loop {
-            // SAFETY: valid socket and buffer of the size passed; MSG_TRUNC makes the kernel
-            // return the datagram's real length.
-            let len = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            let Ok(len) = usize::try_from(len) else {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(SockDiagError::Io { doing, source: err });
-            };
-            if len > self.buf.len() {
-                return Err(SockDiagError::Malformed {
-                    doing,
-                    detail: format!("a datagram of {len} bytes, more than the buffer"),
-                });
-            }
-            return Ok(len);
+impl From<NetlinkError> for SockDiagError {
+    fn from(error: NetlinkError) -> Self {
+        match error {
+            NetlinkError::Io { doing, source } => SockDiagError::Io { doing, source },
+            NetlinkError::Malformed { doing, detail } => SockDiagError::Malformed { doing, detail },
         }
     }
 }
@@ -451,28 +380,6 @@ fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), String>> {
 
 fn align4(len: usize) -> usize {
     (len + 3) & !3
-}
-
-fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: valid socket; `value` is a readable `T` of the size passed.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(value).cast(),
-            socklen_of::<T>(),
-        )
-    };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn socklen_of<T>() -> libc::socklen_t {
-    libc::socklen_t::try_from(std::mem::size_of::<T>()).expect("a small struct")
 }
 
 #[cfg(test)]

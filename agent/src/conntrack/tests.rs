@@ -464,7 +464,7 @@ impl Lab {
 /// these are the test's).
 fn client_entries(lab: &Lab) -> Vec<Entry> {
     let family = family_of(ip(lab.client));
-    let mut socket = Socket::open().expect("netlink socket");
+    let mut socket = open_socket().expect("netlink socket");
     dump(&mut socket, family, None)
         .expect("dumping the table")
         .into_iter()
@@ -584,7 +584,7 @@ fn deletes_exactly_the_flows_of_one_frontend_and_backend(lab: &Lab) {
         let backend = lab.sa(lab.b1, 5353);
         // The kernel filters the dump (Linux 5.8 and later), the user-space match decides.
         let selector = Selector::new(IPPROTO_UDP, frontend, backend).unwrap();
-        let mut socket = Socket::open().expect("netlink socket");
+        let mut socket = open_socket().expect("netlink socket");
         let filtered = dump(&mut socket, selector.family(), Some(&selector)).expect("dumping");
         let mut ports: Vec<u16> = filtered.iter().filter_map(|e| e.orig.src_port).collect();
         ports.sort_unstable();
@@ -641,7 +641,7 @@ fn deletes_exactly_the_flows_of_one_frontend_and_backend_ipv6() {
 fn kernel_answers_become_errors_or_nothing() {
     let ns = Netns::new("cterr").expect("test netns");
     ns.run(|| {
-        let mut socket = Socket::open().expect("netlink socket");
+        let mut socket = open_socket().expect("netlink socket");
         // No such entry: ENOENT, which is fine and deletes nothing.
         let absent = udp_entry("10.0.0.1:40001", "10.96.0.10:53", "10.0.0.2:5353");
         assert_eq!(
