@@ -13,6 +13,7 @@ use gannet_api::{Credentials, SERVER_ENV, ServerAddr, pki};
 use gannet_common::{
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
     DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_REV_NAT, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
+    MIN_LRU_CAPACITY,
 };
 
 use crate::control::ControlConfig;
@@ -492,13 +493,23 @@ impl RunArgs {
             ("--max-services", self.max_services),
             ("--max-backends", self.max_backends),
             ("--max-slots", self.max_slots),
-            ("--max-rev-nat", self.max_rev_nat),
-            ("--max-affinity", self.max_affinity),
             ("--max-endpoints", self.max_endpoints),
-            ("--max-conntrack", self.max_conntrack),
         ] {
             if value == 0 {
                 errors.push(format!("{flag} 0: must be at least 1"));
+            }
+        }
+        for (flag, value) in [
+            ("--max-rev-nat", self.max_rev_nat),
+            ("--max-affinity", self.max_affinity),
+            ("--max-conntrack", self.max_conntrack),
+        ] {
+            if value < MIN_LRU_CAPACITY {
+                errors.push(format!(
+                    "{flag} {value}: must be at least {MIN_LRU_CAPACITY} (an LRU map: the kernel \
+                     hands its entries to CPUs and evicts them 128 at a time, so a smaller one \
+                     forgets live flows)"
+                ));
             }
         }
         let nodeport = self.nodeport_settings(&mut errors);
@@ -836,5 +847,39 @@ mod tests {
         // Scripts pass --cgroup-path to cleanup: still accepted.
         Cli::try_parse_from(["gannetd", "cleanup", "--cgroup-path", "/sys/fs/cgroup"])
             .expect("cleanup --cgroup-path stays accepted");
+    }
+
+    #[test]
+    fn lru_maps_below_the_floor_are_refused_naming_the_flag() {
+        let cli = Cli::try_parse_from([
+            "gannetd",
+            "--manifest-dir",
+            "/tmp",
+            "--max-conntrack",
+            "64",
+            "--max-affinity",
+            "1023",
+            "--max-rev-nat",
+            "1024",
+        ])
+        .expect("flags parse");
+        let errors = cli
+            .run
+            .validate()
+            .expect_err("capacities below the floor")
+            .0;
+        for flag in [
+            "--max-conntrack 64: must be at least 1024",
+            "--max-affinity 1023",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(flag)),
+                "an error naming `{flag}`: {errors:?}"
+            );
+        }
+        assert!(
+            !errors.iter().any(|e| e.contains("--max-rev-nat")),
+            "1024 is enough: {errors:?}"
+        );
     }
 }

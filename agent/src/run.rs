@@ -15,7 +15,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{DataPlane, RunConfig, Source},
+    config::{Capacity, DataPlane, RunConfig, Source},
     control::{Control, PodReport, Update},
     datapath::nodeport::monotonic_ns,
     datapath::{
@@ -206,6 +206,33 @@ struct Ebpf {
     setup: Option<NodePortSetup>,
 }
 
+/// Warns of LRU maps too small for this machine's CPUs to behave as LRU maps (see
+/// [`gannet_common::MIN_LRU_CAPACITY`]); the flags' own check only knows the fixed floor.
+fn warn_small_lru_maps(capacity: &Capacity) {
+    let Ok(cpus) = aya::util::nr_cpus() else {
+        return;
+    };
+    let wanted = u32::try_from(cpus)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(gannet_common::LRU_ENTRIES_PER_CPU);
+    for (flag, value) in [
+        ("--max-rev-nat", capacity.rev_nat),
+        ("--max-affinity", capacity.affinity),
+        ("--max-conntrack", capacity.conntrack),
+    ] {
+        if value < wanted {
+            warn!(
+                flag,
+                value,
+                cpus,
+                wanted,
+                "an LRU map this small for this many CPUs forgets entries of live flows when it \
+                 fills; raise the flag"
+            );
+        }
+    }
+}
+
 impl Plane {
     /// Loads (or adopts) the data plane `--dataplane` names, and removes what the other one
     /// left on this node (an earlier gannetd in the other mode): both must never translate the
@@ -221,6 +248,7 @@ impl Plane {
                     Ok(false) => {}
                     Err(error) => warn!(%error, "cannot remove the nftables data plane's table"),
                 }
+                warn_small_lru_maps(&config.capacity);
                 let mut lb = SockLb::load(&config.bpf_root, &config.cgroup_path, config.capacity)?;
                 let mut fast_path = PodFastPath::load(&config.bpf_root, &config.capacity.pods())?;
                 if let Some(maglev) = fast_path.take_external() {

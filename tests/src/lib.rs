@@ -137,6 +137,28 @@ pub fn find_bin(name: &str, bin_dir: Option<&Path>, current_exe: &Path) -> anyho
     Ok(path)
 }
 
+/// Polls `check` every 50 ms until it returns `Ok`, for at most `timeout`.
+///
+/// # Panics
+/// After `timeout`, naming `what` it waited for and showing the last `Err` it saw.
+pub fn eventually_ok<T, E: std::fmt::Debug>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last attempt: {last:?}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
 ///
 /// # Panics

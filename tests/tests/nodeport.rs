@@ -30,7 +30,7 @@ use gannet_testkit::{
     cluster::{EXTERNAL_V4, Underlay},
     cni::{cni, pod_ip},
     control::ControlPlane,
-    eventually,
+    eventually, eventually_ok,
     probe::{Report, ServeReport, parse_json_output},
     run_in, spawn,
 };
@@ -56,8 +56,10 @@ const STICKY_NODE_PORT: u16 = 30070;
 const EMPTY_IP: &str = "10.99.0.103";
 /// A UDP NodePort whose backends listen on nothing: they answer with ICMP port unreachable.
 const CLOSED_NODE_PORT: u16 = 30098;
-/// The node started with `--max-conntrack 64`.
+/// The node started with the smallest conntrack map gannetd accepts (`SMALL_CONNTRACK`).
 const SMALL_CONNTRACK_NODE: usize = 2;
+/// Its `--max-conntrack`: 512 flows.
+const SMALL_CONNTRACK: u32 = 1024;
 
 struct Pod {
     server: Option<ChildGuard>,
@@ -146,6 +148,7 @@ impl Cluster {
             plane,
             underlay,
         };
+        let small_conntrack = SMALL_CONNTRACK.to_string();
         for i in 0..NODES {
             let node = &cluster.underlay.nodes()[i];
             let cgroup = Cgroup::new().expect("a cgroup for the node");
@@ -166,9 +169,10 @@ impl Cluster {
             ];
             args.extend_from_slice(extra);
             if i == SMALL_CONNTRACK_NODE {
-                // A conntrack map this small is always full: flows through this node show that
-                // a full map still balances new flows (the least recently used are forgotten).
-                args.extend(["--max-conntrack", "64"]);
+                // A conntrack map this small fills up in the test: flows through this node show
+                // that a full map still balances new flows (the least recently used are
+                // forgotten).
+                args.extend(["--max-conntrack", &small_conntrack]);
             }
             let agent = Agent::start_node(&node.netns, &cgroup, &cluster.plane.addr(), &args)
                 .expect("starting gannetd");
@@ -483,8 +487,9 @@ fn http_get(netns: &Netns, to: &str) -> Option<(u16, String)> {
 fn nodeport_every_node(c: &Cluster) {
     for n in 0..NODES {
         let to = sock(&c.nodes[n].ipv4, NODE_PORT);
-        let report = eventually("NodePort answers", Duration::from_secs(15), || {
-            Some(c.tcp(&to, 60)).filter(|r| r.ok == 60)
+        let report = eventually_ok("NodePort answers", Duration::from_secs(15), || {
+            let r = c.tcp(&to, 60);
+            if r.ok == 60 { Ok(r) } else { Err(r) }
         });
         for pod in 0..NODES {
             let name = &c.nodes[pod].pods[0].name;
@@ -505,8 +510,9 @@ fn nodeport_every_node(c: &Cluster) {
         );
         let v6 = sock(&c.nodes[n].ipv6, NODE_PORT);
         // The IPv6 slice may be programmed a moment after the IPv4 one.
-        let tcp6 = eventually("IPv6 NodePort answers", Duration::from_secs(15), || {
-            Some(c.tcp(&v6, 20)).filter(|r| r.ok == 20)
+        let tcp6 = eventually_ok("IPv6 NodePort answers", Duration::from_secs(15), || {
+            let r = c.tcp(&v6, 20);
+            if r.ok == 20 { Ok(r) } else { Err(r) }
         });
         assert!(
             tcp6.backends.len() > 1,
@@ -868,11 +874,13 @@ fn maglev_across_nodes(c: &mut Cluster) {
 }
 
 fn full_conntrack(c: &mut Cluster) {
-    // Node 2's map holds 64 entries (32 flows); far more flows than that are all balanced.
+    // Node 2's map holds 512 flows; more flows than that are all balanced.
     let to = sock(&c.nodes[SMALL_CONNTRACK_NODE].ipv4, NODE_PORT);
-    let report = c.tcp(&to, 100);
+    let flows = SMALL_CONNTRACK / 2 + 200;
+    let report = c.tcp(&to, flows);
     assert_eq!(
-        report.ok, 100,
+        report.ok,
+        u64::from(flows),
         "a full conntrack map still balances new flows: {report:?}"
     );
     // The agent looks every 10 s.
