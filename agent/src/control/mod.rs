@@ -245,20 +245,20 @@ fn absorb(cache: &mut ServiceCache, nodes: &mut Nodes, (kind, change): (Kind, Ch
                     Object::Node(n) => Some(*n),
                     _ => None,
                 })),
-                Kind::Pod => {}
+                Kind::Pod | Kind::Lease => {}
             }
         }
         Change::Applied { object, .. } => match object {
             Object::Service(s) => cache.put_service(&s),
             Object::EndpointSlice(s) => cache.put_slice(&s),
             Object::Node(n) => nodes.put(&n),
-            Object::Pod(_) => {}
+            Object::Pod(_) | Object::Lease(_) => {}
         },
         Change::Deleted { object, .. } => match object {
             Object::Service(s) => cache.delete_service(&s),
             Object::EndpointSlice(s) => cache.delete_slice(&s),
             Object::Node(n) => nodes.delete(&n),
-            Object::Pod(_) => {}
+            Object::Pod(_) | Object::Lease(_) => {}
         },
     }
 }

@@ -2,7 +2,7 @@
 //! Kubernetes objects they carry, and a client for gannetctl and agents.
 //!
 //! - [`pb`]: the generated messages, clients and servers (`gannet.control.v1`);
-//! - [`Object`] and [`Kind`]: the four kinds served, as k8s-openapi types, and their framing;
+//! - [`Object`] and [`Kind`]: the five kinds served, as k8s-openapi types, and their framing;
 //! - [`Client`]: one method per RPC; [`ListWatch`]: list, then watch, resume, relist.
 
 mod client;

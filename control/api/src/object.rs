@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -18,10 +19,17 @@ pub enum Kind {
     EndpointSlice,
     Pod,
     Node,
+    Lease,
 }
 
 impl Kind {
-    pub const ALL: [Self; 4] = [Self::Service, Self::EndpointSlice, Self::Pod, Self::Node];
+    pub const ALL: [Self; 5] = [
+        Self::Service,
+        Self::EndpointSlice,
+        Self::Pod,
+        Self::Node,
+        Self::Lease,
+    ];
 
     /// `Service`, `EndpointSlice`, ...
     #[must_use]
@@ -31,14 +39,16 @@ impl Kind {
             Self::EndpointSlice => "EndpointSlice",
             Self::Pod => "Pod",
             Self::Node => "Node",
+            Self::Lease => "Lease",
         }
     }
 
-    /// `v1` or `discovery.k8s.io/v1`.
+    /// `v1`, `discovery.k8s.io/v1` or `coordination.k8s.io/v1`.
     #[must_use]
     pub fn api_version(self) -> &'static str {
         match self {
             Self::EndpointSlice => "discovery.k8s.io/v1",
+            Self::Lease => "coordination.k8s.io/v1",
             Self::Service | Self::Pod | Self::Node => "v1",
         }
     }
@@ -51,6 +61,7 @@ impl Kind {
             Self::EndpointSlice => "endpointslices",
             Self::Pod => "pods",
             Self::Node => "nodes",
+            Self::Lease => "leases",
         }
     }
 
@@ -61,7 +72,7 @@ impl Kind {
     }
 
     /// The kind a command line names, as kubectl accepts it: `service`, `services`, `svc`,
-    /// `endpointslice(s)`, `eps`, `pod(s)`, `po`, `node(s)`, `no`, in any case.
+    /// `endpointslice(s)`, `eps`, `pod(s)`, `po`, `node(s)`, `no`, `lease(s)`, in any case.
     #[must_use]
     pub fn parse(text: &str) -> Option<Self> {
         let lower = text.to_ascii_lowercase();
@@ -70,6 +81,7 @@ impl Kind {
             "endpointslice" | "endpointslices" | "eps" => Self::EndpointSlice,
             "pod" | "pods" | "po" => Self::Pod,
             "node" | "nodes" | "no" => Self::Node,
+            "lease" | "leases" => Self::Lease,
             _ => return None,
         };
         Some(kind)
@@ -90,6 +102,7 @@ impl Kind {
             Self::EndpointSlice => pb::Kind::EndpointSlice,
             Self::Pod => pb::Kind::Pod,
             Self::Node => pb::Kind::Node,
+            Self::Lease => pb::Kind::Lease,
         }
     }
 
@@ -102,6 +115,7 @@ impl Kind {
             pb::Kind::EndpointSlice => Some(Self::EndpointSlice),
             pb::Kind::Pod => Some(Self::Pod),
             pb::Kind::Node => Some(Self::Node),
+            pb::Kind::Lease => Some(Self::Lease),
         }
     }
 }
@@ -137,6 +151,7 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     Pod(Box<Pod>),
     Node(Box<Node>),
+    Lease(Box<Lease>),
 }
 
 impl Object {
@@ -147,6 +162,7 @@ impl Object {
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Pod(_) => Kind::Pod,
             Self::Node(_) => Kind::Node,
+            Self::Lease(_) => Kind::Lease,
         }
     }
 
@@ -157,6 +173,7 @@ impl Object {
             Self::EndpointSlice(object) => &object.metadata,
             Self::Pod(object) => &object.metadata,
             Self::Node(object) => &object.metadata,
+            Self::Lease(object) => &object.metadata,
         }
     }
 
@@ -166,6 +183,7 @@ impl Object {
             Self::EndpointSlice(object) => &mut object.metadata,
             Self::Pod(object) => &mut object.metadata,
             Self::Node(object) => &mut object.metadata,
+            Self::Lease(object) => &mut object.metadata,
         }
     }
 
@@ -211,6 +229,7 @@ impl Object {
             Self::EndpointSlice(object) => serde_json::to_vec(object),
             Self::Pod(object) => serde_json::to_vec(object),
             Self::Node(object) => serde_json::to_vec(object),
+            Self::Lease(object) => serde_json::to_vec(object),
         };
         encoded.map_err(|source| ConvertError::Encode { kind, source })
     }
@@ -241,6 +260,7 @@ impl Object {
             Kind::EndpointSlice => Self::EndpointSlice(decode(kind, json)?),
             Kind::Pod => Self::Pod(decode(kind, json)?),
             Kind::Node => Self::Node(decode(kind, json)?),
+            Kind::Lease => Self::Lease(decode(kind, json)?),
         })
     }
 
@@ -313,6 +333,7 @@ typed!(Service, Service);
 typed!(EndpointSlice, EndpointSlice);
 typed!(Pod, Pod);
 typed!(Node, Node);
+typed!(Lease, Lease);
 
 #[cfg(test)]
 mod tests {
@@ -365,6 +386,11 @@ mod tests {
         assert_eq!(Kind::parse("EndpointSlices"), Some(Kind::EndpointSlice));
         assert_eq!(Kind::parse("po"), Some(Kind::Pod));
         assert_eq!(Kind::parse("nodes"), Some(Kind::Node));
+        assert_eq!(Kind::parse("leases"), Some(Kind::Lease));
+        assert_eq!(
+            Kind::from_type("coordination.k8s.io/v1", "Lease"),
+            Some(Kind::Lease)
+        );
         assert_eq!(Kind::parse("deployment"), None);
         assert_eq!(
             Kind::from_type("discovery.k8s.io/v1", "EndpointSlice"),

@@ -76,6 +76,7 @@ fn typed(kind: Kind, value: Value) -> Result<Object, FieldProblem> {
         Kind::EndpointSlice => Object::EndpointSlice(Box::new(typed_object(value)?)),
         Kind::Pod => Object::Pod(Box::new(typed_object(value)?)),
         Kind::Node => Object::Node(Box::new(typed_object(value)?)),
+        Kind::Lease => Object::Lease(Box::new(typed_object(value)?)),
     })
 }
 
@@ -163,7 +164,7 @@ pub(crate) fn read(paths: &[PathBuf]) -> Result<Vec<Located>, Vec<String>> {
                 let problems = match &object {
                     Object::Service(service) => check_service_object(service, ClusterIp::Allocated),
                     Object::EndpointSlice(slice) => check_endpoint_slice_object(slice),
-                    Object::Pod(_) | Object::Node(_) => Vec::new(),
+                    Object::Pod(_) | Object::Node(_) | Object::Lease(_) => Vec::new(),
                 };
                 if problems.is_empty() {
                     objects.push(Located {

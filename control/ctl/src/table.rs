@@ -54,6 +54,7 @@ pub(crate) fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String
         Kind::EndpointSlice => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
         Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         Kind::Node => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        Kind::Lease => vec!["NAME", "HOLDER", "AGE"],
     };
     if wide {
         columns.extend(match kind {
@@ -61,6 +62,7 @@ pub(crate) fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String
             Kind::EndpointSlice => vec![],
             Kind::Pod => vec!["IP", "NODE"],
             Kind::Node => vec!["INTERNAL-IP", "POD-CIDR", "VTEP-MAC"],
+            Kind::Lease => vec!["RENEWED", "DURATION"],
         });
     }
     let mut header: Vec<String> = columns.into_iter().map(str::to_owned).collect();
@@ -246,6 +248,23 @@ pub(crate) fn row(object: &Object, wide: bool, all_namespaces: bool) -> Vec<Stri
                     .cloned()
                     .unwrap_or_default();
                 row.extend([or_none(internal), or_none(cidrs), or_none(mac)]);
+            }
+            row
+        }
+        Object::Lease(lease) => {
+            let spec = lease.spec.clone().unwrap_or_default();
+            let mut row = vec![
+                object.name().to_owned(),
+                or_none(spec.holder_identity.unwrap_or_default()),
+                created,
+            ];
+            if wide {
+                row.push(age(spec.renew_time.map(|t| Time(t.0)).as_ref()));
+                row.push(or_none(
+                    spec.lease_duration_seconds
+                        .map(|s| format!("{s}s"))
+                        .unwrap_or_default(),
+                ));
             }
             row
         }

@@ -14,9 +14,7 @@ use std::time::Duration;
 use gannet_api::{Kind, Object, Problem, object_label};
 use gannet_k8s::FieldProblem;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, Service, ServiceSpec,
-};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -25,7 +23,12 @@ use crate::alloc::{
     pick_node_port,
 };
 use crate::store::{Compare, EventKind, EventStream, KeyValue, Op, Revision, Store, StoreError};
-use crate::validate::{VTEP_MAC_ANNOTATION, is_mac, problem, validate};
+use crate::validate::{problem, validate};
+
+mod nodes;
+
+pub use nodes::NODE_LEASE_NAMESPACE;
+pub(crate) use nodes::{last_heartbeat, ready_status, set_ready};
 
 /// Where a node's pod CIDRs are remembered after its lease was released, so that it gets them
 /// back if they are still free when it returns.
@@ -404,6 +407,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     network: Network,
     heartbeat_interval: Duration,
+    /// How long a node's Lease lasts without renewal (the node monitor's grace).
+    lease_duration: Duration,
 }
 
 impl std::fmt::Debug for Registry {
@@ -456,47 +461,19 @@ fn pod_cidrs_of(node: &Node) -> Vec<IpNet> {
     }
 }
 
-/// Sets the node's Ready condition; the transition time changes only with the status.
-pub(crate) fn set_ready(
-    node: &mut Node,
-    status: &str,
-    reason: &str,
-    message: &str,
-    heartbeat: bool,
-) {
-    let now = now();
-    let node_status = node.status.get_or_insert_with(NodeStatus::default);
-    let conditions = node_status.conditions.get_or_insert_with(Vec::new);
-    let index = match conditions.iter().position(|c| c.type_ == "Ready") {
-        Some(index) => index,
-        None => {
-            conditions.push(NodeCondition {
-                type_: "Ready".to_owned(),
-                status: String::new(),
-                ..NodeCondition::default()
-            });
-            conditions.len() - 1
-        }
-    };
-    let condition = &mut conditions[index];
-    if condition.status != status {
-        condition.last_transition_time = Some(now.clone());
-    }
-    condition.status = status.to_owned();
-    condition.reason = Some(reason.to_owned());
-    condition.message = Some(message.to_owned());
-    if heartbeat {
-        condition.last_heartbeat_time = Some(now);
-    }
-}
-
 impl Registry {
     #[must_use]
-    pub fn new(store: Arc<dyn Store>, network: Network, heartbeat_interval: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        network: Network,
+        heartbeat_interval: Duration,
+        lease_duration: Duration,
+    ) -> Self {
         Self {
             store,
             network,
             heartbeat_interval,
+            lease_duration,
         }
     }
 
@@ -806,7 +783,7 @@ impl Registry {
                 };
                 prepare_pod(pod, old);
             }
-            (Object::EndpointSlice(_), _) => {}
+            (Object::EndpointSlice(_) | Object::Lease(_), _) => {}
         }
         object
     }
@@ -1450,206 +1427,6 @@ impl Registry {
         Err(ApiError::Conflict(format!(
             "{label} kept changing under concurrent writers; try again"
         )))
-    }
-
-    /// Registers (or re-registers) a node: addresses, VTEP MAC, labels, Ready; the pod CIDR lease
-    /// is kept, or given back, or allocated.
-    ///
-    /// # Errors
-    /// [`ApiError::Invalid`] for bad input, [`ApiError::Exhausted`] when no pod CIDR is free.
-    pub async fn register_node(
-        &self,
-        name: &str,
-        internal_ips: &[String],
-        vtep_mac: Option<&str>,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<(Node, Vec<String>), ApiError> {
-        let label = object_label(Kind::Node, "", name);
-        let mut problems = Vec::new();
-        for (i, ip) in internal_ips.iter().enumerate() {
-            if ip.parse::<IpAddr>().is_err() {
-                problems.push(Problem {
-                    index: 0,
-                    object: label.clone(),
-                    field: Some(format!("internal_ips[{i}]")),
-                    message: format!("{ip:?} is not an IP address"),
-                });
-            }
-        }
-        if let Some(mac) = vtep_mac
-            && !is_mac(mac)
-        {
-            problems.push(Problem {
-                index: 0,
-                object: label.clone(),
-                field: Some("vtep_mac".to_owned()),
-                message: format!("{mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
-            });
-        }
-        if !problems.is_empty() {
-            return Err(ApiError::Invalid(problems));
-        }
-        self.update_node(name, true, |node| {
-            let meta = &mut node.metadata;
-            let node_labels = meta.labels.get_or_insert_with(BTreeMap::new);
-            node_labels.extend(labels.clone());
-            node_labels.insert("kubernetes.io/hostname".to_owned(), name.to_owned());
-            if let Some(mac) = vtep_mac {
-                meta.annotations
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(VTEP_MAC_ANNOTATION.to_owned(), mac.to_owned());
-            }
-            let status = node.status.get_or_insert_with(NodeStatus::default);
-            let mut addresses: Vec<NodeAddress> = internal_ips
-                .iter()
-                .map(|ip| NodeAddress {
-                    address: ip.clone(),
-                    type_: "InternalIP".to_owned(),
-                })
-                .collect();
-            addresses.push(NodeAddress {
-                address: name.to_owned(),
-                type_: "Hostname".to_owned(),
-            });
-            status.addresses = Some(addresses);
-            set_ready(
-                node,
-                "True",
-                "GannetAgentReady",
-                "gannet agent is posting ready status",
-                true,
-            );
-        })
-        .await
-    }
-
-    /// Records a heartbeat: the node stays (or becomes) Ready.
-    ///
-    /// # Errors
-    /// [`ApiError::NotFound`] when the node is not registered.
-    pub async fn heartbeat(&self, name: &str) -> Result<Vec<String>, ApiError> {
-        let (_, cidrs) = self
-            .update_node(name, false, |node| {
-                set_ready(
-                    node,
-                    "True",
-                    "GannetAgentReady",
-                    "gannet agent is posting ready status",
-                    true,
-                );
-            })
-            .await?;
-        Ok(cidrs)
-    }
-
-    async fn update_node(
-        &self,
-        name: &str,
-        create: bool,
-        change: impl Fn(&mut Node),
-    ) -> Result<(Node, Vec<String>), ApiError> {
-        for _ in 0..ATTEMPTS {
-            let mut node = match self.get(Kind::Node, "", name).await {
-                Ok(Object::Node(node)) => *node,
-                Ok(_) => return Err(ApiError::Internal("kind mismatch".to_owned())),
-                Err(ApiError::NotFound(_)) if create => Node {
-                    metadata: ObjectMeta {
-                        name: Some(name.to_owned()),
-                        ..ObjectMeta::default()
-                    },
-                    ..Node::default()
-                },
-                Err(ApiError::NotFound(_)) => {
-                    return Err(ApiError::NotFound(format!(
-                        "Node {name} is not registered: register it first"
-                    )));
-                }
-                Err(error) => return Err(error),
-            };
-            change(&mut node);
-            match self.apply(vec![Object::from(node)], false).await {
-                Ok(mut applied) => {
-                    let Some((Object::Node(node), _)) = applied.objects.pop() else {
-                        return Err(ApiError::Internal("apply returned no node".to_owned()));
-                    };
-                    let cidrs = node
-                        .spec
-                        .as_ref()
-                        .and_then(|spec| spec.pod_cidrs.clone())
-                        .unwrap_or_default();
-                    return Ok((*node, cidrs));
-                }
-                Err(ApiError::Conflict(_)) => {}
-                Err(ApiError::Invalid(problems))
-                    if problems.iter().any(|p| p.message.contains("has no free")) =>
-                {
-                    return Err(ApiError::Exhausted(
-                        problems
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    ));
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(ApiError::Conflict(format!(
-            "Node {name} kept changing under concurrent writers; try again"
-        )))
-    }
-
-    /// Releases a node's pod CIDR lease: the alloc keys go, and the CIDRs are remembered in an
-    /// annotation so the node gets them back if they are still free when it returns. Used by the
-    /// node lifecycle controller after the grace period.
-    ///
-    /// # Errors
-    /// Store errors; `Ok(false)` when the node changed meanwhile (try again next round).
-    pub(crate) async fn release_pod_cidrs(
-        &self,
-        node: &Node,
-        revision: Revision,
-    ) -> Result<bool, ApiError> {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let cidrs = pod_cidrs_of(node);
-        let key = object_key(Kind::Node, "", &name);
-        let mut next = node.clone();
-        if let Some(spec) = &mut next.spec {
-            spec.pod_cidr = None;
-            spec.pod_cidrs = None;
-        }
-        next.metadata
-            .annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(
-                RELEASED_CIDRS_ANNOTATION.to_owned(),
-                cidrs
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-        let mut compares = vec![Compare {
-            key: key.clone(),
-            mod_revision: revision,
-        }];
-        let mut ops = vec![Op::Put {
-            key,
-            value: encode(&Object::from(next))?,
-        }];
-        for cidr in &cidrs {
-            let alloc_key = cidr_key(cidr);
-            if let Some(held) = self.store.get(&alloc_key).await?
-                && held.value == name.as_bytes()
-            {
-                compares.push(Compare {
-                    key: alloc_key.clone(),
-                    mod_revision: held.mod_revision,
-                });
-                ops.push(Op::Delete { key: alloc_key });
-            }
-        }
-        Ok(self.store.txn(compares, ops).await?.is_some())
     }
 }
 

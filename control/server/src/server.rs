@@ -211,6 +211,7 @@ pub async fn start(store: Arc<dyn Store>, options: Options) -> Result<ControlPla
         Arc::clone(&store),
         options.network.clone(),
         options.heartbeat_interval,
+        options.lifecycle.grace,
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let api = Api::new(Arc::clone(&registry), shutdown_rx.clone());

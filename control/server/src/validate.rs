@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use gannet_api::{Kind, Object};
 use gannet_k8s::{ClusterIp, FieldProblem, check_endpoint_slice_object, check_service_object};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -33,8 +34,30 @@ pub(crate) fn validate(object: &Object) -> Vec<FieldProblem> {
         Object::EndpointSlice(slice) => problems.extend(check_endpoint_slice_object(slice)),
         Object::Pod(pod) => validate_pod(pod, &mut problems),
         Object::Node(node) => validate_node(node, &mut problems),
+        Object::Lease(lease) => validate_lease(lease, &mut problems),
     }
     problems
+}
+
+/// As the API server: a duration and a transition count that are not negative (duration above 0).
+fn validate_lease(lease: &Lease, problems: &mut Vec<FieldProblem>) {
+    let Some(spec) = &lease.spec else { return };
+    if let Some(seconds) = spec.lease_duration_seconds
+        && seconds <= 0
+    {
+        problems.push(problem(
+            "spec.leaseDurationSeconds",
+            format!("{seconds}: must be greater than 0"),
+        ));
+    }
+    if let Some(transitions) = spec.lease_transitions
+        && transitions < 0
+    {
+        problems.push(problem(
+            "spec.leaseTransitions",
+            format!("{transitions}: must not be negative"),
+        ));
+    }
 }
 
 /// RFC 1123 label: at most 63 lowercase alphanumerics or `-`, starting and ending alphanumeric.

@@ -802,6 +802,126 @@ async fn node_leases_heartbeats_and_release_after_grace() {
     heartbeats.abort();
 }
 
+/// Heartbeats renew the node's Lease (`kube-node-lease/<node>`), not the Node: a Node watcher
+/// sees an event only when the node changes (NotReady when the Lease is not renewed, Ready when
+/// it is again), and a deleted node's Lease goes.
+#[tokio::test]
+async fn heartbeats_renew_the_node_lease_and_leave_the_node_alone() {
+    let (store, _dir) = embedded();
+    let mut options = test_options();
+    options.lifecycle = Lifecycle {
+        period: Duration::from_millis(100),
+        grace: Duration::from_millis(1500),
+        release_grace: Duration::from_secs(3600),
+    };
+    let plane = Plane::start(store, options).await;
+    let mut client = plane.client().await;
+    let registered = client
+        .register_node(&NodeRegistration {
+            name: "n1".to_owned(),
+            internal_ips: vec!["192.0.2.10".parse().expect("ip")],
+            vtep_mac: None,
+            labels: Default::default(),
+        })
+        .await
+        .expect("register n1");
+    let node_revision = registered
+        .node
+        .metadata
+        .resource_version
+        .clone()
+        .expect("a stored node has a resourceVersion");
+    let lease = |object: Object| match object {
+        Object::Lease(lease) => *lease,
+        other => panic!("expected a Lease, got {other:?}"),
+    };
+    let first = lease(
+        client
+            .get(Kind::Lease, "kube-node-lease", "n1")
+            .await
+            .expect("registration creates the node's Lease"),
+    );
+    let spec = first.spec.clone().expect("the Lease has a spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("n1"));
+    assert_eq!(
+        spec.lease_duration_seconds,
+        Some(1),
+        "the grace, in seconds"
+    );
+    let owner = &first.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", "n1"));
+    assert_eq!(Some(&owner.uid), registered.node.metadata.uid.as_ref());
+
+    let mut nodes = client
+        .watch(Kind::Node, None, node_revision.parse().expect("a number"))
+        .await
+        .expect("watch nodes");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.heartbeat("n1").await.expect("heartbeat");
+    }
+    let renewed = lease(
+        client
+            .get(Kind::Lease, "kube-node-lease", "n1")
+            .await
+            .expect("the Lease"),
+    );
+    let renew_time = |l: &k8s_openapi::api::coordination::v1::Lease| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.renew_time.clone())
+            .map(|t| t.0)
+    };
+    assert!(
+        renew_time(&renewed) > renew_time(&first),
+        "heartbeats move the renew time: {:?} then {:?}",
+        renew_time(&first),
+        renew_time(&renewed)
+    );
+    let node = client.get(Kind::Node, "", "n1").await.expect("n1");
+    assert_eq!(
+        node.metadata().resource_version.as_deref(),
+        Some(node_revision.as_str()),
+        "heartbeats do not rewrite the Node"
+    );
+    if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), nodes.next()).await {
+        panic!("a Node watcher sees no event for heartbeats, got {event:?}");
+    }
+
+    // No renewal for longer than the grace: NotReady, the one event a watcher sees.
+    let event = tokio::time::timeout(Duration::from_secs(10), nodes.next())
+        .await
+        .expect("an event when the Lease runs out")
+        .expect("watch")
+        .expect("an event");
+    assert_eq!(ready(&event.object).as_deref(), Some("Unknown"));
+    // The next heartbeat makes it Ready again: a second event.
+    client.heartbeat("n1").await.expect("heartbeat");
+    let event = tokio::time::timeout(Duration::from_secs(10), nodes.next())
+        .await
+        .expect("an event when the node is back")
+        .expect("watch")
+        .expect("an event");
+    assert_eq!(ready(&event.object).as_deref(), Some("True"));
+
+    // The Node goes: its Lease goes after it.
+    client
+        .delete(Kind::Node, "", "n1", &DeleteOptions::default())
+        .await
+        .expect("delete n1");
+    eventually("n1's Lease removed", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            matches!(
+                client.get(Kind::Lease, "kube-node-lease", "n1").await,
+                Err(ClientError::NotFound(_))
+            )
+            .then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn tls_needs_a_client_certificate_or_the_token() {
     let (store, _dir) = embedded();

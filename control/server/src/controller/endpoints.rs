@@ -115,7 +115,7 @@ impl Cache {
                     self.slices.insert(key, (*slice, revision));
                 }
             }
-            Object::Node(_) => {
+            Object::Node(_) | Object::Lease(_) => {
                 let _ = kind;
             }
         }

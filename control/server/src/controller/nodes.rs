@@ -1,6 +1,7 @@
-//! The node lifecycle controller: Ready → Unknown (`NotReady`) when an agent stops sending
-//! heartbeats, the pod CIDR lease released only after a further grace period, and terminating
-//! Pods removed once their grace period is over.
+//! The node lifecycle controller: Ready → Unknown (`NotReady`) when an agent stops renewing its
+//! node's Lease (`kube-node-lease/<node>`, see `registry/nodes.rs`), the pod CIDR lease released
+//! only after a further grace period, Leases of deleted nodes removed, and terminating Pods
+//! removed once their grace period is over.
 //!
 //! Only nodes that have sent a heartbeat are watched over: a Node applied by hand, without an
 //! agent, keeps what it was given.
@@ -9,9 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gannet_api::{Kind, Object};
+use std::collections::HashMap;
+
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 
-use crate::registry::{ApiError, Registry, set_ready};
+use crate::registry::{
+    ApiError, NODE_LEASE_NAMESPACE, Registry, last_heartbeat, ready_status, set_ready,
+};
 
 /// When the lifecycle controller acts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,26 +40,13 @@ impl Default for Lifecycle {
     }
 }
 
-fn last_heartbeat(node: &Node) -> Option<jiff::Timestamp> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
+fn owned_by_a_node(lease: &Lease) -> bool {
+    lease
+        .metadata
+        .owner_references
         .iter()
-        .find(|c| c.type_ == "Ready")?
-        .last_heartbeat_time
-        .as_ref()
-        .map(|time| time.0)
-}
-
-fn ready_status(node: &Node) -> Option<&str> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status.as_str())
+        .flatten()
+        .any(|owner| owner.kind == "Node" && owner.api_version == "v1")
 }
 
 fn has_pod_cidrs(node: &Node) -> bool {
@@ -81,12 +74,23 @@ pub async fn run(registry: Arc<Registry>, lifecycle: Lifecycle) {
 pub async fn check(registry: &Registry, lifecycle: Lifecycle) -> Result<(), ApiError> {
     let now = jiff::Timestamp::now();
     let (nodes, _) = registry.list(Kind::Node, None).await?;
+    let (leases, _) = registry
+        .list(Kind::Lease, Some(NODE_LEASE_NAMESPACE))
+        .await?;
+    let mut leases: HashMap<String, Box<Lease>> = leases
+        .into_iter()
+        .filter_map(|object| match object {
+            Object::Lease(lease) => Some((lease.metadata.name.clone().unwrap_or_default(), lease)),
+            _ => None,
+        })
+        .collect();
     for object in nodes {
         let Object::Node(node) = object else { continue };
-        let Some(heartbeat) = last_heartbeat(&node) else {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let lease = leases.remove(&name);
+        let Some(heartbeat) = last_heartbeat(&node, lease.as_deref()) else {
             continue;
         };
-        let name = node.metadata.name.clone().unwrap_or_default();
         let silent = now.duration_since(heartbeat);
         let silent = Duration::try_from(silent).unwrap_or_default();
         if silent < lifecycle.grace {
@@ -126,6 +130,27 @@ pub async fn check(registry: &Registry, lifecycle: Lifecycle) -> Result<(), ApiE
                 Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
                 Err(error) => return Err(error),
             }
+        }
+    }
+    // What is left are Leases of nodes that are gone: they go too (in Kubernetes, the garbage
+    // collector follows their owner reference to the Node).
+    for lease in leases.into_values() {
+        if !owned_by_a_node(&lease) {
+            continue;
+        }
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        let revision = lease
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse().ok());
+        match registry
+            .delete(Kind::Lease, NODE_LEASE_NAMESPACE, &name, revision, None)
+            .await
+        {
+            Ok(_) => tracing::info!(node = name, "removed the Lease of a deleted node"),
+            Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
+            Err(error) => return Err(error),
         }
     }
     let (pods, _) = registry.list(Kind::Pod, None).await?;

@@ -1,0 +1,353 @@
+//! Nodes as agents keep them: registration, heartbeats as `coordination.k8s.io/v1` Leases in
+//! `kube-node-lease` (as kubelets since Kubernetes 1.14), the Ready condition, and giving back
+//! a silent node's pod CIDRs.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use gannet_api::{Kind, Object, Problem, object_label};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+
+use super::{
+    ATTEMPTS, ApiError, RELEASED_CIDRS_ANNOTATION, Registry, cidr_key, encode, now, object_key,
+    pod_cidrs_of,
+};
+use crate::store::{Compare, Op, Revision};
+use crate::validate::{VTEP_MAC_ANNOTATION, is_mac};
+
+/// The namespace of the nodes' heartbeat Leases, as in Kubernetes.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+fn not_registered(name: &str) -> ApiError {
+    ApiError::NotFound(format!("Node {name} is not registered: register it first"))
+}
+
+/// The status of the node's Ready condition.
+pub(crate) fn ready_status(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
+}
+
+fn pod_cidr_strings(node: &Node) -> Vec<String> {
+    node.spec
+        .as_ref()
+        .and_then(|spec| spec.pod_cidrs.clone())
+        .unwrap_or_default()
+}
+
+/// Sets the node's Ready condition; the transition time changes only with the status.
+pub(crate) fn set_ready(
+    node: &mut Node,
+    status: &str,
+    reason: &str,
+    message: &str,
+    heartbeat: bool,
+) {
+    let now = now();
+    let node_status = node.status.get_or_insert_with(NodeStatus::default);
+    let conditions = node_status.conditions.get_or_insert_with(Vec::new);
+    let index = match conditions.iter().position(|c| c.type_ == "Ready") {
+        Some(index) => index,
+        None => {
+            conditions.push(NodeCondition {
+                type_: "Ready".to_owned(),
+                status: String::new(),
+                ..NodeCondition::default()
+            });
+            conditions.len() - 1
+        }
+    };
+    let condition = &mut conditions[index];
+    if condition.status != status {
+        condition.last_transition_time = Some(now.clone());
+    }
+    condition.status = status.to_owned();
+    condition.reason = Some(reason.to_owned());
+    condition.message = Some(message.to_owned());
+    if heartbeat {
+        condition.last_heartbeat_time = Some(now);
+    }
+}
+
+/// When `node` last showed it is alive: its Lease's renew time, or (a node registered before
+/// Leases, or whose Lease was deleted) its Ready condition's heartbeat time. `None` for a
+/// Node no agent ever registered.
+pub(crate) fn last_heartbeat(node: &Node, lease: Option<&Lease>) -> Option<jiff::Timestamp> {
+    let renewed = lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| t.0);
+    let posted = node
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?
+        .last_heartbeat_time
+        .as_ref()
+        .map(|time| time.0);
+    renewed.max(posted)
+}
+
+impl Registry {
+    /// Registers (or re-registers) a node: addresses, VTEP MAC, labels, Ready; the pod CIDR lease
+    /// is kept, or given back, or allocated.
+    ///
+    /// # Errors
+    /// [`ApiError::Invalid`] for bad input, [`ApiError::Exhausted`] when no pod CIDR is free.
+    pub async fn register_node(
+        &self,
+        name: &str,
+        internal_ips: &[String],
+        vtep_mac: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(Node, Vec<String>), ApiError> {
+        let label = object_label(Kind::Node, "", name);
+        let mut problems = Vec::new();
+        for (i, ip) in internal_ips.iter().enumerate() {
+            if ip.parse::<IpAddr>().is_err() {
+                problems.push(Problem {
+                    index: 0,
+                    object: label.clone(),
+                    field: Some(format!("internal_ips[{i}]")),
+                    message: format!("{ip:?} is not an IP address"),
+                });
+            }
+        }
+        if let Some(mac) = vtep_mac
+            && !is_mac(mac)
+        {
+            problems.push(Problem {
+                index: 0,
+                object: label.clone(),
+                field: Some("vtep_mac".to_owned()),
+                message: format!("{mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::Invalid(problems));
+        }
+        let registered = self
+            .update_node(name, true, |node| {
+                let meta = &mut node.metadata;
+                let node_labels = meta.labels.get_or_insert_with(BTreeMap::new);
+                node_labels.extend(labels.clone());
+                node_labels.insert("kubernetes.io/hostname".to_owned(), name.to_owned());
+                if let Some(mac) = vtep_mac {
+                    meta.annotations
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(VTEP_MAC_ANNOTATION.to_owned(), mac.to_owned());
+                }
+                let status = node.status.get_or_insert_with(NodeStatus::default);
+                let mut addresses: Vec<NodeAddress> = internal_ips
+                    .iter()
+                    .map(|ip| NodeAddress {
+                        address: ip.clone(),
+                        type_: "InternalIP".to_owned(),
+                    })
+                    .collect();
+                addresses.push(NodeAddress {
+                    address: name.to_owned(),
+                    type_: "Hostname".to_owned(),
+                });
+                status.addresses = Some(addresses);
+                set_ready(
+                    node,
+                    "True",
+                    "GannetAgentReady",
+                    "gannet agent is posting ready status",
+                    true,
+                );
+            })
+            .await?;
+        self.renew_lease(&registered.0).await?;
+        Ok(registered)
+    }
+
+    /// Records a heartbeat: renews the node's Lease (`kube-node-lease/<node>`), as a kubelet
+    /// does; the Node itself is written only when it was not Ready, so Node watchers see an
+    /// event only when a node really changes. Returns the node's pod CIDRs.
+    ///
+    /// # Errors
+    /// [`ApiError::NotFound`] when the node is not registered.
+    pub async fn heartbeat(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        let node = match self.get(Kind::Node, "", name).await {
+            Ok(Object::Node(node)) => *node,
+            Ok(_) => return Err(ApiError::Internal("kind mismatch".to_owned())),
+            Err(ApiError::NotFound(_)) => return Err(not_registered(name)),
+            Err(error) => return Err(error),
+        };
+        // The Lease first: the lifecycle controller then never sees a Ready node whose Lease is
+        // older than this heartbeat.
+        self.renew_lease(&node).await?;
+        if ready_status(&node) == Some("True") {
+            return Ok(pod_cidr_strings(&node));
+        }
+        let (_, cidrs) = self
+            .update_node(name, false, |node| {
+                set_ready(
+                    node,
+                    "True",
+                    "GannetAgentReady",
+                    "gannet agent is posting ready status",
+                    true,
+                );
+            })
+            .await?;
+        Ok(cidrs)
+    }
+
+    /// Creates or renews `node`'s Lease: holder the node, renewed now, for the lease duration.
+    async fn renew_lease(&self, node: &Node) -> Result<(), ApiError> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        for _ in 0..ATTEMPTS {
+            let mut lease = match self.get(Kind::Lease, NODE_LEASE_NAMESPACE, &name).await {
+                Ok(Object::Lease(lease)) => *lease,
+                Ok(_) => return Err(ApiError::Internal("kind mismatch".to_owned())),
+                Err(ApiError::NotFound(_)) => Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(NODE_LEASE_NAMESPACE.to_owned()),
+                        owner_references: Some(vec![OwnerReference {
+                            api_version: "v1".to_owned(),
+                            kind: "Node".to_owned(),
+                            name: name.clone(),
+                            uid: node.metadata.uid.clone().unwrap_or_default(),
+                            ..OwnerReference::default()
+                        }]),
+                        ..ObjectMeta::default()
+                    },
+                    spec: None,
+                },
+                Err(error) => return Err(error),
+            };
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.holder_identity = Some(name.clone());
+            spec.lease_duration_seconds =
+                Some(i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX));
+            spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+            match self.apply(vec![Object::from(lease)], false).await {
+                Ok(_) => return Ok(()),
+                Err(ApiError::Conflict(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "Lease {NODE_LEASE_NAMESPACE}/{name} kept changing under concurrent writers; try again"
+        )))
+    }
+
+    async fn update_node(
+        &self,
+        name: &str,
+        create: bool,
+        change: impl Fn(&mut Node),
+    ) -> Result<(Node, Vec<String>), ApiError> {
+        for _ in 0..ATTEMPTS {
+            let mut node = match self.get(Kind::Node, "", name).await {
+                Ok(Object::Node(node)) => *node,
+                Ok(_) => return Err(ApiError::Internal("kind mismatch".to_owned())),
+                Err(ApiError::NotFound(_)) if create => Node {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_owned()),
+                        ..ObjectMeta::default()
+                    },
+                    ..Node::default()
+                },
+                Err(ApiError::NotFound(_)) => return Err(not_registered(name)),
+                Err(error) => return Err(error),
+            };
+            change(&mut node);
+            match self.apply(vec![Object::from(node)], false).await {
+                Ok(mut applied) => {
+                    let Some((Object::Node(node), _)) = applied.objects.pop() else {
+                        return Err(ApiError::Internal("apply returned no node".to_owned()));
+                    };
+                    let cidrs = node
+                        .spec
+                        .as_ref()
+                        .and_then(|spec| spec.pod_cidrs.clone())
+                        .unwrap_or_default();
+                    return Ok((*node, cidrs));
+                }
+                Err(ApiError::Conflict(_)) => {}
+                Err(ApiError::Invalid(problems))
+                    if problems.iter().any(|p| p.message.contains("has no free")) =>
+                {
+                    return Err(ApiError::Exhausted(
+                        problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "Node {name} kept changing under concurrent writers; try again"
+        )))
+    }
+
+    /// Releases a node's pod CIDR lease: the alloc keys go, and the CIDRs are remembered in an
+    /// annotation so the node gets them back if they are still free when it returns. Used by the
+    /// node lifecycle controller after the grace period.
+    ///
+    /// # Errors
+    /// Store errors; `Ok(false)` when the node changed meanwhile (try again next round).
+    pub(crate) async fn release_pod_cidrs(
+        &self,
+        node: &Node,
+        revision: Revision,
+    ) -> Result<bool, ApiError> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let cidrs = pod_cidrs_of(node);
+        let key = object_key(Kind::Node, "", &name);
+        let mut next = node.clone();
+        if let Some(spec) = &mut next.spec {
+            spec.pod_cidr = None;
+            spec.pod_cidrs = None;
+        }
+        next.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(
+                RELEASED_CIDRS_ANNOTATION.to_owned(),
+                cidrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        let mut compares = vec![Compare {
+            key: key.clone(),
+            mod_revision: revision,
+        }];
+        let mut ops = vec![Op::Put {
+            key,
+            value: encode(&Object::from(next))?,
+        }];
+        for cidr in &cidrs {
+            let alloc_key = cidr_key(cidr);
+            if let Some(held) = self.store.get(&alloc_key).await?
+                && held.value == name.as_bytes()
+            {
+                compares.push(Compare {
+                    key: alloc_key.clone(),
+                    mod_revision: held.mod_revision,
+                });
+                ops.push(Op::Delete { key: alloc_key });
+            }
+        }
+        Ok(self.store.txn(compares, ops).await?.is_some())
+    }
+}
