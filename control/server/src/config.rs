@@ -13,6 +13,7 @@ use crate::certs;
 use crate::controller::nodes::Lifecycle;
 use crate::registry::Network;
 use crate::server::{Listen, Options, TlsMaterial};
+use crate::store::EtcdTls;
 
 /// `EX_USAGE` from sysexits.h.
 pub const EXIT_USAGE: u8 = 64;
@@ -86,6 +87,16 @@ pub struct RunArgs {
     /// Key prefix in etcd.
     #[arg(long, default_value = "/gannet/")]
     pub etcd_prefix: String,
+    /// CA certificate (PEM) that signed the etcd members' certificates: https:// endpoints
+    /// need it (kube-apiserver's flag name).
+    #[arg(long, env = "GANNET_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; with --etcd-keyfile.
+    #[arg(long, env = "GANNET_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// The client certificate's key (PEM); with --etcd-certfile.
+    #[arg(long, env = "GANNET_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
     /// TLS material for TCP listeners, as `gannet-control certs` writes it (server.pem,
     /// server-key.pem, ca.pem for agents' client certificates, token for gannetctl).
     #[arg(long, default_value = "/etc/gannet/pki")]
@@ -136,6 +147,8 @@ pub enum StoreConfig {
     Etcd {
         endpoints: Vec<String>,
         prefix: String,
+        /// For `https://` endpoints.
+        tls: Option<EtcdTls>,
     },
 }
 
@@ -228,6 +241,79 @@ fn read_files<const N: usize>(
 }
 
 impl RunArgs {
+    /// The TLS material for etcd, read from `--etcd-cafile`/`--etcd-certfile`/`--etcd-keyfile`:
+    /// `https://` endpoints need the CA; the flags without an `https://` endpoint would not be
+    /// used, and mixing `http://` and `https://` members is refused.
+    fn etcd_tls(&self, endpoints: &[String], errors: &mut Vec<String>) -> Option<EtcdTls> {
+        let https = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        let given: Vec<&str> = [
+            ("--etcd-cafile", self.etcd_cafile.is_some()),
+            ("--etcd-certfile", self.etcd_certfile.is_some()),
+            ("--etcd-keyfile", self.etcd_keyfile.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        if https == 0 {
+            if !given.is_empty() {
+                errors.push(format!(
+                    "{}: given, but no --etcd-endpoints is https:// (TLS would not be used)",
+                    given.join(", ")
+                ));
+            }
+            return None;
+        }
+        if https < endpoints.len() {
+            errors.push(format!(
+                "--etcd-endpoints {}: all members must be https:// or all http://",
+                endpoints.join(",")
+            ));
+        }
+        let read = |flag: &str, path: &Path, errors: &mut Vec<String>| match std::fs::read(path) {
+            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
+            Ok(_) => {
+                errors.push(format!("{flag} {}: not a PEM file", path.display()));
+                None
+            }
+            Err(error) => {
+                errors.push(format!("{flag} {}: {error}", path.display()));
+                None
+            }
+        };
+        let ca = match &self.etcd_cafile {
+            Some(path) => read("--etcd-cafile", path, errors),
+            None => {
+                errors.push(
+                    "--etcd-cafile: required for https:// --etcd-endpoints (the CA that signed \
+                     the members' certificates)"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        let client = match (&self.etcd_certfile, &self.etcd_keyfile) {
+            (Some(cert), Some(key)) => Some((
+                read("--etcd-certfile", cert, errors),
+                read("--etcd-keyfile", key, errors),
+            )),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                errors.push("--etcd-certfile and --etcd-keyfile: give both or neither".to_owned());
+                None
+            }
+        };
+        Some(EtcdTls {
+            ca_pem: ca?,
+            client: match client {
+                Some((cert, key)) => Some((cert?, key?)),
+                None => None,
+            },
+        })
+    }
+
     /// Checks every flag; reads the TLS material when a TCP listener needs it.
     ///
     /// # Errors
@@ -359,23 +445,21 @@ impl RunArgs {
             {
                 let hostport = endpoint
                     .strip_prefix("http://")
-                    .or_else(|| endpoint.strip_prefix("https://").map(|_| ""))
+                    .or_else(|| endpoint.strip_prefix("https://"))
                     .unwrap_or(endpoint);
-                if endpoint.starts_with("https://") {
-                    errors.push(format!(
-                        "--etcd-endpoints {endpoint}: TLS to etcd is not supported yet; use http:// on a private network or loopback"
-                    ));
-                } else if hostport
+                if hostport
                     .rsplit_once(':')
                     .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
                 {
                     errors.push(format!(
-                        "--etcd-endpoints {endpoint}: must be http://HOST:PORT or HOST:PORT"
+                        "--etcd-endpoints {endpoint}: must be http://HOST:PORT, https://HOST:PORT \
+                         or HOST:PORT"
                     ));
                 } else {
                     endpoints.push(endpoint.to_owned());
                 }
             }
+            let tls = self.etcd_tls(&endpoints, &mut errors);
             if !self.etcd_prefix.starts_with('/') {
                 errors.push(format!(
                     "--etcd-prefix {}: must start with '/'",
@@ -385,6 +469,7 @@ impl RunArgs {
             StoreConfig::Etcd {
                 endpoints,
                 prefix: self.etcd_prefix.clone(),
+                tls,
             }
         } else {
             if !self.data_dir.is_absolute() {
@@ -548,6 +633,46 @@ mod tests {
             ],
             "{errors:#?}"
         );
+    }
+
+    #[test]
+    fn etcd_tls_flags_are_checked_together() {
+        let errors = |extra: &[&str]| {
+            let mut all = vec!["--etcd-endpoints"];
+            all.extend_from_slice(extra);
+            args(&all).validate().err().map(|e| e.0).unwrap_or_default()
+        };
+        let https_without_ca = errors(&["https://127.0.0.1:2379"]);
+        assert!(
+            https_without_ca
+                .iter()
+                .any(|e| e.starts_with("--etcd-cafile: required")),
+            "{https_without_ca:#?}"
+        );
+        let unused = errors(&["http://127.0.0.1:2379", "--etcd-cafile", "/nonexistent.pem"]);
+        assert!(
+            unused
+                .iter()
+                .any(|e| e.starts_with("--etcd-cafile: given, but no --etcd-endpoints is https://")),
+            "{unused:#?}"
+        );
+        let half = errors(&[
+            "https://127.0.0.1:2379,http://127.0.0.1:2380",
+            "--etcd-cafile",
+            "/nonexistent.pem",
+            "--etcd-certfile",
+            "/c.pem",
+        ]);
+        for expected in [
+            "--etcd-endpoints https://127.0.0.1:2379,http://127.0.0.1:2380: all members",
+            "--etcd-cafile /nonexistent.pem: No such file",
+            "--etcd-certfile and --etcd-keyfile: give both or neither",
+        ] {
+            assert!(
+                half.iter().any(|e| e.starts_with(expected)),
+                "expected {expected:?} in {half:#?}"
+            );
+        }
     }
 
     #[test]

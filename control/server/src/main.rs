@@ -88,8 +88,12 @@ async fn run(config: RunConfig) -> anyhow::Result<()> {
                 .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
             Arc::new(EmbeddedStore::open(path)?)
         }
-        StoreConfig::Etcd { endpoints, prefix } => {
-            let store = EtcdStore::new(endpoints, prefix)?;
+        StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            tls,
+        } => {
+            let store = EtcdStore::with_tls(endpoints, prefix, tls.as_ref())?;
             let revision = store
                 .check()
                 .await

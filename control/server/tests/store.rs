@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Etcd, embedded};
-use gannet_control::store::{Compare, EtcdStore, EventKind, Op, Store, StoreError};
+use gannet_control::store::{Compare, EtcdStore, EtcdTls, EventKind, Op, Store, StoreError};
 
 fn put(key: &str, value: &str) -> Op {
     Op::Put {
@@ -261,6 +261,47 @@ async fn etcd_store_contract() {
     let other: Arc<dyn Store> = Arc::new(EtcdStore::new(&etcd.endpoints(), "/t2/").expect("store"));
     assert!(other.list("").await.expect("list").0.is_empty());
     watch_resumes_and_compaction_expires(other).await;
+}
+
+/// etcd serving TLS with `--client-cert-auth` (as kube-apiserver's etcd usually runs): the store
+/// keeps its contract with the CA and a client certificate; without the certificate, or over
+/// plain HTTP, etcd is unreachable and the error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates() {
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start_tls(1))
+        .await
+        .expect("etcd");
+    let store: Arc<dyn Store> = Arc::new(etcd.store("/tls/"));
+    transactions_compare_and_list_is_consistent(Arc::clone(&store)).await;
+    watch_resumes_and_compaction_expires(Arc::new(etcd.store("/tls-watch/"))).await;
+
+    let tls = etcd.tls.clone().expect("TLS material");
+    let anonymous = EtcdStore::with_tls(
+        &etcd.endpoints(),
+        "/tls/",
+        Some(&EtcdTls {
+            client: None,
+            ..tls
+        }),
+    )
+    .expect("endpoints");
+    let refused = anonymous.check().await;
+    assert!(
+        refused.is_err(),
+        "etcd requires a client certificate: {refused:?}"
+    );
+    let plain: Vec<String> = etcd
+        .endpoints()
+        .iter()
+        .map(|e| e.replace("https://", "http://"))
+        .collect();
+    let plain = EtcdStore::new(&plain, "/tls/").expect("endpoints");
+    let refused = plain.check().await;
+    assert!(refused.is_err(), "etcd serves only TLS: {refused:?}");
+    assert!(
+        EtcdStore::new(&etcd.endpoints(), "/tls/").is_err(),
+        "an https:// endpoint without TLS material is refused at once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

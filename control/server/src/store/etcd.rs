@@ -1,7 +1,8 @@
 //! The etcd v3 store: several gannet-control replicas share one etcd cluster, and every replica's
 //! watches come from etcd's own watch, so a write through one replica reaches watchers of all.
 //!
-//! The client is etcd's gRPC API (the subset in `proto/etcd`). Calls go to one member at a time;
+//! The client is etcd's gRPC API (the subset in `proto/etcd`), over plain HTTP/2 or TLS with a
+//! client certificate ([`EtcdTls`], etcd's `--client-cert-auth`). Calls go to one member at a time;
 //! when it fails (killed, partitioned, no leader) the call moves on to the next member, and a
 //! broken watch is re-established on another member from the last revision it delivered.
 
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use super::{Compare, Event, EventKind, EventStream, KeyValue, Op, Revision, Store, StoreError};
@@ -23,6 +24,35 @@ use crate::etcdpb::watch_client::WatchClient;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rounds over all members before a call gives up.
 const ROUNDS: usize = 4;
+
+/// TLS to etcd's `https://` endpoints: the CA that signed the members' certificates and, when
+/// etcd runs with `--client-cert-auth`, a client certificate and its key (all PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    /// Certificate and key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    // The key stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl EtcdTls {
+    fn client_config(&self) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.client {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
+}
 
 /// The store in an etcd v3 cluster, under a key prefix.
 #[derive(Clone, Debug)]
@@ -79,6 +109,19 @@ impl EtcdStore {
     /// # Errors
     /// If an endpoint is not a valid URL.
     pub fn new(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        Self::with_tls(endpoints, prefix, None)
+    }
+
+    /// As [`EtcdStore::new`], with TLS for `https://` endpoints.
+    ///
+    /// # Errors
+    /// If an endpoint is not a valid URL, an `https://` one has no `tls`, an `http://` one has
+    /// `tls` (it would not be used), or the TLS material is unusable.
+    pub fn with_tls(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
             return Err(StoreError::Unavailable("no etcd endpoints".to_owned()));
         }
@@ -90,10 +133,23 @@ impl EtcdStore {
             } else {
                 format!("http://{endpoint}")
             };
-            let channel = Endpoint::from_shared(url.clone())
-                .map_err(|error| {
-                    StoreError::Unavailable(format!("etcd endpoint {url:?}: {error}"))
-                })?
+            let unusable = |error: &dyn std::fmt::Display| {
+                StoreError::Unavailable(format!("etcd endpoint {url:?}: {error}"))
+            };
+            let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| unusable(&e))?;
+            match (url.starts_with("https://"), tls) {
+                (true, Some(tls)) => {
+                    endpoint = endpoint
+                        .tls_config(tls.client_config())
+                        .map_err(|e| unusable(&e))?;
+                }
+                (true, None) => return Err(unusable(&"https:// needs a CA certificate")),
+                (false, Some(_)) => {
+                    return Err(unusable(&"TLS material given for a plain http:// endpoint"));
+                }
+                (false, None) => {}
+            }
+            let channel = endpoint
                 .connect_timeout(Duration::from_secs(2))
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(3))

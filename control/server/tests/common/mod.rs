@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use gannet_api::{Client, Credentials, ServerAddr};
 use gannet_control::server::{self, ControlPlane, Listen, Options};
-use gannet_control::store::{EmbeddedStore, EtcdStore, Store};
+use gannet_control::store::{EmbeddedStore, EtcdStore, EtcdTls, Store};
 use gannet_testkit::ChildGuard;
 
 /// Debian's etcd-server.
@@ -53,14 +53,47 @@ pub struct Etcd {
     pub members: Vec<Member>,
     cluster: String,
     token: String,
+    /// With TLS: clients must show a certificate of this CA (`--client-cert-auth`).
+    pub tls: Option<EtcdTls>,
+    /// `gannet-control certs` output, when the members serve TLS.
+    pub pki: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Etcd {
     /// Starts `size` members and waits until the cluster serves.
     pub fn start(size: usize) -> Self {
+        Self::start_with(size, false)
+    }
+
+    /// Starts `size` members serving clients over TLS with client certificates required (their
+    /// certificates from `gannet-control certs`: the server pair for the members, the agent pair
+    /// as the client's).
+    pub fn start_tls(size: usize) -> Self {
+        Self::start_with(size, true)
+    }
+
+    fn start_with(size: usize, tls: bool) -> Self {
         require_etcd();
         let dir = tempfile::tempdir().expect("temporary directory");
+        let scheme = if tls { "https" } else { "http" };
+        let pki = tls.then(|| {
+            let pki = dir.path().join("pki");
+            gannet_control::certs::generate(
+                &pki,
+                &["localhost".to_owned(), "127.0.0.1".to_owned()],
+                false,
+            )
+            .expect("certificates for etcd");
+            pki
+        });
+        let tls = pki.as_ref().map(|pki| {
+            let read = |name: &str| std::fs::read(pki.join(name)).expect("certificate file");
+            EtcdTls {
+                ca_pem: read("ca.pem"),
+                client: Some((read("agent.pem"), read("agent-key.pem"))),
+            }
+        });
         let token = format!("gannet-test-{}-{}", std::process::id(), free_port());
         let mut members = Vec::new();
         for i in 0..size {
@@ -68,7 +101,7 @@ impl Etcd {
             members.push(Member {
                 data_dir: dir.path().join(&name),
                 name,
-                client_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                 peer_url: format!("http://127.0.0.1:{}", free_port()),
                 process: None,
             });
@@ -82,6 +115,8 @@ impl Etcd {
             members,
             cluster,
             token,
+            tls,
+            pki,
             _dir: dir,
         };
         for i in 0..size {
@@ -107,12 +142,27 @@ impl Etcd {
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "warn"]);
+        if let Some(pki) = &self.pki {
+            command
+                .arg("--cert-file")
+                .arg(pki.join("server.pem"))
+                .arg("--key-file")
+                .arg(pki.join("server-key.pem"))
+                .arg("--trusted-ca-file")
+                .arg(pki.join("ca.pem"))
+                .arg("--client-cert-auth");
+        }
         let guard = gannet_testkit::spawn(command, None, None).expect("starting etcd");
         self.members[i].process = Some(guard);
     }
 
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// A store on these members under `prefix`, with their TLS when they serve it.
+    pub fn store(&self, prefix: &str) -> EtcdStore {
+        EtcdStore::with_tls(&self.endpoints(), prefix, self.tls.as_ref()).expect("etcd endpoints")
     }
 
     /// Kills member `i` with SIGKILL.
@@ -131,7 +181,7 @@ impl Etcd {
             .expect("runtime");
         let deadline = Instant::now() + Duration::from_secs(20);
         runtime.block_on(async {
-            let store = EtcdStore::new(&endpoints, "/ready-check/").expect("endpoints");
+            let store = self.store("/ready-check/");
             loop {
                 // A write needs a leader: the cluster is up.
                 match store
