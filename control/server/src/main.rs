@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    match cli.command.unwrap_or(Command::Run(cli.run)) {
+    match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::Certs(args) => {
             let hosts = args.hosts();
             match certs::generate(&args.out, &hosts, args.force) {
