@@ -803,7 +803,7 @@ async fn node_leases_heartbeats_and_release_after_grace() {
 }
 
 /// Heartbeats renew the node's Lease (`kube-node-lease/<node>`), not the Node: a Node watcher
-/// sees an event only when the node changes (NotReady when the Lease is not renewed, Ready when
+/// sees an event only when the node changes (`NotReady` when the Lease is not renewed, Ready when
 /// it is again), and a deleted node's Lease goes.
 #[tokio::test]
 async fn heartbeats_renew_the_node_lease_and_leave_the_node_alone() {

@@ -174,7 +174,6 @@ impl Etcd {
     }
 
     fn wait_ready(&self) {
-        let endpoints = self.endpoints();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
