@@ -97,22 +97,85 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub dirs: DirArgs,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "GANNET_LOG_FORMAT")]
     pub log_format: LogFormat,
 }
 
-/// `gannetd cleanup`: the links to detach are pinned in `--bpf-root`, so it needs no cgroup.
+/// `gannetd cleanup`: the directories and the log format; the links to detach are pinned in
+/// `--bpf-root`, so it needs no cgroup. Every other flag of `gannetd run` is accepted too (and
+/// its variable read), so that a unit or an operator can give cleanup the agent's own
+/// arguments; those are checked as `gannetd run` parses them and otherwise ignored.
 #[derive(Debug, Clone, Args)]
 pub struct CleanupArgs {
     #[command(flatten)]
     pub dirs: DirArgs,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "GANNET_LOG_FORMAT")]
     pub log_format: LogFormat,
-    /// Accepted for the scripts that passed it before; cleanup finds the links in
-    /// `--bpf-root`.
-    #[arg(long, hide = true)]
-    pub cgroup_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub run_flags: RunFlagsIgnored,
+}
+
+/// The help heading of the `gannetd run` flags that `gannetd cleanup` accepts and ignores.
+pub const IGNORED_RUN_FLAGS_HEADING: &str = "Accepted for `gannetd run` compatibility (unused)";
+
+/// The flags of `gannetd run` that `gannetd cleanup` uses itself (argument ids).
+const CLEANUP_OWN_FLAGS: [&str; 3] = ["bpf_root", "state_dir", "log_format"];
+
+/// Those of `gannetd run`'s flags that cleanup does not use, as run declares them (so a flag
+/// added to run is accepted by cleanup without a change here).
+fn run_only_flags() -> Vec<clap::Arg> {
+    RunArgs::augment_args(clap::Command::new("run"))
+        .get_arguments()
+        .filter(|arg| !CLEANUP_OWN_FLAGS.contains(&arg.get_id().as_str()))
+        .cloned()
+        .collect()
+}
+
+/// `gannetd run`'s flags (and variables) given to `gannetd cleanup`, which ignores them.
+#[derive(Debug, Clone, Default)]
+pub struct RunFlagsIgnored {
+    /// The flags given on the command line, e.g. `--node-name`.
+    pub flags: Vec<String>,
+    /// The variables that set one, e.g. `GANNET_NODE_NAME`.
+    pub variables: Vec<String>,
+}
+
+impl Args for RunFlagsIgnored {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        run_only_flags().into_iter().fold(cmd, |cmd, arg| {
+            cmd.arg(arg.help_heading(IGNORED_RUN_FLAGS_HEADING))
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for RunFlagsIgnored {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut given = Self::default();
+        for arg in run_only_flags() {
+            match matches.value_source(arg.get_id().as_str()) {
+                Some(clap::parser::ValueSource::CommandLine) => given
+                    .flags
+                    .push(format!("--{}", arg.get_long().unwrap_or_default())),
+                Some(clap::parser::ValueSource::EnvVariable) => given.variables.push(
+                    arg.get_env()
+                        .map(|name| name.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                _ => {}
+            }
+        }
+        Ok(given)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -151,7 +214,7 @@ pub struct RunArgs {
     pub tls_dir: Option<PathBuf>,
     /// This node's address as reported to the control plane (repeatable, or comma-separated);
     /// default: the global addresses of the network namespace gannetd runs in.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "GANNET_NODE_IP")]
     pub node_ip: Vec<String>,
     /// Where the node's pod-CIDR lease is written for gannet-cni (Flannel's `subnet.env` keys);
     /// default: `subnet.env` in `--state-dir`.
@@ -160,7 +223,7 @@ pub struct RunArgs {
     /// The pods' MTU, written to the subnet file; default: the underlay's MTU less the VXLAN
     /// overhead (50) with `--overlay vxlan|ebpf`, the underlay's MTU with `host-gw`, 1500 with
     /// `none`.
-    #[arg(long)]
+    #[arg(long, env = "GANNET_POD_MTU")]
     pub pod_mtu: Option<u32>,
     /// How pods reach pods of other nodes: `vxlan` (Flannel-compatible VXLAN), `host-gw`
     /// (routes via the other nodes, one L2 segment), `ebpf` (VXLAN driven by tc programs), or
@@ -169,78 +232,78 @@ pub struct RunArgs {
     pub overlay: Mode,
     /// The underlay interface the overlay uses; default: the one holding the first `--node-ip`
     /// (or the first interface with a global address).
-    #[arg(long)]
+    #[arg(long, env = "GANNET_OVERLAY_INTERFACE")]
     pub overlay_interface: Option<String>,
     /// The VXLAN network identifier (Flannel's default: 1).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, env = "GANNET_VXLAN_VNI")]
     pub vxlan_vni: u32,
     /// The VXLAN UDP port (Flannel's default: 8472).
-    #[arg(long, default_value_t = DEFAULT_VXLAN_PORT)]
+    #[arg(long, default_value_t = DEFAULT_VXLAN_PORT, env = "GANNET_VXLAN_PORT")]
     pub vxlan_port: u16,
     /// How often the overlay's kernel state (routes, neighbours, forwarding entries, the node map,
     /// the nftables table) is checked against the nodes and repaired, in seconds; 0: only at
     /// start and on node changes.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, env = "GANNET_OVERLAY_RESYNC_SECONDS")]
     pub overlay_resync_seconds: u64,
     /// What counts as inside the cluster for masquerade (repeatable, or comma-separated; one per
     /// family); default: the control plane's cluster CIDRs. Required with `--manifest-dir` while
     /// an overlay and masquerade are on.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "GANNET_CLUSTER_CIDR")]
     pub cluster_cidr: Vec<String>,
     /// Masquerade traffic from this node's pods to destinations outside the cluster CIDR
     /// (nftables, table `inet gannet`); `--masquerade=false` turns it off.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", env = "GANNET_MASQUERADE")]
     pub masquerade: bool,
     /// How often the manifest directory is checked for changes, in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, env = "GANNET_SYNC_INTERVAL_MS")]
     pub sync_interval_ms: u64,
     /// Capacity: service frontends (ClusterIP × port × protocol).
-    #[arg(long, default_value_t = DEFAULT_MAX_SERVICES)]
+    #[arg(long, default_value_t = DEFAULT_MAX_SERVICES, env = "GANNET_MAX_SERVICES")]
     pub max_services: u32,
     /// Capacity: distinct backends (address:port).
-    #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS)]
+    #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS, env = "GANNET_MAX_BACKENDS")]
     pub max_backends: u32,
     /// Capacity: backend slots of all services together.
-    #[arg(long, default_value_t = DEFAULT_MAX_SLOTS)]
+    #[arg(long, default_value_t = DEFAULT_MAX_SLOTS, env = "GANNET_MAX_SLOTS")]
     pub max_slots: u32,
     /// Capacity: socket reverse-NAT entries of UDP sockets (LRU; TCP sockets keep theirs in
     /// socket storage).
-    #[arg(long, default_value_t = DEFAULT_MAX_REV_NAT)]
+    #[arg(long, default_value_t = DEFAULT_MAX_REV_NAT, env = "GANNET_MAX_REV_NAT")]
     pub max_rev_nat: u32,
     /// Capacity: affinity entries (LRU).
-    #[arg(long, default_value_t = DEFAULT_MAX_AFFINITY)]
+    #[arg(long, default_value_t = DEFAULT_MAX_AFFINITY, env = "GANNET_MAX_AFFINITY")]
     pub max_affinity: u32,
     /// Capacity: pod addresses on this node.
-    #[arg(long, default_value_t = DEFAULT_MAX_ENDPOINTS)]
+    #[arg(long, default_value_t = DEFAULT_MAX_ENDPOINTS, env = "GANNET_MAX_ENDPOINTS")]
     pub max_endpoints: u32,
     /// Capacity: tracked NodePort/external flows, two entries per flow (LRU: when full, the
     /// least recently used flows are forgotten).
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNTRACK)]
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNTRACK, env = "GANNET_MAX_CONNTRACK")]
     pub max_conntrack: u32,
     /// Interfaces where traffic from outside the node reaches node ports, external IPs and
     /// LoadBalancer IPs (tc ingress; repeatable or comma-separated); default: the interfaces
     /// holding the node's addresses. `--nodeport-interfaces=` (empty) turns the packet path off;
     /// connections made on the node are still balanced by the socket load balancer.
-    #[arg(long, value_delimiter = ',', num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, value_delimiter = ',', num_args = 0..=1, default_missing_value = "", env = "GANNET_NODEPORT_INTERFACES")]
     pub nodeport_interfaces: Option<Vec<String>>,
     /// Which of the node's addresses accept node ports (CIDRs, repeatable or comma-separated;
     /// as kube-proxy's flag); default: every node address (`--node-ip`).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "GANNET_NODEPORT_ADDRESSES")]
     pub nodeport_addresses: Vec<String>,
     /// `none`: the NodePort program runs in tc; `xdp`: also in native XDP in front of it, where
     /// the interface's driver has native XDP (gannetd says which do not), sending back out of
     /// the same interface what it can without building an skb.
-    #[arg(long, value_enum, default_value_t = Acceleration::None)]
+    #[arg(long, value_enum, default_value_t = Acceleration::None, env = "GANNET_NODEPORT_ACCELERATION")]
     pub nodeport_acceleration: Acceleration,
     /// `snat`: a backend on another node answers through this node, which rewrites the client's
     /// source; `dsr` (IPv4): the client's packets keep their source and carry the frontend in an
     /// IPv4 option (8 bytes of MTU), and the backend's node answers the client directly (the
     /// network must let nodes send from NodePort/LoadBalancer addresses). IPv6 always uses snat.
-    #[arg(long, value_enum, default_value_t = LbMode::Snat)]
+    #[arg(long, value_enum, default_value_t = LbMode::Snat, env = "GANNET_LB_MODE")]
     pub lb_mode: LbMode,
     /// Entries of each NodePort/external frontend's Maglev table: a prime; larger tables spread
     /// flows more evenly over many backends and cost 4 bytes an entry per frontend.
-    #[arg(long, default_value_t = DEFAULT_MAGLEV_TABLE_SIZE)]
+    #[arg(long, default_value_t = DEFAULT_MAGLEV_TABLE_SIZE, env = "GANNET_MAGLEV_TABLE_SIZE")]
     pub maglev_table_size: u32,
 }
 
@@ -761,7 +824,21 @@ impl RunArgs {
 }
 
 impl CleanupArgs {
+    /// Checks the directories, and logs the flags and variables of `gannetd run` it ignores
+    /// (flags at info, variables, which an environment file sets for the agent, at debug).
     pub fn validate(&self) -> Result<CleanupConfig, ConfigErrors> {
+        if !self.run_flags.flags.is_empty() {
+            tracing::info!(
+                flags = self.run_flags.flags.join(","),
+                "ignoring flags of gannetd run that cleanup does not use"
+            );
+        }
+        if !self.run_flags.variables.is_empty() {
+            tracing::debug!(
+                variables = self.run_flags.variables.join(","),
+                "ignoring variables of gannetd run that cleanup does not use"
+            );
+        }
         let mut errors = Vec::new();
         check_bpf_root(&self.dirs.bpf_root, &mut errors);
         check_state_dir(&self.dirs.state_dir, &mut errors);
@@ -825,7 +902,7 @@ mod tests {
     }
 
     #[test]
-    fn subcommands_take_only_the_flags_they_use() {
+    fn status_takes_only_the_flags_it_uses() {
         for flag in [
             "--server",
             "--node-name",
@@ -838,15 +915,97 @@ mod tests {
                 "gannetd status must refuse {flag}"
             );
         }
-        for flag in ["--server", "--node-name", "--dataplane"] {
-            assert!(
-                Cli::try_parse_from(["gannetd", "cleanup", flag, "x"]).is_err(),
-                "gannetd cleanup must refuse {flag}"
+    }
+
+    /// Issue 12: cleanup takes the arguments of `gannetd run`, so a unit or an operator can pass
+    /// the agent's own; those it does not use are listed under a heading of their own.
+    #[test]
+    fn cleanup_accepts_every_flag_of_run() {
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+        let sub = |name: &str| {
+            cli.find_subcommand(name)
+                .unwrap_or_else(|| panic!("gannetd {name} exists"))
+                .clone()
+        };
+        let (run, cleanup) = (sub("run"), sub("cleanup"));
+        for arg in run.get_arguments() {
+            let id = arg.get_id().as_str();
+            let theirs = cleanup
+                .get_arguments()
+                .find(|a| a.get_id() == arg.get_id())
+                .unwrap_or_else(|| panic!("gannetd cleanup must accept --{id} as run does"));
+            assert_eq!(theirs.get_long(), arg.get_long(), "{id}");
+            assert_eq!(theirs.get_env(), arg.get_env(), "{id}");
+            let heading = theirs.get_help_heading();
+            if CLEANUP_OWN_FLAGS.contains(&id) {
+                assert_eq!(heading, None, "--{id} is cleanup's own");
+            } else {
+                assert_eq!(heading, Some(IGNORED_RUN_FLAGS_HEADING), "--{id}");
+            }
+        }
+
+        let args = [
+            "gannetd",
+            "cleanup",
+            "--bpf-root",
+            "/sys/fs/bpf/x",
+            "--node-name",
+            "n1",
+            "--server",
+            "unix:/x.sock",
+            "--manifest-dir",
+            "/nonexistent",
+            "--dataplane",
+            "nftables",
+            "--cgroup-path",
+            "/sys/fs/cgroup",
+            "--node-ip",
+            "10.0.0.1,10.0.0.2",
+            "--masquerade=false",
+            "--nodeport-interfaces=",
+            "--max-backends",
+            "10",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let Some(Command::Cleanup(cleanup)) = cli.command else {
+            panic!("{args:?} is a cleanup");
+        };
+        assert_eq!(cleanup.dirs.bpf_root, Path::new("/sys/fs/bpf/x"));
+        assert_eq!(
+            cleanup.run_flags.flags,
+            [
+                "--cgroup-path",
+                "--dataplane",
+                "--node-name",
+                "--manifest-dir",
+                "--server",
+                "--node-ip",
+                "--masquerade",
+                "--max-backends",
+                "--nodeport-interfaces",
+            ]
+            .map(String::from),
+            "the ignored flags are named, each once, in run's order"
+        );
+        // Values are parsed as run parses them.
+        assert!(Cli::try_parse_from(["gannetd", "cleanup", "--dataplane", "bogus"]).is_err());
+    }
+
+    /// Every flag of `gannetd run` can come from the environment (the systemd unit's
+    /// environment file sets them): `GANNET_` and the flag's name.
+    #[test]
+    fn every_flag_of_run_has_a_variable() {
+        let run = RunArgs::augment_args(clap::Command::new("run"));
+        for arg in run.get_arguments() {
+            let long = arg.get_long().expect("every flag is a long flag");
+            let expected = format!("GANNET_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().map(|v| v.to_string_lossy().into_owned()),
+                Some(expected),
+                "--{long}"
             );
         }
-        // Scripts pass --cgroup-path to cleanup: still accepted.
-        Cli::try_parse_from(["gannetd", "cleanup", "--cgroup-path", "/sys/fs/cgroup"])
-            .expect("cleanup --cgroup-path stays accepted");
     }
 
     #[test]

@@ -172,19 +172,18 @@ fn gannetd_takes_the_control_plane_by_its_new_and_old_names() {
     }
 }
 
+/// `gannetd status` takes only the flags it uses; `gannetd cleanup` takes every flag (and
+/// variable) of `gannetd run`, so a unit or an operator can pass the agent's own, ignores those
+/// it does not use, and says so. Every cleanup here is refused for its relative `--bpf-root`
+/// after parsing, before it looks at anything.
 #[test]
-fn gannetd_subcommands_take_only_their_flags() {
-    for (subcommand, flag) in [
-        ("status", "--server"),
-        ("status", "--cgroup-path"),
-        ("cleanup", "--server"),
-        ("cleanup", "--dataplane"),
-    ] {
-        let output = run("gannetd", &[subcommand, flag, "x"], &[]);
+fn gannetd_cleanup_takes_run_flags_and_status_only_its_own() {
+    for flag in ["--server", "--cgroup-path", "--node-name", "--log-format"] {
+        let output = run("gannetd", &["status", flag, "x"], &[]);
         assert_eq!(
             output.status.code(),
             Some(64),
-            "gannetd {subcommand} {flag}: {}",
+            "gannetd status {flag}: {}",
             text(&output.stderr)
         );
     }
@@ -193,4 +192,67 @@ fn gannetd_subcommands_take_only_their_flags() {
         help.contains("--bpf-root") && !help.contains("--cgroup-path"),
         "{help}"
     );
+
+    let output = run(
+        "gannetd",
+        &[
+            "cleanup",
+            "--bpf-root",
+            "relative",
+            "--server",
+            "unix:/nonexistent/control.sock",
+            "--node-name",
+            "worker-1",
+            "--dataplane",
+            "nftables",
+            "--cgroup-path",
+            "/sys/fs/cgroup",
+            "--masquerade=false",
+        ],
+        &[
+            ("GANNET_LOG", "debug"),
+            ("GANNET_MANIFEST_DIR", "/nonexistent"),
+            ("GANNET_OVERLAY", "host-gw"),
+            ("GANNET_MAX_BACKENDS", "10"),
+        ],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--bpf-root relative: must be an absolute path")
+            && !stderr.contains("unexpected argument"),
+        "cleanup accepts run's flags and checks its own: {stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "ignoring flags of gannetd run that cleanup does not use \
+             flags=\"--cgroup-path,--dataplane,--node-name,--server,--masquerade\""
+        ),
+        "cleanup names the flags it ignores: {stderr}"
+    );
+    assert!(
+        stderr.contains("variables=\"GANNET_MANIFEST_DIR,GANNET_OVERLAY,GANNET_MAX_BACKENDS\""),
+        "cleanup names the variables it ignores (at debug): {stderr}"
+    );
+
+    let help = text(&run("gannetd", &["cleanup", "--help"], &[]).stdout);
+    let (own, ignored) = help
+        .split_once("Accepted for `gannetd run` compatibility (unused):")
+        .unwrap_or_else(|| {
+            panic!("cleanup --help lists run's flags under their own heading: {help}")
+        });
+    // An option's own line: "      --flag <VALUE>".
+    let lists = |section: &str, flag: &str| section.contains(&format!("\n      {flag} "));
+    for flag in ["--bpf-root", "--state-dir", "--log-format"] {
+        assert!(lists(own, flag) && !lists(ignored, flag), "{flag}: {help}");
+    }
+    for flag in [
+        "--node-name",
+        "--server",
+        "--manifest-dir",
+        "--cgroup-path",
+        "--max-backends",
+    ] {
+        assert!(lists(ignored, flag) && !lists(own, flag), "{flag}: {help}");
+    }
 }

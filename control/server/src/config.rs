@@ -61,31 +61,53 @@ pub struct RunArgs {
     )]
     pub data_dir: PathBuf,
     /// Where to serve: `unix:PATH` (mode --socket-mode), or `HOST:PORT` (TLS; plain only with
-    /// --insecure on loopback). Repeatable.
-    #[arg(long, default_value = gannet_api::DEFAULT_SERVER)]
+    /// --insecure on loopback). Repeatable, or comma-separated.
+    #[arg(long, default_value = gannet_api::DEFAULT_SERVER, value_delimiter = ',', env = "GANNET_CONTROL_LISTEN")]
     pub listen: Vec<String>,
     /// Pod network(s), at most one IPv4 and one IPv6, comma-separated; each node leases one subnet.
-    #[arg(long, value_delimiter = ',', default_value = "10.244.0.0/16")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10.244.0.0/16",
+        env = "GANNET_CONTROL_CLUSTER_CIDR"
+    )]
     pub cluster_cidr: Vec<String>,
     /// Prefix length of each node's IPv4 pod subnet.
-    #[arg(long, default_value_t = 24)]
+    #[arg(
+        long,
+        default_value_t = 24,
+        env = "GANNET_CONTROL_NODE_CIDR_MASK_SIZE_IPV4"
+    )]
     pub node_cidr_mask_size_ipv4: u8,
     /// Prefix length of each node's IPv6 pod subnet.
-    #[arg(long, default_value_t = 64)]
+    #[arg(
+        long,
+        default_value_t = 64,
+        env = "GANNET_CONTROL_NODE_CIDR_MASK_SIZE_IPV6"
+    )]
     pub node_cidr_mask_size_ipv6: u8,
     /// Service network(s) for cluster IPs, at most one IPv4 and one IPv6, comma-separated; the
     /// first is the default family. Must not overlap `--cluster-cidr`.
-    #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10.96.0.0/12",
+        env = "GANNET_CONTROL_SERVICE_CIDR"
+    )]
     pub service_cidr: Vec<String>,
     /// Node ports are allocated from this range.
-    #[arg(long, default_value = "30000-32767")]
+    #[arg(
+        long,
+        default_value = "30000-32767",
+        env = "GANNET_CONTROL_NODE_PORT_RANGE"
+    )]
     pub node_port_range: String,
     /// Store everything in etcd v3 (comma-separated `http://HOST:PORT`) instead of --data-dir:
     /// several gannet-control replicas can then serve one cluster.
     #[arg(long, value_delimiter = ',', env = "GANNET_ETCD_ENDPOINTS")]
     pub etcd_endpoints: Vec<String>,
     /// Key prefix in etcd.
-    #[arg(long, default_value = "/gannet/")]
+    #[arg(long, default_value = "/gannet/", env = "GANNET_CONTROL_ETCD_PREFIX")]
     pub etcd_prefix: String,
     /// CA certificate (PEM) that signed the etcd members' certificates: https:// endpoints
     /// need it (kube-apiserver's flag name).
@@ -99,28 +121,44 @@ pub struct RunArgs {
     pub etcd_keyfile: Option<PathBuf>,
     /// TLS material for TCP listeners, as `gannet-control certs` writes it (server.pem,
     /// server-key.pem, ca.pem for agents' client certificates, token for gannetctl).
-    #[arg(long, default_value = "/etc/gannet/pki")]
+    #[arg(long, default_value = "/etc/gannet/pki", env = "GANNET_TLS_DIR")]
     pub tls_dir: PathBuf,
     /// Serve TCP listeners without TLS or authentication (loopback addresses only).
-    #[arg(long)]
+    #[arg(long, env = "GANNET_CONTROL_INSECURE")]
     pub insecure: bool,
     /// Mode of unix sockets (octal): who may connect is who may write the socket.
-    #[arg(long, default_value = "0660")]
+    #[arg(long, default_value = "0660", env = "GANNET_CONTROL_SOCKET_MODE")]
     pub socket_mode: String,
     /// How often agents send heartbeats.
-    #[arg(long, default_value_t = 10)]
+    #[arg(
+        long,
+        default_value_t = 10,
+        env = "GANNET_CONTROL_HEARTBEAT_INTERVAL_SECONDS"
+    )]
     pub heartbeat_interval_seconds: u64,
     /// A node without a heartbeat for this long is `NotReady` (its pod CIDR lease has expired).
-    #[arg(long, default_value_t = 40)]
+    #[arg(
+        long,
+        default_value_t = 40,
+        env = "GANNET_CONTROL_NODE_MONITOR_GRACE_SECONDS"
+    )]
     pub node_monitor_grace_seconds: u64,
     /// An expired pod CIDR lease is released after this many more seconds.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(
+        long,
+        default_value_t = 3600,
+        env = "GANNET_CONTROL_POD_CIDR_RELEASE_GRACE_SECONDS"
+    )]
     pub pod_cidr_release_grace_seconds: u64,
     /// Revisions of history kept for watches to resume from (0: never compact).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        env = "GANNET_CONTROL_HISTORY_REVISIONS"
+    )]
     pub history_revisions: u64,
     /// Log format (level from `GANNET_LOG`, default info).
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "GANNET_LOG_FORMAT")]
     pub log_format: LogFormat,
 }
 
@@ -575,6 +613,29 @@ mod tests {
         let mut argv = vec!["gannet-control"];
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv).expect("test flags parse").run
+    }
+
+    /// Every flag of `gannet-control run` can come from the environment (the systemd unit's
+    /// environment file sets them): `GANNET_CONTROL_` and the flag's name, except the variables
+    /// shared with the other binaries (`GANNET_TLS_DIR`, `GANNET_LOG_FORMAT`) and
+    /// `GANNET_ETCD_ENDPOINTS`, which predates the rule.
+    #[test]
+    fn every_flag_of_run_has_a_variable() {
+        let run = RunArgs::augment_args(clap::Command::new("run"));
+        for arg in run.get_arguments() {
+            let long = arg.get_long().expect("every flag is a long flag");
+            let expected = match long {
+                "tls-dir" | "log-format" | "etcd-endpoints" => {
+                    format!("GANNET_{}", long.to_uppercase().replace('-', "_"))
+                }
+                _ => format!("GANNET_CONTROL_{}", long.to_uppercase().replace('-', "_")),
+            };
+            assert_eq!(
+                arg.get_env().map(|v| v.to_string_lossy().into_owned()),
+                Some(expected),
+                "--{long}"
+            );
+        }
     }
 
     #[test]
