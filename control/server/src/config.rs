@@ -111,13 +111,13 @@ pub struct RunArgs {
     pub etcd_prefix: String,
     /// CA certificate (PEM) that signed the etcd members' certificates: https:// endpoints
     /// need it (kube-apiserver's flag name).
-    #[arg(long, env = "GANNET_ETCD_CAFILE")]
+    #[arg(long, env = "GANNET_CONTROL_ETCD_CAFILE")]
     pub etcd_cafile: Option<PathBuf>,
     /// Client certificate (PEM) for etcd's --client-cert-auth; with --etcd-keyfile.
-    #[arg(long, env = "GANNET_ETCD_CERTFILE")]
+    #[arg(long, env = "GANNET_CONTROL_ETCD_CERTFILE")]
     pub etcd_certfile: Option<PathBuf>,
     /// The client certificate's key (PEM); with --etcd-certfile.
-    #[arg(long, env = "GANNET_ETCD_KEYFILE")]
+    #[arg(long, env = "GANNET_CONTROL_ETCD_KEYFILE")]
     pub etcd_keyfile: Option<PathBuf>,
     /// TLS material for TCP listeners, as `gannet-control certs` writes it (server.pem,
     /// server-key.pem, ca.pem for agents' client certificates, token for gannetctl).

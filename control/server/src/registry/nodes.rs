@@ -7,14 +7,19 @@ use std::net::IpAddr;
 
 use gannet_api::{Kind, Object, Problem, object_label};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 
+use gannet_k8s::FieldProblem;
+use ipnet::IpNet;
+
 use super::{
-    ATTEMPTS, ApiError, RELEASED_CIDRS_ANNOTATION, Registry, cidr_key, encode, now, object_key,
-    pod_cidrs_of,
+    ATTEMPTS, Allocations, ApiError, RELEASED_CIDRS_ANNOTATION, Registry, cidr_key, encode, now,
+    object_key, owner_label,
 };
+use crate::alloc::Family;
 use crate::store::{Compare, Op, Revision};
+use crate::validate::problem;
 use crate::validate::{VTEP_MAC_ANNOTATION, is_mac};
 
 /// The namespace of the nodes' heartbeat Leases, as in Kubernetes.
@@ -349,5 +354,126 @@ impl Registry {
             }
         }
         Ok(self.store.txn(compares, ops).await?.is_some())
+    }
+}
+
+pub(super) fn pod_cidrs_of(node: &Node) -> Vec<IpNet> {
+    let Some(spec) = &node.spec else {
+        return Vec::new();
+    };
+    match spec.pod_cidrs.as_deref() {
+        Some(cidrs) if !cidrs.is_empty() => cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+        _ => spec
+            .pod_cidr
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect(),
+    }
+}
+
+impl Registry {
+    pub(super) fn prepare_node(
+        &self,
+        node: &mut Node,
+        old: Option<&Node>,
+        allocations: &mut Allocations,
+        problems: &mut Vec<FieldProblem>,
+    ) {
+        let owner = node.metadata.name.clone().unwrap_or_default();
+        if node.status.is_none() {
+            node.status = old.and_then(|old| old.status.clone());
+        }
+        let given = pod_cidrs_of(node);
+        let old_cidrs = old.map(pod_cidrs_of).unwrap_or_default();
+        let mut cidrs = Vec::new();
+        if !given.is_empty() {
+            if !old_cidrs.is_empty() && old_cidrs != given {
+                problems.push(problem(
+                    "spec.podCIDRs",
+                    format!(
+                        "field is immutable once set: it is {}",
+                        old_cidrs
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                ));
+            }
+            for (i, cidr) in given.iter().enumerate() {
+                let field = format!("spec.podCIDRs[{i}]");
+                match self.pod_network(Family::of(cidr.addr())) {
+                    None => problems.push(problem(
+                        field,
+                        format!(
+                            "no {} cluster CIDR is configured (--cluster-cidr)",
+                            Family::of(cidr.addr()).name()
+                        ),
+                    )),
+                    Some(network) if !network.holds(cidr) => problems.push(problem(
+                        field,
+                        format!(
+                            "{cidr} is not a /{} subnet of the cluster CIDR {}",
+                            network.node_prefix, network.cidr
+                        ),
+                    )),
+                    Some(_) => {
+                        if let Some(holder) = allocations.cidr_holder(cidr, &owner) {
+                            problems.push(problem(
+                                field,
+                                format!("{cidr} is leased to {}", owner_label(&holder)),
+                            ));
+                        }
+                    }
+                }
+            }
+            cidrs = given;
+        } else if !old_cidrs.is_empty() {
+            cidrs = old_cidrs;
+        } else {
+            let released: Vec<IpNet> = node
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(RELEASED_CIDRS_ANNOTATION))
+                .or_else(|| {
+                    old.and_then(|old| old.metadata.annotations.as_ref())
+                        .and_then(|a| a.get(RELEASED_CIDRS_ANNOTATION))
+                })
+                .map(|text| text.split(',').filter_map(|c| c.parse().ok()).collect())
+                .unwrap_or_default();
+            for network in &self.network.pod_networks {
+                let previous = released.iter().find(|cidr| {
+                    network.holds(cidr) && allocations.cidr_holder(cidr, &owner).is_none()
+                });
+                let chosen = previous
+                    .copied()
+                    .or_else(|| network.first_free(&allocations.used_cidrs()));
+                match chosen {
+                    Some(cidr) => {
+                        allocations.claim_cidr(cidr, &owner);
+                        cidrs.push(cidr);
+                    }
+                    None => problems.push(problem(
+                        "spec.podCIDRs",
+                        format!(
+                            "the cluster CIDR {} has no free /{} left",
+                            network.cidr, network.node_prefix
+                        ),
+                    )),
+                }
+            }
+        }
+        for cidr in &cidrs {
+            allocations.claim_cidr(*cidr, &owner);
+        }
+        if !cidrs.is_empty() {
+            let spec = node.spec.get_or_insert_with(NodeSpec::default);
+            spec.pod_cidr = Some(cidrs[0].to_string());
+            spec.pod_cidrs = Some(cidrs.iter().map(ToString::to_string).collect());
+            if let Some(annotations) = &mut node.metadata.annotations {
+                annotations.remove(RELEASED_CIDRS_ANNOTATION);
+            }
+        }
     }
 }
