@@ -724,5 +724,5 @@ pub(crate) fn pinned_on(pin: &Path, ifindex: u32) -> Result<bool, DataPathError>
 }
 
 #[cfg(test)]
-#[path = "nodeport_tests.rs"]
+#[path = "nodeport_tests/mod.rs"]
 mod tests;
