@@ -60,31 +60,47 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List objects, or show one.
+    /// List objects, or show some.
     Get {
-        /// service (svc), endpointslice (eps), pod (po), node (no).
+        /// service (svc), endpointslice (eps), pod (po), node (no), lease; several
+        /// comma-separated (`svc,po`), or `all` (services and pods).
         kind: String,
-        name: Option<String>,
+        /// Only these objects.
+        names: Vec<String>,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// Only objects whose labels match: `key=value`, `key!=value`, `key`, `!key`,
+        /// comma-separated (all must match).
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
         #[arg(short = 'o', long, value_enum)]
         output: Option<Output>,
-        /// After listing, print changes as they happen.
+        /// After listing, print changes as they happen (one kind).
         #[arg(short = 'w', long)]
         watch: bool,
     },
-    /// Delete an object.
+    /// Delete objects: by kind and names, or those of manifests (-f).
     Delete {
-        kind: String,
-        name: String,
+        /// A kind as `get` takes it (not with -f).
+        kind: Option<String>,
+        names: Vec<String>,
+        /// The objects of these manifests (a file, a directory, or - for stdin). Repeatable.
+        #[arg(short = 'f', long = "filename", conflicts_with = "kind")]
+        files: Vec<PathBuf>,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// Only objects whose labels match (see `get -l`); with a kind and no names.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
         /// Pods: mark terminating and remove after this many seconds (0: at once).
         #[arg(long, default_value_t = 0)]
         grace_period: i64,
+        /// An object that is not there is not an error.
+        #[arg(long)]
+        ignore_not_found: bool,
     },
 }
 
@@ -256,130 +272,386 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Get {
             kind,
-            name,
+            names,
             namespace,
             all_namespaces,
+            selector,
             output,
             watch,
         } => {
-            let Some(kind) = Kind::parse(kind) else {
-                return Ok(usage(&format!(
-                    "unknown kind {kind:?}: use service (svc), endpointslice (eps), pod (po) or node (no)"
-                )));
+            let Some(kinds) = parse_kinds(kind) else {
+                return Ok(usage(&format!("unknown kind {kind:?}: use {KINDS}")));
             };
+            let selector = match selector.as_deref().map(Selector::parse).transpose() {
+                Ok(selector) => selector,
+                Err(message) => return Ok(usage(&format!("-l {message}"))),
+            };
+            if *watch && kinds.len() > 1 {
+                return Ok(usage("--watch takes one kind"));
+            }
+            if !names.is_empty() && kinds.len() > 1 {
+                return Ok(usage("names go with one kind"));
+            }
             let mut client = connect(&cli).await?;
-            let all = *all_namespaces && kind.namespaced();
-            let namespace = (!all)
-                .then_some(namespace.as_str())
-                .filter(|_| kind.namespaced());
-            let wide = *output == Some(Output::Wide);
-            if let Some(name) = name {
-                let object = client
-                    .get(kind, namespace.unwrap_or_default(), name)
-                    .await?;
-                print_objects(
-                    &mut out,
-                    std::slice::from_ref(&object),
-                    *output,
-                    kind,
-                    all,
-                    true,
-                )?;
-                if !*watch {
-                    return Ok(ExitCode::SUCCESS);
-                }
+            let get = Get {
+                names,
+                namespace,
+                all_namespaces: *all_namespaces,
+                selector: selector.as_ref(),
+                output: *output,
+            };
+            if *watch {
+                return get.watch(&mut client, kinds[0], &mut out).await;
             }
-            if !*watch {
-                let list = client.list(kind, namespace).await?;
-                if list.items.is_empty() && matches!(output, None | Some(Output::Wide)) {
-                    match namespace {
-                        Some(ns) => eprintln!("No resources found in {ns} namespace."),
-                        None => eprintln!("No resources found"),
-                    }
-                    return Ok(ExitCode::SUCCESS);
-                }
-                print_objects(&mut out, &list.items, *output, kind, all, false)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let mut watcher = ListWatch::new(kind, namespace);
-            let mut header_widths: Option<Vec<usize>> = None;
-            loop {
-                let change = tokio::select! {
-                    change = watcher.next(&mut client) => change,
-                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
-                };
-                let objects: Vec<Object> = match change {
-                    Ok(Change::Synced { objects, .. }) => objects.decode_all()?,
-                    Ok(Change::Applied { object, .. } | Change::Deleted { object, .. }) => {
-                        vec![object]
-                    }
-                    Err(error) if error.is_transient() => {
-                        eprintln!("gannetctl: {error}; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        continue;
-                    }
-                    Err(error) => return Err(error.into()),
-                };
-                let objects: Vec<Object> = objects
-                    .into_iter()
-                    .filter(|o| name.as_deref().is_none_or(|n| o.name() == n))
-                    .collect();
-                match output {
-                    None | Some(Output::Wide) => {
-                        let mut rows = Vec::new();
-                        let header = table::header(kind, wide, all);
-                        let widths = header_widths.get_or_insert_with(|| {
-                            rows.push(header.clone());
-                            header.iter().map(|h| h.len().max(12)).collect()
-                        });
-                        rows.extend(objects.iter().map(|o| table::row(o, wide, all)));
-                        for row in rows {
-                            let line: Vec<String> = row
-                                .iter()
-                                .enumerate()
-                                .map(|(i, cell)| {
-                                    format!(
-                                        "{cell:<width$}",
-                                        width = widths.get(i).copied().unwrap_or(0)
-                                    )
-                                })
-                                .collect();
-                            writeln!(out, "{}", line.join("   ").trim_end())?;
-                        }
-                    }
-                    Some(format) => {
-                        for object in &objects {
-                            write_object(&mut out, object, *format)?;
-                        }
-                    }
-                }
-                out.flush()?;
-            }
+            get.print(&mut client, &kinds, &mut out).await
         }
         Command::Delete {
             kind,
-            name,
+            names,
+            files,
             namespace,
+            selector,
             grace_period,
+            ignore_not_found,
         } => {
-            let Some(kind) = Kind::parse(kind) else {
-                return Ok(usage(&format!(
-                    "unknown kind {kind:?}: use service (svc), endpointslice (eps), pod (po) or node (no)"
-                )));
-            };
-            let mut client = connect(&cli).await?;
             let options = DeleteOptions {
                 resource_version: None,
                 grace_period_seconds: (*grace_period > 0).then_some(*grace_period),
             };
-            let object = client.delete(kind, namespace, name, &options).await?;
-            writeln!(
-                out,
-                "{} \"{}\" deleted",
-                kind.name().to_ascii_lowercase(),
-                object.name()
-            )?;
-            Ok(ExitCode::SUCCESS)
+            let targets: Vec<(Kind, String, String)> = if files.is_empty() {
+                let Some(kind_text) = kind else {
+                    return Ok(usage("delete: give a kind and names, or -f FILE"));
+                };
+                let Some(kind) = Kind::parse(kind_text) else {
+                    return Ok(usage(&format!("unknown kind {kind_text:?}: use {KINDS}")));
+                };
+                let namespace = if kind.namespaced() {
+                    namespace.clone()
+                } else {
+                    String::new()
+                };
+                match (names.is_empty(), selector) {
+                    (false, None) => names
+                        .iter()
+                        .map(|name| (kind, namespace.clone(), name.clone()))
+                        .collect(),
+                    (true, Some(selector)) => {
+                        let selector = match Selector::parse(selector) {
+                            Ok(selector) => selector,
+                            Err(message) => return Ok(usage(&format!("-l {message}"))),
+                        };
+                        let mut client = connect(&cli).await?;
+                        let listed = client
+                            .list(kind, kind.namespaced().then_some(namespace.as_str()))
+                            .await?;
+                        listed
+                            .items
+                            .iter()
+                            .filter(|o| selector.matches(o))
+                            .map(|o| (kind, o.namespace().to_owned(), o.name().to_owned()))
+                            .collect()
+                    }
+                    (false, Some(_)) => return Ok(usage("delete: names or -l, not both")),
+                    (true, None) => {
+                        return Ok(usage(&format!(
+                            "delete {kind_text}: name the objects (or -l SELECTOR)"
+                        )));
+                    }
+                }
+            } else {
+                if !names.is_empty() {
+                    return Ok(usage("delete -f takes no names"));
+                }
+                match manifest::read(files) {
+                    Ok(located) => located
+                        .iter()
+                        .map(|l| {
+                            (
+                                l.object.kind(),
+                                l.object.namespace().to_owned(),
+                                l.object.name().to_owned(),
+                            )
+                        })
+                        .collect(),
+                    Err(errors) => {
+                        for error in &errors {
+                            eprintln!("{error}");
+                        }
+                        eprintln!("gannetctl: {} problem(s); nothing deleted", errors.len());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            };
+            let mut client = connect(&cli).await?;
+            let mut failed = false;
+            for (kind, namespace, name) in targets {
+                match client.delete(kind, &namespace, &name, &options).await {
+                    Ok(object) => writeln!(
+                        out,
+                        "{} \"{}\" deleted",
+                        kind.name().to_ascii_lowercase(),
+                        object.name()
+                    )?,
+                    Err(ClientError::NotFound(_)) if *ignore_not_found => {}
+                    Err(error @ ClientError::NotFound(_)) => {
+                        eprintln!("gannetctl: {}", gannet_api::chain(&error));
+                        failed = true;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// The kinds a command line names.
+const KINDS: &str = "service (svc), endpointslice (eps), pod (po), node (no), lease, several \
+                     comma-separated, or all";
+
+/// `svc,po` → Service, Pod; `all` → Service, Pod (as kubectl's `all`, of the kinds served).
+fn parse_kinds(text: &str) -> Option<Vec<Kind>> {
+    let mut kinds = Vec::new();
+    for part in text.split(',') {
+        if part.eq_ignore_ascii_case("all") {
+            kinds.extend([Kind::Pod, Kind::Service]);
+        } else {
+            kinds.push(Kind::parse(part)?);
+        }
+    }
+    kinds.dedup();
+    Some(kinds)
+}
+
+/// A label selector, kubectl's equality-based form.
+#[derive(Debug)]
+struct Selector(Vec<Requirement>);
+
+#[derive(Debug)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+impl Selector {
+    fn parse(text: &str) -> Result<Selector, String> {
+        let mut requirements = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let requirement = if let Some((key, value)) = part.split_once("!=") {
+                Requirement::NotEquals(key.trim().to_owned(), value.trim().to_owned())
+            } else if let Some((key, value)) =
+                part.split_once("==").or_else(|| part.split_once('='))
+            {
+                Requirement::Equals(key.trim().to_owned(), value.trim().to_owned())
+            } else if let Some(key) = part.strip_prefix('!') {
+                Requirement::Absent(key.trim().to_owned())
+            } else {
+                Requirement::Exists(part.to_owned())
+            };
+            let key = match &requirement {
+                Requirement::Equals(key, _)
+                | Requirement::NotEquals(key, _)
+                | Requirement::Exists(key)
+                | Requirement::Absent(key) => key,
+            };
+            if key.is_empty() || key.contains(|c: char| c.is_whitespace() || c == '=') {
+                return Err(format!(
+                    "{text:?}: {part:?} is not a requirement (key=value, key!=value, key or !key)"
+                ));
+            }
+            requirements.push(requirement);
+        }
+        Ok(Selector(requirements))
+    }
+
+    fn matches(&self, object: &Object) -> bool {
+        let labels = object.metadata().labels.as_ref();
+        let label = |key: &str| labels.and_then(|l| l.get(key));
+        self.0.iter().all(|requirement| match requirement {
+            Requirement::Equals(key, value) => label(key) == Some(value),
+            Requirement::NotEquals(key, value) => label(key) != Some(value),
+            Requirement::Exists(key) => label(key).is_some(),
+            Requirement::Absent(key) => label(key).is_none(),
+        })
+    }
+}
+
+/// What `gannetctl get` was asked.
+struct Get<'a> {
+    names: &'a [String],
+    namespace: &'a str,
+    all_namespaces: bool,
+    selector: Option<&'a Selector>,
+    output: Option<Output>,
+}
+
+impl Get<'_> {
+    fn wanted(&self, object: &Object) -> bool {
+        (self.names.is_empty() || self.names.iter().any(|n| n == object.name()))
+            && self.selector.is_none_or(|s| s.matches(object))
+    }
+
+    /// The namespace to ask for (`None`: all), and whether the table shows namespaces.
+    fn scope(&self, kind: Kind) -> (Option<&str>, bool) {
+        let all = self.all_namespaces && kind.namespaced();
+        let namespace = (!all)
+            .then_some(self.namespace)
+            .filter(|_| kind.namespaced());
+        (namespace, all)
+    }
+
+    async fn print(
+        &self,
+        client: &mut Client,
+        kinds: &[Kind],
+        out: &mut impl Write,
+    ) -> anyhow::Result<ExitCode> {
+        let several = kinds.len() > 1;
+        let mut found: Vec<(Kind, Vec<Object>)> = Vec::new();
+        for &kind in kinds {
+            let (namespace, _) = self.scope(kind);
+            let objects = if self.names.len() == 1 && self.selector.is_none() {
+                vec![
+                    client
+                        .get(kind, namespace.unwrap_or_default(), &self.names[0])
+                        .await?,
+                ]
+            } else {
+                let list = client.list(kind, namespace).await?;
+                let objects: Vec<Object> =
+                    list.items.into_iter().filter(|o| self.wanted(o)).collect();
+                if let Some(missing) = self
+                    .names
+                    .iter()
+                    .find(|n| !objects.iter().any(|o| o.name() == n.as_str()))
+                {
+                    bail!(
+                        "{} not found",
+                        gannet_api::object_label(kind, namespace.unwrap_or_default(), missing)
+                    );
+                }
+                objects
+            };
+            found.push((kind, objects));
+        }
+        let single = self.names.len() == 1 && !several;
+        match self.output {
+            None | Some(Output::Wide) => {
+                let wide = self.output == Some(Output::Wide);
+                let mut printed = false;
+                for (kind, objects) in &found {
+                    if objects.is_empty() {
+                        continue;
+                    }
+                    let (_, all) = self.scope(*kind);
+                    let mut rows = vec![table::header(*kind, wide, all)];
+                    rows.extend(objects.iter().map(|o| {
+                        let mut row = table::row(o, wide, all);
+                        if several {
+                            let at = usize::from(all);
+                            row[at] = format!("{}/{}", kind.name().to_ascii_lowercase(), row[at]);
+                        }
+                        row
+                    }));
+                    if printed {
+                        writeln!(out)?;
+                    }
+                    write!(out, "{}", table::render(&rows))?;
+                    printed = true;
+                }
+                if !printed {
+                    let (namespace, _) = self.scope(kinds[0]);
+                    match namespace {
+                        Some(ns) => eprintln!("No resources found in {ns} namespace."),
+                        None => eprintln!("No resources found"),
+                    }
+                }
+            }
+            Some(format) => {
+                let objects: Vec<Object> =
+                    found.into_iter().flat_map(|(_, objects)| objects).collect();
+                let value = if single && objects.len() == 1 {
+                    to_value(&objects[0])?
+                } else {
+                    let items = objects
+                        .iter()
+                        .map(to_value)
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+                };
+                match format {
+                    Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?,
+                    _ => write!(out, "{}", serde_yaml_ng::to_string(&value)?)?,
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn watch(
+        &self,
+        client: &mut Client,
+        kind: Kind,
+        out: &mut impl Write,
+    ) -> anyhow::Result<ExitCode> {
+        let (namespace, all) = self.scope(kind);
+        let wide = self.output == Some(Output::Wide);
+        let mut watcher = ListWatch::new(kind, namespace);
+        let mut header_widths: Option<Vec<usize>> = None;
+        loop {
+            let change = tokio::select! {
+                change = watcher.next(client) => change,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            };
+            let objects: Vec<Object> = match change {
+                Ok(Change::Synced { objects, .. }) => objects.decode_all()?,
+                Ok(Change::Applied { object, .. } | Change::Deleted { object, .. }) => {
+                    vec![object]
+                }
+                Err(error) if error.is_transient() => {
+                    eprintln!("gannetctl: {error}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let objects: Vec<Object> = objects.into_iter().filter(|o| self.wanted(o)).collect();
+            match self.output {
+                None | Some(Output::Wide) => {
+                    let mut rows = Vec::new();
+                    let header = table::header(kind, wide, all);
+                    let widths = header_widths.get_or_insert_with(|| {
+                        rows.push(header.clone());
+                        header.iter().map(|h| h.len().max(12)).collect()
+                    });
+                    rows.extend(objects.iter().map(|o| table::row(o, wide, all)));
+                    for row in rows {
+                        let line: Vec<String> = row
+                            .iter()
+                            .enumerate()
+                            .map(|(i, cell)| {
+                                format!(
+                                    "{cell:<width$}",
+                                    width = widths.get(i).copied().unwrap_or(0)
+                                )
+                            })
+                            .collect();
+                        writeln!(out, "{}", line.join("   ").trim_end())?;
+                    }
+                }
+                Some(format) => {
+                    for object in &objects {
+                        write_object(out, object, format)?;
+                    }
+                }
+            }
+            out.flush()?;
         }
     }
 }
@@ -393,40 +665,6 @@ fn write_object(out: &mut impl Write, object: &Object, format: Output) -> anyhow
     match format {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?,
         _ => write!(out, "---\n{}", serde_yaml_ng::to_string(&value)?)?,
-    }
-    Ok(())
-}
-
-fn print_objects(
-    out: &mut impl Write,
-    objects: &[Object],
-    output: Option<Output>,
-    kind: Kind,
-    all: bool,
-    single: bool,
-) -> anyhow::Result<()> {
-    match output {
-        None | Some(Output::Wide) => {
-            let wide = output == Some(Output::Wide);
-            let mut rows = vec![table::header(kind, wide, all)];
-            rows.extend(objects.iter().map(|o| table::row(o, wide, all)));
-            write!(out, "{}", table::render(&rows))?;
-        }
-        Some(format) => {
-            let value = if single && objects.len() == 1 {
-                to_value(&objects[0])?
-            } else {
-                let items = objects
-                    .iter()
-                    .map(to_value)
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
-            };
-            match format {
-                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?,
-                _ => write!(out, "{}", serde_yaml_ng::to_string(&value)?)?,
-            }
-        }
     }
     Ok(())
 }

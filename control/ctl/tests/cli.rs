@@ -380,3 +380,77 @@ async fn the_server_comes_from_gannet_server_too_and_missing_objects_are_named_o
         "found the server through GANNET_SERVER, and says `not found` once"
     );
 }
+
+/// kubectl's habits: several kinds at once (`svc,po`, `all`, names prefixed with their kind),
+/// several names, label selectors, `delete -f` with the manifests that created the objects,
+/// `--ignore-not-found`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_kinds_selectors_and_delete_by_manifest() {
+    let fixture = start().await;
+    let shop = fixture.write("shop.yaml", SHOP);
+    let other = fixture.write(
+        "other.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: db-1, labels: {app.kubernetes.io/name: db}}\n\
+         spec: {containers: [{name: pg, image: postgres}]}\n",
+    );
+    ok(&fixture
+        .run(&["apply", "-f", path(&shop), "-f", path(&other)], None)
+        .await);
+
+    let both = ok(&fixture.run(&["get", "svc,po"], None).await);
+    let names: Vec<&str> = both
+        .lines()
+        .filter(|l| !l.starts_with("NAME") && !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["service/web", "pod/db-1", "pod/web-1"], "{both}");
+    let all = ok(&fixture.run(&["get", "all"], None).await);
+    assert!(
+        all.contains("pod/web-1") && all.contains("service/web"),
+        "{all}"
+    );
+
+    let selected = ok(&fixture
+        .run(&["get", "pods", "-l", "app.kubernetes.io/name=web"], None)
+        .await);
+    assert!(
+        selected.contains("web-1") && !selected.contains("db-1"),
+        "{selected}"
+    );
+    let not_web = ok(&fixture
+        .run(
+            &[
+                "get",
+                "po",
+                "-l",
+                "app.kubernetes.io/name!=web",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .await);
+    let list: serde_json::Value = serde_json::from_str(&not_web).expect("JSON");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{not_web}");
+    assert_eq!(list["items"][0]["metadata"]["name"], "db-1");
+    let two = ok(&fixture.run(&["get", "pods", "web-1", "db-1"], None).await);
+    assert_eq!(two.lines().count(), 3, "a header and two pods: {two}");
+    let bad = fixture.run(&["get", "pods", "-l", "=x"], None).await;
+    assert_eq!(bad.status.code(), Some(64), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("-l"), "{}", text(&bad.stderr));
+
+    let deleted = ok(&fixture.run(&["delete", "-f", path(&shop)], None).await);
+    assert_eq!(
+        deleted, "service \"web\" deleted\npod \"web-1\" deleted\n",
+        "delete -f removes what the manifest names"
+    );
+    let again = fixture.run(&["delete", "-f", path(&shop)], None).await;
+    assert!(!again.status.success(), "already gone: an error");
+    ok(&fixture
+        .run(&["delete", "-f", path(&shop), "--ignore-not-found"], None)
+        .await);
+    let by_label = ok(&fixture
+        .run(&["delete", "pods", "-l", "app.kubernetes.io/name=db"], None)
+        .await);
+    assert_eq!(by_label, "pod \"db-1\" deleted\n");
+}
