@@ -68,9 +68,26 @@ pub enum Command {
     /// `--bpf-root` or the `--state-dir` it is given: stop gannetd first.
     Cleanup(CleanupArgs),
     /// Print what the data plane holds (services with their backends, endpoints with their
-    /// counters) as JSON, read from the pinned maps in `--bpf-root`, or, when gannetd runs with
-    /// `--dataplane nftables`, from the table `inet gannet-services`.
-    Status(DirArgs),
+    /// counters, the NodePort program, the overlay) as tables, or as JSON with `-o json`, read
+    /// from the pinned maps in `--bpf-root`, or, when gannetd runs with `--dataplane nftables`,
+    /// from the table `inet gannet-services`.
+    Status(StatusArgs),
+}
+
+/// `gannetd status`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub dirs: DirArgs,
+    /// `table` for people, `json` for programs (the whole document, every field).
+    #[arg(short = 'o', long, value_enum, default_value_t = StatusOutput::Table)]
+    pub output: StatusOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusOutput {
+    Table,
+    Json,
 }
 
 /// The directories every subcommand works on.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use gannet_agent::{
-    config::{Cli, Command, EXIT_USAGE},
+    config::{Cli, Command, EXIT_USAGE, StatusOutput},
     datapath, endpoints,
     lock::AgentLocks,
     logging, masquerade, overlay, run, status,
@@ -55,30 +55,43 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status(args) => match status::read_nft(&args.state_dir)
-            .map_err(|e| e.to_string())
-            .and_then(|nft| match nft {
-                Some(status) => Ok(status),
-                None => status::read(&args.bpf_root, &args.state_dir).map_err(|e| e.to_string()),
-            }) {
-            Ok(status) => match serde_json::to_string_pretty(&status) {
-                Ok(json) => {
-                    println!("{json}");
-                    ExitCode::SUCCESS
+        Command::Status(args) => {
+            let dirs = &args.dirs;
+            match status::read_nft(&dirs.state_dir)
+                .map_err(|e| e.to_string())
+                .and_then(|nft| match nft {
+                    Some(status) => Ok(status),
+                    None => {
+                        status::read(&dirs.bpf_root, &dirs.state_dir).map_err(|e| e.to_string())
+                    }
+                }) {
+                Ok(status) => {
+                    let text = match args.output {
+                        StatusOutput::Json => {
+                            serde_json::to_string_pretty(&status).map(|json| json + "\n")
+                        }
+                        StatusOutput::Table => Ok(status::render(&status)),
+                    };
+                    match text {
+                        Ok(text) => {
+                            print!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("gannetd status: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(e) => {
-                    eprintln!("gannetd status: {e}");
+                    eprintln!(
+                        "gannetd status: {e} (is gannetd set up with --bpf-root {}?)",
+                        dirs.bpf_root.display()
+                    );
                     ExitCode::FAILURE
                 }
-            },
-            Err(e) => {
-                eprintln!(
-                    "gannetd status: {e} (is gannetd set up with --bpf-root {}?)",
-                    args.bpf_root.display()
-                );
-                ExitCode::FAILURE
             }
-        },
+        }
         Command::Cleanup(args) => {
             logging::init(args.log_format);
             let config = match args.validate() {

@@ -289,3 +289,173 @@ fn nodeport_status(bpf_root: &Path) -> Option<NodePortStatus> {
         },
     })
 }
+
+/// Columns separated by three spaces, as kubectl aligns them.
+fn columns(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows.iter().map(Vec::len).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<width$}", width = widths[i]))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text
+    }
+}
+
+/// `gannetd status` for people: one table per part; `-o json` has every field.
+#[must_use]
+pub fn render(status: &Status) -> String {
+    let mut out = format!("Data plane: {}\n\n", status.dataplane);
+    out.push_str(&format!("SERVICES ({})\n", status.services.len()));
+    let mut rows = vec![vec![
+        "FRONTEND".to_owned(),
+        "BACKENDS".to_owned(),
+        "OPTIONS".to_owned(),
+    ]];
+    for service in &status.services {
+        let mut options = Vec::new();
+        if service.external {
+            options.push("external".to_owned());
+        }
+        if service.local_only {
+            options.push("local-only".to_owned());
+        }
+        if let Some(timeout) = service.affinity_timeout_seconds {
+            options.push(format!("affinity={timeout}s"));
+        }
+        if let Some(packet) = &service.packet_backends
+            && packet.len() != service.backends.len()
+        {
+            options.push(format!("packet-backends={}", packet.len()));
+        }
+        let backends = match service.backends.len() {
+            0 => "<none>".to_owned(),
+            1..=3 => service.backends.join(","),
+            n => format!("{} + {} more", service.backends[..3].join(","), n - 3),
+        };
+        rows.push(vec![
+            service.frontend.clone(),
+            backends,
+            or_dash(options.join(",")),
+        ]);
+    }
+    out.push_str(&columns(&rows));
+    out.push_str(&format!("\nENDPOINTS ({})\n", status.endpoints.len()));
+    let mut rows = vec![
+        [
+            "IFINDEX", "IPS", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "DROPPED",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for endpoint in &status.endpoints {
+        let ips: Vec<String> = endpoint.ips.iter().map(ToString::to_string).collect();
+        rows.push(vec![
+            endpoint.host_ifindex.to_string(),
+            ips.join(","),
+            endpoint.rx_packets.to_string(),
+            endpoint.rx_bytes.to_string(),
+            endpoint.tx_packets.to_string(),
+            endpoint.tx_bytes.to_string(),
+            (endpoint.tx_dropped_source + endpoint.tx_dropped_neighbour).to_string(),
+        ]);
+    }
+    out.push_str(&columns(&rows));
+    if let Some(np) = &status.nodeport {
+        out.push_str("\nNODEPORT\n");
+        let snat: Vec<String> = np
+            .snat_v4
+            .iter()
+            .chain(np.snat_v6.iter())
+            .map(ToString::to_string)
+            .collect();
+        let counters = serde_json::to_value(np.counters)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let rows = [
+            ["enabled", if np.enabled { "yes" } else { "no" }].map(str::to_owned),
+            ["interfaces".to_owned(), or_dash(np.interfaces.join(","))],
+            ["xdp".to_owned(), or_dash(np.xdp_interfaces.join(","))],
+            ["snat".to_owned(), or_dash(snat.join(","))],
+            [
+                "conntrack".to_owned(),
+                format!(
+                    "{} of {} entries",
+                    np.conntrack_entries, np.conntrack_capacity
+                ),
+            ],
+            ["counters".to_owned(), counters],
+        ];
+        out.push_str(&columns(&rows.map(|r| r.to_vec())));
+    }
+    if let Some(overlay) = &status.overlay {
+        out.push_str("\nOVERLAY\n");
+        let cidrs: Vec<String> = overlay.pod_cidrs.iter().map(ToString::to_string).collect();
+        let rows = [
+            [
+                "mode".to_owned(),
+                serde_json::to_value(overlay.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            ],
+            [
+                "underlay".to_owned(),
+                format!(
+                    "{} {} (mtu {})",
+                    overlay.underlay.interface, overlay.underlay.ip, overlay.underlay.mtu
+                ),
+            ],
+            [
+                "device".to_owned(),
+                or_dash(overlay.device.clone().unwrap_or_default()),
+            ],
+            ["pod-cidrs".to_owned(), or_dash(cidrs.join(","))],
+            ["pod-mtu".to_owned(), overlay.pod_mtu.to_string()],
+        ];
+        out.push_str(&columns(&rows.map(|r| r.to_vec())));
+        let mut nodes = vec![
+            ["NODE", "IPS", "POD-CIDRS", "VTEP-MAC"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for node in &overlay.nodes {
+            let ips: Vec<String> = node.ips.iter().map(ToString::to_string).collect();
+            let cidrs: Vec<String> = node.pod_cidrs.iter().map(ToString::to_string).collect();
+            nodes.push(vec![
+                node.name.clone(),
+                ips.join(","),
+                cidrs.join(","),
+                or_dash(node.vtep_mac.clone().unwrap_or_default()),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&columns(&nodes));
+    }
+    out
+}

@@ -195,7 +195,9 @@ pub fn status(
     netns: Option<&Netns>,
 ) -> anyhow::Result<serde_json::Value> {
     let mut cmd = Command::new(gannetd);
-    cmd.arg("status").arg("--bpf-root").arg(bpf_root);
+    cmd.args(["status", "-o", "json"])
+        .arg("--bpf-root")
+        .arg(bpf_root);
     if let Some(state_dir) = state_dir {
         cmd.arg("--state-dir").arg(state_dir);
     }

@@ -222,8 +222,21 @@ impl Agent {
     /// # Errors
     /// If the command fails or prints no JSON.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let output = self.status_output("json")?;
+        serde_json::from_str(&output).context("parsing gannetd status")
+    }
+
+    /// `gannetd status` as people read it (`-o table`, the default).
+    ///
+    /// # Errors
+    /// If the command fails.
+    pub fn status_table(&self) -> anyhow::Result<String> {
+        self.status_output("table")
+    }
+
+    fn status_output(&self, format: &str) -> anyhow::Result<String> {
         let mut cmd = Command::new(bin_path("gannetd"));
-        cmd.arg("status")
+        cmd.args(["status", "-o", format])
             .arg("--bpf-root")
             .arg(&self.bpf_root)
             .arg("--state-dir")
@@ -239,7 +252,7 @@ impl Agent {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        serde_json::from_slice(&output.stdout).context("parsing gannetd status")
+        String::from_utf8(output.stdout).context("gannetd status is not UTF-8")
     }
 
     /// gannetd's bpffs directory.

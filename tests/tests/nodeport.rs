@@ -1094,6 +1094,34 @@ fn status_with(c: &Cluster, expected_interfaces: &[&str]) {
     );
     assert!(np["conntrack_entries"].as_u64().unwrap_or(0) > 0, "{np:#}");
     node_port_entry_has_every_node(c, &status, "packet_backends");
+    // The same, as people read it: one table per part.
+    let table = c.nodes[0].agent.status_table().unwrap();
+    for part in [
+        "Data plane: ebpf",
+        "SERVICES",
+        "ENDPOINTS",
+        "NODEPORT",
+        "OVERLAY",
+    ] {
+        assert!(table.contains(part), "{part} in:\n{table}");
+    }
+    let frontend = status["services"][0]["frontend"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        table.lines().any(|l| l.starts_with(frontend)),
+        "a row for {frontend}:\n{table}"
+    );
+    let line = |key: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+    };
+    assert!(
+        line("interfaces").ends_with(&expected_interfaces.join(",")),
+        "{table}"
+    );
 }
 
 #[test]
