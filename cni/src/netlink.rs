@@ -90,6 +90,23 @@ pub struct Vxlan {
     pub collect_metadata: bool,
 }
 
+/// As `ip -d link` shows them: `vxlan id 1 dstport 8472 local 10.0.0.1 dev 2`.
+impl std::fmt::Display for Vxlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vxlan id {} dstport {}", self.vni, self.port)?;
+        if let Some(local) = self.local {
+            write!(f, " local {local}")?;
+        }
+        if let Some(dev) = self.underlay {
+            write!(f, " dev {dev}")?;
+        }
+        if self.collect_metadata {
+            f.write_str(" external")?;
+        }
+        Ok(())
+    }
+}
+
 /// A route as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEntry {

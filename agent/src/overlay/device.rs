@@ -79,8 +79,11 @@ impl Overlay {
             }
             warn!(
                 device = DEVICE,
-                was = ?link.vxlan,
-                now = ?settings,
+                was = link
+                    .vxlan
+                    .as_ref()
+                    .map_or_else(|| "not a VXLAN device".to_owned(), ToString::to_string),
+                now = %settings,
                 "the VXLAN device's settings changed: recreating it (cross-node traffic pauses briefly)"
             );
             self.netlink.delete_link(link.index)?;

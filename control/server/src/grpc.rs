@@ -392,7 +392,11 @@ impl pb::nodes_server::Nodes for Api {
             .register_node(&request.name, &request.internal_ips, vtep_mac, &labels)
             .await
             .map_err(|error| status(&error))?;
-        tracing::info!(node = request.name, ?pod_cidrs, "node registered");
+        tracing::info!(
+            node = request.name,
+            pod_cidrs = pod_cidrs.join(","),
+            "node registered"
+        );
         Ok(Response::new(pb::RegisterResponse {
             node: Some(to_pb(&Object::from(node))?),
             pod_cidrs,
