@@ -461,8 +461,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut network =
         NodeNetwork::start(&config, plane.fast_path()).context("setting up the overlay")?;
     let addresses = plane.start_external(&config)?;
+    let mut expander = Expander::new(addresses.clone(), &config.node_name);
+    if matches!(plane, Plane::Ebpf(_)) && !plane.nodeport_enabled() {
+        expander = expander.without_packet_path();
+    }
     let mut external = External {
-        expander: Expander::new(addresses.clone(), &config.node_name),
+        expander,
         health: HealthServers::new(addresses),
         health_changed: false,
     };

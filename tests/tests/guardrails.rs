@@ -386,3 +386,39 @@ fn flags_that_would_fail_late_exit_64_naming_the_flag_before_anything_is_created
     );
     assert!(!data_dir.exists(), "gannet-control must create nothing");
 }
+
+/// With the packet path off (`--nodeport-interfaces=`, as the test kit starts gannetd), a
+/// NodePort Service is named once in a warning: nothing from outside reaches its node port. A
+/// ClusterIP Service is not.
+#[test]
+fn a_node_port_service_without_the_packet_path_is_named_once() {
+    const WARNING: &str = "nothing from outside this node reaches them";
+    let cgroup = Cgroup::new().expect("creating the test cgroup");
+    let mut agent = Agent::start(&cgroup, &[]).expect("starting gannetd");
+    let cluster = "apiVersion: v1\nkind: Service\nmetadata: {name: inside, namespace: default}\n\
+                   spec: {clusterIP: 10.96.0.20, ports: [{port: 80, targetPort: 8080}]}\n";
+    agent
+        .apply("inside.yaml", cluster, "manifests applied")
+        .expect("a ClusterIP service");
+    let public = "apiVersion: v1\nkind: Service\nmetadata: {name: public, namespace: default}\n\
+                  spec: {type: NodePort, clusterIP: 10.96.0.21, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}\n";
+    agent
+        .apply("public.yaml", public, WARNING)
+        .expect("the NodePort service is named in a warning");
+    // Another change: the service is not named again.
+    agent
+        .apply(
+            "inside.yaml",
+            &cluster.replace("8080", "8081"),
+            "manifests applied",
+        )
+        .expect("a change");
+    let logs = agent.logs();
+    assert_eq!(agent.log_count(WARNING), 1, "{logs}");
+    assert!(
+        logs.lines()
+            .filter(|l| l.contains(WARNING))
+            .all(|l| l.contains("default/public")),
+        "{logs}"
+    );
+}

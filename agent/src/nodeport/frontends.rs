@@ -26,6 +26,9 @@ pub struct Expander {
     derived: BTreeMap<Frontend, BTreeSet<Frontend>>,
     /// Cluster frontend → its health check (port, what it answers).
     health: BTreeMap<Frontend, (u16, ServiceHealth)>,
+    /// With the packet path off (`--nodeport-interfaces=`): the services already warned of
+    /// (`namespace/name`), whose node ports and external addresses no packet from outside reaches.
+    unserved: Option<BTreeSet<String>>,
 }
 
 impl Expander {
@@ -36,6 +39,37 @@ impl Expander {
             node_name: node_name.to_owned(),
             derived: BTreeMap::new(),
             health: BTreeMap::new(),
+            unserved: None,
+        }
+    }
+
+    /// For a node whose packet path is off (`--nodeport-interfaces=`): each service with node
+    /// ports, external or load-balancer IPs is named once in a warning, since only this node's
+    /// own connections reach those frontends (through the socket load balancer).
+    #[must_use]
+    pub fn without_packet_path(mut self) -> Self {
+        self.unserved = Some(BTreeSet::new());
+        self
+    }
+
+    fn warn_unserved(&mut self, spec: &ServicePort) {
+        let (Some(warned), Some(external)) = (&mut self.unserved, &spec.external) else {
+            return;
+        };
+        if external.node_port.is_none()
+            && external.external_ips.is_empty()
+            && external.load_balancer_ips.is_empty()
+        {
+            return;
+        }
+        let service = format!("{}/{}", spec.namespace, spec.name);
+        if warned.insert(service.clone()) {
+            tracing::warn!(
+                service,
+                "the service has node ports or external addresses, but --nodeport-interfaces= \
+                 turns the packet path off: nothing from outside this node reaches them (this \
+                 node's own connections are still balanced)"
+            );
         }
     }
 
@@ -105,6 +139,7 @@ impl Expander {
             out.services.insert(*frontend, Self::cluster_only(spec));
         }
         for (frontend, spec) in &state.services {
+            self.warn_unserved(spec);
             let mut derived = BTreeSet::new();
             for (external, spec) in self.expand(frontend, spec) {
                 if let std::collections::btree_map::Entry::Vacant(slot) =
@@ -136,6 +171,7 @@ impl Expander {
             let mut new = BTreeSet::new();
             match change {
                 Some(spec) => {
+                    self.warn_unserved(spec);
                     out.insert(*frontend, Some(Self::cluster_only(spec)));
                     for (external, spec) in self.expand(frontend, spec) {
                         let taken = self
