@@ -34,6 +34,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; boxing would only complicate the clap derive"
+)]
 pub enum Command {
     /// Run the control plane (the default when no subcommand is given).
     Run(RunArgs),
@@ -111,6 +115,16 @@ pub struct RunArgs {
     /// Log format (level from `GANNET_LOG`, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+    /// Where Prometheus metrics are served (`GET /metrics`, `OpenMetrics` text): `IP:PORT`; port 0
+    /// takes a free port (logged); an empty value turns metrics off. An address that cannot be
+    /// bound stops gannet-control at start.
+    #[arg(
+        long,
+        default_value = gannet_api::metrics::CONTROL_METRICS_ADDRESS,
+        env = gannet_api::metrics::METRICS_ADDRESS_ENV,
+        value_name = "ADDRESS"
+    )]
+    pub metrics_address: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -424,6 +438,10 @@ impl RunArgs {
             ));
         }
 
+        let metrics_address = gannet_api::metrics::parse_address(&self.metrics_address)
+            .map_err(|e| errors.push(format!("--metrics-address {e}")))
+            .unwrap_or_default();
+
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -449,6 +467,7 @@ impl RunArgs {
                 },
                 compaction: (self.history_revisions > 0)
                     .then(|| (Duration::from_secs(60), self.history_revisions)),
+                metrics_address,
             },
         })
     }

@@ -46,7 +46,7 @@ fn last_heartbeat(node: &Node) -> Option<jiff::Timestamp> {
         .map(|time| time.0)
 }
 
-fn ready_status(node: &Node) -> Option<&str> {
+pub(crate) fn ready_status(node: &Node) -> Option<&str> {
     node.status
         .as_ref()?
         .conditions
@@ -56,7 +56,7 @@ fn ready_status(node: &Node) -> Option<&str> {
         .map(|c| c.status.as_str())
 }
 
-fn has_pod_cidrs(node: &Node) -> bool {
+pub(crate) fn has_pod_cidrs(node: &Node) -> bool {
     node.spec.as_ref().is_some_and(|spec| {
         spec.pod_cidrs.as_ref().is_some_and(|c| !c.is_empty()) || spec.pod_cidr.is_some()
     })
