@@ -144,6 +144,37 @@ fn gannetd_metrics_follow_services_and_cni_registrations() {
         "rx and tx packet counters of default/{container}:\n{registered}"
     );
 
+    // Three echo requests from the node to the pod: the pod program counts them in and their
+    // replies out.
+    let mut echo = Command::new(bin_path("gannet-probe"));
+    echo.args(["icmp", "--to", &ip, "--count", "3"]);
+    let output = run_in(echo, Some(&node), None, Duration::from_secs(30)).unwrap();
+    assert!(
+        output.status.success(),
+        "echo to the pod: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pod_labels = format!("namespace=\"default\",pod=\"{container}\",interface=");
+    let counted = |text: &str, direction: &str| -> f64 {
+        series(text, "gannet_endpoint_packets_total")
+            .into_iter()
+            .filter(|(labels, _)| {
+                labels.starts_with(&pod_labels)
+                    && labels.ends_with(&format!("direction=\"{direction}\""))
+            })
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let moved = agent.scrape().unwrap();
+    assert!(
+        counted(&moved, "rx") >= 3.0 && counted(&moved, "tx") >= 3.0,
+        "the pod's packet counters moved with 3 echo requests and replies:\n{moved}"
+    );
+    assert!(
+        counted(&moved, "rx") > counted(&registered, "rx"),
+        "rx grew:\nbefore:\n{registered}\nafter:\n{moved}"
+    );
+
     cni(&node, &pod, "DEL", &container, &conf);
     let gone = agent.scrape().unwrap();
     assert_eq!(
