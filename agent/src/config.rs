@@ -9,7 +9,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gannet_api::{Credentials, SERVER_ENV, ServerAddr, pki};
+use gannet_api::{Credentials, SERVER_ENV, ServerAddr, metrics, pki};
 use gannet_common::{
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
     DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_REV_NAT, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
@@ -322,6 +322,16 @@ pub struct RunArgs {
     /// flows more evenly over many backends and cost 4 bytes an entry per frontend.
     #[arg(long, default_value_t = DEFAULT_MAGLEV_TABLE_SIZE, env = "GANNET_MAGLEV_TABLE_SIZE")]
     pub maglev_table_size: u32,
+    /// Where Prometheus metrics are served (`GET /metrics`, `OpenMetrics` text): `IP:PORT`; port 0
+    /// takes a free port (logged); an empty value turns metrics off. An address that cannot be
+    /// bound stops gannetd at start.
+    #[arg(
+        long,
+        default_value = metrics::AGENT_METRICS_ADDRESS,
+        env = metrics::METRICS_ADDRESS_ENV,
+        value_name = "ADDRESS"
+    )]
+    pub metrics_address: String,
 }
 
 /// `--dataplane`.
@@ -436,6 +446,8 @@ pub struct RunConfig {
     /// `--cluster-cidr`.
     pub cluster_cidrs: Vec<IpNet>,
     pub nodeport: NodePortSettings,
+    /// `--metrics-address`; `None`: no metrics.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Validated configuration of `gannetd cleanup`.
@@ -593,6 +605,9 @@ impl RunArgs {
             }
         }
         let nodeport = self.nodeport_settings(&mut errors);
+        let metrics_address = metrics::parse_address(&self.metrics_address)
+            .map_err(|e| errors.push(format!("--metrics-address {e}")))
+            .unwrap_or_default();
         let (overlay, cluster_cidrs) = self.overlay_config(&source, &mut errors);
         if self.dataplane == DataPlane::Nftables {
             for (given, flag) in [
@@ -612,6 +627,7 @@ impl RunArgs {
             return Err(ConfigErrors(errors));
         }
         Ok(RunConfig {
+            metrics_address,
             dataplane: self.dataplane,
             nodeport,
             overlay,

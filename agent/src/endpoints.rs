@@ -50,6 +50,16 @@ pub struct PodChange {
     pub ips: Vec<IpAddr>,
 }
 
+/// What a request does, for metrics: `register`, `unregister`, or `None` (a status check).
+#[must_use]
+pub fn operation(request: &Request) -> Option<&'static str> {
+    match request.body {
+        RequestBody::Register { .. } => Some("register"),
+        RequestBody::Unregister { .. } => Some("unregister"),
+        RequestBody::Status => None,
+    }
+}
+
 /// Endpoints by `network/containerId/ifName`.
 pub struct Registry {
     path: PathBuf,

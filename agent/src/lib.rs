@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod lock;
 pub mod logging;
 pub mod masquerade;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod network;

@@ -3,13 +3,13 @@
 //! the pod fast path (eBPF), until a signal arrives.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gannet_k8s::ManifestDir;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
     time::{Interval, MissedTickBehavior},
 };
 use tracing::{debug, error, info, warn};
@@ -26,6 +26,7 @@ use crate::{
     },
     endpoints::{self, Registry},
     lock::{AgentLocks, StartGuard, Watched},
+    metrics::{self, Metrics, Scrapes},
     network::NodeNetwork,
     nodeport::{
         frontends::Expander,
@@ -89,6 +90,7 @@ impl Services {
         plane: &mut dyn ServiceDataPlane,
         network: &mut NodeNetwork,
         external: &mut External,
+        metrics: &Metrics,
     ) {
         match self {
             Self::Manifests {
@@ -109,7 +111,9 @@ impl Services {
                         *reported = errors;
                         *had_clean_scan |= outcome.errors.is_empty();
                         let state = external.expander.full(&outcome.state);
+                        let began = Instant::now();
                         let report = plane.apply(&state, *had_clean_scan);
+                        metrics.applied(true, began.elapsed(), &report.full);
                         external.health_changed = true;
                         debug!(
                             frontends = outcome.state.services.len(),
@@ -136,7 +140,9 @@ impl Services {
                     Update::Full(state) => {
                         let state = external.expander.full(&state);
                         external.health_changed = true;
+                        let began = Instant::now();
                         let report = plane.apply(&state, true);
+                        metrics.applied(true, began.elapsed(), &report.full);
                         info!(
                             frontends = state.services.len(),
                             "programmed the control plane's services"
@@ -148,7 +154,10 @@ impl Services {
                     Update::Changes(changes) => {
                         external.health_changed = true;
                         let changes = external.expander.changes(&changes);
-                        plane.apply_changes(&changes)
+                        let began = Instant::now();
+                        let report = plane.apply_changes(&changes);
+                        metrics.applied(false, began.elapsed(), &report.full);
+                        report
                     }
                     Update::Nodes(nodes) => {
                         network.nodes(&nodes, true);
@@ -167,6 +176,14 @@ impl Services {
     fn report_pod(&self, report: PodReport) {
         if let Self::Control(control) = self {
             control.report_pod(report);
+        }
+    }
+
+    /// The control-plane watches' state, when services come from a control plane.
+    fn watches(&self) -> Option<&crate::control::WatchStats> {
+        match self {
+            Self::Control(control) => Some(&control.stats),
+            Self::Manifests { .. } => None,
         }
     }
 }
@@ -344,6 +361,16 @@ impl Plane {
         matches!(self, Plane::Ebpf(ebpf) if ebpf.setup.as_ref().is_some_and(NodePortSetup::enabled))
     }
 
+    /// What a scrape reports.
+    fn readings(&mut self, registry: &Registry, services: &Services) -> metrics::Snapshot {
+        let counts = self.services().counts();
+        let ebpf = match self {
+            Plane::Ebpf(ebpf) => Some((ebpf.reconciler.maps(), &ebpf.fast_path)),
+            Plane::Nft(_) => None,
+        };
+        metrics::readings(counts, ebpf, registry, services.watches())
+    }
+
     fn collect_conntrack_garbage(&mut self) {
         if let Plane::Ebpf(ebpf) = self {
             ebpf.fast_path.nodeport.collect_garbage(monotonic_ns());
@@ -375,6 +402,14 @@ fn log_report(report: &ApplyReport) {
             failed = report.failed.len(),
             "services synced"
         );
+    }
+}
+
+/// The next scrape's request for readings; never, without a metrics server.
+async fn next_scrape(scrapes: &mut Option<Scrapes>) -> Option<oneshot::Sender<()>> {
+    match scrapes {
+        Some(scrapes) => scrapes.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -447,6 +482,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let locks = take_locks(&config)?;
     // Until ready, a failure removes what this start created (dropped before the locks).
     let mut start = StartGuard::new(&locks);
+    // Bound before anything is loaded: an address in use stops the start with nothing to undo
+    // but the directories (the guard's).
+    let metrics_listener = match config.metrics_address {
+        Some(address) => Some(metrics::bind(address).await?),
+        None => None,
+    };
+    let (metrics, metrics_registry) = Metrics::new(&config.dataplane.to_string());
     let mut plane = Plane::start(&config)?;
     let mut registry = Registry::load(&config.state_dir, plane.fast_path().as_deref())
         .with_context(|| {
@@ -476,6 +518,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));
     }
     start.started();
+    let mut scrapes = metrics_listener.map(|(listener, bound)| {
+        info!(address = %bound, "serving metrics on http://{bound}/metrics");
+        metrics::serve(listener, metrics_registry)
+    });
     info!(socket = %socket.display(), "ready for CNI endpoints");
     let watched = watched(&config, &socket);
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
@@ -504,15 +550,21 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             _ = sigint.recv() => { info!("SIGINT: exiting, data plane left running"); break; }
             Some((request, reply)) = calls.recv() => {
                 let pod_cidrs = network.pod_cidrs();
+                let operation = endpoints::operation(&request);
                 let (response, change) = registry.handle(request, plane.fast_path(), &pod_cidrs);
+                metrics.cni_request(operation, response.ok);
                 let _ = reply.send(response);
                 if let Some(change) = change {
                     services.report_pod(PodReport::for_pod(&change.pod, change.ips));
                 }
             }
-            () = services.next(plane.services(), &mut network, &mut external) => {
+            () = services.next(plane.services(), &mut network, &mut external, &metrics) => {
                 plane.lease(&network);
                 external.sync().await;
+            }
+            Some(done) = next_scrape(&mut scrapes) => {
+                metrics.set_snapshot(plane.readings(&registry, &services));
+                let _ = done.send(());
             }
             _ = conntrack_gc.tick(), if plane.nodeport_enabled() => {
                 plane.collect_conntrack_garbage();

@@ -127,6 +127,8 @@ pub fn control_command(
 ) -> Command {
     let mut cmd = Command::new(gannetd);
     cmd.env("GANNET_LOG", "info")
+        // Several agents per machine; nothing scrapes them.
+        .arg("--metrics-address=")
         .arg("--cgroup-path")
         .arg(cgroup.path())
         .arg("--bpf-root")
@@ -313,6 +315,7 @@ impl Agent {
         let bpf_root = fresh_bpf_root(node.map(|n| n.tag))?;
         let mut cmd = Command::new(gannetd);
         cmd.env("GANNET_LOG", "info")
+            .arg("--metrics-address=")
             .arg("--cgroup-path")
             .arg(cgroup.path())
             .arg("--bpf-root")

@@ -153,6 +153,10 @@ impl Agent {
         if !given("--nodeport-interfaces") {
             cmd.arg("--nodeport-interfaces=");
         }
+        // Tests run many agents at once: never the default port.
+        if !given("--metrics-address") {
+            cmd.args(["--metrics-address", crate::metrics::TEST_METRICS_ADDRESS]);
+        }
         cmd.args(&self.extra_args)
             .env("GANNET_LOG", "gannet_agent=debug,gannetd=debug,info");
         // gannetd enters only the network namespace: it keeps this process's /sys, cgroup2
@@ -253,6 +257,30 @@ impl Agent {
             );
         }
         String::from_utf8(output.stdout).context("gannetd status is not UTF-8")
+    }
+
+    /// Where the running gannetd serves metrics (from its log), in its network namespace.
+    ///
+    /// # Errors
+    /// If it logged no metrics address (metrics off, or not started).
+    pub fn metrics_address(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let log = self
+            .child
+            .as_ref()
+            .map(ChildGuard::stderr_so_far)
+            .unwrap_or_default();
+        crate::metrics::address_in_log(&log)
+            .with_context(|| format!("gannetd logged no metrics address; log:\n{}", self.logs()))
+    }
+
+    /// `GET /metrics` of the running gannetd (from inside its network namespace).
+    ///
+    /// # Errors
+    /// If it serves no metrics or the request fails.
+    pub fn scrape(&self) -> anyhow::Result<String> {
+        let address = self.metrics_address()?;
+        let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
+        crate::metrics::scrape(address, netns.as_ref())
     }
 
     /// gannetd's bpffs directory.

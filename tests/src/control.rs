@@ -62,9 +62,16 @@ impl ControlPlane {
         cmd.arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("--listen")
-            .arg(format!("unix:{}", self.socket.display()))
-            .args(&self.extra_args)
-            .env("GANNET_LOG", "info");
+            .arg(format!("unix:{}", self.socket.display()));
+        // Tests run many control planes at once: never the default port.
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--metrics-address"))
+        {
+            cmd.args(["--metrics-address", crate::metrics::TEST_METRICS_ADDRESS]);
+        }
+        cmd.args(&self.extra_args).env("GANNET_LOG", "info");
         let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
         self.child = Some(spawn(cmd, netns.as_ref(), None)?);
         let deadline = Instant::now() + CONTROL_TIMEOUT;
@@ -101,6 +108,27 @@ impl ControlPlane {
     #[must_use]
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// `GET /metrics` of the running gannet-control (in its network namespace), at the address
+    /// it logged.
+    ///
+    /// # Errors
+    /// If it logged no metrics address or the request fails.
+    pub fn scrape(&self) -> anyhow::Result<String> {
+        let log = self
+            .child
+            .as_ref()
+            .map(ChildGuard::stderr_so_far)
+            .unwrap_or_default();
+        let address = crate::metrics::address_in_log(&log).with_context(|| {
+            format!(
+                "gannet-control logged no metrics address; log:\n{}",
+                self.logs()
+            )
+        })?;
+        let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
+        crate::metrics::scrape(address, netns.as_ref())
     }
 
     /// Everything it logged so far (all runs).

@@ -13,6 +13,7 @@ pub mod cluster;
 mod cmd;
 pub mod cni;
 pub mod control;
+pub mod metrics;
 mod netns;
 mod podnet;
 pub mod probe;

@@ -77,6 +77,9 @@ fn gannetd_that_must_exit(
             "none",
             "--masquerade=false",
             "--nodeport-interfaces=",
+            // Never the default port: tests run many gannetd at once.
+            "--metrics-address",
+            gannet_testkit::metrics::TEST_METRICS_ADDRESS,
         ]);
     let mut child = spawn(cmd, None, None).expect("starting gannetd");
     match child.wait_output(REFUSAL_TIMEOUT) {

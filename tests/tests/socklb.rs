@@ -1224,6 +1224,8 @@ fn a_pinned_map_of_another_layout_is_refused_naming_the_map() {
             "none",
             "--masquerade=false",
             "--nodeport-interfaces=",
+            "--metrics-address",
+            gannet_testkit::metrics::TEST_METRICS_ADDRESS,
         ]);
     let output = run_in(cmd, Some(&netns), None, AGENT_TIMEOUT).unwrap_or_else(|e| {
         panic!("gannetd must refuse to start on a pinned map of another layout, but: {e:#}")

@@ -16,7 +16,9 @@ pub mod pods;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use gannet_api::{Change, Client, ClientError, Credentials, Kind, ListWatch, Object, ServerAddr};
 use gannet_k8s::{ClusterNode, DesiredState};
@@ -59,6 +61,55 @@ pub enum Update {
 pub struct Control {
     pub updates: mpsc::Receiver<Update>,
     reports: mpsc::UnboundedSender<PodReport>,
+    /// How the watches fare (for metrics).
+    pub stats: Arc<WatchStats>,
+}
+
+/// The kinds gannetd watches, in the order of [`WatchStats::reconnects`].
+pub const WATCHED: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+
+/// How the watches fare, shared by their tasks.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    /// Per kind of [`WATCHED`]: how often its watch was opened again after it failed.
+    reconnects: [AtomicU64; 3],
+    /// When the last change of any kind arrived (a list counts): milliseconds since the Unix
+    /// epoch; 0: none yet.
+    last_event_ms: AtomicU64,
+}
+
+impl WatchStats {
+    /// Reconnects per kind of [`WATCHED`].
+    #[must_use]
+    pub fn reconnects(&self) -> [(Kind, u64); 3] {
+        let mut out = [(Kind::Service, 0); 3];
+        for ((slot, kind), count) in out.iter_mut().zip(WATCHED).zip(&self.reconnects) {
+            *slot = (kind, count.load(Ordering::Relaxed));
+        }
+        out
+    }
+
+    /// When the last change arrived, in seconds since the Unix epoch.
+    #[must_use]
+    pub fn last_event(&self) -> Option<f64> {
+        let ms = self.last_event_ms.load(Ordering::Relaxed);
+        // Milliseconds since 1970 stay far below 2^52: exact in an f64.
+        #[expect(clippy::cast_precision_loss, reason = "exact below 2^52")]
+        (ms > 0).then(|| ms as f64 / 1000.0)
+    }
+
+    fn reconnected(&self, kind: Kind) {
+        if let Some(i) = WATCHED.iter().position(|k| *k == kind) {
+            self.reconnects[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn event(&self) {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_event_ms.store(ms, Ordering::Relaxed);
+    }
 }
 
 impl Control {
@@ -70,8 +121,14 @@ impl Control {
     pub fn start(config: ControlConfig, node_name: &str) -> Result<Self, ClientError> {
         let client = Client::lazy(&config.server, &config.credentials)?;
         let (events_tx, events) = mpsc::channel(256);
-        for kind in [Kind::Service, Kind::EndpointSlice, Kind::Node] {
-            tokio::spawn(watch(kind, client.clone(), events_tx.clone()));
+        let stats = Arc::new(WatchStats::default());
+        for kind in WATCHED {
+            tokio::spawn(watch(
+                kind,
+                client.clone(),
+                events_tx.clone(),
+                Arc::clone(&stats),
+            ));
         }
         let (updates_tx, updates) = mpsc::channel(16);
         let source = PathBuf::from(config.server.to_string());
@@ -79,7 +136,11 @@ impl Control {
         let (reports, reports_rx) = mpsc::unbounded_channel();
         tokio::spawn(pods::run(client.clone(), node_name.to_owned(), reports_rx));
         tokio::spawn(node::run(client, node_name.to_owned(), config, updates_tx));
-        Ok(Self { updates, reports })
+        Ok(Self {
+            updates,
+            reports,
+            stats,
+        })
     }
 
     /// Queues a pod status report (sent when the control plane takes it).
@@ -118,8 +179,9 @@ impl Backoff {
     }
 }
 
-/// Logs the end of an outage that began at `since`.
-fn back(kind: Kind, since: Instant, list_watch: &ListWatch) {
+/// Logs (and counts) the end of an outage that began at `since`.
+fn back(kind: Kind, since: Instant, list_watch: &ListWatch, stats: &WatchStats) {
+    stats.reconnected(kind);
     info!(
         %kind,
         away = %format_args!("{:.1}s", since.elapsed().as_secs_f64()),
@@ -129,7 +191,12 @@ fn back(kind: Kind, since: Instant, list_watch: &ListWatch) {
 }
 
 /// List-watches one kind forever, sending every change to `events`.
-async fn watch(kind: Kind, mut client: Client, events: mpsc::Sender<(Kind, Change)>) {
+async fn watch(
+    kind: Kind,
+    mut client: Client,
+    events: mpsc::Sender<(Kind, Change)>,
+    stats: Arc<WatchStats>,
+) {
     let mut list_watch = ListWatch::new(kind, None);
     let mut backoff = Backoff::new();
     let mut away_since: Option<Instant> = None;
@@ -139,7 +206,7 @@ async fn watch(kind: Kind, mut client: Client, events: mpsc::Sender<(Kind, Chang
         let next = match list_watch.connect(&mut client).await {
             Ok(open) => {
                 if open && let Some(since) = away_since.take() {
-                    back(kind, since, &list_watch);
+                    back(kind, since, &list_watch, &stats);
                     backoff.reset();
                 }
                 list_watch.next(&mut client).await
@@ -150,9 +217,10 @@ async fn watch(kind: Kind, mut client: Client, events: mpsc::Sender<(Kind, Chang
             Ok(change) => {
                 // Back with a list (after an expired revision).
                 if let Some(since) = away_since.take() {
-                    back(kind, since, &list_watch);
+                    back(kind, since, &list_watch, &stats);
                 }
                 backoff.reset();
+                stats.event();
                 if events.send((kind, change)).await.is_err() {
                     return;
                 }

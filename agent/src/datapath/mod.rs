@@ -53,6 +53,8 @@ pub trait ServiceDataPlane {
     fn repair(&mut self) -> Option<ApplyReport> {
         None
     }
+    /// What is programmed now (for metrics; cheap: from the data plane's own books).
+    fn counts(&self) -> reconcile::Counts;
 }
 
 /// How often [`ServiceDataPlane::repair`] runs.
@@ -70,6 +72,10 @@ impl<M: reconcile::ServiceMaps> ServiceDataPlane for reconcile::Reconciler<M> {
     fn collect_garbage(&mut self) {
         reconcile::Reconciler::collect_garbage(self, Instant::now());
     }
+
+    fn counts(&self) -> reconcile::Counts {
+        reconcile::Reconciler::counts(self)
+    }
 }
 
 impl ServiceDataPlane for nft::NftDataPlane {
@@ -83,6 +89,16 @@ impl ServiceDataPlane for nft::NftDataPlane {
 
     fn repair(&mut self) -> Option<ApplyReport> {
         nft::NftDataPlane::repair(self)
+    }
+
+    fn counts(&self) -> reconcile::Counts {
+        let frontends = self.frontends();
+        let backends: BTreeSet<_> = frontends.values().flat_map(|p| &p.backends).collect();
+        reconcile::Counts {
+            frontends: frontends.len(),
+            backends: backends.len(),
+            ..reconcile::Counts::default()
+        }
     }
 }
 
@@ -432,9 +448,20 @@ impl BpfMaps {
         self.external = Some(maglev);
     }
 
-    /// Entries in the reverse-NAT map (for status and tests).
+    /// Entries in the reverse-NAT map (for status, metrics and tests; walks the map).
     pub fn rev_nat_len(&self) -> usize {
         self.rev_nat.keys().filter(Result::is_ok).count()
+    }
+
+    /// Entries in the affinity map (for metrics; walks the map).
+    pub fn affinity_len(&self) -> usize {
+        self.affinity.keys().filter(Result::is_ok).count()
+    }
+
+    /// The capacities in effect (a pinned map keeps its own).
+    #[must_use]
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 }
 

@@ -79,6 +79,8 @@ pub struct NodePortMaps {
     warned_full: bool,
     /// The new-flow counter at the last sweep.
     last_new_flows: u64,
+    /// Entries the last sweep left.
+    swept_entries: usize,
 }
 
 impl NodePortMaps {
@@ -103,6 +105,7 @@ impl NodePortMaps {
             conntrack_capacity,
             warned_full: false,
             last_new_flows: 0,
+            swept_entries: 0,
         })
     }
 
@@ -152,6 +155,13 @@ impl NodePortMaps {
         )
     }
 
+    /// Entries the last [`collect_garbage`](Self::collect_garbage) left (for metrics: the map is
+    /// walked by the sweep, not again per scrape), and the map's capacity.
+    #[must_use]
+    pub fn swept_usage(&self) -> (usize, u32) {
+        (self.swept_entries, self.conntrack_capacity)
+    }
+
     /// All tracked entries (for status and tests).
     pub fn conntrack_entries(&self) -> Vec<(CtKey, CtEntry)> {
         self.conntrack.iter().filter_map(Result::ok).collect()
@@ -197,6 +207,7 @@ impl NodePortMaps {
             );
         }
         self.warned_full = full;
+        self.swept_entries = len - removed;
         if removed > 0 {
             debug!(removed, "expired conntrack entries removed");
         }

@@ -124,6 +124,9 @@ pub struct ApplyReport {
     pub unchanged: usize,
     /// Frontends that could not be programmed, with the reason; they keep what they had.
     pub failed: Vec<(Frontend, String)>,
+    /// The maps that were full, once per failure they caused (a map's name, or
+    /// `service slots` for a service with more backends than one service may have).
+    pub full: Vec<&'static str>,
 }
 
 impl ApplyReport {
@@ -131,6 +134,20 @@ impl ApplyReport {
     pub fn changed(&self) -> bool {
         self.added + self.updated + self.removed > 0 || !self.failed.is_empty()
     }
+}
+
+/// What a [`Reconciler`] has programmed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Frontends (entries of the service map).
+    pub frontends: usize,
+    /// Distinct backends: entries of the backend map (a released backend counts until its grace
+    /// period is over and it is freed).
+    pub backends: usize,
+    /// Backend slots of the generations the programs read.
+    pub slots: usize,
+    /// Maglev tables (externally reachable frontends with backends for packets).
+    pub tables: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -678,6 +695,20 @@ impl<M: ServiceMaps> Reconciler<M> {
         &self.maps
     }
 
+    /// What is programmed, counted from the reconciler's own books (no map is read).
+    #[must_use]
+    pub fn counts(&self) -> Counts {
+        let programmed = self.services.values();
+        Counts {
+            frontends: self.services.len(),
+            backends: self.backends.len(),
+            slots: programmed.clone().map(|p| p.backend_ids.len()).sum(),
+            tables: programmed
+                .filter(|p| p.flags & SVC_F_EXTERNAL != 0 && !p.packet.is_empty())
+                .count(),
+        }
+    }
+
     /// Steps 1 and 2 for `frontend`, and its Maglev table staged when it needs a new one: `None`
     /// when nothing changed. On an error everything written is rolled back.
     fn prepare(
@@ -1081,6 +1112,9 @@ impl Batch {
             "could not program service; it keeps its previous state"
         );
         self.report.failed.push((frontend, e.to_string()));
+        if let MapOpError::Full { map, .. } = e {
+            self.report.full.push(map);
+        }
     }
 }
 

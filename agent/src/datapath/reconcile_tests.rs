@@ -444,9 +444,24 @@ fn full_backend_map_keeps_previous_state_and_other_services() {
     );
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert_eq!(report.failed[0].0, b);
+    assert_eq!(
+        report.full,
+        vec![gannet_common::map_names::BACKENDS],
+        "the full map is reported (for gannet_map_full_total): {report:?}"
+    );
     assert_eq!(r.maps().resolve(&a), Some(backends(&[1, 2])));
     assert_eq!(r.maps().resolve(&b), None);
     r.collect_garbage(t0 + GRACE * 2);
+    assert_eq!(
+        r.counts(),
+        super::Counts {
+            frontends: 1,
+            backends: 2,
+            slots: 2,
+            tables: 0
+        },
+        "what is programmed is counted: a and its two backends"
+    );
     assert_eq!(
         r.maps().backends.len(),
         2,

@@ -130,6 +130,8 @@ impl NftNode {
         };
         let mut cmd = Command::new(gannetd);
         cmd.env("GANNET_LOG", "info,gannet_k8s::dir=debug")
+            // Several agents per machine; nothing scrapes them.
+            .arg("--metrics-address=")
             .arg("--cgroup-path")
             .arg(node.cgroup.path())
             .arg("--bpf-root")

@@ -451,6 +451,8 @@ impl ControlPlane {
         let mut cmd = Command::new(binary);
         cmd.arg("--data-dir")
             .arg(dir.join("data"))
+            // Nothing scrapes it, and the default port may be taken.
+            .arg("--metrics-address=")
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--service-cidr")

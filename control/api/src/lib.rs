@@ -3,9 +3,11 @@
 //!
 //! - [`pb`]: the generated messages, clients and servers (`gannet.control.v1`);
 //! - [`Object`] and [`Kind`]: the five kinds served, as k8s-openapi types, and their framing;
-//! - [`Client`]: one method per RPC; [`ListWatch`]: list, then watch, resume, relist.
+//! - [`Client`]: one method per RPC; [`ListWatch`]: list, then watch, resume, relist;
+//! - [`metrics`]: the `/metrics` endpoint gannetd and gannet-control serve.
 
 mod client;
+pub mod metrics;
 mod object;
 mod problem;
 

@@ -160,6 +160,16 @@ pub struct RunArgs {
     /// Log format (level from `GANNET_LOG`, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "GANNET_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Where Prometheus metrics are served (`GET /metrics`, `OpenMetrics` text): `IP:PORT`; port 0
+    /// takes a free port (logged); an empty value turns metrics off. An address that cannot be
+    /// bound stops gannet-control at start.
+    #[arg(
+        long,
+        default_value = gannet_api::metrics::CONTROL_METRICS_ADDRESS,
+        env = "GANNET_CONTROL_METRICS_ADDRESS",
+        value_name = "ADDRESS"
+    )]
+    pub metrics_address: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -547,6 +557,10 @@ impl RunArgs {
             ));
         }
 
+        let metrics_address = gannet_api::metrics::parse_address(&self.metrics_address)
+            .map_err(|e| errors.push(format!("--metrics-address {e}")))
+            .unwrap_or_default();
+
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -572,6 +586,7 @@ impl RunArgs {
                 },
                 compaction: (self.history_revisions > 0)
                     .then(|| (Duration::from_secs(60), self.history_revisions)),
+                metrics_address,
             },
         })
     }

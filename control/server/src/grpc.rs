@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use gannet_api::{Kind, Object, Problem, invalid_status, pb};
 use tokio::sync::{mpsc, watch};
@@ -17,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::registry::{ApiError, Outcome, Registry};
 use crate::store::EventKind;
 
@@ -165,6 +167,7 @@ fn decode_objects(objects: &[pb::Object]) -> Result<Vec<Object>, Status> {
 #[derive(Clone, Debug)]
 pub struct Api {
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     /// Becomes `true` when the server stops: open watch streams end then (with `UNAVAILABLE`,
     /// so clients watch again from their last revision), else they would hold the shutdown
     /// until its drain timeout.
@@ -173,16 +176,114 @@ pub struct Api {
 
 impl Api {
     #[must_use]
-    pub fn new(registry: Arc<Registry>, stopping: watch::Receiver<bool>) -> Self {
-        Self { registry, stopping }
+    pub fn new(
+        registry: Arc<Registry>,
+        stopping: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            registry,
+            metrics,
+            stopping,
+        }
+    }
+
+    /// Counts a call of `method` that began at `began` and ended with `result`.
+    fn observed<T>(
+        &self,
+        method: &'static str,
+        began: Instant,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.request(method, code, began.elapsed());
+        result
+    }
+}
+
+/// Every call is counted by method and code ([`Api::observed`]); the calls themselves follow.
+#[tonic::async_trait]
+impl pb::resources_server::Resources for Api {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let began = Instant::now();
+        self.observed("Apply", began, self.apply_call(request).await)
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let began = Instant::now();
+        self.observed("Get", began, self.get_call(request).await)
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let began = Instant::now();
+        self.observed("List", began, self.list_call(request).await)
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let began = Instant::now();
+        self.observed("Watch", began, self.watch_call(request).await)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let began = Instant::now();
+        self.observed("Delete", began, self.delete_call(request).await)
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<pb::UpdateStatusRequest>,
+    ) -> Result<Response<pb::UpdateStatusResponse>, Status> {
+        let began = Instant::now();
+        self.observed(
+            "UpdateStatus",
+            began,
+            self.update_status_call(request).await,
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl pb::nodes_server::Nodes for Api {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let began = Instant::now();
+        self.observed("Register", began, self.register_call(request).await)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let began = Instant::now();
+        self.observed("Heartbeat", began, self.heartbeat_call(request).await)
     }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl pb::resources_server::Resources for Api {
-    async fn apply(
+impl Api {
+    async fn apply_call(
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
@@ -218,7 +319,7 @@ impl pb::resources_server::Resources for Api {
         Ok(Response::new(response))
     }
 
-    async fn get(
+    async fn get_call(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
@@ -234,7 +335,7 @@ impl pb::resources_server::Resources for Api {
         }))
     }
 
-    async fn list(
+    async fn list_call(
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
@@ -249,12 +350,10 @@ impl pb::resources_server::Resources for Api {
         Ok(Response::new(pb::ListResponse { items, revision }))
     }
 
-    type WatchStream = EventStream;
-
-    async fn watch(
+    async fn watch_call(
         &self,
         request: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<EventStream>, Status> {
         let request = request.into_inner();
         let kind = kind_of(request.kind)?;
         let mut watch = self
@@ -264,7 +363,9 @@ impl pb::resources_server::Resources for Api {
             .map_err(|error| status(&error))?;
         let (tx, rx) = mpsc::channel(256);
         let mut stopping = self.stopping.clone();
+        let watching = self.metrics.watching(kind);
         tokio::spawn(async move {
+            let _watching = watching;
             let stopped = async move {
                 let _ = stopping.wait_for(|stopping| *stopping).await;
             };
@@ -317,7 +418,7 @@ impl pb::resources_server::Resources for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn delete(
+    async fn delete_call(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -352,7 +453,7 @@ impl pb::resources_server::Resources for Api {
         }))
     }
 
-    async fn update_status(
+    async fn update_status_call(
         &self,
         request: Request<pb::UpdateStatusRequest>,
     ) -> Result<Response<pb::UpdateStatusResponse>, Status> {
@@ -378,9 +479,8 @@ impl pb::resources_server::Resources for Api {
     }
 }
 
-#[tonic::async_trait]
-impl pb::nodes_server::Nodes for Api {
-    async fn register(
+impl Api {
+    async fn register_call(
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
@@ -413,7 +513,7 @@ impl pb::nodes_server::Nodes for Api {
         }))
     }
 
-    async fn heartbeat(
+    async fn heartbeat_call(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {

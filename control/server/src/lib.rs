@@ -8,6 +8,7 @@
 //! - [`grpc`]: the tonic services and their authentication;
 //! - [`server`]: listeners (unix socket, TLS, loopback plain TCP) and start-up;
 //! - [`certs`]: the CA and certificates `gannet-control certs` writes;
+//! - [`metrics`]: the Prometheus metrics served on `--metrics-address`;
 //! - [`config`]: the command line, validated in one place.
 
 pub mod alloc;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod controller;
 pub mod grpc;
 pub mod logging;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -20,6 +20,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::controller::{endpoints, nodes};
 use crate::grpc::{Api, Authenticator};
+use crate::metrics::{MeteredStore, Metrics};
 use crate::registry::{Network, Registry};
 use crate::store::{Store, run_compactor};
 
@@ -93,6 +94,8 @@ pub struct Options {
     pub lifecycle: nodes::Lifecycle,
     /// Compact every `.0`, keeping the last `.1` revisions; `None`: never.
     pub compaction: Option<(Duration, u64)>,
+    /// Where metrics are served (`--metrics-address`); `None`: nowhere.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -106,6 +109,7 @@ impl Default for Options {
             heartbeat_interval: Duration::from_secs(10),
             lifecycle: nodes::Lifecycle::default(),
             compaction: Some((Duration::from_secs(60), 10_000)),
+            metrics_address: None,
         }
     }
 }
@@ -120,6 +124,15 @@ pub enum StartError {
     NoTls { listen: String },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(
+        "--metrics-address {address}: cannot listen: {source}; give another address (port 0: \
+         any free port), or an empty value to turn metrics off"
+    )]
+    Metrics {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A listener as bound.
@@ -135,6 +148,8 @@ pub enum Bound {
 pub struct ControlPlane {
     registry: Arc<Registry>,
     bound: Vec<Bound>,
+    /// Where metrics are served, as bound.
+    metrics_bound: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -149,6 +164,12 @@ impl ControlPlane {
     #[must_use]
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Where metrics are served (as bound: port 0 resolved), when they are.
+    #[must_use]
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_bound
     }
 
     /// Stops accepting, lets calls in flight finish for up to `drain`, then stops the
@@ -207,6 +228,17 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, String> {
 /// # Errors
 /// When a listener cannot be bound or the TLS material is unusable; nothing keeps running then.
 pub async fn start(store: Arc<dyn Store>, options: Options) -> Result<ControlPlane, StartError> {
+    // First: an address in use stops the start before anything runs.
+    let metrics_listener = match options.metrics_address {
+        Some(address) => Some(
+            gannet_api::metrics::bind(address)
+                .await
+                .map_err(|source| StartError::Metrics { address, source })?,
+        ),
+        None => None,
+    };
+    let metrics = Metrics::new();
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
     let registry = Arc::new(Registry::new(
         Arc::clone(&store),
         options.network.clone(),
@@ -214,10 +246,15 @@ pub async fn start(store: Arc<dyn Store>, options: Options) -> Result<ControlPla
         options.lifecycle.grace,
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let api = Api::new(Arc::clone(&registry), shutdown_rx.clone());
+    let api = Api::new(
+        Arc::clone(&registry),
+        shutdown_rx.clone(),
+        Arc::clone(&metrics),
+    );
     let mut plane = ControlPlane {
         registry: Arc::clone(&registry),
         bound: Vec::new(),
+        metrics_bound: metrics_listener.as_ref().map(|(_, bound)| *bound),
         shutdown,
         servers: Vec::new(),
         tasks: Vec::new(),
@@ -312,6 +349,18 @@ pub async fn start(store: Arc<dyn Store>, options: Options) -> Result<ControlPla
         Arc::clone(&registry),
         options.lifecycle,
     )));
+    if let Some((listener, bound)) = metrics_listener {
+        tracing::info!(address = %bound, "serving metrics on http://{bound}/metrics");
+        let registry = Arc::clone(&registry);
+        let render = move || {
+            let registry = Arc::clone(&registry);
+            let metrics = Arc::clone(&metrics);
+            async move { metrics.render(&registry).await }
+        };
+        plane
+            .tasks
+            .push(tokio::spawn(gannet_api::metrics::serve(listener, render)));
+    }
     if let Some((interval, keep)) = options.compaction {
         plane.tasks.push(tokio::spawn(run_compactor(
             Arc::clone(&store),

@@ -49,7 +49,7 @@ fn owned_by_a_node(lease: &Lease) -> bool {
         .any(|owner| owner.kind == "Node" && owner.api_version == "v1")
 }
 
-fn has_pod_cidrs(node: &Node) -> bool {
+pub(crate) fn has_pod_cidrs(node: &Node) -> bool {
     node.spec.as_ref().is_some_and(|spec| {
         spec.pod_cidrs.as_ref().is_some_and(|c| !c.is_empty()) || spec.pod_cidr.is_some()
     })
