@@ -1,5 +1,6 @@
 //! gannetctl: apply, get, watch and delete gannet-control's objects.
 
+mod describe;
 mod manifest;
 mod table;
 
@@ -81,6 +82,15 @@ enum Command {
         /// After listing, print changes as they happen (one kind).
         #[arg(short = 'w', long)]
         watch: bool,
+    },
+    /// Show one object in detail, with what belongs to it (a Service's endpoints, a Node's
+    /// heartbeat Lease).
+    Describe {
+        /// service (svc), endpointslice (eps), pod (po), node (no), lease.
+        kind: String,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
     },
     /// Delete objects: by kind and names, or those of manifests (-f).
     Delete {
@@ -304,6 +314,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return get.watch(&mut client, kinds[0], &mut out).await;
             }
             get.print(&mut client, &kinds, &mut out).await
+        }
+        Command::Describe {
+            kind,
+            name,
+            namespace,
+        } => {
+            let Some(kind) = Kind::parse(kind) else {
+                return Ok(usage(&format!("unknown kind {kind:?}: use {KINDS}")));
+            };
+            let namespace = if kind.namespaced() {
+                namespace.as_str()
+            } else {
+                ""
+            };
+            let mut client = connect(&cli).await?;
+            let object = client.get(kind, namespace, name).await?;
+            let related: Vec<Object> = match kind {
+                Kind::Service => client
+                    .list(Kind::EndpointSlice, Some(namespace))
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter(|slice| {
+                        slice
+                            .metadata()
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("kubernetes.io/service-name"))
+                            .is_some_and(|service| service == name)
+                    })
+                    .collect(),
+                Kind::Node => client
+                    .get(Kind::Lease, "kube-node-lease", name)
+                    .await
+                    .ok()
+                    .into_iter()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            write!(out, "{}", describe::describe(&object, &related))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Delete {
             kind,
@@ -626,11 +677,26 @@ impl Get<'_> {
                 None | Some(Output::Wide) => {
                     let mut rows = Vec::new();
                     let header = table::header(kind, wide, all);
+                    let batch: Vec<Vec<String>> =
+                        objects.iter().map(|o| table::row(o, wide, all)).collect();
+                    // The columns fit the header and the first list (as kubectl's), with room
+                    // to spare for what comes later.
                     let widths = header_widths.get_or_insert_with(|| {
                         rows.push(header.clone());
-                        header.iter().map(|h| h.len().max(12)).collect()
+                        (0..header.len())
+                            .map(|i| {
+                                batch
+                                    .iter()
+                                    .filter_map(|r| r.get(i))
+                                    .chain(header.get(i))
+                                    .map(|c| c.chars().count())
+                                    .max()
+                                    .unwrap_or(0)
+                                    .max(12)
+                            })
+                            .collect()
                     });
-                    rows.extend(objects.iter().map(|o| table::row(o, wide, all)));
+                    rows.extend(batch);
                     for row in rows {
                         let line: Vec<String> = row
                             .iter()

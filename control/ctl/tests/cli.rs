@@ -433,6 +433,41 @@ async fn several_kinds_selectors_and_delete_by_manifest() {
     let list: serde_json::Value = serde_json::from_str(&not_web).expect("JSON");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{not_web}");
     assert_eq!(list["items"][0]["metadata"]["name"], "db-1");
+    // describe: a Service with its endpoints (once the endpoints controller made its slice).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let described = ok(&fixture.run(&["describe", "svc", "web"], None).await);
+        let line = |key: &str| {
+            described
+                .lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(line("Name:").ends_with("web"), "{described}");
+        assert!(
+            line("Selector:").ends_with("app.kubernetes.io/name=web"),
+            "{described}"
+        );
+        assert!(
+            line("TargetPort:").ends_with("http-web-svc/TCP"),
+            "{described}"
+        );
+        if line("Endpoints:").ends_with("10.244.1.5:80") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no endpoints after 10s:\n{described}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pod = ok(&fixture.run(&["describe", "po", "web-1"], None).await);
+    assert!(
+        pod.lines()
+            .any(|l| l.starts_with("Node:") && l.ends_with("node-1")),
+        "{pod}"
+    );
     let two = ok(&fixture.run(&["get", "pods", "web-1", "db-1"], None).await);
     assert_eq!(two.lines().count(), 3, "a header and two pods: {two}");
     let bad = fixture.run(&["get", "pods", "-l", "=x"], None).await;

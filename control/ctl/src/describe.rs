@@ -1,0 +1,327 @@
+//! `gannetctl describe`: one object as kubectl describes it, key by key, with what belongs to
+//! it (a Service's EndpointSlices, a Node's heartbeat Lease).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use gannet_api::Object;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Rows of `Key:  value`, the keys aligned.
+#[derive(Default)]
+struct Doc(Vec<(String, String)>);
+
+impl Doc {
+    fn add(&mut self, key: &str, value: impl Into<String>) {
+        let value = value.into();
+        self.0.push((
+            key.to_owned(),
+            if value.is_empty() {
+                "<none>".to_owned()
+            } else {
+                value
+            },
+        ));
+    }
+
+    fn render(&self) -> String {
+        let width = self.0.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+        let mut out = String::new();
+        for (key, value) in &self.0 {
+            let mut lines = value.lines();
+            let first = lines.next().unwrap_or_default();
+            let _ = writeln!(out, "{:<width$}{first}", format!("{key}:"));
+            for line in lines {
+                let _ = writeln!(out, "{:width$}{line}", "");
+            }
+        }
+        out
+    }
+}
+
+fn map(map: Option<&BTreeMap<String, String>>) -> String {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn meta(doc: &mut Doc, meta: &ObjectMeta, namespaced: bool) {
+    doc.add("Name", meta.name.clone().unwrap_or_default());
+    if namespaced {
+        doc.add("Namespace", meta.namespace.clone().unwrap_or_default());
+    }
+    doc.add("Labels", map(meta.labels.as_ref()));
+    doc.add("Annotations", map(meta.annotations.as_ref()));
+    doc.add(
+        "Created",
+        meta.creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+    );
+    if let Some(deleting) = &meta.deletion_timestamp {
+        doc.add("Terminating", format!("since {}", deleting.0));
+    }
+}
+
+fn target_port(port: Option<&IntOrString>) -> String {
+    match port {
+        Some(IntOrString::Int(port)) => port.to_string(),
+        Some(IntOrString::String(name)) => name.clone(),
+        None => String::new(),
+    }
+}
+
+fn service(doc: &mut Doc, service: &Service, slices: &[EndpointSlice]) {
+    meta(doc, &service.metadata, true);
+    let spec = service.spec.clone().unwrap_or_default();
+    doc.add("Selector", map(spec.selector.as_ref()));
+    doc.add("Type", spec.type_.unwrap_or_else(|| "ClusterIP".to_owned()));
+    doc.add(
+        "IP Families",
+        spec.ip_families.unwrap_or_default().join(","),
+    );
+    doc.add("IPs", spec.cluster_ips.unwrap_or_default().join(","));
+    if let Some(ips) = spec.external_ips.filter(|ips| !ips.is_empty()) {
+        doc.add("External IPs", ips.join(","));
+    }
+    for port in spec.ports.iter().flatten() {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        let name = port.name.clone().filter(|n| !n.is_empty());
+        doc.add(
+            "Port",
+            format!(
+                "{}  {}/{protocol}",
+                name.as_deref().unwrap_or("<unset>"),
+                port.port
+            ),
+        );
+        doc.add(
+            "TargetPort",
+            format!("{}/{protocol}", target_port(port.target_port.as_ref())),
+        );
+        if let Some(node_port) = port.node_port {
+            doc.add(
+                "NodePort",
+                format!(
+                    "{}  {node_port}/{protocol}",
+                    name.as_deref().unwrap_or("<unset>")
+                ),
+            );
+        }
+    }
+    let endpoints: Vec<String> = slices
+        .iter()
+        .flat_map(|slice| {
+            let ports: Vec<String> = slice
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| p.port.map(|p| p.to_string()))
+                .collect();
+            slice.endpoints.iter().flat_map(move |e| {
+                let ready = e.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+                let ports = ports.clone();
+                e.addresses.iter().map(move |a| {
+                    format!(
+                        "{a}:{}{}",
+                        ports.join(","),
+                        if ready { "" } else { " (not ready)" }
+                    )
+                })
+            })
+        })
+        .collect();
+    doc.add("Endpoints", endpoints.join("\n"));
+    doc.add(
+        "Session Affinity",
+        spec.session_affinity.unwrap_or_else(|| "None".to_owned()),
+    );
+    if let Some(policy) = spec.external_traffic_policy {
+        doc.add("External Traffic Policy", policy);
+    }
+    if let Some(port) = spec.health_check_node_port {
+        doc.add("HealthCheck NodePort", port.to_string());
+    }
+}
+
+fn pod(doc: &mut Doc, pod: &Pod) {
+    meta(doc, &pod.metadata, true);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    doc.add("Node", spec.node_name.unwrap_or_default());
+    doc.add(
+        "Status",
+        status.phase.unwrap_or_else(|| "Pending".to_owned()),
+    );
+    let ips: Vec<String> = status
+        .pod_ips
+        .unwrap_or_default()
+        .into_iter()
+        .map(|ip| ip.ip)
+        .collect();
+    doc.add("IPs", ips.join(","));
+    for container in &spec.containers {
+        let ports: Vec<String> = container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p.container_port,
+                    p.protocol.as_deref().unwrap_or("TCP")
+                )
+            })
+            .collect();
+        doc.add(
+            "Container",
+            format!(
+                "{}  {}  ports {}",
+                container.name,
+                container.image.clone().unwrap_or_default(),
+                if ports.is_empty() {
+                    "<none>".to_owned()
+                } else {
+                    ports.join(",")
+                }
+            ),
+        );
+    }
+    let conditions: Vec<String> = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| format!("{}  {}", c.type_, c.status))
+        .collect();
+    doc.add("Conditions", conditions.join("\n"));
+}
+
+fn node(doc: &mut Doc, node: &Node, lease: Option<&Lease>) {
+    meta(doc, &node.metadata, false);
+    let spec = node.spec.clone().unwrap_or_default();
+    let status = node.status.clone().unwrap_or_default();
+    let addresses: Vec<String> = status
+        .addresses
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| format!("{}: {}", a.type_, a.address))
+        .collect();
+    doc.add("Addresses", addresses.join("\n"));
+    doc.add("PodCIDRs", spec.pod_cidrs.unwrap_or_default().join(","));
+    let conditions: Vec<String> = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            format!(
+                "{}  {}  {}  (since {})",
+                c.type_,
+                c.status,
+                c.reason.unwrap_or_default(),
+                c.last_transition_time
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    doc.add("Conditions", conditions.join("\n"));
+    let lease = lease.and_then(|l| l.spec.as_ref()).map(|spec| {
+        format!(
+            "holder {}, renewed {}, for {}s",
+            spec.holder_identity.as_deref().unwrap_or("<none>"),
+            spec.renew_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_else(|| "never".to_owned()),
+            spec.lease_duration_seconds.unwrap_or_default()
+        )
+    });
+    doc.add("Lease", lease.unwrap_or_default());
+}
+
+fn slice(doc: &mut Doc, slice: &EndpointSlice) {
+    meta(doc, &slice.metadata, true);
+    doc.add("AddressType", slice.address_type.clone());
+    let ports: Vec<String> = slice
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}  {}/{}",
+                p.name
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("<unset>"),
+                p.port.map(|p| p.to_string()).unwrap_or_default(),
+                p.protocol.as_deref().unwrap_or("TCP")
+            )
+        })
+        .collect();
+    doc.add("Ports", ports.join("\n"));
+    let endpoints: Vec<String> = slice
+        .endpoints
+        .iter()
+        .map(|e| {
+            let conditions = e.conditions.clone().unwrap_or_default();
+            format!(
+                "{}  ready={} serving={} terminating={}  node {}",
+                e.addresses.join(","),
+                conditions.ready.unwrap_or(true),
+                conditions.serving.unwrap_or(true),
+                conditions.terminating.unwrap_or(false),
+                e.node_name.as_deref().unwrap_or("<none>")
+            )
+        })
+        .collect();
+    doc.add("Endpoints", endpoints.join("\n"));
+}
+
+/// `object` described; `related`: a Service's EndpointSlices, a Node's Lease.
+pub(crate) fn describe(object: &Object, related: &[Object]) -> String {
+    let mut doc = Doc::default();
+    match object {
+        Object::Service(s) => {
+            let slices: Vec<EndpointSlice> = related
+                .iter()
+                .filter_map(|o| match o {
+                    Object::EndpointSlice(slice) => Some((**slice).clone()),
+                    _ => None,
+                })
+                .collect();
+            service(&mut doc, s, &slices);
+        }
+        Object::Pod(p) => pod(&mut doc, p),
+        Object::Node(n) => {
+            let lease = related.iter().find_map(|o| match o {
+                Object::Lease(lease) => Some(lease.as_ref()),
+                _ => None,
+            });
+            node(&mut doc, n, lease);
+        }
+        Object::EndpointSlice(s) => slice(&mut doc, s),
+        Object::Lease(l) => {
+            meta(&mut doc, &l.metadata, true);
+            let spec = l.spec.clone().unwrap_or_default();
+            doc.add("Holder", spec.holder_identity.unwrap_or_default());
+            doc.add(
+                "Renewed",
+                spec.renew_time.map(|t| t.0.to_string()).unwrap_or_default(),
+            );
+            doc.add(
+                "Duration",
+                spec.lease_duration_seconds
+                    .map(|s| format!("{s}s"))
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    doc.render()
+}
