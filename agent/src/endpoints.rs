@@ -14,7 +14,7 @@ use std::{
 use gannet_cni::agent_api::{self, Request, RequestBody, Response};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
@@ -64,21 +64,6 @@ pub fn operation(request: &Request) -> Option<&'static str> {
 pub struct Registry {
     path: PathBuf,
     records: BTreeMap<String, Record>,
-}
-
-fn registry_key(network: &str, container_id: &str, if_name: &str) -> String {
-    format!("{network}/{container_id}/{if_name}")
-}
-
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("invalid MAC address {text:?}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| format!("invalid MAC address {text:?}"))
 }
 
 impl Registry {
@@ -154,28 +139,22 @@ impl Registry {
         pod_cidrs: &[ipnet::IpNet],
         change: &mut Option<PodChange>,
     ) -> Response {
-        if request.api_version != agent_api::API_VERSION {
-            return Response::error(format!(
-                "apiVersion {} is not supported (gannetd speaks {})",
-                request.api_version,
-                agent_api::API_VERSION
-            ));
+        if let Err(e) = request.check_version() {
+            return Response::error(e);
         }
         match request.body {
             RequestBody::Status => Response::ok(),
             RequestBody::Register { endpoint } => {
-                let key =
-                    registry_key(&endpoint.network, &endpoint.container_id, &endpoint.if_name);
-                let mac = match parse_mac(&endpoint.mac) {
-                    Ok(mac) => mac,
-                    Err(e) => return Response::error(format!("endpoint {key}: mac: {e}")),
+                let key = endpoint.key();
+                let claim = match endpoint.check() {
+                    Ok(claim) => claim,
+                    Err(e) => {
+                        warn!(endpoint = %key, error = %e, "registration refused");
+                        return Response::error(format!("endpoint {key}: {e}"));
+                    }
                 };
-                let ips: Vec<IpAddr> = endpoint
-                    .ips
-                    .iter()
-                    .map(gannet_cni::net::Cidr::addr)
-                    .collect();
-                if let Err(e) = self.validate(&key, &endpoint, &ips, pod_cidrs) {
+                let agent_api::Claim { mac, ips, pod } = claim;
+                if let Err(e) = self.validate(&key, &ips, pod_cidrs) {
                     warn!(endpoint = %key, error = %e, "registration refused");
                     return Response::error(format!("endpoint {key}: {e}"));
                 }
@@ -209,11 +188,6 @@ impl Registry {
                         "host interface index differs from what the plugin sent; using the kernel's"
                     );
                 }
-                let pod = match (&endpoint.pod_namespace, &endpoint.pod_name) {
-                    (Some(ns), Some(name)) => Some(format!("{ns}/{name}")),
-                    (None, Some(name)) => Some(name.clone()),
-                    _ => None,
-                };
                 info!(endpoint = %key, pod = pod.as_deref(), ips = %crate::logging::list(&ips), host_if = %endpoint.host_if_name, "endpoint registered");
                 *change = pod.clone().map(|pod| PodChange {
                     pod,
@@ -235,7 +209,7 @@ impl Registry {
                 container_id,
                 if_name,
             } => {
-                let key = registry_key(&network, &container_id, &if_name);
+                let key = agent_api::attachment_key(&network, &container_id, &if_name);
                 let Some(record) = self.records.remove(&key) else {
                     debug!(endpoint = %key, "unregister of an unknown endpoint: nothing to do");
                     return Response::ok();
@@ -255,35 +229,16 @@ impl Registry {
         }
     }
 
-    /// What a registration may claim, whoever sent it: Kubernetes names, addresses that a pod
-    /// can have (unicast, in this node's pod CIDRs when it has a lease) and that no other
-    /// registered endpoint has. A second registration of the same attachment may keep its
-    /// own addresses.
+    /// What a registration that passed [`agent_api::Endpoint::check`] may claim on this node:
+    /// addresses in this node's pod CIDRs (when it has a lease) that no other registered
+    /// endpoint has. A second registration of the same attachment may keep its own addresses.
     fn validate(
         &self,
         key: &str,
-        endpoint: &agent_api::Endpoint,
         ips: &[IpAddr],
         pod_cidrs: &[ipnet::IpNet],
     ) -> Result<(), String> {
-        if let Some(ns) = &endpoint.pod_namespace {
-            dns1123_label(ns).map_err(|e| format!("pod namespace {ns:?}: {e}"))?;
-        }
-        if let Some(name) = &endpoint.pod_name {
-            dns1123_subdomain(name).map_err(|e| format!("pod name {name:?}: {e}"))?;
-        }
-        if ips.is_empty() {
-            return Err("no addresses".to_owned());
-        }
         for ip in ips {
-            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-                return Err(format!("{ip} is not a pod address"));
-            }
-            if let IpAddr::V4(v4) = ip
-                && v4.is_broadcast()
-            {
-                return Err(format!("{ip} is not a pod address"));
-            }
             if !pod_cidrs.is_empty() && !pod_cidrs.iter().any(|net| net.contains(ip)) {
                 let cidrs: Vec<String> = pod_cidrs.iter().map(ToString::to_string).collect();
                 return Err(format!(
@@ -345,20 +300,28 @@ pub fn serve(state_dir: &Path, calls: mpsc::Sender<Call>) -> io::Result<PathBuf>
 
 async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
+    let mut reader = BufReader::new(read);
+    // A line is read up to MAX_LINE bytes and its newline, so a client cannot make gannetd
+    // buffer more than that.
+    let limit = agent_api::MAX_LINE as u64 + 1;
+    let mut line = Vec::new();
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => return,
+        line.clear();
+        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+            Ok(0) => return,
+            Ok(_) => {}
             Err(e) => {
                 debug!(error = %e, "reading from a CNI client");
                 return;
             }
-        };
-        if line.len() > agent_api::MAX_LINE {
-            return;
         }
-        let response = match serde_json::from_str::<Request>(&line) {
+        let complete = line.last() == Some(&b'\n');
+        if complete {
+            line.pop();
+        }
+        // The rest of an overlong line is still unread: answer, then close the connection.
+        let overlong = !complete && line.len() > agent_api::MAX_LINE;
+        let response = match agent_api::parse_request(&line) {
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send((request, tx)).await.is_err() {
@@ -367,13 +330,13 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
                 rx.await
                     .unwrap_or_else(|_| Response::error("gannetd is shutting down"))
             }
-            Err(e) => Response::error(format!("invalid request: {e}")),
+            Err(e) => Response::error(e),
         };
         let Ok(mut out) = serde_json::to_vec(&response) else {
             return;
         };
         out.push(b'\n');
-        if write.write_all(&out).await.is_err() {
+        if write.write_all(&out).await.is_err() || overlong {
             return;
         }
     }
@@ -400,32 +363,6 @@ pub fn cleanup(state_dir: &Path) -> Result<usize, crate::datapath::DataPathError
 #[must_use]
 pub fn agent_running(state_dir: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(state_dir.join(SOCKET)).is_ok()
-}
-
-/// A DNS-1123 label (a Kubernetes namespace): at most 63 lower-case letters, digits and `-`,
-/// starting and ending with a letter or digit.
-fn dns1123_label(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 63 {
-        return Err("must be 1 to 63 characters".to_owned());
-    }
-    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let bytes = s.as_bytes();
-    if !bytes.iter().all(|&c| ok(c) || c == b'-') || !ok(bytes[0]) || !ok(bytes[bytes.len() - 1]) {
-        return Err(
-            "must be lower-case letters, digits and '-', starting and ending with a letter or digit"
-                .to_owned(),
-        );
-    }
-    Ok(())
-}
-
-/// A DNS-1123 subdomain (a Kubernetes pod name): at most 253 characters, DNS-1123 labels joined
-/// by `.`.
-fn dns1123_subdomain(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 253 {
-        return Err("must be 1 to 253 characters".to_owned());
-    }
-    s.split('.').try_for_each(dns1123_label)
 }
 
 /// The registration's host interface is a veth of this namespace that gannet-cni made for this
@@ -565,7 +502,7 @@ mod tests {
                 endpoint("b", &["10.244.0.3/32"], "Default", "web-2"),
                 &cidrs,
             ),
-            "pod namespace \"Default\"",
+            "podNamespace \"Default\"",
         );
         refused(
             &register(
@@ -573,7 +510,7 @@ mod tests {
                 endpoint("b", &["10.244.0.3/32"], "default", "web_2"),
                 &cidrs,
             ),
-            "pod name \"web_2\"",
+            "podName \"web_2\"",
         );
         // Without a lease the pod CIDRs are not known: any unicast address of its own.
         let free = register(

@@ -70,49 +70,14 @@ fn cidr(net: IpNet) -> Cidr {
     Cidr::new(net.addr(), net.prefix_len()).expect("an IpNet's prefix fits its family")
 }
 
-/// The subnet file of a lease: Flannel's keys, each subnet written as its first address (as
-/// Flannel writes its gateway), so flannel-style consumers read it unchanged.
+/// The subnet file of a lease (see [`SubnetEnv::for_lease`]).
 ///
 /// # Errors
 /// When a pod CIDR is too small or a family is leased twice.
 pub fn subnet_env(lease: &Lease, mtu: u32, masquerade: bool) -> Result<SubnetEnv, String> {
-    let mut env = SubnetEnv {
-        network: None,
-        subnet: None,
-        ipv6_network: None,
-        ipv6_subnet: None,
-        mtu: Some(mtu),
-        ipmasq: Some(masquerade),
-    };
-    for net in &lease.pod_cidrs {
-        let net = net.trunc();
-        let network = gannet_cni::net::to_bits(net.network());
-        if gannet_cni::net::to_bits(net.broadcast()) <= network + 1 {
-            return Err(format!("pod CIDR {net} is too small"));
-        }
-        let first = gannet_cni::net::from_bits(net.network(), network + 1);
-        let first = cidr(IpNet::new(first, net.prefix_len()).map_err(|e| e.to_string())?);
-        let slot = if first.is_ipv4() {
-            &mut env.subnet
-        } else {
-            &mut env.ipv6_subnet
-        };
-        if slot.replace(first).is_some() {
-            return Err(format!("two pod CIDRs of the family of {net}"));
-        }
-    }
-    if env.subnet.is_none() && env.ipv6_subnet.is_none() {
-        return Err("no pod CIDR".to_owned());
-    }
-    for net in &lease.cluster_cidrs {
-        let slot = if matches!(net, IpNet::V4(_)) {
-            &mut env.network
-        } else {
-            &mut env.ipv6_network
-        };
-        slot.get_or_insert(cidr(net.trunc()));
-    }
-    Ok(env)
+    let pod_cidrs: Vec<Cidr> = lease.pod_cidrs.iter().map(|net| cidr(*net)).collect();
+    let cluster_cidrs: Vec<Cidr> = lease.cluster_cidrs.iter().map(|net| cidr(*net)).collect();
+    SubnetEnv::for_lease(&pod_cidrs, &cluster_cidrs, mtu, masquerade)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {

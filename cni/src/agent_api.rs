@@ -25,6 +25,7 @@
 //! it is best effort (the agent must also reconcile against the host's links on its own).
 
 use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -153,6 +154,144 @@ impl Response {
             error: Some(reason.into()),
         }
     }
+}
+
+/// Reads one request line as a server receives it (without its `\n`): JSON of a [`Request`]
+/// of [`API_VERSION`], at most [`MAX_LINE`] bytes. The error is the reason to answer with.
+///
+/// # Errors
+/// If the line is too long, not a request, or of another version.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_LINE {
+        return Err(format!(
+            "request of {} bytes is longer than {MAX_LINE}",
+            line.len()
+        ));
+    }
+    let request: Request =
+        serde_json::from_slice(line).map_err(|e| format!("invalid request: {e}"))?;
+    request.check_version()?;
+    Ok(request)
+}
+
+impl Request {
+    /// Whether the server speaks this request's version.
+    ///
+    /// # Errors
+    /// For a version other than [`API_VERSION`], saying which.
+    pub fn check_version(&self) -> Result<(), String> {
+        if self.api_version == API_VERSION {
+            Ok(())
+        } else {
+            Err(format!(
+                "apiVersion {} is not supported (gannetd speaks {API_VERSION})",
+                self.api_version
+            ))
+        }
+    }
+}
+
+/// What a registration claims, read from an [`Endpoint`] that passed [`Endpoint::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The pod interface's MAC address.
+    pub mac: [u8; 6],
+    /// The pod's addresses (unicast, at least one).
+    pub ips: Vec<IpAddr>,
+    /// `namespace/name`, or `name` when no namespace was given; `None` without a pod name.
+    pub pod: Option<String>,
+}
+
+impl Endpoint {
+    /// The key of this attachment in a server's registry: `network/containerId/ifName`
+    /// (unambiguous once [`Endpoint::check`] passed: none of the three holds a `/`).
+    #[must_use]
+    pub fn key(&self) -> String {
+        attachment_key(&self.network, &self.container_id, &self.if_name)
+    }
+
+    /// What every registration must satisfy, whatever the server's state: the names a runtime
+    /// may give (network and container as in the network configuration and `CNI_CONTAINERID`,
+    /// an interface name the kernel takes, Kubernetes names for the pod), a unicast MAC, and at
+    /// least one address that a pod can have (not unspecified, loopback, multicast or
+    /// broadcast). Whether the addresses are free and in the node's pod CIDRs is the server's
+    /// to check. The error names the field.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn check(&self) -> Result<Claim, String> {
+        use crate::config::{check_ifname, parse_mac, valid_identifier};
+        let identifier = |field: &str, value: &str| {
+            if valid_identifier(value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{field} {value:?}: must start with a letter or digit and hold only letters, digits, `_`, `.` and `-`"
+                ))
+            }
+        };
+        identifier("network", &self.network)?;
+        identifier("containerId", &self.container_id)?;
+        if self.if_name.is_empty() {
+            return Err("ifName: must be set".to_owned());
+        }
+        check_ifname(&self.if_name).map_err(|e| format!("ifName {:?}: {e}", self.if_name))?;
+        let mac = parse_mac(&self.mac).map_err(|e| format!("mac {:?}: {e}", self.mac))?;
+        if let Some(ns) = &self.pod_namespace {
+            dns1123_label(ns).map_err(|e| format!("podNamespace {ns:?}: {e}"))?;
+        }
+        if let Some(name) = &self.pod_name {
+            dns1123_subdomain(name).map_err(|e| format!("podName {name:?}: {e}"))?;
+        }
+        if self.ips.is_empty() {
+            return Err("ips: no addresses".to_owned());
+        }
+        let ips: Vec<IpAddr> = self.ips.iter().map(Cidr::addr).collect();
+        for ip in &ips {
+            let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || broadcast {
+                return Err(format!("ips: {ip} is not a pod address"));
+            }
+        }
+        let pod = match (&self.pod_namespace, &self.pod_name) {
+            (Some(ns), Some(name)) => Some(format!("{ns}/{name}")),
+            (None, Some(name)) => Some(name.clone()),
+            _ => None,
+        };
+        Ok(Claim { mac, ips, pod })
+    }
+}
+
+/// `network/containerId/ifName`, the key of an attachment in a server's registry.
+#[must_use]
+pub fn attachment_key(network: &str, container_id: &str, if_name: &str) -> String {
+    format!("{network}/{container_id}/{if_name}")
+}
+
+/// A DNS-1123 label (a Kubernetes namespace): at most 63 lower-case letters, digits and `-`,
+/// starting and ending with a letter or digit.
+fn dns1123_label(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err("must be 1 to 63 characters".to_owned());
+    }
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = s.as_bytes();
+    if !bytes.iter().all(|&c| ok(c) || c == b'-') || !ok(bytes[0]) || !ok(bytes[bytes.len() - 1]) {
+        return Err(
+            "must be lower-case letters, digits and '-', starting and ending with a letter or digit"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain (a Kubernetes pod name): at most 253 characters, DNS-1123 labels joined
+/// by `.`.
+fn dns1123_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 253 {
+        return Err("must be 1 to 253 characters".to_owned());
+    }
+    s.split('.').try_for_each(dns1123_label)
 }
 
 /// Talking to the agent failed.
@@ -292,6 +431,94 @@ mod tests {
         assert_eq!(
             serde_json::to_value(Response::error("x")).expect("json"),
             serde_json::json!({"apiVersion": 1, "ok": false, "error": "x"})
+        );
+    }
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            network: "gannet".into(),
+            container_id: "c1".into(),
+            if_name: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            ips: vec!["10.244.0.2/32".parse().expect("cidr")],
+            mac: "02:00:00:00:00:01".into(),
+            host_if_name: "gnt".into(),
+            host_if_index: 7,
+            host_mac: "02:00:00:00:00:02".into(),
+            pod_namespace: Some("default".into()),
+            pod_name: Some("web-1".into()),
+        }
+    }
+
+    #[test]
+    fn request_lines_are_parsed_with_their_version_and_length() {
+        let request = parse_request(br#"{"apiVersion":1,"kind":"Status"}"#).expect("status");
+        assert_eq!(request.body, RequestBody::Status);
+        let err = parse_request(br#"{"apiVersion":2,"kind":"Status"}"#).expect_err("version");
+        assert!(err.contains("apiVersion 2 is not supported"), "{err}");
+        let err = parse_request(br#"{"apiVersion":1,"kind":"Nope"}"#).expect_err("kind");
+        assert!(err.starts_with("invalid request:"), "{err}");
+        let mut long = br#"{"apiVersion":1,"kind":"Status"}"#.to_vec();
+        long.resize(MAX_LINE + 1, b' ');
+        let err = parse_request(&long).expect_err("too long");
+        assert!(err.contains("longer than"), "{err}");
+    }
+
+    #[test]
+    fn registrations_are_checked_naming_the_field() {
+        let claim = endpoint().check().expect("valid");
+        assert_eq!(claim.mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(claim.pod.as_deref(), Some("default/web-1"));
+        type Change = fn(&mut Endpoint);
+        let cases: [(Change, &str); 8] = [
+            (
+                |e| e.pod_namespace = Some("Default".into()),
+                "podNamespace \"Default\"",
+            ),
+            (|e| e.pod_name = Some("web_1".into()), "podName \"web_1\""),
+            (
+                |e| e.mac = "01:00:5e:00:00:01".into(),
+                "mac \"01:00:5e:00:00:01\"",
+            ),
+            (|e| e.mac = "+2:0:0:0:0:1".into(), "mac"),
+            (|e| e.ips.clear(), "ips: no addresses"),
+            (
+                |e| e.ips = vec!["255.255.255.255/32".parse().expect("cidr")],
+                "not a pod address",
+            ),
+            (|e| e.if_name = "eth0/x".into(), "ifName"),
+            (|e| e.network = String::new(), "network"),
+        ];
+        for (change, why) in cases {
+            let mut bad = endpoint();
+            change(&mut bad);
+            let err = bad.check().expect_err(why);
+            assert!(err.contains(why), "expected {why:?} in: {err}");
+        }
+    }
+
+    /// Two attachments must never share a registry key: `network/containerId/ifName` was
+    /// ambiguous while the parts could hold a `/` (network `a/b` with container `c` and network
+    /// `a` with container `b/c`), so one pod's registration replaced another's.
+    #[test]
+    fn registry_keys_are_unambiguous() {
+        let mut one = endpoint();
+        one.network = "a/b".into();
+        one.container_id = "c".into();
+        let mut other = endpoint();
+        other.network = "a".into();
+        other.container_id = "b/c".into();
+        assert_eq!(one.key(), other.key());
+        assert!(
+            one.check()
+                .expect_err("network")
+                .contains("network \"a/b\"")
+        );
+        assert!(
+            other
+                .check()
+                .expect_err("container")
+                .contains("containerId \"b/c\"")
         );
     }
 }

@@ -315,7 +315,7 @@ fn parse_requested_ip(text: &str) -> Option<IpAddr> {
 }
 
 /// `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast address other than all zeros.
-fn parse_mac(text: &str) -> Result<[u8; 6], &'static str> {
+pub(crate) fn parse_mac(text: &str) -> Result<[u8; 6], &'static str> {
     let parts: Vec<&str> = text.split([':', '-']).collect();
     if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
         return Err("not a MAC address (six two-digit hex octets separated by `:`)");
@@ -509,7 +509,7 @@ pub fn validate_ranges(ranges: &[Vec<RangeConf>]) -> Result<(), CniError> {
 }
 
 /// Network names and container ids: a letter or digit, then letters, digits, `_`, `.`, `-`.
-fn valid_identifier(text: &str) -> bool {
+pub(crate) fn valid_identifier(text: &str) -> bool {
     let mut chars = text.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
@@ -656,7 +656,7 @@ pub fn parse_env(get: &dyn Fn(&str) -> Option<String>) -> Result<CniEnv, CniErro
 }
 
 /// Interface names the kernel accepts: 1-15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
-fn check_ifname(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_ifname(name: &str) -> Result<(), &'static str> {
     if name.len() > 15 {
         return Err("longer than 15 bytes");
     }

@@ -121,11 +121,24 @@ impl SubnetEnv {
                 }
                 Ok(cidr)
             };
+            // A pod subnet needs an address besides its network address (and, for IPv4, its
+            // broadcast address): the IPAM allocates from it.
+            let subnet = |family_v4: bool| -> Result<Cidr, SubnetEnvError> {
+                let subnet = cidr(family_v4)?;
+                let host_bits = if family_v4 { 32 } else { 128 } - u32::from(subnet.prefix());
+                if host_bits < 2 {
+                    return Err(invalid(format!(
+                        "{key}: {subnet} is too small to hold pods (at most a /{})",
+                        if family_v4 { 30 } else { 126 }
+                    )));
+                }
+                Ok(subnet)
+            };
             match key.trim() {
                 "FLANNEL_NETWORK" => env.network = Some(cidr(true)?),
-                "FLANNEL_SUBNET" => env.subnet = Some(cidr(true)?),
+                "FLANNEL_SUBNET" => env.subnet = Some(subnet(true)?),
                 "FLANNEL_IPV6_NETWORK" => env.ipv6_network = Some(cidr(false)?),
-                "FLANNEL_IPV6_SUBNET" => env.ipv6_subnet = Some(cidr(false)?),
+                "FLANNEL_IPV6_SUBNET" => env.ipv6_subnet = Some(subnet(false)?),
                 "FLANNEL_MTU" => {
                     let mtu: u32 = value
                         .parse()
@@ -166,6 +179,60 @@ impl SubnetEnv {
         }
         if env.subnet.is_none() && env.ipv6_subnet.is_none() {
             return Err(SubnetEnvError::NoSubnet(path.to_path_buf()));
+        }
+        Ok(env)
+    }
+
+    /// The subnet file of a node's lease: Flannel's keys, each pod CIDR written as its first
+    /// address (as Flannel writes its gateway), so flannel-style consumers read it unchanged.
+    /// `cluster_cidrs` (may be empty) are the cluster's pod networks; the first of each family is
+    /// written.
+    ///
+    /// # Errors
+    /// When a pod CIDR is too small or a family is leased twice.
+    pub fn for_lease(
+        pod_cidrs: &[Cidr],
+        cluster_cidrs: &[Cidr],
+        mtu: u32,
+        masquerade: bool,
+    ) -> Result<SubnetEnv, String> {
+        let mut env = SubnetEnv {
+            network: None,
+            subnet: None,
+            ipv6_network: None,
+            ipv6_subnet: None,
+            mtu: Some(mtu),
+            ipmasq: Some(masquerade),
+        };
+        for net in pod_cidrs {
+            let net = net.truncated();
+            // The first address after the network address, which must not be the last one.
+            let last = crate::net::to_bits(net.last());
+            let first = crate::net::to_bits(net.network())
+                .checked_add(1)
+                .filter(|&first| first < last)
+                .ok_or_else(|| format!("pod CIDR {net} is too small"))?;
+            let first = crate::net::from_bits(net.network(), first);
+            let first = Cidr::new(first, net.prefix()).expect("same family and prefix");
+            let slot = if first.is_ipv4() {
+                &mut env.subnet
+            } else {
+                &mut env.ipv6_subnet
+            };
+            if slot.replace(first).is_some() {
+                return Err(format!("two pod CIDRs of the family of {net}"));
+            }
+        }
+        if env.subnet.is_none() && env.ipv6_subnet.is_none() {
+            return Err("no pod CIDR".to_owned());
+        }
+        for net in cluster_cidrs {
+            let slot = if net.is_ipv4() {
+                &mut env.network
+            } else {
+                &mut env.ipv6_network
+            };
+            slot.get_or_insert(net.truncated());
         }
         Ok(env)
     }
@@ -274,5 +341,43 @@ mod tests {
         assert!(err.to_string().contains("outside"), "{err}");
         let err = SubnetEnv::parse(Path::new("f"), "FLANNEL_MTU=1400\n").expect_err("no subnet");
         assert!(matches!(err, SubnetEnvError::NoSubnet(_)), "{err}");
+    }
+
+    /// Found while moving this from gannetd: the lease of a Node whose pod CIDR is the last
+    /// IPv6 address (`ffff:…:ffff/128`, which a `v1 Node` manifest may hold) overflowed.
+    #[test]
+    fn leases_too_small_for_pods_are_refused() {
+        let cidr = |text: &str| -> Cidr { text.parse().expect("cidr") };
+        for small in [
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+            "255.255.255.255/32",
+            "10.0.0.0/31",
+            "fd00::/127",
+        ] {
+            let err = SubnetEnv::for_lease(&[cidr(small)], &[], 1500, false).expect_err(small);
+            assert!(err.contains("too small"), "{small}: {err}");
+        }
+        let env = SubnetEnv::for_lease(&[cidr("10.0.0.0/30")], &[], 1500, false).expect("a /30");
+        assert_eq!(env.subnet, Some(cidr("10.0.0.1/30")));
+    }
+
+    /// Found by the `subnet_file` fuzz target: a /32 (or /31, /127, /128) pod subnet was read,
+    /// and its ranges were ones the IPAM cannot allocate from (0.0.0.0/32 made its address
+    /// arithmetic overflow).
+    #[test]
+    fn rejects_subnets_too_small_for_pods() {
+        for (text, key) in [
+            ("FLANNEL_SUBNET=10.244.1.4/32\n", "FLANNEL_SUBNET"),
+            ("FLANNEL_SUBNET=0.0.0.0/31\n", "FLANNEL_SUBNET"),
+            ("FLANNEL_IPV6_SUBNET=fd00::1/127\n", "FLANNEL_IPV6_SUBNET"),
+        ] {
+            let err = SubnetEnv::parse(Path::new("f"), text).expect_err(text);
+            assert!(
+                err.to_string().contains(key) && err.to_string().contains("too small"),
+                "{text}: {err}"
+            );
+        }
+        let env = SubnetEnv::parse(Path::new("f"), "FLANNEL_SUBNET=10.0.0.1/30\n").expect("a /30");
+        crate::config::validate_ranges(&env.ranges()).expect("IPAM takes a /30");
     }
 }

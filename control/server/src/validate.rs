@@ -209,6 +209,20 @@ fn validate_service(service: &Service, problems: &mut Vec<FieldProblem>) {
 
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let field = format!("spec.ports[{i}]");
+        // gannet-k8s checks the ports of the Services gannetd serves; headless and ExternalName
+        // ones it skips need a valid port all the same (the registry makes it the default
+        // target port).
+        let port_field = format!("{field}.port");
+        if !(1..=65535).contains(&port.port)
+            && !problems
+                .iter()
+                .any(|found| found.field.as_deref() == Some(port_field.as_str()))
+        {
+            problems.push(problem(
+                port_field,
+                format!("port {} is out of range 1..=65535", port.port),
+            ));
+        }
         if let Some(name) = port.name.as_deref().filter(|name| !name.is_empty())
             && !is_port_name(name)
         {
@@ -521,6 +535,29 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00::5"}]}
         }));
         assert_eq!(validate(&pod), vec![]);
+    }
+
+    /// Found by the `control_apply` fuzz target: a headless Service without `spec.ports[0].port`
+    /// was stored with port and target port 0, which Apply then refused when given it back.
+    #[test]
+    fn headless_and_external_name_services_need_valid_ports() {
+        for spec in [
+            serde_json::json!({"clusterIP": "None", "ports": [{"porlot": 30}]}),
+            serde_json::json!({"type": "ExternalName", "externalName": "example.com",
+                               "ports": [{"port": 70000}]}),
+        ] {
+            let service = object(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "headless"},
+                "spec": spec,
+            }));
+            assert_eq!(fields(&service), vec!["spec.ports[0].port"], "{spec}");
+        }
+        // A served Service's port is reported once, by gannet-k8s.
+        let service = object(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"ports": [{"port": 0, "targetPort": 80}]},
+        }));
+        assert_eq!(fields(&service), vec!["spec.ports[0].port"]);
     }
 
     #[test]

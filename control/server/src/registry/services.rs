@@ -196,6 +196,10 @@ impl Registry {
             .collect();
         let mut new_node_ports: Vec<u16> = Vec::new();
         let mut seen: HashMap<(u16, String), usize> = HashMap::new();
+        // A node port picked for this Service must not be its own health check port.
+        let health_check_port = spec
+            .health_check_node_port
+            .and_then(|port| u16::try_from(port).ok());
         for (i, port) in spec.ports.iter_mut().flatten().enumerate() {
             let protocol = port
                 .protocol
@@ -246,6 +250,7 @@ impl Registry {
             } else {
                 let mut used = allocations.used_ports();
                 used.extend(&new_node_ports);
+                used.extend(health_check_port);
                 let Some(picked) = pick_node_port(&self.network.node_ports, &used) else {
                     problems.push(problem(field, "no free node port left"));
                     continue;
@@ -384,5 +389,56 @@ impl Registry {
                     .collect()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use gannet_api::{Kind, Object};
+
+    use crate::registry::{Network, Registry};
+    use crate::store::EmbeddedStore;
+
+    /// Found by the `control_apply` fuzz target (now and then, as node ports are picked at
+    /// random): a port without `nodePort` could be given the Service's own
+    /// `healthCheckNodePort`, and the stored Service was then refused when applied again.
+    #[tokio::test]
+    async fn node_ports_picked_avoid_the_health_check_port() {
+        let network = Network {
+            node_ports: 32000..=32001,
+            ..Network::default()
+        };
+        let store = EmbeddedStore::in_memory().expect("in-memory store");
+        let registry = Registry::new(
+            Arc::new(store),
+            network,
+            Duration::from_secs(10),
+            Duration::from_secs(40),
+        );
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": 32000, "ports": [{"port": 80}]}
+        });
+        let service =
+            Object::from_json(Kind::Service, json.to_string().as_bytes()).expect("a Service");
+        let applied = registry.apply(vec![service], false).await.expect("applied");
+        let Object::Service(stored) = &applied.objects[0].0 else {
+            panic!("expected the Service back, got {:?}", applied.objects[0].0);
+        };
+        let ports = stored
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .expect("ports");
+        assert_eq!(ports[0].node_port, Some(32001), "{ports:?}");
+        // What was stored is taken back.
+        registry
+            .apply(vec![applied.objects[0].0.clone()], false)
+            .await
+            .expect("the stored Service applies again");
     }
 }

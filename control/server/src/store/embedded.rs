@@ -89,6 +89,21 @@ impl EmbeddedStore {
                 }
             }
         };
+        Self::init(db, path.to_owned())
+    }
+
+    /// A store in memory only, gone when dropped: for tests and fuzzing.
+    ///
+    /// # Errors
+    /// Only if redb cannot set up its tables.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(storage)?;
+        Self::init(db, PathBuf::from("(in memory)"))
+    }
+
+    fn init(db: Database, path: PathBuf) -> Result<Self, StoreError> {
         let write = db.begin_write().map_err(storage)?;
         {
             write.open_table(KV).map_err(storage)?;
@@ -103,7 +118,7 @@ impl EmbeddedStore {
         tracing::info!(path = %path.display(), revision = current, "opened the embedded store");
         Ok(Self {
             db: Arc::new(db),
-            path: path.to_owned(),
+            path,
             revision: Arc::new(watch::Sender::new(current)),
         })
     }
