@@ -32,11 +32,16 @@ pub(super) fn cluster_ips_of(spec: Option<&ServiceSpec>) -> Vec<IpAddr> {
     entries.iter().filter_map(|ip| ip.parse().ok()).collect()
 }
 
+/// The node ports a Service holds: its ports' and its `healthCheckNodePort` (one range, as in
+/// Kubernetes: a port is one or the other).
 pub(super) fn node_ports_of(spec: Option<&ServiceSpec>) -> Vec<u16> {
     spec.and_then(|spec| spec.ports.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|port| port.node_port.and_then(|np| u16::try_from(np).ok()))
+        .filter_map(|port| port.node_port)
+        .chain(spec.and_then(|spec| spec.health_check_node_port))
+        .filter_map(|np| u16::try_from(np).ok())
+        .filter(|&np| np != 0)
         .collect()
 }
 
@@ -266,6 +271,49 @@ impl Registry {
             port.node_port = Some(i32::from(node_port));
             new_node_ports.push(node_port);
         }
+        // `type: LoadBalancer` with `externalTrafficPolicy: Local` gets a health check node port
+        // (as the API server allocates it): the one given, or the one it had, or a free one; it
+        // is held like the node ports, so no other Service is given it.
+        if type_ == "LoadBalancer" && spec.external_traffic_policy.as_deref() == Some("Local") {
+            let field = "spec.healthCheckNodePort";
+            let had = old_spec
+                .and_then(|s| s.health_check_node_port)
+                .and_then(|port| u16::try_from(port).ok())
+                .filter(|&port| port != 0 && !new_node_ports.contains(&port));
+            let port = match health_check_port.filter(|&port| port != 0) {
+                Some(given) => {
+                    if !self.network.node_ports.contains(&given) {
+                        problems.push(problem(
+                            field,
+                            format!(
+                                "{given} is outside the node port range {}-{}",
+                                self.network.node_ports.start(),
+                                self.network.node_ports.end()
+                            ),
+                        ));
+                    } else if let Some(holder) = allocations.port_holder(given, &owner) {
+                        problems.push(problem(
+                            field,
+                            format!("{given} is already allocated to {}", owner_label(&holder)),
+                        ));
+                    }
+                    Some(given)
+                }
+                None => had.or_else(|| {
+                    let mut used = allocations.used_ports();
+                    used.extend(&new_node_ports);
+                    let picked = pick_node_port(&self.network.node_ports, &used);
+                    if picked.is_none() {
+                        problems.push(problem(field, "no free node port left"));
+                    }
+                    picked
+                }),
+            };
+            if let Some(port) = port {
+                spec.health_check_node_port = Some(i32::from(port));
+                new_node_ports.push(port);
+            }
+        }
         for port in &new_node_ports {
             allocations.claim_port(*port, &owner);
         }
@@ -440,5 +488,95 @@ mod tests {
             .apply(vec![applied.objects[0].0.clone()], false)
             .await
             .expect("the stored Service applies again");
+    }
+
+    fn service(json: &serde_json::Value) -> Object {
+        Object::from_json(Kind::Service, json.to_string().as_bytes()).expect("a Service")
+    }
+
+    /// A `LoadBalancer` Service with `externalTrafficPolicy: Local` is given a health check
+    /// node port when it names none, and holds it: no other Service gets it (picked or asked
+    /// for), it stays across applies, and deleting the Service gives it back.
+    #[tokio::test]
+    async fn the_health_check_node_port_is_allocated_and_held() {
+        let network = Network {
+            node_ports: 32000..=32002,
+            ..Network::default()
+        };
+        let store = EmbeddedStore::in_memory().expect("in-memory store");
+        let registry = Registry::new(
+            Arc::new(store),
+            network,
+            Duration::from_secs(10),
+            Duration::from_secs(40),
+        );
+        let local = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                     "ports": [{"port": 80}]}
+        });
+        let applied = registry
+            .apply(vec![service(&local)], false)
+            .await
+            .expect("applied");
+        let Object::Service(stored) = &applied.objects[0].0 else {
+            panic!("a Service");
+        };
+        let spec = stored.spec.clone().expect("spec");
+        let health = spec.health_check_node_port.expect("a health check port");
+        let node_port = spec.ports.as_ref().expect("ports")[0]
+            .node_port
+            .expect("a node port");
+        assert!((32000..=32002).contains(&health) && health != node_port);
+        // Applied again without it: the same port.
+        let again = registry
+            .apply(vec![service(&local)], false)
+            .await
+            .expect("applied again");
+        let Object::Service(again) = &again.objects[0].0 else {
+            panic!("a Service");
+        };
+        assert_eq!(
+            again.spec.as_ref().and_then(|s| s.health_check_node_port),
+            Some(health)
+        );
+        // Another Service asking for it is refused, naming the holder.
+        let taken = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "np"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": health}]}
+        });
+        let refused = registry.apply(vec![service(&taken)], false).await;
+        assert!(
+            format!("{refused:?}").contains("already allocated to Service default/lb"),
+            "{refused:?}"
+        );
+        // The one port left is picked for a third; then none is left.
+        let third = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "third"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80}]}
+        });
+        let picked = registry
+            .apply(vec![service(&third)], false)
+            .await
+            .expect("the last free port");
+        let Object::Service(picked) = &picked.objects[0].0 else {
+            panic!("a Service");
+        };
+        let last = picked
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .expect("ports")[0]
+            .node_port;
+        assert!(last != Some(health) && last != Some(node_port), "{last:?}");
+        // Deleting lb gives its ports back: np can now have the health check port.
+        registry
+            .delete(Kind::Service, "default", "lb", None, None)
+            .await
+            .expect("deleted");
+        registry
+            .apply(vec![service(&taken)], false)
+            .await
+            .expect("the port is free again");
     }
 }
