@@ -164,6 +164,11 @@ impl Agent {
         let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
         self.child = Some(spawn(cmd, netns.as_ref(), None)?);
         self.wait_log("ready for CNI endpoints", 1)?;
+        // The first scan of the manifest directory comes after that line. Until it is logged,
+        // a test's `apply` would count it as its own and go on before its file is programmed.
+        if self.control.is_none() {
+            self.wait_log("manifests applied", 1)?;
+        }
         Ok(())
     }
 
