@@ -41,7 +41,7 @@ const GARBAGE_INTERVAL: Duration = Duration::from_millis(100);
 /// Where services come from.
 enum Services {
     Manifests {
-        dir: ManifestDir,
+        dir: Box<ManifestDir>,
         tick: Interval,
         /// Until one scan of the directory has been free of errors, a service that is missing
         /// from it may only be missing because its file is invalid: keep what the previous agent
@@ -61,7 +61,7 @@ impl Services {
                 let mut tick = tokio::time::interval(config.sync_interval);
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 Self::Manifests {
-                    dir: ManifestDir::new(dir),
+                    dir: Box::new(ManifestDir::new(dir)),
                     tick,
                     had_clean_scan: false,
                     reported: BTreeSet::new(),
@@ -100,28 +100,42 @@ impl Services {
                 reported,
             } => {
                 tick.tick().await;
-                match dir.scan() {
+                match dir.scan_changes() {
                     Ok(None) => {}
-                    Ok(Some(outcome)) => {
+                    Ok(Some(scan)) => {
                         let errors: BTreeSet<String> =
-                            outcome.errors.iter().map(ToString::to_string).collect();
+                            scan.errors.iter().map(ToString::to_string).collect();
                         for e in errors.difference(reported) {
                             error!(error = %e, "manifest rejected; its last good version stays in effect");
                         }
                         *reported = errors;
-                        *had_clean_scan |= outcome.errors.is_empty();
-                        let state = external.expander.full(&outcome.state);
                         let began = Instant::now();
-                        let report = plane.apply(&state, *had_clean_scan);
-                        metrics.applied(true, began.elapsed(), &report.full);
+                        // A change the directory could join for the Services it touches is
+                        // programmed as its frontends alone, once a clean scan has pruned what a
+                        // previous agent left.
+                        let report = match scan.changes {
+                            Some(changes) if *had_clean_scan => {
+                                let changes = external.expander.changes(&changes);
+                                let report = plane.apply_changes(&changes);
+                                metrics.applied(false, began.elapsed(), &report.full);
+                                report
+                            }
+                            _ => {
+                                *had_clean_scan |= scan.errors.is_empty();
+                                let state = external.expander.full(scan.state);
+                                let report = plane.apply(&state, *had_clean_scan);
+                                metrics.applied(true, began.elapsed(), &report.full);
+                                report
+                            }
+                        };
                         external.health_changed = true;
                         debug!(
-                            frontends = outcome.state.services.len(),
-                            errors = outcome.errors.len(),
+                            frontends = scan.state.services.len(),
+                            errors = scan.errors.len(),
                             "manifests applied"
                         );
                         log_report(&report);
-                        network.nodes(&outcome.nodes, *had_clean_scan);
+                        network.nodes(&scan.nodes, *had_clean_scan);
                     }
                     Err(e) => warn!(
                         error = %e,

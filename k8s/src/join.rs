@@ -11,11 +11,11 @@ use crate::error::ManifestError;
 use crate::model::{Backend, DesiredState, External, Frontend, Protocol, ServicePort};
 use crate::validate::{
     Checked, Family, IndexedIps, ValidService, ValidServicePort, ValidSlice, check_service,
-    check_slice, meta_label,
+    check_slice, meta_label, object_label,
 };
 
 /// `(namespace, name)` of a Service.
-type ServiceKey = (String, String);
+pub(crate) type ServiceKey = (String, String);
 
 /// An object and where it was read; `document` is 0 when unknown.
 pub(crate) struct Located<'a, T> {
@@ -41,7 +41,7 @@ impl<T> Located<'_, T> {
     }
 
     /// `a.yaml` or `a.yaml document 2`, for messages that point at another definition.
-    fn place(&self) -> String {
+    pub(crate) fn place(&self) -> String {
         match self.document {
             0 => self.file.display().to_string(),
             document => format!("{} document {document}", self.file.display()),
@@ -84,12 +84,65 @@ pub fn desired_state(
 }
 
 pub(crate) fn join(
-    mut services: Vec<Located<'_, Service>>,
-    mut slices: Vec<Located<'_, EndpointSlice>>,
+    services: Vec<Located<'_, Service>>,
+    slices: Vec<Located<'_, EndpointSlice>>,
 ) -> (DesiredState, Vec<ManifestError>) {
+    let mut errors = Vec::new();
+    let slices = checked(slices, "EndpointSlice", check_slice, &mut errors);
+    let services = checked(services, "Service", check_service, &mut errors);
+    let (state, _claims, conflicts) = join_checked(services, slices);
+    errors.extend(conflicts);
+    // Stable: each file's errors keep their order.
+    errors.sort_by(|a, b| a.file.cmp(&b.file));
+    (state, errors)
+}
+
+/// The objects that pass `check`, where they were read; the errors of the others go to `errors`.
+fn checked<'a, T, V>(
+    objects: Vec<Located<'a, T>>,
+    kind: &str,
+    check: impl Fn(&T) -> Result<Checked<V>, Vec<crate::error::FieldError>>,
+    errors: &mut Vec<ManifestError>,
+) -> Vec<(Located<'a, ()>, V)>
+where
+    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+{
+    let mut valid = Vec::with_capacity(objects.len());
+    for located in objects {
+        let label = meta_label(kind, located.object.metadata());
+        match check(located.object) {
+            Ok(Checked::Serve(object)) => valid.push((
+                Located {
+                    file: located.file,
+                    document: located.document,
+                    object: &(),
+                },
+                object,
+            )),
+            Ok(Checked::Skip(reason)) => tracing::debug!(object = label, reason, "not used"),
+            Err(problems) => errors.extend(
+                problems
+                    .into_iter()
+                    .map(|problem| located.error(label.clone(), problem.field, problem.message)),
+            ),
+        }
+    }
+    valid
+}
+
+/// Joins checked Services with checked `EndpointSlices` (see [`join`]); the claims of the
+/// Services served, and the errors of those left out because another object came first.
+pub(crate) fn join_checked<S, L>(
+    mut services: Vec<(Located<'_, ()>, S)>,
+    mut slices: Vec<(Located<'_, ()>, L)>,
+) -> (DesiredState, Claims, Vec<ManifestError>)
+where
+    S: std::borrow::Borrow<ValidService>,
+    L: std::borrow::Borrow<ValidSlice>,
+{
     // Stable: objects of one file keep their order.
-    services.sort_by(|a, b| a.file.cmp(b.file));
-    slices.sort_by(|a, b| a.file.cmp(b.file));
+    services.sort_by(|a, b| a.0.file.cmp(b.0.file));
+    slices.sort_by(|a, b| a.0.file.cmp(b.0.file));
     let mut errors = Vec::new();
 
     let slices = index_slices(&slices, &mut errors);
@@ -98,22 +151,9 @@ pub(crate) fn join(
     // Where each served Service was defined, to point at it from later conflicts.
     let mut defined: HashMap<ServiceKey, String> = HashMap::new();
 
-    for located in &services {
-        let label = meta_label("Service", &located.object.metadata);
-        let service =
-            match check_service(located.object) {
-                Ok(Checked::Serve(service)) => service,
-                Ok(Checked::Skip(reason)) => {
-                    tracing::debug!(service = label, reason, "not balanced");
-                    continue;
-                }
-                Err(problems) => {
-                    errors.extend(problems.into_iter().map(|problem| {
-                        located.error(label.clone(), problem.field, problem.message)
-                    }));
-                    continue;
-                }
-            };
+    for (located, service) in &services {
+        let service = service.borrow();
+        let label = object_label("Service", Some(&service.namespace), Some(&service.name));
         let key = (service.namespace.clone(), service.name.clone());
         if let Some(first) = defined.get(&key) {
             errors.push(located.error(
@@ -123,9 +163,9 @@ pub(crate) fn join(
             ));
             continue;
         }
-        let backends: Vec<&ValidSlice> = slices.get(&key).into_iter().flatten().collect();
-        match add_service(&mut state, &mut claims, &service, &backends) {
-            Ok(()) => {
+        let backends: Vec<&ValidSlice> = slices.get(&key).into_iter().flatten().copied().collect();
+        match add_service(&mut state, &mut claims, service, &backends) {
+            Ok(_) => {
                 defined.insert(key, located.place());
             }
             Err(Conflict { field, what, owner }) => {
@@ -145,35 +185,21 @@ pub(crate) fn join(
         errors = errors.len(),
         "desired state computed"
     );
-    (state, errors)
+    (state, claims, errors)
 }
 
-/// Valid, IP-addressed slices by (namespace, service name); a slice defined twice keeps its first
-/// definition.
-fn index_slices(
-    slices: &[Located<'_, EndpointSlice>],
+/// Valid slices by (namespace, service name); a slice defined twice keeps its first definition.
+fn index_slices<'s, L: std::borrow::Borrow<ValidSlice>>(
+    slices: &'s [(Located<'_, ()>, L)],
     errors: &mut Vec<ManifestError>,
-) -> HashMap<(String, String), Vec<ValidSlice>> {
-    let mut by_service: HashMap<(String, String), Vec<ValidSlice>> = HashMap::new();
-    let mut defined: HashMap<(String, String), String> = HashMap::new();
-    for located in slices {
-        let label = meta_label("EndpointSlice", &located.object.metadata);
-        let slice =
-            match check_slice(located.object) {
-                Ok(Checked::Serve(slice)) => slice,
-                Ok(Checked::Skip(reason)) => {
-                    tracing::debug!(slice = label, reason, "not used");
-                    continue;
-                }
-                Err(problems) => {
-                    errors.extend(problems.into_iter().map(|problem| {
-                        located.error(label.clone(), problem.field, problem.message)
-                    }));
-                    continue;
-                }
-            };
-        let key = (slice.namespace.clone(), slice.name.clone());
+) -> HashMap<(String, String), Vec<&'s ValidSlice>> {
+    let mut by_service: HashMap<(String, String), Vec<&ValidSlice>> = HashMap::new();
+    let mut defined: HashMap<(&str, &str), String> = HashMap::new();
+    for (located, slice) in slices {
+        let slice = slice.borrow();
+        let key = (slice.namespace.as_str(), slice.name.as_str());
         if let Some(first) = defined.get(&key) {
+            let label = object_label("EndpointSlice", Some(&slice.namespace), Some(&slice.name));
             errors.push(located.error(
                 label.clone(),
                 Some("metadata.name".to_owned()),
@@ -198,6 +224,25 @@ pub(crate) struct Claims {
     node_ports: HashMap<(u16, Protocol), ServiceKey>,
     /// External and load-balancer IPs, each with every service port.
     addresses: HashMap<Frontend, ServiceKey>,
+    /// What each Service holds of the above.
+    held: HashMap<ServiceKey, Held>,
+}
+
+/// A Service's node ports and external addresses.
+type Held = (Vec<(u16, Protocol)>, Vec<Frontend>);
+
+impl Claims {
+    /// Lets go of everything Service `owner` holds.
+    pub(crate) fn release(&mut self, owner: &ServiceKey) {
+        if let Some((node_ports, addresses)) = self.held.remove(owner) {
+            for claim in node_ports {
+                self.node_ports.remove(&claim);
+            }
+            for address in addresses {
+                self.addresses.remove(&address);
+            }
+        }
+    }
 }
 
 /// Something a Service asks for that another Service already holds.
@@ -211,13 +256,14 @@ pub(crate) struct Conflict {
 }
 
 /// Adds every frontend of `service` and claims its node ports and external addresses, or does
-/// nothing when one of them is already held (the first one found is returned).
+/// nothing when one of them is already held (the first one found is returned). Returns the
+/// frontends added.
 pub(crate) fn add_service(
     state: &mut DesiredState,
     claims: &mut Claims,
     service: &ValidService,
     slices: &[&ValidSlice],
-) -> Result<(), Conflict> {
+) -> Result<Vec<Frontend>, Conflict> {
     let holder = |claims: &Claims, frontend: &Frontend| {
         state
             .services
@@ -312,6 +358,7 @@ pub(crate) fn add_service(
     }
 
     let key: ServiceKey = (service.namespace.clone(), service.name.clone());
+    let mut added = Vec::with_capacity(frontends.len());
     for (frontend, port) in frontends {
         let family = Family::of(frontend.ip);
         let Endpoints {
@@ -332,14 +379,18 @@ pub(crate) fn add_service(
         // Ports are unique by (number, protocol) and cluster IPs by family (`check_service`), so a
         // service never overwrites its own frontend.
         state.services.insert(frontend, service_port);
+        added.push(frontend);
     }
-    for claim in node_ports {
-        claims.node_ports.insert(claim, key.clone());
+    for claim in &node_ports {
+        claims.node_ports.insert(*claim, key.clone());
     }
-    for address in addresses {
-        claims.addresses.insert(address, key.clone());
+    for address in &addresses {
+        claims.addresses.insert(*address, key.clone());
     }
-    Ok(())
+    if !node_ports.is_empty() || !addresses.is_empty() {
+        claims.held.insert(key, (node_ports, addresses));
+    }
+    Ok(added)
 }
 
 /// The part of the Service's external reach that belongs to `port` and `family`; `None` when it
