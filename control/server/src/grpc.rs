@@ -34,6 +34,8 @@ pub enum Caller {
 pub struct Authenticator {
     /// `None`: every caller is an administrator (unix socket, insecure loopback).
     token: Option<Option<Arc<str>>>,
+    /// Where refused calls are counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -48,7 +50,10 @@ impl Authenticator {
     /// For listeners protected otherwise (unix socket mode, loopback).
     #[must_use]
     pub fn trusted() -> Self {
-        Self { token: None }
+        Self {
+            token: None,
+            metrics: None,
+        }
     }
 
     /// For TLS listeners: the administrators' token (none: only agents can call).
@@ -56,7 +61,24 @@ impl Authenticator {
     pub fn tls(token: Option<&str>) -> Self {
         Self {
             token: Some(token.map(Arc::from)),
+            metrics: None,
         }
+    }
+
+    /// Counts the calls it refuses in `metrics`.
+    #[must_use]
+    pub fn counting(self, metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    fn refuse(&self, message: &str) -> Status {
+        if let Some(metrics) = &self.metrics {
+            metrics.unauthenticated();
+        }
+        Status::unauthenticated(message)
     }
 }
 
@@ -80,12 +102,12 @@ impl Interceptor for Authenticator {
                         Some(token) if same_secret(given.as_bytes(), token.as_bytes()) => {
                             Caller::Admin
                         }
-                        _ => return Err(Status::unauthenticated("invalid bearer token")),
+                        _ => return Err(self.refuse("invalid bearer token")),
                     }
                 } else if request.peer_certs().is_some_and(|certs| !certs.is_empty()) {
                     Caller::Agent
                 } else {
-                    return Err(Status::unauthenticated(
+                    return Err(self.refuse(
                         "present a client certificate (agents) or a bearer token (gannetctl)",
                     ));
                 }

@@ -32,6 +32,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<[(&'static str, String); 2], Counter>,
+    unauthenticated: Counter,
     request_duration: HistogramFamily,
     watchers: Family<[Label; 1], Gauge>,
     store: HistogramFamily,
@@ -46,6 +47,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
             requests: Family::default(),
+            unauthenticated: Counter::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             watchers: Family::default(),
             store: Family::new_with_constructor(latency_histogram),
@@ -60,6 +62,12 @@ impl Metrics {
              Register, Heartbeat) and status code (OK, NotFound, InvalidArgument, ...; a \
              Watch by how it opened)",
             metrics.requests.clone(),
+        );
+        registry.register(
+            "gannet_control_grpc_unauthenticated",
+            "gRPC calls refused before any method ran: no client certificate and no bearer token, \
+             or a wrong token (not in gannet_control_grpc_requests)",
+            metrics.unauthenticated.clone(),
         );
         registry.register(
             "gannet_control_grpc_request_duration_seconds",
@@ -110,6 +118,11 @@ impl Metrics {
         self.request_duration
             .get_or_create(&[("method", method)])
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a call refused for its credentials.
+    pub fn unauthenticated(&self) {
+        self.unauthenticated.inc();
     }
 
     /// Counts an open watch stream of `kind` until the guard is dropped.

@@ -284,7 +284,10 @@ pub async fn start(store: Arc<dyn Store>, options: Options) -> Result<ControlPla
                 builder = builder
                     .tls_config(config)
                     .map_err(|e| StartError::Tls(e.to_string()))?;
-                (Authenticator::tls(material.token.as_deref()), true)
+                (
+                    Authenticator::tls(material.token.as_deref()).counting(Arc::clone(&metrics)),
+                    true,
+                )
             }
         };
         let resources = InterceptedService::new(

@@ -947,6 +947,7 @@ async fn tls_needs_a_client_certificate_or_the_token() {
         client_ca_pem: read("ca.pem"),
         token: Some(token.clone()),
     });
+    options.metrics_address = Some("127.0.0.1:0".parse().expect("addr"));
     let plane = Plane::start(store, options).await;
     let port = plane
         .plane
@@ -1027,6 +1028,20 @@ async fn tls_needs_a_client_certificate_or_the_token() {
         wrong.list(Kind::Service, None).await,
         Err(ClientError::Unauthenticated(_))
     ));
+    let metrics = plane.plane.metrics_address().expect("metrics are served");
+    let scraped = tokio::task::spawn_blocking(move || scrape(metrics))
+        .await
+        .expect("scrape");
+    assert!(
+        scraped.contains("gannet_control_grpc_unauthenticated_total 2"),
+        "both refused calls are counted:\n{scraped}"
+    );
+    assert!(
+        scraped.contains(
+            "gannet_control_grpc_requests_total{method=\"Apply\",code=\"PermissionDenied\"} 1"
+        ),
+        "the agent's refused Apply is counted by method:\n{scraped}"
+    );
 
     // A client that does not trust the CA cannot talk to the server at all.
     let other = tempfile::tempdir().expect("temporary directory");
@@ -1140,4 +1155,16 @@ spec:
     assert_eq!(node_name(&kept), Some("node-7".to_owned()), "{kept:?}");
     let stored = client.get(Kind::Pod, "shop", "loose").await.expect("get");
     assert_eq!(node_name(&stored), Some("node-7".to_owned()), "{stored:?}");
+}
+
+/// `GET /metrics` from `address`, the body.
+fn scrape(address: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to /metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
 }
