@@ -10,6 +10,7 @@ pub mod lock;
 pub mod logging;
 pub mod masquerade;
 pub mod metrics;
+pub mod names;
 pub mod netlink;
 pub mod netns;
 pub mod network;

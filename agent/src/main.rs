@@ -11,7 +11,7 @@ use gannet_agent::{
     config::{Cli, Command, EXIT_USAGE, StatusOutput},
     datapath, endpoints,
     lock::AgentLocks,
-    logging, masquerade, overlay, run, status,
+    logging, masquerade, names, overlay, run, status,
 };
 use tracing::{error, info};
 
@@ -130,6 +130,9 @@ fn main() -> ExitCode {
                     }
                     if datapath::nft::remove().map_err(|e| e.to_string())? {
                         removed.push(format!("nftables table inet {}", datapath::nft::TABLE));
+                    }
+                    if names::cleanup(&config.state_dir).map_err(|e| e.to_string())? {
+                        removed.push(config.state_dir.join(names::FILE).display().to_string());
                     }
                     Ok(removed)
                 });

@@ -27,6 +27,7 @@ use crate::{
     endpoints::{self, Registry},
     lock::{AgentLocks, StartGuard, Watched},
     metrics::{self, Metrics, Scrapes},
+    names::ServiceNames,
     network::NodeNetwork,
     nodeport::{
         frontends::Expander,
@@ -116,6 +117,7 @@ impl Services {
                         let report = match scan.changes {
                             Some(changes) if *had_clean_scan => {
                                 let changes = external.expander.changes(&changes);
+                                external.names.changes(&changes);
                                 let report = plane.apply_changes(&changes);
                                 metrics.applied(false, began.elapsed(), &report.full);
                                 report
@@ -123,6 +125,7 @@ impl Services {
                             _ => {
                                 *had_clean_scan |= scan.errors.is_empty();
                                 let state = external.expander.full(scan.state);
+                                external.names.full(&state);
                                 let report = plane.apply(&state, *had_clean_scan);
                                 metrics.applied(true, began.elapsed(), &report.full);
                                 report
@@ -153,6 +156,7 @@ impl Services {
                 let report = match update {
                     Update::Full(state) => {
                         let state = external.expander.full(&state);
+                        external.names.full(&state);
                         external.health_changed = true;
                         let began = Instant::now();
                         let report = plane.apply(&state, true);
@@ -168,6 +172,7 @@ impl Services {
                     Update::Changes(changes) => {
                         external.health_changed = true;
                         let changes = external.expander.changes(&changes);
+                        external.names.changes(&changes);
                         let began = Instant::now();
                         let report = plane.apply_changes(&changes);
                         metrics.applied(false, began.elapsed(), &report.full);
@@ -206,6 +211,8 @@ impl Services {
 /// servers.
 struct External {
     expander: Expander,
+    /// The Service port of each programmed frontend, for `gannetd status`.
+    names: ServiceNames,
     health: HealthServers,
     /// The expander's health checks may have changed since the servers were updated.
     health_changed: bool,
@@ -523,6 +530,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     }
     let mut external = External {
         expander,
+        names: ServiceNames::new(&config.state_dir),
         health: HealthServers::new(addresses),
         health_changed: false,
     };
@@ -583,7 +591,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             _ = conntrack_gc.tick(), if plane.nodeport_enabled() => {
                 plane.collect_conntrack_garbage();
             }
-            _ = garbage.tick() => plane.services().collect_garbage(),
+            _ = garbage.tick() => {
+                plane.services().collect_garbage();
+                external.names.flush(Instant::now());
+            }
             _ = repair.tick() => {
                 if let Some(report) = plane.services().repair() {
                     log_report(&report);

@@ -55,6 +55,10 @@ pub struct NodePortStatus {
 #[derive(Debug, Serialize)]
 pub struct ServiceStatus {
     pub frontend: String,
+    /// The Service port it belongs to (`namespace/name:port`), as the running gannetd last
+    /// wrote it (`services.json` in the state directory); absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub backends: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_timeout_seconds: Option<u32>,
@@ -114,6 +118,7 @@ pub fn read_nft(state_dir: &Path) -> Result<Option<Status>, crate::datapath::nft
         .iter()
         .map(|(frontend, p)| ServiceStatus {
             frontend: frontend.to_string(),
+            service: None,
             backends: p.backends.iter().map(ToString::to_string).collect(),
             affinity_timeout_seconds: p.affinity,
             external: p.external,
@@ -125,7 +130,7 @@ pub fn read_nft(state_dir: &Path) -> Result<Option<Status>, crate::datapath::nft
         .collect();
     Ok(Some(Status {
         dataplane: "nftables",
-        services,
+        services: named(services, state_dir),
         endpoints: Vec::new(),
         overlay: crate::overlay::read_status(state_dir),
         nodeport: None,
@@ -186,6 +191,7 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
             .collect();
         out.push(ServiceStatus {
             frontend: format!("{}/{proto}", addr_port(key.addr, key.port)),
+            service: None,
             backends,
             affinity_timeout_seconds: (value.flags & gannet_common::SVC_F_AFFINITY != 0)
                 .then_some(value.affinity_timeout),
@@ -244,11 +250,20 @@ pub fn read(bpf_root: &Path, state_dir: &Path) -> Result<Status, DataPathError> 
     }
     Ok(Status {
         dataplane: "ebpf",
-        services: out,
+        services: named(out, state_dir),
         endpoints,
         overlay: crate::overlay::read_status(state_dir),
         nodeport: nodeport_status(bpf_root),
     })
+}
+
+/// `services` with the Service port each frontend belongs to, as gannetd last wrote them.
+fn named(mut services: Vec<ServiceStatus>, state_dir: &Path) -> Vec<ServiceStatus> {
+    let names = crate::names::read(state_dir);
+    for service in &mut services {
+        service.service = names.get(&service.frontend).cloned();
+    }
+    services
 }
 
 /// The NodePort program's state, when its maps exist.
@@ -329,6 +344,7 @@ pub fn render(status: &Status) -> String {
     out.push_str(&format!("SERVICES ({})\n", status.services.len()));
     let mut rows = vec![vec![
         "FRONTEND".to_owned(),
+        "SERVICE".to_owned(),
         "BACKENDS".to_owned(),
         "OPTIONS".to_owned(),
     ]];
@@ -355,6 +371,7 @@ pub fn render(status: &Status) -> String {
         };
         rows.push(vec![
             service.frontend.clone(),
+            or_dash(service.service.clone().unwrap_or_default()),
             backends,
             or_dash(options.join(",")),
         ]);

@@ -1071,6 +1071,10 @@ fn node_port_entry_has_every_node(c: &Cluster, status: &Value, field: &str) {
         .unwrap_or_else(|| panic!("{frontend} in the status: {status:#}"));
     assert_eq!(entry["external"], true, "{entry:#}");
     assert_eq!(
+        entry["service"], "default/web:http",
+        "the Service port it belongs to: {entry:#}"
+    );
+    assert_eq!(
         entry[field].as_array().map(Vec::len),
         Some(NODES),
         "{entry:#}"
