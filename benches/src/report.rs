@@ -436,8 +436,8 @@ fn programming_section(out: &mut String, p: &Programming, sync_interval_ms: u64)
          replaced by a fresh address, timed until `nft monitor` in the node namespace reported \
          the new element of the slot's address map (the kernel committed it). Through the \
          manifest directory: the slice's own file renamed into the directory, at a random moment \
-         of gannetd's {sync_interval_ms} ms scan cycle; gannetd then validates and joins every \
-         object of the directory again and compares every frontend with its table. Through \
+         of gannetd's {sync_interval_ms} ms scan cycle; gannetd reads that file, joins again only \
+         the Service it touches and programs the frontends that changed. Through \
          gannet-control: the changed slice applied with the gRPC Apply (as `gannetctl apply` \
          does) to a gannet-control holding the same services, watched by a fresh gannetd \
          (`--control`), which gets the change of one service.\n\n\
