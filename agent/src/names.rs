@@ -41,7 +41,9 @@ impl ServiceNames {
         Self {
             names: BTreeMap::new(),
             file: state_dir.join(FILE),
-            dirty: true,
+            // Nothing to write before the first state: the file of the last run (the same
+            // services, adopted) stays until then.
+            dirty: false,
             written: None,
         }
     }
@@ -53,7 +55,8 @@ impl ServiceNames {
             .iter()
             .map(|(frontend, port)| (*frontend, name_of(port)))
             .collect();
-        if names != self.names {
+        // The first state is written even when empty: it replaces the last run's file.
+        if names != self.names || self.written.is_none() {
             self.names = names;
             self.dirty = true;
         }

@@ -1064,16 +1064,31 @@ fn status_nft(c: &Cluster) {
 /// `field`: the nftables table lists `backends`, the eBPF plane `packet_backends`).
 fn node_port_entry_has_every_node(c: &Cluster, status: &Value, field: &str) {
     let frontend = format!("{}/TCP", sock(&c.nodes[0].ipv4, NODE_PORT));
+    // The names are written at most once a second after a change (or a restart).
+    eventually_ok(
+        "the Service port of the node port in gannetd status",
+        Duration::from_secs(5),
+        || {
+            let status = c.nodes[0].agent.status().map_err(|e| format!("{e:#}"))?;
+            let service = status["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["frontend"] == frontend.as_str())
+                .map(|s| s["service"].clone());
+            if service == Some(json!("default/web:http")) {
+                Ok(())
+            } else {
+                Err(format!("{frontend}: {service:?}"))
+            }
+        },
+    );
     let services = status["services"].as_array().cloned().unwrap_or_default();
     let entry = services
         .iter()
         .find(|s| s["frontend"] == frontend.as_str())
         .unwrap_or_else(|| panic!("{frontend} in the status: {status:#}"));
     assert_eq!(entry["external"], true, "{entry:#}");
-    assert_eq!(
-        entry["service"], "default/web:http",
-        "the Service port it belongs to: {entry:#}"
-    );
     assert_eq!(
         entry[field].as_array().map(Vec::len),
         Some(NODES),
