@@ -1,5 +1,7 @@
 //! `gannetctl describe`: one object as kubectl describes it, key by key, with what belongs to
-//! it (a Service's EndpointSlices, a Node's heartbeat Lease).
+//! it (a Service's EndpointSlices, a Node's heartbeat Lease), and, in place of kubectl's Events,
+//! the recent changes the objects record: creation, condition transitions, endpoint changes
+//! (`endpoints.kubernetes.io/last-change-trigger-time`), heartbeats.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,12 +10,15 @@ use gannet_api::Object;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// Rows of `Key:  value`, the keys aligned.
+/// The annotation the endpoints controller stamps on a slice it changes (Kubernetes' name).
+pub(crate) const LAST_CHANGE: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Rows of `Key:  value`, the keys aligned, and the changes recorded, by time.
 #[derive(Default)]
-struct Doc(Vec<(String, String)>);
+struct Doc(Vec<(String, String)>, Vec<(Time, String)>);
 
 impl Doc {
     fn add(&mut self, key: &str, value: impl Into<String>) {
@@ -28,6 +33,13 @@ impl Doc {
         ));
     }
 
+    /// Records that `what` happened at `when` (nothing when the time is unknown).
+    fn event(&mut self, when: Option<&Time>, what: impl Into<String>) {
+        if let Some(when) = when {
+            self.1.push((when.clone(), what.into()));
+        }
+    }
+
     fn render(&self) -> String {
         let width = self.0.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
         let mut out = String::new();
@@ -37,6 +49,22 @@ impl Doc {
             let _ = writeln!(out, "{:<width$}{first}", format!("{key}:"));
             for line in lines {
                 let _ = writeln!(out, "{:width$}{line}", "");
+            }
+        }
+        let mut events = self.1.clone();
+        events.sort_by_key(|(when, _)| when.0);
+        if events.is_empty() {
+            out.push_str("Events:  <none>\n");
+        } else {
+            out.push_str("Events:\n");
+            let ages: Vec<String> = events
+                .iter()
+                .map(|(when, _)| crate::table::age(Some(when)))
+                .collect();
+            let age_width = ages.iter().map(String::len).max().unwrap_or(0).max(3);
+            let _ = writeln!(out, "  {:<age_width$}  WHAT", "AGE");
+            for (age, (_, what)) in ages.iter().zip(&events) {
+                let _ = writeln!(out, "  {age:<age_width$}  {what}");
             }
         }
         out
@@ -68,6 +96,47 @@ fn meta(doc: &mut Doc, meta: &ObjectMeta, namespaced: bool) {
     if let Some(deleting) = &meta.deletion_timestamp {
         doc.add("Terminating", format!("since {}", deleting.0));
     }
+    doc.event(meta.creation_timestamp.as_ref(), "created");
+    doc.event(meta.deletion_timestamp.as_ref(), "deletion requested");
+}
+
+/// When the endpoints controller last changed `slice`, from its annotation.
+fn last_change(slice: &EndpointSlice) -> Option<Time> {
+    let text = slice.metadata.annotations.as_ref()?.get(LAST_CHANGE)?;
+    text.parse().ok().map(Time)
+}
+
+/// `2 ready, 1 not ready` of a slice's endpoints.
+fn readiness(slice: &EndpointSlice) -> String {
+    let ready = slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .count();
+    let not_ready = slice.endpoints.len() - ready;
+    if not_ready == 0 {
+        format!("{ready} ready")
+    } else {
+        format!("{ready} ready, {not_ready} not ready")
+    }
+}
+
+/// The creation and last change of each slice, as events of the object described.
+fn slice_events(doc: &mut Doc, slices: &[EndpointSlice]) {
+    for slice in slices {
+        let name = slice.metadata.name.as_deref().unwrap_or_default();
+        doc.event(
+            slice.metadata.creation_timestamp.as_ref(),
+            format!("EndpointSlice {name} created"),
+        );
+        doc.event(
+            last_change(slice).as_ref(),
+            format!(
+                "EndpointSlice {name} last changed; now {}",
+                readiness(slice)
+            ),
+        );
+    }
 }
 
 fn target_port(port: Option<&IntOrString>) -> String {
@@ -80,6 +149,7 @@ fn target_port(port: Option<&IntOrString>) -> String {
 
 fn service(doc: &mut Doc, service: &Service, slices: &[EndpointSlice]) {
     meta(doc, &service.metadata, true);
+    slice_events(doc, slices);
     let spec = service.spec.clone().unwrap_or_default();
     doc.add("Selector", map(spec.selector.as_ref()));
     doc.add("Type", spec.type_.unwrap_or_else(|| "ClusterIP".to_owned()));
@@ -194,9 +264,14 @@ fn pod(doc: &mut Doc, pod: &Pod) {
             ),
         );
     }
-    let conditions: Vec<String> = status
-        .conditions
-        .unwrap_or_default()
+    let conditions = status.conditions.unwrap_or_default();
+    for c in &conditions {
+        doc.event(
+            c.last_transition_time.as_ref(),
+            format!("{} became {}", c.type_, c.status),
+        );
+    }
+    let conditions: Vec<String> = conditions
         .into_iter()
         .map(|c| format!("{}  {}", c.type_, c.status))
         .collect();
@@ -215,9 +290,19 @@ fn node(doc: &mut Doc, node: &Node, lease: Option<&Lease>) {
         .collect();
     doc.add("Addresses", addresses.join("\n"));
     doc.add("PodCIDRs", spec.pod_cidrs.unwrap_or_default().join(","));
-    let conditions: Vec<String> = status
-        .conditions
-        .unwrap_or_default()
+    let conditions = status.conditions.unwrap_or_default();
+    for c in &conditions {
+        let reason = c
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        doc.event(
+            c.last_transition_time.as_ref(),
+            format!("{} became {}{reason}", c.type_, c.status),
+        );
+    }
+    let conditions: Vec<String> = conditions
         .into_iter()
         .map(|c| {
             format!(
@@ -232,7 +317,8 @@ fn node(doc: &mut Doc, node: &Node, lease: Option<&Lease>) {
         })
         .collect();
     doc.add("Conditions", conditions.join("\n"));
-    let lease = lease.and_then(|l| l.spec.as_ref()).map(|spec| {
+    let lease_spec = lease.and_then(|l| l.spec.as_ref());
+    let lease = lease_spec.map(|spec| {
         format!(
             "holder {}, renewed {}, for {}s",
             spec.holder_identity.as_deref().unwrap_or("<none>"),
@@ -244,10 +330,20 @@ fn node(doc: &mut Doc, node: &Node, lease: Option<&Lease>) {
         )
     });
     doc.add("Lease", lease.unwrap_or_default());
+    if let Some(spec) = lease_spec {
+        doc.event(
+            spec.renew_time.as_ref().map(|t| Time(t.0)).as_ref(),
+            "heartbeat (Lease renewed)",
+        );
+    }
 }
 
 fn slice(doc: &mut Doc, slice: &EndpointSlice) {
     meta(doc, &slice.metadata, true);
+    doc.event(
+        last_change(slice).as_ref(),
+        format!("last changed; now {}", readiness(slice)),
+    );
     doc.add("AddressType", slice.address_type.clone());
     let ports: Vec<String> = slice
         .ports

@@ -6,7 +6,7 @@ use gannet_api::{Kind, Object};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// `5s`, `3m`, `2h`, `4d`, as kubectl prints ages.
-fn age(created: Option<&Time>) -> String {
+pub(crate) fn age(created: Option<&Time>) -> String {
     let Some(created) = created else {
         return "<unknown>".to_owned();
     };

@@ -454,6 +454,24 @@ async fn several_kinds_selectors_and_delete_by_manifest() {
             "{described}"
         );
         if line("Endpoints:").ends_with("10.244.1.5:80") {
+            // What happened, oldest first: the Service made, then its slice, which the
+            // endpoints controller last changed to hold the ready pod.
+            let events: Vec<String> = described
+                .lines()
+                .skip_while(|l| !l.starts_with("Events:"))
+                .skip(2)
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+                .collect();
+            assert_eq!(
+                events.first().map(String::as_str),
+                Some("created"),
+                "{described}"
+            );
+            assert!(
+                events.iter().any(|e| e.starts_with("EndpointSlice web-")
+                    && e.ends_with("last changed; now 1 ready")),
+                "{described}"
+            );
             break;
         }
         assert!(
@@ -467,6 +485,12 @@ async fn several_kinds_selectors_and_delete_by_manifest() {
         pod.lines()
             .any(|l| l.starts_with("Node:") && l.ends_with("node-1")),
         "{pod}"
+    );
+    assert!(
+        pod.lines()
+            .skip_while(|l| !l.starts_with("Events:"))
+            .any(|l| l.trim_end().ends_with("created")),
+        "the pod's creation as an event:\n{pod}"
     );
     let two = ok(&fixture.run(&["get", "pods", "web-1", "db-1"], None).await);
     assert_eq!(two.lines().count(), 3, "a header and two pods: {two}");

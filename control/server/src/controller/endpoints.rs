@@ -30,6 +30,10 @@ use crate::registry::{
 };
 use crate::store::{Compare, EventKind, KeyValue, Op, Revision};
 
+/// When the controller last changed a slice: Kubernetes' annotation (the time of the change that
+/// triggered it, here the time it was written).
+const LAST_CHANGE_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 /// The label naming the Service of an `EndpointSlice`.
 pub use gannet_k8s::SERVICE_NAME_LABEL;
 /// The label naming who manages an `EndpointSlice`.
@@ -510,6 +514,13 @@ async fn reconcile(registry: &Registry, cache: &Cache, key: &Key) -> Result<(), 
                 });
             }
         }
+        // When this controller last changed the slice, under Kubernetes' name for it
+        // (`gannetctl describe` shows it); not compared by `same_slice`.
+        slice
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(LAST_CHANGE_ANNOTATION.to_owned(), now().0.to_string());
         ops.push(Op::Put {
             key: slice_key,
             value: encode(&Object::from(slice))?,
