@@ -3,6 +3,7 @@
 mod check;
 mod dir;
 mod external;
+mod incremental;
 mod join;
 mod parse;
 mod validate;
