@@ -202,7 +202,18 @@ pub(crate) fn up(dir: &Path, options: &UpOptions) -> anyhow::Result<LabState> {
     }
     sweep()?;
 
-    let netns = format!("{NETNS_PREFIX}{}", std::process::id());
+    // The pid of `up`, unless a lab of an earlier process with that pid is still up.
+    let pid = std::process::id();
+    let netns = (0..)
+        .map(|n| match n {
+            0 => format!("{NETNS_PREFIX}{pid}"),
+            n => format!("{NETNS_PREFIX}{pid}-{n}"),
+        })
+        .find(|name| {
+            !Path::new(NETNS_DIR).join(name).exists()
+                && !Path::new(REGISTRY).join(format!("{name}.json")).exists()
+        })
+        .expect("an unused name");
     let mut state = LabState {
         netns: netns.clone(),
         image: options.image.clone(),

@@ -382,3 +382,45 @@ fn two_guests_pod_to_pod_and_clusterip_across_nodes_then_nothing_left() {
     let _ = fs::remove_dir_all(&lab.dir);
     let _ = fs::remove_dir_all(&orphan.dir);
 }
+
+/// Bad flags are refused before anything is made, each one named, with status 64; `exec` on a
+/// directory without a lab says so.
+#[test]
+fn bad_flags_are_named_and_nothing_is_made() {
+    let dir = lab_dir("lab-flags");
+    let out = Command::new(LAB)
+        .arg("--dir")
+        .arg(&dir)
+        .args([
+            "up",
+            "--nodes",
+            "0",
+            "--overlay",
+            "bogus",
+            "--memory",
+            "10",
+            "--cpus",
+            "0",
+        ])
+        .output()
+        .expect("running gannet-lab up");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "status of bad flags: {said}");
+    for flag in ["--nodes 0", "--overlay bogus", "--memory 10", "--cpus 0"] {
+        assert!(said.contains(flag), "the error names {flag}: {said}");
+    }
+    assert!(!dir.exists(), "a refused up made {}", dir.display());
+
+    let out = Command::new(LAB)
+        .arg("--dir")
+        .arg(&dir)
+        .args(["exec", "node1", "--", "true"])
+        .output()
+        .expect("running gannet-lab exec");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("no lab in"),
+        "exec without a lab: {} {said}",
+        out.status
+    );
+}
