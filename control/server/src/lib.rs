@@ -23,17 +23,6 @@ pub mod server;
 pub mod store;
 pub mod validate;
 
-/// etcd's v3 API (the subset in `proto/etcd`), generated at build time.
-#[expect(
-    clippy::doc_markdown,
-    clippy::enum_variant_names,
-    unreachable_pub,
-    reason = "generated code"
-)]
-pub(crate) mod etcdpb {
-    tonic::include_proto!("etcdserverpb");
-}
-
 // The binary's error type; the library returns `thiserror` enums.
 use anyhow as _;
 // Used by the integration tests only.

@@ -405,3 +405,193 @@ async fn etcd_three_members_one_killed_while_writing_loses_nothing() {
         "the watcher must see every write once, in revision order"
     );
 }
+
+/// Which member a failover measurement kills.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    /// The first of the store's endpoints (the one gannet's client talks to first), whatever its
+    /// role.
+    First,
+    /// The raft leader, with a follower as the store's first endpoint.
+    Leader,
+    /// A follower, as the store's first endpoint.
+    Follower,
+}
+
+/// Whether the member serving `client_url` (plain `http://`) is the raft leader, from its
+/// `/metrics`.
+fn is_leader(client_url: &str) -> bool {
+    use std::io::{Read, Write};
+    let addr = client_url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("connecting to {client_url} for /metrics: {e}"));
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("GET /metrics");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .unwrap_or_else(|e| panic!("reading {client_url}/metrics: {e}"));
+    response
+        .lines()
+        .any(|line| line == "etcd_server_is_leader 1")
+}
+
+/// One put-then-get loop through a store on 3 members while one of them (`victim`) is killed
+/// with SIGKILL one second in: how long the loop stalled, and how many operations failed
+/// outright (the store gave up instead of failing over).
+struct Failover {
+    /// Whether the killed member was the leader.
+    killed_leader: bool,
+    /// From the kill to the first operation completing successfully after it.
+    recovery: Duration,
+    /// The longest time between two successful operations, over the whole loop.
+    longest_gap: Duration,
+    succeeded: usize,
+    failed: usize,
+}
+
+async fn measure_failover(victim: Victim) -> Failover {
+    use std::time::Instant;
+    let mut etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
+        .await
+        .expect("etcd");
+    let mut endpoints = etcd.endpoints();
+    let leader = endpoints
+        .iter()
+        .position(|url| is_leader(url))
+        .expect("one member reports etcd_server_is_leader 1");
+    // `killed` indexes the cluster's members, in their original order.
+    let killed = match victim {
+        Victim::First => 0,
+        Victim::Leader => {
+            // The follower after the leader first, so gannet's client talks to it.
+            let members = endpoints.len();
+            endpoints.rotate_left((leader + 1) % members);
+            leader
+        }
+        Victim::Follower => {
+            let follower = (leader + 1) % endpoints.len();
+            endpoints.rotate_left(follower);
+            follower
+        }
+    };
+    let store = Arc::new(EtcdStore::new(&endpoints, "/failover/").expect("store"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let task = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut completions = Vec::new();
+            let mut failed = 0;
+            let mut i = 0_u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("k/{}", i % 100);
+                let value = i.to_string();
+                let written = store.txn(Vec::new(), vec![put(&key, &value)]).await;
+                let read = match written {
+                    Ok(_) => store.get(&key).await.map(|_| ()),
+                    Err(error) => Err(error),
+                };
+                match read {
+                    Ok(()) => completions.push(Instant::now()),
+                    Err(_) => failed += 1,
+                }
+                i += 1;
+            }
+            (completions, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_at = Instant::now();
+    tokio::task::block_in_place(|| etcd.kill(killed));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (completions, failed) = task.await.expect("the loop");
+    let recovery = completions
+        .iter()
+        .find(|at| **at > killed_at)
+        .map(|at| at.duration_since(killed_at))
+        .expect("no operation succeeded after the kill, in 4 s with two of three members up");
+    let longest_gap = completions
+        .windows(2)
+        .map(|pair| pair[1].duration_since(pair[0]))
+        .max()
+        .unwrap_or_default();
+    Failover {
+        killed_leader: killed == leader,
+        recovery,
+        longest_gap,
+        succeeded: completions.len(),
+        failed,
+    }
+}
+
+/// A measurement, not a check of time (see README, "Running gannet-control"): failover when the
+/// first endpoint, the leader or a follower is killed, each `GANNET_FAILOVER_RUNS` times
+/// (default 3), then 1 000 sequential puts and 1 000
+/// gets on a healthy 3-member cluster. Run with
+/// `cargo test -p gannet-control --test store -- --ignored --nocapture etcd_failover_and_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints numbers for the README, takes ~30 s"]
+async fn etcd_failover_and_throughput() {
+    use std::time::Instant;
+    if std::env::var_os("RUST_LOG").is_some() {
+        // What the store did while it stalled (its retries are logged at debug).
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .init();
+    }
+    let runs: usize = std::env::var("GANNET_FAILOVER_RUNS")
+        .ok()
+        .and_then(|runs| runs.parse().ok())
+        .unwrap_or(3);
+    for (victim, run) in [Victim::First, Victim::Leader, Victim::Follower]
+        .into_iter()
+        .flat_map(|victim| (1..=runs).map(move |run| (victim, run)))
+    {
+        let failover = measure_failover(victim).await;
+        println!(
+            "failover {victim:?} run {run} (killed the {}): first success {:.1} ms after the \
+             kill, longest gap {:.1} ms, {} put+get pairs succeeded, {} failed",
+            if failover.killed_leader {
+                "leader"
+            } else {
+                "a follower"
+            },
+            failover.recovery.as_secs_f64() * 1e3,
+            failover.longest_gap.as_secs_f64() * 1e3,
+            failover.succeeded,
+            failover.failed,
+        );
+    }
+
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
+        .await
+        .expect("etcd");
+    let store = EtcdStore::new(&etcd.endpoints(), "/throughput/").expect("store");
+    const N: usize = 1000;
+    let started = Instant::now();
+    for i in 0..N {
+        store
+            .txn(Vec::new(), vec![put(&format!("k/{i:04}"), "value")])
+            .await
+            .expect("put")
+            .expect("an unconditional put is written");
+    }
+    let puts = started.elapsed();
+    let started = Instant::now();
+    for i in 0..N {
+        store
+            .get(&format!("k/{i:04}"))
+            .await
+            .expect("get")
+            .expect("the key was written");
+    }
+    let gets = started.elapsed();
+    println!(
+        "{N} sequential puts: {:.0} ms ({:.0}/s); {N} sequential gets: {:.0} ms ({:.0}/s)",
+        puts.as_secs_f64() * 1e3,
+        N as f64 / puts.as_secs_f64(),
+        gets.as_secs_f64() * 1e3,
+        N as f64 / gets.as_secs_f64(),
+    );
+}

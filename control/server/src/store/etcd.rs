@@ -1,28 +1,28 @@
 //! The etcd v3 store: several gannet-control replicas share one etcd cluster, and every replica's
 //! watches come from etcd's own watch, so a write through one replica reaches watchers of all.
 //!
-//! The client is etcd's gRPC API (the subset in `proto/etcd`), over plain HTTP/2 or TLS with a
-//! client certificate ([`EtcdTls`], etcd's `--client-cert-auth`). Calls go to one member at a time;
-//! when it fails (killed, partitioned, no leader) the call moves on to the next member, and a
-//! broken watch is re-established on another member from the last revision it delivered.
+//! The client is the `etcd-client` crate, over plain HTTP/2 or TLS with a client certificate
+//! ([`EtcdTls`], etcd's `--client-cert-auth`). It balances calls over all members; a call that
+//! fails on one (killed, partitioned, no leader) is tried again, on whichever member the
+//! balancer picks, and a broken watch is re-established from the last revision it delivered.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Status};
+use etcd_client::{
+    Client, CompareOp, ConnectOptions, EventType, GetOptions, KvClient, Txn, TxnOp, WatchOptions,
+};
+use tokio::sync::OnceCell;
+use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::{Compare, Event, EventKind, EventStream, KeyValue, Op, Revision, Store, StoreError};
-use crate::etcdpb;
-use crate::etcdpb::kv_client::KvClient;
-use crate::etcdpb::watch_client::WatchClient;
 
-/// How long one unary call to one member may take before the next member is tried.
+/// How long one attempt of a unary call may take before it is tried again.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Rounds over all members before a call gives up.
+/// A call is tried this many times per member before it gives up.
 const ROUNDS: usize = 4;
 
 /// TLS to etcd's `https://` endpoints: the CA that signed the members' certificates and, when
@@ -55,29 +55,50 @@ impl EtcdTls {
 }
 
 /// The store in an etcd v3 cluster, under a key prefix.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EtcdStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     endpoints: Vec<String>,
-    channels: Vec<Channel>,
-    /// Index (modulo the number of members) of the member calls go to.
-    current: AtomicUsize,
+    options: ConnectOptions,
+    /// Made on first use: `etcd_client::Client::connect` needs a runtime (it connects lazily).
+    client: OnceCell<Client>,
     prefix: String,
 }
 
-fn retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Internal
-    )
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.inner.endpoints)
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a failed call may succeed when tried again (on another member).
+fn retryable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Internal
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// The message of an error: a gRPC status's own message, without `etcd-client`'s wrapping.
+fn message(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
+        error => error.to_string(),
+    }
 }
 
 /// The first key after every key starting with `prefix`.
@@ -126,7 +147,6 @@ impl EtcdStore {
             return Err(StoreError::Unavailable("no etcd endpoints".to_owned()));
         }
         let mut urls = Vec::new();
-        let mut channels = Vec::new();
         for endpoint in endpoints {
             let url = if endpoint.contains("://") {
                 endpoint.clone()
@@ -136,10 +156,11 @@ impl EtcdStore {
             let unusable = |error: &dyn std::fmt::Display| {
                 StoreError::Unavailable(format!("etcd endpoint {url:?}: {error}"))
             };
-            let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| unusable(&e))?;
+            // Checked here, so that a bad flag fails at start rather than at the first call.
+            let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| unusable(&e))?;
             match (url.starts_with("https://"), tls) {
                 (true, Some(tls)) => {
-                    endpoint = endpoint
+                    endpoint
                         .tls_config(tls.client_config())
                         .map_err(|e| unusable(&e))?;
                 }
@@ -149,20 +170,20 @@ impl EtcdStore {
                 }
                 (false, None) => {}
             }
-            let channel = endpoint
-                .connect_timeout(Duration::from_secs(2))
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(3))
-                .keep_alive_while_idle(true)
-                .connect_lazy();
             urls.push(url);
-            channels.push(channel);
+        }
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls.client_config());
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoints: urls,
-                channels,
-                current: AtomicUsize::new(0),
+                options,
+                client: OnceCell::new(),
                 prefix: prefix.to_owned(),
             }),
         })
@@ -174,6 +195,18 @@ impl EtcdStore {
     /// [`StoreError::Unavailable`] naming the members tried.
     pub async fn check(&self) -> Result<Revision, StoreError> {
         self.current_revision().await
+    }
+
+    async fn client(&self) -> Result<&Client, StoreError> {
+        self.inner
+            .client
+            .get_or_try_init(|| {
+                Client::connect(&self.inner.endpoints, Some(self.inner.options.clone()))
+            })
+            .await
+            .map_err(|error| {
+                StoreError::Unavailable(format!("etcd {}: {error}", self.inner.endpoints.join(",")))
+            })
     }
 
     fn key(&self, key: &str) -> Vec<u8> {
@@ -189,80 +222,70 @@ impl EtcdStore {
             .to_owned())
     }
 
-    fn key_value(&self, kv: etcdpb::KeyValue) -> Result<KeyValue, StoreError> {
+    fn key_value(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
         Ok(KeyValue {
-            key: self.unprefix(&kv.key)?,
-            value: kv.value,
-            create_revision: to_revision(kv.create_revision),
-            mod_revision: to_revision(kv.mod_revision),
+            key: self.unprefix(kv.key())?,
+            value: kv.value().to_vec(),
+            create_revision: to_revision(kv.create_revision()),
+            mod_revision: to_revision(kv.mod_revision()),
         })
     }
 
-    /// Calls `call` on one member after the other until one answers.
+    /// Calls `call` until it succeeds, it fails for good, or every member had [`ROUNDS`]
+    /// chances; the client's balancer picks the member of each attempt.
     async fn call<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, StoreError>
     where
-        F: FnMut(Channel) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let members = self.inner.channels.len();
+        let kv = self
+            .client()
+            .await?
+            .kv_client()
+            .max_decoding_message_size(gannet_api::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(gannet_api::MAX_MESSAGE_SIZE);
+        let members = self.inner.endpoints.len();
         let mut last = String::new();
         for attempt in 0..members * ROUNDS {
-            let index = self.inner.current.load(Ordering::Relaxed) % members;
-            let channel = self.inner.channels[index].clone();
-            let outcome = tokio::time::timeout(CALL_TIMEOUT, call(channel)).await;
-            let status = match outcome {
+            let error = match tokio::time::timeout(CALL_TIMEOUT, call(kv.clone())).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(status)) if !retryable(&status) => {
+                Ok(Err(error)) if !retryable(&error) => {
                     return Err(StoreError::Unavailable(format!(
                         "etcd {what}: {}",
-                        status.message()
+                        message(&error)
                     )));
                 }
-                Ok(Err(status)) => status.to_string(),
+                Ok(Err(error)) => error.to_string(),
                 Err(_) => format!("no answer within {CALL_TIMEOUT:?}"),
             };
-            let endpoint = &self.inner.endpoints[index];
-            tracing::debug!(
-                endpoint,
-                what,
-                error = status,
-                attempt,
-                "etcd call failed, trying the next member"
-            );
-            last = format!("{endpoint}: {status}");
-            // Move on, unless another call already did.
-            let _ = self.inner.current.compare_exchange(
-                index,
-                index + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            tracing::debug!(what, error, attempt, "etcd call failed, trying again");
+            last = error;
             if (attempt + 1) % members == 0 {
                 let round = u32::try_from((attempt + 1) / members).unwrap_or(u32::MAX);
                 tokio::time::sleep(Duration::from_millis(200) * round).await;
             }
         }
         Err(StoreError::Unavailable(format!(
-            "etcd {what}: no member answered (last: {last})"
+            "etcd {what}: no member of {} answered (last: {last})",
+            self.inner.endpoints.join(",")
         )))
     }
 
     async fn range(
         &self,
-        request: etcdpb::RangeRequest,
-    ) -> Result<etcdpb::RangeResponse, StoreError> {
-        self.call("range", |channel| {
-            let request = request.clone();
-            async move {
-                Ok(KvClient::new(channel)
-                    .max_decoding_message_size(gannet_api::MAX_MESSAGE_SIZE)
-                    .range(request)
-                    .await?
-                    .into_inner())
-            }
+        key: Vec<u8>,
+        options: GetOptions,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.call("range", |mut kv| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, Some(options)).await }
         })
         .await
     }
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    to_revision(header.map_or(0, etcd_client::ResponseHeader::revision))
 }
 
 #[async_trait]
@@ -272,33 +295,22 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self
-            .range(etcdpb::RangeRequest {
-                key: self.key(key),
-                ..Default::default()
-            })
-            .await?;
+        let response = self.range(self.key(key), GetOptions::new()).await?;
         response
-            .kvs
-            .into_iter()
-            .next()
+            .kvs()
+            .first()
             .map(|kv| self.key_value(kv))
             .transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let key = self.key(prefix);
-        let response = self
-            .range(etcdpb::RangeRequest {
-                range_end: prefix_end(&key),
-                key,
-                ..Default::default()
-            })
-            .await?;
-        let revision = to_revision(response.header.map_or(0, |header| header.revision));
+        let end = prefix_end(&key);
+        let response = self.range(key, GetOptions::new().with_range(end)).await?;
+        let revision = header_revision(response.header());
         let items = response
-            .kvs
-            .into_iter()
+            .kvs()
+            .iter()
             .map(|kv| self.key_value(kv))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((items, revision))
@@ -309,55 +321,35 @@ impl Store for EtcdStore {
         compares: Vec<Compare>,
         ops: Vec<Op>,
     ) -> Result<Option<Revision>, StoreError> {
-        let request = etcdpb::TxnRequest {
-            compare: compares
-                .iter()
-                .map(|compare| etcdpb::Compare {
-                    result: etcdpb::compare::CompareResult::Equal.into(),
-                    target: etcdpb::compare::CompareTarget::Mod.into(),
-                    key: self.key(&compare.key),
-                    target_union: Some(etcdpb::compare::TargetUnion::ModRevision(from_revision(
-                        compare.mod_revision,
-                    ))),
-                    range_end: Vec::new(),
-                })
-                .collect(),
-            success: ops
-                .iter()
-                .map(|op| etcdpb::RequestOp {
-                    request: Some(match op {
-                        Op::Put { key, value } => {
-                            etcdpb::request_op::Request::RequestPut(etcdpb::PutRequest {
-                                key: self.key(key),
-                                value: value.clone(),
-                                ..Default::default()
-                            })
-                        }
-                        Op::Delete { key } => etcdpb::request_op::Request::RequestDeleteRange(
-                            etcdpb::DeleteRangeRequest {
-                                key: self.key(key),
-                                ..Default::default()
-                            },
-                        ),
-                    }),
-                })
-                .collect(),
-            failure: Vec::new(),
-        };
+        let txn = Txn::new()
+            .when(
+                compares
+                    .iter()
+                    .map(|compare| {
+                        etcd_client::Compare::mod_revision(
+                            self.key(&compare.key),
+                            CompareOp::Equal,
+                            from_revision(compare.mod_revision),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                ops.iter()
+                    .map(|op| match op {
+                        Op::Put { key, value } => TxnOp::put(self.key(key), value.clone(), None),
+                        Op::Delete { key } => TxnOp::delete(self.key(key), None),
+                    })
+                    .collect::<Vec<_>>(),
+            );
         let response = self
-            .call("txn", |channel| {
-                let request = request.clone();
-                async move {
-                    Ok(KvClient::new(channel)
-                        .max_encoding_message_size(gannet_api::MAX_MESSAGE_SIZE)
-                        .txn(request)
-                        .await?
-                        .into_inner())
-                }
+            .call("txn", |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
             })
             .await?;
-        let revision = to_revision(response.header.map_or(0, |header| header.revision));
-        Ok(response.succeeded.then_some(revision))
+        let revision = header_revision(response.header());
+        Ok(response.succeeded().then_some(revision))
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<EventStream, StoreError> {
@@ -367,98 +359,69 @@ impl Store for EtcdStore {
             after
         };
         let key = self.key(prefix);
+        let end = prefix_end(&key);
+        let client = self.client().await?.clone();
         let (tx, stream) = EventStream::channel();
         let store = self.clone();
         tokio::spawn(async move {
-            let members = store.inner.channels.len();
             let mut failures = 0_u32;
             loop {
-                let index = store.inner.current.load(Ordering::Relaxed) % members;
-                let channel = store.inner.channels[index].clone();
-                let create = etcdpb::WatchRequest {
-                    request_union: Some(etcdpb::watch_request::RequestUnion::CreateRequest(
-                        etcdpb::WatchCreateRequest {
-                            key: key.clone(),
-                            range_end: prefix_end(&key),
-                            start_revision: from_revision(next + 1),
-                            prev_kv: true,
-                            ..Default::default()
-                        },
-                    )),
-                };
-                // The request stream stays open: etcd ends a watch whose client stopped sending.
-                let requests = tokio_stream::StreamExt::chain(
-                    tokio_stream::iter([create]),
-                    tokio_stream::pending(),
-                );
-                let mut client = WatchClient::new(channel)
+                let options = WatchOptions::new()
+                    .with_range(end.clone())
+                    .with_start_revision(from_revision(next + 1))
+                    .with_prev_key();
+                let mut watch_client = client
+                    .watch_client()
                     .max_decoding_message_size(gannet_api::MAX_MESSAGE_SIZE);
                 let opened = tokio::select! {
-                    opened = client.watch(requests) => opened,
+                    opened = watch_client.watch(key.clone(), Some(options)) => opened,
                     () = tx.closed() => return,
                 };
                 let error = match opened {
-                    Ok(response) => {
-                        let mut responses = response.into_inner();
-                        loop {
-                            let message = tokio::select! {
-                                message = responses.message() => message,
-                                () = tx.closed() => return,
-                            };
-                            match message {
-                                Ok(Some(response)) => {
-                                    if response.compact_revision > 0 {
-                                        let _ = tx
-                                            .send(Err(StoreError::Compacted {
-                                                requested: next,
-                                                compacted: to_revision(response.compact_revision),
-                                            }))
-                                            .await;
+                    Ok(mut responses) => loop {
+                        let message = tokio::select! {
+                            message = responses.message() => message,
+                            () = tx.closed() => return,
+                        };
+                        match message {
+                            Ok(Some(response)) => {
+                                if response.compact_revision() > 0 {
+                                    let _ = tx
+                                        .send(Err(StoreError::Compacted {
+                                            requested: next,
+                                            compacted: to_revision(response.compact_revision()),
+                                        }))
+                                        .await;
+                                    return;
+                                }
+                                if response.canceled() {
+                                    break format!("watch canceled: {}", response.cancel_reason());
+                                }
+                                failures = 0;
+                                match store.batches(response.events()) {
+                                    Ok(batches) => {
+                                        for batch in batches {
+                                            let revision = batch[0].revision;
+                                            if tx.send(Ok(batch)).await.is_err() {
+                                                return;
+                                            }
+                                            next = revision;
+                                        }
+                                    }
+                                    Err(error) => {
+                                        let _ = tx.send(Err(error)).await;
                                         return;
                                     }
-                                    if response.canceled {
-                                        break format!(
-                                            "watch canceled: {}",
-                                            response.cancel_reason
-                                        );
-                                    }
-                                    failures = 0;
-                                    match store.batches(response.events) {
-                                        Ok(batches) => {
-                                            for batch in batches {
-                                                let revision = batch[0].revision;
-                                                if tx.send(Ok(batch)).await.is_err() {
-                                                    return;
-                                                }
-                                                next = revision;
-                                            }
-                                        }
-                                        Err(error) => {
-                                            let _ = tx.send(Err(error)).await;
-                                            return;
-                                        }
-                                    }
                                 }
-                                Ok(None) => break "the member ended the watch".to_owned(),
-                                Err(status) => break status.to_string(),
                             }
+                            Ok(None) => break "the member ended the watch".to_owned(),
+                            Err(error) => break error.to_string(),
                         }
-                    }
-                    Err(status) => status.to_string(),
+                    },
+                    Err(error) => error.to_string(),
                 };
                 failures += 1;
-                tracing::debug!(
-                    endpoint = store.inner.endpoints[index],
-                    error,
-                    next,
-                    "etcd watch broke, resuming on the next member"
-                );
-                let _ = store.inner.current.compare_exchange(
-                    index,
-                    index + 1,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                tracing::debug!(error, next, "etcd watch broke, resuming");
                 let delay = Duration::from_millis(100) * failures.min(20);
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -472,18 +435,16 @@ impl Store for EtcdStore {
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         let current = self.current_revision().await?;
         let target = from_revision(revision.min(current));
-        self.call("compact", |channel| async move {
-            match KvClient::new(channel)
-                .compact(etcdpb::CompactionRequest {
-                    revision: target,
-                    physical: false,
-                })
-                .await
-            {
+        self.call("compact", |mut kv| async move {
+            match kv.compact(target, None).await {
                 Ok(_) => Ok(()),
                 // Already compacted that far (another replica, or etcd's own compaction).
-                Err(status) if status.code() == Code::OutOfRange => Ok(()),
-                Err(status) => Err(status),
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == Code::OutOfRange =>
+                {
+                    Ok(())
+                }
+                Err(error) => Err(error),
             }
         })
         .await
@@ -491,36 +452,36 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let response = self
-            .range(etcdpb::RangeRequest {
-                key: self.key(""),
-                count_only: true,
-                ..Default::default()
-            })
+            .range(self.key(""), GetOptions::new().with_count_only())
             .await?;
-        Ok(to_revision(
-            response.header.map_or(0, |header| header.revision),
-        ))
+        Ok(header_revision(response.header()))
     }
 }
 
 impl EtcdStore {
     /// etcd events (of one watch response) to batches of one revision each.
-    fn batches(&self, events: Vec<etcdpb::Event>) -> Result<Vec<Vec<Event>>, StoreError> {
+    fn batches(&self, events: &[etcd_client::Event]) -> Result<Vec<Vec<Event>>, StoreError> {
         let mut batches: Vec<Vec<Event>> = Vec::new();
         for event in events {
-            let delete = event.r#type == i32::from(etcdpb::event::EventType::Delete);
+            let delete = event.event_type() == EventType::Delete;
             let kv = event
-                .kv
+                .kv()
                 .ok_or_else(|| StoreError::Corrupt("etcd event without key".to_owned()))?;
-            let revision = to_revision(kv.mod_revision);
-            let key = self.unprefix(&kv.key)?;
+            let revision = to_revision(kv.mod_revision());
+            let key = self.unprefix(kv.key())?;
             let (value, created) = if delete {
                 (
-                    event.prev_kv.map(|prev| prev.value).unwrap_or_default(),
+                    event
+                        .prev_kv()
+                        .map(|prev| prev.value().to_vec())
+                        .unwrap_or_default(),
                     false,
                 )
             } else {
-                (kv.value, kv.create_revision == kv.mod_revision)
+                (
+                    kv.value().to_vec(),
+                    kv.create_revision() == kv.mod_revision(),
+                )
             };
             let event = Event {
                 kind: if delete {
