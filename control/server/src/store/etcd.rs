@@ -260,9 +260,13 @@ impl EtcdStore {
             };
             tracing::debug!(what, error, attempt, "etcd call failed, trying again");
             last = error;
+            // After each round of every member, a pause that grows fourfold: 25 ms after the
+            // first (the balancer may offer a member that was just killed several times in a
+            // row, so a long first pause is a long gap after a failover), 400 ms after the third.
             if (attempt + 1) % members == 0 {
                 let round = u32::try_from((attempt + 1) / members).unwrap_or(u32::MAX);
-                tokio::time::sleep(Duration::from_millis(200) * round).await;
+                let factor = 4_u32.saturating_pow(round.saturating_sub(1));
+                tokio::time::sleep(Duration::from_millis(25) * factor).await;
             }
         }
         Err(StoreError::Unavailable(format!(
