@@ -490,13 +490,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let (metrics, metrics_registry) = Metrics::new(&config.dataplane.to_string());
     let mut plane = Plane::start(&config)?;
-    let mut registry = Registry::load(&config.state_dir, plane.fast_path().as_deref())
-        .with_context(|| {
-            format!(
-                "reading the endpoint registry in {}",
-                config.state_dir.display()
-            )
-        })?;
+    let mut registry = Registry::load(&config.state_dir, plane.fast_path()).with_context(|| {
+        format!(
+            "reading the endpoint registry in {}",
+            config.state_dir.display()
+        )
+    })?;
     let (calls_tx, mut calls) = mpsc::channel(64);
     let socket = endpoints::serve(&config.state_dir, calls_tx)
         .with_context(|| format!("listening in {}", config.state_dir.display()))?;
@@ -543,6 +542,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     repair.tick().await;
     let mut conntrack_gc = tokio::time::interval(CONNTRACK_GC_INTERVAL);
     conntrack_gc.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut vanished = tokio::time::interval(endpoints::RECONCILE_INTERVAL);
+    vanished.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -570,6 +571,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 plane.collect_conntrack_garbage();
             }
             _ = garbage.tick() => plane.services().collect_garbage(),
+            _ = vanished.tick() => {
+                let gone = registry.reconcile(plane.fast_path());
+                metrics.endpoints_vanished(gone.endpoints);
+                for pod in gone.pods {
+                    services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));
+                }
+            }
             _ = repair.tick() => {
                 if let Some(report) = plane.services().repair() {
                     log_report(&report);
