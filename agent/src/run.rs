@@ -571,6 +571,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 plane.collect_conntrack_garbage();
             }
             _ = garbage.tick() => plane.services().collect_garbage(),
+            _ = repair.tick() => {
+                if let Some(report) = plane.services().repair() {
+                    log_report(&report);
+                }
+            }
+            _ = resync.tick(), if resync_every.is_some() => network.resync(),
             _ = vanished.tick() => {
                 let gone = registry.reconcile(plane.fast_path());
                 metrics.endpoints_vanished(gone.endpoints);
@@ -578,12 +584,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));
                 }
             }
-            _ = repair.tick() => {
-                if let Some(report) = plane.services().repair() {
-                    log_report(&report);
-                }
-            }
-            _ = resync.tick(), if resync_every.is_some() => network.resync(),
             _ = watch.tick() => if let Some((path, what)) = watched.check() {
                 error!(
                     path = %path.display(),
