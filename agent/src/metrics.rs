@@ -50,6 +50,7 @@ fn apply_histogram() -> Histogram {
 pub struct Metrics {
     apply: HistogramFamily,
     cni: Family<[Label; 2], Counter>,
+    vanished: Counter,
     map_full: Family<[(&'static str, String); 1], Counter>,
     snapshot: Arc<Mutex<Snapshot>>,
 }
@@ -116,6 +117,7 @@ impl Metrics {
         let metrics = Metrics {
             apply: Family::new_with_constructor(apply_histogram),
             cni: Family::default(),
+            vanished: Counter::default(),
             map_full: Family::default(),
             snapshot: Arc::default(),
         };
@@ -131,6 +133,12 @@ impl Metrics {
             "CNI registrations gannetd handled, by operation (register, unregister) and result \
              (ok, error)",
             metrics.cni.clone(),
+        );
+        registry.register(
+            "gannet_cni_endpoints_vanished",
+            "Registered endpoints gannetd removed because their host veth was gone (the pod went \
+             away without a DEL reaching gannetd)",
+            metrics.vanished.clone(),
         );
         registry.register(
             "gannet_map_full",
@@ -177,6 +185,12 @@ impl Metrics {
                 .get_or_create(&[("operation", operation), ("result", result)])
                 .inc();
         }
+    }
+
+    /// Counts endpoints removed because their host veth was gone.
+    pub fn endpoints_vanished(&self, count: usize) {
+        self.vanished
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     /// Keeps the readings of this scrape.

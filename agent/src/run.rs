@@ -511,13 +511,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let (metrics, metrics_registry) = Metrics::new(&config.dataplane.to_string());
     let mut plane = Plane::start(&config)?;
-    let mut registry = Registry::load(&config.state_dir, plane.fast_path().as_deref())
-        .with_context(|| {
-            format!(
-                "reading the endpoint registry in {}",
-                config.state_dir.display()
-            )
-        })?;
+    let mut registry = Registry::load(&config.state_dir, plane.fast_path()).with_context(|| {
+        format!(
+            "reading the endpoint registry in {}",
+            config.state_dir.display()
+        )
+    })?;
     let (calls_tx, mut calls) = mpsc::channel(64);
     let socket = endpoints::serve(&config.state_dir, calls_tx)
         .with_context(|| format!("listening in {}", config.state_dir.display()))?;
@@ -565,6 +564,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     repair.tick().await;
     let mut conntrack_gc = tokio::time::interval(CONNTRACK_GC_INTERVAL);
     conntrack_gc.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut vanished = tokio::time::interval(endpoints::RECONCILE_INTERVAL);
+    vanished.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -601,6 +602,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 }
             }
             _ = resync.tick(), if resync_every.is_some() => network.resync(),
+            _ = vanished.tick() => {
+                let gone = registry.reconcile(plane.fast_path());
+                metrics.endpoints_vanished(gone.endpoints);
+                for pod in gone.pods {
+                    services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));
+                }
+            }
             _ = watch.tick() => if let Some((path, what)) = watched.check() {
                 error!(
                     path = %path.display(),

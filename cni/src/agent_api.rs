@@ -16,6 +16,9 @@
 //! ← {"apiVersion":1,"ok":true}
 //! → {"apiVersion":1,"kind":"Unregister","network":"gannet","containerId":"c1","ifName":"eth0"}
 //! ← {"apiVersion":1,"ok":false,"error":"…"}
+//! → {"apiVersion":1,"kind":"Check","network":"gannet","containerId":"c1","ifName":"eth0",
+//!    "hostIfName":"gnt3f…","hostIfIndex":7}
+//! ← {"apiVersion":1,"ok":true}
 //! ```
 //!
 //! `Status` answered with `ok: true` means the agent is ready for endpoints; with `ok: false` (or
@@ -23,6 +26,8 @@
 //! anything. `Register` is sent after the pod's network is complete; `ok: false` fails the `ADD`
 //! (which is then rolled back). `Unregister` is sent on `DEL` and for attachments removed by `GC`;
 //! it is best effort (the agent must also reconcile against the host's links on its own).
+//! `Check` is sent by `CHECK`: `ok: false` means the agent does not know the attachment (or
+//! knows it on another host interface), and `CHECK` fails.
 
 use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
 use std::net::IpAddr;
@@ -77,6 +82,20 @@ pub enum RequestBody {
         container_id: String,
         /// `CNI_IFNAME`.
         if_name: String,
+    },
+    /// Does the agent still know this attachment, on this host interface? Sent by `CHECK`;
+    /// `ok: false` names what differs.
+    Check {
+        /// CNI network name.
+        network: String,
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        if_name: String,
+        /// The host side of the veth pair, as the plugin finds it now.
+        host_if_name: String,
+        /// Its interface index.
+        host_if_index: u32,
     },
 }
 

@@ -736,6 +736,7 @@ impl Plugin<'_> {
             },
         )
         .map_err(internal)?;
+        self.check_agent(&mut host, &attachment, &host_name, &mut diffs)?;
         if self.conf.builtin_ipam() {
             let mut allocated: Vec<String> = self
                 .store()
@@ -769,6 +770,42 @@ impl Plugin<'_> {
             Ok(())
         } else {
             Err(mismatch(diffs))
+        }
+    }
+
+    /// `CHECK`'s question to the agent (when the configuration names its socket): does it still
+    /// know this attachment, on the host interface that is there now? A refusal is a
+    /// difference; an agent that does not answer fails `CHECK` with code 11 (try again later).
+    fn check_agent(
+        &self,
+        host: &mut Netlink,
+        attachment: &Attachment,
+        host_name: &str,
+        diffs: &mut Vec<String>,
+    ) -> Result<(), CniError> {
+        if self.conf.agent_socket.is_none() {
+            return Ok(());
+        }
+        // Without the host interface there is nothing to ask about: `network::check` says so.
+        let Some(link) = host.link_by_name(host_name).map_err(internal)? else {
+            return Ok(());
+        };
+        match self.agent_call(RequestBody::Check {
+            network: self.conf.name.clone(),
+            container_id: attachment.container_id.clone(),
+            if_name: attachment.ifname.clone(),
+            host_if_name: host_name.to_owned(),
+            host_if_index: link.index,
+        }) {
+            Ok(()) => Ok(()),
+            Err(agent_api::AgentError::Refused(reason)) => {
+                diffs.push(format!("the gannet agent: {reason}"));
+                Ok(())
+            }
+            Err(e) => Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("asking the gannet agent about the endpoint: {e}"),
+            )),
         }
     }
 

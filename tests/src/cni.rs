@@ -11,6 +11,27 @@ use crate::{Netns, bin_path, spawn};
 /// `CNI_ARGS` naming the pod `default/<container>`; panics unless it succeeds. Returns the
 /// result (`Null` for verbs without one).
 pub fn cni(node: &Netns, pod: &Netns, command: &str, container: &str, conf: &Value) -> Value {
+    let output = cni_output(node, pod, command, container, conf);
+    assert!(
+        output.status.success(),
+        "gannet-cni {command} for {container} failed: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.stdout.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&output.stdout).expect("gannet-cni result is JSON")
+}
+
+/// Like [`cni`], whether it succeeds or not: what gannet-cni exited with and printed.
+pub fn cni_output(
+    node: &Netns,
+    pod: &Netns,
+    command: &str,
+    container: &str,
+    conf: &Value,
+) -> std::process::Output {
     let mut cmd = Command::new(bin_path("gannet-cni"));
     cmd.env_clear()
         .env("CNI_COMMAND", command)
@@ -29,19 +50,9 @@ pub fn cni(node: &Netns, pod: &Netns, command: &str, container: &str, conf: &Val
         .write_all(conf.to_string().as_bytes())
         .expect("writing the config");
     child.close_stdin();
-    let output = child
+    child
         .wait_output(Duration::from_secs(20))
-        .expect("gannet-cni exits");
-    assert!(
-        output.status.success(),
-        "gannet-cni {command} for {container} failed: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if output.stdout.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&output.stdout).expect("gannet-cni result is JSON")
+        .expect("gannet-cni exits")
 }
 
 /// The first address of a CNI result, without its prefix length.

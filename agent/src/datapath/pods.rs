@@ -378,9 +378,28 @@ impl PodFastPath {
     }
 
     /// Makes `endpoint` reachable through the fast path and attaches its programs. Adding an
-    /// endpoint again (e.g. a repeated CNI ADD) converges to the same state.
+    /// endpoint again (e.g. a repeated CNI ADD) converges to the same state: addresses it no
+    /// longer has are removed, and a pinned link left by a vanished interface of the same index
+    /// is replaced. When it fails, an endpoint that was new here is removed again (no links,
+    /// counters or addresses stay behind).
     pub fn add(&mut self, endpoint: &Endpoint) -> Result<u32, DataPathError> {
         let veth = host_veth(&endpoint.host_ifname)?;
+        let fresh = self.stats.get(&veth.ifindex, 0).is_err()
+            && !self.endpoints().contains_key(&veth.ifindex)
+            && ["from", "to"].iter().all(|d| {
+                !self
+                    .links_dir
+                    .join(format!("{}-{d}", veth.ifindex))
+                    .exists()
+            });
+        let added = self.program(endpoint, veth);
+        if added.is_err() && fresh {
+            let _ = self.remove(veth.ifindex);
+        }
+        added.map(|()| veth.ifindex)
+    }
+
+    fn program(&mut self, endpoint: &Endpoint, veth: HostVeth) -> Result<(), DataPathError> {
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataPathError::Io {
             path: PathBuf::from("/sys/devices/system/cpu/possible"),
             source: e,
@@ -405,7 +424,16 @@ impl PodFastPath {
         ] {
             let pin = self.links_dir.join(format!("{}-{direction}", veth.ifindex));
             if pin.exists() {
-                continue;
+                // Attached to this interface: nothing to do. A link of an interface that is
+                // gone (whose index the kernel gave again) is replaced.
+                let on = sys::obj_get(&pin)
+                    .and_then(|link| sys::tcx_link_ifindex(link.as_fd()))
+                    .ok();
+                if on == Some(veth.ifindex) {
+                    continue;
+                }
+                debug!(pin = %pin.display(), ?on, ifindex = veth.ifindex, "replacing a stale pod link");
+                fs::remove_file(&pin).map_err(io_err(&pin))?;
             }
             attach_pinned(
                 &mut self.ebpf,
@@ -421,16 +449,61 @@ impl PodFastPath {
             mac: endpoint.mac,
             host_mac: veth.mac,
         };
-        for ip in &endpoint.ips {
+        let keys: Vec<EndpointKey> = endpoint.ips.iter().map(|ip| key(*ip)).collect();
+        for k in &keys {
             self.endpoints
-                .insert(key(*ip), value, 0)
+                .insert(*k, value, 0)
                 .map_err(|source| DataPathError::Map {
                     name: map_names::ENDPOINTS,
                     source,
                 })?;
         }
+        // Addresses an earlier registration on this veth had and this one has not.
+        let dropped: Vec<EndpointKey> = self
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| v.ifindex == veth.ifindex && !keys.iter().any(|n| n.addr == k.addr))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &dropped {
+            let _ = self.endpoints.remove(k);
+        }
         debug!(ifname = %endpoint.host_ifname, ifindex = veth.ifindex, ips = ?endpoint.ips, "endpoint added");
-        Ok(veth.ifindex)
+        Ok(())
+    }
+
+    /// Removes the links, counters and addresses of interfaces that are gone and not in
+    /// `known` (the registered endpoints, which the registry removes itself). Returns their
+    /// indexes.
+    pub fn remove_vanished(
+        &mut self,
+        known: &std::collections::BTreeSet<u32>,
+    ) -> Result<Vec<u32>, DataPathError> {
+        let mut candidates: std::collections::BTreeSet<u32> =
+            self.endpoints().into_keys().collect();
+        candidates.extend(self.stats.keys().filter_map(Result::ok));
+        let entries = fs::read_dir(&self.links_dir).map_err(io_err(&self.links_dir))?;
+        for entry in entries {
+            let path = entry.map_err(io_err(&self.links_dir))?.path();
+            if let Some(ifindex) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(i, _)| i.parse::<u32>().ok())
+            {
+                candidates.insert(ifindex);
+            }
+        }
+        let mut swept = Vec::new();
+        for ifindex in candidates {
+            if known.contains(&ifindex) || sys::ifname(ifindex).is_ok() {
+                continue;
+            }
+            self.remove(ifindex)?;
+            swept.push(ifindex);
+        }
+        Ok(swept)
     }
 
     /// Removes the endpoint on host veth `ifindex`: its addresses, counters and links. Missing
