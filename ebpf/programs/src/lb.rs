@@ -166,8 +166,11 @@ fn forward_udp(
         }
         .map(|p| (p.backend, svc.id));
     }
-    // SAFETY: points to this socket's storage; only this socket's own calls write it (a race of
-    // two threads sending on one socket can at worst lose one entry's update).
+    // SAFETY: points to this socket's storage; only this socket's own calls write it. UDP
+    // sendmsg does not take the socket lock: two threads sending on one socket at the same
+    // instant can lose an update, or, replacing the same entry for two services, leave it mixed
+    // from both (its next datagram then fails the slot check and is balanced anew; a reply
+    // until then may show the other service). Plain stores of integers, never unsafe memory.
     let state = unsafe { &mut *state };
     let mut sends = state.sends.wrapping_add(1);
     if sends == 0 {
