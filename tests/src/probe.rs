@@ -402,10 +402,14 @@ pub fn hold(
     Ok(report)
 }
 
-/// `hold --udp` mode: one connected UDP socket, driven by `input` lines. Prints
-/// `connected <peer>` once connected; for each `ping` line sends a request and prints the
-/// backend's name or `error: ERRNO`, where ERRNO is the socket's pending error (`SO_ERROR`, what
-/// the kernel aborted the socket with) if it has one, else the failed call's; for each
+/// `hold --udp` mode: one connected UDP socket (or, with `connected` false, an unconnected
+/// one), driven by `input` lines. Prints `connected <peer>` once connected (`unconnected`);
+/// for each `ping` line sends a request and prints the backend's name or `error: ERRNO`, where
+/// ERRNO is the socket's pending error (`SO_ERROR`, what the kernel aborted the socket with) if
+/// it has one, else the failed call's; `ping-from` does the same and prints the reply's source
+/// address after the name; `ping-to ADDR` sends to ADDR instead (`sendto`, also on a connected
+/// socket) and prints the name and the source; `send-to ADDR` only sends (prints `sent`) and
+/// `recv` only receives (prints the name and the source); `peer` prints `getpeername()`; for each
 /// `reconnect` line connects the socket again and prints `connected <peer>` or `error: ERRNO`.
 /// Returns at end of input.
 ///
@@ -414,11 +418,12 @@ pub fn hold(
 /// `output` fails.
 pub fn hold_udp(
     opts: &ClientOptions,
+    connected: bool,
     input: impl BufRead,
     mut output: impl Write,
 ) -> anyhow::Result<Report> {
     let start = Instant::now();
-    let socket = match udp_socket(opts, true) {
+    let socket = match udp_socket(opts, connected) {
         Ok(socket) => socket,
         Err(failure) => {
             writeln!(output, "error: {failure}")?;
@@ -430,16 +435,36 @@ pub fn hold_udp(
         Ok(Some(pending)) => Failure::from(pending),
         _ => failure,
     };
-    writeln!(output, "connected {}", socket.peer_addr()?)?;
+    if connected {
+        writeln!(output, "connected {}", socket.peer_addr()?)?;
+    } else {
+        writeln!(output, "unconnected")?;
+    }
     output.flush()?;
     let mut report = Report::default();
     for line in input.lines() {
-        match line?.trim() {
-            "ping" => {
+        let line = line?;
+        let (command, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        match command {
+            "ping" | "ping-from" | "ping-to" => {
                 let began = Instant::now();
-                match udp_exchange(&socket, opts, true) {
+                let result = if command == "ping-to" {
+                    arg.parse::<SocketAddr>()
+                        .map_err(|e| Failure::from(io::Error::new(io::ErrorKind::InvalidInput, e)))
+                        .and_then(|to| {
+                            let to_opts = ClientOptions { to, ..*opts };
+                            udp_exchange(&socket, &to_opts, false)
+                        })
+                } else {
+                    udp_exchange(&socket, opts, connected)
+                };
+                match result {
                     Ok((backend, peer)) => {
-                        writeln!(output, "{backend}")?;
+                        if command == "ping" {
+                            writeln!(output, "{backend}")?;
+                        } else {
+                            writeln!(output, "{backend} {peer}")?;
+                        }
                         report.record_ok(&backend, peer);
                     }
                     Err(failure) => {
@@ -449,6 +474,30 @@ pub fn hold_udp(
                     }
                 }
             }
+            "send-to" => {
+                let sent = arg
+                    .parse::<SocketAddr>()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+                    .and_then(|to| socket.send_to(REQUEST, to));
+                match sent {
+                    Ok(_) => writeln!(output, "sent")?,
+                    Err(e) => writeln!(output, "error: {}", Failure::from(e))?,
+                }
+            }
+            "recv" => {
+                let mut buf = [0_u8; 2048];
+                match socket.recv_from(&mut buf) {
+                    Ok((n, peer)) => {
+                        let backend = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+                        writeln!(output, "{backend} {peer}")?;
+                    }
+                    Err(e) => writeln!(output, "error: {}", Failure::from(e))?,
+                }
+            }
+            "peer" => match socket.peer_addr() {
+                Ok(peer) => writeln!(output, "{peer}")?,
+                Err(e) => writeln!(output, "error: {}", Failure::from(e))?,
+            },
             "reconnect" => match socket.connect(opts.to).and_then(|()| socket.peer_addr()) {
                 Ok(peer) => writeln!(output, "connected {peer}")?,
                 Err(e) => writeln!(output, "error: {}", Failure::from(e))?,
@@ -456,7 +505,8 @@ pub fn hold_udp(
             "" => continue,
             other => writeln!(
                 output,
-                "error: unknown command {other:?} (expected ping or reconnect)"
+                "error: unknown command {other:?} (expected ping, ping-from, ping-to, \
+                 send-to, recv, peer or reconnect)"
             )?,
         }
         output.flush()?;

@@ -1401,3 +1401,176 @@ fn bad_configuration_exits_64_naming_every_flag() {
         );
     }
 }
+
+/// Sends `command` (`ping-from`, `ping-to ADDR`, `peer`) to a `hold --udp` probe and returns
+/// its answer.
+fn udp_command(probe: &mut ChildGuard, command: &str) -> String {
+    probe.send_line(command).expect("writing to the probe");
+    probe
+        .read_line(Duration::from_secs(5))
+        .expect("the probe answers every command")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn udp_sockets_keep_their_backend_and_the_service_address_while_others_churn() {
+    udp_sockets_keep_their_backend_and_the_service_address_while_others_churn_on(Plane::Ebpf);
+}
+
+#[test]
+fn udp_sockets_keep_their_backend_and_the_service_address_while_others_churn_nftables() {
+    udp_sockets_keep_their_backend_and_the_service_address_while_others_churn_on(Plane::Nftables);
+}
+
+/// One pod churning short-lived UDP sockets must not take a long-lived socket's state away: its
+/// backend (per-socket stickiness) and the service address its replies and `getpeername()`
+/// show. gannetd's LRU maps at their smallest, so node-wide entries would be evicted.
+fn udp_sockets_keep_their_backend_and_the_service_address_while_others_churn_on(plane: Plane) {
+    let mut c = Cluster::on(
+        plane,
+        3,
+        &["--max-rev-nat", "1024", "--max-affinity", "1024"],
+    );
+    c.publish(None, &[(1, true), (2, true), (3, true)]);
+    let (mut connected, line) = c.hold_in_pod(0, &["--udp", "--to", "10.96.0.10:53"], true);
+    assert_eq!(
+        line, "connected 10.96.0.10:53",
+        "getpeername() after connect"
+    );
+    let (mut unconnected, _) = c.hold_in_pod(
+        0,
+        &["--udp", "--unconnected", "--to", "10.96.0.10:53"],
+        true,
+    );
+    let before_connected = udp_command(&mut connected, "ping-from");
+    let before_unconnected = udp_command(&mut unconnected, "ping-from");
+    for (answer, what) in [
+        (&before_connected, "connected"),
+        (&before_unconnected, "unconnected"),
+    ] {
+        assert!(
+            answer.starts_with('b') && answer.ends_with(" 10.96.0.10:53"),
+            "the {what} socket's reply must come from the service address: {answer}"
+        );
+    }
+
+    // Four times the maps' capacity of sockets, one request each, from the same pod.
+    let churn = c.probe(&[
+        "udp",
+        "--to",
+        "10.96.0.10:53",
+        "--count",
+        "4096",
+        "--per-request-socket",
+    ]);
+    assert_all_ok(&churn, "4096 short-lived sockets");
+
+    for round in 0..5 {
+        assert_eq!(
+            udp_command(&mut connected, "ping-from"),
+            before_connected,
+            "round {round}: the connected socket's reply after the churn (backend, source)"
+        );
+        assert_eq!(
+            udp_command(&mut unconnected, "ping-from"),
+            before_unconnected,
+            "round {round}: the unconnected socket must keep its backend, and its reply must \
+             come from the service address, after the churn"
+        );
+    }
+    assert_eq!(
+        udp_command(&mut connected, "peer"),
+        "10.96.0.10:53",
+        "getpeername() of the connected socket after the churn"
+    );
+}
+
+/// Publishes service `api` (UDP 53 "dns" at 10.96.0.11) with backend `backend` (a pod index).
+fn publish_api(c: &mut Cluster, backend: usize) {
+    let endpoints = [(c.backend_v4(backend), true)];
+    c.agent
+        .apply(
+            "api.yaml",
+            &format!(
+                "{}---\n{}",
+                service_yaml("api", &["10.96.0.11"], &[("dns", 53, "UDP")], None),
+                endpoint_slice_yaml("api-1", "api", "IPv4", &[("dns", "UDP")], &endpoints)
+            ),
+            "manifests applied",
+        )
+        .expect("service api applied");
+}
+
+/// Two services sharing a backend, one UDP socket talking to both: `recvmsg` sees only the
+/// reply's source, so a reply is attributed to the service this socket last sent to that backend
+/// through. When one service loses the backend, the socket moves on for that service only, and a
+/// connected socket that reached the backend through the service that keeps it is left alone.
+#[test]
+fn a_udp_socket_talking_to_two_services_sharing_a_backend() {
+    let mut c = Cluster::ebpf_in_node(2, &[]);
+    c.publish(None, &[(1, true)]);
+    publish_api(&mut c, 1);
+    let (mut socket, _) = c.hold_in_pod(
+        0,
+        &["--udp", "--unconnected", "--to", "10.96.0.10:53"],
+        true,
+    );
+    for to in [
+        "10.96.0.10:53",
+        "10.96.0.11:53",
+        "10.96.0.10:53",
+        "10.96.0.11:53",
+    ] {
+        assert_eq!(
+            udp_command(&mut socket, &format!("ping-to {to}")),
+            format!("b1 {to}"),
+            "a reply to a datagram sent to {to} (both services have only b1)"
+        );
+    }
+    // Both datagrams out before either reply is read: both replies come from b1, and the
+    // socket last sent to b1 through api, so both show api (the documented rule; nothing in a
+    // reply tells which datagram it answers).
+    for to in ["10.96.0.10:53", "10.96.0.11:53"] {
+        assert_eq!(udp_command(&mut socket, &format!("send-to {to}")), "sent");
+    }
+    for reply in 0..2 {
+        assert_eq!(
+            udp_command(&mut socket, "recv"),
+            "b1 10.96.0.11:53",
+            "reply {reply} to two datagrams in flight, the last one through api"
+        );
+    }
+
+    // Connected sockets: one through web, one through api, both to b1. b1 leaves web: only the
+    // socket that reached it through web is terminated.
+    let (mut via_web, _) = c.hold_in_pod(0, &["--udp", "--to", "10.96.0.10:53"], true);
+    let (mut via_api, _) = c.hold_in_pod(0, &["--udp", "--to", "10.96.0.11:53"], true);
+    assert_eq!(ping(&mut via_web), "b1");
+    assert_eq!(ping(&mut via_api), "b1");
+    c.publish_endpoints(&[(1, false), (2, true)]);
+    assert_eq!(
+        ping(&mut via_web),
+        "error: ECONNABORTED",
+        "the socket connected to b1 through web, which lost it, must be terminated"
+    );
+    // The unconnected socket moves on from b1 at its next datagram to web, and keeps b1 for
+    // api: the program checks the socket's backend against the service's current slots.
+    assert_eq!(
+        udp_command(&mut socket, "ping-to 10.96.0.10:53"),
+        "b2 10.96.0.10:53",
+        "the unconnected socket's next datagram to web, which lost b1"
+    );
+    assert_eq!(
+        udp_command(&mut socket, "ping-to 10.96.0.11:53"),
+        "b1 10.96.0.11:53",
+        "the unconnected socket's next datagram to api, which keeps b1"
+    );
+    assert_eq!(
+        udp_command(&mut via_api, "ping-from"),
+        "b1 10.96.0.11:53",
+        "the socket connected to b1 through api, which keeps it, must be left alone; gannetd's \
+         log:\n{}",
+        c.agent.logs()
+    );
+}

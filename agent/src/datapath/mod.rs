@@ -10,6 +10,7 @@ pub mod nft;
 pub mod nodeport;
 pub mod pins;
 pub mod pods;
+pub mod purge;
 pub mod reconcile;
 pub mod testrun;
 
@@ -28,7 +29,7 @@ use aya::{
 };
 use gannet_common::{
     AffinityKey, AffinityValue, BackendValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
-    SlotKey, SockRevNat, map_names,
+    SlotKey, SockRevNat, UdpSockState, map_names,
 };
 use tracing::{debug, info, warn};
 
@@ -239,12 +240,14 @@ impl SockLb {
                 map_names::SOCK_REV_NAT,
                 maps_dir.join(map_names::SOCK_REV_NAT),
             )
+            .map_pin_path(map_names::SOCK_UDP, maps_dir.join(map_names::SOCK_UDP))
             .load(SOCK_OBJECT)?;
 
         // Take (and check) the maps before any program is attached: a pinned map of another
         // layout must stop us before it reaches the data path.
         let maps = BpfMaps::take(&mut ebpf, capacity, cgroup)?;
-        check_sock_rev_nat(&ebpf)?;
+        check_sk_storage(&ebpf, map_names::SOCK_REV_NAT, size_of::<SockRevNat>())?;
+        check_sk_storage(&ebpf, map_names::SOCK_UDP, size_of::<UdpSockState>())?;
         let cgroup_file = fs::File::open(cgroup).map_err(io_err(cgroup))?;
         let cgroup_id = sys::cgroup_id(cgroup).map_err(io_err(cgroup))?;
         for name in SOCK_PROGRAMS {
@@ -260,10 +263,10 @@ impl SockLb {
     }
 }
 
-/// Checks that the pinned socket-storage map holds values of this build's layout: its values
-/// live in sockets, so it cannot be migrated, and one of another layout must not be adopted.
-fn check_sock_rev_nat(ebpf: &Ebpf) -> Result<(), DataPathError> {
-    let name = map_names::SOCK_REV_NAT;
+/// Checks that a pinned socket-storage map holds values of this build's layout: its values
+/// live in sockets, so it cannot be migrated, and one of another layout must not be adopted (a
+/// layout change takes a new pin name, as `GANNET_SK_UDP` is next to `GANNET_SK_RNAT`).
+fn check_sk_storage(ebpf: &Ebpf, name: &'static str, expected: usize) -> Result<(), DataPathError> {
     let map = ebpf.map(name).ok_or(DataPathError::MissingMap(name))?;
     // aya wraps a map by the object's declaration: anything else means the object has no
     // socket-storage map of this name.
@@ -273,7 +276,6 @@ fn check_sock_rev_nat(ebpf: &Ebpf) -> Result<(), DataPathError> {
     let info = data
         .info()
         .map_err(|source| DataPathError::Map { name, source })?;
-    let expected = std::mem::size_of::<SockRevNat>();
     if info.value_size() as usize != expected {
         return Err(DataPathError::Map {
             name,
@@ -390,6 +392,9 @@ pub struct BpfMaps {
     backends: HashMap<MapData, u32, BackendValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
+    /// Walks `affinity` for purges off the main loop (`None`: it could not be started, and
+    /// purges walk the map on the loop).
+    purger: Option<purge::Purger>,
     capacity: Capacity,
     /// The Maglev tables (from the pod object); until set, external frontends get none.
     external: Option<nodeport::ExternalMaps>,
@@ -430,11 +435,23 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
 impl BpfMaps {
     fn take(ebpf: &mut Ebpf, mut capacity: Capacity, cgroup: &Path) -> Result<Self, DataPathError> {
         let c = &mut capacity;
+        let affinity = take_map(ebpf, map_names::AFFINITY, "--max-affinity", &mut c.affinity)?;
+        let purger = match purge::reopen(&affinity)
+            .map_err(|e| e.to_string())
+            .and_then(|map| purge::Purger::spawn(map).map_err(|e| e.to_string()))
+        {
+            Ok(purger) => Some(purger),
+            Err(e) => {
+                warn!(error = %e, "could not start the affinity purge thread; purges run on the main loop");
+                None
+            }
+        };
         Ok(Self {
             services: take_map(ebpf, map_names::SERVICES, "--max-services", &mut c.services)?,
             slots: take_map(ebpf, map_names::SLOTS, "--max-slots", &mut c.slots)?,
             backends: take_map(ebpf, map_names::BACKENDS, "--max-backends", &mut c.backends)?,
-            affinity: take_map(ebpf, map_names::AFFINITY, "--max-affinity", &mut c.affinity)?,
+            affinity,
+            purger,
             rev_nat: take_map(ebpf, map_names::REV_NAT, "--max-rev-nat", &mut c.rev_nat)?,
             capacity,
             external: None,
@@ -544,50 +561,24 @@ impl ServiceMaps for BpfMaps {
 
     fn purge_affinity(
         &mut self,
-        doomed: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
+        purge: &std::sync::Arc<reconcile::AffinityPurge>,
     ) -> Result<usize, MapOpError> {
-        let victims: Vec<AffinityKey> = self
-            .affinity
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| doomed(k, v))
-            .map(|(k, _)| k)
-            .collect();
-        for key in &victims {
-            delete_result(map_names::AFFINITY, self.affinity.remove(key))?;
-        }
-        let mut purged = victims.len();
+        let mut purged = match &self.purger {
+            Some(purger) => match purger.purge(std::sync::Arc::clone(purge), purge::PURGE_WAIT) {
+                Some(result) => result?,
+                None => 0,
+            },
+            None => purge::purge_map(&mut self.affinity, purge)?,
+        };
         if let Some(external) = &mut self.external {
             let flows = external.purge_udp_flows(&mut |service_id, backend_id| {
-                let key = AffinityKey {
-                    service_id,
-                    kind: 0,
-                    client: 0,
-                };
-                let value = AffinityValue {
-                    backend_id,
-                    backend_epoch: 0,
-                    pad: 0,
-                    last_used_ns: 0,
-                };
-                doomed(&key, &value)
+                reconcile::purge_dooms(purge, service_id, backend_id)
             });
             if flows > 0 {
                 debug!(entries = flows, "UDP flows to removed backends forgotten");
             }
             purged += external.purge_affinity(&mut |service_id, backend_id| {
-                let key = AffinityKey {
-                    service_id,
-                    kind: 0,
-                    client: 0,
-                };
-                let value = AffinityValue {
-                    backend_id,
-                    backend_epoch: 0,
-                    pad: 0,
-                    last_used_ns: 0,
-                };
-                doomed(&key, &value)
+                reconcile::purge_dooms(purge, service_id, backend_id)
             });
         }
         Ok(purged)
@@ -693,7 +684,10 @@ impl ServiceMaps for BpfMaps {
     /// reached it through a frontend that still has it (two services sharing a backend). A
     /// socket without such an entry (connected to the backend's address directly, or whose entry
     /// the LRU map evicted) is terminated too: it is talking to an endpoint that left its
-    /// service.
+    /// service, or (evicted) reconnects through its service. The entry is only this hint: the
+    /// socket's translations live in its own storage, which `sock_diag` does not report for UDP
+    /// sockets (asked with `INET_DIAG_REQ_SK_BPF_STORAGES`, kernel 6.18 answered UDP sockets
+    /// without the attribute).
     ///
     /// Looked at are gannetd's own network namespace and those of the sub-tree's processes
     /// (pods in namespaces of their own), each once, through a netlink socket created there by a
@@ -801,7 +795,12 @@ impl BpfMaps {
             .map(|(_, s)| s)
             .collect();
         for s in &doomed {
-            debug!(local = %s.local, peer = %s.peer, cookie = s.cookie, "terminating a connected UDP socket");
+            debug!(
+                local = %s.local,
+                peer = %s.peer,
+                cookie = s.cookie,
+                "terminating a connected UDP socket"
+            );
         }
         sockdiag::destroy(socket, &doomed)
     }

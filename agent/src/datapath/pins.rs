@@ -77,7 +77,7 @@ pub fn check_pinned_maps(bpf_root: &Path) -> Result<(), DataPathError> {
         (
             SOCK_OBJECT,
             "socket load balancer",
-            &[map_names::SOCK_REV_NAT][..],
+            &[map_names::SOCK_REV_NAT, map_names::SOCK_UDP][..],
         ),
         (POD_OBJECT, "pod", &[map_names::MAGLEV][..]),
     ] {
@@ -192,7 +192,12 @@ mod tests {
 
     #[test]
     fn every_pinned_map_of_both_objects_is_known_with_its_layout() {
-        let sock = pinned_maps(SOCK_OBJECT, "sock", &[map_names::SOCK_REV_NAT]).expect("parses");
+        let sock = pinned_maps(
+            SOCK_OBJECT,
+            "sock",
+            &[map_names::SOCK_REV_NAT, map_names::SOCK_UDP],
+        )
+        .expect("parses");
         let names: Vec<&str> = sock.iter().map(|(n, _)| n.as_str()).collect();
         for name in [
             map_names::SERVICES,
@@ -201,6 +206,7 @@ mod tests {
             map_names::REV_NAT,
             map_names::AFFINITY,
             map_names::SOCK_REV_NAT,
+            map_names::SOCK_UDP,
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }

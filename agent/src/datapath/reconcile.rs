@@ -25,13 +25,13 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use gannet_common::{
-    AffinityKey, AffinityValue, BackendValue, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP,
-    SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue,
-    SlotKey, v4_mapped,
+    BackendValue, MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, SVC_F_AFFINITY, SVC_F_EXTERNAL,
+    SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceKey, ServiceValue, SlotKey, v4_mapped,
 };
 use gannet_k8s::{Backend, DesiredState, Frontend, Protocol, ServicePort};
 use ipnet::IpNet;
@@ -70,11 +70,11 @@ pub trait ServiceMaps {
     fn del_slot(&mut self, key: &SlotKey) -> Result<(), MapOpError>;
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapOpError>;
     fn del_backend(&mut self, id: u32) -> Result<(), MapOpError>;
-    /// Deletes the affinity entries `doomed` selects; returns how many.
-    fn purge_affinity(
-        &mut self,
-        doomed: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
-    ) -> Result<usize, MapOpError>;
+    /// Deletes the affinity entries `purge` dooms ([`purge_dooms`]); returns how many were
+    /// deleted by the time it returns. The eBPF maps walk their LRU map on a thread of their
+    /// own and wait for it only briefly, so a large map's purge finishes after this returns
+    /// (see `datapath::purge`).
+    fn purge_affinity(&mut self, purge: &Arc<AffinityPurge>) -> Result<usize, MapOpError>;
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError>;
     fn slots(&self) -> Result<Vec<(SlotKey, u32)>, MapOpError>;
     fn backends(&self) -> Result<Vec<(u32, BackendValue)>, MapOpError>;
@@ -652,7 +652,7 @@ impl<M: ServiceMaps> Reconciler<M> {
             self.flush(&mut batch, now);
         }
         if !batch.purge.is_empty() {
-            self.purge_affinity(&batch.purge);
+            self.purge_affinity(std::mem::take(&mut batch.purge));
         }
         if !batch.udp_gone.is_empty() {
             match self.maps.terminate_udp(&batch.udp_gone) {
@@ -1075,18 +1075,26 @@ impl<M: ServiceMaps> Reconciler<M> {
 
     /// Forgets affinity to backends a service no longer has (`Some(ids)`) or to any backend of a
     /// removed service (`None`), so pinned clients move on at their next connection.
-    fn purge_affinity(&mut self, purge: &HashMap<u32, Option<BTreeSet<u32>>>) {
-        let mut doomed = |key: &AffinityKey, value: &AffinityValue| match purge.get(&key.service_id)
-        {
-            Some(None) => true,
-            Some(Some(ids)) => ids.contains(&value.backend_id),
-            None => false,
-        };
-        match self.maps.purge_affinity(&mut doomed) {
+    fn purge_affinity(&mut self, purge: AffinityPurge) {
+        match self.maps.purge_affinity(&Arc::new(purge)) {
             Ok(0) => {}
             Ok(n) => debug!(entries = n, "affinity to removed backends forgotten"),
             Err(e) => warn!(error = %e, "could not purge affinity entries"),
         }
+    }
+}
+
+/// Affinity to forget after a change: per service id, the backend ids it lost (`Some`) or all
+/// of them (`None`: the service went).
+pub type AffinityPurge = HashMap<u32, Option<BTreeSet<u32>>>;
+
+/// Whether `purge` dooms an affinity entry of service `service_id` to backend `backend_id`.
+#[must_use]
+pub fn purge_dooms(purge: &AffinityPurge, service_id: u32, backend_id: u32) -> bool {
+    match purge.get(&service_id) {
+        Some(None) => true,
+        Some(Some(ids)) => ids.contains(&backend_id),
+        None => false,
     }
 }
 
@@ -1095,7 +1103,7 @@ impl<M: ServiceMaps> Reconciler<M> {
 #[derive(Default)]
 struct Batch {
     report: ApplyReport,
-    purge: HashMap<u32, Option<BTreeSet<u32>>>,
+    purge: AffinityPurge,
     /// Backends UDP frontends lost, with the ids of those frontends.
     udp_gone: BTreeMap<Backend, BTreeSet<u32>>,
     waiting: Vec<Prepared>,

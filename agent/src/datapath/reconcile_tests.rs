@@ -173,10 +173,11 @@ impl ServiceMaps for CheckedMaps {
     }
     fn purge_affinity(
         &mut self,
-        doomed: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
+        purge: &std::sync::Arc<super::AffinityPurge>,
     ) -> Result<usize, MapOpError> {
         let before = self.affinity.len();
-        self.affinity.retain(|k, v| !doomed(k, v));
+        self.affinity
+            .retain(|k, v| !super::purge_dooms(purge, k.service_id, v.backend_id));
         Ok(before - self.affinity.len())
     }
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError> {

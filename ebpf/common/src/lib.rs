@@ -26,6 +26,10 @@ pub mod map_names {
     /// [`SockRevNat`](super::SockRevNat), the reverse translation of its connect; freed with the
     /// socket.
     pub const SOCK_REV_NAT: &str = "GANNET_SK_RNAT";
+    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`): a UDP socket →
+    /// [`UdpSockState`](super::UdpSockState), the services it sent to, the backend each gave it
+    /// and the reverse translation of their replies; freed with the socket.
+    pub const SOCK_UDP: &str = "GANNET_SK_UDP";
     /// [`EndpointKey`](super::EndpointKey) → [`EndpointValue`](super::EndpointValue): the pods
     /// of this node.
     pub const ENDPOINTS: &str = "GANNET_EP";
@@ -76,9 +80,14 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 131_072;
 /// Default capacity of [`map_names::SLOTS`]: backend slots of all services, counting both
 /// generations while a service is being switched.
 pub const DEFAULT_MAX_SLOTS: u32 = 262_144;
-/// Default capacity of the socket reverse-NAT LRU map (UDP; TCP uses socket storage).
+/// Default capacity of the socket reverse-NAT LRU map. TCP and UDP sockets keep their
+/// translations in socket storage; a UDP `connect()` still leaves an entry here, a hint for the
+/// agent (which service a connected socket reached its backend through, see
+/// `terminate_udp`), and the reverse hooks read it for sockets translated by a gannetd from
+/// before socket storage.
 pub const DEFAULT_MAX_REV_NAT: u32 = 131_072;
-/// Default capacity of the affinity LRU map (ClientIP affinity and UDP per-socket stickiness).
+/// Default capacity of the affinity LRU map (ClientIP affinity; UDP per-socket stickiness lives
+/// in the socket's storage, [`UdpSockState`]).
 pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
 
 /// Default capacity of the endpoint map (pod addresses on this node, both families).
@@ -286,10 +295,56 @@ pub struct SockRevNat {
     pub service_port: u16,
 }
 
+/// Services one UDP socket remembers at a time ([`UdpSockState::peers`]). A socket that sends
+/// to more services than this forgets the one it sent to least recently: that service's next
+/// datagram is balanced anew, and replies from its old backend are no longer translated. Only
+/// the socket itself can cause that.
+pub const UDP_SOCK_PEERS: usize = 4;
+
+/// One service a UDP socket sent to (or connected to): the backend it was given, and what a
+/// reply from that backend is translated back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpPeer {
+    /// Service address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub service_addr: [u8; 16],
+    /// Backend address, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub backend_addr: [u8; 16],
+    /// Service port, network order.
+    pub service_port: u16,
+    /// Backend port, network order.
+    pub backend_port: u16,
+    /// [`ServiceValue::id`] of the frontend, host order.
+    pub service_id: u32,
+    /// The backend's id, host order.
+    pub backend_id: u32,
+    /// [`BackendValue::epoch`] of the backend when it was picked, host order.
+    pub backend_epoch: u16,
+    /// The slot index the backend was picked from, host order: a later datagram keeps the
+    /// backend only while the service's current generation still holds it at this index.
+    pub slot: u16,
+    /// [`UdpSockState::sends`] at this entry's last datagram, host order; 0: an empty entry.
+    pub last_send: u32,
+}
+
+/// The socket load balancer's state of one UDP socket, in the socket's own storage
+/// ([`map_names::SOCK_UDP`]): written by `connect()`/`sendmsg()`, read by `recvmsg()` and
+/// `getpeername()` (and by gannetd through `sock_diag` when a backend leaves a service).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpSockState {
+    pub peers: [UdpPeer; UDP_SOCK_PEERS],
+    /// Datagrams (and connects) translated for this socket, host order, never 0 once counted:
+    /// orders the entries by their last use.
+    pub sends: u32,
+    pub pad: u32,
+}
+
 /// `AffinityKey::kind`: the client is a network namespace (ClientIP affinity: at the socket
 /// layer every socket of a pod shares the pod's IP, and the netns cookie names the pod).
 pub const AFFINITY_NETNS: u32 = 1;
-/// `AffinityKey::kind`: the client is one UDP socket (per-socket backend stickiness).
+/// `AffinityKey::kind`: the client is one UDP socket (per-socket backend stickiness, as
+/// gannetd kept it before it moved into [`UdpSockState`]; no longer written).
 pub const AFFINITY_SOCKET: u32 = 2;
 
 #[repr(C)]
@@ -563,6 +618,8 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatKey {}
     unsafe impl aya::Pod for super::RevNatValue {}
     unsafe impl aya::Pod for super::SockRevNat {}
+    unsafe impl aya::Pod for super::UdpPeer {}
+    unsafe impl aya::Pod for super::UdpSockState {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::EndpointKey {}
@@ -586,6 +643,8 @@ const _: () = {
     assert!(core::mem::size_of::<RevNatKey>() == 32);
     assert!(core::mem::size_of::<RevNatValue>() == 24);
     assert!(core::mem::size_of::<SockRevNat>() == 36);
+    assert!(core::mem::size_of::<UdpPeer>() == 52);
+    assert!(core::mem::size_of::<UdpSockState>() == 52 * UDP_SOCK_PEERS + 8);
     assert!(core::mem::size_of::<AffinityKey>() == 16);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<EndpointKey>() == 16);

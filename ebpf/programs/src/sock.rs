@@ -39,22 +39,22 @@ const TCP_CLOSE: u32 = 7;
 
 #[cgroup_sock_addr(connect4)]
 fn gannet_connect4(ctx: SockAddrContext) -> i32 {
-    translate_destination(&ctx, Family::V4)
+    translate_destination(&ctx, Family::V4, Hook::Connect)
 }
 
 #[cgroup_sock_addr(connect6)]
 fn gannet_connect6(ctx: SockAddrContext) -> i32 {
-    translate_destination(&ctx, Family::V6)
+    translate_destination(&ctx, Family::V6, Hook::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 fn gannet_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate_destination(&ctx, Family::V4)
+    translate_destination(&ctx, Family::V4, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 fn gannet_sendmsg6(ctx: SockAddrContext) -> i32 {
-    translate_destination(&ctx, Family::V6)
+    translate_destination(&ctx, Family::V6, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -77,9 +77,16 @@ fn gannet_getpeer6(ctx: SockAddrContext) -> i32 {
     translate_peer(&ctx, Family::V6)
 }
 
+/// Which call a destination hook runs for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Connect,
+    Sendmsg,
+}
+
 /// connect/sendmsg: service frontend → backend.
 #[inline(always)]
-fn translate_destination(ctx: &SockAddrContext, family: Family) -> i32 {
+fn translate_destination(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     let proto = ctx::protocol(ctx);
     let stickiness = match proto {
         // A connect on a socket that is not closed (connecting, connected) fails in the kernel
@@ -87,7 +94,9 @@ fn translate_destination(ctx: &SockAddrContext, family: Family) -> i32 {
         // alone, so the socket storage keeps the translation of the connection it has.
         PROTO_TCP if ctx::state(ctx) != TCP_CLOSE => return ALLOW,
         PROTO_TCP => Stickiness::PerCall,
-        PROTO_UDP => Stickiness::PerSocket,
+        PROTO_UDP => Stickiness::PerSocket {
+            connect: hook == Hook::Connect,
+        },
         _ => return ALLOW,
     };
     let mut dst = ctx::read(ctx, family);

@@ -84,6 +84,9 @@ enum Mode {
         /// again.
         #[arg(long)]
         udp: bool,
+        /// With --udp: leave the socket unconnected (`sendto`/`recvfrom` to --to).
+        #[arg(long, requires = "udp")]
+        unconnected: bool,
     },
     /// COUNT ICMP/ICMPv6 echo requests through a raw socket (needs `CAP_NET_RAW`), one at a time,
     /// each waiting up to --timeout-ms for its reply.
@@ -215,10 +218,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print_json(&probe::udp_count(&client.options(timeout), count, udp))
         }
-        Mode::Hold { client, udp } => {
+        Mode::Hold {
+            client,
+            udp,
+            unconnected,
+        } => {
             let (opts, input, output) = (client.options(timeout), io::stdin().lock(), io::stdout());
             let report = if udp {
-                probe::hold_udp(&opts, input, output)?
+                probe::hold_udp(&opts, !unconnected, input, output)?
             } else {
                 probe::hold(&opts, input, output)?
             };

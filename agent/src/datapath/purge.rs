@@ -1,0 +1,240 @@
+//! The affinity purge, off gannetd's main loop.
+//!
+//! When a service loses backends, the affinity entries that pin clients to them are deleted
+//! (`GANNET_AFFINITY`, an LRU hash of up to `--max-affinity` entries). A BPF hash map cannot be
+//! searched by value: the purge reads every entry (one `BPF_MAP_GET_NEXT_KEY` and one lookup per
+//! entry), which at the default 65 536 entries takes long enough that a CNI registration arriving
+//! meanwhile would wait for it on the main loop. So the walk runs on a thread of its own, which
+//! holds its own handle to the map; the loop hands it the purge and waits at most
+//! [`PURGE_WAIT`] for it (a small map is done by then, so what a change returns reflects it), then
+//! goes on. Purges run one after the other, in the order they were handed over.
+//!
+//! A purge that finishes later leaves a window in which a client may still be sent to a backend
+//! its service no longer has, as before (the purge always ran after the switch). Backend ids
+//! cannot be followed to another backend meanwhile: an entry remembers the backend's epoch.
+
+use std::{
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, IterableMap as _, MapData};
+use gannet_common::{AffinityKey, AffinityValue, map_names};
+use tracing::{debug, warn};
+
+use super::{
+    delete_result,
+    reconcile::{AffinityPurge, MapOpError, purge_dooms},
+    write_err,
+};
+
+/// How long the main loop waits for a purge before it goes on.
+pub const PURGE_WAIT: Duration = Duration::from_millis(20);
+
+type Job = (
+    Arc<AffinityPurge>,
+    mpsc::SyncSender<Result<usize, MapOpError>>,
+);
+
+/// The thread that purges the affinity map.
+pub struct Purger {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Purger {
+    /// Starts the thread with its own handle to the map.
+    ///
+    /// # Errors
+    /// If the thread cannot be started.
+    pub fn spawn(mut map: HashMap<MapData, AffinityKey, AffinityValue>) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("gannet-purge".to_owned())
+            .spawn(move || {
+                for (purge, done) in queue {
+                    let started = Instant::now();
+                    let result = purge_map(&mut map, &purge);
+                    match &result {
+                        Ok(n) => debug!(
+                            entries = n,
+                            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "affinity purge walked the map"
+                        ),
+                        Err(e) => warn!(error = %e, "could not purge affinity entries"),
+                    }
+                    // The loop may have stopped waiting: nobody to tell then.
+                    let _ = done.send(result);
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Hands `purge` to the thread and waits up to `wait` for it: `Some` with its outcome if it
+    /// finished by then, `None` if it goes on in the background (or the thread is gone, which
+    /// is logged).
+    pub fn purge(
+        &self,
+        purge: Arc<AffinityPurge>,
+        wait: Duration,
+    ) -> Option<Result<usize, MapOpError>> {
+        let (done, outcome) = mpsc::sync_channel(1);
+        if self.jobs.send((purge, done)).is_err() {
+            warn!("the affinity purge thread is gone; affinity entries are not purged");
+            return None;
+        }
+        outcome.recv_timeout(wait).ok()
+    }
+}
+
+/// Walks `map` and deletes the entries `purge` dooms; returns how many.
+///
+/// # Errors
+/// The first deletion that failed for another reason than the entry being gone.
+pub fn purge_map(
+    map: &mut HashMap<MapData, AffinityKey, AffinityValue>,
+    purge: &AffinityPurge,
+) -> Result<usize, MapOpError> {
+    let victims: Vec<AffinityKey> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| purge_dooms(purge, k.service_id, v.backend_id))
+        .map(|(k, _)| k)
+        .collect();
+    for key in &victims {
+        delete_result(map_names::AFFINITY, map.remove(key))?;
+    }
+    Ok(victims.len())
+}
+
+/// A second handle to the map `map` is a handle of (for the purge thread).
+///
+/// # Errors
+/// If the map's id cannot be read or the map opened by it.
+pub fn reopen(
+    map: &HashMap<MapData, AffinityKey, AffinityValue>,
+) -> Result<HashMap<MapData, AffinityKey, AffinityValue>, MapOpError> {
+    let err = |e| write_err(map_names::AFFINITY, "open", 0, e);
+    let id = map.map().info().map_err(err)?.id();
+    let data = MapData::from_id(id).map_err(err)?;
+    HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use gannet_common::AFFINITY_NETNS;
+
+    use super::*;
+
+    /// `BPF_MAP_TYPE_LRU_HASH`, as `GANNET_AFFINITY` is.
+    const LRU_HASH: u32 = 9;
+
+    fn lru(capacity: u32) -> HashMap<MapData, AffinityKey, AffinityValue> {
+        let size = |n: usize| u32::try_from(n).expect("small");
+        let obj = aya_obj::Map::new_from_params(
+            LRU_HASH,
+            size(size_of::<AffinityKey>()),
+            size(size_of::<AffinityValue>()),
+            capacity,
+            0,
+        );
+        let data = MapData::create(obj, "test_affinity", None).expect("creating an LRU map");
+        HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("an LRU hash")
+    }
+
+    /// `n` clients of services 0..100, each pinned to backend `client % 7`.
+    fn fill(map: &mut HashMap<MapData, AffinityKey, AffinityValue>, n: u32) {
+        for client in 0..n {
+            let key = AffinityKey {
+                service_id: client % 100,
+                kind: AFFINITY_NETNS,
+                client: u64::from(client),
+            };
+            let value = AffinityValue {
+                backend_id: client % 7,
+                backend_epoch: 1,
+                pad: 0,
+                last_used_ns: 1,
+            };
+            map.insert(key, value, 0).expect("inserting");
+        }
+    }
+
+    /// Service 1 is deleted (all its entries go), service 2 lost backend 3.
+    fn sample_purge() -> Arc<AffinityPurge> {
+        Arc::new(AffinityPurge::from([
+            (1, None),
+            (2, Some(BTreeSet::from([3]))),
+        ]))
+    }
+
+    fn left(
+        map: &HashMap<MapData, AffinityKey, AffinityValue>,
+    ) -> Vec<(AffinityKey, AffinityValue)> {
+        map.iter().filter_map(Result::ok).collect()
+    }
+
+    #[test]
+    fn the_purge_thread_deletes_exactly_what_the_purge_dooms() {
+        let mut map = lru(16_384);
+        fill(&mut map, 4_000);
+        let before = left(&map);
+        let purger = Purger::spawn(reopen(&map).expect("a second handle")).expect("spawning");
+        let purged = purger
+            .purge(sample_purge(), Duration::from_secs(60))
+            .expect("the purge finishes within a minute")
+            .expect("the purge succeeds");
+        let after = left(&map);
+        let doomed = |k: &AffinityKey, v: &AffinityValue| {
+            k.service_id == 1 || (k.service_id == 2 && v.backend_id == 3)
+        };
+        let expected: Vec<_> = before.iter().filter(|(k, v)| !doomed(k, v)).collect();
+        assert_eq!(
+            purged,
+            before.len() - expected.len(),
+            "entries the purge reports deleted"
+        );
+        assert_eq!(after.len(), expected.len(), "entries left after the purge");
+        assert!(
+            after.iter().all(|(k, v)| !doomed(k, v)),
+            "a doomed entry is left"
+        );
+    }
+
+    /// What the purge of a full affinity map costs on the loop, inline (as before) and handed to
+    /// the thread. Run by hand: `cargo test -p gannet-agent --lib affinity_purge_cost --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement: run by hand with --ignored --nocapture"]
+    fn affinity_purge_cost() {
+        const ENTRIES: u32 = 65_536;
+        for round in 0..3 {
+            let mut map = lru(ENTRIES);
+            fill(&mut map, ENTRIES);
+            let held = left(&map).len();
+            let started = Instant::now();
+            let purged = purge_map(&mut map, &sample_purge()).expect("purging");
+            let inline = started.elapsed();
+
+            let mut map = lru(ENTRIES);
+            fill(&mut map, ENTRIES);
+            let purger = Purger::spawn(reopen(&map).expect("a second handle")).expect("spawning");
+            let started = Instant::now();
+            let outcome = purger.purge(sample_purge(), PURGE_WAIT);
+            let on_loop = started.elapsed();
+            println!(
+                "round {round}: {held} entries held, {purged} purged; inline walk {:.1} ms; \
+                 handed to the thread: the loop waited {:.1} ms ({})",
+                inline.as_secs_f64() * 1e3,
+                on_loop.as_secs_f64() * 1e3,
+                if outcome.is_some() {
+                    "finished within the wait"
+                } else {
+                    "still running"
+                }
+            );
+        }
+    }
+}
