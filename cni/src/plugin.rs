@@ -386,7 +386,22 @@ impl Plugin<'_> {
 
     fn agent_call(&self, body: RequestBody) -> Result<(), agent_api::AgentError> {
         match &self.conf.agent_socket {
-            None => Ok(()),
+            None => {
+                // Working alone is fine, unless a gannetd runs on this node: then the pod is never
+                // reported to it, so it never becomes an endpoint and gets no fast path.
+                if matches!(body, RequestBody::Register { .. })
+                    && let Some(socket) = unused_agent_socket(self.conf, Path::exists)
+                {
+                    warn!(
+                        socket = %socket.display(),
+                        "a gannetd runs on this node but the network configuration has no \
+                         agentSocket: this pod is not registered with it, so it will not become \
+                         an endpoint nor get the fast path (add \"agentSocket\"; `gannet-cni \
+                         install` writes it)"
+                    );
+                }
+                Ok(())
+            }
             Some(socket) => {
                 agent_api::call(socket, &Request::new(body), agent_api::DEFAULT_TIMEOUT).map(drop)
             }
@@ -899,5 +914,59 @@ impl Plugin<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+/// The socket of a gannetd on this node that a configuration without `agentSocket` leaves
+/// unused: `cni.sock` beside the subnet file gannetd writes (its state directory), or at
+/// gannetd's default place. `exists` is `Path::exists` outside tests.
+fn unused_agent_socket(
+    conf: &crate::config::NetConf,
+    exists: impl Fn(&Path) -> bool,
+) -> Option<std::path::PathBuf> {
+    if conf.agent_socket.is_some() {
+        return None;
+    }
+    let beside_subnet_file = conf
+        .subnet_file
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("cni.sock"));
+    beside_subnet_file
+        .into_iter()
+        .chain([std::path::PathBuf::from(agent_api::DEFAULT_SOCKET)])
+        .find(|socket| exists(socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: &str) -> crate::config::NetConf {
+        let text =
+            format!(r#"{{"cniVersion": "1.0.0", "name": "n", "type": "gannet-cni"{extra}}}"#);
+        crate::config::parse_config(text.as_bytes())
+            .expect("a valid configuration")
+            .0
+    }
+
+    #[test]
+    fn a_running_gannetd_left_out_of_the_configuration_is_found() {
+        let state = Path::new("/var/run/gannet-test");
+        let only = |wanted: &'static str| move |p: &Path| p == Path::new(wanted);
+        // Beside the subnet file gannetd writes, or at its default place.
+        let with_file = conf(r#", "subnetFile": "/var/run/gannet-test/subnet.env""#);
+        assert_eq!(
+            unused_agent_socket(&with_file, only("/var/run/gannet-test/cni.sock")),
+            Some(state.join("cni.sock"))
+        );
+        assert_eq!(
+            unused_agent_socket(&conf(""), only(agent_api::DEFAULT_SOCKET)),
+            Some(agent_api::DEFAULT_SOCKET.into())
+        );
+        // No gannetd, or the configuration names its socket: nothing to say.
+        assert_eq!(unused_agent_socket(&with_file, |_| false), None);
+        let named = conf(r#", "agentSocket": "/var/run/gannet-test/cni.sock""#);
+        assert_eq!(unused_agent_socket(&named, |_| true), None);
     }
 }
