@@ -245,10 +245,11 @@ fn an_agent_whose_link_is_unpinned_underneath_it_exits_non_zero_naming_it() {
 fn a_start_that_fails_after_loading_leaves_no_pins_behind() {
     let cgroup = Cgroup::new().expect("creating the test cgroup");
     let dirs = Leftovers::new();
-    // A registry gannetd cannot read: it fails after it has loaded and pinned the data plane.
+    // A registry gannetd cannot read (a directory where the file belongs; a corrupt file is
+    // rebuilt instead): it fails after it has loaded and pinned the data plane.
     std::fs::create_dir_all(&dirs.state_dir.0).expect("creating the state directory");
     let registry = dirs.state_dir.0.join("endpoints.json");
-    std::fs::write(&registry, "not json").expect("writing a broken registry");
+    std::fs::create_dir(&registry).expect("making the registry unreadable");
     let output = gannetd_that_must_exit(
         cgroup.path(),
         &dirs.bpf_root,
