@@ -124,8 +124,9 @@ impl Metrics {
         registry.register(
             "gannet_dataplane_apply_duration_seconds",
             "Time taken to program services into the data plane: kind=full (a whole desired \
-             state: the first sync from the control plane, a manifest scan) or incremental \
-             (changes from the watch)",
+             state: the first sync from the control plane, the first scan of the manifest \
+             directory or one that had to join it whole) or incremental (changes from the watch \
+             or from changed manifest files)",
             metrics.apply.clone(),
         );
         registry.register(
