@@ -530,8 +530,14 @@ impl Plugin<'_> {
         if let Err(e) = self.agent_call(RequestBody::Register { endpoint }) {
             let _ = network::teardown(&mut host, &self.conf.name, &attachment);
             self.release_addresses(&attachment);
+            // A refusal is the agent's answer to this request; anything else (no answer, a
+            // garbled one) may pass.
+            let code = match e {
+                agent_api::AgentError::Refused(_) => code::AGENT_REFUSED,
+                _ => code::TRY_AGAIN_LATER,
+            };
             return Err(CniError::new(
-                code::TRY_AGAIN_LATER,
+                code,
                 format!("registering the endpoint with the gannet agent: {e}"),
             ));
         }

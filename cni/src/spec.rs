@@ -103,6 +103,10 @@ pub mod code {
     /// gannet: a requested address (`CNI_ARGS` `IP=`, the `ips` capability) is allocated to
     /// another attachment.
     pub const ADDRESS_IN_USE: u32 = 102;
+    /// gannet: the gannet agent refused the endpoint (it named why: an address outside the
+    /// node's pod CIDRs or held by another live endpoint, a full map, ...): the same request
+    /// again will not do better, unlike an agent that does not answer (11).
+    pub const AGENT_REFUSED: u32 = 103;
     /// Any other failure (the code the reference plugins use).
     pub const INTERNAL: u32 = 999;
 }

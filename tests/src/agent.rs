@@ -415,7 +415,13 @@ impl Agent {
             .arg("--state-dir")
             .arg(&self.state_dir);
         // In the agent's namespace: the overlay's device, routes and nftables table are there.
-        let netns = self.netns.as_deref().map(Netns::open_path).transpose()?;
+        // When that namespace is already gone (a fixture that dropped it first), so is all of
+        // that: the pins are cleaned up from a throwaway namespace, never the test's own.
+        let netns = match self.netns.as_deref() {
+            Some(path) if !path.exists() => Some(Netns::new("cleanup")?),
+            Some(path) => Some(Netns::open_path(path)?),
+            None => None,
+        };
         let output = crate::run_in(cmd, netns.as_ref(), None, AGENT_TIMEOUT)
             .context("running gannetd cleanup")?;
         if !output.status.success() {

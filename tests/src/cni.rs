@@ -61,3 +61,25 @@ pub fn pod_ip(result: &Value) -> String {
     let cidr = result["ips"][0]["address"].as_str().expect("an address");
     cidr.split('/').next().unwrap_or(cidr).to_owned()
 }
+
+/// Sends one request line to gannetd's CNI socket and returns the answer (as gannet-cni does,
+/// for tests that speak the protocol themselves).
+///
+/// # Panics
+/// If the socket does not answer within 10 s or the answer is not JSON.
+#[must_use]
+pub fn ask_agent(socket: &std::path::Path, request: &Value) -> Value {
+    use std::io::BufRead as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut line = serde_json::to_vec(request).expect("json");
+    line.push(b'\n');
+    stream.write_all(&line).expect("sending");
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .expect("an answer");
+    serde_json::from_str(&answer).expect("a JSON answer")
+}

@@ -14,7 +14,7 @@ use gannet_testkit::{
     Cgroup, Netns,
     agent::Agent,
     bin_path,
-    cni::{cni, pod_ip},
+    cni::{ask_agent, cni, pod_ip},
     probe::{Report, ServeReport, SpoofReport, parse_json_output},
     run_in, spawn,
     tcx_counter::{self, TcxCounter},
@@ -320,23 +320,6 @@ fn programs_after_gannets_on_a_pod_veth_see_what_is_not_gannets_business() {
     }
     drop(agent);
     let _ = std::fs::remove_dir_all(&ipam_dir);
-}
-
-/// Sends one request line to gannetd's CNI socket and returns the answer.
-fn ask_agent(socket: &Path, request: &Value) -> Value {
-    use std::io::{BufRead as _, Write as _};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connecting");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut line = serde_json::to_vec(request).expect("json");
-    line.push(b'\n');
-    stream.write_all(&line).expect("sending");
-    let mut answer = String::new();
-    std::io::BufReader::new(stream)
-        .read_line(&mut answer)
-        .expect("an answer");
-    serde_json::from_str(&answer).expect("a JSON answer")
 }
 
 fn register_request(container: &str, ip: &str, host_if: &str, index: u64) -> Value {
