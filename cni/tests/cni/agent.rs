@@ -203,7 +203,7 @@ fn a_refused_registration_rolls_the_add_back() {
     let pod = Netns::new("pod").expect("pod");
     let att = Attach::new("refused", &pod);
     node.exec("gannet-cni", "ADD", Some(&att), &conf)
-        .expect_error(11, &["no room"], "refused registration");
+        .expect_error(103, &["no room"], "refused registration");
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
     assert!(
         node.allocations("gnet").is_empty(),
