@@ -82,12 +82,36 @@ impl Lab {
         let out = self.exec(node, script);
         assert!(
             out.status.success(),
-            "{node}: `{script}` failed ({}):\n{}{}",
+            "{node}: `{script}` failed ({}):\n{}{}{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            self.agent_logs()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The end of every node's gannetd log, for a failure's message (CI keeps no lab directory).
+    fn agent_logs(&self) -> String {
+        let mut text = String::new();
+        let Ok(nodes) = fs::read_dir(&self.dir) else {
+            return text;
+        };
+        let mut nodes: Vec<PathBuf> = nodes.flatten().map(|e| e.path()).collect();
+        nodes.sort();
+        for node in nodes {
+            let Ok(log) = fs::read_to_string(node.join("gannetd.log")) else {
+                continue;
+            };
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(25)..];
+            text.push_str(&format!(
+                "\n--- the end of {}/gannetd.log ---\n{}\n",
+                node.display(),
+                tail.join("\n")
+            ));
+        }
+        text
     }
 
     fn state(&self) -> serde_json::Value {

@@ -179,6 +179,37 @@ async fn apply_get_list_and_watch_resume_over_the_unix_socket() {
     assert_eq!(event.object.namespace(), "default");
 }
 
+/// A list of a control plane nothing was written to yet, then a write, then a watch from the
+/// list's revision: the watch sees the write. (The embedded store's first revision was 0, which a
+/// watch takes as "from now on": an agent listing the empty store missed the nodes registered
+/// before its watch opened.)
+#[tokio::test]
+async fn a_watch_after_the_list_of_a_fresh_store_misses_nothing() {
+    let (store, _dir) = embedded();
+    let plane = Plane::start(store, test_options()).await;
+    let mut client = plane.client().await;
+    let list = client.list(Kind::Service, None).await.expect("list");
+    assert!(list.items.is_empty());
+    assert_ne!(
+        list.revision, 0,
+        "a list names a revision a watch can resume after"
+    );
+    let applied = client.apply(&[object(WEB)], false).await.expect("apply");
+    let mut watch = client
+        .watch(Kind::Service, None, list.revision)
+        .await
+        .expect("watch");
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the write made before the watch opened is delivered")
+        .expect("event")
+        .expect("open");
+    assert_eq!(
+        (event.kind, event.object.name(), event.revision),
+        (EventType::Added, "web", applied.revision)
+    );
+}
+
 #[tokio::test]
 async fn stale_resource_version_is_refused_and_invalid_batches_apply_nothing() {
     let (store, _dir) = embedded();

@@ -19,6 +19,8 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 const COMPACTED: &str = "compacted";
+/// The revision of a store nothing was written to yet.
+const FIRST_REVISION: u64 = 1;
 /// A watcher catching up reads at most this many revisions at a time.
 const CATCH_UP_BATCH: u64 = 1000;
 
@@ -108,7 +110,13 @@ impl EmbeddedStore {
         {
             write.open_table(KV).map_err(storage)?;
             write.open_table(LOG).map_err(storage)?;
-            write.open_table(META).map_err(storage)?;
+            let mut meta = write.open_table(META).map_err(storage)?;
+            // Revisions start at 1, as etcd's do: a list of a fresh store then names a
+            // revision a watch can start after. Revision 0 asks a watch for "from now on",
+            // which would lose whatever was written between that list and the watch.
+            if meta_value(&meta, REVISION)? == 0 {
+                meta.insert(REVISION, FIRST_REVISION).map_err(storage)?;
+            }
         }
         write.commit().map_err(storage)?;
         let read = db.begin_read().map_err(storage)?;
