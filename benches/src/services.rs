@@ -41,7 +41,26 @@ pub const FIRST_NODE_PORT: u16 = 30_000;
 /// The manifest file gannetd reads.
 pub const MANIFEST_FILE: &str = "services.yaml";
 
-/// One `ClusterIP` service with one TCP port.
+/// The protocol of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// `tcp` or `udp`, as nftables, iptables and kube-proxy's chain names write it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// One `ClusterIP` service with one port (TCP unless said otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     /// Namespace.
@@ -52,6 +71,8 @@ pub struct Service {
     pub port_name: String,
     /// The cluster IP.
     pub cluster_ip: Ipv4Addr,
+    /// The service port's protocol.
+    pub protocol: Protocol,
     /// The service port.
     pub port: u16,
     /// The endpoints' addresses (all ready), in order.
@@ -105,6 +126,7 @@ pub fn bench_services(
                 name: format!("svc-{i:05}"),
                 port_name: PORT_NAME.to_owned(),
                 cluster_ip: offset(FIRST_CLUSTER_IP, i),
+                protocol: Protocol::Tcp,
                 port: SERVICE_PORT,
                 endpoints,
                 target_port: TARGET_PORT,
@@ -173,10 +195,11 @@ spec:
   clusterIPs: [\"{cluster_ip}\"]
   ports:
     - name: {port_name}
-      protocol: TCP
+      protocol: {protocol}
       port: {port}
       targetPort: {target_port}{node_port}
-"
+",
+        protocol = svc.protocol.name().to_uppercase()
     )
 }
 
@@ -210,10 +233,11 @@ metadata:
 addressType: IPv4
 ports:
   - name: {port_name}
-    protocol: TCP
+    protocol: {protocol}
     port: {target_port}
 endpoints:
-"
+",
+        protocol = svc.protocol.name().to_uppercase()
     );
     for address in &svc.endpoints {
         let _ = writeln!(

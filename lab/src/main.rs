@@ -1,6 +1,7 @@
 //! gannet-lab: qemu guests running gannet, joined by an L2 network inside a network namespace of
 //! the lab's own. See the README, "The VM lab".
 
+mod bench;
 mod channel;
 mod cluster;
 mod lab;
@@ -47,6 +48,11 @@ enum Cmd {
     /// Runs a command in a guest; its output and exit status are the command's (124 after
     /// --timeout, 128+N when signal N ended it).
     Exec(ExecArgs),
+    /// Measures pod networking on identical two-guest labs, one per variant (VM to VM directly,
+    /// a Flannel-style node, gannet's overlays): TCP stream, UDP at a fixed load, TCP
+    /// request/response over the paths of perf-tests' netperf; writes JSON, a markdown table and
+    /// charts.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +64,17 @@ struct UpArgs {
     /// `off` to only boot the guests without starting gannet.
     #[arg(long, default_value = "vxlan")]
     overlay: String,
+    #[command(flatten)]
+    guests: GuestArgs,
+    /// A process whose end leaves the lab behind, to be removed by the next `up` or `down`
+    /// (tests pass their own pid).
+    #[arg(long)]
+    owner_pid: Option<i32>,
+}
+
+/// How the guests are made (`up` and `bench`).
+#[derive(Debug, clap::Args)]
+struct GuestArgs {
     /// A built image (a directory with vmlinuz and initramfs.cpio). Default: vm-images/build
     /// makes one (or finds it in its cache) from the binaries next to gannet-lab.
     #[arg(long)]
@@ -74,10 +91,83 @@ struct UpArgs {
     /// How long the guests get to boot (seconds).
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
-    /// A process whose end leaves the lab behind, to be removed by the next `up` or `down`
-    /// (tests pass their own pid).
+}
+
+impl GuestArgs {
+    /// What is wrong with these flags, each problem naming its flag.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.memory < 256 {
+            problems.push(format!("--memory {}: at least 256 (MiB)", self.memory));
+        }
+        if self.cpus == 0 {
+            problems.push("--cpus 0: at least 1".to_owned());
+        }
+        if let Some(image) = &self.image {
+            for f in ["vmlinuz", "initramfs.cpio"] {
+                if !image.join(f).is_file() {
+                    problems.push(format!("--image {}: no {f} there", image.display()));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The options of `lab::up` for `nodes` guests; the image is built when none is given.
+    fn up_options(
+        &self,
+        nodes: usize,
+        owner: Option<lab::Owner>,
+    ) -> anyhow::Result<lab::UpOptions> {
+        let root = repo_root();
+        if let Ok(root) = &root {
+            run_script(&root.join("vm-images/setup"), &[])?;
+        }
+        let image = match &self.image {
+            Some(image) => image.canonicalize()?,
+            None => build_image(&root?)?,
+        };
+        Ok(lab::UpOptions {
+            nodes,
+            image,
+            accel: self.accel.resolve(),
+            memory_mib: self.memory,
+            cpus: self.cpus,
+            owner,
+            boot_timeout: Duration::from_secs(self.boot_timeout),
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// The variants, comma-separated, measured in this order: direct (VM to VM, the limit),
+    /// flannel, vxlan, host-gw, ebpf.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,flannel,vxlan,host-gw,ebpf"
+    )]
+    variants: Vec<String>,
+    /// Measurements of every path and metric per variant.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of one measurement, seconds.
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+    /// The offered UDP load, Mbit/s (below what VM to VM carries under TCG here, so that the
+    /// loss is the variant's).
+    #[arg(long, default_value_t = 50)]
+    udp_mbps: u32,
+    /// Seed of the measurement order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the report goes (lab-bench.json, lab-bench.md, lab-*.png; each variant's lab, its
+    /// consoles and logs, in labs/). Default: bench/ in the lab directory (--dir).
     #[arg(long)]
-    owner_pid: Option<i32>,
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    guests: GuestArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,7 +213,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Exec(args) => exec(&dir, &args),
+        Cmd::Bench(args) => bench_cmd(&dir, &args),
     }
+}
+
+fn bench_cmd(dir: &Path, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut problems = args.guests.problems();
+    let mut variants = Vec::new();
+    for name in &args.variants {
+        match bench::Variant::parse(name) {
+            Some(v) if variants.contains(&v) => {
+                problems.push(format!("--variants: {name} is given twice"));
+            }
+            Some(v) => variants.push(v),
+            None => problems.push(format!(
+                "--variants {name}: one of direct, flannel, vxlan, host-gw, ebpf"
+            )),
+        }
+    }
+    for (flag, value) in [
+        ("--rounds", args.rounds),
+        ("--seconds", args.seconds as usize),
+        ("--udp-mbps", args.udp_mbps as usize),
+    ] {
+        if value == 0 {
+            problems.push(format!("{flag} 0: at least 1"));
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("gannet-lab: {p}");
+        }
+        return Ok(ExitCode::from(EX_USAGE));
+    }
+    // The labs belong to this process: killed, they are removed by the next up or down.
+    let owner = lab::Owner::of(i32::try_from(std::process::id())?)?;
+    let options = bench::Options {
+        variants,
+        rounds: args.rounds,
+        settings: bench::Settings {
+            seconds: args.seconds,
+            udp_mbps: args.udp_mbps,
+        },
+        seed: args.seed,
+        out: args.out.clone().unwrap_or_else(|| dir.join("bench")),
+        up: args.guests.up_options(2, Some(owner))?,
+    };
+    let md = bench::run(&options)?;
+    eprintln!("gannet-lab bench: report in {}", md.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn up(dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
@@ -141,12 +279,7 @@ fn up(dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    if args.memory < 256 {
-        problems.push(format!("--memory {}: at least 256 (MiB)", args.memory));
-    }
-    if args.cpus == 0 {
-        problems.push("--cpus 0: at least 1".to_owned());
-    }
+    problems.extend(args.guests.problems());
     let owner = match args.owner_pid.map(lab::Owner::of).transpose() {
         Ok(owner) => owner,
         Err(error) => {
@@ -154,40 +287,13 @@ fn up(dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    if let Some(image) = &args.image {
-        for f in ["vmlinuz", "initramfs.cpio"] {
-            if !image.join(f).is_file() {
-                problems.push(format!("--image {}: no {f} there", image.display()));
-            }
-        }
-    }
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("gannet-lab: {p}");
         }
         return Ok(ExitCode::from(EX_USAGE));
     }
-    let root = repo_root();
-    if let Ok(root) = &root {
-        run_script(&root.join("vm-images/setup"), &[])?;
-    }
-    let image = match &args.image {
-        Some(image) => image.canonicalize()?,
-        None => build_image(&root?)?,
-    };
-    let accel = args.accel.resolve();
-    let state = lab::up(
-        dir,
-        &lab::UpOptions {
-            nodes: args.nodes,
-            image,
-            accel,
-            memory_mib: args.memory,
-            cpus: args.cpus,
-            owner,
-            boot_timeout: Duration::from_secs(args.boot_timeout),
-        },
-    )?;
+    let state = lab::up(dir, &args.guests.up_options(args.nodes, owner)?)?;
     if let Some(overlay) = overlay {
         let started = Instant::now();
         if let Err(error) = cluster::start(dir, state, &overlay) {

@@ -438,6 +438,32 @@ fn bad_flags_are_named_and_nothing_is_made() {
     let out = Command::new(LAB)
         .arg("--dir")
         .arg(&dir)
+        .args([
+            "bench",
+            "--variants",
+            "direct,calico,direct",
+            "--rounds",
+            "0",
+            "--udp-mbps",
+            "0",
+        ])
+        .output()
+        .expect("running gannet-lab bench");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "status of bad flags: {said}");
+    for flag in [
+        "--variants calico",
+        "direct is given twice",
+        "--rounds 0",
+        "--udp-mbps 0",
+    ] {
+        assert!(said.contains(flag), "the error names {flag}: {said}");
+    }
+    assert!(!dir.exists(), "a refused bench made {}", dir.display());
+
+    let out = Command::new(LAB)
+        .arg("--dir")
+        .arg(&dir)
         .args(["exec", "node1", "--", "true"])
         .output()
         .expect("running gannet-lab exec");

@@ -56,6 +56,7 @@ pub fn services(count: usize, endpoints: usize) -> anyhow::Result<Vec<Service>> 
             name: format!("svc-{i:05}"),
             port_name: PORT_NAME.to_owned(),
             cluster_ip: offset(FIRST_CLUSTER_IP, i),
+            protocol: crate::services::Protocol::Tcp,
             port: SERVICE_PORT,
             endpoints: (0..endpoints)
                 .map(|j| offset(FIRST_ENDPOINT, i * endpoints + j))

@@ -26,12 +26,15 @@ use crate::services::{CLUSTER_CIDR, Service};
 /// comments off the per-endpoint rules (`largeClusterEndpointsThreshold`).
 pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
-/// `KUBE-SVC-` and the first 16 characters of base32(SHA-256(`ns/name:port` + `tcp`)).
+/// `KUBE-SVC-` and the first 16 characters of base32(SHA-256(`ns/name:port` + `tcp`/`udp`)).
 #[must_use]
 pub fn service_chain(svc: &Service) -> String {
     format!(
         "KUBE-SVC-{}",
-        hash_prefix(&format!("{}tcp", svc.port_name_string()), 16)
+        hash_prefix(
+            &format!("{}{}", svc.port_name_string(), svc.protocol.name()),
+            16
+        )
     )
 }
 
@@ -41,18 +44,23 @@ pub fn service_chain(svc: &Service) -> String {
 pub fn external_chain(svc: &Service) -> String {
     format!(
         "KUBE-EXT-{}",
-        hash_prefix(&format!("{}tcp", svc.port_name_string()), 16)
+        hash_prefix(
+            &format!("{}{}", svc.port_name_string(), svc.protocol.name()),
+            16
+        )
     )
 }
 
-/// `KUBE-SEP-` and the first 16 characters of base32(SHA-256(`ns/name:port` + `tcp` + `ip:port`)).
+/// `KUBE-SEP-` and the first 16 characters of base32(SHA-256(`ns/name:port` + protocol +
+/// `ip:port`)).
 fn endpoint_chain(svc: &Service, endpoint: std::net::Ipv4Addr) -> String {
     format!(
         "KUBE-SEP-{}",
         hash_prefix(
             &format!(
-                "{}tcp{endpoint}:{}",
+                "{}{}{endpoint}:{}",
                 svc.port_name_string(),
+                svc.protocol.name(),
                 svc.target_port
             ),
             16
@@ -128,9 +136,10 @@ COMMIT
     );
     // KUBE-SERVICES in service order: the last service is matched last.
     for svc in services {
+        let p = svc.protocol.name();
         let _ = writeln!(
             out,
-            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/32 --dport {} -j {}",
+            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m {p} -p {p} -d {}/32 --dport {} -j {}",
             svc.port_name_string(),
             svc.cluster_ip,
             svc.port,
@@ -143,9 +152,10 @@ COMMIT
     // KUBE-NODEPORTS in service order, one rule per node port: the last service is matched last.
     for svc in services {
         if let Some(node_port) = svc.node_port {
+            let p = svc.protocol.name();
             let _ = writeln!(
                 out,
-                "-A KUBE-NODEPORTS -m comment --comment {} -m tcp -p tcp --dport {node_port} -j {}",
+                "-A KUBE-NODEPORTS -m comment --comment {} -m {p} -p {p} --dport {node_port} -j {}",
                 svc.port_name_string(),
                 external_chain(svc)
             );
@@ -154,6 +164,7 @@ COMMIT
     for svc in services {
         let name = svc.port_name_string();
         let chain = service_chain(svc);
+        let p = svc.protocol.name();
         if svc.node_port.is_some() {
             // externalTrafficPolicy: Cluster: masquerade (the endpoint may be on another node),
             // then the service's endpoints.
@@ -165,7 +176,7 @@ COMMIT
         }
         let _ = writeln!(
             out,
-            "-A {chain} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {}/32 --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
+            "-A {chain} -m comment --comment \"{name} cluster IP\" -m {p} -p {p} -d {}/32 --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
             svc.cluster_ip, svc.port
         );
         let n = svc.endpoints.len();
@@ -201,7 +212,7 @@ COMMIT
             };
             let _ = write!(
                 out,
-                "-A {sep} {comment}-s {ep}/32 -j KUBE-MARK-MASQ\n-A {sep} {comment}-m tcp -p tcp -j DNAT --to-destination {ep}:{}\n",
+                "-A {sep} {comment}-s {ep}/32 -j KUBE-MARK-MASQ\n-A {sep} {comment}-m {p} -p {p} -j DNAT --to-destination {ep}:{}\n",
                 svc.target_port
             );
         }
@@ -361,6 +372,7 @@ mod tests {
             name: "svc1".into(),
             port_name: "p80".into(),
             cluster_ip: Ipv4Addr::new(172, 30, 0, 41),
+            protocol: crate::services::Protocol::Tcp,
             port: 80,
             endpoints: vec![Ipv4Addr::new(10, 180, 0, 1)],
             target_port: 80,

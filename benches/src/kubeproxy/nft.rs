@@ -26,15 +26,25 @@ pub const TABLE: &str = "kube-proxy";
 
 /// `HASH-namespace/name/tcp/port`, the suffix of a service's chain.
 fn service_chain_base(svc: &Service) -> String {
-    let name = format!("{}/{}/tcp/{}", svc.namespace, svc.name, svc.port_name);
+    let name = format!(
+        "{}/{}/{}/{}",
+        svc.namespace,
+        svc.name,
+        svc.protocol.name(),
+        svc.port_name
+    );
     format!("{}-{name}", hash_prefix(&name, 8))
 }
 
 /// `HASH-namespace/name/tcp/port__ip/port`, the suffix of an endpoint's chain.
 fn endpoint_chain_base(svc: &Service, endpoint: std::net::Ipv4Addr) -> String {
     let name = format!(
-        "{}/{}/tcp/{}__{endpoint}/{}",
-        svc.namespace, svc.name, svc.port_name, svc.target_port
+        "{}/{}/{}/{}__{endpoint}/{}",
+        svc.namespace,
+        svc.name,
+        svc.protocol.name(),
+        svc.port_name,
+        svc.target_port
     );
     format!("{}-{name}", hash_prefix(&name, 8))
 }
@@ -125,6 +135,7 @@ add element {t} nodeport-ips {{ {node_ip} }}
     for svc in services {
         let chain = service_chain(svc);
         let vip = svc.cluster_ip;
+        let proto = svc.protocol.name();
         let endpoints: Vec<String> = svc
             .endpoints
             .iter()
@@ -165,19 +176,19 @@ add element {t} nodeport-ips {{ {node_ip} }}
         for (ep_chain, ep) in endpoints.iter().zip(&svc.endpoints) {
             let _ = write!(
                 out,
-                "add rule {t} {ep_chain} ip saddr {ep} jump mark-for-masquerade\nadd rule {t} {ep_chain} meta l4proto tcp dnat to {ep}:{}\n",
+                "add rule {t} {ep_chain} ip saddr {ep} jump mark-for-masquerade\nadd rule {t} {ep_chain} meta l4proto {proto} dnat to {ep}:{}\n",
                 svc.target_port
             );
         }
         let _ = write!(
             out,
-            "add element {t} cluster-ips {{ {vip} }}\nadd element {t} service-ips {{ {vip} . tcp . {} : goto {chain} }}\n",
+            "add element {t} cluster-ips {{ {vip} }}\nadd element {t} service-ips {{ {vip} . {proto} . {} : goto {chain} }}\n",
             svc.port
         );
         if let (Some(external), Some(node_port)) = (&external, svc.node_port) {
             let _ = writeln!(
                 out,
-                "add element {t} service-nodeports {{ tcp . {node_port} : goto {external} }}"
+                "add element {t} service-nodeports {{ {proto} . {node_port} : goto {external} }}"
             );
         }
     }
@@ -306,6 +317,7 @@ mod tests {
             name: "svc1".into(),
             port_name: "p80".into(),
             cluster_ip: Ipv4Addr::new(172, 30, 0, 41),
+            protocol: crate::services::Protocol::Tcp,
             port: 80,
             endpoints: vec![Ipv4Addr::new(10, 180, 0, 1)],
             target_port: 80,
