@@ -1,10 +1,10 @@
 //! `gannet-lab bench`: the paths of kubernetes/perf-tests' netperf on identical two-guest labs,
 //! one lab per variant: VM to VM directly (the limit), a Flannel-style node (flannel's vxlan
 //! backend, the reference bridge plugin, kube-proxy's nftables rules), and gannet with each of
-//! its overlays. Each variant boots a fresh lab, sets up its pods and services
-//! ([`setup`]), measures every path and metric in a random order per round ([`measure`]), notes
-//! the memory of gannet's processes, and brings the lab down; the report ([`report`]) gives
-//! medians and ratios to the direct variant of the same run.
+//! its overlays. Every variant gets a fresh lab of its own, all of them up at once, with its pods
+//! and services ([`setup`]); then rounds, each measuring every variant's paths and metrics in a
+//! random order ([`measure`]); then the memory of gannet's processes, and the labs come down. The
+//! report ([`report`]) gives medians and ratios to the direct variant of the same run.
 
 mod measure;
 mod report;
@@ -175,92 +175,136 @@ pub(crate) struct VariantResult {
     pub(crate) setup_seconds: f64,
 }
 
-/// Runs every variant in turn and writes the report; returns the report's markdown file.
+/// Boots every variant's lab, then measures in rounds (each round visits the variants in a
+/// random order, and each variant's paths and metrics in a random order), so that a change in the
+/// host's load meanwhile touches every variant alike; writes the report and returns its markdown
+/// file. The labs are brought down at the end, also when something fails.
 pub(crate) fn run(options: &Options) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
     let mut rng = Rng::new(options.seed);
-    let mut results = Vec::new();
+    let mut labs = Vec::new();
     for &variant in &options.variants {
-        eprintln!("gannet-lab bench: {}", variant.name());
-        let result = run_variant(variant, options, &mut rng)
-            .with_context(|| format!("variant {}", variant.name()))?;
-        results.push(result);
+        eprintln!("gannet-lab bench: setting up {}", variant.name());
+        let lab = VariantLab::up(variant, options)
+            .with_context(|| format!("setting up variant {}", variant.name()))?;
+        eprintln!("  set up in {:.0} s", lab.result.setup_seconds);
+        labs.push(lab);
+    }
+    for round in 0..options.rounds {
+        let mut order: Vec<usize> = (0..labs.len()).collect();
+        rng.shuffle(&mut order);
+        for index in order {
+            let lab = &mut labs[index];
+            lab.round(round, options.settings, &mut rng)
+                .with_context(|| format!("variant {}", lab.result.variant.name()))?;
+        }
+    }
+    let mut results = Vec::new();
+    for lab in labs {
+        results.push(lab.finish()?);
     }
     report::write(&options.out, options, &results)
 }
 
-/// Brings a lab down when dropped (also when a measurement fails).
-struct LabGuard<'a>(&'a FsPath);
+/// A variant's lab, set up and ready to measure; brought down when dropped.
+struct VariantLab {
+    dir: PathBuf,
+    nodes: Vec<NodeState>,
+    workload: setup::Workload,
+    result: VariantResult,
+}
 
-impl Drop for LabGuard<'_> {
+impl Drop for VariantLab {
     fn drop(&mut self) {
-        if let Err(error) = lab::down(self.0) {
+        if let Err(error) = lab::down(&self.dir) {
             eprintln!("gannet-lab bench: bringing the lab down: {error:#}");
         }
     }
 }
 
-fn run_variant(
-    variant: Variant,
-    options: &Options,
-    rng: &mut Rng,
-) -> anyhow::Result<VariantResult> {
-    let dir = options.out.join("labs").join(variant.name());
-    let started = Instant::now();
-    let state = lab::up(&dir, &options.up)?;
-    let _guard = LabGuard(&dir);
-    let state = match variant.overlay() {
-        Some(overlay) => {
-            crate::cluster::start(&dir, state, overlay)?;
-            lab::load(&dir)?
+/// Brings a lab down when dropped, until disarmed (a failed set-up).
+struct LabGuard<'a>(Option<&'a FsPath>);
+
+impl Drop for LabGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0
+            && let Err(error) = lab::down(dir)
+        {
+            eprintln!("gannet-lab bench: bringing the lab down: {error:#}");
         }
-        None => state,
-    };
-    let nodes = &state.nodes;
-    let workload = setup::workload(variant, nodes)?;
-    let setup_seconds = started.elapsed().as_secs_f64();
-    eprintln!("  set up in {setup_seconds:.0} s");
-    let mut samples: BTreeMap<Path, BTreeMap<Metric, Vec<Measurement>>> = BTreeMap::new();
-    for round in 0..options.rounds {
-        let mut plan: Vec<(Path, Metric)> = workload
+    }
+}
+
+impl VariantLab {
+    fn up(variant: Variant, options: &Options) -> anyhow::Result<VariantLab> {
+        let dir = options.out.join("labs").join(variant.name());
+        let started = Instant::now();
+        let state = lab::up(&dir, &options.up)?;
+        let mut guard = LabGuard(Some(&dir));
+        let state = match variant.overlay() {
+            Some(overlay) => {
+                crate::cluster::start(&dir, state, overlay)?;
+                lab::load(&dir)?
+            }
+            None => state,
+        };
+        let workload = setup::workload(variant, &state.nodes)?;
+        guard.0 = None;
+        Ok(VariantLab {
+            dir: dir.clone(),
+            nodes: state.nodes,
+            workload,
+            result: VariantResult {
+                variant,
+                samples: BTreeMap::new(),
+                gannet_rss_mib: BTreeMap::new(),
+                setup_seconds: started.elapsed().as_secs_f64(),
+            },
+        })
+    }
+
+    /// Measures every path and metric once, in a random order.
+    fn round(&mut self, round: usize, settings: Settings, rng: &mut Rng) -> anyhow::Result<()> {
+        let mut plan: Vec<(Path, Metric)> = self
+            .workload
             .targets
             .keys()
             .flat_map(|&path| Metric::ALL.map(|metric| (path, metric)))
             .collect();
         rng.shuffle(&mut plan);
         for (path, metric) in plan {
-            let m = measure::measure(nodes, &workload, path, metric, options.settings)
+            let m = measure::measure(&self.nodes, &self.workload, path, metric, settings)
                 .with_context(|| {
                     format!("round {}: {} {}", round + 1, path.describe(), metric.name())
                 })?;
             eprintln!(
-                "  round {}: {:<30} {:<6} {:>12.3} {}",
+                "  round {} {:<8} {:<30} {:<6} {:>12.3} {}",
                 round + 1,
+                self.result.variant.name(),
                 path.describe(),
                 metric.name(),
                 m.value,
                 metric.unit()
             );
-            samples
+            self.result
+                .samples
                 .entry(path)
                 .or_default()
                 .entry(metric)
                 .or_default()
                 .push(m);
         }
+        Ok(())
     }
-    let gannet_rss_mib = if variant.overlay().is_some() {
-        gannet_rss(nodes)?
-    } else {
-        BTreeMap::new()
-    };
-    Ok(VariantResult {
-        variant,
-        samples,
-        gannet_rss_mib,
-        setup_seconds,
-    })
+
+    /// The result, with the memory of gannet's processes now that they have carried the traffic.
+    fn finish(mut self) -> anyhow::Result<VariantResult> {
+        if self.result.variant.overlay().is_some() {
+            self.result.gannet_rss_mib = gannet_rss(&self.nodes)?;
+        }
+        Ok(self.result.clone())
+    }
 }
 
 /// The resident memory of gannetd and gannet-control on each node, MiB.
