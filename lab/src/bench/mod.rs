@@ -173,7 +173,13 @@ pub(crate) struct VariantResult {
     pub(crate) gannet_rss_mib: BTreeMap<String, f64>,
     /// How long booting the lab and setting up the workload took, seconds.
     pub(crate) setup_seconds: f64,
+    /// Measurements that failed (each is tried [`ATTEMPTS`] times before it is left out).
+    pub(crate) failures: Vec<String>,
 }
+
+/// How often a measurement is tried: a TCG guest on a loaded host can stall for longer than the
+/// peer's 2 s socket timeout.
+const ATTEMPTS: usize = 3;
 
 /// Boots every variant's lab, then measures in rounds (each round visits the variants in a
 /// random order, and each variant's paths and metrics in a random order), so that a change in the
@@ -196,8 +202,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<PathBuf> {
         rng.shuffle(&mut order);
         for index in order {
             let lab = &mut labs[index];
-            lab.round(round, options.settings, &mut rng)
-                .with_context(|| format!("variant {}", lab.result.variant.name()))?;
+            lab.round(round, options.settings, &mut rng);
         }
     }
     let mut results = Vec::new();
@@ -260,12 +265,14 @@ impl VariantLab {
                 samples: BTreeMap::new(),
                 gannet_rss_mib: BTreeMap::new(),
                 setup_seconds: started.elapsed().as_secs_f64(),
+                failures: Vec::new(),
             },
         })
     }
 
-    /// Measures every path and metric once, in a random order.
-    fn round(&mut self, round: usize, settings: Settings, rng: &mut Rng) -> anyhow::Result<()> {
+    /// Measures every path and metric once, in a random order; a measurement that fails is tried
+    /// again, and left out (noted in the result's failures) after [`ATTEMPTS`].
+    fn round(&mut self, round: usize, settings: Settings, rng: &mut Rng) {
         let mut plan: Vec<(Path, Metric)> = self
             .workload
             .targets
@@ -274,10 +281,26 @@ impl VariantLab {
             .collect();
         rng.shuffle(&mut plan);
         for (path, metric) in plan {
-            let m = measure::measure(&self.nodes, &self.workload, path, metric, settings)
-                .with_context(|| {
-                    format!("round {}: {} {}", round + 1, path.describe(), metric.name())
-                })?;
+            let mut measured = None;
+            for attempt in 1..=ATTEMPTS {
+                match measure::measure(&self.nodes, &self.workload, path, metric, settings) {
+                    Ok(m) => {
+                        measured = Some(m);
+                        break;
+                    }
+                    Err(error) => {
+                        let failure = format!(
+                            "round {}, {}, {}, attempt {attempt} of {ATTEMPTS}: {error:#}",
+                            round + 1,
+                            path.describe(),
+                            metric.name()
+                        );
+                        eprintln!("  {}: {failure}", self.result.variant.name());
+                        self.result.failures.push(failure);
+                    }
+                }
+            }
+            let Some(m) = measured else { continue };
             eprintln!(
                 "  round {} {:<8} {:<30} {:<6} {:>12.3} {}",
                 round + 1,
@@ -295,7 +318,6 @@ impl VariantLab {
                 .or_default()
                 .push(m);
         }
-        Ok(())
     }
 
     /// The result, with the memory of gannet's processes now that they have carried the traffic.

@@ -306,6 +306,25 @@ fn markdown(
             .collect();
         let _ = writeln!(out, "- {}: {}", r.variant.name(), per_node.join(", "));
     }
+    let failures: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            r.failures
+                .iter()
+                .map(|f| format!("{}: {f}", r.variant.name()))
+        })
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nFailed attempts ({}; a measurement is tried up to 3 times):",
+            failures.len()
+        );
+        for f in &failures {
+            let first = f.lines().next().unwrap_or_default();
+            let _ = writeln!(out, "- {first}");
+        }
+    }
     if !verdicts.is_empty() {
         out.push_str("\nGoals:\n");
         for v in verdicts {
@@ -427,6 +446,7 @@ mod tests {
             samples: BTreeMap::from([(path, by_metric)]),
             gannet_rss_mib: BTreeMap::new(),
             setup_seconds: 1.0,
+            failures: Vec::new(),
         }
     }
 
