@@ -334,13 +334,19 @@ fn gannet_rss(nodes: &[NodeState]) -> anyhow::Result<BTreeMap<String, f64>> {
     let mut rss = BTreeMap::new();
     for node in nodes {
         let out = node.sh(
-            "for p in $(pidof gannetd gannet-control); do sed -n 's/^VmRSS: *\\([0-9]*\\) kB/\\1/p' /proc/$p/status; done",
+            "for p in $(pidof gannetd gannet-control); do awk '/^VmRSS:/ {print $2}' /proc/$p/status; done",
             Duration::from_secs(30),
         )?;
-        let kib: u64 = out
+        let kib: Vec<u64> = out
             .lines()
             .filter_map(|l| l.trim().parse::<u64>().ok())
-            .sum();
+            .collect();
+        anyhow::ensure!(
+            !kib.is_empty(),
+            "{}: no gannetd or gannet-control found to measure: {out:?}",
+            node.name
+        );
+        let kib: u64 = kib.iter().sum();
         #[expect(clippy::cast_precision_loss, reason = "memory sizes far below 2^52")]
         rss.insert(node.name.clone(), kib as f64 / 1024.0);
     }
