@@ -13,18 +13,37 @@ use serde_json::Value;
 /// the map's own layout (host order for integers, network order where the map says so).
 pub type MapEntry = (Vec<u8>, Vec<u8>);
 
-/// Every entry of the map pinned at `pin` (`bpftool -j map dump pinned PIN`).
+/// Every entry of the map pinned at `pin` (`bpftool -j map dump pinned PIN`); not for per-CPU
+/// maps (see [`map_keys`]).
 ///
 /// # Panics
 /// If bpftool fails or prints something else than a list of entries with byte arrays.
 #[must_use]
 pub fn map_dump(pin: &Path) -> Vec<MapEntry> {
-    let entries = run_json(&["-j", "map", "dump", "pinned"], pin);
-    entries
-        .as_array()
-        .unwrap_or_else(|| panic!("bpftool map dump {}: not a list: {entries}", pin.display()))
+    dump_entries(pin)
         .iter()
         .map(|e| (bytes(&e["key"], pin), bytes(&e["value"], pin)))
+        .collect()
+}
+
+/// The entries of `bpftool -j map dump pinned PIN`, as JSON objects.
+fn dump_entries(pin: &Path) -> Vec<Value> {
+    match run_json(&["-j", "map", "dump", "pinned"], pin) {
+        Value::Array(entries) => entries,
+        other => panic!("bpftool map dump {}: not a list: {other}", pin.display()),
+    }
+}
+
+/// The keys of the map pinned at `pin`, also of a per-CPU map (whose dump has `values`, one per
+/// CPU, where other maps have `value`).
+///
+/// # Panics
+/// If bpftool fails or prints something else than a list of entries with byte arrays.
+#[must_use]
+pub fn map_keys(pin: &Path) -> Vec<Vec<u8>> {
+    dump_entries(pin)
+        .iter()
+        .map(|e| bytes(&e["key"], pin))
         .collect()
 }
 

@@ -586,7 +586,7 @@ fn repairs_drift(c: &Cluster) {
 /// Entries in a node's eBPF node map (`--overlay ebpf`), read with bpftool from its pin.
 fn node_map_entries(c: &Cluster, node: usize) -> usize {
     let pin = c.nodes[node].agent.bpf_root().join("maps/GANNET_NODES");
-    bpftool::map_dump(&pin).len()
+    bpftool::map_keys(&pin).len()
 }
 
 /// node-2 leaves while node-0's gannetd is down: node-1 removes its entries at once, node-0 when

@@ -58,9 +58,9 @@ fn pinned_links(agent: &Agent) -> Vec<String> {
 
 /// The keys (host ifindexes) of the endpoint counters map, read with bpftool.
 fn counter_keys(agent: &Agent) -> Vec<u64> {
-    let mut keys: Vec<u64> = bpftool::map_dump(&agent.bpf_root().join("maps/GANNET_EP_STATS"))
+    let mut keys: Vec<u64> = bpftool::map_keys(&agent.bpf_root().join("maps/GANNET_EP_STATS"))
         .into_iter()
-        .map(|(key, _)| u64::from(u32::from_ne_bytes(key[..4].try_into().expect("4 bytes"))))
+        .map(|key| u64::from(u32::from_ne_bytes(key[..4].try_into().expect("4 bytes"))))
         .collect();
     keys.sort_unstable();
     keys
