@@ -20,23 +20,27 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
-        tc::TcAttachOptions,
-    },
+    programs::{SchedClassifier, TcAttachType},
 };
 use gannet_common::{
     EndpointDrops, EndpointKey, EndpointStats, EndpointValue, map_names, v4_mapped,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{
     DataPathError, ensure_bpffs, io_err,
     nodeport::{self, ExternalMaps, NodePortMaps},
 };
 use crate::sys;
+
+mod external;
+mod links;
+mod tunnel;
+
+pub(super) use self::links::pinned_loader;
+use self::links::{attach_pinned, host_veth, program, take, xdp_program};
 
 /// The pod programs' object, built by build.rs.
 pub(super) static POD_OBJECT: &[u8] =
@@ -189,142 +193,6 @@ impl PodFastPath {
         this.adopt()?;
         this.adopt_nodeport()?;
         Ok(this)
-    }
-
-    /// The Maglev tables, for the reconciler; `None` once taken.
-    pub fn take_external(&mut self) -> Option<ExternalMaps> {
-        self.maglev.take()
-    }
-
-    /// Switches the pinned NodePort links to the freshly loaded program; links of interfaces
-    /// that are gone are removed.
-    fn adopt_nodeport(&mut self) -> Result<(), DataPathError> {
-        let dir = nodeport::links_dir(&self.bpf_root);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        for (ifname, pin) in nodeport::attached(&self.bpf_root) {
-            let Ok((ifindex, _)) = sys::link_info(&ifname) else {
-                fs::remove_file(&pin).map_err(io_err(&pin))?;
-                continue;
-            };
-            if !nodeport::pinned_on(&pin, ifindex)? {
-                // The interface was recreated: `attach_nodeport` attaches to the new one.
-                fs::remove_file(&pin).map_err(io_err(&pin))?;
-                continue;
-            }
-            self.relink(&pin, nodeport::PROGRAM)?;
-        }
-        let dir = nodeport::xdp_links_dir(&self.bpf_root);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        for (ifname, pin) in nodeport::attached_xdp(&self.bpf_root) {
-            let Ok((ifindex, _)) = sys::link_info(&ifname) else {
-                fs::remove_file(&pin).map_err(io_err(&pin))?;
-                continue;
-            };
-            if !nodeport::pinned_xdp_on(&pin, ifindex)? {
-                fs::remove_file(&pin).map_err(io_err(&pin))?;
-                continue;
-            }
-            let name = nodeport::XDP_PROGRAM;
-            let link_err = |what| move |source| DataPathError::Link { name, what, source };
-            let link = sys::obj_get(&pin).map_err(link_err("opening a pinned link"))?;
-            let prog_fd = xdp_program(&mut self.ebpf)?
-                .fd()
-                .map_err(|source| DataPathError::Program { name, source })?;
-            sys::link_update(link.as_fd(), prog_fd.as_fd())
-                .map_err(link_err("replacing the program of a pinned link"))?;
-        }
-        Ok(())
-    }
-
-    /// Attaches `gannet_nodeport_xdp` to `ifname` in native (driver) mode, in front of the tc
-    /// program. Returns `false`, attaching nothing, when the driver has no native XDP.
-    pub fn attach_nodeport_xdp(&mut self, ifname: &str) -> Result<bool, DataPathError> {
-        let (ifindex, _) = sys::link_info(ifname).map_err(|source| DataPathError::Io {
-            path: PathBuf::from(format!("interface {ifname}")),
-            source,
-        })?;
-        let pin = nodeport::xdp_pin_path(&self.bpf_root, ifname);
-        if pin.exists() {
-            if nodeport::pinned_xdp_on(&pin, ifindex)? {
-                return Ok(true);
-            }
-            fs::remove_file(&pin).map_err(io_err(&pin))?;
-        }
-        let name = nodeport::XDP_PROGRAM;
-        let prog = xdp_program(&mut self.ebpf)?;
-        let id = match prog.attach(ifname, XdpMode::Driver) {
-            Ok(id) => id,
-            Err(error) => {
-                debug!(interface = ifname, %error, "native XDP refused");
-                return Ok(false);
-            }
-        };
-        let err = |source| DataPathError::Program { name, source };
-        let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
-            |e: aya::programs::links::LinkError| DataPathError::Link {
-                name,
-                what: "taking the XDP link",
-                source: io::Error::other(e),
-            },
-        )?;
-        link.pin(&pin).map_err(|e| DataPathError::Link {
-            name,
-            what: "pinning the XDP link",
-            source: io::Error::other(e),
-        })?;
-        info!(
-            interface = ifname,
-            ifindex, "NodePort XDP program attached (native)"
-        );
-        Ok(true)
-    }
-
-    /// The `gannet_nodeport_xdp` program, for packet tests (`BPF_PROG_TEST_RUN`).
-    pub fn nodeport_xdp_program(&mut self) -> Result<&mut Xdp, DataPathError> {
-        xdp_program(&mut self.ebpf)
-    }
-
-    fn relink(&mut self, pin: &Path, name: &'static str) -> Result<(), DataPathError> {
-        let link_err = |what| move |source| DataPathError::Link { name, what, source };
-        let link = sys::obj_get(pin).map_err(link_err("opening a pinned link"))?;
-        let prog = program(&mut self.ebpf, name)?;
-        let prog_fd = prog
-            .fd()
-            .map_err(|source| DataPathError::Program { name, source })?;
-        sys::link_update(link.as_fd(), prog_fd.as_fd())
-            .map_err(link_err("replacing the program of a pinned link"))
-    }
-
-    /// Attaches `gannet_nodeport` to `ifname` (tcx ingress, before the programs already there,
-    /// so it sees replies on the overlay device before `gannet_from_tunnel`). Attaching again
-    /// to the same interface changes nothing.
-    pub fn attach_nodeport(&mut self, ifname: &str) -> Result<(), DataPathError> {
-        let (ifindex, _) = sys::link_info(ifname).map_err(|source| DataPathError::Io {
-            path: PathBuf::from(format!("interface {ifname}")),
-            source,
-        })?;
-        let pin = nodeport::pin_path(&self.bpf_root, ifname);
-        if pin.exists() {
-            if nodeport::pinned_on(&pin, ifindex)? {
-                return Ok(());
-            }
-            fs::remove_file(&pin).map_err(io_err(&pin))?;
-        }
-        attach_pinned_at(
-            &mut self.ebpf,
-            nodeport::PROGRAM,
-            ifname,
-            TcAttachType::Ingress,
-            &pin,
-            LinkOrder::first(),
-        )?;
-        info!(interface = ifname, ifindex, "NodePort program attached");
-        Ok(())
-    }
-
-    /// The `gannet_nodeport` program, for packet tests (`BPF_PROG_TEST_RUN`).
-    pub fn nodeport_program(&mut self) -> Result<&mut SchedClassifier, DataPathError> {
-        program(&mut self.ebpf, nodeport::PROGRAM)
     }
 
     /// Switches pinned links to the freshly loaded programs; forgets vanished interfaces.
@@ -577,174 +445,11 @@ impl PodFastPath {
         out
     }
 
-    /// Attaches the overlay's programs to the VXLAN device `ifname` (tcx ingress and egress).
-    /// A link pinned by a previous gannetd on the same device is switched to the newly loaded
-    /// program without a gap; one on another device (the device was recreated) is replaced.
-    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataPathError> {
-        let (ifindex, _) = sys::link_info(ifname).map_err(|source| DataPathError::Io {
-            path: PathBuf::from(format!("interface {ifname}")),
-            source,
-        })?;
-        let mut adopted = 0;
-        for (name, attach_type, pin) in [
-            (FROM_TUNNEL, TcAttachType::Ingress, TUNNEL_FROM),
-            (TO_TUNNEL, TcAttachType::Egress, TUNNEL_TO),
-        ] {
-            let pin = self.tunnel_links_dir.join(pin);
-            if pin.exists() {
-                let link_err = |what| move |source| DataPathError::Link { name, what, source };
-                let link =
-                    sys::obj_get(&pin).map_err(link_err("opening the pinned tunnel link"))?;
-                let attached_to = sys::tcx_link_ifindex(link.as_fd())
-                    .map_err(link_err("reading the pinned tunnel link"))?;
-                if attached_to == ifindex {
-                    let prog = program(&mut self.ebpf, name)?;
-                    let prog_fd = prog
-                        .fd()
-                        .map_err(|source| DataPathError::Program { name, source })?;
-                    sys::link_update(link.as_fd(), prog_fd.as_fd())
-                        .map_err(link_err("replacing the program of the pinned tunnel link"))?;
-                    adopted += 1;
-                    continue;
-                }
-                debug!(
-                    program = name,
-                    attached_to, ifindex, "pinned tunnel link is on another device: replacing it"
-                );
-                fs::remove_file(&pin).map_err(io_err(&pin))?;
-            }
-            attach_pinned(&mut self.ebpf, name, ifname, attach_type, &pin)?;
-        }
-        info!(
-            device = ifname,
-            ifindex, adopted, "overlay programs attached"
-        );
-        Ok(())
-    }
-
-    /// Detaches the overlay's programs (unpins their links); missing links are fine.
-    pub fn detach_tunnel(&mut self) -> Result<bool, DataPathError> {
-        let mut removed = false;
-        for pin in [TUNNEL_FROM, TUNNEL_TO] {
-            let pin = self.tunnel_links_dir.join(pin);
-            match fs::remove_file(&pin) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&pin)(e)),
-            }
-        }
-        if removed {
-            info!("overlay programs detached");
-        }
-        Ok(removed)
-    }
-
     /// The `gannet_from_pod` program, for packet tests (`BPF_PROG_TEST_RUN`).
     pub fn from_pod_program(&mut self) -> Result<&mut SchedClassifier, DataPathError> {
         program(&mut self.ebpf, FROM_POD)
     }
-
-    /// The `gannet_from_tunnel` program, for packet tests (`BPF_PROG_TEST_RUN`).
-    pub fn from_tunnel_program(&mut self) -> Result<&mut SchedClassifier, DataPathError> {
-        program(&mut self.ebpf, FROM_TUNNEL)
-    }
-}
-
-/// A loader of the pod object whose maps are pinned under `maps_dir`: a map pinned there is
-/// used as it is, one that is not is created and pinned there.
-pub(super) fn pinned_loader(maps_dir: &Path) -> EbpfLoader<'_> {
-    let mut loader = EbpfLoader::new();
-    loader
-        .default_map_pin_directory(maps_dir)
-        // A BTF map (map-in-map) says nothing about pinning; pin it with the others.
-        .map_pin_path(map_names::MAGLEV, maps_dir.join(map_names::MAGLEV));
-    loader
-}
-
-/// Attaches program `name` to `ifname` with tcx (after the programs already there) and pins the
-/// link at `pin`.
-fn attach_pinned(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    ifname: &str,
-    attach_type: TcAttachType,
-    pin: &Path,
-) -> Result<(), DataPathError> {
-    attach_pinned_at(ebpf, name, ifname, attach_type, pin, LinkOrder::default())
-}
-
-/// [`attach_pinned`] at a given place among the interface's tcx programs.
-fn attach_pinned_at(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    ifname: &str,
-    attach_type: TcAttachType,
-    pin: &Path,
-    order: LinkOrder,
-) -> Result<(), DataPathError> {
-    let prog = program(ebpf, name)?;
-    let err = |source| DataPathError::Program { name, source };
-    let id = prog
-        .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(order))
-        .map_err(err)?;
-    let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
-        |e: aya::programs::links::LinkError| DataPathError::Link {
-            name,
-            what: "taking the tcx link",
-            source: io::Error::other(e),
-        },
-    )?;
-    link.pin(pin).map_err(|e| DataPathError::Link {
-        name,
-        what: "pinning the tcx link",
-        source: io::Error::other(e),
-    })?;
-    Ok(())
-}
-
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DataPathError> {
-    ebpf.program_mut(name)
-        .ok_or(DataPathError::Program {
-            name,
-            source: ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DataPathError::Program { name, source })
-}
-
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataPathError> {
-    let name = nodeport::XDP_PROGRAM;
-    ebpf.program_mut(name)
-        .ok_or(DataPathError::Program {
-            name,
-            source: ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DataPathError::Program { name, source })
-}
-
-fn take(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<HashMap<MapData, EndpointKey, EndpointValue>, DataPathError> {
-    let map = ebpf.take_map(name).ok_or(DataPathError::MissingMap(name))?;
-    HashMap::try_from(map).map_err(|source| DataPathError::Map { name, source })
-}
-
-fn host_veth(ifname: &str) -> Result<HostVeth, DataPathError> {
-    let (ifindex, mac) = sys::link_info(ifname).map_err(|source| DataPathError::Io {
-        path: PathBuf::from(format!("interface {ifname}")),
-        source,
-    })?;
-    if mac == [0; 6] {
-        warn!(ifname, "host-side interface has no MAC address");
-    }
-    Ok(HostVeth { ifindex, mac })
 }
 
 #[cfg(test)]
-#[path = "pods_tests.rs"]
 pub(crate) mod tests;
