@@ -102,16 +102,7 @@ fn nodeport_checksum_fixtures() {
                 .unwrap();
             maglev.put(2, &vec![12; size]).unwrap();
             maglev.put(3, &vec![12; size]).unwrap();
-            fp.nodeport
-                .configure(&NodePortConfig {
-                    snat_v4: v4_mapped(SNAT.octets()),
-                    snat_v6: [0; 16],
-                    node_v4: v4_mapped(NODE.octets()),
-                    node_v6: [0; 16],
-                    maglev_table_size: maglev.size(),
-                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
-                })
-                .unwrap();
+            enable_v4(&mut fp, maglev.size(), 0);
             // The SNAT port of the flow from `client_port`, from its reply entry.
             let snat_port = |fp: &PodFastPath, proto: u8, client_port: u16| {
                 fp.nodeport

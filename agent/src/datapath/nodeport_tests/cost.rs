@@ -52,16 +52,7 @@ fn hit_path_cost() {
             backends.insert(12, backend(REMOTE_POD, BACKEND_PORT), 0).unwrap();
             backends.insert(LOOP_BACKEND, backend(FRONTEND, NODE_PORT), 0).unwrap();
             maglev.put(2, &vec![12; size]).unwrap();
-            fp.nodeport
-                .configure(&NodePortConfig {
-                    snat_v4: v4_mapped(SNAT.octets()),
-                    snat_v6: [0; 16],
-                    node_v4: v4_mapped(NODE.octets()),
-                    node_v6: [0; 16],
-                    maglev_table_size: maglev.size(),
-                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
-                })
-                .unwrap();
+            enable_v4(&mut fp, maglev.size(), 0);
             let mut conntrack: HashMap<MapData, gannet_common::CtKey, gannet_common::CtEntry> =
                 pinned_hash(&bpf_root, map_names::CONNTRACK);
             let mut lines = Vec::new();

@@ -44,16 +44,7 @@ fn nodeport_dsr_fixtures() {
                 .insert(12, backend(REMOTE_POD, BACKEND_PORT), 0)
                 .unwrap();
             maglev.put(2, &vec![12; size]).unwrap();
-            fp.nodeport
-                .configure(&NodePortConfig {
-                    snat_v4: v4_mapped(SNAT.octets()),
-                    snat_v6: [0; 16],
-                    node_v4: v4_mapped(NODE.octets()),
-                    node_v6: [0; 16],
-                    maglev_table_size: maglev.size(),
-                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4 | NODEPORT_F_DSR,
-                })
-                .unwrap();
+            enable_v4(&mut fp, maglev.size(), NODEPORT_F_DSR);
 
             let to_remote = tcp_v4(
                 EXT_MAC,

@@ -45,16 +45,7 @@ fn nodeport_fixtures() {
                 Some(vec![12; size]),
                 "the table read back is not the one written"
             );
-            fp.nodeport
-                .configure(&NodePortConfig {
-                    snat_v4: v4_mapped(SNAT.octets()),
-                    snat_v6: [0; 16],
-                    node_v4: v4_mapped(NODE.octets()),
-                    node_v6: [0; 16],
-                    maglev_table_size: maglev.size(),
-                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
-                })
-                .unwrap();
+            enable_v4(&mut fp, maglev.size(), 0);
 
             let from_client = |dport| {
                 tcp_v4(

@@ -65,16 +65,7 @@ fn the_program_reads_the_entry_the_flow_hashes_to() {
                 .unwrap();
             maglev.put(8, &table).unwrap();
             assert_eq!(maglev.get(8), Some(table), "the table read back");
-            fp.nodeport
-                .configure(&NodePortConfig {
-                    snat_v4: v4_mapped(SNAT.octets()),
-                    snat_v6: [0; 16],
-                    node_v4: v4_mapped(NODE.octets()),
-                    node_v6: [0; 16],
-                    maglev_table_size: m,
-                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
-                })
-                .unwrap();
+            enable_v4(&mut fp, m, 0);
             let mut failures = Vec::new();
             let (mut even, mut odd) = (0, 0);
             for port in 42000..42064u16 {

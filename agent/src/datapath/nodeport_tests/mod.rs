@@ -257,6 +257,22 @@ fn load_with(bpf_root: &BpfRoot, capacity: &PodCapacity) -> Loaded {
     }
 }
 
+/// Turns the NodePort program on as most fixtures want it: this node's IPv4 address, SNAT to the
+/// overlay address for backends elsewhere, Maglev tables of `table_size`, plus `extra` flags
+/// (`NODEPORT_F_DSR`).
+fn enable_v4(fp: &mut PodFastPath, table_size: u32, extra: u32) {
+    fp.nodeport
+        .configure(&NodePortConfig {
+            snat_v4: v4_mapped(SNAT.octets()),
+            snat_v6: [0; 16],
+            node_v4: v4_mapped(NODE.octets()),
+            node_v6: [0; 16],
+            maglev_table_size: table_size,
+            flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4 | extra,
+        })
+        .expect("configuring the NodePort program");
+}
+
 /// XDP context for a test run: the frame arrived on interface `ifindex` (`struct xdp_md`).
 fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     let mut md = [0u8; 24];

@@ -76,16 +76,7 @@ fn snat_ports_of_finished_flows_are_taken_over() {
                 .insert(12, backend(REMOTE_POD, BACKEND_PORT), 0)
                 .unwrap();
             maglev.put(2, &vec![12; size]).unwrap();
-            fp.nodeport
-                .configure(&NodePortConfig {
-                    snat_v4: v4_mapped(SNAT.octets()),
-                    snat_v6: [0; 16],
-                    node_v4: v4_mapped(NODE.octets()),
-                    node_v6: [0; 16],
-                    maglev_table_size: maglev.size(),
-                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
-                })
-                .unwrap();
+            enable_v4(&mut fp, maglev.size(), 0);
             let data = MapData::from_pin(bpf_root.path().join("maps").join(map_names::CONNTRACK))
                 .expect("the pinned conntrack map");
             let mut conntrack: HashMap<MapData, CtKey, CtEntry> =

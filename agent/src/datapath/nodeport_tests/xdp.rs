@@ -31,16 +31,7 @@ fn nodeport_xdp_fixtures() {
             backends.insert(12, backend(REMOTE_POD, BACKEND_PORT), 0).unwrap();
             maglev.put(1, &vec![11; size]).unwrap();
             maglev.put(2, &vec![12; size]).unwrap();
-            fp.nodeport
-                .configure(&NodePortConfig {
-                    snat_v4: v4_mapped(SNAT.octets()),
-                    snat_v6: [0; 16],
-                    node_v4: v4_mapped(NODE.octets()),
-                    node_v6: [0; 16],
-                    maglev_table_size: maglev.size(),
-                    flags: NODEPORT_F_ENABLED | NODEPORT_F_SNAT_V4,
-                })
-                .unwrap();
+            enable_v4(&mut fp, maglev.size(), 0);
 
             let mut failures = Vec::new();
             let mut check = |name: &str, got: (u32, Vec<u8>), action: u32, expected: &[u8]| {
