@@ -73,20 +73,15 @@ fn with_ip_options(frame: &[u8]) -> Vec<u8> {
 /// scratch by the fixture.
 #[test]
 fn nodeport_checksum_fixtures() {
-    let (ns, _pod_gateway) = fixture_netns();
-    let bpf_root = BpfRoot::new();
-    let ext0 = ns
-        .run(|| crate::sys::link_info("ext0").expect("ext0").0)
-        .expect("running in the test netns");
-    let failures = ns
-        .run(|| {
-            let Loaded {
-                mut fp,
-                mut maglev,
-                size,
-                mut services,
-                mut backends,
-            } = load(&bpf_root);
+    let node = FixtureNode::new();
+    let ext0 = node.ext0();
+    let failures = node.with_programs(|Loaded {
+            mut fp,
+            mut maglev,
+            size,
+            mut services,
+            mut backends,
+        }| {
             let udp_frontend = ServiceKey {
                 proto: PROTO_UDP,
                 ..frontend(NODE, NODE_PORT)
@@ -180,7 +175,6 @@ fn nodeport_checksum_fixtures() {
                 )),
             );
             failures
-        })
-        .expect("running in the test netns");
+        });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -20,32 +20,28 @@ fn hit_path_cost() {
     const LOOP_BACKEND: u32 = 99;
     const REPEAT: u32 = 200;
     const CALLS: usize = 20_000;
-    let (ns, _pod_gateway) = fixture_netns();
-    ns.ip(&[
-        "neigh",
-        "replace",
-        "10.99.0.100",
-        "lladdr",
-        "02:00:00:00:00:64",
-        "dev",
-        "ext0",
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
-    let bpf_root = BpfRoot::new();
-    let ext0 = ns
-        .run(|| crate::sys::link_info("ext0").expect("ext0").0)
-        .expect("running in the test netns");
-    let report = ns
-        .run(|| {
-            let Loaded {
-                mut fp,
-                mut maglev,
-                size,
-                mut services,
-                mut backends,
-            } = load(&bpf_root);
+    let node = FixtureNode::new();
+    node.ns
+        .ip(&[
+            "neigh",
+            "replace",
+            "10.99.0.100",
+            "lladdr",
+            "02:00:00:00:00:64",
+            "dev",
+            "ext0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    let ext0 = node.ext0();
+    let report = node.with_programs(|Loaded {
+            mut fp,
+            mut maglev,
+            size,
+            mut services,
+            mut backends,
+        }| {
             services
                 .insert(frontend(FRONTEND, NODE_PORT), service(2, SVC_F_EXTERNAL), 0)
                 .unwrap();
@@ -54,7 +50,7 @@ fn hit_path_cost() {
             maglev.put(2, &vec![12; size]).unwrap();
             enable_v4(&mut fp, maglev.size(), 0);
             let mut conntrack: HashMap<MapData, gannet_common::CtKey, gannet_common::CtEntry> =
-                pinned_hash(&bpf_root, map_names::CONNTRACK);
+                pinned_hash(&node.bpf_root, map_names::CONNTRACK);
             let mut lines = Vec::new();
             for xdp in [false, true] {
                 let name = if xdp { "xdp" } else { "tc" };
@@ -143,8 +139,7 @@ fn hit_path_cost() {
                 }
             }
             lines
-        })
-        .expect("running in the test netns");
+        });
     for line in report {
         println!("{line}");
     }

@@ -26,17 +26,15 @@ fn with_dsr_option(frame: &[u8], frontend: Ipv4Addr, port: u16) -> Vec<u8> {
 /// sends the pod's reply to the client from the frontend.
 #[test]
 fn nodeport_dsr_fixtures() {
-    let (ns, host_mac) = fixture_netns();
-    let bpf_root = BpfRoot::new();
-    let failures = ns
-        .run(|| {
-            let Loaded {
-                mut fp,
-                mut maglev,
-                size,
-                mut services,
-                mut backends,
-            } = load(&bpf_root);
+    let node = FixtureNode::new();
+    let failures = node.with_programs(
+        |Loaded {
+             mut fp,
+             mut maglev,
+             size,
+             mut services,
+             mut backends,
+         }| {
             services
                 .insert(frontend(NODE, NODE_PORT + 1), service(2, SVC_F_EXTERNAL), 0)
                 .unwrap();
@@ -110,7 +108,7 @@ fn nodeport_dsr_fixtures() {
                     TC_ACT_REDIRECT,
                     tcp_v4(
                         POD_MAC,
-                        host_mac,
+                        node.host_mac,
                         CLIENT,
                         CLIENT_PORT + 5,
                         POD,
@@ -130,7 +128,7 @@ fn nodeport_dsr_fixtures() {
             let cases: Vec<Case> = vec![(
                 "the pod's reply: from the frontend, straight to the client",
                 tcp_v4(
-                    host_mac,
+                    node.host_mac,
                     POD_MAC,
                     POD,
                     BACKEND_PORT,
@@ -161,7 +159,7 @@ fn nodeport_dsr_fixtures() {
                 failures.push(format!("counters: {stats:?}"));
             }
             failures
-        })
-        .expect("running in the test netns");
+        },
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

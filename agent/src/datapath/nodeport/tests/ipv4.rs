@@ -7,18 +7,16 @@ use super::*;
 /// backends.
 #[test]
 fn nodeport_fixtures() {
-    let (ns, host_mac) = fixture_netns();
-    let bpf_root = BpfRoot::new();
+    let node = FixtureNode::new();
 
-    let failures = ns
-        .run(|| {
-            let Loaded {
-                mut fp,
-                mut maglev,
-                size,
-                mut services,
-                mut backends,
-            } = load(&bpf_root);
+    let failures = node.with_programs(
+        |Loaded {
+             mut fp,
+             mut maglev,
+             size,
+             mut services,
+             mut backends,
+         }| {
             // Service 1: NodePort to the local pod; 2: to a pod of another node; 3: external
             // but without a table (no backend); 4: a ClusterIP, not reachable from outside.
             services
@@ -66,7 +64,7 @@ fn nodeport_fixtures() {
                     TC_ACT_REDIRECT,
                     tcp_v4(
                         POD_MAC,
-                        host_mac,
+                        node.host_mac,
                         CLIENT,
                         CLIENT_PORT,
                         POD,
@@ -81,7 +79,7 @@ fn nodeport_fixtures() {
                     TC_ACT_REDIRECT,
                     tcp_v4(
                         POD_MAC,
-                        host_mac,
+                        node.host_mac,
                         CLIENT,
                         CLIENT_PORT,
                         POD,
@@ -137,7 +135,7 @@ fn nodeport_fixtures() {
                     TC_ACT_REDIRECT,
                     tcp_v4(
                         POD_MAC,
-                        host_mac,
+                        node.host_mac,
                         CLIENT,
                         CLIENT_PORT + 20,
                         POD,
@@ -208,7 +206,7 @@ fn nodeport_fixtures() {
             let cases: Vec<Case> = vec![(
                 "the local backend's reply: source back to NodeIP:NodePort, out to the client",
                 tcp_v4(
-                    host_mac,
+                    node.host_mac,
                     POD_MAC,
                     POD,
                     BACKEND_PORT,
@@ -239,7 +237,7 @@ fn nodeport_fixtures() {
                 "an ICMP error the backend sends about the client's packet: from the frontend, \
                  quoting client → frontend, out to the client",
                 icmp_v4(
-                    (host_mac, POD_MAC),
+                    (node.host_mac, POD_MAC),
                     POD,
                     CLIENT,
                     64,
@@ -277,7 +275,7 @@ fn nodeport_fixtures() {
                 ),
                 TC_ACT_REDIRECT,
                 icmp_v4(
-                    (POD_MAC, host_mac),
+                    (POD_MAC, node.host_mac),
                     router,
                     POD,
                     63,
@@ -408,7 +406,7 @@ fn nodeport_fixtures() {
                     TC_ACT_REDIRECT,
                     tcp_v4(
                         POD_MAC,
-                        host_mac,
+                        node.host_mac,
                         CLIENT,
                         CLIENT_PORT + 1,
                         POD,
@@ -468,7 +466,7 @@ fn nodeport_fixtures() {
                 ));
             }
             failures
-        })
-        .expect("running in the test netns");
+        },
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

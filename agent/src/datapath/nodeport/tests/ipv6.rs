@@ -6,9 +6,9 @@ use super::*;
 /// pseudo-header), and the pod's reply back to the client.
 #[test]
 fn nodeport_ipv6_fixtures() {
-    let (ns, host_mac) = fixture_netns();
-    let bpf_root = BpfRoot::new();
-    let failures = ns
+    let fixture = FixtureNode::new();
+    let failures = fixture
+        .ns
         .run(|| {
             std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
                 .expect("enabling IPv6 forwarding");
@@ -18,7 +18,7 @@ fn nodeport_ipv6_fixtures() {
                 size,
                 mut services,
                 mut backends,
-            } = load(&bpf_root);
+            } = load(&fixture.bpf_root);
             let node: std::net::Ipv6Addr = "fd00:99::11".parse().unwrap();
             let client: std::net::Ipv6Addr = "fd00:99::250".parse().unwrap();
             let pod: std::net::Ipv6Addr = "fd00:244::12".parse().unwrap();
@@ -67,7 +67,7 @@ fn nodeport_ipv6_fixtures() {
                 TC_ACT_REDIRECT,
                 tcp_v6(
                     POD_MAC,
-                    host_mac,
+                    fixture.host_mac,
                     client,
                     CLIENT_PORT,
                     pod,
@@ -80,7 +80,7 @@ fn nodeport_ipv6_fixtures() {
             let cases: Vec<Case> = vec![(
                 "its reply: from the frontend, out to the client",
                 tcp_v6(
-                    host_mac,
+                    fixture.host_mac,
                     POD_MAC,
                     pod,
                     BACKEND_PORT,

@@ -40,17 +40,15 @@ fn flow_hash(saddr: [u8; 16], daddr: [u8; 16], sport: u16, dport: u16, proto: u8
 /// so the backend a new flow is tracked with says which entry the program read.
 #[test]
 fn the_program_reads_the_entry_the_flow_hashes_to() {
-    let (ns, _pod_gateway) = fixture_netns();
-    let bpf_root = BpfRoot::new();
-    let failures = ns
-        .run(|| {
-            let Loaded {
-                mut fp,
-                mut maglev,
-                size,
-                mut services,
-                mut backends,
-            } = load(&bpf_root);
+    let node = FixtureNode::new();
+    let failures = node.with_programs(
+        |Loaded {
+             mut fp,
+             mut maglev,
+             size,
+             mut services,
+             mut backends,
+         }| {
             const FIRST_ID: u32 = 1000;
             let m = u32::try_from(size).unwrap();
             let table: Vec<u32> = (0..m).map(|i| FIRST_ID + i).collect();
@@ -111,8 +109,8 @@ fn the_program_reads_the_entry_the_flow_hashes_to() {
                 "the flows must hit both halves of the values ({even} even, {odd} odd entries)"
             );
             failures
-        })
-        .expect("running in the test netns");
+        },
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -121,16 +119,14 @@ fn the_program_reads_the_entry_the_flow_hashes_to() {
 /// and the rest still go in; removals (of missing tables too) and replacements in a batch.
 #[test]
 fn tables_are_installed_and_removed_in_batches() {
-    let (ns, _pod_gateway) = fixture_netns();
-    let bpf_root = BpfRoot::new();
-    let failures = ns
-        .run(|| {
-            let Loaded {
-                fp: _fp,
-                mut maglev,
-                size,
-                ..
-            } = load(&bpf_root);
+    let node = FixtureNode::new();
+    let failures = node.with_programs(
+        |Loaded {
+             fp: _fp,
+             mut maglev,
+             size,
+             ..
+         }| {
             let m = u32::try_from(size).unwrap();
             let capacity = small_capacity().external;
             let table = |id: u32| -> Vec<u32> { (0..m).map(|i| id * 1000 + i % 7).collect() };
@@ -163,7 +159,7 @@ fn tables_are_installed_and_removed_in_batches() {
             // The layout: ceil(m / 2) values of 8 bytes, entry i in half i % 2 of value i / 2.
             let outer: aya::maps::HashOfMaps<MapData, u32, MapData> =
                 aya::maps::HashOfMaps::try_from(Map::HashOfMaps(
-                    MapData::from_pin(bpf_root.path().join("maps").join(map_names::MAGLEV))
+                    MapData::from_pin(node.bpf_root.path().join("maps").join(map_names::MAGLEV))
                         .unwrap(),
                 ))
                 .unwrap();
@@ -213,8 +209,8 @@ fn tables_are_installed_and_removed_in_batches() {
                 failures.push("table 11 was not put back".to_owned());
             }
             failures
-        })
-        .expect("running in the test netns");
+        },
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -222,9 +218,8 @@ fn tables_are_installed_and_removed_in_batches() {
 /// to load: it is replaced, and the tables work.
 #[test]
 fn an_older_pinned_maglev_map_is_replaced() {
-    let (ns, _pod_gateway) = fixture_netns();
-    let bpf_root = BpfRoot::new();
-    let maps_dir = bpf_root.path().join("maps");
+    let node = FixtureNode::new();
+    let maps_dir = node.bpf_root.path().join("maps");
     std::fs::create_dir_all(&maps_dir).unwrap();
     let pin = maps_dir.join(map_names::MAGLEV);
     let size = small_capacity().maglev_table_size;
@@ -259,22 +254,21 @@ fn an_older_pinned_maglev_map_is_replaced() {
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).unwrap()) };
     MapData::from_fd(owned).unwrap().pin(&pin).unwrap();
 
-    let failures = ns
-        .run(|| {
-            let Loaded {
-                fp: _fp,
-                mut maglev,
-                size,
-                ..
-            } = load(&bpf_root);
+    let failures = node.with_programs(
+        |Loaded {
+             fp: _fp,
+             mut maglev,
+             size,
+             ..
+         }| {
             let mut failures = Vec::new();
             maglev.put(1, &vec![5; size]).unwrap();
             if maglev.get(1) != Some(vec![5; size]) {
                 failures.push("the new map does not hold the table".to_owned());
             }
             failures
-        })
-        .expect("running in the test netns");
+        },
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // A map of this layout stays.
     super::super::retire_incompatible_maglev(&maps_dir).unwrap();

@@ -222,6 +222,49 @@ fn fixture_netns() -> (Netns, [u8; 6]) {
     (ns, host_mac)
 }
 
+/// Where every fixture runs: the fixtures' node ([`fixture_netns`]) with a bpffs root of its own,
+/// the pod programs loaded in it by [`with_programs`](Self::with_programs).
+struct FixtureNode {
+    ns: Netns,
+    /// The MAC of the pod veth's host side.
+    host_mac: [u8; 6],
+    bpf_root: BpfRoot,
+}
+
+impl FixtureNode {
+    fn new() -> FixtureNode {
+        let (ns, host_mac) = fixture_netns();
+        FixtureNode {
+            ns,
+            host_mac,
+            bpf_root: BpfRoot::new(),
+        }
+    }
+
+    /// The interface index of `ext0`, the external interface.
+    fn ext0(&self) -> u32 {
+        self.ns
+            .run(|| crate::sys::link_info("ext0").expect("ext0").0)
+            .expect("running in the test netns")
+    }
+
+    /// Runs `f` in the node with the pod programs loaded ([`load`]).
+    fn with_programs<R: Send>(&self, f: impl FnOnce(Loaded) -> R + Send) -> R {
+        self.with_capacity(&small_capacity(), f)
+    }
+
+    /// Like [`with_programs`](Self::with_programs), the maps sized by `capacity`.
+    fn with_capacity<R: Send>(
+        &self,
+        capacity: &PodCapacity,
+        f: impl FnOnce(Loaded) -> R + Send,
+    ) -> R {
+        self.ns
+            .run(|| f(load_with(&self.bpf_root, capacity)))
+            .expect("running in the test netns")
+    }
+}
+
 /// The pod object loaded in the fixtures' node, the pod registered, and the maps the fixtures
 /// write.
 struct Loaded {

@@ -54,21 +54,20 @@ fn held_port(port: u16, client_tcp: u8, backend_tcp: u8) -> [(CtKey, CtEntry); 2
 /// flow's client entry goes with it.
 #[test]
 fn snat_ports_of_finished_flows_are_taken_over() {
-    let (ns, _) = fixture_netns();
-    let bpf_root = BpfRoot::new();
-    let failures = ns
-        .run(|| {
-            let capacity = PodCapacity {
-                conntrack: 65_536,
-                ..small_capacity()
-            };
-            let Loaded {
-                mut fp,
-                mut maglev,
-                size,
-                mut services,
-                mut backends,
-            } = load_with(&bpf_root, &capacity);
+    let node = FixtureNode::new();
+    let capacity = PodCapacity {
+        conntrack: 65_536,
+        ..small_capacity()
+    };
+    let failures = node.with_capacity(
+        &capacity,
+        |Loaded {
+             mut fp,
+             mut maglev,
+             size,
+             mut services,
+             mut backends,
+         }| {
             services
                 .insert(frontend(NODE, NODE_PORT + 1), service(2, SVC_F_EXTERNAL), 0)
                 .unwrap();
@@ -77,8 +76,9 @@ fn snat_ports_of_finished_flows_are_taken_over() {
                 .unwrap();
             maglev.put(2, &vec![12; size]).unwrap();
             enable_v4(&mut fp, maglev.size(), 0);
-            let data = MapData::from_pin(bpf_root.path().join("maps").join(map_names::CONNTRACK))
-                .expect("the pinned conntrack map");
+            let data =
+                MapData::from_pin(node.bpf_root.path().join("maps").join(map_names::CONNTRACK))
+                    .expect("the pinned conntrack map");
             let mut conntrack: HashMap<MapData, CtKey, CtEntry> =
                 HashMap::try_from(Map::LruHashMap(data)).expect("an LRU hash map");
             let hold = |conntrack: &mut HashMap<MapData, CtKey, CtEntry>, client_tcp| {
@@ -169,7 +169,7 @@ fn snat_ports_of_finished_flows_are_taken_over() {
                 }
             }
             failures
-        })
-        .expect("running in the test netns");
+        },
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

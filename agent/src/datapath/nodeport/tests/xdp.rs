@@ -7,20 +7,15 @@ use super::*;
 /// there; one for a pod of this node passes untouched to tc, tracked; misses pass.
 #[test]
 fn nodeport_xdp_fixtures() {
-    let (ns, _pod_gateway) = fixture_netns();
-    let bpf_root = BpfRoot::new();
-    let ext0 = ns
-        .run(|| crate::sys::link_info("ext0").expect("ext0").0)
-        .expect("running in the test netns");
-    let failures = ns
-        .run(|| {
-            let Loaded {
-                mut fp,
-                mut maglev,
-                size,
-                mut services,
-                mut backends,
-            } = load(&bpf_root);
+    let node = FixtureNode::new();
+    let ext0 = node.ext0();
+    let failures = node.with_programs(|Loaded {
+            mut fp,
+            mut maglev,
+            size,
+            mut services,
+            mut backends,
+        }| {
             services
                 .insert(frontend(NODE, NODE_PORT), service(1, SVC_F_EXTERNAL), 0)
                 .unwrap();
@@ -82,7 +77,6 @@ fn nodeport_xdp_fixtures() {
             let got = xdp_run(&mut fp, ext0, &miss);
             check("no frontend: passed", got, XDP_PASS, &miss);
             failures
-        })
-        .expect("running in the test netns");
+        });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
