@@ -8,6 +8,7 @@
 //! configured through `ip -n <own namespace>`.
 
 pub mod agent;
+pub mod bpftool;
 mod cgroup;
 pub mod cluster;
 mod cmd;

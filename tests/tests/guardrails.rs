@@ -3,7 +3,7 @@
 //!
 //! gannetd runs attached to a test cgroup, in the test's own network namespace with everything
 //! that would touch it switched off (no overlay, no masquerade, no NodePort program), as in
-//! `socklb.rs`. Nothing here touches the root cgroup or the host's network.
+//! `socklb/`. Nothing here touches the root cgroup or the host's network.
 #![expect(
     unused_crate_dependencies,
     reason = "integration tests link all of the package's dependencies; these use the kit"

@@ -20,7 +20,7 @@ use std::{process::Command, time::Duration};
 use gannet_testkit::{
     Cgroup, ChildGuard, Netns, ScratchDir,
     agent::Agent,
-    bin_path,
+    bin_path, bpftool,
     cluster::{EXTERNAL_V4, Underlay},
     cni::{cni, pod_ip},
     control::ControlPlane,
@@ -585,23 +585,8 @@ fn repairs_drift(c: &Cluster) {
 
 /// Entries in a node's eBPF node map (`--overlay ebpf`), read with bpftool from its pin.
 fn node_map_entries(c: &Cluster, node: usize) -> usize {
-    let pin = c.nodes[node]
-        .agent
-        .bpf_root()
-        .join("maps")
-        .join("GANNET_NODES");
-    let output = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&pin)
-        .output()
-        .expect("running bpftool");
-    assert!(
-        output.status.success(),
-        "bpftool map dump {}: {output:?}",
-        pin.display()
-    );
-    let entries: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
-    entries.as_array().map_or(0, Vec::len)
+    let pin = c.nodes[node].agent.bpf_root().join("maps/GANNET_NODES");
+    bpftool::map_keys(&pin).len()
 }
 
 /// node-2 leaves while node-0's gannetd is down: node-1 removes its entries at once, node-0 when

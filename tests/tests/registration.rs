@@ -18,6 +18,7 @@ use std::{
 use gannet_testkit::{
     Cgroup, Netns, ScratchDir,
     agent::Agent,
+    bpftool,
     cni::{ask_agent, cni, cni_output, pod_ip},
     eventually,
 };
@@ -57,35 +58,9 @@ fn pinned_links(agent: &Agent) -> Vec<String> {
 
 /// The keys (host ifindexes) of the endpoint counters map, read with bpftool.
 fn counter_keys(agent: &Agent) -> Vec<u64> {
-    let pin = agent.bpf_root().join("maps/GANNET_EP_STATS");
-    let output = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&pin)
-        .output()
-        .expect("running bpftool");
-    assert!(
-        output.status.success(),
-        "bpftool map dump {}: {}",
-        pin.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let entries: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
-    let mut keys: Vec<u64> = entries
-        .as_array()
-        .expect("a list of entries")
-        .iter()
-        .map(|e| {
-            let bytes: Vec<u8> = e["key"]
-                .as_array()
-                .expect("key bytes")
-                .iter()
-                .map(|b| {
-                    let s = b.as_str().expect("a hex byte");
-                    u8::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex")
-                })
-                .collect();
-            u64::from(u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes")))
-        })
+    let mut keys: Vec<u64> = bpftool::map_keys(&agent.bpf_root().join("maps/GANNET_EP_STATS"))
+        .into_iter()
+        .map(|key| u64::from(u32::from_ne_bytes(key[..4].try_into().expect("4 bytes"))))
         .collect();
     keys.sort_unstable();
     keys

@@ -18,7 +18,7 @@ use std::{fmt::Write as _, os::fd::AsFd as _, path::Path};
 
 use gannet_common::map_names;
 
-use super::{DataPathError, SOCK_OBJECT, pods::POD_OBJECT};
+use super::{DataPathError, pods::POD_OBJECT, sock::SOCK_OBJECT};
 use crate::sys;
 
 /// How a map is declared in an object, or what a pinned map is.

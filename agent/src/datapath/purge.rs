@@ -24,9 +24,8 @@ use gannet_common::{AffinityKey, AffinityValue, map_names};
 use tracing::{debug, warn};
 
 use super::{
-    delete_result,
+    maps::{delete_result, write_err},
     reconcile::{AffinityPurge, MapOpError, purge_dooms},
-    write_err,
 };
 
 /// How long the main loop waits for a purge before it goes on.
