@@ -106,19 +106,26 @@ fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// What a pod's network namespace looks like, entered through its process whose command line
-/// contains `needle` (for failure messages).
-fn inside_pod(needle: &str) -> String {
-    let pid = std::fs::read_dir("/proc")
+/// The process whose command line (arguments joined by spaces) contains `needle`.
+fn find_process(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        });
-    let Some(pid) = pid else {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+}
+
+/// What a pod's network namespace looks like, entered through its process whose command line
+/// contains `needle` (for failure messages).
+fn inside_pod(needle: &str) -> String {
+    let Some(pid) = find_process(needle) else {
         return format!("no process running {needle}");
     };
     let mut out = String::new();
@@ -195,7 +202,8 @@ spec:
 
 /// Apply → sandbox and container run → Running with the sandbox's IP → endpoint of its Service
 /// → a client reaches it through the ClusterIP; a missing image is reported; gannetd SIGKILL +
-/// restart adopts the running pod; delete → its containers, veth and IPAM record are gone.
+/// restart adopts the running pod; delete → its containers, veth and IPAM record are gone; a
+/// delete with a grace period ends with gannetd removing the stopped Pod.
 #[test]
 fn pods_bound_to_the_node_run_in_containerd_and_serve_their_service() {
     if skip_reason().is_some() {
@@ -335,6 +343,14 @@ fn pods_bound_to_the_node_run_in_containerd_and_serve_their_service() {
         "command, args, env and workingDir reach the container: {report:?}"
     );
 
+    // The container runs below the cgroup gannetd was given (--pod-cgroup-parent).
+    let server = find_process("nc -ll -p 8080").expect("the container's nc runs");
+    let cgroups = std::fs::read_to_string(format!("/proc/{server}/cgroup")).unwrap();
+    assert!(
+        cgroups.contains(&format!("{parent}/")),
+        "the container's cgroups are below {parent}: {cgroups}"
+    );
+
     // A pod whose image is not on the node: reported, not retried in a loop, gannetd unharmed.
     plane.apply(MISSING).unwrap();
     let missing = eventually("missing-1 to report its image", START, || {
@@ -402,6 +418,30 @@ fn pods_bound_to_the_node_run_in_containerd_and_serve_their_service() {
         logs.matches("sandbox running").count(),
         2,
         "one sandbox for web-1 and one for missing-1, never a second: {logs}"
+    );
+
+    // Deleted with a grace period: terminating, its sandbox removed, then gannetd removes the
+    // Pod (the control plane alone would keep it for the whole 120 s).
+    let deleted = plane
+        .ctl(
+            &["delete", "pod", "missing-1", "--grace-period", "120"],
+            None,
+        )
+        .unwrap();
+    assert!(deleted.status.success(), "gannetctl delete: {deleted:?}");
+    wait(
+        "missing-1 to be stopped and removed",
+        Duration::from_secs(60),
+        || format!("{:?}\n{}", containerd.container_ids(), agent.logs()),
+        || {
+            let gone = plane.get_json("pod", "missing-1").is_err();
+            let ids = containerd.container_ids().ok()?;
+            (gone && ids.is_empty()).then_some(())
+        },
+    );
+    assert!(
+        agent.logs().contains("terminated pod removed"),
+        "gannetd removed the terminated pod"
     );
     cni(&node, &client, "DEL", "client", &conf);
 }
