@@ -469,3 +469,104 @@ fn an_unreachable_container_runtime_stops_gannetd_naming_the_flag() {
         "the error names the flag and the socket: {text}"
     );
 }
+
+/// A test that panics while a pod runs leaves nothing behind: containerd, its shims and the
+/// containers are killed, the pods' cgroups and containerd's temp dir removed.
+#[test]
+fn a_panicking_kubelet_test_leaves_no_runtime_state_behind() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let seen = std::sync::Mutex::new(None);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let node = Netns::new("kbpanic").unwrap();
+        let cgroup = Cgroup::new().unwrap();
+        let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
+        let containerd = Containerd::start(&node).unwrap();
+        let runtime = containerd.address();
+        let parent = containerd.cgroup_parent();
+        let mut agent = Agent::start_with_control(
+            Some(&node),
+            &cgroup,
+            &plane.addr(),
+            &[
+                "--container-runtime",
+                &runtime,
+                "--pod-cgroup-parent",
+                &parent,
+            ],
+        )
+        .unwrap();
+        agent.wait_log("subnet file written", 1).unwrap();
+        containerd
+            .use_agent(&agent.cni_socket(), &agent.subnet_file())
+            .unwrap();
+        for (name, entrypoint) in [
+            (PAUSE_IMAGE, &["/bin/busybox", "sleep", "2147483647"][..]),
+            (BUSYBOX_IMAGE, &["/bin/sh"][..]),
+        ] {
+            let archive = containerd.busybox_archive(name, entrypoint).unwrap();
+            import(&archive, &runtime);
+        }
+        plane
+            .apply(
+                "apiVersion: v1
+kind: Pod
+metadata:
+  name: doomed
+spec:
+  nodeName: test-node
+  containers:
+  - name: app
+    image: gannet.test/busybox:1
+    command: [/bin/busybox, sleep, '31337']
+",
+            )
+            .unwrap();
+        let container = eventually("the doomed pod's container to run", START, || {
+            find_process("sleep 31337")
+        });
+        let daemon = find_process(&format!(
+            "{}",
+            Path::new(runtime.trim_start_matches("unix://"))
+                .with_file_name("config.toml")
+                .display()
+        ))
+        .expect("containerd runs");
+        *seen.lock().unwrap() = Some((
+            container,
+            daemon,
+            Path::new(runtime.trim_start_matches("unix://"))
+                .parent()
+                .unwrap()
+                .to_owned(),
+            parent,
+        ));
+        panic!("deliberate panic with a pod running (this message is expected)");
+    }));
+    assert!(outcome.is_err(), "the closure was meant to panic");
+    let (container, daemon, dir, parent) = seen
+        .into_inner()
+        .unwrap()
+        .expect("the pod ran before the panic");
+    for pid in [container, daemon] {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie_or_gone = state
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| rest.starts_with('Z'));
+        assert!(zombie_or_gone, "process {pid} survived the panic: {state}");
+    }
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    let leftovers: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|hierarchy| hierarchy.path().join(parent.trim_start_matches('/')))
+        .filter(|path| path.exists())
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the pods' cgroups survived: {leftovers:?}"
+    );
+}
