@@ -242,6 +242,8 @@ fn pods_bound_to_the_node_run_in_containerd_and_serve_their_service() {
         .unwrap();
     assert_eq!(import(&pause, &runtime).trim(), PAUSE_IMAGE);
     assert_eq!(import(&busybox, &runtime).trim(), BUSYBOX_IMAGE);
+    // Importing again (every blob already there, the image already named) is no error.
+    assert_eq!(import(&busybox, &runtime).trim(), BUSYBOX_IMAGE);
 
     let diagnose = || {
         format!(
