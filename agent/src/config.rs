@@ -999,6 +999,46 @@ mod tests {
     /// Issue 12: cleanup takes the arguments of `gannetd run`, so a unit or an operator can pass
     /// the agent's own; those it does not use are listed under a heading of their own.
     #[test]
+    fn container_runtime_needs_a_control_plane_and_a_unix_socket() {
+        let errors = |args: &[&str]| -> String {
+            let mut all = vec!["gannetd"];
+            all.extend_from_slice(args);
+            let cli = Cli::try_parse_from(&all).unwrap_or_else(|e| panic!("{all:?}: {e}"));
+            match cli.run.validate() {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let manifests = std::env::temp_dir();
+        let manifests = manifests.to_str().unwrap();
+        let text = errors(&[
+            "--manifest-dir",
+            manifests,
+            "--container-runtime",
+            "unix:///run/containerd/containerd.sock",
+        ]);
+        assert!(
+            text.contains("--container-runtime unix:///run/containerd/containerd.sock: runs the Pods of a control plane"),
+            "{text}"
+        );
+        let text = errors(&["--container-runtime", "tcp://10.0.0.1:1"]);
+        assert!(
+            text.contains("--container-runtime `tcp://10.0.0.1:1`: only unix sockets"),
+            "{text}"
+        );
+        let text = errors(&[
+            "--container-runtime",
+            "unix:///x.sock",
+            "--pod-cgroup-parent",
+            "kubepods",
+        ]);
+        assert!(
+            text.contains("--pod-cgroup-parent kubepods: must start with /"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn cleanup_accepts_every_flag_of_run() {
         use clap::CommandFactory as _;
         let cli = Cli::command();

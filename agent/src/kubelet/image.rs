@@ -46,11 +46,12 @@ pub struct ImageArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ImageCommand {
-    /// Import an OCI image archive (a tar with `index.json`, as `docker save`/`buildah push
-    /// oci-archive:` write) into the container runtime's `k8s.io` namespace, where the CRI and
-    /// so gannetd's pods find it. Each manifest of `index.json` named by the annotation
-    /// `io.containerd.image.name` or `org.opencontainers.image.ref.name` becomes an image of
-    /// that name (normalised: `busybox` is `docker.io/library/busybox:latest`).
+    /// Import an OCI image archive (a tar with `index.json`, as `buildah push oci-archive:`,
+    /// `skopeo copy oci-archive:` and Docker 25's `docker save` write) into the container
+    /// runtime's `k8s.io` namespace, where the CRI and so gannetd's pods find it. Each manifest
+    /// of `index.json` named by the annotation `io.containerd.image.name` or
+    /// `org.opencontainers.image.ref.name` becomes an image of that name (normalised: `busybox`
+    /// is `docker.io/library/busybox:latest`).
     Import {
         /// The OCI archive.
         file: PathBuf,
