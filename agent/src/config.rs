@@ -72,6 +72,8 @@ pub enum Command {
     /// from the pinned maps in `--bpf-root`, or, when gannetd runs with `--dataplane nftables`,
     /// from the table `inet gannet-services`.
     Status(StatusArgs),
+    /// Images for the pods gannetd runs (`--container-runtime`): `gannetd image import FILE`.
+    Image(crate::kubelet::image::ImageArgs),
 }
 
 /// `gannetd status`'s flags.
@@ -332,6 +334,17 @@ pub struct RunArgs {
         value_name = "ADDRESS"
     )]
     pub metrics_address: String,
+    /// Run the Pods bound to this node through this container runtime's CRI v1 socket
+    /// (containerd: `unix:///run/containerd/containerd.sock`), as a kubelet does; their network
+    /// comes from gannet-cni through the runtime's CNI configuration. Needs a control plane
+    /// (`--server`). Off when not given: gannetd is a network agent only.
+    #[arg(long, env = "GANNET_CONTAINER_RUNTIME", value_name = "ADDRESS")]
+    pub container_runtime: Option<String>,
+    /// The cgroup the pods' cgroups are created below, as the runtime names cgroups
+    /// (`/kubepods`: `/sys/fs/cgroup/kubepods` with the cgroupfs driver), as a kubelet's
+    /// `--cgroup-root`; default: the runtime's own (containerd: `/k8s.io`).
+    #[arg(long, env = "GANNET_POD_CGROUP_PARENT", value_name = "CGROUP")]
+    pub pod_cgroup_parent: Option<String>,
 }
 
 /// `--dataplane`.
@@ -430,6 +443,10 @@ pub enum Source {
 /// Validated configuration of `gannetd run`.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// `--container-runtime`: the kubelet role is on.
+    pub container_runtime: Option<crate::kubelet::RuntimeEndpoint>,
+    /// `--pod-cgroup-parent`; empty: the runtime's default.
+    pub pod_cgroup_parent: String,
     pub dataplane: DataPlane,
     pub node_name: String,
     pub cgroup_path: PathBuf,
@@ -609,6 +626,7 @@ impl RunArgs {
             .map_err(|e| errors.push(format!("--metrics-address {e}")))
             .unwrap_or_default();
         let (overlay, cluster_cidrs) = self.overlay_config(&source, &mut errors);
+        let container_runtime = self.container_runtime(&source, &mut errors);
         if self.dataplane == DataPlane::Nftables {
             for (given, flag) in [
                 (self.overlay == Mode::Ebpf, "--overlay ebpf"),
@@ -627,6 +645,8 @@ impl RunArgs {
             return Err(ConfigErrors(errors));
         }
         Ok(RunConfig {
+            container_runtime,
+            pod_cgroup_parent: self.pod_cgroup_parent.clone().unwrap_or_default(),
             metrics_address,
             dataplane: self.dataplane,
             nodeport,
@@ -694,6 +714,32 @@ impl RunArgs {
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 131_071;
 
 impl RunArgs {
+    /// `--container-runtime`, checked (its socket is asked at start).
+    fn container_runtime(
+        &self,
+        source: &Source,
+        errors: &mut Vec<String>,
+    ) -> Option<crate::kubelet::RuntimeEndpoint> {
+        let text = self.container_runtime.as_deref()?;
+        if matches!(source, Source::Manifests(_)) {
+            errors.push(format!(
+                "--container-runtime {text}: runs the Pods of a control plane; give --server, \
+                 not --manifest-dir"
+            ));
+        }
+        if let Some(parent) = &self.pod_cgroup_parent
+            && !parent.starts_with('/')
+        {
+            errors.push(format!(
+                "--pod-cgroup-parent {parent}: must start with / (a cgroup path as the runtime \
+                 names it, e.g. /kubepods)"
+            ));
+        }
+        text.parse()
+            .map_err(|e| errors.push(format!("--container-runtime {e}")))
+            .ok()
+    }
+
     fn source(&self, errors: &mut Vec<String>) -> Source {
         let server = self.server.clone().or_else(|| env_value(OLD_SERVER_ENV));
         let control = match (&self.manifest_dir, &server) {
@@ -952,6 +998,46 @@ mod tests {
 
     /// Issue 12: cleanup takes the arguments of `gannetd run`, so a unit or an operator can pass
     /// the agent's own; those it does not use are listed under a heading of their own.
+    #[test]
+    fn container_runtime_needs_a_control_plane_and_a_unix_socket() {
+        let errors = |args: &[&str]| -> String {
+            let mut all = vec!["gannetd"];
+            all.extend_from_slice(args);
+            let cli = Cli::try_parse_from(&all).unwrap_or_else(|e| panic!("{all:?}: {e}"));
+            match cli.run.validate() {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let manifests = std::env::temp_dir();
+        let manifests = manifests.to_str().unwrap();
+        let text = errors(&[
+            "--manifest-dir",
+            manifests,
+            "--container-runtime",
+            "unix:///run/containerd/containerd.sock",
+        ]);
+        assert!(
+            text.contains("--container-runtime unix:///run/containerd/containerd.sock: runs the Pods of a control plane"),
+            "{text}"
+        );
+        let text = errors(&["--container-runtime", "tcp://10.0.0.1:1"]);
+        assert!(
+            text.contains("--container-runtime `tcp://10.0.0.1:1`: only unix sockets"),
+            "{text}"
+        );
+        let text = errors(&[
+            "--container-runtime",
+            "unix:///x.sock",
+            "--pod-cgroup-parent",
+            "kubepods",
+        ]);
+        assert!(
+            text.contains("--pod-cgroup-parent kubepods: must start with /"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn cleanup_accepts_every_flag_of_run() {
         use clap::CommandFactory as _;

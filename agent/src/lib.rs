@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod control;
 pub mod datapath;
 pub mod endpoints;
+pub mod kubelet;
 pub mod lock;
 pub mod logging;
 pub mod masquerade;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use gannet_agent::{
-    config::{Cli, Command, EXIT_USAGE, StatusOutput},
+    config::{self, Cli, Command, EXIT_USAGE, StatusOutput},
     datapath, endpoints,
+    kubelet::{self, image::ImageCommand},
     lock::AgentLocks,
     logging, masquerade, names, overlay, run, status,
 };
@@ -88,6 +89,35 @@ fn main() -> ExitCode {
                         "gannetd status: {e} (is gannetd set up with --bpf-root {}?)",
                         dirs.bpf_root.display()
                     );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Image(args) => {
+            logging::init(config::LogFormat::Plain);
+            let ImageCommand::Import {
+                file,
+                container_runtime,
+            } = args.command;
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "cannot start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(kubelet::image::import(&container_runtime, &file)) {
+                Ok(images) => {
+                    for image in images {
+                        println!("{image}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gannetd image import: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -25,6 +25,7 @@ use crate::{
         reconcile::{ApplyReport, DEFAULT_GRACE, Reconciler},
     },
     endpoints::{self, Registry},
+    kubelet::{self, Kubelet},
     lock::{AgentLocks, StartGuard, Watched},
     metrics::{self, Metrics, Scrapes},
     names::ServiceNames,
@@ -534,6 +535,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         health_changed: false,
     };
     let mut services = Services::new(&config, &network)?;
+    // The kubelet role: a runtime that does not answer as a CRI v1 runtime stops the start.
+    let _kubelet = match (&config.container_runtime, &config.source) {
+        (Some(runtime), Source::Control(control)) => Some(
+            Kubelet::start(
+                runtime,
+                control,
+                &config.node_name,
+                kubelet::Settings {
+                    log_dir: config.state_dir.join(kubelet::LOG_DIR),
+                    cgroup_parent: config.pod_cgroup_parent.clone(),
+                },
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     // Pods registered before a restart: their status may not have reached the control plane.
     for pod in registry.pods() {
         services.report_pod(PodReport::for_pod(&pod.pod, pod.ips));

@@ -13,6 +13,7 @@ mod cgroup;
 pub mod cluster;
 mod cmd;
 pub mod cni;
+pub mod containerd;
 pub mod control;
 pub mod metrics;
 mod netns;

@@ -1,0 +1,572 @@
+//! One worker per Pod bound to this node: a reconcile loop that compares the desired Pod with
+//! what the runtime lists for it (`ListPodSandbox`/`ListContainers`, by the labels gannetd sets)
+//! and does what is missing: `RunPodSandbox`, then `CreateContainer` + `StartContainer` per
+//! container. Because the runtime's lists are the only record, a restarted gannetd adopts the
+//! sandboxes and containers that run and never starts a second copy. Deleting the Pod stops its
+//! containers with the grace period (`StopContainer`: SIGTERM, wait, SIGKILL), then stops and
+//! removes the sandbox (the runtime's CNI `DEL` releases its network).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gannet_api::{Client, DeleteOptions, Kind};
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::cri::{Cri, call};
+use super::status::{self, Observed, PodView, Waiting};
+use super::{
+    CONTAINER_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, POD_NAME_LABEL,
+    POD_NAMESPACE_LABEL, POD_UID_LABEL, label,
+};
+
+/// How often a worker compares its pod with the runtime when nothing changed.
+pub const RESYNC: Duration = Duration::from_secs(1);
+/// The grace period of a pod whose spec says none (Kubernetes' default).
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// What every worker shares.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub cri: Cri,
+    pub client: Client,
+    /// This node's name (the label [`NODE_LABEL`]).
+    pub node: String,
+    /// The pods' log directories go below it.
+    pub log_dir: PathBuf,
+    /// `--pod-cgroup-parent`; empty: the runtime's default.
+    pub cgroup_parent: String,
+    /// The runtime's name, for container ids (`containerd://…`).
+    pub runtime_name: String,
+}
+
+/// Runs one pod until its desired state is `None` (deleted, or no longer bound here) or the Pod
+/// is terminating: then its containers and sandbox are stopped and removed.
+pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>) {
+    let mut last: Option<Pod> = None;
+    let mut failed: Option<String> = None;
+    loop {
+        let pod = desired.borrow_and_update().clone();
+        let Some(pod) = pod else {
+            if let Some(pod) = last {
+                let grace = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(DEFAULT_GRACE_SECONDS);
+                teardown(&mut context, &pod, grace).await;
+            }
+            return;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            teardown(&mut context, &pod, remaining_grace(&pod)).await;
+            finalize(&mut context.client, &pod).await;
+            return;
+        }
+        match sync(&mut context, &pod).await {
+            Ok(view) => {
+                failed = None;
+                // Compared with the Pod as the watch has it, so that a status someone else
+                // wrote over this one (gannet-cni's registration reports addresses too) is
+                // corrected.
+                let fresh = status::build(&view);
+                let wanted = status::merge(pod.status.as_ref(), &fresh);
+                if pod.status.as_ref() != Some(&wanted)
+                    && let Err(error) = status::report(&mut context.client, &pod, &fresh).await
+                {
+                    debug!(pod = label(&pod), %error, "status not reported; retrying");
+                }
+            }
+            Err(error) => {
+                if failed.as_ref() != Some(&error) {
+                    warn!(pod = label(&pod), %error, "pod not in its desired state; retrying");
+                    failed = Some(error);
+                }
+            }
+        }
+        last = Some(pod);
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+/// The seconds left of a terminating pod's grace period (at least 1).
+fn remaining_grace(pod: &Pod) -> i64 {
+    let Some(deadline) = &pod.metadata.deletion_timestamp else {
+        return DEFAULT_GRACE_SECONDS;
+    };
+    let left = deadline.0.duration_since(status::now_timestamp()).as_secs();
+    left.max(1)
+}
+
+/// Removes a terminating Pod from the control plane once its containers are gone (as a kubelet
+/// does); the control plane removes it at the end of the grace period otherwise.
+async fn finalize(client: &mut Client, pod: &Pod) {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let options = DeleteOptions {
+        resource_version: None,
+        grace_period_seconds: None,
+    };
+    match client.delete(Kind::Pod, namespace, name, &options).await {
+        Ok(_) => info!(pod = label(pod), "terminated pod removed"),
+        Err(error) => {
+            debug!(
+                pod = label(pod),
+                %error,
+                "terminated pod not removed; the control plane will at its deadline"
+            );
+        }
+    }
+}
+
+/// The labels that find what gannetd runs for this node (and, given a uid, for one pod).
+fn selector(node: &str, uid: Option<&str>) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (NODE_LABEL.to_owned(), node.to_owned()),
+    ]);
+    if let Some(uid) = uid {
+        labels.insert(POD_UID_LABEL.to_owned(), uid.to_owned());
+    }
+    labels
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_else(|| label(pod))
+}
+
+async fn list_sandboxes(
+    cri: &mut Cri,
+    node: &str,
+    uid: Option<&str>,
+) -> Result<Vec<cri::PodSandbox>, String> {
+    let request = cri::ListPodSandboxRequest {
+        filter: Some(cri::PodSandboxFilter {
+            label_selector: selector(node, uid),
+            ..cri::PodSandboxFilter::default()
+        }),
+    };
+    Ok(
+        call("ListPodSandbox", cri.runtime.list_pod_sandbox(request))
+            .await?
+            .items,
+    )
+}
+
+async fn list_containers(cri: &mut Cri, sandbox: &str) -> Result<Vec<cri::Container>, String> {
+    let request = cri::ListContainersRequest {
+        filter: Some(cri::ContainerFilter {
+            pod_sandbox_id: sandbox.to_owned(),
+            ..cri::ContainerFilter::default()
+        }),
+    };
+    Ok(call("ListContainers", cri.runtime.list_containers(request))
+        .await?
+        .containers)
+}
+
+/// Brings the runtime in line with `pod` and returns what it has then.
+async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
+    let uid = uid(pod);
+    let mut sandboxes = list_sandboxes(&mut context.cri, &context.node, Some(&uid)).await?;
+    sandboxes.sort_by_key(|s| s.created_at);
+    let (ready, stale): (Vec<_>, Vec<_>) = sandboxes
+        .into_iter()
+        .partition(|s| s.state == i32::from(cri::PodSandboxState::SandboxReady));
+    // A sandbox that is no longer ready (its pause process died, the node restarted) is not
+    // used again: it goes, and a new one is made.
+    for sandbox in &stale {
+        info!(
+            pod = label(pod),
+            sandbox = sandbox.id,
+            "removing a sandbox that is not ready"
+        );
+        remove_sandbox(&mut context.cri, &sandbox.id).await;
+    }
+    for extra in ready.iter().skip(1) {
+        warn!(
+            pod = label(pod),
+            sandbox = extra.id,
+            "a second sandbox of the pod: removing it"
+        );
+        remove_sandbox(&mut context.cri, &extra.id).await;
+    }
+    let config = sandbox_config(pod, context);
+    let sandbox = match ready.first() {
+        Some(sandbox) => sandbox.id.clone(),
+        None => {
+            let request = cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            };
+            let id = call(
+                "RunPodSandbox",
+                context.cri.runtime.run_pod_sandbox(request),
+            )
+            .await?
+            .pod_sandbox_id;
+            info!(pod = label(pod), sandbox = id, "sandbox running");
+            id
+        }
+    };
+    let existing = list_containers(&mut context.cri, &sandbox).await?;
+    let mut view = PodView {
+        runtime_name: context.runtime_name.clone(),
+        ..PodView::default()
+    };
+    let specs = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    for spec in &specs {
+        let newest = existing
+            .iter()
+            .filter(|c| c.labels.get(CONTAINER_NAME_LABEL) == Some(&spec.name))
+            .max_by_key(|c| c.created_at);
+        let id = match newest {
+            Some(container) => {
+                if container.state == i32::from(cri::ContainerState::ContainerCreated) {
+                    start(&mut context.cri, pod, &spec.name, &container.id).await?;
+                }
+                container.id.clone()
+            }
+            None => match create(context, pod, &sandbox, &config, spec).await? {
+                Ok(id) => {
+                    start(&mut context.cri, pod, &spec.name, &id).await?;
+                    id
+                }
+                Err(waiting) => {
+                    view.containers
+                        .push((spec.name.clone(), Observed::Waiting(waiting)));
+                    continue;
+                }
+            },
+        };
+        let request = cri::ContainerStatusRequest {
+            container_id: id,
+            verbose: false,
+        };
+        let status = call(
+            "ContainerStatus",
+            context.cri.runtime.container_status(request),
+        )
+        .await?
+        .status
+        .ok_or_else(|| format!("ContainerStatus of {}: no status", spec.name))?;
+        view.containers
+            .push((spec.name.clone(), Observed::Runtime(Box::new(status))));
+    }
+    let request = cri::PodSandboxStatusRequest {
+        pod_sandbox_id: sandbox.clone(),
+        verbose: false,
+    };
+    let status = call(
+        "PodSandboxStatus",
+        context.cri.runtime.pod_sandbox_status(request),
+    )
+    .await?
+    .status
+    .ok_or_else(|| format!("PodSandboxStatus of {sandbox}: no status"))?;
+    if let Some(network) = &status.network {
+        view.ips = std::iter::once(network.ip.clone())
+            .chain(network.additional_ips.iter().map(|ip| ip.ip.clone()))
+            .filter(|ip| !ip.is_empty())
+            .collect();
+    }
+    view.started_ns = Some(status.created_at);
+    Ok(view)
+}
+
+/// `CreateContainer`; `Ok(Err(waiting))` when the container cannot be created as specified (its
+/// image is not on the node: there is no registry to pull from, so `ErrImageNeverPull`).
+async fn create(
+    context: &mut Context,
+    pod: &Pod,
+    sandbox: &str,
+    sandbox_config: &cri::PodSandboxConfig,
+    spec: &Container,
+) -> Result<Result<String, Waiting>, String> {
+    let image = spec.image.clone().unwrap_or_default();
+    if image.is_empty() {
+        return Ok(Err(Waiting {
+            reason: "InvalidImageName".to_owned(),
+            message: format!("container {}: no image given", spec.name),
+        }));
+    }
+    let request = cri::ImageStatusRequest {
+        image: Some(cri::ImageSpec {
+            image: image.clone(),
+            ..cri::ImageSpec::default()
+        }),
+        verbose: false,
+    };
+    if call("ImageStatus", context.cri.images.image_status(request))
+        .await?
+        .image
+        .is_none()
+    {
+        return Ok(Err(Waiting {
+            reason: "ErrImageNeverPull".to_owned(),
+            message: format!(
+                "container image \"{image}\" is not present on the node and gannetd pulls no \
+                 images: import it with `gannetd image import FILE`"
+            ),
+        }));
+    }
+    let mut labels = selector(&context.node, Some(&uid(pod)));
+    labels.insert(CONTAINER_NAME_LABEL.to_owned(), spec.name.clone());
+    labels.insert(
+        POD_NAME_LABEL.to_owned(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    labels.insert(
+        POD_NAMESPACE_LABEL.to_owned(),
+        pod.metadata.namespace.clone().unwrap_or_default(),
+    );
+    let mut unsupported = Vec::new();
+    let envs = spec
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|var| {
+            if var.value_from.is_some() {
+                unsupported.push(var.name.clone());
+            }
+            var.value.as_ref().map(|value| cri::KeyValue {
+                key: var.name.clone(),
+                value: value.clone(),
+            })
+        })
+        .collect();
+    if !unsupported.is_empty() {
+        warn!(
+            pod = label(pod),
+            container = spec.name,
+            variables = unsupported.join(", "),
+            "env valueFrom is not supported yet: these variables are left out"
+        );
+    }
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: spec.name.clone(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image,
+            ..cri::ImageSpec::default()
+        }),
+        command: spec.command.clone().unwrap_or_default(),
+        args: spec.args.clone().unwrap_or_default(),
+        working_dir: spec.working_dir.clone().unwrap_or_default(),
+        envs,
+        labels,
+        log_path: format!("{}/0.log", spec.name),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..cri::ContainerConfig::default()
+    };
+    let request = cri::CreateContainerRequest {
+        pod_sandbox_id: sandbox.to_owned(),
+        config: Some(config),
+        sandbox_config: Some(sandbox_config.clone()),
+    };
+    match call(
+        "CreateContainer",
+        context.cri.runtime.create_container(request),
+    )
+    .await
+    {
+        Ok(created) => {
+            info!(
+                pod = label(pod),
+                container = spec.name,
+                id = created.container_id,
+                "container created"
+            );
+            Ok(Ok(created.container_id))
+        }
+        Err(error) => Ok(Err(Waiting {
+            reason: "CreateContainerError".to_owned(),
+            message: error,
+        })),
+    }
+}
+
+async fn start(cri: &mut Cri, pod: &Pod, name: &str, id: &str) -> Result<(), String> {
+    let request = cri::StartContainerRequest {
+        container_id: id.to_owned(),
+    };
+    match call("StartContainer", cri.runtime.start_container(request)).await {
+        Ok(_) => {
+            info!(pod = label(pod), container = name, id, "container started");
+            Ok(())
+        }
+        // The runtime records the failure in the container's status (exited, StartError),
+        // which is reported; a failed start is not retried here (restart policies are not
+        // implemented yet).
+        Err(error) => {
+            warn!(pod = label(pod), container = name, %error, "container did not start");
+            Ok(())
+        }
+    }
+}
+
+/// The sandbox of `pod`: its identity, the labels that find it again, its log directory; no
+/// DNS configuration (the node's resolv.conf), the pod's own network namespace.
+fn sandbox_config(pod: &Pod, context: &Context) -> cri::PodSandboxConfig {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| gannet_api::DEFAULT_NAMESPACE.to_owned());
+    let uid = uid(pod);
+    let mut labels: HashMap<String, String> = pod
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    labels.extend(selector(&context.node, Some(&uid)));
+    labels.insert(POD_NAME_LABEL.to_owned(), name.clone());
+    labels.insert(POD_NAMESPACE_LABEL.to_owned(), namespace.clone());
+    let hostname: String = name.chars().take(63).collect();
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            attempt: 0,
+        }),
+        hostname,
+        log_directory: context
+            .log_dir
+            .join(format!("{namespace}_{name}_{uid}"))
+            .display()
+            .to_string(),
+        dns_config: None,
+        labels,
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: context.cgroup_parent.clone(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod.into(),
+                    pid: cri::NamespaceMode::Container.into(),
+                    ipc: cri::NamespaceMode::Pod.into(),
+                    ..cri::NamespaceOption::default()
+                }),
+                ..cri::LinuxSandboxSecurityContext::default()
+            }),
+            ..cri::LinuxPodSandboxConfig::default()
+        }),
+        ..cri::PodSandboxConfig::default()
+    }
+}
+
+/// Stops `pod`'s containers with `grace` seconds each (at once), then stops and removes its
+/// sandboxes. Errors are logged; what is left is found again by [`remove_orphans`] at the next
+/// start.
+async fn teardown(context: &mut Context, pod: &Pod, grace: i64) {
+    let uid = uid(pod);
+    let sandboxes = match list_sandboxes(&mut context.cri, &context.node, Some(&uid)).await {
+        Ok(sandboxes) => sandboxes,
+        Err(error) => {
+            warn!(pod = label(pod), %error, "cannot list the pod's sandboxes to stop them");
+            return;
+        }
+    };
+    info!(pod = label(pod), grace_seconds = grace, "stopping the pod");
+    for sandbox in sandboxes {
+        stop_containers(&mut context.cri, &sandbox.id, grace).await;
+        remove_sandbox(&mut context.cri, &sandbox.id).await;
+        info!(pod = label(pod), sandbox = sandbox.id, "sandbox removed");
+    }
+}
+
+/// `StopContainer` for every running container of a sandbox, all at once.
+async fn stop_containers(cri: &mut Cri, sandbox: &str, grace: i64) {
+    let containers = match list_containers(cri, sandbox).await {
+        Ok(containers) => containers,
+        Err(error) => {
+            warn!(sandbox, %error, "cannot list the sandbox's containers to stop them");
+            return;
+        }
+    };
+    let mut stops = JoinSet::new();
+    for container in containers {
+        if container.state != i32::from(cri::ContainerState::ContainerRunning) {
+            continue;
+        }
+        let mut cri = cri.clone();
+        stops.spawn(async move {
+            let request = cri::StopContainerRequest {
+                container_id: container.id.clone(),
+                timeout: grace,
+            };
+            if let Err(error) = call("StopContainer", cri.runtime.stop_container(request)).await {
+                warn!(container = container.id, %error, "stopping a container");
+            }
+        });
+    }
+    while stops.join_next().await.is_some() {}
+}
+
+/// `StopPodSandbox` (stops what still runs in it and releases its network) and
+/// `RemovePodSandbox` (removes it and its containers).
+async fn remove_sandbox(cri: &mut Cri, id: &str) {
+    let stop = cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.to_owned(),
+    };
+    if let Err(error) = call("StopPodSandbox", cri.runtime.stop_pod_sandbox(stop)).await {
+        warn!(sandbox = id, %error, "stopping a sandbox");
+        return;
+    }
+    let remove = cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.to_owned(),
+    };
+    if let Err(error) = call("RemovePodSandbox", cri.runtime.remove_pod_sandbox(remove)).await {
+        warn!(sandbox = id, %error, "removing a sandbox");
+    }
+}
+
+/// After the first list of Pods: the sandboxes gannetd started on this node for pods that no
+/// longer exist (deleted while gannetd was down) are stopped and removed.
+pub async fn remove_orphans(mut context: Context, pods: BTreeSet<String>) {
+    let sandboxes = match list_sandboxes(&mut context.cri, &context.node, None).await {
+        Ok(sandboxes) => sandboxes,
+        Err(error) => {
+            warn!(%error, "cannot list this node's sandboxes to find orphans");
+            return;
+        }
+    };
+    for sandbox in sandboxes {
+        let uid = sandbox
+            .labels
+            .get(POD_UID_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        if pods.contains(&uid) {
+            continue;
+        }
+        let pod = sandbox
+            .metadata
+            .as_ref()
+            .map(|m| format!("{}/{}", m.namespace, m.name))
+            .unwrap_or_default();
+        info!(
+            pod,
+            sandbox = sandbox.id,
+            "the pod of this sandbox is gone: removing it"
+        );
+        stop_containers(&mut context.cri, &sandbox.id, DEFAULT_GRACE_SECONDS).await;
+        remove_sandbox(&mut context.cri, &sandbox.id).await;
+    }
+}

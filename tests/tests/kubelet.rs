@@ -1,0 +1,574 @@
+//! gannetd as the kubelet (`--container-runtime`): Pods applied to gannet-control run as
+//! containers of a real containerd (Debian's 1.6, its CRI plugin on, started by the test in the
+//! node's namespace with every file in a temp dir: see the kit's `containerd.rs`), networked by
+//! gannet-cni through containerd's CNI configuration, and reached through their Service's
+//! ClusterIP by real packets. The images are OCI archives the test builds from busybox-static and
+//! imports with `gannetd image import`; no registry.
+//!
+//! Nothing here touches the root network namespace; the pods' cgroups are below a cgroup of the
+//! test (`--pod-cgroup-parent`). A test whose programs are missing prints `SKIPPED …` and passes.
+#![expect(
+    unused_crate_dependencies,
+    reason = "integration tests link all of the package's dependencies; these use the kit"
+)]
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use gannet_testkit::{
+    Cgroup, Netns,
+    agent::Agent,
+    bin_path,
+    cni::{cni, pod_ip},
+    containerd::{self, BUSYBOX_IMAGE, Containerd, PAUSE_IMAGE},
+    control::ControlPlane,
+    eventually,
+    probe::{Report, parse_json_output},
+    run_in,
+};
+use serde_json::Value;
+
+/// How long a pod may take from apply to running (image unpack, sandbox, CNI).
+const START: Duration = Duration::from_secs(60);
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn skip_reason() -> Option<String> {
+    let why = containerd::prerequisites_missing()?;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED kubelet tests: {why}");
+    Some(why)
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what` and `diagnose()`
+/// (the daemons' logs).
+fn wait<T>(
+    what: &str,
+    timeout: Duration,
+    diagnose: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            diagnose()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `gannetd image import FILE --container-runtime ADDR`; the names it printed.
+fn import(archive: &Path, runtime: &str) -> String {
+    let mut cmd = Command::new(bin_path("gannetd"));
+    cmd.args(["image", "import"])
+        .arg(archive)
+        .args(["--container-runtime", runtime]);
+    let output = run_in(cmd, None, None, CMD_TIMEOUT).expect("running gannetd image import");
+    assert!(
+        output.status.success(),
+        "gannetd image import {} failed: {}",
+        archive.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn condition(pod: &Value, type_: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every file below `dir` named `name`.
+fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(files_named(&path, name));
+            } else if entry.file_name().to_str() == Some(name) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The process whose command line (arguments joined by spaces) contains `needle`.
+fn find_process(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+}
+
+/// What a pod's network namespace looks like, entered through its process whose command line
+/// contains `needle` (for failure messages).
+fn inside_pod(needle: &str) -> String {
+    let Some(pid) = find_process(needle) else {
+        return format!("no process running {needle}");
+    };
+    let mut out = String::new();
+    for args in [
+        &["ip", "addr"][..],
+        &["ip", "route"],
+        &["/bin/busybox", "netstat", "-ltn"],
+    ] {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--target={pid}")).arg("--net").args(args);
+        if let Ok(o) = run_in(cmd, None, None, CMD_TIMEOUT) {
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+            out.push_str(&String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    out
+}
+
+/// The veth interfaces of the node namespace.
+fn veths(node: &Netns) -> BTreeSet<String> {
+    node.ip(&["-o", "link", "show", "type", "veth"])
+        .expect("ip link")
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .collect()
+}
+
+const WEB: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  labels:
+    app: web
+spec:
+  nodeName: test-node
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: gannet.test/busybox:1
+    workingDir: /tmp
+    command: [/bin/sh, -c]
+    args:
+    - printf '#!/bin/sh\\necho \"$GREETING from $(pwd)\"\\n' > reply && /bin/busybox chmod +x reply && exec /bin/busybox nc -ll -p 8080 -e /tmp/reply
+    env:
+    - name: GREETING
+      value: hello-from-web-1
+    ports:
+    - containerPort: 8080
+";
+
+const MISSING: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: missing-1
+spec:
+  nodeName: test-node
+  containers:
+  - name: app
+    image: gannet.test/not-imported:7
+";
+
+/// Apply → sandbox and container run → Running with the sandbox's IP → endpoint of its Service
+/// → a client reaches it through the ClusterIP; a missing image is reported; gannetd SIGKILL +
+/// restart adopts the running pod; delete → its containers, veth and IPAM record are gone; a
+/// delete with a grace period ends with gannetd removing the stopped Pod.
+#[test]
+fn pods_bound_to_the_node_run_in_containerd_and_serve_their_service() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let node = Netns::new("kbnode").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
+    let containerd = Containerd::start(&node).unwrap();
+    let runtime = containerd.address();
+    let parent = containerd.cgroup_parent();
+    let mut agent = Agent::start_with_control(
+        Some(&node),
+        &cgroup,
+        &plane.addr(),
+        &[
+            "--container-runtime",
+            &runtime,
+            "--pod-cgroup-parent",
+            &parent,
+        ],
+    )
+    .unwrap();
+    agent.wait_log("subnet file written", 1).unwrap();
+    agent.wait_log("container runtime connected", 1).unwrap();
+    containerd
+        .use_agent(&agent.cni_socket(), &agent.subnet_file())
+        .unwrap();
+
+    // The images, built by the test and imported through containerd's API.
+    let pause = containerd
+        .busybox_archive(PAUSE_IMAGE, &["/bin/busybox", "sleep", "2147483647"])
+        .unwrap();
+    let busybox = containerd
+        .busybox_archive(BUSYBOX_IMAGE, &["/bin/sh"])
+        .unwrap();
+    assert_eq!(import(&pause, &runtime).trim(), PAUSE_IMAGE);
+    assert_eq!(import(&busybox, &runtime).trim(), BUSYBOX_IMAGE);
+    // Importing again (every blob already there, the image already named) is no error.
+    assert_eq!(import(&busybox, &runtime).trim(), BUSYBOX_IMAGE);
+
+    let diagnose = || {
+        format!(
+            "pod web-1: {}\n--- gannetd:\n{}\n--- containerd:\n{}",
+            plane
+                .get_json("pod", "web-1")
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            agent.logs(),
+            containerd.logs()
+        )
+    };
+    plane.apply(WEB).unwrap();
+    let vip = plane.get_json("service", "web").unwrap()["spec"]["clusterIP"]
+        .as_str()
+        .expect("a ClusterIP")
+        .to_owned();
+    let pod = wait("web-1 to run and be ready", START, diagnose, || {
+        let pod = plane.get_json("pod", "web-1").ok()?;
+        // gannet-cni's registration reports the address (and Ready) as soon as the sandbox
+        // has its network: wait for the worker's container status.
+        (pod["status"]["phase"] == "Running"
+            && condition(&pod, "Ready") == "True"
+            && pod["status"]["podIP"].is_string()
+            && pod["status"]["containerStatuses"][0]["state"]["running"].is_object())
+        .then_some(pod)
+    });
+    let web_ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["name"], "web", "{pod}");
+    assert!(status["state"]["running"].is_object(), "{pod}");
+    assert_eq!(condition(&pod, "ContainersReady"), "True", "{pod}");
+    let container_id = status["containerID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(container_id.starts_with("containerd://"), "{pod}");
+    let lease = plane.get_json("node", "test-node").unwrap();
+    let prefix = lease["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".0/24")
+        .to_owned();
+    assert!(
+        web_ip.starts_with(&format!("{prefix}.")),
+        "the pod's address {web_ip} comes from the node's lease ({prefix}.0/24)"
+    );
+    let record = files_named(&containerd.ipam_dir(), &web_ip);
+    assert_eq!(record.len(), 1, "gannet-cni's IPAM record of {web_ip}");
+    let web_veths = veths(&node);
+    assert_eq!(web_veths.len(), 1, "web-1's host veth: {web_veths:?}");
+    let containers = containerd.container_ids().unwrap();
+    assert_eq!(
+        containers.len(),
+        2,
+        "the sandbox's pause container and web: {containers:?}"
+    );
+
+    eventually("web-1 to be an endpoint of web", START, || {
+        let out = plane.ctl(&["get", "endpointslices"], None).ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&web_ip)
+            .then_some(())
+    });
+
+    // A client pod of the test's own, wired by gannet-cni (the same IPAM records), reaches the
+    // container through the ClusterIP.
+    let client = Netns::new("kbcli").unwrap();
+    let conf = containerd.plugin_conf(&agent.cni_socket(), &agent.subnet_file());
+    let _client_ip = pod_ip(&cni(&node, &client, "ADD", "client", &conf));
+    // gannet-probe sends a line and reads the reply line: the container's `nc` answers each
+    // connection with its script's output.
+    let probe = |to: &str, count: u64| {
+        let mut cmd = Command::new(bin_path("gannet-probe"));
+        cmd.args(["--timeout-ms", "1000", "tcp", "--to", to, "--count"])
+            .arg(count.to_string());
+        let output = run_in(cmd, Some(&client), Some(&cgroup), CMD_TIMEOUT).expect("gannet-probe");
+        parse_json_output(&output).expect("probe report")
+    };
+    let to_vip = format!("{vip}:80");
+    let report = wait(
+        "the ClusterIP to answer with web-1's greeting",
+        START,
+        || {
+            format!(
+                "{:?}\n{:?}\n{}\n{}",
+                probe(&to_vip, 1),
+                probe(&format!("{web_ip}:8080"), 1),
+                inside_pod("nc -ll"),
+                diagnose()
+            )
+        },
+        || Some(probe(&to_vip, 5)).filter(|r: &Report| r.ok == 5),
+    );
+    let fetch = || probe(&to_vip, 1).backends.into_keys().next();
+    assert_eq!(
+        report.backend_count("hello-from-web-1 from /tmp"),
+        5,
+        "command, args, env and workingDir reach the container: {report:?}"
+    );
+
+    // The container runs below the cgroup gannetd was given (--pod-cgroup-parent).
+    let server = find_process("nc -ll -p 8080").expect("the container's nc runs");
+    let cgroups = std::fs::read_to_string(format!("/proc/{server}/cgroup")).unwrap();
+    assert!(
+        cgroups.contains(&format!("{parent}/")),
+        "the container's cgroups are below {parent}: {cgroups}"
+    );
+
+    // A pod whose image is not on the node: reported, not retried in a loop, gannetd unharmed.
+    plane.apply(MISSING).unwrap();
+    let missing = eventually("missing-1 to report its image", START, || {
+        let pod = plane.get_json("pod", "missing-1").ok()?;
+        let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+        (waiting["reason"] == "ErrImageNeverPull").then(|| pod.clone())
+    });
+    let message = missing["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("gannet.test/not-imported:7"),
+        "the message names the image: {missing}"
+    );
+    assert_eq!(missing["status"]["phase"], "Pending", "{missing}");
+    assert_eq!(condition(&missing, "Ready"), "False", "{missing}");
+
+    // gannetd killed and started again: it adopts the sandboxes and the container that run.
+    let before = containerd.container_ids().unwrap();
+    agent.stop(libc::SIGKILL).unwrap();
+    agent.restart().unwrap();
+    agent.wait_log("container runtime connected", 1).unwrap();
+    // Several resyncs of every pod worker.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        containerd.container_ids().unwrap(),
+        before,
+        "after the restart the same sandboxes and containers run, none added"
+    );
+    let pod = plane.get_json("pod", "web-1").unwrap();
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["containerID"], container_id,
+        "{pod}"
+    );
+    wait(
+        "web-1 to answer through the ClusterIP after the restart",
+        Duration::from_secs(10),
+        || format!("{:?}\n{}", probe(&to_vip, 1), agent.logs()),
+        || (fetch().as_deref() == Some("hello-from-web-1 from /tmp")).then_some(()),
+    );
+
+    // Deleted: its containers and sandbox go, and with them its veth and its address.
+    let deleted = plane.ctl(&["delete", "pod", "web-1"], None).unwrap();
+    assert!(deleted.status.success(), "gannetctl delete: {deleted:?}");
+    eventually("web-1's containers to be removed", START, || {
+        let ids = containerd.container_ids().ok()?;
+        (ids.len() + 2 == before.len()).then_some(())
+    });
+    eventually("web-1's IPAM record to be released", START, || {
+        files_named(&containerd.ipam_dir(), &web_ip)
+            .is_empty()
+            .then_some(())
+    });
+    let now = veths(&node);
+    assert!(
+        web_veths.is_disjoint(&now),
+        "web-1's host veth {web_veths:?} is gone: now {now:?}"
+    );
+    assert!(
+        plane.get_json("pod", "web-1").is_err(),
+        "web-1 is gone from the control plane"
+    );
+    let logs = agent.logs();
+    assert_eq!(
+        logs.matches("sandbox running").count(),
+        2,
+        "one sandbox for web-1 and one for missing-1, never a second: {logs}"
+    );
+
+    // Deleted with a grace period: terminating, its sandbox removed, then gannetd removes the
+    // Pod (the control plane alone would keep it for the whole 120 s).
+    let deleted = plane
+        .ctl(
+            &["delete", "pod", "missing-1", "--grace-period", "120"],
+            None,
+        )
+        .unwrap();
+    assert!(deleted.status.success(), "gannetctl delete: {deleted:?}");
+    wait(
+        "missing-1 to be stopped and removed",
+        Duration::from_secs(60),
+        || format!("{:?}\n{}", containerd.container_ids(), agent.logs()),
+        || {
+            let gone = plane.get_json("pod", "missing-1").is_err();
+            let ids = containerd.container_ids().ok()?;
+            (gone && ids.is_empty()).then_some(())
+        },
+    );
+    assert!(
+        agent.logs().contains("terminated pod removed"),
+        "gannetd removed the terminated pod"
+    );
+    cni(&node, &client, "DEL", "client", &conf);
+}
+
+/// A runtime that is not there stops gannetd at start with an error naming the flag.
+#[test]
+fn an_unreachable_container_runtime_stops_gannetd_naming_the_flag() {
+    let node = Netns::new("kbbad").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let plane = ControlPlane::start(&[]).unwrap();
+    let socket = std::env::temp_dir().join(gannet_testkit::unique_name("no-runtime"));
+    let address = format!("unix://{}", socket.display());
+    let started = Agent::start_with_control(
+        Some(&node),
+        &cgroup,
+        &plane.addr(),
+        &["--container-runtime", &address],
+    );
+    let Err(error) = started else {
+        panic!("gannetd must not start without its runtime");
+    };
+    let text = format!("{error:#}");
+    assert!(
+        text.contains(&format!("--container-runtime {address}: cannot connect")),
+        "the error names the flag and the socket: {text}"
+    );
+}
+
+/// A test that panics while a pod runs leaves nothing behind: containerd, its shims and the
+/// containers are killed, the pods' cgroups and containerd's temp dir removed.
+#[test]
+fn a_panicking_kubelet_test_leaves_no_runtime_state_behind() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let seen = std::sync::Mutex::new(None);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let node = Netns::new("kbpanic").unwrap();
+        let cgroup = Cgroup::new().unwrap();
+        let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
+        let containerd = Containerd::start(&node).unwrap();
+        let runtime = containerd.address();
+        let parent = containerd.cgroup_parent();
+        let mut agent = Agent::start_with_control(
+            Some(&node),
+            &cgroup,
+            &plane.addr(),
+            &[
+                "--container-runtime",
+                &runtime,
+                "--pod-cgroup-parent",
+                &parent,
+            ],
+        )
+        .unwrap();
+        agent.wait_log("subnet file written", 1).unwrap();
+        containerd
+            .use_agent(&agent.cni_socket(), &agent.subnet_file())
+            .unwrap();
+        for (name, entrypoint) in [
+            (PAUSE_IMAGE, &["/bin/busybox", "sleep", "2147483647"][..]),
+            (BUSYBOX_IMAGE, &["/bin/sh"][..]),
+        ] {
+            let archive = containerd.busybox_archive(name, entrypoint).unwrap();
+            import(&archive, &runtime);
+        }
+        plane
+            .apply(
+                "apiVersion: v1
+kind: Pod
+metadata:
+  name: doomed
+spec:
+  nodeName: test-node
+  containers:
+  - name: app
+    image: gannet.test/busybox:1
+    command: [/bin/busybox, sleep, '31337']
+",
+            )
+            .unwrap();
+        let container = eventually("the doomed pod's container to run", START, || {
+            find_process("sleep 31337")
+        });
+        let daemon = find_process(&format!(
+            "{}",
+            Path::new(runtime.trim_start_matches("unix://"))
+                .with_file_name("config.toml")
+                .display()
+        ))
+        .expect("containerd runs");
+        *seen.lock().unwrap() = Some((
+            container,
+            daemon,
+            Path::new(runtime.trim_start_matches("unix://"))
+                .parent()
+                .unwrap()
+                .to_owned(),
+            parent,
+        ));
+        panic!("deliberate panic with a pod running (this message is expected)");
+    }));
+    assert!(outcome.is_err(), "the closure was meant to panic");
+    let (container, daemon, dir, parent) = seen
+        .into_inner()
+        .unwrap()
+        .expect("the pod ran before the panic");
+    for pid in [container, daemon] {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie_or_gone = state
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| rest.starts_with('Z'));
+        assert!(zombie_or_gone, "process {pid} survived the panic: {state}");
+    }
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    let leftovers: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|hierarchy| hierarchy.path().join(parent.trim_start_matches('/')))
+        .filter(|path| path.exists())
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the pods' cgroups survived: {leftovers:?}"
+    );
+}
