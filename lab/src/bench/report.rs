@@ -195,6 +195,32 @@ fn number(metric: Metric, value: f64) -> String {
     }
 }
 
+/// A markdown table: a row per pod path, a column per variant, `cell` (or "—") in each,
+/// followed by an empty line.
+fn table(out: &mut String, variants: &[Variant], cell: impl Fn(Variant, Path) -> Option<String>) {
+    let _ = write!(out, "| path |");
+    for v in variants {
+        let _ = write!(out, " {} |", v.name());
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in variants {
+        let _ = write!(out, "---:|");
+    }
+    out.push('\n');
+    for path in Path::PODS {
+        let _ = write!(out, "| {} |", path.describe());
+        for &v in variants {
+            let _ = write!(
+                out,
+                " {} |",
+                cell(v, path).unwrap_or_else(|| "—".to_owned())
+            );
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+}
+
 fn markdown(
     options: &Options,
     s: &BTreeMap<Variant, BTreeMap<Path, BTreeMap<Metric, Summary>>>,
@@ -236,37 +262,17 @@ fn markdown(
                     .map_or(String::new(), |l| format!(", {l:.1} % lost"))
             ))
         );
-        let _ = write!(out, "| path |");
-        for v in &pod_variants {
-            let _ = write!(out, " {} |", v.name());
-        }
-        let _ = write!(out, "\n|---|");
-        for _ in &pod_variants {
-            let _ = write!(out, "---:|");
-        }
-        out.push('\n');
-        for path in Path::PODS {
-            let _ = write!(out, "| {} |", path.describe());
-            for v in &pod_variants {
-                let cell = s
-                    .get(v)
-                    .and_then(|p| p.get(&path))
-                    .and_then(|m| m.get(&metric))
-                    .map_or("—".to_owned(), |x| {
-                        let mut c = number(metric, x.median);
-                        if let Some(l) = x.loss_percent {
-                            let _ = write!(c, ", {l:.1} % lost");
-                        }
-                        if let Some(r) = x.ratio_to_direct {
-                            let _ = write!(c, " ({r:.2}×)");
-                        }
-                        c
-                    });
-                let _ = write!(out, " {cell} |");
+        table(&mut out, &pod_variants, |v, path| {
+            let x = s.get(&v)?.get(&path)?.get(&metric)?;
+            let mut c = number(metric, x.median);
+            if let Some(l) = x.loss_percent {
+                let _ = write!(c, ", {l:.1} % lost");
             }
-            out.push('\n');
-        }
-        out.push('\n');
+            if let Some(r) = x.ratio_to_direct {
+                let _ = write!(c, " ({r:.2}×)");
+            }
+            Some(c)
+        });
     }
     let _ = writeln!(
         out,
@@ -277,29 +283,14 @@ fn markdown(
             .and_then(|x| x.cpu_seconds_per_gbit)
             .map_or(String::new(), |c| format!("; VM → VM direct: {c:.2}"))
     );
-    let _ = write!(out, "| path |");
-    for v in &pod_variants {
-        let _ = write!(out, " {} |", v.name());
-    }
-    let _ = write!(out, "\n|---|");
-    for _ in &pod_variants {
-        let _ = write!(out, "---:|");
-    }
-    out.push('\n');
-    for path in Path::PODS {
-        let _ = write!(out, "| {} |", path.describe());
-        for v in &pod_variants {
-            let cell = s
-                .get(v)
-                .and_then(|p| p.get(&path))
-                .and_then(|m| m.get(&Metric::Stream))
-                .and_then(|x| x.cpu_seconds_per_gbit)
-                .map_or("—".to_owned(), |c| format!("{c:.2}"));
-            let _ = write!(out, " {cell} |");
-        }
-        out.push('\n');
-    }
-    out.push('\n');
+    table(&mut out, &pod_variants, |v, path| {
+        let c = s
+            .get(&v)?
+            .get(&path)?
+            .get(&Metric::Stream)?
+            .cpu_seconds_per_gbit?;
+        Some(format!("{c:.2}"))
+    });
     let _ = writeln!(
         out,
         "**Memory** of gannet's processes (gannetd, and gannet-control on node1), MiB RSS after the run:"
