@@ -26,6 +26,11 @@ pub enum Observed {
     Runtime(Box<cri::ContainerStatus>),
     /// No container could be created (missing image, a refused config).
     Waiting(Waiting),
+    /// Its newest container exited and waits out the restart back-off (`CrashLoopBackOff`).
+    BackOff {
+        last: Box<cri::ContainerStatus>,
+        delay: std::time::Duration,
+    },
 }
 
 /// What a worker saw of its pod.
@@ -58,6 +63,12 @@ pub fn build(view: &PodView) -> PodStatus {
             .map(|t| t.exit_code)
     };
     let all_running = !statuses.is_empty() && statuses.iter().all(running);
+    // A container waiting out its restart back-off is restarting: the pod runs (as a kubelet
+    // reports a crash-looping pod).
+    let restarting = view
+        .containers
+        .iter()
+        .any(|(_, o)| matches!(o, Observed::BackOff { .. }));
     let exits: Vec<Option<i32>> = statuses.iter().map(terminated).collect();
     let phase = if !statuses.is_empty() && exits.iter().all(Option::is_some) {
         if exits.iter().all(|e| *e == Some(0)) {
@@ -65,7 +76,7 @@ pub fn build(view: &PodView) -> PodStatus {
         } else {
             "Failed"
         }
-    } else if statuses.iter().any(running) {
+    } else if restarting || statuses.iter().any(running) {
         "Running"
     } else {
         "Pending"
@@ -109,6 +120,25 @@ fn container_status(name: &str, observed: &Observed, runtime: &str) -> Container
             }),
             ..ContainerStatus::default()
         },
+        Observed::BackOff { last, delay } => {
+            let exited = container_status(name, &Observed::Runtime(last.clone()), runtime);
+            ContainerStatus {
+                ready: false,
+                started: Some(false),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("CrashLoopBackOff".to_owned()),
+                        message: Some(format!(
+                            "back-off {}s restarting failed container={name}",
+                            delay.as_secs()
+                        )),
+                    }),
+                    ..ContainerState::default()
+                }),
+                last_state: exited.state.clone(),
+                ..exited
+            }
+        }
         Observed::Runtime(status) => {
             let id = format!("{runtime}://{}", status.id);
             let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
@@ -287,6 +317,60 @@ mod tests {
             .find(|c| c.type_ == type_)
             .map(|c| c.status.clone())
             .unwrap_or_default()
+    }
+
+    fn exited(exit_code: i32, attempt: u32) -> cri::ContainerStatus {
+        cri::ContainerStatus {
+            id: "old".to_owned(),
+            metadata: Some(cri::ContainerMetadata {
+                name: "app".to_owned(),
+                attempt,
+            }),
+            state: cri::ContainerState::ContainerExited.into(),
+            exit_code,
+            started_at: 1_700_000_000_000_000_000,
+            finished_at: 1_700_000_001_000_000_000,
+            ..cri::ContainerStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_crash_looping_container_waits_with_its_last_exit_and_the_pod_runs() {
+        let view = PodView {
+            containers: vec![(
+                "app".to_owned(),
+                Observed::BackOff {
+                    last: Box::new(exited(3, 2)),
+                    delay: std::time::Duration::from_secs(20),
+                },
+            )],
+            runtime_name: "containerd".to_owned(),
+            ..PodView::default()
+        };
+        let status = build(&view);
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(condition(&status, "Ready"), "False");
+        let app = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(app.restart_count, 2);
+        let waiting = app.state.as_ref().and_then(|s| s.waiting.as_ref()).unwrap();
+        assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
+        assert!(waiting.message.as_deref().unwrap().contains("back-off 20s"));
+        let last = app
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .unwrap();
+        assert_eq!(last.exit_code, 3);
+        // A container the policy leaves exited: the pod's phase follows its exit codes.
+        let done = |code| PodView {
+            containers: vec![(
+                "app".to_owned(),
+                Observed::Runtime(Box::new(exited(code, 0))),
+            )],
+            ..PodView::default()
+        };
+        assert_eq!(build(&done(0)).phase.as_deref(), Some("Succeeded"));
+        assert_eq!(build(&done(3)).phase.as_deref(), Some("Failed"));
     }
 
     #[test]

@@ -226,19 +226,69 @@ async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
         .as_ref()
         .map(|s| s.containers.clone())
         .unwrap_or_default();
+    let policy = restart_policy(pod);
     for spec in &specs {
-        let newest = existing
+        let mine: Vec<&cri::Container> = existing
             .iter()
             .filter(|c| c.labels.get(CONTAINER_NAME_LABEL) == Some(&spec.name))
-            .max_by_key(|c| c.created_at);
+            .collect();
+        let newest = mine.iter().max_by_key(|c| c.created_at).copied();
         let id = match newest {
+            Some(container)
+                if container.state == i32::from(cri::ContainerState::ContainerExited) =>
+            {
+                let status = container_status(&mut context.cri, &spec.name, &container.id).await?;
+                match restart(policy, &status, now_ns()) {
+                    Restart::No => {
+                        view.containers
+                            .push((spec.name.clone(), Observed::Runtime(Box::new(status))));
+                        continue;
+                    }
+                    Restart::After(delay) => {
+                        view.containers.push((
+                            spec.name.clone(),
+                            Observed::BackOff {
+                                last: Box::new(status),
+                                delay,
+                            },
+                        ));
+                        continue;
+                    }
+                    Restart::Now => {
+                        let attempt = container.metadata.as_ref().map_or(0, |m| m.attempt) + 1;
+                        // The exited container stays (its log) until the next one exits; the
+                        // ones before it go.
+                        for old in mine.iter().filter(|c| c.id != container.id) {
+                            remove_container(&mut context.cri, &old.id).await;
+                        }
+                        match create(context, pod, &sandbox, &config, spec, attempt).await? {
+                            Ok(id) => {
+                                info!(
+                                    pod = label(pod),
+                                    container = spec.name,
+                                    restarts = attempt,
+                                    exit_code = status.exit_code,
+                                    "restarting the container (restartPolicy {policy:?})"
+                                );
+                                start(&mut context.cri, pod, &spec.name, &id).await?;
+                                id
+                            }
+                            Err(waiting) => {
+                                view.containers
+                                    .push((spec.name.clone(), Observed::Waiting(waiting)));
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
             Some(container) => {
                 if container.state == i32::from(cri::ContainerState::ContainerCreated) {
                     start(&mut context.cri, pod, &spec.name, &container.id).await?;
                 }
                 container.id.clone()
             }
-            None => match create(context, pod, &sandbox, &config, spec).await? {
+            None => match create(context, pod, &sandbox, &config, spec, 0).await? {
                 Ok(id) => {
                     start(&mut context.cri, pod, &spec.name, &id).await?;
                     id
@@ -250,17 +300,7 @@ async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
                 }
             },
         };
-        let request = cri::ContainerStatusRequest {
-            container_id: id,
-            verbose: false,
-        };
-        let status = call(
-            "ContainerStatus",
-            context.cri.runtime.container_status(request),
-        )
-        .await?
-        .status
-        .ok_or_else(|| format!("ContainerStatus of {}: no status", spec.name))?;
+        let status = container_status(&mut context.cri, &spec.name, &id).await?;
         view.containers
             .push((spec.name.clone(), Observed::Runtime(Box::new(status))));
     }
@@ -285,14 +325,102 @@ async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
     Ok(view)
 }
 
-/// `CreateContainer`; `Ok(Err(waiting))` when the container cannot be created as specified (its
-/// image is not on the node: there is no registry to pull from, so `ErrImageNeverPull`).
+async fn container_status(
+    cri: &mut Cri,
+    name: &str,
+    id: &str,
+) -> Result<cri::ContainerStatus, String> {
+    let request = cri::ContainerStatusRequest {
+        container_id: id.to_owned(),
+        verbose: false,
+    };
+    call("ContainerStatus", cri.runtime.container_status(request))
+        .await?
+        .status
+        .ok_or_else(|| format!("ContainerStatus of {name}: no status"))
+}
+
+/// A pod's `restartPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// The pod's restart policy (`Always` when not given, as the API defaults it).
+fn restart_policy(pod: &Pod) -> RestartPolicy {
+    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+        Some("Never") => RestartPolicy::Never,
+        Some("OnFailure") => RestartPolicy::OnFailure,
+        _ => RestartPolicy::Always,
+    }
+}
+
+/// What to do with a container that exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// The policy keeps it exited.
+    No,
+    /// Start it again now.
+    Now,
+    /// Start it again once this back-off has passed since it exited.
+    After(Duration),
+}
+
+/// The kubelet's crash-loop back-off: the first restart at once, then 10 s, doubled per restart
+/// up to 5 minutes; a container that ran for 10 minutes before it exited starts over at once.
+const BACK_OFF_FIRST: Duration = Duration::from_secs(10);
+const BACK_OFF_MAX: Duration = Duration::from_secs(300);
+const BACK_OFF_RESET: Duration = Duration::from_secs(600);
+
+/// Whether and when an exited container (`status`, its restarts so far in its attempt) starts
+/// again under `policy`, at `now_ns` (nanoseconds since the epoch, as the runtime's times).
+#[must_use]
+pub fn restart(policy: RestartPolicy, status: &cri::ContainerStatus, now_ns: i64) -> Restart {
+    let wanted = match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => status.exit_code != 0,
+        RestartPolicy::Never => false,
+    };
+    if !wanted {
+        return Restart::No;
+    }
+    let restarts = status.metadata.as_ref().map_or(0, |m| m.attempt);
+    let ran = Duration::from_nanos(
+        u64::try_from(status.finished_at.saturating_sub(status.started_at)).unwrap_or(0),
+    );
+    if restarts == 0 || (status.started_at > 0 && ran >= BACK_OFF_RESET) {
+        return Restart::Now;
+    }
+    let delay = BACK_OFF_FIRST
+        .saturating_mul(1 << (restarts - 1).min(5))
+        .min(BACK_OFF_MAX);
+    let since =
+        Duration::from_nanos(u64::try_from(now_ns.saturating_sub(status.finished_at)).unwrap_or(0));
+    if since >= delay {
+        Restart::Now
+    } else {
+        Restart::After(delay)
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// `CreateContainer` of restart `attempt`; `Ok(Err(waiting))` when the container cannot be
+/// created as specified (its image is not on the node: there is no registry to pull from, so
+/// `ErrImageNeverPull`).
 async fn create(
     context: &mut Context,
     pod: &Pod,
     sandbox: &str,
     sandbox_config: &cri::PodSandboxConfig,
     spec: &Container,
+    attempt: u32,
 ) -> Result<Result<String, Waiting>, String> {
     let image = spec.image.clone().unwrap_or_default();
     if image.is_empty() {
@@ -357,7 +485,7 @@ async fn create(
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: spec.name.clone(),
-            attempt: 0,
+            attempt,
         }),
         image: Some(cri::ImageSpec {
             image,
@@ -368,7 +496,7 @@ async fn create(
         working_dir: spec.working_dir.clone().unwrap_or_default(),
         envs,
         labels,
-        log_path: format!("{}/0.log", spec.name),
+        log_path: format!("{}/{attempt}.log", spec.name),
         linux: Some(cri::LinuxContainerConfig::default()),
         ..cri::ContainerConfig::default()
     };
@@ -409,8 +537,7 @@ async fn start(cri: &mut Cri, pod: &Pod, name: &str, id: &str) -> Result<(), Str
             Ok(())
         }
         // The runtime records the failure in the container's status (exited, StartError),
-        // which is reported; a failed start is not retried here (restart policies are not
-        // implemented yet).
+        // which is reported; the restart policy decides whether it is started again.
         Err(error) => {
             warn!(pod = label(pod), container = name, %error, "container did not start");
             Ok(())
@@ -521,6 +648,16 @@ async fn stop_containers(cri: &mut Cri, sandbox: &str, grace: i64) {
 
 /// `StopPodSandbox` (stops what still runs in it and releases its network) and
 /// `RemovePodSandbox` (removes it and its containers).
+/// `RemoveContainer` of an exited container (a failure is logged: the next restart tries again).
+async fn remove_container(cri: &mut Cri, id: &str) {
+    let remove = cri::RemoveContainerRequest {
+        container_id: id.to_owned(),
+    };
+    if let Err(error) = call("RemoveContainer", cri.runtime.remove_container(remove)).await {
+        warn!(container = id, %error, "removing an exited container");
+    }
+}
+
 async fn remove_sandbox(cri: &mut Cri, id: &str) {
     let stop = cri::StopPodSandboxRequest {
         pod_sandbox_id: id.to_owned(),
@@ -568,5 +705,61 @@ pub async fn remove_orphans(mut context: Context, pods: BTreeSet<String>) {
         );
         stop_containers(&mut context.cri, &sandbox.id, DEFAULT_GRACE_SECONDS).await;
         remove_sandbox(&mut context.cri, &sandbox.id).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn exited(exit_code: i32, restarts: u32, started: i64, finished: i64) -> cri::ContainerStatus {
+        cri::ContainerStatus {
+            metadata: Some(cri::ContainerMetadata {
+                name: "app".to_owned(),
+                attempt: restarts,
+            }),
+            exit_code,
+            started_at: started * S,
+            finished_at: finished * S,
+            ..cri::ContainerStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_policy_says_whether_an_exited_container_starts_again() {
+        let failed = exited(3, 0, 100, 101);
+        let done = exited(0, 0, 100, 101);
+        let now = 102 * S;
+        assert_eq!(restart(RestartPolicy::Always, &failed, now), Restart::Now);
+        assert_eq!(restart(RestartPolicy::Always, &done, now), Restart::Now);
+        assert_eq!(
+            restart(RestartPolicy::OnFailure, &failed, now),
+            Restart::Now
+        );
+        assert_eq!(restart(RestartPolicy::OnFailure, &done, now), Restart::No);
+        assert_eq!(restart(RestartPolicy::Never, &failed, now), Restart::No);
+        assert_eq!(restart(RestartPolicy::Never, &done, now), Restart::No);
+    }
+
+    #[test]
+    fn restarts_back_off_from_10_s_doubling_to_5_minutes() {
+        let wait = |restarts: u32, since_exit: i64| {
+            restart(
+                RestartPolicy::Always,
+                &exited(1, restarts, 100, 101),
+                (101 + since_exit) * S,
+            )
+        };
+        assert_eq!(wait(1, 5), Restart::After(Duration::from_secs(10)));
+        assert_eq!(wait(1, 10), Restart::Now);
+        assert_eq!(wait(2, 15), Restart::After(Duration::from_secs(20)));
+        assert_eq!(wait(3, 39), Restart::After(Duration::from_secs(40)));
+        assert_eq!(wait(9, 299), Restart::After(Duration::from_secs(300)));
+        assert_eq!(wait(9, 300), Restart::Now);
+        // A container that ran for 10 minutes starts over at once.
+        let long = exited(1, 7, 100, 100 + 600);
+        assert_eq!(restart(RestartPolicy::Always, &long, 701 * S), Restart::Now);
     }
 }

@@ -157,27 +157,8 @@ pub(crate) fn row(object: &Object, wide: bool, all_namespaces: bool) -> Vec<Stri
             ]
         }
         Object::Pod(pod) => {
-            let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let status = if meta.deletion_timestamp.is_some() {
-                "Terminating".to_owned()
-            } else {
-                pod.status
-                    .as_ref()
-                    .and_then(|s| s.phase.clone())
-                    .unwrap_or_else(|| "Pending".to_owned())
-            };
-            let mut row = vec![
-                object.name().to_owned(),
-                format!("{}/{containers}", if ready { containers } else { 0 }),
-                status,
-                "0".to_owned(),
-                created,
-            ];
+            let (ready, status, restarts) = pod_columns(pod, meta.deletion_timestamp.is_some());
+            let mut row = vec![object.name().to_owned(), ready, status, restarts, created];
             if wide {
                 let ip = pod.status.as_ref().and_then(|s| {
                     s.pod_ip
@@ -301,4 +282,133 @@ pub(crate) fn render(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A pod's READY, STATUS and RESTARTS as kubectl shows them: ready containers of all (by their
+/// statuses; by the `Ready` condition when there are none, as for a pod only gannet-cni
+/// reported); the reason a container waits or ended (`CrashLoopBackOff`, `ErrImageNeverPull`,
+/// `Error`, `ExitCode:N`) over the phase, `Terminating` while it is deleted; the restarts of all
+/// its containers.
+fn pod_columns(pod: &k8s_openapi::api::core::v1::Pod, deleting: bool) -> (String, String, String) {
+    let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    let status = pod.status.as_ref();
+    let statuses = status
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    let ready = if statuses.is_empty() {
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready { containers } else { 0 }
+    } else {
+        statuses.iter().filter(|c| c.ready).count()
+    };
+    let mut reason = status
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "Pending".to_owned());
+    // kubectl: the last container with a reason of its own decides.
+    for container in statuses.iter().rev() {
+        let Some(state) = &container.state else {
+            continue;
+        };
+        if let Some(waiting) = state.waiting.as_ref().and_then(|w| w.reason.clone()) {
+            reason = waiting;
+            break;
+        }
+        if let Some(terminated) = &state.terminated {
+            reason = terminated
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("ExitCode:{}", terminated.exit_code));
+            break;
+        }
+    }
+    if deleting {
+        reason = "Terminating".to_owned();
+    }
+    let restarts: i64 = statuses.iter().map(|c| i64::from(c.restart_count)).sum();
+    (
+        format!("{ready}/{containers}"),
+        reason,
+        restarts.to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+        ContainerStateWaiting, ContainerStatus, Pod, PodSpec, PodStatus,
+    };
+
+    use super::pod_columns;
+
+    fn container(name: &str, restarts: i32, state: ContainerState, ready: bool) -> ContainerStatus {
+        ContainerStatus {
+            name: name.to_owned(),
+            restart_count: restarts,
+            ready,
+            state: Some(state),
+            ..ContainerStatus::default()
+        }
+    }
+
+    fn pod(statuses: Vec<ContainerStatus>, phase: &str) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container::default(); statuses.len().max(1)],
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.to_owned()),
+                container_statuses: Some(statuses),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn pod_columns_read_like_kubectl() {
+        let running = ContainerState {
+            running: Some(ContainerStateRunning::default()),
+            ..ContainerState::default()
+        };
+        let backing_off = ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".to_owned()),
+                message: None,
+            }),
+            ..ContainerState::default()
+        };
+        let exited = |code| ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: code,
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        };
+        let crash = pod(
+            vec![
+                container("web", 0, running.clone(), true),
+                container("side", 4, backing_off, false),
+            ],
+            "Running",
+        );
+        assert_eq!(
+            pod_columns(&crash, false),
+            (
+                "1/2".to_owned(),
+                "CrashLoopBackOff".to_owned(),
+                "4".to_owned()
+            )
+        );
+        let failed = pod(vec![container("job", 0, exited(3), false)], "Failed");
+        assert_eq!(pod_columns(&failed, false).1, "ExitCode:3");
+        let fine = pod(vec![container("web", 1, running, true)], "Running");
+        assert_eq!(
+            pod_columns(&fine, true),
+            ("1/1".to_owned(), "Terminating".to_owned(), "1".to_owned())
+        );
+    }
 }
