@@ -800,6 +800,7 @@ impl RunArgs {
             credentials,
             node_ips,
             vtep_mac: None,
+            kubelet: self.container_runtime.is_some(),
         })
     }
 

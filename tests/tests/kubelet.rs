@@ -328,6 +328,103 @@ fn exited_containers_follow_the_pods_restart_policy() {
     }
 }
 
+/// Readiness probes: a pod whose containers run is Ready only once each container's probe
+/// passed (httpGet on busybox's httpd, tcpSocket on an `nc` listener, exec of a file test that
+/// turns true after a few seconds), and its Service's endpoint turns ready with it; gannet-cni's
+/// registration (addresses as soon as the sandbox has its network) does not make it Ready.
+#[test]
+fn a_pod_is_ready_and_an_endpoint_only_when_its_readiness_probes_pass() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let node = Netns::new("kbready").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
+    let containerd = Containerd::start(&node).unwrap();
+    let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: probed}}\nspec:\n  selector: {{app: probed}}\n  \
+         ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: probed, labels: {{app: probed}}}}\nspec:\n  \
+         nodeName: test-node\n  terminationGracePeriodSeconds: 1\n  containers:\n  \
+         - name: http\n    image: {BUSYBOX_IMAGE}\n    \
+         command: [/bin/sh, -c, 'mkdir -p /www && echo ok >/www/healthz && exec /bin/busybox httpd -f -p 8080 -h /www']\n    \
+         ports: [{{name: http, containerPort: 8080}}]\n    \
+         readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}\n  \
+         - name: tcp\n    image: {BUSYBOX_IMAGE}\n    \
+         command: [/bin/busybox, nc, -lk, -p, '9090', -e, /bin/true]\n    \
+         readinessProbe: {{tcpSocket: {{port: 9090}}, periodSeconds: 1}}\n  \
+         - name: exec\n    image: {BUSYBOX_IMAGE}\n    \
+         command: [/bin/sh, -c, 'sleep 6; touch /tmp/ready; exec sleep 3600']\n    \
+         readinessProbe: {{exec: {{command: [/bin/busybox, test, -f, /tmp/ready]}}, periodSeconds: 1}}\n"
+    );
+    plane.apply(&manifest).unwrap();
+    let diagnose = || {
+        format!(
+            "pod probed: {}\nslices: {}\n--- gannetd:\n{}",
+            plane
+                .get_json("pod", "probed")
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            plane
+                .ctl(&["get", "endpointslices", "-o", "json"], None)
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default(),
+            agent.logs()
+        )
+    };
+    let ready_of = |pod: &Value, name: &str| -> Option<bool> {
+        pod["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name)?["ready"]
+            .as_bool()
+    };
+    // httpGet and tcpSocket pass while the exec probe's file is not there yet: running, with an
+    // address, not Ready, and its endpoint not ready.
+    let waiting = wait(
+        "the http and tcp containers to be ready, the exec one not yet",
+        START,
+        diagnose,
+        || {
+            let pod = plane.get_json("pod", "probed").ok()?;
+            (ready_of(&pod, "http")? && ready_of(&pod, "tcp")? && !ready_of(&pod, "exec")?)
+                .then_some(pod)
+        },
+    );
+    assert_eq!(waiting["status"]["phase"], "Running", "{waiting}");
+    assert_eq!(condition(&waiting, "Ready"), "False", "{waiting}");
+    assert!(waiting["status"]["podIP"].is_string(), "{waiting}");
+    let pod_ip = waiting["status"]["podIP"].as_str().unwrap().to_owned();
+    let endpoint_ready = || -> Option<bool> {
+        let out = plane
+            .ctl(&["get", "endpointslices", "-o", "json"], None)
+            .ok()?;
+        let slices: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let items = slices["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .find(|e| e["addresses"][0] == pod_ip.as_str())
+            .map(|e| e["conditions"]["ready"] == true)
+    };
+    assert_ne!(
+        endpoint_ready(),
+        Some(true),
+        "an unready pod is no ready endpoint\n{}",
+        diagnose()
+    );
+    // The exec probe's file appears: Ready, and a ready endpoint.
+    let ready = wait("the pod to be Ready", START, diagnose, || {
+        let pod = plane.get_json("pod", "probed").ok()?;
+        (condition(&pod, "Ready") == "True").then_some(pod)
+    });
+    assert_eq!(condition(&ready, "ContainersReady"), "True", "{ready}");
+    wait("its endpoint to be ready", START, diagnose, || {
+        endpoint_ready().filter(|r| *r).map(|_| ())
+    });
+}
+
 /// Apply → sandbox and container run → Running with the sandbox's IP → endpoint of its Service
 /// → a client reaches it through the ClusterIP; a missing image is reported; gannetd SIGKILL +
 /// restart adopts the running pod; delete → its containers, veth and IPAM record are gone; a

@@ -41,6 +41,10 @@ pub struct ControlConfig {
     /// The VXLAN device's MAC, published as the node's `gannet.io/vtep-mac` (set once the
     /// overlay has its device).
     pub vtep_mac: Option<String>,
+    /// The kubelet role is on (`--container-runtime`): it owns the Pods' phase and conditions,
+    /// and gannet-cni's registrations report a pod's addresses only (a pod is Ready when its
+    /// containers are, not when its sandbox has a network).
+    pub kubelet: bool,
 }
 
 /// What the main loop is to program.
@@ -134,7 +138,12 @@ impl Control {
         let source = PathBuf::from(config.server.to_string());
         tokio::spawn(aggregate(events, updates_tx.clone(), source));
         let (reports, reports_rx) = mpsc::unbounded_channel();
-        tokio::spawn(pods::run(client.clone(), node_name.to_owned(), reports_rx));
+        tokio::spawn(pods::run(
+            client.clone(),
+            node_name.to_owned(),
+            config.kubelet,
+            reports_rx,
+        ));
         tokio::spawn(node::run(client, node_name.to_owned(), config, updates_tx));
         Ok(Self {
             updates,

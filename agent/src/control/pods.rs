@@ -54,6 +54,7 @@ struct Pending {
 pub(super) async fn run(
     mut client: Client,
     node_name: String,
+    addresses_only: bool,
     mut reports: mpsc::UnboundedReceiver<PodReport>,
 ) {
     let mut pending: BTreeMap<ObjectKey, Pending> = BTreeMap::new();
@@ -92,7 +93,7 @@ pub(super) async fn run(
             .collect();
         for key in due {
             let ips = pending[&key].ips.clone();
-            match send(&mut client, &node_name, &key, &ips).await {
+            match send(&mut client, &node_name, &key, &ips, addresses_only).await {
                 Ok(()) => {
                     pending.remove(&key);
                 }
@@ -117,13 +118,15 @@ pub(super) async fn run(
     }
 }
 
-/// Writes `ips` into the Pod's status: `podIPs`, `podIP`, phase `Running` and `Ready` while it
-/// has addresses; `Ready: False` and no addresses once its network is gone.
+/// Writes `ips` into the Pod's status: `podIPs`, `podIP`, and (unless `addresses_only`: the
+/// kubelet role owns them) phase `Running` and `Ready` while it has addresses; `Ready: False`
+/// and no addresses once its network is gone.
 async fn send(
     client: &mut Client,
     node_name: &str,
     key: &ObjectKey,
     ips: &[IpAddr],
+    addresses_only: bool,
 ) -> Result<(), ClientError> {
     let pod_label = format!("{}/{}", key.0, key.1);
     for _ in 0..3 {
@@ -139,7 +142,7 @@ async fn send(
             );
             return Ok(());
         }
-        let status = pod_status(pod.status.clone().unwrap_or_default(), ips);
+        let status = pod_status(pod.status.clone().unwrap_or_default(), ips, addresses_only);
         // A Pod no scheduler placed is bound to this node, which runs its network (the control
         // plane takes spec.nodeName from a status update only while it is unset).
         let unbound = assigned.is_none() && !ips.is_empty();
@@ -166,10 +169,13 @@ async fn send(
     )))
 }
 
-fn pod_status(mut status: PodStatus, ips: &[IpAddr]) -> PodStatus {
+fn pod_status(mut status: PodStatus, ips: &[IpAddr], addresses_only: bool) -> PodStatus {
     let up = !ips.is_empty();
     status.pod_ips = up.then(|| ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect());
     status.pod_ip = ips.first().map(ToString::to_string);
+    if addresses_only {
+        return status;
+    }
     if up {
         status.phase = Some("Running".to_owned());
     }
@@ -208,7 +214,7 @@ mod tests {
     #[test]
     fn status_says_running_and_ready_while_the_pod_has_addresses() {
         let ip: IpAddr = "10.244.1.5".parse().unwrap();
-        let up = pod_status(PodStatus::default(), &[ip]);
+        let up = pod_status(PodStatus::default(), &[ip], false);
         assert_eq!(up.pod_ip.as_deref(), Some("10.244.1.5"));
         assert_eq!(up.phase.as_deref(), Some("Running"));
         let ready = |s: &PodStatus| {
@@ -220,11 +226,15 @@ mod tests {
         };
         assert_eq!(ready(&up).as_deref(), Some("True"));
         // Reporting the same again changes nothing (no write, no new transition time).
-        assert_eq!(pod_status(up.clone(), &[ip]), up);
-        let down = pod_status(up, &[]);
+        assert_eq!(pod_status(up.clone(), &[ip], false), up);
+        let down = pod_status(up, &[], false);
         assert_eq!(down.pod_ips, None);
         assert_eq!(down.pod_ip, None);
         assert_eq!(ready(&down).as_deref(), Some("False"));
+        // Under the kubelet role only the addresses: phase and readiness are the kubelet's.
+        let kubelet = pod_status(PodStatus::default(), &[ip], true);
+        assert_eq!(kubelet.pod_ip.as_deref(), Some("10.244.1.5"));
+        assert_eq!((kubelet.phase.clone(), ready(&kubelet)), (None, None));
     }
 
     #[test]

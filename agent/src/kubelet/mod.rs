@@ -12,6 +12,7 @@
 
 pub mod cri;
 pub mod image;
+pub mod probe;
 pub mod status;
 pub mod worker;
 

@@ -1,7 +1,7 @@
 //! The status a pod worker reports: what the runtime says of the pod's sandbox and containers,
 //! as a kubelet writes it (phase, `Ready`/`ContainersReady` conditions, `podIPs`, container
-//! states and restart counts). Readiness probes are not run yet: a container is ready while it
-//! runs.
+//! states and restart counts). A container is ready while it runs and, when it has a readiness
+//! probe, that probe says so.
 
 use gannet_api::{Client, ClientError, Kind, Object};
 use k8s_cri::v1 as cri;
@@ -44,6 +44,9 @@ pub struct PodView {
     pub containers: Vec<(String, Observed)>,
     /// The runtime's name, prefixed to container ids (`containerd://…`).
     pub runtime_name: String,
+    /// The readiness of the containers with a readiness probe, by name (the others are ready
+    /// while they run).
+    pub readiness: std::collections::BTreeMap<String, bool>,
 }
 
 /// The status fields a worker owns, without transition times (those are kept from the Pod's
@@ -53,7 +56,11 @@ pub fn build(view: &PodView) -> PodStatus {
     let statuses: Vec<ContainerStatus> = view
         .containers
         .iter()
-        .map(|(name, observed)| container_status(name, observed, &view.runtime_name))
+        .map(|(name, observed)| {
+            let mut status = container_status(name, observed, &view.runtime_name);
+            status.ready &= view.readiness.get(name).copied().unwrap_or(true);
+            status
+        })
         .collect();
     let running = |s: &ContainerStatus| s.state.as_ref().is_some_and(|st| st.running.is_some());
     let terminated = |s: &ContainerStatus| {
@@ -62,7 +69,7 @@ pub fn build(view: &PodView) -> PodStatus {
             .and_then(|st| st.terminated.as_ref())
             .map(|t| t.exit_code)
     };
-    let all_running = !statuses.is_empty() && statuses.iter().all(running);
+    let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
     // A container waiting out its restart back-off is restarting: the pod runs (as a kubelet
     // reports a crash-looping pod).
     let restarting = view
@@ -92,8 +99,8 @@ pub fn build(view: &PodView) -> PodStatus {
         conditions: Some(vec![
             condition("PodScheduled", "True"),
             condition("Initialized", "True"),
-            condition("ContainersReady", truth(all_running)),
-            condition("Ready", truth(all_running)),
+            condition("ContainersReady", truth(all_ready)),
+            condition("Ready", truth(all_ready)),
         ]),
         pod_ip: view.ips.first().cloned(),
         pod_ips: (!view.ips.is_empty())
@@ -374,12 +381,33 @@ mod tests {
     }
 
     #[test]
+    fn a_running_container_whose_readiness_probe_has_not_passed_is_not_ready() {
+        let view = PodView {
+            containers: vec![running("web"), running("side")],
+            readiness: std::collections::BTreeMap::from([("side".to_owned(), false)]),
+            ..PodView::default()
+        };
+        let status = build(&view);
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(condition(&status, "Ready"), "False");
+        assert_eq!(condition(&status, "ContainersReady"), "False");
+        let ready: Vec<bool> = status
+            .container_statuses
+            .unwrap()
+            .iter()
+            .map(|c| c.ready)
+            .collect();
+        assert_eq!(ready, [true, false]);
+    }
+
+    #[test]
     fn a_pod_whose_containers_all_run_is_running_and_ready() {
         let view = PodView {
             ips: vec!["10.244.0.5".to_owned()],
             started_ns: Some(1),
             containers: vec![running("web"), running("side")],
             runtime_name: "containerd".to_owned(),
+            readiness: std::collections::BTreeMap::new(),
         };
         let status = build(&view);
         assert_eq!(status.phase.as_deref(), Some("Running"));

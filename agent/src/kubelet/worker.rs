@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::cri::{Cri, call};
+use super::probe::{self, Readiness};
 use super::status::{self, Observed, PodView, Waiting};
 use super::{
     CONTAINER_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, POD_NAME_LABEL,
@@ -49,6 +50,7 @@ pub struct Context {
 pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>) {
     let mut last: Option<Pod> = None;
     let mut failed: Option<String> = None;
+    let mut readiness: HashMap<String, Readiness> = HashMap::new();
     loop {
         let pod = desired.borrow_and_update().clone();
         let Some(pod) = pod else {
@@ -68,8 +70,9 @@ pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>
             return;
         }
         match sync(&mut context, &pod).await {
-            Ok(view) => {
+            Ok(mut view) => {
                 failed = None;
+                probe_readiness(&mut context, &pod, &mut view, &mut readiness).await;
                 // Compared with the Pod as the watch has it, so that a status someone else
                 // wrote over this one (gannet-cni's registration reports addresses too) is
                 // corrected.
@@ -93,6 +96,66 @@ pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>
             changed = desired.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(RESYNC) => {}
         }
+    }
+}
+
+/// Runs the readiness probes that are due of the pod's running containers and notes each
+/// probed container's readiness in `view`; a restarted container starts unready.
+async fn probe_readiness(
+    context: &mut Context,
+    pod: &Pod,
+    view: &mut PodView,
+    readiness: &mut HashMap<String, Readiness>,
+) {
+    let specs = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let pod_ip = view.ips.first().and_then(|ip| ip.parse().ok());
+    for spec in specs {
+        let Some(probe) = &spec.readiness_probe else {
+            continue;
+        };
+        let running = view
+            .containers
+            .iter()
+            .find_map(|(name, observed)| match observed {
+                Observed::Runtime(status)
+                    if *name == spec.name
+                        && status.state == i32::from(cri::ContainerState::ContainerRunning) =>
+                {
+                    Some(status.id.clone())
+                }
+                _ => None,
+            });
+        let Some(id) = running else {
+            readiness.remove(&spec.name);
+            view.readiness.insert(spec.name.clone(), false);
+            continue;
+        };
+        let state = readiness
+            .entry(spec.name.clone())
+            .or_insert_with(|| Readiness::new(&id));
+        if state.container_id() != id {
+            *state = Readiness::new(&id);
+        }
+        let now = std::time::Instant::now();
+        if state.due(probe, now) {
+            let outcome = probe::run(&mut context.cri, probe, spec, &id, pod_ip).await;
+            if state.record(probe, &outcome, now) {
+                info!(
+                    pod = label(pod),
+                    container = spec.name,
+                    ready = state.ready(),
+                    outcome = outcome.as_ref().err().map_or("succeeded", String::as_str),
+                    "readiness changed"
+                );
+            } else if let Err(error) = &outcome {
+                debug!(pod = label(pod), container = spec.name, %error, "readiness probe failed");
+            }
+        }
+        view.readiness.insert(spec.name.clone(), state.ready());
     }
 }
 
