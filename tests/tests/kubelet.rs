@@ -338,6 +338,9 @@ fn a_pod_is_ready_and_an_endpoint_only_when_its_readiness_probes_pass() {
         return;
     }
     let node = Netns::new("kbready").unwrap();
+    // An address of the node's own, as a real node has on its uplink: the probes' source.
+    node.ip(&["addr", "add", "192.0.2.10/32", "dev", "lo"])
+        .unwrap();
     let cgroup = Cgroup::new().unwrap();
     let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
     let containerd = Containerd::start(&node).unwrap();
@@ -352,7 +355,7 @@ fn a_pod_is_ready_and_an_endpoint_only_when_its_readiness_probes_pass() {
          ports: [{{name: http, containerPort: 8080}}]\n    \
          readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}\n  \
          - name: tcp\n    image: {BUSYBOX_IMAGE}\n    \
-         command: [/bin/busybox, nc, -lk, -p, '9090', -e, /bin/true]\n    \
+         command: [/bin/busybox, nc, -ll, -p, '9090', -e, /bin/true]\n    \
          readinessProbe: {{tcpSocket: {{port: 9090}}, periodSeconds: 1}}\n  \
          - name: exec\n    image: {BUSYBOX_IMAGE}\n    \
          command: [/bin/sh, -c, 'sleep 6; touch /tmp/ready; exec sleep 3600']\n    \
@@ -361,7 +364,9 @@ fn a_pod_is_ready_and_an_endpoint_only_when_its_readiness_probes_pass() {
     plane.apply(&manifest).unwrap();
     let diagnose = || {
         format!(
-            "pod probed: {}\nslices: {}\n--- gannetd:\n{}",
+            "node: {}{}\npod probed: {}\nslices: {}\n--- gannetd:\n{}",
+            node.ip(&["-4", "addr"]).unwrap_or_default(),
+            node.ip(&["-4", "route"]).unwrap_or_default(),
             plane
                 .get_json("pod", "probed")
                 .map(|p| p.to_string())
