@@ -43,7 +43,7 @@ pub const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
 
 /// The pods' log directories (`<namespace>_<name>_<uid>/<container>/0.log`), below
 /// `--state-dir`.
-pub const LOG_DIR: &str = "pod-logs";
+pub const LOG_DIR: &str = gannet_api::pod_logs::DIR;
 
 /// How pods are set up on this node.
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
-//! gannetctl: apply, get, watch and delete gannet-control's objects.
+//! gannetctl: apply, get, watch and delete gannet-control's objects, and read pods' logs.
 
 mod describe;
+mod logs;
 mod manifest;
 mod table;
 
@@ -92,6 +93,8 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// Print a container's log (on the pod's node: the runtime's log files are read there).
+    Logs(logs::LogsArgs),
     /// Delete objects: by kind and names, or those of manifests (-f).
     Delete {
         /// A kind as `get` takes it (not with -f).
@@ -355,6 +358,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             write!(out, "{}", describe::describe(&object, &related))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs(args) => {
+            let mut client = connect(&cli).await?;
+            logs::logs(&mut client, args, &mut out).await
         }
         Command::Delete {
             kind,
