@@ -4,7 +4,8 @@
 //! plugins; gannet-control's full and incremental syncs to gannetd agents next to kube-proxy's rule
 //! loads; pod-to-pod traffic across nodes through gannet's overlay modes next to a Flannel-style
 //! setup and the underlay; traffic from outside to node ports through gannet's NodePort program
-//! next to kube-proxy's rules; and the reports they write.
+//! next to kube-proxy's rules; pod start latency under gannetd's kubelet role next to the runtime
+//! alone; and the reports they write.
 
 pub mod agent;
 pub mod chart;
@@ -17,6 +18,7 @@ pub mod nodeport;
 pub mod nodes;
 pub mod overlay;
 pub mod peer;
+pub mod pods;
 pub mod report;
 pub mod results;
 pub mod services;

@@ -61,9 +61,35 @@ enum Scenario {
     /// kube-proxy's nftables and iptables rules; per-packet cost of the programs (kernel test
     /// runs), rr, crr and stream, at 1 and 10 000 services.
     Nodeport(NodePortArgs),
+    /// Pod start latency under gannetd's kubelet role (apply → Ready, apply → first answer
+    /// through the pod's Service) against `ctr run --cni` of the same image and CNI
+    /// configuration, and gannetd's memory with the pods running. Needs containerd and runc.
+    Pods(PodsArgs),
     /// Print what the clusterip scenario programs for N services: kube-proxy's nftables rules,
     /// its iptables-restore input, or gannetd's manifests. Needs no root.
     Rules(RulesArgs),
+}
+
+#[derive(Debug, Args)]
+struct PodsArgs {
+    /// Pods started each way.
+    #[arg(long, default_value_t = 50)]
+    pods: usize,
+    /// Where to write results.json and results.md [default: bench-results/<UTC time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not build the binaries first (done by default under `cargo run`).
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl PodsArgs {
+    fn config(&self) -> Result<gannet_bench::pods::Config, Vec<String>> {
+        if self.pods == 0 || self.pods > 200 {
+            return Err(vec![format!("--pods {}: must be 1 to 200", self.pods)]);
+        }
+        Ok(gannet_bench::pods::Config { pods: self.pods })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -1134,6 +1160,53 @@ fn output_dir(out: Option<&Path>, started: SystemTime) -> anyhow::Result<PathBuf
 
 /// Runs a scenario with its checked configuration: invalid arguments exit with `EX_USAGE`, each
 /// named; a failed run with 1.
+fn run_pods(args: &PodsArgs, config: &gannet_bench::pods::Config) -> anyhow::Result<()> {
+    if let Some(missing) = gannet_testkit::containerd::prerequisites_missing() {
+        bail!("pods: {missing}");
+    }
+    preflight(
+        "pods",
+        &["ip", "nsenter", "unshare", "ctr"],
+        true,
+        true,
+        &[],
+    )?;
+    if !args.no_build {
+        build_binaries(
+            &[
+                "gannet-agent",
+                "gannet-control",
+                "gannetctl",
+                "gannet-cni",
+                "gannet-testkit",
+            ],
+            "gannetd, gannet-control, gannetctl, gannet-cni and gannet-probe",
+        )?;
+    }
+    let started = SystemTime::now();
+    let out = output_dir(args.out.as_deref(), started)?;
+    let machine = machine::collect(Some(Path::new(WORKSPACE)));
+    let progress = progress_bar(config.pods as u64, "pods each way");
+    let results = gannet_bench::pods::run(config, machine, &|done| {
+        progress.set_position(done as u64);
+    });
+    progress.finish_and_clear();
+    let results = results?;
+    let json = out.join("results.json");
+    fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let md = out.join("results.md");
+    fs::write(&md, gannet_bench::pods::markdown(&results))
+        .with_context(|| format!("writing {}", md.display()))?;
+    eprintln!(
+        "gannet-bench: pods done in {:.0} s; wrote {} and {}",
+        results.wall_seconds,
+        json.display(),
+        md.display()
+    );
+    Ok(())
+}
+
 fn run_scenario<C>(
     config: Result<C, Vec<String>>,
     run: impl FnOnce(&C) -> anyhow::Result<()>,
@@ -1172,6 +1245,7 @@ fn main() -> ExitCode {
         Scenario::Control(args) => run_scenario(args.config(), |config| run_control(args, config)),
         Scenario::Cni(args) => run_scenario(args.config(), |config| cni(args, config)),
         Scenario::Overlay(args) => run_scenario(args.config(), |config| run_overlay(args, config)),
+        Scenario::Pods(args) => run_scenario(args.config(), |config| run_pods(args, config)),
         Scenario::Nodeport(args) => {
             run_scenario(args.config(), |config| run_nodeport(args, config))
         }

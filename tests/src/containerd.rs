@@ -249,6 +249,16 @@ state = "{d}/state"
             .collect())
     }
 
+    /// A process in containerd's mount namespace (its own /run and /var/lib), for a client that
+    /// must see the same files (`ctr run`'s fifos).
+    ///
+    /// # Panics
+    /// Never after [`Containerd::start`] returned.
+    #[must_use]
+    pub fn mount_namespace_pid(&self) -> u32 {
+        self.holder.as_ref().expect("started").pid()
+    }
+
     /// `unix://` address of its socket, for `--container-runtime`.
     #[must_use]
     pub fn address(&self) -> String {

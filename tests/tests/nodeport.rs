@@ -489,7 +489,7 @@ fn nodeport_every_node(c: &Cluster) {
         let to = sock(&c.nodes[n].ipv4, NODE_PORT);
         let report = eventually_ok("NodePort answers", Duration::from_secs(15), || {
             let r = c.tcp(&to, 60);
-            if r.ok == 60 { Ok(r) } else { Err(r) }
+            if r.ok == 60 { Ok(r) } else { Err(Box::new(r)) }
         });
         for pod in 0..NODES {
             let name = &c.nodes[pod].pods[0].name;
@@ -512,7 +512,7 @@ fn nodeport_every_node(c: &Cluster) {
         // The IPv6 slice may be programmed a moment after the IPv4 one.
         let tcp6 = eventually_ok("IPv6 NodePort answers", Duration::from_secs(15), || {
             let r = c.tcp(&v6, 20);
-            if r.ok == 20 { Ok(r) } else { Err(r) }
+            if r.ok == 20 { Ok(r) } else { Err(Box::new(r)) }
         });
         assert!(
             tcp6.backends.len() > 1,

@@ -141,6 +141,9 @@ enum Mode {
         /// tcp or udp.
         #[arg(long, default_value = "tcp")]
         proto: Proto,
+        /// Stop at the first request that gets a reply (`first_ok_after_us` says when).
+        #[arg(long)]
+        until_ok: bool,
     },
 }
 
@@ -252,11 +255,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             duration_ms,
             interval_ms,
             proto,
+            until_ok,
         } => print_json(&probe::run_loop(
             &client.options(timeout),
             proto,
             Duration::from_millis(duration_ms),
             Duration::from_millis(interval_ms),
+            until_ok,
         )),
     }
 }

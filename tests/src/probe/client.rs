@@ -90,13 +90,14 @@ pub fn udp_count(opts: &ClientOptions, count: u64, udp: UdpOptions) -> Report {
 }
 
 /// `loop` mode: a new TCP connection (or UDP socket) and one request, again and again for
-/// `duration`, pausing `interval` between requests.
+/// `duration` (or, `until_ok`, until one gets a reply), pausing `interval` between requests.
 #[must_use]
 pub fn run_loop(
     opts: &ClientOptions,
     proto: Proto,
     duration: Duration,
     interval: Duration,
+    until_ok: bool,
 ) -> Report {
     let start = Instant::now();
     let mut report = Report::default();
@@ -109,6 +110,12 @@ pub fn run_loop(
             }
         };
         report.record(result, began.elapsed());
+        if report.ok > 0 && report.first_ok_after_us.is_none() {
+            report.first_ok_after_us = Some(micros(start.elapsed()));
+            if until_ok {
+                break;
+            }
+        }
         if !interval.is_zero() {
             thread::sleep(interval.min(duration.saturating_sub(start.elapsed())));
         }

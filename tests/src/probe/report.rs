@@ -31,6 +31,10 @@ pub struct Report {
     pub peers: BTreeMap<String, u64>,
     /// How long the first failed request took, in microseconds (`null` if none failed).
     pub first_error_after_us: Option<u64>,
+    /// `loop` mode: from the start of the run to the end of the first request that got a reply,
+    /// in microseconds (`null` if none did).
+    #[serde(default)]
+    pub first_ok_after_us: Option<u64>,
     /// Wall-clock time of the whole run, in microseconds.
     pub elapsed_us: u64,
 }
