@@ -33,7 +33,15 @@ pub struct Installed {
     pub conflist: PathBuf,
     /// Whether the conflist was written (false: an existing one was kept).
     pub conflist_written: bool,
+    /// Reference plugins a runtime will look for beside gannet-cni that are not in the binary
+    /// directory (see [`COMPANION_PLUGINS`]).
+    pub missing_companions: Vec<&'static str>,
 }
+
+/// The reference plugins runtimes run with gannet-cni's conflist: `portmap` (its second plugin)
+/// and `loopback` (containerd's CRI and cri-o bring each sandbox's `lo` up with it). gannet does
+/// not ship them: they come with the node's CNI plugins (Debian's `containernetworking-plugins`).
+pub const COMPANION_PLUGINS: [&str; 2] = ["loopback", "portmap"];
 
 /// Where the conflist sends gannet-cni to: gannetd's registration socket and its subnet file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,10 +128,15 @@ pub fn install(
         fs::write(&tmp, text).map_err(err("writing", &tmp))?;
         fs::rename(&tmp, &conflist).map_err(err("installing", &conflist))?;
     }
+    let missing_companions = COMPANION_PLUGINS
+        .into_iter()
+        .filter(|name| !bin_dir.join(name).is_file())
+        .collect();
     Ok(Installed {
         binary,
         conflist,
         conflist_written,
+        missing_companions,
     })
 }
 
@@ -146,5 +159,22 @@ mod tests {
             "without a socket the plugin works alone: {alone}"
         );
         assert_eq!(alone["plugins"][0]["subnetFile"], "/x/subnet.env");
+    }
+
+    #[test]
+    fn install_names_the_reference_plugins_missing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+        let source = dir.path().join("gannet-cni-build");
+        fs::write(&source, b"#!/bin/sh\n").unwrap();
+        let done = install(&source, &bin, &conf, false, &NodeFiles::default()).unwrap();
+        assert_eq!(done.missing_companions, ["loopback", "portmap"]);
+        fs::write(bin.join("loopback"), b"").unwrap();
+        let done = install(&source, &bin, &conf, false, &NodeFiles::default()).unwrap();
+        assert_eq!(done.missing_companions, ["portmap"]);
+        assert!(
+            !done.conflist_written,
+            "the first install's conflist is kept"
+        );
     }
 }

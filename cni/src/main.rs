@@ -111,6 +111,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     done.conflist.display()
                 );
             }
+            for name in &done.missing_companions {
+                eprintln!(
+                    "gannet-cni: warning: no {name} plugin in {}: runtimes need it beside gannet-cni \
+                     (the reference CNI plugins; Debian: containernetworking-plugins, in /usr/lib/cni)",
+                    bin_dir.display()
+                );
+            }
             Ok(())
         }
     }
