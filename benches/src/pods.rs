@@ -71,16 +71,17 @@ pub struct Results {
 
 /// The node the run starts pods on, and everything it needs; dropped (and all of it cleaned up)
 /// at the end.
+/// The fields drop in order: what runs in the namespace before the namespace.
 struct Node {
-    netns: Netns,
-    cgroup: Cgroup,
-    plane: ControlPlane,
-    containerd: Containerd,
-    agent: Agent,
     /// A process holding the private mount namespace `ctr run --cni` runs in.
     ctr_mounts: ChildGuard,
     /// Where the CNI files for `ctr` come from (bind-mounted in `ctr_mounts`).
     _ctr_files: ScratchDir,
+    agent: Agent,
+    containerd: Containerd,
+    plane: ControlPlane,
+    cgroup: Cgroup,
+    netns: Netns,
 }
 
 /// Runs the scenario; `progress` is told each finished round.

@@ -389,22 +389,53 @@ impl Drop for Containerd {
             std::thread::sleep(Duration::from_millis(20));
         }
         // The pods' cgroups, in every hierarchy (cgroup v1 controllers and the unified one).
-        if let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") {
-            for line in mountinfo.lines() {
-                let Some((mount, fs_type)) = line.split_once(" - ") else {
-                    continue;
-                };
+        // Whatever still runs in them goes first: the node namespace may be gone already (a
+        // fixture that dropped it first), and then the walk above found nothing to kill.
+        let trees: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (mount, fs_type) = line.split_once(" - ")?;
                 let kind = fs_type.split_whitespace().next().unwrap_or_default();
-                if kind != "cgroup" && kind != "cgroup2" {
-                    continue;
-                }
-                let Some(point) = mount.split_whitespace().nth(4) else {
-                    continue;
-                };
-                remove_cgroup_tree(&Path::new(point).join(&self.cgroup_name));
+                (kind == "cgroup" || kind == "cgroup2")
+                    .then(|| mount.split_whitespace().nth(4))
+                    .flatten()
+                    .map(|point| Path::new(point).join(&self.cgroup_name))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut left = BTreeSet::new();
+            for tree in &trees {
+                cgroup_tree_pids(tree, &mut left);
             }
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in &left {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for tree in &trees {
+            remove_cgroup_tree(tree);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The processes in a cgroup directory and its sub-cgroups.
+fn cgroup_tree_pids(dir: &Path, pids: &mut BTreeSet<i32>) {
+    if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+        pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                cgroup_tree_pids(&entry.path(), pids);
+            }
+        }
     }
 }
 
