@@ -410,6 +410,22 @@ fn a_pod_without_a_node_is_scheduled_onto_the_kubelet_node_and_runs() {
     );
     assert_eq!(pending["spec"]["nodeName"], Value::Null, "{pending}");
     assert_eq!(pending["status"]["phase"], "Pending", "{pending}");
+    let described = plane.ctl(&["describe", "pod", "too-big"], None).unwrap();
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        described.contains(
+            "PodScheduled  False  Unschedulable  0/1 nodes are available: 1 Insufficient cpu."
+        ),
+        "gannetctl describe pod shows why: {described}"
+    );
+    let described = plane.ctl(&["describe", "node", "test-node"], None).unwrap();
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        described
+            .lines()
+            .any(|l| l.starts_with("Allocatable:") && l.ends_with(&format!("cpu: {cpus}"))),
+        "gannetctl describe node shows the allocatable CPUs: {described}"
+    );
     let wide = plane.ctl(&["get", "pods", "-o", "wide"], None).unwrap();
     let wide = String::from_utf8_lossy(&wide.stdout).into_owned();
     let row = wide
