@@ -334,6 +334,33 @@ async fn a_pod_asking_too_much_stays_pending_with_the_reason_until_a_big_enough_
     )
     .await;
 
+    // A pod for the node without allocatable resources waits, until gannet-cni's report from
+    // that node binds it (as on a network-only node): then it is scheduled after all.
+    client
+        .apply(
+            &[pod(
+                "on-legacy",
+                "100m",
+                "  nodeSelector: {kubernetes.io/hostname: legacy}",
+            )],
+            false,
+        )
+        .await
+        .expect("apply on-legacy");
+    wait_unschedulable(
+        &client,
+        "on-legacy",
+        "0/3 nodes are available: 2 node(s) didn't match Pod's node affinity/selector, 1 node(s) had no allocatable resources registered.",
+    )
+    .await;
+    let mut reported = get_pod(&mut client, "on-legacy").await;
+    reported.spec.get_or_insert_with(Default::default).node_name = Some("legacy".to_owned());
+    client
+        .update_status(&Object::Pod(Box::new(reported)))
+        .await
+        .expect("the node's status report binds the pod");
+    assert_eq!(wait_bound(&client, "on-legacy").await, "legacy");
+
     // A bad quantity is refused at the door, naming the pod's field.
     match client.apply(&[pod("typo", "1 cpu", "")], false).await {
         Err(ClientError::Invalid(problems)) => {
