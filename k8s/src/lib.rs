@@ -13,7 +13,8 @@
 //! - [`ManifestDir`] does both for a directory, re-reading only when it changed and keeping the
 //!   last good contents of a file while its current contents are broken;
 //! - [`check_service_object`], [`check_endpoint_slice_object`], [`read_documents`] and
-//!   [`typed_object`] serve the control plane and `gannetctl`, which handle more kinds.
+//!   [`typed_object`] serve the control plane and `gannetctl`, which handle more kinds;
+//! - [`Quantity`] reads resource quantities (`100m`, `128Mi`) for the scheduler and validation.
 
 mod check;
 mod dir;
@@ -22,6 +23,7 @@ mod join;
 mod model;
 mod node;
 mod parse;
+mod quantity;
 mod validate;
 mod watched;
 
@@ -35,6 +37,7 @@ pub use join::desired_state;
 pub use model::{Backend, DesiredState, External, Frontend, Protocol, ServicePort};
 pub use node::{ClusterNode, VTEP_MAC_ANNOTATION, cluster_node, format_mac, parse_mac};
 pub use parse::{Object, parse_documents};
+pub use quantity::{Quantity, QuantityError};
 pub use validate::SERVICE_NAME_LABEL;
 pub use watched::{WatchedService, WatchedSlice};
 

@@ -2,11 +2,12 @@
 //! goes to the main loop, which writes the subnet file gannet-cni allocates pod addresses from
 //! and hands the pod CIDRs to the overlay and the masquerade rules.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use gannet_api::{Client, ClientError, NodeRegistration};
+use gannet_api::{Client, ClientError, NodeRegistration, NodeResources};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -97,11 +98,23 @@ async fn register(
         } else {
             config.node_ips.clone()
         };
+        let capacity = node_resources()
+            .inspect_err(|error| {
+                if attempts == 0 {
+                    warn!(%error, "cannot tell this node's CPUs and memory; registering without");
+                }
+            })
+            .ok();
         let registration = NodeRegistration {
             name: node_name.to_owned(),
             internal_ips: internal_ips.clone(),
             vtep_mac: config.vtep_mac.clone(),
-            labels: std::collections::BTreeMap::new(),
+            labels: standard_labels(node_name),
+            capacity,
+            // Only a node that runs pods offers them its resources: the scheduler places pods
+            // on nodes with allocatable resources, and a network-only node's pods are bound to
+            // it by gannet-cni's reports instead.
+            allocatable: capacity.filter(|_| config.kubelet),
         };
         match client.register_node(&registration).await {
             Ok(registered) => {
@@ -135,6 +148,55 @@ async fn register(
             }
         }
     }
+}
+
+/// The well-known labels a kubelet sets on its Node: `kubernetes.io/hostname`,
+/// `kubernetes.io/os` and `kubernetes.io/arch` (Go's names, as in Kubernetes).
+fn standard_labels(node_name: &str) -> BTreeMap<String, String> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "riscv64" => "riscv64",
+        "s390x" => "s390x",
+        "loongarch64" => "loong64",
+        other => other,
+    };
+    BTreeMap::from([
+        ("kubernetes.io/hostname".to_owned(), node_name.to_owned()),
+        (
+            "kubernetes.io/os".to_owned(),
+            std::env::consts::OS.to_owned(),
+        ),
+        ("kubernetes.io/arch".to_owned(), arch.to_owned()),
+    ])
+}
+
+/// This node's CPUs (those gannetd may run on, within its cgroup's quota) and memory
+/// (`MemTotal` of `/proc/meminfo`).
+fn node_resources() -> io::Result<NodeResources> {
+    let cpus = std::thread::available_parallelism()?.get();
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let memory_bytes = mem_total(&meminfo).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "/proc/meminfo has no MemTotal line in kB",
+        )
+    })?;
+    Ok(NodeResources {
+        cpu_millicores: u64::try_from(cpus).unwrap_or(u64::MAX).saturating_mul(1000),
+        memory_bytes,
+    })
+}
+
+/// `MemTotal:       16318412 kB` in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let mut fields = line["MemTotal:".len()..].split_whitespace();
+    let kib: u64 = fields.next()?.parse().ok()?;
+    (fields.next()? == "kB").then(|| kib.saturating_mul(1024))
 }
 
 /// The addresses of this network namespace that other nodes could reach: global unicast
@@ -184,4 +246,37 @@ pub(crate) fn node_addresses() -> io::Result<Vec<IpAddr>> {
     // SAFETY: list came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(list) };
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mem_total, node_resources, standard_labels};
+
+    #[test]
+    fn mem_total_is_read_in_bytes() {
+        let meminfo = "MemTotal:       16318412 kB\nMemFree:         1234567 kB\n";
+        assert_eq!(mem_total(meminfo), Some(16_318_412 * 1024));
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: lots kB\n"), None);
+    }
+
+    #[test]
+    fn this_node_has_cpus_and_memory_and_the_standard_labels() {
+        let resources = node_resources().expect("this machine's CPUs and memory");
+        assert!(
+            resources.cpu_millicores >= 1000 && resources.cpu_millicores.is_multiple_of(1000),
+            "whole CPUs, at least one: {resources:?}"
+        );
+        assert!(
+            resources.memory_bytes >= 64 << 20,
+            "at least 64 MiB: {resources:?}"
+        );
+        let labels = standard_labels("node-a");
+        assert_eq!(labels["kubernetes.io/hostname"], "node-a");
+        assert_eq!(labels["kubernetes.io/os"], "linux");
+        assert!(
+            ["amd64", "arm64"].contains(&labels["kubernetes.io/arch"].as_str()),
+            "{labels:?}"
+        );
+    }
 }

@@ -59,7 +59,8 @@ pub mod pod_logs {
 pub use client::{
     Applied, Auth, Change, Client, ClientError, Credentials, DEFAULT_SERVER, DEFAULT_SOCKET,
     DeleteOptions, EventType, ListWatch, ListedObjects, MAX_MESSAGE_SIZE, NodeRegistration,
-    ObjectList, Outcome, Registered, SERVER_ENV, ServerAddr, WatchEvent, WatchStream, chain,
+    NodeResources, ObjectList, Outcome, Registered, SERVER_ENV, ServerAddr, WatchEvent,
+    WatchStream, chain,
 };
 pub use object::{ConvertError, DEFAULT_NAMESPACE, Kind, Object, Typed, object_label};
 pub use problem::{MAX_PROBLEMS, Problem, invalid_status, problems_of};

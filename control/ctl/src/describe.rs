@@ -266,14 +266,26 @@ fn pod(doc: &mut Doc, pod: &Pod) {
     }
     let conditions = status.conditions.unwrap_or_default();
     for c in &conditions {
+        // As kubectl shows a scheduler's FailedScheduling: the reason and its message.
+        let why = match (c.reason.as_deref(), c.message.as_deref()) {
+            (Some(reason), Some(message)) => format!(" ({reason}: {message})"),
+            (Some(reason), None) => format!(" ({reason})"),
+            _ => String::new(),
+        };
         doc.event(
             c.last_transition_time.as_ref(),
-            format!("{} became {}", c.type_, c.status),
+            format!("{} became {}{why}", c.type_, c.status),
         );
     }
     let conditions: Vec<String> = conditions
         .into_iter()
-        .map(|c| format!("{}  {}", c.type_, c.status))
+        .map(|c| {
+            [Some(c.type_), Some(c.status), c.reason, c.message]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("  ")
+        })
         .collect();
     doc.add("Conditions", conditions.join("\n"));
 }
@@ -290,6 +302,18 @@ fn node(doc: &mut Doc, node: &Node, lease: Option<&Lease>) {
         .collect();
     doc.add("Addresses", addresses.join("\n"));
     doc.add("PodCIDRs", spec.pod_cidrs.unwrap_or_default().join(","));
+    for (label, resources) in [
+        ("Capacity", status.capacity.as_ref()),
+        ("Allocatable", status.allocatable.as_ref()),
+    ] {
+        if let Some(resources) = resources {
+            let shown: Vec<String> = resources
+                .iter()
+                .map(|(name, quantity)| format!("{name}: {}", quantity.0))
+                .collect();
+            doc.add(label, shown.join("\n"));
+        }
+    }
     let conditions = status.conditions.unwrap_or_default();
     for c in &conditions {
         let reason = c

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use gannet_api::{Kind, Object, Problem, invalid_status, pb};
+use gannet_api::{Kind, NodeResources, Object, Problem, invalid_status, pb};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,7 +19,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::registry::{ApiError, Outcome, Registry};
+use crate::registry::{ApiError, Outcome, Registry, Resources};
 use crate::store::EventKind;
 
 /// Who is calling.
@@ -509,9 +509,24 @@ impl Api {
         let request = request.into_inner();
         let labels: BTreeMap<String, String> = request.labels.into_iter().collect();
         let vtep_mac = Some(request.vtep_mac.as_str()).filter(|mac| !mac.is_empty());
+        let resources = |pb: Option<pb::NodeResources>| {
+            pb.map(|pb| NodeResources {
+                cpu_millicores: pb.cpu_millicores,
+                memory_bytes: pb.memory_bytes,
+            })
+        };
         let (node, pod_cidrs) = self
             .registry
-            .register_node(&request.name, &request.internal_ips, vtep_mac, &labels)
+            .register_node(
+                &request.name,
+                &request.internal_ips,
+                vtep_mac,
+                &labels,
+                Resources {
+                    capacity: resources(request.capacity),
+                    allocatable: resources(request.allocatable),
+                },
+            )
             .await
             .map_err(|error| status(&error))?;
         tracing::info!(

@@ -32,8 +32,8 @@ mod pods;
 mod services;
 
 use allocations::Allocations;
-pub use nodes::NODE_LEASE_NAMESPACE;
 use nodes::pod_cidrs_of;
+pub use nodes::{NODE_LEASE_NAMESPACE, Resources};
 pub(crate) use nodes::{last_heartbeat, ready_status, set_ready};
 use pods::prepare_pod;
 use services::{cluster_ips_of, node_ports_of};
@@ -597,7 +597,7 @@ impl Registry {
                     Some(Object::Pod(old)) => Some(old.as_ref()),
                     _ => None,
                 };
-                prepare_pod(pod, old);
+                prepare_pod(pod, old, problems);
             }
             (Object::EndpointSlice(_) | Object::Lease(_), _) => {}
         }

@@ -1,4 +1,5 @@
-//! Start-up: the registry over a store, the controllers, and one gRPC server per listener.
+//! Start-up: the registry over a store, the controllers (endpoints, scheduler, node lifecycle),
+//! and one gRPC server per listener.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::controller::{endpoints, nodes};
+use crate::controller::{endpoints, nodes, scheduler};
 use crate::grpc::{Api, Authenticator};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::registry::{Network, Registry};
@@ -348,6 +349,9 @@ pub async fn start(store: Arc<dyn Store>, options: Options) -> Result<ControlPla
     plane
         .tasks
         .push(tokio::spawn(endpoints::run(Arc::clone(&registry))));
+    plane
+        .tasks
+        .push(tokio::spawn(scheduler::run(Arc::clone(&registry))));
     plane.tasks.push(tokio::spawn(nodes::run(
         Arc::clone(&registry),
         options.lifecycle,

@@ -5,13 +5,14 @@
 //! agree; the rest (names, target ports, internal traffic policy, Pods, Nodes) follows the
 //! Kubernetes API server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use gannet_api::{Kind, Object};
 use gannet_k8s::{ClusterIp, FieldProblem, check_endpoint_slice_object, check_service_object};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -314,6 +315,39 @@ fn validate_protocol(protocol: Option<&str>, field: String, problems: &mut Vec<F
     }
 }
 
+/// A container's CPU and memory requests and limits: quantities, requests no more than limits.
+fn validate_resources(container: &Container, field: &str, problems: &mut Vec<FieldProblem>) {
+    let Some(resources) = &container.resources else {
+        return;
+    };
+    let parse = |map: Option<&BTreeMap<String, Quantity>>,
+                 which: &str,
+                 resource: &str,
+                 problems: &mut Vec<FieldProblem>| {
+        let text = &map?.get(resource)?.0;
+        gannet_k8s::Quantity::parse(text)
+            .map_err(|error| {
+                problems.push(problem(
+                    format!("{field}.resources.{which}.{resource}"),
+                    error.to_string(),
+                ));
+            })
+            .ok()
+    };
+    for resource in ["cpu", "memory"] {
+        let request = parse(resources.requests.as_ref(), "requests", resource, problems);
+        let limit = parse(resources.limits.as_ref(), "limits", resource, problems);
+        if let (Some(request), Some(limit)) = (request, limit)
+            && request > limit
+        {
+            problems.push(problem(
+                format!("{field}.resources.requests.{resource}"),
+                format!("must be less than or equal to the {resource} limit of {limit}"),
+            ));
+        }
+    }
+}
+
 fn validate_pod(pod: &Pod, problems: &mut Vec<FieldProblem>) {
     match &pod.spec {
         None => problems.push(problem("spec", "must be set")),
@@ -366,6 +400,21 @@ fn validate_pod(pod: &Pod, problems: &mut Vec<FieldProblem>) {
                         }
                     }
                 }
+            }
+            let all_containers = spec
+                .containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("spec.containers[{i}]"), c))
+                .chain(
+                    spec.init_containers
+                        .iter()
+                        .flatten()
+                        .enumerate()
+                        .map(|(i, c)| (format!("spec.initContainers[{i}]"), c)),
+                );
+            for (field, container) in all_containers {
+                validate_resources(container, &field, problems);
             }
             if let Some(node) = spec.node_name.as_deref().filter(|node| !node.is_empty())
                 && !is_dns_subdomain(node)
@@ -535,6 +584,48 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00::5"}]}
         }));
         assert_eq!(validate(&pod), vec![]);
+    }
+
+    #[test]
+    fn pod_resources_are_quantities_and_requests_fit_limits() {
+        let pod = object(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "big"},
+            "spec": {
+                "containers": [
+                    {"name": "ok", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                                  "limits": {"cpu": "1", "memory": "1G"}}},
+                    {"name": "bad", "resources": {"requests": {"cpu": "lots", "memory": "-1Gi"},
+                                                   "limits": {"cpu": "1", "memory": "1Gi"}}},
+                    {"name": "over", "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}}
+                ],
+                "initContainers": [{"name": "init", "resources": {"limits": {"memory": "1 Gi"}}}]
+            }
+        }));
+        let problems = validate(&pod);
+        let found: Vec<(String, String)> = problems
+            .into_iter()
+            .map(|p| (p.field.unwrap_or_default(), p.message))
+            .collect();
+        let fields: Vec<&str> = found.iter().map(|(field, _)| field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.containers[1].resources.requests.cpu",
+                "spec.containers[1].resources.requests.memory",
+                "spec.containers[2].resources.requests.cpu",
+                "spec.initContainers[0].resources.limits.memory",
+            ],
+            "{found:?}"
+        );
+        assert!(
+            found[0].1.contains("\"lots\" is not a quantity"),
+            "{found:?}"
+        );
+        assert!(found[1].1.contains("must not be negative"), "{found:?}");
+        assert_eq!(
+            found[2].1,
+            "must be less than or equal to the cpu limit of 1500m"
+        );
     }
 
     /// Found by the `control_apply` fuzz target: a headless Service without `spec.ports[0].port`

@@ -726,6 +726,8 @@ async fn node_leases_heartbeats_and_release_after_grace() {
         internal_ips: vec!["192.0.2.10".parse().expect("ip")],
         vtep_mac: Some("02:42:ac:11:00:02".to_owned()),
         labels: Default::default(),
+        capacity: None,
+        allocatable: None,
     };
     let n1 = client
         .register_node(&registration("n1"))
@@ -853,6 +855,8 @@ async fn heartbeats_renew_the_node_lease_and_leave_the_node_alone() {
             internal_ips: vec!["192.0.2.10".parse().expect("ip")],
             vtep_mac: None,
             labels: Default::default(),
+            capacity: None,
+            allocatable: None,
         })
         .await
         .expect("register n1");

@@ -121,6 +121,28 @@ pub struct NodeRegistration {
     /// The VXLAN device's MAC address, `aa:bb:cc:dd:ee:ff`.
     pub vtep_mac: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// What the node has (`status.capacity`); `None`: not told.
+    pub capacity: Option<NodeResources>,
+    /// What it offers to pods (`status.allocatable`); `None`: the scheduler places no pods on
+    /// it.
+    pub allocatable: Option<NodeResources>,
+}
+
+/// A node's CPU and memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeResources {
+    /// Thousandths of a CPU.
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+}
+
+impl NodeResources {
+    pub(crate) fn to_pb(self) -> crate::pb::NodeResources {
+        crate::pb::NodeResources {
+            cpu_millicores: self.cpu_millicores,
+            memory_bytes: self.memory_bytes,
+        }
+    }
 }
 
 /// The answer to a registration.

@@ -293,6 +293,8 @@ impl Client {
                     .collect(),
                 vtep_mac: registration.vtep_mac.clone().unwrap_or_default(),
                 labels: registration.labels.clone().into_iter().collect(),
+                capacity: registration.capacity.map(NodeResources::to_pb),
+                allocatable: registration.allocatable.map(NodeResources::to_pb),
             })
             .await?
             .into_inner();

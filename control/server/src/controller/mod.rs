@@ -2,3 +2,4 @@
 
 pub mod endpoints;
 pub mod nodes;
+pub mod scheduler;

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use gannet_api::{Kind, Object, Problem, object_label};
+use gannet_api::{Kind, NodeResources, Object, Problem, object_label};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 
 use gannet_k8s::FieldProblem;
@@ -27,6 +28,31 @@ pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 fn not_registered(name: &str) -> ApiError {
     ApiError::NotFound(format!("Node {name} is not registered: register it first"))
+}
+
+/// What an agent registers of its node's CPU and memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// `status.capacity`; `None`: left as it is.
+    pub capacity: Option<NodeResources>,
+    /// `status.allocatable`; `None`: left as it is (a node that never had it takes no
+    /// scheduled pods).
+    pub allocatable: Option<NodeResources>,
+}
+
+/// `cpu` and `memory` as the kubelet writes them (`4`, `16318412Ki`), other resources kept.
+fn set_resources(target: &mut Option<BTreeMap<String, Quantity>>, resources: NodeResources) {
+    let map = target.get_or_insert_with(BTreeMap::new);
+    map.insert(
+        "cpu".to_owned(),
+        Quantity(gannet_k8s::Quantity::from_millis(resources.cpu_millicores).to_string()),
+    );
+    let memory = if resources.memory_bytes.is_multiple_of(1024) {
+        format!("{}Ki", resources.memory_bytes / 1024)
+    } else {
+        resources.memory_bytes.to_string()
+    };
+    map.insert("memory".to_owned(), Quantity(memory));
 }
 
 /// The status of the node's Ready condition.
@@ -103,8 +129,9 @@ pub(crate) fn last_heartbeat(node: &Node, lease: Option<&Lease>) -> Option<jiff:
 }
 
 impl Registry {
-    /// Registers (or re-registers) a node: addresses, VTEP MAC, labels, Ready; the pod CIDR lease
-    /// is kept, or given back, or allocated.
+    /// Registers (or re-registers) a node: addresses, VTEP MAC, labels, capacity and allocatable
+    /// CPU and memory (when told), Ready; the pod CIDR lease is kept, or given back, or
+    /// allocated.
     ///
     /// # Errors
     /// [`ApiError::Invalid`] for bad input, [`ApiError::Exhausted`] when no pod CIDR is free.
@@ -114,6 +141,7 @@ impl Registry {
         internal_ips: &[String],
         vtep_mac: Option<&str>,
         labels: &BTreeMap<String, String>,
+        resources: Resources,
     ) -> Result<(Node, Vec<String>), ApiError> {
         let label = object_label(Kind::Node, "", name);
         let mut problems = Vec::new();
@@ -164,6 +192,12 @@ impl Registry {
                     type_: "Hostname".to_owned(),
                 });
                 status.addresses = Some(addresses);
+                if let Some(capacity) = resources.capacity {
+                    set_resources(&mut status.capacity, capacity);
+                }
+                if let Some(allocatable) = resources.allocatable {
+                    set_resources(&mut status.allocatable, allocatable);
+                }
                 set_ready(
                     node,
                     "True",

@@ -1,10 +1,31 @@
-//! Pods as the API server keeps them on apply: the status an agent or kubelet wrote stays.
+//! Pods as the API server keeps them on apply: the status an agent or kubelet wrote stays, and
+//! so does the node a Pod was bound to.
 
+use gannet_k8s::FieldProblem;
 use k8s_openapi::api::core::v1::Pod;
 
-pub(super) fn prepare_pod(pod: &mut Pod, old: Option<&Pod>) {
+use crate::validate::problem;
+
+pub(super) fn prepare_pod(pod: &mut Pod, old: Option<&Pod>, problems: &mut Vec<FieldProblem>) {
     if pod.status.is_none() {
         pod.status = old.and_then(|old| old.status.clone());
+    }
+    // A bound Pod stays where it is: applying its manifest again (without `spec.nodeName`) keeps
+    // the node the scheduler or its node gave it; naming another node is refused.
+    if let Some(bound) = old
+        .and_then(|old| old.spec.as_ref())
+        .and_then(|spec| spec.node_name.as_deref())
+        .filter(|node| !node.is_empty())
+        && let Some(spec) = &mut pod.spec
+    {
+        match spec.node_name.as_deref().filter(|node| !node.is_empty()) {
+            None => spec.node_name = Some(bound.to_owned()),
+            Some(given) if given != bound => problems.push(problem(
+                "spec.nodeName",
+                format!("field is immutable once set: the Pod is bound to {bound}"),
+            )),
+            Some(_) => {}
+        }
     }
     if let Some(old) = old
         && old.metadata.deletion_timestamp.is_some()
