@@ -5,15 +5,19 @@
 //! the container turns ready after `successThreshold` (1) successes in a row and unready after
 //! `failureThreshold` (3) failures in a row. A container is not ready before its first success.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tracing::{debug, info};
 
 use super::cri::{Cri, call};
+use super::label;
+use super::status::{Observed, PodView};
 
 /// One container's readiness, kept by its pod's worker across syncs.
 #[derive(Debug)]
@@ -170,6 +174,66 @@ pub async fn run(
     tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| format!("probe of {addr} timed out after {timeout:?}"))?
+}
+
+/// Runs the readiness probes that are due of the pod's running containers and notes each
+/// probed container's readiness in `view`; a restarted container starts unready.
+pub async fn probe_readiness(
+    cri: &mut Cri,
+    pod: &Pod,
+    view: &mut PodView,
+    readiness: &mut HashMap<String, Readiness>,
+) {
+    let specs = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let pod_ip = view.ips.first().and_then(|ip| ip.parse().ok());
+    for spec in specs {
+        let Some(probe) = &spec.readiness_probe else {
+            continue;
+        };
+        let running = view
+            .containers
+            .iter()
+            .find_map(|(name, observed)| match observed {
+                Observed::Runtime(status)
+                    if *name == spec.name
+                        && status.state == i32::from(cri::ContainerState::ContainerRunning) =>
+                {
+                    Some(status.id.clone())
+                }
+                _ => None,
+            });
+        let Some(id) = running else {
+            readiness.remove(&spec.name);
+            view.readiness.insert(spec.name.clone(), false);
+            continue;
+        };
+        let state = readiness
+            .entry(spec.name.clone())
+            .or_insert_with(|| Readiness::new(&id));
+        if state.container_id() != id {
+            *state = Readiness::new(&id);
+        }
+        let now = std::time::Instant::now();
+        if state.due(probe, now) {
+            let outcome = run(cri, probe, spec, &id, pod_ip).await;
+            if state.record(probe, &outcome, now) {
+                info!(
+                    pod = label(pod),
+                    container = spec.name,
+                    ready = state.ready(),
+                    outcome = outcome.as_ref().err().map_or("succeeded", String::as_str),
+                    "readiness changed"
+                );
+            } else if let Err(error) = &outcome {
+                debug!(pod = label(pod), container = spec.name, %error, "readiness probe failed");
+            }
+        }
+        view.readiness.insert(spec.name.clone(), state.ready());
+    }
 }
 
 /// A probe's port: a number, or the name of one of the container's ports.
