@@ -6,7 +6,7 @@
 //! containers with the grace period (`StopContainer`: SIGTERM, wait, SIGKILL), then stops and
 //! removes the sandbox (the runtime's CNI `DEL` releases its network).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::cri::{Cri, call};
-use super::probe::{self, Readiness};
-use super::restart::{Restart, restart, restart_policy};
+use super::probe::{self, Failed, Probes};
+use super::restart::{Restart, RestartPolicy, restart, restart_policy};
 use super::status::{self, Observed, PodView, Waiting};
 use super::{
     CONTAINER_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, POD_NAME_LABEL,
@@ -51,7 +51,10 @@ pub struct Context {
 pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>) {
     let mut last: Option<Pod> = None;
     let mut failed: Option<String> = None;
-    let mut readiness: HashMap<String, Readiness> = HashMap::new();
+    let mut probes: HashMap<String, Probes> = HashMap::new();
+    // The containers a probe failed and the worker stopped: restarted unless the policy is
+    // Never, whatever their exit code (as the kubelet does).
+    let mut killed: HashSet<String> = HashSet::new();
     loop {
         let pod = desired.borrow_and_update().clone();
         let Some(pod) = pod else {
@@ -70,10 +73,14 @@ pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>
             finalize(&mut context.client, &pod).await;
             return;
         }
-        match sync(&mut context, &pod).await {
+        match sync(&mut context, &pod, &mut killed).await {
             Ok(mut view) => {
                 failed = None;
-                probe::probe_readiness(&mut context.cri, &pod, &mut view, &mut readiness).await;
+                for failure in probe::run_due(&mut context.cri, &pod, &mut view, &mut probes).await
+                {
+                    kill(&mut context.cri, &pod, &failure).await;
+                    killed.insert(failure.id);
+                }
                 // Compared with the Pod as the watch has it, so that a status someone else
                 // wrote over this one (gannet-cni's registration reports addresses too) is
                 // corrected.
@@ -97,6 +104,42 @@ pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>
             changed = desired.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(RESYNC) => {}
         }
+    }
+}
+
+/// Stops a container one of its probes failed, with the probe's grace period or the pod's (the
+/// kubelet's `Killing` event, as a log line); the next sync restarts it as the pod's
+/// `restartPolicy` says.
+async fn kill(cri: &mut Cri, pod: &Pod, failed: &Failed) {
+    let grace = failed
+        .grace_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let then = if restart_policy(pod) == RestartPolicy::Never {
+        "it will not be restarted (restartPolicy Never)"
+    } else {
+        "it will be restarted"
+    };
+    warn!(
+        pod = label(pod),
+        container = failed.container,
+        probe = %failed.kind,
+        failure = failed.failure,
+        grace_seconds = grace,
+        "Killing: container {} failed its {} probe, {then}",
+        failed.container,
+        failed.kind
+    );
+    let request = cri::StopContainerRequest {
+        container_id: failed.id.clone(),
+        timeout: grace,
+    };
+    if let Err(error) = call("StopContainer", cri.runtime.stop_container(request)).await {
+        warn!(pod = label(pod), container = failed.container, %error, "stopping a container its probe failed");
     }
 }
 
@@ -177,7 +220,11 @@ async fn list_containers(cri: &mut Cri, sandbox: &str) -> Result<Vec<cri::Contai
 }
 
 /// Brings the runtime in line with `pod` and returns what it has then.
-async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
+async fn sync(
+    context: &mut Context,
+    pod: &Pod,
+    killed: &mut HashSet<String>,
+) -> Result<PodView, String> {
     let uid = uid(pod);
     let mut sandboxes = list_sandboxes(&mut context.cri, &context.node, Some(&uid)).await?;
     sandboxes.sort_by_key(|s| s.created_at);
@@ -242,6 +289,12 @@ async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
                 if container.state == i32::from(cri::ContainerState::ContainerExited) =>
             {
                 let status = container_status(&mut context.cri, &spec.name, &container.id).await?;
+                let policy = if killed.contains(&container.id) && policy == RestartPolicy::OnFailure
+                {
+                    RestartPolicy::Always
+                } else {
+                    policy
+                };
                 match restart(policy, &status, super::restart::now_ns()) {
                     Restart::No => {
                         view.containers
@@ -264,6 +317,7 @@ async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
                         // ones before it go.
                         for old in mine.iter().filter(|c| c.id != container.id) {
                             remove_container(&mut context.cri, &old.id).await;
+                            killed.remove(&old.id);
                         }
                         match create(context, pod, &sandbox, &config, spec, attempt).await? {
                             Ok(id) => {
