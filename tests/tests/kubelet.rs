@@ -540,6 +540,132 @@ fn a_pod_is_ready_and_an_endpoint_only_when_its_readiness_probes_pass() {
     });
 }
 
+/// Liveness and startup probes: a container whose exec liveness probe starts failing (its file
+/// is removed a few seconds after each start) is killed with the probe's grace period and
+/// restarted, again and again (each new container passes its startup probe afresh), the pod
+/// Running throughout; a container whose startup probe never passes is killed and restarted,
+/// never started nor Ready, and its liveness probe (which would fail) and readiness probe (which
+/// would pass) are never run.
+#[test]
+fn failing_liveness_and_startup_probes_kill_and_restart_the_container() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let node = Netns::new("kblive").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
+    let containerd = Containerd::start(&node).unwrap();
+    let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
+    let alive_test = "exec: {command: [/bin/busybox, test, -f, /tmp/alive]}, periodSeconds: 1";
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: alive}}\nspec:\n  nodeName: test-node\n  \
+         terminationGracePeriodSeconds: 30\n  containers:\n  \
+         - name: app\n    image: {BUSYBOX_IMAGE}\n    \
+         command: [/bin/sh, -c, 'touch /tmp/alive; sleep 4; rm /tmp/alive; exec sleep 3600']\n    \
+         startupProbe: {{{alive_test}, failureThreshold: 5}}\n    \
+         livenessProbe: {{{alive_test}, failureThreshold: 2, terminationGracePeriodSeconds: 1}}\n\
+         ---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: never}}\nspec:\n  nodeName: test-node\n  \
+         terminationGracePeriodSeconds: 1\n  containers:\n  \
+         - name: app\n    image: {BUSYBOX_IMAGE}\n    command: [/bin/busybox, sleep, '3600']\n    \
+         startupProbe: {{exec: {{command: [/bin/busybox, test, -f, /tmp/never]}}, periodSeconds: 1, failureThreshold: 2}}\n    \
+         livenessProbe: {{exec: {{command: [/bin/busybox, 'false']}}, periodSeconds: 1, failureThreshold: 1}}\n    \
+         readinessProbe: {{exec: {{command: [/bin/busybox, 'true']}}, periodSeconds: 1}}\n"
+    );
+    plane.apply(&manifest).unwrap();
+    let diagnose = || {
+        let pod = |name| {
+            plane
+                .get_json("pod", name)
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        };
+        format!(
+            "pod alive: {}\npod never: {}\n--- gannetd:\n{}",
+            pod("alive"),
+            pod("never"),
+            agent.logs()
+        )
+    };
+    let app = |pod: &Value| pod["status"]["containerStatuses"][0].clone();
+    // Every look at the pod whose startup probe never passes: never started, never Ready.
+    let mut never_seen = 0;
+    let mut check_never = || {
+        if let Ok(pod) = plane.get_json("pod", "never") {
+            assert_ne!(condition(&pod, "Ready"), "True", "{pod}");
+            assert_ne!(app(&pod)["started"], true, "{pod}");
+            assert_ne!(app(&pod)["ready"], true, "{pod}");
+            never_seen += 1;
+        }
+    };
+    // The liveness pod's first container passes its startup probe: started and ready.
+    wait("alive to start and be ready", START, diagnose, || {
+        check_never();
+        let pod = plane.get_json("pod", "alive").ok()?;
+        (app(&pod)["started"] == true && app(&pod)["ready"] == true).then_some(())
+    });
+    // Its file goes: killed, restarted at once; the next container's goes too: killed and, after
+    // the back-off, restarted.
+    let restarted = wait(
+        "alive to be restarted twice by its liveness probe",
+        START + Duration::from_secs(60),
+        diagnose,
+        || {
+            check_never();
+            let pod = plane.get_json("pod", "alive").ok()?;
+            (app(&pod)["restartCount"].as_i64()? >= 2).then_some(pod)
+        },
+    );
+    assert_eq!(restarted["status"]["phase"], "Running", "{restarted}");
+    let logs = agent.logs();
+    let kills: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("Killing: container app failed its liveness probe"))
+        .filter(|l| l.contains("default/alive"))
+        .collect();
+    assert!(
+        kills.len() >= 2,
+        "two liveness kills of alive logged\n{}",
+        diagnose()
+    );
+    assert!(
+        kills
+            .iter()
+            .all(|l| l.contains("grace_seconds=1") && l.contains("exec probe exited with 1")),
+        "the kills name the probe's grace period and failure: {kills:#?}"
+    );
+    // The startup probe that never passes: killed and restarted, still never Ready.
+    let never = wait(
+        "never to be restarted by its startup probe",
+        START,
+        diagnose,
+        || {
+            check_never();
+            let pod = plane.get_json("pod", "never").ok()?;
+            (app(&pod)["restartCount"].as_i64()? >= 1).then_some(pod)
+        },
+    );
+    assert_eq!(never["status"]["phase"], "Running", "{never}");
+    assert!(never_seen > 0, "pod never was never read\n{}", diagnose());
+    let logs = agent.logs();
+    let never_lines = |needle: &str| {
+        logs.lines()
+            .filter(|l| l.contains(needle) && l.contains("default/never"))
+            .count()
+    };
+    assert!(
+        never_lines("Killing: container app failed its startup probe") >= 1,
+        "never's startup kill logged\n{}",
+        diagnose()
+    );
+    assert_eq!(
+        never_lines("liveness") + never_lines("readiness"),
+        0,
+        "never's liveness and readiness probes ran before it started\n{}",
+        diagnose()
+    );
+}
+
 /// Apply → sandbox and container run → Running with the sandbox's IP → endpoint of its Service
 /// → a client reaches it through the ClusterIP; a missing image is reported; gannetd SIGKILL +
 /// restart adopts the running pod; delete → its containers, veth and IPAM record are gone; a

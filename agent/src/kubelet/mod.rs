@@ -7,12 +7,15 @@
 //! - [`worker`]: one task per pod, a reconcile loop comparing the desired Pod with what the
 //!   runtime lists for it (sandboxes and containers carrying the labels gannetd sets), so a
 //!   restarted gannetd adopts what runs and never starts a second copy.
+//! - [`probe`]: the containers' probes (`exec`, `tcpSocket`, `httpGet`) and their state.
+//! - [`restart`]: the pod's `restartPolicy` and the crash-loop back-off for exited containers.
 //! - [`status`]: the Pod status a worker reports (phase, conditions, `podIPs`, container states).
 //! - [`image`]: `gannetd image import`, OCI archives into containerd's `k8s.io` namespace.
 
 pub mod cri;
 pub mod image;
 pub mod probe;
+pub mod restart;
 pub mod status;
 pub mod worker;
 

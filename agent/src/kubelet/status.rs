@@ -1,7 +1,8 @@
 //! The status a pod worker reports: what the runtime says of the pod's sandbox and containers,
 //! as a kubelet writes it (phase, `Ready`/`ContainersReady` conditions, `podIPs`, container
 //! states and restart counts). A container is ready while it runs and, when it has a readiness
-//! probe, that probe says so.
+//! probe, that probe says so; a container with a startup probe is `started` (and can be ready)
+//! only once that probe passed.
 
 use gannet_api::{Client, ClientError, Kind, Object};
 use k8s_cri::v1 as cri;
@@ -47,6 +48,9 @@ pub struct PodView {
     /// The readiness of the containers with a readiness probe, by name (the others are ready
     /// while they run).
     pub readiness: std::collections::BTreeMap<String, bool>,
+    /// Whether the running containers with a startup probe passed it, by name (the others are
+    /// started while they run).
+    pub started: std::collections::BTreeMap<String, bool>,
 }
 
 /// The status fields a worker owns, without transition times (those are kept from the Pod's
@@ -58,7 +62,9 @@ pub fn build(view: &PodView) -> PodStatus {
         .iter()
         .map(|(name, observed)| {
             let mut status = container_status(name, observed, &view.runtime_name);
-            status.ready &= view.readiness.get(name).copied().unwrap_or(true);
+            let started = view.started.get(name).copied().unwrap_or(true);
+            status.ready &= started && view.readiness.get(name).copied().unwrap_or(true);
+            status.started = status.started.map(|s| s && started);
             status
         })
         .collect();
@@ -401,6 +407,29 @@ mod tests {
     }
 
     #[test]
+    fn a_running_container_whose_startup_probe_has_not_passed_is_not_started_nor_ready() {
+        let view = PodView {
+            containers: vec![running("slow"), running("quick")],
+            // Its readiness probe is not run before it started: nothing says unready.
+            started: std::collections::BTreeMap::from([
+                ("slow".to_owned(), false),
+                ("quick".to_owned(), true),
+            ]),
+            ..PodView::default()
+        };
+        let status = build(&view);
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(condition(&status, "Ready"), "False");
+        let seen: Vec<(Option<bool>, bool)> = status
+            .container_statuses
+            .unwrap()
+            .iter()
+            .map(|c| (c.started, c.ready))
+            .collect();
+        assert_eq!(seen, [(Some(false), false), (Some(true), true)]);
+    }
+
+    #[test]
     fn a_pod_whose_containers_all_run_is_running_and_ready() {
         let view = PodView {
             ips: vec!["10.244.0.5".to_owned()],
@@ -408,6 +437,7 @@ mod tests {
             containers: vec![running("web"), running("side")],
             runtime_name: "containerd".to_owned(),
             readiness: std::collections::BTreeMap::new(),
+            started: std::collections::BTreeMap::new(),
         };
         let status = build(&view);
         assert_eq!(status.phase.as_deref(), Some("Running"));

@@ -6,7 +6,7 @@
 //! containers with the grace period (`StopContainer`: SIGTERM, wait, SIGKILL), then stops and
 //! removes the sandbox (the runtime's CNI `DEL` releases its network).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::cri::{Cri, call};
-use super::probe::{self, Readiness};
+use super::probe::{self, Failed, Probes};
+use super::restart::{Restart, RestartPolicy, restart, restart_policy};
 use super::status::{self, Observed, PodView, Waiting};
 use super::{
     CONTAINER_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, POD_NAME_LABEL,
@@ -50,7 +51,10 @@ pub struct Context {
 pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>) {
     let mut last: Option<Pod> = None;
     let mut failed: Option<String> = None;
-    let mut readiness: HashMap<String, Readiness> = HashMap::new();
+    let mut probes: HashMap<String, Probes> = HashMap::new();
+    // The containers a probe failed and the worker stopped: restarted unless the policy is
+    // Never, whatever their exit code (as the kubelet does).
+    let mut killed: HashSet<String> = HashSet::new();
     loop {
         let pod = desired.borrow_and_update().clone();
         let Some(pod) = pod else {
@@ -69,10 +73,14 @@ pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>
             finalize(&mut context.client, &pod).await;
             return;
         }
-        match sync(&mut context, &pod).await {
+        match sync(&mut context, &pod, &mut killed).await {
             Ok(mut view) => {
                 failed = None;
-                probe_readiness(&mut context, &pod, &mut view, &mut readiness).await;
+                for failure in probe::run_due(&mut context.cri, &pod, &mut view, &mut probes).await
+                {
+                    kill(&mut context.cri, &pod, &failure).await;
+                    killed.insert(failure.id);
+                }
                 // Compared with the Pod as the watch has it, so that a status someone else
                 // wrote over this one (gannet-cni's registration reports addresses too) is
                 // corrected.
@@ -99,63 +107,39 @@ pub async fn run(mut context: Context, mut desired: watch::Receiver<Option<Pod>>
     }
 }
 
-/// Runs the readiness probes that are due of the pod's running containers and notes each
-/// probed container's readiness in `view`; a restarted container starts unready.
-async fn probe_readiness(
-    context: &mut Context,
-    pod: &Pod,
-    view: &mut PodView,
-    readiness: &mut HashMap<String, Readiness>,
-) {
-    let specs = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default();
-    let pod_ip = view.ips.first().and_then(|ip| ip.parse().ok());
-    for spec in specs {
-        let Some(probe) = &spec.readiness_probe else {
-            continue;
-        };
-        let running = view
-            .containers
-            .iter()
-            .find_map(|(name, observed)| match observed {
-                Observed::Runtime(status)
-                    if *name == spec.name
-                        && status.state == i32::from(cri::ContainerState::ContainerRunning) =>
-                {
-                    Some(status.id.clone())
-                }
-                _ => None,
-            });
-        let Some(id) = running else {
-            readiness.remove(&spec.name);
-            view.readiness.insert(spec.name.clone(), false);
-            continue;
-        };
-        let state = readiness
-            .entry(spec.name.clone())
-            .or_insert_with(|| Readiness::new(&id));
-        if state.container_id() != id {
-            *state = Readiness::new(&id);
-        }
-        let now = std::time::Instant::now();
-        if state.due(probe, now) {
-            let outcome = probe::run(&mut context.cri, probe, spec, &id, pod_ip).await;
-            if state.record(probe, &outcome, now) {
-                info!(
-                    pod = label(pod),
-                    container = spec.name,
-                    ready = state.ready(),
-                    outcome = outcome.as_ref().err().map_or("succeeded", String::as_str),
-                    "readiness changed"
-                );
-            } else if let Err(error) = &outcome {
-                debug!(pod = label(pod), container = spec.name, %error, "readiness probe failed");
-            }
-        }
-        view.readiness.insert(spec.name.clone(), state.ready());
+/// Stops a container one of its probes failed, with the probe's grace period or the pod's (the
+/// kubelet's `Killing` event, as a log line); the next sync restarts it as the pod's
+/// `restartPolicy` says.
+async fn kill(cri: &mut Cri, pod: &Pod, failed: &Failed) {
+    let grace = failed
+        .grace_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let then = if restart_policy(pod) == RestartPolicy::Never {
+        "it will not be restarted (restartPolicy Never)"
+    } else {
+        "it will be restarted"
+    };
+    warn!(
+        pod = label(pod),
+        container = failed.container,
+        probe = %failed.kind,
+        failure = failed.failure,
+        grace_seconds = grace,
+        "Killing: container {} failed its {} probe, {then}",
+        failed.container,
+        failed.kind
+    );
+    let request = cri::StopContainerRequest {
+        container_id: failed.id.clone(),
+        timeout: grace,
+    };
+    if let Err(error) = call("StopContainer", cri.runtime.stop_container(request)).await {
+        warn!(pod = label(pod), container = failed.container, %error, "stopping a container its probe failed");
     }
 }
 
@@ -236,7 +220,11 @@ async fn list_containers(cri: &mut Cri, sandbox: &str) -> Result<Vec<cri::Contai
 }
 
 /// Brings the runtime in line with `pod` and returns what it has then.
-async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
+async fn sync(
+    context: &mut Context,
+    pod: &Pod,
+    killed: &mut HashSet<String>,
+) -> Result<PodView, String> {
     let uid = uid(pod);
     let mut sandboxes = list_sandboxes(&mut context.cri, &context.node, Some(&uid)).await?;
     sandboxes.sort_by_key(|s| s.created_at);
@@ -301,7 +289,13 @@ async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
                 if container.state == i32::from(cri::ContainerState::ContainerExited) =>
             {
                 let status = container_status(&mut context.cri, &spec.name, &container.id).await?;
-                match restart(policy, &status, now_ns()) {
+                let policy = if killed.contains(&container.id) && policy == RestartPolicy::OnFailure
+                {
+                    RestartPolicy::Always
+                } else {
+                    policy
+                };
+                match restart(policy, &status, super::restart::now_ns()) {
                     Restart::No => {
                         view.containers
                             .push((spec.name.clone(), Observed::Runtime(Box::new(status))));
@@ -323,6 +317,7 @@ async fn sync(context: &mut Context, pod: &Pod) -> Result<PodView, String> {
                         // ones before it go.
                         for old in mine.iter().filter(|c| c.id != container.id) {
                             remove_container(&mut context.cri, &old.id).await;
+                            killed.remove(&old.id);
                         }
                         match create(context, pod, &sandbox, &config, spec, attempt).await? {
                             Ok(id) => {
@@ -401,77 +396,6 @@ async fn container_status(
         .await?
         .status
         .ok_or_else(|| format!("ContainerStatus of {name}: no status"))
-}
-
-/// A pod's `restartPolicy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestartPolicy {
-    Always,
-    OnFailure,
-    Never,
-}
-
-/// The pod's restart policy (`Always` when not given, as the API defaults it).
-fn restart_policy(pod: &Pod) -> RestartPolicy {
-    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
-        Some("Never") => RestartPolicy::Never,
-        Some("OnFailure") => RestartPolicy::OnFailure,
-        _ => RestartPolicy::Always,
-    }
-}
-
-/// What to do with a container that exited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Restart {
-    /// The policy keeps it exited.
-    No,
-    /// Start it again now.
-    Now,
-    /// Start it again once this back-off has passed since it exited.
-    After(Duration),
-}
-
-/// The kubelet's crash-loop back-off: the first restart at once, then 10 s, doubled per restart
-/// up to 5 minutes; a container that ran for 10 minutes before it exited starts over at once.
-const BACK_OFF_FIRST: Duration = Duration::from_secs(10);
-const BACK_OFF_MAX: Duration = Duration::from_secs(300);
-const BACK_OFF_RESET: Duration = Duration::from_secs(600);
-
-/// Whether and when an exited container (`status`, its restarts so far in its attempt) starts
-/// again under `policy`, at `now_ns` (nanoseconds since the epoch, as the runtime's times).
-#[must_use]
-pub fn restart(policy: RestartPolicy, status: &cri::ContainerStatus, now_ns: i64) -> Restart {
-    let wanted = match policy {
-        RestartPolicy::Always => true,
-        RestartPolicy::OnFailure => status.exit_code != 0,
-        RestartPolicy::Never => false,
-    };
-    if !wanted {
-        return Restart::No;
-    }
-    let restarts = status.metadata.as_ref().map_or(0, |m| m.attempt);
-    let ran = Duration::from_nanos(
-        u64::try_from(status.finished_at.saturating_sub(status.started_at)).unwrap_or(0),
-    );
-    if restarts == 0 || (status.started_at > 0 && ran >= BACK_OFF_RESET) {
-        return Restart::Now;
-    }
-    let delay = BACK_OFF_FIRST
-        .saturating_mul(1 << (restarts - 1).min(5))
-        .min(BACK_OFF_MAX);
-    let since =
-        Duration::from_nanos(u64::try_from(now_ns.saturating_sub(status.finished_at)).unwrap_or(0));
-    if since >= delay {
-        Restart::Now
-    } else {
-        Restart::After(delay)
-    }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// `CreateContainer` of restart `attempt`; `Ok(Err(waiting))` when the container cannot be
@@ -768,61 +692,5 @@ pub async fn remove_orphans(mut context: Context, pods: BTreeSet<String>) {
         );
         stop_containers(&mut context.cri, &sandbox.id, DEFAULT_GRACE_SECONDS).await;
         remove_sandbox(&mut context.cri, &sandbox.id).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: i64 = 1_000_000_000;
-
-    fn exited(exit_code: i32, restarts: u32, started: i64, finished: i64) -> cri::ContainerStatus {
-        cri::ContainerStatus {
-            metadata: Some(cri::ContainerMetadata {
-                name: "app".to_owned(),
-                attempt: restarts,
-            }),
-            exit_code,
-            started_at: started * S,
-            finished_at: finished * S,
-            ..cri::ContainerStatus::default()
-        }
-    }
-
-    #[test]
-    fn the_policy_says_whether_an_exited_container_starts_again() {
-        let failed = exited(3, 0, 100, 101);
-        let done = exited(0, 0, 100, 101);
-        let now = 102 * S;
-        assert_eq!(restart(RestartPolicy::Always, &failed, now), Restart::Now);
-        assert_eq!(restart(RestartPolicy::Always, &done, now), Restart::Now);
-        assert_eq!(
-            restart(RestartPolicy::OnFailure, &failed, now),
-            Restart::Now
-        );
-        assert_eq!(restart(RestartPolicy::OnFailure, &done, now), Restart::No);
-        assert_eq!(restart(RestartPolicy::Never, &failed, now), Restart::No);
-        assert_eq!(restart(RestartPolicy::Never, &done, now), Restart::No);
-    }
-
-    #[test]
-    fn restarts_back_off_from_10_s_doubling_to_5_minutes() {
-        let wait = |restarts: u32, since_exit: i64| {
-            restart(
-                RestartPolicy::Always,
-                &exited(1, restarts, 100, 101),
-                (101 + since_exit) * S,
-            )
-        };
-        assert_eq!(wait(1, 5), Restart::After(Duration::from_secs(10)));
-        assert_eq!(wait(1, 10), Restart::Now);
-        assert_eq!(wait(2, 15), Restart::After(Duration::from_secs(20)));
-        assert_eq!(wait(3, 39), Restart::After(Duration::from_secs(40)));
-        assert_eq!(wait(9, 299), Restart::After(Duration::from_secs(300)));
-        assert_eq!(wait(9, 300), Restart::Now);
-        // A container that ran for 10 minutes starts over at once.
-        let long = exited(1, 7, 100, 100 + 600);
-        assert_eq!(restart(RestartPolicy::Always, &long, 701 * S), Restart::Now);
     }
 }
