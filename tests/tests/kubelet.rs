@@ -617,6 +617,21 @@ fn failing_liveness_and_startup_probes_kill_and_restart_the_container() {
         },
     );
     assert_eq!(restarted["status"]["phase"], "Running", "{restarted}");
+    // Running again, it shows the attempt the probe killed as its last state.
+    wait(
+        "alive to run again with its killed attempt as lastState",
+        Duration::from_secs(60),
+        diagnose,
+        || {
+            check_never();
+            let pod = plane.get_json("pod", "alive").ok()?;
+            let app = app(&pod);
+            (app["state"]["running"].is_object()
+                && app["lastState"]["terminated"]["exitCode"].is_i64()
+                && app["lastState"]["terminated"]["containerID"] != app["containerID"])
+                .then_some(())
+        },
+    );
     let logs = agent.logs();
     let kills: Vec<&str> = logs
         .lines()

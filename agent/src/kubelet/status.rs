@@ -51,6 +51,9 @@ pub struct PodView {
     /// Whether the running containers with a startup probe passed it, by name (the others are
     /// started while they run).
     pub started: std::collections::BTreeMap<String, bool>,
+    /// The previous attempt of a container that was started again (the exited container the
+    /// runtime keeps until the next one exits), by name: its `lastState`.
+    pub previous: std::collections::BTreeMap<String, cri::ContainerStatus>,
 }
 
 /// The status fields a worker owns, without transition times (those are kept from the Pod's
@@ -62,6 +65,10 @@ pub fn build(view: &PodView) -> PodStatus {
         .iter()
         .map(|(name, observed)| {
             let mut status = container_status(name, observed, &view.runtime_name);
+            if let (Observed::Runtime(_), Some(previous)) = (observed, view.previous.get(name)) {
+                let exited = Observed::Runtime(Box::new(previous.clone()));
+                status.last_state = container_status(name, &exited, &view.runtime_name).state;
+            }
             let started = view.started.get(name).copied().unwrap_or(true);
             status.ready &= started && view.readiness.get(name).copied().unwrap_or(true);
             status.started = status.started.map(|s| s && started);
@@ -387,6 +394,35 @@ mod tests {
     }
 
     #[test]
+    fn a_container_started_again_shows_its_previous_exit_as_last_state() {
+        let (name, mut current) = running("app");
+        if let Observed::Runtime(status) = &mut current {
+            status.metadata = Some(cri::ContainerMetadata {
+                name: name.clone(),
+                attempt: 1,
+            });
+        }
+        let view = PodView {
+            containers: vec![(name.clone(), current)],
+            runtime_name: "containerd".to_owned(),
+            previous: [(name, exited(137, 0))].into(),
+            ..PodView::default()
+        };
+        let app = &build(&view).container_statuses.unwrap()[0];
+        assert_eq!(app.restart_count, 1);
+        assert!(app.state.as_ref().unwrap().running.is_some(), "{app:?}");
+        let last = app
+            .last_state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap();
+        assert_eq!(last.exit_code, 137);
+        assert_eq!(last.container_id.as_deref(), Some("containerd://old"));
+    }
+
+    #[test]
     fn a_running_container_whose_readiness_probe_has_not_passed_is_not_ready() {
         let view = PodView {
             containers: vec![running("web"), running("side")],
@@ -436,8 +472,7 @@ mod tests {
             started_ns: Some(1),
             containers: vec![running("web"), running("side")],
             runtime_name: "containerd".to_owned(),
-            readiness: std::collections::BTreeMap::new(),
-            started: std::collections::BTreeMap::new(),
+            ..PodView::default()
         };
         let status = build(&view);
         assert_eq!(status.phase.as_deref(), Some("Running"));

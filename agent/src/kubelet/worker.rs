@@ -361,6 +361,16 @@ async fn sync(
         let status = container_status(&mut context.cri, &spec.name, &id).await?;
         view.containers
             .push((spec.name.clone(), Observed::Runtime(Box::new(status))));
+        // The attempt before, kept until this one exits: the container's `lastState`.
+        let previous = mine
+            .iter()
+            .filter(|c| c.id != id && c.state == i32::from(cri::ContainerState::ContainerExited))
+            .max_by_key(|c| c.created_at);
+        if let Some(previous) = previous
+            && let Ok(status) = container_status(&mut context.cri, &spec.name, &previous.id).await
+        {
+            view.previous.insert(spec.name.clone(), status);
+        }
     }
     let request = cri::PodSandboxStatusRequest {
         pod_sandbox_id: sandbox.clone(),
