@@ -58,6 +58,8 @@ pub struct Results {
     pub wall_seconds: f64,
     pub settings: Config,
     pub machine: Machine,
+    /// gannet: `gannetctl apply` of the Pod, until it returned (a process and one API call).
+    pub gannet_applied: Option<LatencyStats>,
     /// gannet: `gannetctl apply` → the Pod's `Ready` condition true.
     pub gannet_ready: Option<LatencyStats>,
     /// gannet: `gannetctl apply` → the first request answered through the pod's Service.
@@ -110,6 +112,7 @@ pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyho
         );
     }
     node.plane.apply(&services)?;
+    let mut applied = Vec::new();
     let mut ready = Vec::new();
     let mut answered = Vec::new();
     let mut runtime_started = Vec::new();
@@ -119,9 +122,10 @@ pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyho
         for gannet in [gannet_first, !gannet_first] {
             if gannet {
                 let cluster_ip = runtime.block_on(cluster_ip(&mut client, i))?;
-                let (to_ready, to_answer) = node.start_pod(i, &cluster_ip, |name| {
+                let (to_applied, to_ready, to_answer) = node.start_pod(i, &cluster_ip, |name| {
                     runtime.block_on(is_ready(&mut client, name))
                 })?;
+                applied.push(millis(to_applied));
                 ready.push(millis(to_ready));
                 answered.push(millis(to_answer));
             } else {
@@ -132,6 +136,7 @@ pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyho
     }
     let agent_memory = procs::memory(node.agent.pid().context("gannetd is not running")?)?;
     node.ctr_cleanup(config.pods);
+    let gannet_applied = LatencyStats::from_samples(&applied);
     let gannet_ready = LatencyStats::from_samples(&ready);
     let gannet_first_answer = LatencyStats::from_samples(&answered);
     let runtime_started = LatencyStats::from_samples(&runtime_started);
@@ -148,6 +153,7 @@ pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyho
         wall_seconds: clock.elapsed().as_secs_f64(),
         settings: config.clone(),
         machine,
+        gannet_applied,
         gannet_ready,
         gannet_first_answer,
         runtime_started,
@@ -284,14 +290,14 @@ impl Node {
         })
     }
 
-    /// Applies pod `i` and returns how long until it was `Ready` and until a client in the
-    /// node got its first answer through `cluster_ip`.
+    /// Applies pod `i` and returns how long until `gannetctl apply` returned, until the pod was
+    /// `Ready` and until a client in the node got its first answer through `cluster_ip`.
     fn start_pod(
         &self,
         i: usize,
         cluster_ip: &str,
         mut ready: impl FnMut(&str) -> anyhow::Result<bool>,
-    ) -> anyhow::Result<(Duration, Duration)> {
+    ) -> anyhow::Result<(Duration, Duration, Duration)> {
         let name = format!("bench-{i}");
         let mut client = Command::new(bin_path("gannet-probe"));
         client.args([
@@ -317,6 +323,7 @@ impl Node {
         );
         let applied = Instant::now();
         self.plane.apply(&pod)?;
+        let to_applied = applied.elapsed();
         let to_ready = loop {
             if ready(&name)? {
                 break applied.elapsed();
@@ -343,7 +350,7 @@ impl Node {
         };
         // The client's run ended right after its first answer: count back from its exit.
         let tail = Duration::from_micros(report.elapsed_us.saturating_sub(first_ok));
-        Ok((to_ready, exited.saturating_sub(tail)))
+        Ok((to_applied, to_ready, exited.saturating_sub(tail)))
     }
 
     /// `ctr run --cni -d` of the pods' image and command as container `ctr-bench-i`; how long
@@ -467,6 +474,10 @@ pub fn markdown(results: &Results) -> String {
         "| | count | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|"
     );
     for (what, stats) in [
+        (
+            "gannet: `gannetctl apply` returned",
+            &results.gannet_applied,
+        ),
         ("gannet: apply → Ready", &results.gannet_ready),
         (
             "gannet: apply → first answer through the Service",
