@@ -176,7 +176,7 @@ fn standard_labels(node_name: &str) -> BTreeMap<String, String> {
 
 /// This node's CPUs (those gannetd may run on, within its cgroup's quota) and memory
 /// (`MemTotal` of `/proc/meminfo`).
-fn node_resources() -> io::Result<NodeResources> {
+pub(crate) fn node_resources() -> io::Result<NodeResources> {
     let cpus = std::thread::available_parallelism()?.get();
     let meminfo = std::fs::read_to_string("/proc/meminfo")?;
     let memory_bytes = mem_total(&meminfo).ok_or_else(|| {

@@ -13,6 +13,7 @@
 //! - [`image`]: `gannetd image import`, OCI archives into containerd's `k8s.io` namespace.
 
 pub mod cri;
+pub mod env;
 pub mod image;
 pub mod probe;
 pub mod restart;
@@ -94,6 +95,11 @@ impl Kubelet {
         settings: Settings,
     ) -> Result<Self, KubeletError> {
         let (cri, version) = Cri::connect(endpoint).await?;
+        // A limit not set is the node's capacity (`resourceFieldRef` of limits).
+        let node = crate::control::node::node_resources().unwrap_or(gannet_api::NodeResources {
+            cpu_millicores: 1000,
+            memory_bytes: 0,
+        });
         info!(
             runtime = %endpoint,
             name = version.runtime_name,
@@ -109,6 +115,11 @@ impl Kubelet {
             log_dir: settings.log_dir,
             cgroup_parent: settings.cgroup_parent,
             runtime_name: version.runtime_name,
+            env_sources: env::Sources {
+                pod_ips: Vec::new(),
+                node_millicpu: u128::from(node.cpu_millicores),
+                node_memory: u128::from(node.memory_bytes),
+            },
         };
         let manager = tokio::spawn(manage(context, client));
         Ok(Self { manager })

@@ -44,6 +44,8 @@ pub struct Context {
     pub cgroup_parent: String,
     /// The runtime's name, for container ids (`containerd://…`).
     pub runtime_name: String,
+    /// What the containers' variables refer to beyond the Pod (the node's capacity).
+    pub env_sources: super::env::Sources,
 }
 
 /// Runs one pod until its desired state is `None` (deleted, or no longer bound here) or the Pod
@@ -277,6 +279,29 @@ async fn sync(
         .as_ref()
         .map(|s| s.containers.clone())
         .unwrap_or_default();
+    // The sandbox's addresses: the pod's status, and its containers' `status.podIP`.
+    let request = cri::PodSandboxStatusRequest {
+        pod_sandbox_id: sandbox.clone(),
+        verbose: false,
+    };
+    let status = call(
+        "PodSandboxStatus",
+        context.cri.runtime.pod_sandbox_status(request),
+    )
+    .await?
+    .status
+    .ok_or_else(|| format!("PodSandboxStatus of {sandbox}: no status"))?;
+    if let Some(network) = &status.network {
+        view.ips = std::iter::once(network.ip.clone())
+            .chain(network.additional_ips.iter().map(|ip| ip.ip.clone()))
+            .filter(|ip| !ip.is_empty())
+            .collect();
+    }
+    view.started_ns = Some(status.created_at);
+    let sources = super::env::Sources {
+        pod_ips: view.ips.clone(),
+        ..context.env_sources.clone()
+    };
     let policy = restart_policy(pod);
     for spec in &specs {
         let mine: Vec<&cri::Container> = existing
@@ -319,7 +344,9 @@ async fn sync(
                             remove_container(&mut context.cri, &old.id).await;
                             killed.remove(&old.id);
                         }
-                        match create(context, pod, &sandbox, &config, spec, attempt).await? {
+                        match create(context, pod, &sandbox, &config, spec, attempt, &sources)
+                            .await?
+                        {
                             Ok(id) => {
                                 info!(
                                     pod = label(pod),
@@ -346,7 +373,7 @@ async fn sync(
                 }
                 container.id.clone()
             }
-            None => match create(context, pod, &sandbox, &config, spec, 0).await? {
+            None => match create(context, pod, &sandbox, &config, spec, 0, &sources).await? {
                 Ok(id) => {
                     start(&mut context.cri, pod, &spec.name, &id).await?;
                     id
@@ -372,24 +399,6 @@ async fn sync(
             view.previous.insert(spec.name.clone(), status);
         }
     }
-    let request = cri::PodSandboxStatusRequest {
-        pod_sandbox_id: sandbox.clone(),
-        verbose: false,
-    };
-    let status = call(
-        "PodSandboxStatus",
-        context.cri.runtime.pod_sandbox_status(request),
-    )
-    .await?
-    .status
-    .ok_or_else(|| format!("PodSandboxStatus of {sandbox}: no status"))?;
-    if let Some(network) = &status.network {
-        view.ips = std::iter::once(network.ip.clone())
-            .chain(network.additional_ips.iter().map(|ip| ip.ip.clone()))
-            .filter(|ip| !ip.is_empty())
-            .collect();
-    }
-    view.started_ns = Some(status.created_at);
     Ok(view)
 }
 
@@ -418,6 +427,7 @@ async fn create(
     sandbox_config: &cri::PodSandboxConfig,
     spec: &Container,
     attempt: u32,
+    sources: &super::env::Sources,
 ) -> Result<Result<String, Waiting>, String> {
     let image = spec.image.clone().unwrap_or_default();
     if image.is_empty() {
@@ -456,29 +466,18 @@ async fn create(
         POD_NAMESPACE_LABEL.to_owned(),
         pod.metadata.namespace.clone().unwrap_or_default(),
     );
-    let mut unsupported = Vec::new();
-    let envs = spec
-        .env
-        .iter()
-        .flatten()
-        .filter_map(|var| {
-            if var.value_from.is_some() {
-                unsupported.push(var.name.clone());
-            }
-            var.value.as_ref().map(|value| cri::KeyValue {
-                key: var.name.clone(),
-                value: value.clone(),
-            })
-        })
-        .collect();
-    if !unsupported.is_empty() {
-        warn!(
-            pod = label(pod),
-            container = spec.name,
-            variables = unsupported.join(", "),
-            "env valueFrom is not supported yet: these variables are left out"
-        );
-    }
+    let envs = match super::env::environment(pod, spec, sources) {
+        Ok(envs) => envs
+            .into_iter()
+            .map(|(key, value)| cri::KeyValue { key, value })
+            .collect(),
+        Err(message) => {
+            return Ok(Err(Waiting {
+                reason: "CreateContainerConfigError".to_owned(),
+                message,
+            }));
+        }
+    };
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: spec.name.clone(),
