@@ -10,7 +10,10 @@
 //! - the runtime alone: `ctr run --cni -d` of the same image and command with the same CNI
 //!   configuration (gannet-cni; `ctr` reads it from /etc/cni/net.d and /opt/cni/bin, which a
 //!   private mount namespace of the run provides), timed until `ctr` returns with the task
-//!   started.
+//!   started;
+//! - the CRI alone: the calls gannetd makes for such a pod (`RunPodSandbox`, `CreateContainer`,
+//!   `StartContainer`) made directly, with no control plane, watch or status in between: what
+//!   is left of gannet's time beyond it is the kubelet role's own.
 //!
 //! The pods stay up until the end: gannetd's memory is read with all of them running.
 
@@ -20,12 +23,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use gannet_agent::kubelet::cri::{Cri, RuntimeEndpoint};
 use gannet_api::{Client, Credentials, Kind, Object, ServerAddr};
 use gannet_testkit::containerd::{BUSYBOX_IMAGE, Containerd, PAUSE_IMAGE};
 use gannet_testkit::control::ControlPlane;
 use gannet_testkit::{
     Cgroup, ChildGuard, Netns, agent::Agent, bin_path, probe::Report, run_in, spawn,
 };
+use k8s_cri::v1 as cri;
 use serde::Serialize;
 
 use crate::cni::results::LatencyStats;
@@ -66,6 +71,8 @@ pub struct Results {
     pub gannet_first_answer: Option<LatencyStats>,
     /// The runtime alone: `ctr run --cni -d` until it returned with the task started.
     pub runtime_started: Option<LatencyStats>,
+    /// The CRI alone: `RunPodSandbox` until `StartContainer` returned.
+    pub cri_started: Option<LatencyStats>,
     /// gannetd's memory with every gannet pod running, in KiB.
     pub agent_memory: procs::Memory,
     pub goals: Vec<Goal>,
@@ -78,7 +85,7 @@ struct Node {
     /// A process holding the private mount namespace `ctr run --cni` runs in.
     ctr_mounts: ChildGuard,
     /// Where the CNI files for `ctr` come from (bind-mounted in `ctr_mounts`).
-    _ctr_files: ScratchDir,
+    scratch: ScratchDir,
     agent: Agent,
     containerd: Containerd,
     plane: ControlPlane,
@@ -116,11 +123,23 @@ pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyho
     let mut ready = Vec::new();
     let mut answered = Vec::new();
     let mut runtime_started = Vec::new();
+    let mut cri_started = Vec::new();
+    let mut cri = runtime.block_on(async {
+        let endpoint: RuntimeEndpoint = node
+            .containerd
+            .address()
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        anyhow::Ok(Cri::connect(&endpoint).await?.0)
+    })?;
     for i in 0..config.pods {
         crate::util::check_interrupted()?;
-        let gannet_first = i % 2 == 0;
-        for gannet in [gannet_first, !gannet_first] {
-            if gannet {
+        // Rotated per round: each way goes first, second and third as often.
+        for way in 0..3 {
+            let way = (way + i) % 3;
+            if way == 2 {
+                cri_started.push(millis(runtime.block_on(node.cri_run(&mut cri, i))?));
+            } else if way == 0 {
                 let cluster_ip = runtime.block_on(cluster_ip(&mut client, i))?;
                 let (to_applied, to_ready, to_answer) = node.start_pod(i, &cluster_ip, |name| {
                     runtime.block_on(is_ready(&mut client, name))
@@ -140,6 +159,7 @@ pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyho
     let gannet_ready = LatencyStats::from_samples(&ready);
     let gannet_first_answer = LatencyStats::from_samples(&answered);
     let runtime_started = LatencyStats::from_samples(&runtime_started);
+    let cri_started = LatencyStats::from_samples(&cri_started);
     let goals = goals(
         gannet_ready.as_ref(),
         runtime_started.as_ref(),
@@ -157,6 +177,7 @@ pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyho
         gannet_ready,
         gannet_first_answer,
         runtime_started,
+        cri_started,
         agent_memory,
         goals,
     })
@@ -286,7 +307,7 @@ impl Node {
             containerd,
             agent,
             ctr_mounts,
-            _ctr_files: ctr_files,
+            scratch: ctr_files,
         })
     }
 
@@ -351,6 +372,77 @@ impl Node {
         // The client's run ended right after its first answer: count back from its exit.
         let tail = Duration::from_micros(report.elapsed_us.saturating_sub(first_ok));
         Ok((to_applied, to_ready, exited.saturating_sub(tail)))
+    }
+
+    /// The CRI calls gannetd makes for pod `cri-bench-i` (sandbox, container, start), made
+    /// directly; how long from the first call until the last returned.
+    async fn cri_run(&self, cri: &mut Cri, i: usize) -> anyhow::Result<Duration> {
+        let name = format!("cri-bench-{i}");
+        let sandbox_config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.clone(),
+                uid: format!("{name}-uid"),
+                namespace: "default".to_owned(),
+                attempt: 0,
+            }),
+            hostname: name.clone(),
+            log_directory: self.scratch.path().join(&name).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.containerd.cgroup_parent(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Pod.into(),
+                        pid: cri::NamespaceMode::Container.into(),
+                        ipc: cri::NamespaceMode::Pod.into(),
+                        ..cri::NamespaceOption::default()
+                    }),
+                    ..cri::LinuxSandboxSecurityContext::default()
+                }),
+                ..cri::LinuxPodSandboxConfig::default()
+            }),
+            ..cri::PodSandboxConfig::default()
+        };
+        let began = Instant::now();
+        let sandbox = cri
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sandbox_config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .with_context(|| format!("RunPodSandbox {name}"))?
+            .into_inner()
+            .pod_sandbox_id;
+        let container = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "server".to_owned(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: BUSYBOX_IMAGE.to_owned(),
+                ..cri::ImageSpec::default()
+            }),
+            command: vec!["/bin/sh".to_owned(), "-c".to_owned(), server_command(&name)],
+            log_path: "server/0.log".to_owned(),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..cri::ContainerConfig::default()
+        };
+        let id = cri
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox,
+                config: Some(container),
+                sandbox_config: Some(sandbox_config),
+            })
+            .await
+            .with_context(|| format!("CreateContainer in {name}"))?
+            .into_inner()
+            .container_id;
+        cri.runtime
+            .start_container(cri::StartContainerRequest { container_id: id })
+            .await
+            .with_context(|| format!("StartContainer in {name}"))?;
+        Ok(began.elapsed())
     }
 
     /// `ctr run --cni -d` of the pods' image and command as container `ctr-bench-i`; how long
@@ -487,6 +579,10 @@ pub fn markdown(results: &Results) -> String {
             "runtime alone: `ctr run --cni -d`",
             &results.runtime_started,
         ),
+        (
+            "CRI alone: `RunPodSandbox` → `StartContainer`",
+            &results.cri_started,
+        ),
     ] {
         match stats {
             Some(s) => {
@@ -500,6 +596,15 @@ pub fn markdown(results: &Results) -> String {
                 let _ = writeln!(out, "| {what} | 0 | | | | |");
             }
         }
+    }
+    if let (Some(gannet), Some(cri)) = (&results.gannet_ready, &results.cri_started) {
+        let _ = writeln!(
+            out,
+            "\nThe kubelet role's own share at the median (apply → Ready less the CRI calls \
+             alone): {:.0} ms ({:.2}×).",
+            gannet.p50_ms - cri.p50_ms,
+            gannet.p50_ms / cri.p50_ms
+        );
     }
     let _ = writeln!(
         out,
