@@ -200,6 +200,35 @@ spec:
     image: gannet.test/not-imported:7
 ";
 
+/// A node of its own for one test: its namespace, a cgroup, gannet-control, containerd in the
+/// namespace and gannetd as its kubelet ([`start_kubelet`]). The fields drop in order: what runs
+/// in the namespace goes before the namespace.
+struct KubeletNode {
+    agent: Agent,
+    _containerd: Containerd,
+    plane: ControlPlane,
+    _cgroup: Cgroup,
+    _node: Netns,
+}
+
+impl KubeletNode {
+    /// Everything started; `role` names the namespace.
+    fn start(role: &str) -> Self {
+        let node = Netns::new(role).unwrap();
+        let cgroup = Cgroup::new().unwrap();
+        let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
+        let containerd = Containerd::start(&node).unwrap();
+        let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
+        Self {
+            agent,
+            _containerd: containerd,
+            plane,
+            _cgroup: cgroup,
+            _node: node,
+        }
+    }
+}
+
 /// gannetd as the kubelet of `containerd` on `node`, ready for pods: its CNI socket in
 /// containerd's CNI configuration, the pause and busybox images built and imported. Returns the
 /// agent and the busybox archive.
@@ -247,11 +276,8 @@ fn exited_containers_follow_the_pods_restart_policy() {
     if skip_reason().is_some() {
         return;
     }
-    let node = Netns::new("kbrestart").unwrap();
-    let cgroup = Cgroup::new().unwrap();
-    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
-    let containerd = Containerd::start(&node).unwrap();
-    let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
+    let kubelet = KubeletNode::start("kbrestart");
+    let KubeletNode { agent, plane, .. } = &kubelet;
     let pod = |name: &str, policy: &str, exit: i32| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: test-node\n  \
@@ -336,11 +362,8 @@ fn a_pod_without_a_node_is_scheduled_onto_the_kubelet_node_and_runs() {
     if skip_reason().is_some() {
         return;
     }
-    let node = Netns::new("kbsched").unwrap();
-    let cgroup = Cgroup::new().unwrap();
-    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
-    let containerd = Containerd::start(&node).unwrap();
-    let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
+    let kubelet = KubeletNode::start("kbsched");
+    let KubeletNode { agent, plane, .. } = &kubelet;
     let registered = plane.get_json("node", "test-node").unwrap();
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(
@@ -551,11 +574,8 @@ fn failing_liveness_and_startup_probes_kill_and_restart_the_container() {
     if skip_reason().is_some() {
         return;
     }
-    let node = Netns::new("kblive").unwrap();
-    let cgroup = Cgroup::new().unwrap();
-    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
-    let containerd = Containerd::start(&node).unwrap();
-    let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
+    let kubelet = KubeletNode::start("kblive");
+    let KubeletNode { agent, plane, .. } = &kubelet;
     let alive_test = "exec: {command: [/bin/busybox, test, -f, /tmp/alive]}, periodSeconds: 1";
     let manifest = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: alive}}\nspec:\n  nodeName: test-node\n  \
@@ -1036,11 +1056,8 @@ fn gannetctl_logs_prints_what_a_container_wrote() {
     if skip_reason().is_some() {
         return;
     }
-    let node = Netns::new("kblogs").unwrap();
-    let cgroup = Cgroup::new().unwrap();
-    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
-    let containerd = Containerd::start(&node).unwrap();
-    let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
+    let kubelet = KubeletNode::start("kblogs");
+    let KubeletNode { agent, plane, .. } = &kubelet;
     plane
         .apply(&format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  nodeName: test-node\n  \
@@ -1146,11 +1163,8 @@ fn containers_get_their_environment_from_the_pod_and_its_resources() {
     if skip_reason().is_some() {
         return;
     }
-    let node = Netns::new("kbenv").unwrap();
-    let cgroup = Cgroup::new().unwrap();
-    let plane = ControlPlane::start(&["--cluster-cidr", "10.244.0.0/16"]).unwrap();
-    let containerd = Containerd::start(&node).unwrap();
-    let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
+    let kubelet = KubeletNode::start("kbenv");
+    let KubeletNode { agent, plane, .. } = &kubelet;
     plane
         .apply(&format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: envy, labels: {{tier: front}}}}\nspec:\n  \
