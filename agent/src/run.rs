@@ -544,6 +544,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 &config.node_name,
                 kubelet::Settings {
                     log_dir: config.state_dir.join(kubelet::LOG_DIR),
+                    state_dir: config.state_dir.clone(),
                     cgroup_parent: config.pod_cgroup_parent.clone(),
                 },
             )

@@ -205,7 +205,7 @@ spec:
 /// in the namespace goes before the namespace.
 struct KubeletNode {
     agent: Agent,
-    _containerd: Containerd,
+    containerd: Containerd,
     plane: ControlPlane,
     _cgroup: Cgroup,
     _node: Netns,
@@ -221,7 +221,7 @@ impl KubeletNode {
         let (agent, _) = start_kubelet(&node, &cgroup, &plane, &containerd);
         Self {
             agent,
-            _containerd: containerd,
+            containerd,
             plane,
             _cgroup: cgroup,
             _node: node,
@@ -1050,7 +1050,9 @@ spec:
 
 /// `gannetctl logs` reads what the containers wrote from the runtime's log files in gannetd's
 /// `--state-dir`: a container's current and previous attempt (`-p`), `--tail`, `--timestamps`,
-/// `-f` until the container ends; a pod with two containers needs `-c`.
+/// `-f` until the container ends; a pod with two containers needs `-c`. Run elsewhere (a
+/// `--state-dir` without the pod), it gets the same from the node's gannetd through
+/// gannet-control.
 #[test]
 fn gannetctl_logs_prints_what_a_container_wrote() {
     if skip_reason().is_some() {
@@ -1069,11 +1071,14 @@ fn gannetctl_logs_prints_what_a_container_wrote() {
         ))
         .unwrap();
     let state_dir = agent.state_dir().display().to_string();
-    let logs = |args: &[&str]| {
-        let mut all = vec!["logs", "talker", "--state-dir", &state_dir];
+    let logs_from = |dir: &str, args: &[&str]| {
+        let mut all = vec!["logs", "talker", "--state-dir", dir];
         all.extend_from_slice(args);
         plane.ctl(&all, None).unwrap()
     };
+    let logs = |args: &[&str]| logs_from(&state_dir, args);
+    // Another machine: the pod's log files are not there.
+    let elsewhere = |args: &[&str]| logs_from("/nonexistent/gannet-state", args);
     let diagnose = || {
         format!(
             "pod talker: {}\n--- gannetd:\n{}",
@@ -1096,10 +1101,28 @@ fn gannetctl_logs_prints_what_a_container_wrote() {
             .is_object()
             .then_some(())
     });
-    // Follows the ticker from its first line to its end.
+    // Follows the ticker from its first line to its end, here and through gannet-control.
+    let follower = Command::new(bin_path("gannetctl"))
+        .args([
+            "--server",
+            &plane.addr(),
+            "logs",
+            "talker",
+            "-c",
+            "ticker",
+            "-f",
+        ])
+        .args(["--state-dir", "/nonexistent/gannet-state"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let followed = logs(&["-c", "ticker", "-f"]);
-    assert!(followed.status.success(), "logs -f: {followed:?}");
-    assert_eq!(String::from_utf8_lossy(&followed.stdout), "one\ntwo\n");
+    let followed_elsewhere = follower.wait_with_output().unwrap();
+    for followed in [followed, followed_elsewhere] {
+        assert!(followed.status.success(), "logs -f: {followed:?}");
+        assert_eq!(String::from_utf8_lossy(&followed.stdout), "one\ntwo\n");
+    }
 
     let two = logs(&[]);
     assert!(!two.status.success(), "logs without -c: {two:?}");
@@ -1127,7 +1150,14 @@ fn gannetctl_logs_prints_what_a_container_wrote() {
         1,
         "{previous}"
     );
+    assert_eq!(
+        String::from_utf8_lossy(&elsewhere(&["-c", "counter", "-p"]).stdout),
+        previous,
+        "through gannet-control"
+    );
     let tail = logs(&["-c", "counter", "-p", "--tail", "1", "--timestamps"]);
+    let tail_elsewhere = elsewhere(&["-c", "counter", "-p", "--tail", "1", "--timestamps"]);
+    assert_eq!(tail.stdout, tail_elsewhere.stdout, "{tail_elsewhere:?}");
     let tail = String::from_utf8_lossy(&tail.stdout).into_owned();
     let lines: Vec<&str> = tail.lines().collect();
     assert_eq!(lines.len(), 1, "{tail}");
@@ -1234,5 +1264,114 @@ fn containers_get_their_environment_from_the_pod_and_its_resources() {
             .as_str()
             .is_some_and(|m| m.starts_with("secret \"db\" not found")),
         "{waiting}"
+    );
+}
+
+/// `gannetctl image import FILE --node NAME` sends an archive through gannet-control to the node's
+/// gannetd, which imports it into its runtime: a pod of that image then runs there, and its log
+/// is read back through gannet-control. A node that is not attached, and a file that is not an
+/// archive, are refused with their names.
+#[test]
+fn gannetctl_image_import_reaches_the_node_through_the_control_plane() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let kubelet = KubeletNode::start("kbimage");
+    let KubeletNode {
+        agent,
+        plane,
+        containerd,
+        ..
+    } = &kubelet;
+    let image = "gannet.test/imported:2";
+    let archive = containerd
+        .busybox_archive(image, &["/bin/sh", "-c", "echo imported-ok; sleep 1"])
+        .unwrap();
+    let archive_text = archive.display().to_string();
+    let imported = plane
+        .ctl(
+            &["image", "import", &archive_text, "--node", "test-node"],
+            None,
+        )
+        .unwrap();
+    assert!(imported.status.success(), "{imported:?}\n{}", agent.logs());
+    assert_eq!(
+        String::from_utf8_lossy(&imported.stdout),
+        format!("test-node: imported {image} ({archive_text})\n")
+    );
+    plane
+        .apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fresh}}\nspec:\n  nodeName: test-node\n  \
+             restartPolicy: Never\n  containers:\n  - name: app\n    image: {image}\n"
+        ))
+        .unwrap();
+    let diagnose = || {
+        format!(
+            "pod fresh: {}\n--- gannetd:\n{}",
+            plane
+                .get_json("pod", "fresh")
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            agent.logs()
+        )
+    };
+    wait(
+        "the imported image's pod to succeed",
+        START,
+        diagnose,
+        || {
+            let pod = plane.get_json("pod", "fresh").ok()?;
+            (pod["status"]["phase"] == "Succeeded").then_some(())
+        },
+    );
+    let logs = plane
+        .ctl(
+            &["logs", "fresh", "--state-dir", "/nonexistent/gannet-state"],
+            None,
+        )
+        .unwrap();
+    assert!(logs.status.success(), "{logs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        "imported-ok\n",
+        "{}",
+        agent.logs()
+    );
+
+    let elsewhere = plane
+        .ctl(
+            &["image", "import", &archive_text, "--node", "no-such-node"],
+            None,
+        )
+        .unwrap();
+    assert!(!elsewhere.status.success());
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        stderr.contains("no-such-node") && stderr.contains("not connected"),
+        "{stderr}"
+    );
+    let garbage = archive.with_file_name("garbage.tar");
+    std::fs::write(&garbage, b"this is not a tar archive").unwrap();
+    let garbage_text = garbage.display().to_string();
+    let refused = plane
+        .ctl(
+            &["image", "import", &garbage_text, "--node", "test-node"],
+            None,
+        )
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&garbage_text) && !stderr.contains(".import-"),
+        "the error names the administrator's file, not the node's copy: {stderr}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(agent.state_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".import-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "archives left on the node: {leftovers:?}"
     );
 }

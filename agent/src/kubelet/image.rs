@@ -135,7 +135,13 @@ pub async fn import(endpoint: &str, file: &Path) -> Result<Vec<String>, KubeletE
         .await
         .map_err(|e| refused(format!("cannot connect: {}", gannet_api::chain(&e))))?;
     let mut leases = LeasesClient::new(channel.clone());
-    let lease_id = format!("gannetd-import-{}", std::process::id());
+    // Unique per import: imports for gannet-control may run side by side.
+    static IMPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let lease_id = format!(
+        "gannetd-import-{}-{}",
+        std::process::id(),
+        IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let lease = leases
         .create(namespaced(
             containerd_client::services::v1::CreateRequest {
@@ -181,28 +187,19 @@ async fn write_all(
     named: &[(String, &OciDescriptor)],
 ) -> Result<Vec<String>, Failure> {
     let mut content = ContentClient::new(channel.clone());
-    let mut archive = open(file).map_err(Failure::Archive)?;
-    let entries = archive
-        .entries()
-        .map_err(|e| Failure::Archive(format!("not a tar archive: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| Failure::Archive(format!("reading: {e}")))?;
-        let path = entry
-            .path()
-            .map_err(|e| Failure::Archive(format!("an entry's name: {e}")))?
-            .into_owned();
-        let Some(digest) = blob_digest(&path) else {
-            continue;
-        };
-        let mut data = Vec::new();
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| Failure::Archive(format!("{}: {e}", path.display())))?;
+    // The archive is read on a blocking thread (tar's reader is neither `Send` nor async), one
+    // blob at a time handed over to be written.
+    let (blobs, mut read) = tokio::sync::mpsc::channel(1);
+    let path = file.to_owned();
+    let reader = tokio::task::spawn_blocking(move || read_blobs(&path, &blobs));
+    while let Some(blob) = read.recv().await {
+        let (digest, data) = blob?;
         let labels = gc_labels(&data);
         write_blob(&mut content, lease, &digest, &data, labels)
             .await
             .map_err(Failure::Runtime)?;
     }
+    drop(reader);
     let mut images = ImagesClient::new(channel.clone());
     let mut done = Vec::new();
     for (name, target) in named {
@@ -255,6 +252,38 @@ async fn write_all(
         done.push(name.clone());
     }
     Ok(done)
+}
+
+/// Sends each blob of the archive at `file` (its digest and bytes) to `blobs`, or the failure to
+/// read it; stops when the receiver is gone.
+fn read_blobs(file: &Path, blobs: &tokio::sync::mpsc::Sender<Result<(String, Vec<u8>), Failure>>) {
+    let result = (|| {
+        let mut archive = open(file).map_err(Failure::Archive)?;
+        let entries = archive
+            .entries()
+            .map_err(|e| Failure::Archive(format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| Failure::Archive(format!("reading: {e}")))?;
+            let path = entry
+                .path()
+                .map_err(|e| Failure::Archive(format!("an entry's name: {e}")))?
+                .into_owned();
+            let Some(digest) = blob_digest(&path) else {
+                continue;
+            };
+            let mut data = Vec::new();
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| Failure::Archive(format!("{}: {e}", path.display())))?;
+            if blobs.blocking_send(Ok((digest, data))).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(failure) = result {
+        let _ = blobs.blocking_send(Err(failure));
+    }
 }
 
 /// One blob into the content store (verified by containerd against `digest`); a blob that is

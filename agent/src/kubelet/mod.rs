@@ -11,11 +11,14 @@
 //! - [`restart`]: the pod's `restartPolicy` and the crash-loop back-off for exited containers.
 //! - [`status`]: the Pod status a worker reports (phase, conditions, `podIPs`, container states).
 //! - [`image`]: `gannetd image import`, OCI archives into containerd's `k8s.io` namespace.
+//! - `proxy`: what gannet-control asks of this node for an administrator elsewhere
+//!   (`gannetctl logs`, `gannetctl image import --node`), over a stream gannetd keeps open.
 
 pub mod cri;
 pub mod env;
 pub mod image;
 pub mod probe;
+mod proxy;
 pub mod restart;
 pub mod status;
 pub mod worker;
@@ -54,6 +57,8 @@ pub const LOG_DIR: &str = gannet_api::pod_logs::DIR;
 pub struct Settings {
     /// The pods' log directories go below it.
     pub log_dir: std::path::PathBuf,
+    /// `--state-dir` (archives imported through gannet-control wait there).
+    pub state_dir: std::path::PathBuf,
     /// `--pod-cgroup-parent`; empty: the runtime's default.
     pub cgroup_parent: String,
 }
@@ -73,11 +78,14 @@ pub enum KubeletError {
 /// pods keep running and the next gannetd adopts them).
 pub struct Kubelet {
     manager: JoinHandle<()>,
+    /// Keeps the node attached to gannet-control for `gannetctl logs` and image imports.
+    proxy: JoinHandle<()>,
 }
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.manager.abort();
+        self.proxy.abort();
     }
 }
 
@@ -108,6 +116,13 @@ impl Kubelet {
             "container runtime connected: running this node's pods"
         );
         let client = Client::lazy(&control.server, &control.credentials)?;
+        let proxy = proxy::start(proxy::Node {
+            client: client.clone(),
+            name: node_name.to_owned(),
+            log_dir: settings.log_dir.clone(),
+            state_dir: settings.state_dir,
+            runtime: endpoint.to_string(),
+        });
         let context = worker::Context {
             cri,
             client: client.clone(),
@@ -122,7 +137,7 @@ impl Kubelet {
             },
         };
         let manager = tokio::spawn(manage(context, client));
-        Ok(Self { manager })
+        Ok(Self { manager, proxy })
     }
 }
 

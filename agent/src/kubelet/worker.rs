@@ -572,7 +572,7 @@ fn sandbox_config(pod: &Pod, context: &Context) -> cri::PodSandboxConfig {
         hostname,
         log_directory: context
             .log_dir
-            .join(format!("{namespace}_{name}_{uid}"))
+            .join(gannet_api::pod_logs::pod_dir_name(&namespace, &name, &uid))
             .display()
             .to_string(),
         dns_config: None,

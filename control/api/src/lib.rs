@@ -33,34 +33,13 @@ pub mod pki {
     pub const TOKEN: &str = "token";
 }
 
-/// Where the kubelet role keeps the containers' logs on a node, as gannetd writes them through the
-/// runtime and `gannetctl logs` reads them.
-pub mod pod_logs {
-    use std::path::{Path, PathBuf};
-
-    /// The directory in gannetd's `--state-dir` that holds one directory per pod.
-    pub const DIR: &str = "pod-logs";
-
-    /// A pod's log directory in `state_dir` (its sandbox's `log_directory`).
-    #[must_use]
-    pub fn pod_dir(state_dir: &Path, namespace: &str, name: &str, uid: &str) -> PathBuf {
-        state_dir
-            .join(DIR)
-            .join(format!("{namespace}_{name}_{uid}"))
-    }
-
-    /// A container attempt's log file, relative to its pod's directory (its `log_path`).
-    #[must_use]
-    pub fn container_file(container: &str, attempt: u32) -> String {
-        format!("{container}/{attempt}.log")
-    }
-}
+pub mod pod_logs;
 
 pub use client::{
     Applied, Auth, Change, Client, ClientError, Credentials, DEFAULT_SERVER, DEFAULT_SOCKET,
-    DeleteOptions, EventType, ListWatch, ListedObjects, MAX_MESSAGE_SIZE, NodeRegistration,
-    NodeResources, ObjectList, Outcome, Registered, SERVER_ENV, ServerAddr, WatchEvent,
-    WatchStream, chain,
+    DeleteOptions, EventType, IMAGE_CHUNK, ListWatch, ListedObjects, MAX_MESSAGE_SIZE,
+    NodeRegistration, NodeResources, ObjectList, Outcome, Registered, SERVER_ENV, ServerAddr,
+    Session, WatchEvent, WatchStream, chain,
 };
 pub use object::{ConvertError, DEFAULT_NAMESPACE, Kind, Object, Typed, object_label};
 pub use problem::{MAX_PROBLEMS, Problem, invalid_status, problems_of};

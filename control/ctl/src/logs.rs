@@ -1,20 +1,16 @@
-//! `gannetctl logs`: a container's log, read from the file the runtime writes on the pod's node
-//! (in gannetd's `--state-dir`, see [`gannet_api::pod_logs`]), in the CRI's log format.
+//! `gannetctl logs`: a container's log, in the CRI's log format, from the file the runtime writes
+//! on the pod's node (in gannetd's `--state-dir`, see [`gannet_api::pod_logs`]): read directly
+//! when this machine is that node, else through gannet-control from the node's gannetd.
 
-use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use gannet_api::{Client, ClientError, Kind, Object};
+use gannet_api::pod_logs::{self, Attempt, LogFile};
+use gannet_api::{Client, ClientError, Kind, Object, pb};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-
-/// How often `--follow` looks for more of the file, and (every fourth time) at the pod.
-const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
@@ -37,7 +33,9 @@ pub(crate) struct LogsArgs {
     /// Each line with the time the runtime received it (RFC 3339).
     #[arg(long)]
     timestamps: bool,
-    /// gannetd's state directory on this node (where the runtime writes the pods' logs).
+    /// gannetd's state directory on this node (where the runtime writes the pods' logs). When the
+    /// pod's log is not there (the pod runs on another node), it is read through gannet-control
+    /// from the node's gannetd.
     #[arg(
         long,
         default_value = "/run/gannet",
@@ -77,143 +75,85 @@ pub(crate) async fn logs(
     } else {
         status.restart_count
     };
-    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    let path =
-        gannet_api::pod_logs::pod_dir(&args.state_dir, &args.namespace, &args.pod, uid).join(
-            gannet_api::pod_logs::container_file(&container, u32::try_from(attempt).unwrap_or(0)),
-        );
-    let file = match File::open(&path) {
-        Ok(file) => file,
+    let attempt = Attempt {
+        namespace: args.namespace.clone(),
+        pod: args.pod.clone(),
+        container,
+        attempt: u32::try_from(attempt).unwrap_or(0),
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let pod_dir = pod_logs::pod_dir(&args.state_dir, &args.namespace, &args.pod, &uid);
+    let path = pod_dir.join(pod_logs::container_file(
+        &attempt.container,
+        attempt.attempt,
+    ));
+    let follow = args.follow && !args.previous;
+    let mut printer = Printer {
+        timestamps: args.timestamps,
+        source: path.display().to_string(),
+        at_start: true,
+    };
+    let file = match LogFile::open(&path) {
+        Ok(file) => Some(file),
+        // Not this node's pod: ask its node.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !pod_dir.exists() => None,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{}", missing_file(&pod, &path));
+            bail!(
+                "no log at {}: the runtime has not written it, or it was removed",
+                path.display()
+            );
         }
         Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
     };
-    let mut reader = BufReader::new(file);
-    let mut printer = Printer {
-        timestamps: args.timestamps,
-        path: &path,
-        at_start: true,
-    };
-    let mut line = String::new();
-    let mut kept: VecDeque<String> = VecDeque::new();
-    let mut position = 0u64;
-    loop {
-        line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if read == 0 || !line.ends_with('\n') {
-            break;
+    match file {
+        Some(mut file) => {
+            let mut follower = client.clone();
+            file.stream(
+                args.tail,
+                follow.then_some((&mut follower, &attempt)),
+                |lines| std::future::ready(printer.print_all(&lines, out)),
+            )
+            .await?;
         }
-        position += read as u64;
-        match args.tail {
-            Some(0) => {}
-            Some(n) => {
-                if kept.len() == n {
-                    kept.pop_front();
-                }
-                kept.push_back(line.clone());
+        None => {
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            printer.source = format!("node {node:?}");
+            let request = pb::LogsRequest {
+                namespace: attempt.namespace.clone(),
+                pod: attempt.pod.clone(),
+                uid,
+                container: attempt.container.clone(),
+                attempt: attempt.attempt,
+                tail: args.tail.map(|n| n as u64),
+                follow,
+            };
+            let mut chunks = client.logs(request).await.map_err(|error| remote(&error))?;
+            while let Some(chunk) = chunks
+                .message()
+                .await
+                .map_err(|status| remote(&ClientError::from(status)))?
+            {
+                let text = String::from_utf8_lossy(&chunk.data);
+                let lines: Vec<&str> = text.split_inclusive('\n').collect();
+                printer.print_all(&lines, out)?;
             }
-            None => printer.print(&line, out)?,
         }
-    }
-    for line in &kept {
-        printer.print(line, out)?;
     }
     out.flush()?;
-    if !args.follow || args.previous {
-        return Ok(ExitCode::SUCCESS);
-    }
-    follow(
-        client,
-        args,
-        &container,
-        attempt,
-        reader,
-        position,
-        &mut printer,
-        out,
-    )
-    .await
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Prints what the runtime appends to the file until the container attempt ends (and all it
-/// wrote is printed) or the pod is gone.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site, the state of `logs`"
-)]
-async fn follow(
-    client: &mut Client,
-    args: &LogsArgs,
-    container: &str,
-    attempt: i32,
-    mut reader: BufReader<File>,
-    mut position: u64,
-    printer: &mut Printer<'_>,
-    out: &mut impl Write,
-) -> anyhow::Result<ExitCode> {
-    let mut line = String::new();
-    let mut polls = 0u32;
-    let mut ended = false;
-    loop {
-        loop {
-            line.clear();
-            let read = reader
-                .read_line(&mut line)
-                .with_context(|| format!("reading {}", printer.path.display()))?;
-            if read == 0 {
-                break;
-            }
-            if !line.ends_with('\n') {
-                // The runtime is in the middle of a line: read it again whole later.
-                reader.seek(SeekFrom::Start(position))?;
-                break;
-            }
-            position += read as u64;
-            printer.print(&line, out)?;
-        }
-        out.flush()?;
-        if ended {
-            return Ok(ExitCode::SUCCESS);
-        }
-        tokio::time::sleep(FOLLOW_POLL).await;
-        polls += 1;
-        if polls.is_multiple_of(4) {
-            // One more read after the attempt ended takes what it wrote last.
-            ended = match get_pod(client, &args.namespace, &args.pod).await? {
-                None => true,
-                Some(pod) => container_status(&pod, container).is_none_or(|status| {
-                    status.restart_count != attempt
-                        || status.state.as_ref().is_none_or(|s| s.running.is_none())
-                }),
-            };
-        }
-    }
-}
-
-/// Why the log file is not there, for a person.
-fn missing_file(pod: &Pod, path: &Path) -> String {
-    let node = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .unwrap_or_default();
-    let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    if !node.is_empty() && node != here {
-        format!(
-            "no log at {}: the pod runs on node {node:?}, and gannetctl logs reads the runtime's \
-             log files where the pod runs: run it there (with that gannetd's --state-dir)",
-            path.display()
-        )
-    } else {
-        format!(
-            "no log at {}: is --state-dir (GANNET_STATE_DIR) the pod's gannetd's?",
-            path.display()
-        )
+/// A failure of reading the log through gannet-control, with what to do about it.
+fn remote(error: &ClientError) -> anyhow::Error {
+    match error {
+        ClientError::Unavailable(_) => anyhow::anyhow!(
+            "{error}; or run gannetctl logs on the pod's node (with its gannetd's --state-dir)"
+        ),
+        _ => anyhow::anyhow!("{error}"),
     }
 }
 
@@ -258,23 +198,27 @@ fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus>
 }
 
 /// Writes the lines of a CRI log file as the container wrote them.
-struct Printer<'a> {
+struct Printer {
     timestamps: bool,
-    path: &'a Path,
+    /// Where the lines come from, for errors.
+    source: String,
     /// The next entry starts a line (the last one was full).
     at_start: bool,
 }
 
-impl Printer<'_> {
+impl Printer {
+    fn print_all(&mut self, lines: &[impl AsRef<str>], out: &mut impl Write) -> anyhow::Result<()> {
+        for line in lines {
+            self.print(line.as_ref(), out)?;
+        }
+        Ok(())
+    }
+
     /// One line of the file: `TIMESTAMP STREAM TAG CONTENT`, the tag `F` for a full line, `P`
     /// for a part of one that goes on in the next (a line longer than the runtime's buffer).
     fn print(&mut self, line: &str, out: &mut impl Write) -> anyhow::Result<()> {
         let Some(entry) = Entry::parse(line.strip_suffix('\n').unwrap_or(line)) else {
-            bail!(
-                "{}: not a CRI log line: {:?}",
-                self.path.display(),
-                line.trim_end()
-            );
+            bail!("{}: not a CRI log line: {:?}", self.source, line.trim_end());
         };
         if self.timestamps && self.at_start {
             write!(out, "{} ", entry.time)?;
@@ -357,7 +301,7 @@ mod tests {
     fn partial_lines_join_and_timestamps_prefix_each_entry() {
         let mut printer = Printer {
             timestamps: false,
-            path: Path::new("0.log"),
+            source: "0.log".to_owned(),
             at_start: true,
         };
         let mut out = Vec::new();
@@ -371,7 +315,7 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), "abcdef\nghi\n");
         let mut printer = Printer {
             timestamps: true,
-            path: Path::new("0.log"),
+            source: "0.log".to_owned(),
             at_start: true,
         };
         let mut out = Vec::new();

@@ -1,7 +1,9 @@
-//! gannetctl: apply, get, watch and delete gannet-control's objects, and read pods' logs.
+//! gannetctl: apply, get, watch and delete gannet-control's objects, read pods' logs, and import
+//! images into nodes.
 
 mod describe;
 mod get;
+mod image;
 mod logs;
 mod manifest;
 mod table;
@@ -96,8 +98,12 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
-    /// Print a container's log (on the pod's node: the runtime's log files are read there).
+    /// Print a container's log (the runtime's log file on the pod's node: read directly there,
+    /// through gannet-control from elsewhere).
     Logs(logs::LogsArgs),
+    /// Images on the nodes: `image import FILE --node NAME`.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Delete objects: by kind and names, or those of manifests (-f).
     Delete {
         /// A kind as `get` takes it (not with -f).
@@ -365,6 +371,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => {
             let mut client = connect(&cli).await?;
             logs::logs(&mut client, args, &mut out).await
+        }
+        Command::Image(command) => {
+            let mut client = connect(&cli).await?;
+            image::image(&mut client, command, &mut out).await
         }
         Command::Delete {
             kind,

@@ -19,6 +19,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
+use crate::node_proxy::{CallStream, InputStream, NodeTunnels};
 use crate::registry::{ApiError, Outcome, Registry, Resources};
 use crate::store::EventKind;
 
@@ -118,7 +119,7 @@ impl Interceptor for Authenticator {
     }
 }
 
-fn caller<T>(request: &Request<T>) -> Caller {
+pub(crate) fn caller<T>(request: &Request<T>) -> Caller {
     request
         .extensions()
         .get::<Caller>()
@@ -188,12 +189,14 @@ fn decode_objects(objects: &[pb::Object]) -> Result<Vec<Object>, Status> {
 /// The `Resources` and `Nodes` services.
 #[derive(Clone, Debug)]
 pub struct Api {
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Becomes `true` when the server stops: open watch streams end then (with `UNAVAILABLE`,
     /// so clients watch again from their last revision), else they would hold the shutdown
     /// until its drain timeout.
-    stopping: watch::Receiver<bool>,
+    pub(crate) stopping: watch::Receiver<bool>,
+    /// The nodes' gannetd reachable through `NodeProxy`.
+    pub(crate) tunnels: Arc<NodeTunnels>,
 }
 
 impl Api {
@@ -207,11 +210,12 @@ impl Api {
             registry,
             metrics,
             stopping,
+            tunnels: Arc::default(),
         }
     }
 
     /// Counts a call of `method` that began at `began` and ended with `result`.
-    fn observed<T>(
+    pub(crate) fn observed<T>(
         &self,
         method: &'static str,
         began: Instant,
@@ -299,6 +303,26 @@ impl pb::nodes_server::Nodes for Api {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let began = Instant::now();
         self.observed("Heartbeat", began, self.heartbeat_call(request).await)
+    }
+
+    type AttachStream = CallStream;
+
+    async fn attach(
+        &self,
+        request: Request<pb::AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let began = Instant::now();
+        self.observed("Attach", began, self.attach_call(&request))
+    }
+
+    type ServeStream = InputStream;
+
+    async fn serve(
+        &self,
+        request: Request<tonic::Streaming<pb::SessionOutput>>,
+    ) -> Result<Response<Self::ServeStream>, Status> {
+        let began = Instant::now();
+        self.observed("Serve", began, self.serve_call(request).await)
     }
 }
 

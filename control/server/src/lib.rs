@@ -18,6 +18,7 @@ pub mod controller;
 pub mod grpc;
 pub mod logging;
 pub mod metrics;
+pub mod node_proxy;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gannet_api::MAX_MESSAGE_SIZE;
+use gannet_api::pb::node_proxy_server::NodeProxyServer;
 use gannet_api::pb::nodes_server::NodesServer;
 use gannet_api::pb::resources_server::ResourcesServer;
 use tokio::net::{TcpListener, UnixListener};
@@ -301,9 +302,18 @@ pub async fn start(store: Arc<dyn Store>, options: Options) -> Result<ControlPla
             NodesServer::new(api.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            auth.clone(),
+        );
+        let node_proxy = InterceptedService::new(
+            NodeProxyServer::new(api.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
             auth,
         );
-        let router = builder.add_service(resources).add_service(nodes_service);
+        let router = builder
+            .add_service(resources)
+            .add_service(nodes_service)
+            .add_service(node_proxy);
         let mut stop = shutdown_rx.clone();
         let signal = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;

@@ -1042,6 +1042,17 @@ async fn tls_needs_a_client_certificate_or_the_token() {
         .apply(&[pod("p", None, false, 80)], false)
         .await
         .expect("agents may apply pods");
+    let logs = agent
+        .logs(gannet_api::pb::LogsRequest {
+            pod: "p".to_owned(),
+            container: "app".to_owned(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        matches!(logs, Err(ClientError::PermissionDenied(_))),
+        "reaching nodes is an administrator's: {logs:?}"
+    );
 
     let mut nobody = Client::connect(&server, &base)
         .await

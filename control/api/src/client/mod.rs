@@ -17,6 +17,7 @@ use tonic::{Code, Request, Status};
 
 use crate::object::{ConvertError, Kind, Object};
 use crate::pb;
+use crate::pb::node_proxy_client::NodeProxyClient;
 use crate::pb::nodes_client::NodesClient;
 use crate::pb::resources_client::ResourcesClient;
 use crate::problem::{Problem, problems_of};
@@ -25,6 +26,7 @@ mod addr;
 mod calls;
 mod error;
 mod list_watch;
+mod node_proxy;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +34,7 @@ pub use self::addr::*;
 pub use self::calls::*;
 pub use self::error::*;
 pub use self::list_watch::*;
+pub use self::node_proxy::*;
 
 /// A connection to gannet-control. Cheap to clone; calls on clones share the connection, and a
 /// broken connection is re-established by the next call.
@@ -39,6 +42,7 @@ pub use self::list_watch::*;
 pub struct Client {
     resources: ResourcesClient<Transport>,
     nodes: NodesClient<Transport>,
+    node_proxy: NodeProxyClient<Transport>,
     server: ServerAddr,
 }
 
@@ -89,12 +93,16 @@ impl Client {
         let resources = ResourcesClient::with_interceptor(channel.clone(), auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        let nodes = NodesClient::with_interceptor(channel, auth)
+        let nodes = NodesClient::with_interceptor(channel.clone(), auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let node_proxy = NodeProxyClient::with_interceptor(channel, auth)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         Ok(Self {
             resources,
             nodes,
+            node_proxy,
             server: server.clone(),
         })
     }
