@@ -14,9 +14,10 @@ use gannet_api::{Client, IMAGE_CHUNK};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCommand {
-    /// Import OCI image archives (`docker save`, `ctr export`, `skopeo copy oci-archive:` or
-    /// `podman save --format oci-archive`) into the runtime of each node named; the nodes' gannetd
-    /// must run pods (--container-runtime).
+    /// Import OCI image archives (a tar with `index.json`, as `buildah push oci-archive:`,
+    /// `skopeo copy oci-archive:` and Docker 25's `docker save` write) into the runtime of each
+    /// node named, through gannet-control and the node's gannetd, as `gannetd image import` does
+    /// there; the nodes' gannetd must run pods (--container-runtime).
     Import {
         /// The archives.
         #[arg(required = true, value_name = "FILE")]
