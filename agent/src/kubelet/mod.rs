@@ -7,6 +7,8 @@
 //! - [`worker`]: one task per pod, a reconcile loop comparing the desired Pod with what the
 //!   runtime lists for it (sandboxes and containers carrying the labels gannetd sets), so a
 //!   restarted gannetd adopts what runs and never starts a second copy.
+//! - `sandbox`: a pod's sandbox (its configuration, listing, stopping and removing, orphans);
+//!   `container`: creating, starting and removing its containers.
 //! - [`probe`]: the containers' probes (`exec`, `tcpSocket`, `httpGet`) and their state.
 //! - [`restart`]: the pod's `restartPolicy` and the crash-loop back-off for exited containers.
 //! - [`status`]: the Pod status a worker reports (phase, conditions, `podIPs`, container states).
@@ -14,12 +16,14 @@
 //! - `proxy`: what gannet-control asks of this node for an administrator elsewhere
 //!   (`gannetctl logs`, `gannetctl image import --node`), over a stream gannetd keeps open.
 
+mod container;
 pub mod cri;
 pub mod env;
 pub mod image;
 pub mod probe;
 mod proxy;
 pub mod restart;
+mod sandbox;
 pub mod status;
 pub mod worker;
 
@@ -188,7 +192,7 @@ async fn manage(context: worker::Context, mut client: Client) {
                 }
                 if !orphans_checked {
                     orphans_checked = true;
-                    tokio::spawn(worker::remove_orphans(context.clone(), listed));
+                    tokio::spawn(sandbox::remove_orphans(context.clone(), listed));
                 }
             }
             Change::Applied {
