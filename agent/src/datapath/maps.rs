@@ -35,6 +35,8 @@ pub struct BpfMaps {
     capacity: Capacity,
     /// The Maglev tables (from the pod object); until set, external frontends get none.
     external: Option<nodeport::ExternalMaps>,
+    /// The NodePort maps purges walk, when there is no purge thread to walk them.
+    flows: Option<Box<nodeport::FlowMaps>>,
     /// The cgroup the programs are attached to: connected UDP sockets of its sub-tree are
     /// terminated when their backend goes.
     cgroup: PathBuf,
@@ -96,13 +98,19 @@ impl BpfMaps {
             rev_nat: take_map(ebpf, map_names::REV_NAT, "--max-rev-nat", &mut c.rev_nat)?,
             capacity,
             external: None,
+            flows: None,
             cgroup: cgroup.to_owned(),
         })
     }
 
     /// Hands the Maglev tables to the reconciler's maps (they live in the pod object, which is
     /// loaded after this one).
-    pub fn set_external(&mut self, maglev: nodeport::ExternalMaps) {
+    pub fn set_external(&mut self, mut maglev: nodeport::ExternalMaps) {
+        // The maps purges walk go to the purge thread (or stay here without one).
+        self.flows = maglev.take_flows().and_then(|flows| match &self.purger {
+            Some(purger) => purger.add_flows(Box::new(flows)).err(),
+            None => Some(Box::new(flows)),
+        });
         self.external = Some(maglev);
     }
 
@@ -216,16 +224,8 @@ impl ServiceMaps for BpfMaps {
             },
             None => purge::purge_map(&mut self.affinity, purge)?,
         };
-        if let Some(external) = &mut self.external {
-            let flows = external.purge_udp_flows(&mut |service_id, backend_id| {
-                reconcile::purge_dooms(purge, service_id, backend_id)
-            });
-            if flows > 0 {
-                debug!(entries = flows, "UDP flows to removed backends forgotten");
-            }
-            purged += external.purge_affinity(&mut |service_id, backend_id| {
-                reconcile::purge_dooms(purge, service_id, backend_id)
-            });
+        if let Some(flows) = &mut self.flows {
+            purged += purge::purge_flows(flows, purge);
         }
         Ok(purged)
     }

@@ -48,8 +48,58 @@ pub struct ExternalMaps {
     /// remove the service's table (`None`).
     staged: BTreeMap<u32, Option<TableMap>>,
     source_ranges: LpmTrie<MapData, [u8; 20], u8>,
+    /// Until [`take_flows`](Self::take_flows) hands them to the purge thread.
+    flows: Option<FlowMaps>,
+}
+
+/// The NodePort maps whose entries must be forgotten when backends go: the UDP flows
+/// (conntrack) and the outside clients' ClientIP affinity. A hash map cannot be searched by value,
+/// so a purge walks both whole; gannetd's purge thread (`datapath::purge`) owns them.
+pub struct FlowMaps {
     affinity: HashMap<MapData, NpAffinityKey, AffinityValue>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
+}
+
+impl FlowMaps {
+    /// The two maps (tests make their own).
+    #[cfg(test)]
+    pub(crate) fn new(
+        affinity: HashMap<MapData, NpAffinityKey, AffinityValue>,
+        conntrack: HashMap<MapData, CtKey, CtEntry>,
+    ) -> Self {
+        Self {
+            affinity,
+            conntrack,
+        }
+    }
+
+    /// Forgets the UDP flows and the affinity entries `doomed` selects (service id, backend
+    /// id), as kube-proxy clears conntrack when a UDP endpoint goes: without it a client that
+    /// keeps sending (DNS) would stay on a backend that is gone or left the service. TCP flows are
+    /// left to end on their own. Returns how many flows and affinity entries went.
+    pub fn purge(&mut self, doomed: &mut dyn FnMut(u32, u32) -> bool) -> (usize, usize) {
+        let flows: Vec<CtKey> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| k.proto == PROTO_UDP && doomed(v.service_id, v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &flows {
+            let _ = self.conntrack.remove(key);
+        }
+        let affinity: Vec<NpAffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| doomed(k.service_id, v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &affinity {
+            let _ = self.affinity.remove(key);
+        }
+        (flows.len(), affinity.len())
+    }
 }
 
 /// The trie key of a source range of service `id`.
@@ -99,27 +149,17 @@ impl ExternalMaps {
             size,
             staged: BTreeMap::new(),
             source_ranges: LpmTrie::try_from(ranges).map_err(map_err(map_names::SOURCE_RANGES))?,
-            affinity: HashMap::try_from(affinity).map_err(map_err(map_names::NODEPORT_AFFINITY))?,
-            conntrack,
+            flows: Some(FlowMaps {
+                affinity: HashMap::try_from(affinity)
+                    .map_err(map_err(map_names::NODEPORT_AFFINITY))?,
+                conntrack,
+            }),
         })
     }
 
-    /// Forgets the UDP flows `doomed` selects (service id, backend id), as kube-proxy clears
-    /// conntrack when a UDP endpoint goes: without it a client that keeps sending (DNS) would
-    /// stay on a backend that is gone or left the service. TCP flows are left to end on their
-    /// own. Returns how many entries went.
-    pub fn purge_udp_flows(&mut self, doomed: &mut dyn FnMut(u32, u32) -> bool) -> usize {
-        let victims: Vec<CtKey> = self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| k.proto == PROTO_UDP && doomed(v.service_id, v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        for key in &victims {
-            let _ = self.conntrack.remove(key);
-        }
-        victims.len()
+    /// The maps purges walk, once: whoever takes them purges them.
+    pub fn take_flows(&mut self) -> Option<FlowMaps> {
+        self.flows.take()
     }
 
     /// Adds the source ranges of service `id`.
@@ -172,21 +212,6 @@ impl ExternalMaps {
             }
         }
         out
-    }
-
-    /// Removes the ClientIP affinity entries `doomed` selects (service id, backend id).
-    pub fn purge_affinity(&mut self, doomed: &mut dyn FnMut(u32, u32) -> bool) -> usize {
-        let victims: Vec<NpAffinityKey> = self
-            .affinity
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| doomed(k.service_id, v.backend_id))
-            .map(|(k, _)| k)
-            .collect();
-        for key in &victims {
-            let _ = self.affinity.remove(key);
-        }
-        victims.len()
     }
 
     /// The table size (`--maglev-table-size`).

@@ -24,7 +24,7 @@ mod external;
 mod links;
 
 pub(crate) use self::external::retire_incompatible_maglev;
-pub use self::external::{ExternalMaps, read_table};
+pub use self::external::{ExternalMaps, FlowMaps, read_table};
 pub(crate) use self::links::{
     attached, attached_xdp, detach, detach_xdp, links_dir, pin_path, pinned_on, pinned_xdp_on,
     xdp_links_dir, xdp_pin_path,
