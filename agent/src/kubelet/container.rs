@@ -62,7 +62,9 @@ pub(super) async fn create(
             reason: "ErrImageNeverPull".to_owned(),
             message: format!(
                 "container image \"{image}\" is not present on the node and gannetd pulls no \
-                 images: import it with `gannetd image import FILE`"
+                 images: import it with `gannetctl image import FILE --node {}` (or `gannetd \
+                 image import FILE` on the node)",
+                context.node
             ),
         }));
     }
