@@ -190,7 +190,7 @@ fn decode_objects(objects: &[pb::Object]) -> Result<Vec<Object>, Status> {
 #[derive(Clone, Debug)]
 pub struct Api {
     pub(crate) registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Becomes `true` when the server stops: open watch streams end then (with `UNAVAILABLE`,
     /// so clients watch again from their last revision), else they would hold the shutdown
     /// until its drain timeout.

@@ -39,6 +39,7 @@ pub struct Metrics {
     nodes: Family<[Label; 1], Gauge>,
     leases: Gauge,
     node_leases: Gauge,
+    attached: Gauge,
 }
 
 impl Metrics {
@@ -54,13 +55,14 @@ impl Metrics {
             nodes: Family::default(),
             leases: Gauge::default(),
             node_leases: Gauge::default(),
+            attached: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
             "gannet_control_grpc_requests",
             "gRPC calls handled, by method (Apply, Get, List, Watch, Delete, UpdateStatus, \
-             Register, Heartbeat) and status code (OK, NotFound, InvalidArgument, ...; a \
-             Watch by how it opened)",
+             Register, Heartbeat, Attach, Serve, Logs, ImportImage) and status code (OK, \
+             NotFound, InvalidArgument, ...; a stream by how it opened)",
             metrics.requests.clone(),
         );
         registry.register(
@@ -100,6 +102,12 @@ impl Metrics {
             "Node heartbeat Leases (coordination.k8s.io/v1, kube-node-lease), read at the scrape",
             metrics.node_leases.clone(),
         );
+        registry.register(
+            "gannet_control_attached_nodes",
+            "Attach streams open: nodes whose gannetd gannet-control can reach for gannetctl logs \
+             and image import",
+            metrics.attached.clone(),
+        );
         Arc::new(Metrics {
             registry,
             ..metrics
@@ -133,6 +141,15 @@ impl Metrics {
         Watching {
             metrics: Arc::clone(self),
             kind,
+        }
+    }
+
+    /// Counts an open Attach stream until the guard is dropped.
+    #[must_use]
+    pub fn attached(self: &Arc<Self>) -> AttachedNode {
+        self.attached.inc();
+        AttachedNode {
+            metrics: Arc::clone(self),
         }
     }
 
@@ -202,6 +219,18 @@ impl Drop for Watching {
             .watchers
             .get_or_create(&[("kind", self.kind)])
             .dec();
+    }
+}
+
+/// An open Attach stream, counted in `gannet_control_attached_nodes` while it lives.
+#[derive(Debug)]
+pub struct AttachedNode {
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for AttachedNode {
+    fn drop(&mut self) {
+        self.metrics.attached.dec();
     }
 }
 

@@ -176,7 +176,9 @@ impl Api {
         tracing::info!(node, "node attached: reachable for logs and image imports");
         let (tx, rx) = mpsc::channel(16);
         let stopping = self.stopping.clone();
+        let attached = self.metrics.attached();
         tokio::spawn(async move {
+            let _attached = attached;
             let stopped = stopped(stopping);
             tokio::pin!(stopped);
             loop {

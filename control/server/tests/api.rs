@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Etcd, Plane, embedded, eventually, object, test_options};
+use common::{Etcd, Plane, embedded, eventually, object, scrape, test_options};
 use gannet_api::{
     Change, Client, ClientError, Credentials, DeleteOptions, EventType, Kind, ListWatch,
     NodeRegistration, Object, Outcome, ServerAddr,
@@ -1210,16 +1210,4 @@ spec:
     assert_eq!(node_name(&kept), Some("node-7".to_owned()), "{kept:?}");
     let stored = client.get(Kind::Pod, "shop", "loose").await.expect("get");
     assert_eq!(node_name(&stored), Some("node-7".to_owned()), "{stored:?}");
-}
-
-/// `GET /metrics` from `address`, the body.
-fn scrape(address: std::net::SocketAddr) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to /metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    response
 }

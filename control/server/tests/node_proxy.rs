@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Plane, embedded, object, test_options};
+use common::{Plane, embedded, object, scrape, test_options};
 use gannet_api::{Client, ClientError, pb};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -57,7 +57,18 @@ async fn next_call(calls: &mut tonic::Streaming<pb::NodeCall>) -> pb::NodeCall {
 #[tokio::test]
 async fn logs_reach_the_pods_node_and_come_back_whole() {
     let (store, _dir) = embedded();
-    let plane = Plane::start(store, test_options()).await;
+    let mut options = test_options();
+    options.metrics_address = Some("127.0.0.1:0".parse().expect("addr"));
+    let plane = Plane::start(store, options).await;
+    let metrics = plane.plane.metrics_address().expect("metrics are served");
+    let attached = move || async move {
+        let text = tokio::task::spawn_blocking(move || scrape(metrics))
+            .await
+            .expect("scrape");
+        text.lines()
+            .find_map(|l| l.strip_prefix("gannet_control_attached_nodes "))
+            .map(str::to_owned)
+    };
     let mut admin = plane.client().await;
     admin
         .apply(&[pod("web", Some("n1")), pod("loose", None)], false)
@@ -89,8 +100,14 @@ async fn logs_reach_the_pods_node_and_come_back_whole() {
         "{error}"
     );
 
+    assert_eq!(attached().await.as_deref(), Some("0"));
     let mut node = plane.client().await;
     let mut calls = node.connect_node("n1").await.expect("attach");
+    assert_eq!(
+        attached().await.as_deref(),
+        Some("1"),
+        "the attached node is counted"
+    );
     let node_side = tokio::spawn(async move {
         let call = next_call(&mut calls).await;
         let Some(pb::node_call::Call::Logs(request)) = call.call else {
@@ -163,6 +180,7 @@ async fn logs_reach_the_pods_node_and_come_back_whole() {
         }
     })
     .await;
+    assert_eq!(attached().await.as_deref(), Some("0"), "the node left");
 }
 
 #[tokio::test]

@@ -283,3 +283,15 @@ pub fn object(yaml: &str) -> gannet_api::Object {
     .expect("a served kind");
     gannet_api::Object::from_json(kind, value.to_string().as_bytes()).expect("test object")
 }
+
+/// The text of `/metrics` at `address`.
+pub fn scrape(address: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to /metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+}
