@@ -41,7 +41,10 @@ async fn attach(node: Arc<Node>) {
     let mut client = node.client.clone();
     loop {
         let mut calls = match client.connect_node(&node.name).await {
-            Ok(calls) => calls,
+            Ok(calls) => {
+                backoff.reset();
+                calls
+            }
             Err(error) => {
                 let delay = backoff.next_delay();
                 debug!(%error, ?delay, "attaching to gannet-control failed; retrying");
@@ -53,7 +56,6 @@ async fn attach(node: Arc<Node>) {
         loop {
             match calls.message().await {
                 Ok(Some(call)) => {
-                    backoff.reset();
                     tokio::spawn(serve(Arc::clone(&node), call));
                 }
                 Ok(None) => break,
