@@ -105,7 +105,14 @@ pub(super) async fn create(
         envs,
         labels,
         log_path: format!("{}/{attempt}.log", spec.name),
-        linux: Some(cri::LinuxContainerConfig::default()),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(super::resources::linux_resources(
+                pod,
+                spec,
+                context.env_sources.node_memory,
+            )),
+            ..cri::LinuxContainerConfig::default()
+        }),
         ..cri::ContainerConfig::default()
     };
     let request = cri::CreateContainerRequest {

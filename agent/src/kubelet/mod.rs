@@ -10,6 +10,7 @@
 //! - `sandbox`: a pod's sandbox (its configuration, listing, stopping and removing, orphans);
 //!   `container`: creating, starting and removing its containers.
 //! - [`probe`]: the containers' probes (`exec`, `tcpSocket`, `httpGet`) and their state.
+//! - [`resources`]: a container's CPU shares and quota, memory limit and `oom_score_adj`.
 //! - [`restart`]: the pod's `restartPolicy` and the crash-loop back-off for exited containers.
 //! - [`status`]: the Pod status a worker reports (phase, conditions, `podIPs`, container states).
 //! - [`image`]: `gannetd image import`, OCI archives into containerd's `k8s.io` namespace.
@@ -22,6 +23,7 @@ pub mod env;
 pub mod image;
 pub mod probe;
 mod proxy;
+pub mod resources;
 pub mod restart;
 mod sandbox;
 pub mod status;

@@ -17,6 +17,7 @@ mod images;
 mod lifecycle;
 mod logs;
 mod probes;
+mod resources;
 mod restart;
 mod scheduling;
 
