@@ -90,6 +90,15 @@ pub(super) async fn create(
             }));
         }
     };
+    let mounts = match super::volumes::mounts(&context.pods_dir, &uid(pod), pod, spec) {
+        Ok(mounts) => mounts,
+        Err(message) => {
+            return Ok(Err(Waiting {
+                reason: "CreateContainerConfigError".to_owned(),
+                message,
+            }));
+        }
+    };
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: spec.name.clone(),
@@ -103,6 +112,7 @@ pub(super) async fn create(
         args: spec.args.clone().unwrap_or_default(),
         working_dir: spec.working_dir.clone().unwrap_or_default(),
         envs,
+        mounts,
         labels,
         log_path: format!("{}/{attempt}.log", spec.name),
         linux: Some(cri::LinuxContainerConfig {

@@ -13,6 +13,7 @@
 //! - [`resources`]: a container's CPU shares and quota, memory limit and `oom_score_adj`.
 //! - [`restart`]: the pod's `restartPolicy` and the crash-loop back-off for exited containers.
 //! - [`status`]: the Pod status a worker reports (phase, conditions, `podIPs`, container states).
+//! - [`volumes`]: `emptyDir` and `hostPath` volumes and the containers' mounts of them.
 //! - [`image`]: `gannetd image import`, OCI archives into containerd's `k8s.io` namespace.
 //! - `proxy`: what gannet-control asks of this node for an administrator elsewhere
 //!   (`gannetctl logs`, `gannetctl image import --node`), over a stream gannetd keeps open.
@@ -27,6 +28,7 @@ pub mod resources;
 pub mod restart;
 mod sandbox;
 pub mod status;
+pub mod volumes;
 pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,7 +128,7 @@ impl Kubelet {
             client: client.clone(),
             name: node_name.to_owned(),
             log_dir: settings.log_dir.clone(),
-            state_dir: settings.state_dir,
+            state_dir: settings.state_dir.clone(),
             runtime: endpoint.to_string(),
         });
         let context = worker::Context {
@@ -134,6 +136,7 @@ impl Kubelet {
             client: client.clone(),
             node: node_name.to_owned(),
             log_dir: settings.log_dir,
+            pods_dir: settings.state_dir.join(volumes::DIR),
             cgroup_parent: settings.cgroup_parent,
             runtime_name: version.runtime_name,
             env_sources: env::Sources {

@@ -133,6 +133,7 @@ pub(super) async fn teardown(context: &mut Context, pod: &Pod, grace: i64) {
         remove_sandbox(&mut context.cri, &sandbox.id).await;
         info!(pod = label(pod), sandbox = sandbox.id, "sandbox removed");
     }
+    super::volumes::remove(&context.pods_dir, &uid);
 }
 
 /// `StopContainer` for every running container of a sandbox, all at once.
@@ -212,5 +213,12 @@ pub(super) async fn remove_orphans(mut context: Context, pods: BTreeSet<String>)
         );
         stop_containers(&mut context.cri, &sandbox.id, DEFAULT_GRACE_SECONDS).await;
         remove_sandbox(&mut context.cri, &sandbox.id).await;
+    }
+    // The volumes of pods that are gone, their containers with them.
+    for uid in super::volumes::on_disk(&context.pods_dir) {
+        if !pods.contains(&uid) {
+            info!(uid, "the pod of these volumes is gone: removing them");
+            super::volumes::remove(&context.pods_dir, &uid);
+        }
     }
 }

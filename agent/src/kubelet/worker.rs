@@ -38,6 +38,8 @@ pub struct Context {
     pub node: String,
     /// The pods' log directories go below it.
     pub log_dir: PathBuf,
+    /// The pods' volume directories go below it (`--state-dir`/`pods`).
+    pub pods_dir: PathBuf,
     /// `--pod-cgroup-parent`; empty: the runtime's default.
     pub cgroup_parent: String,
     /// The runtime's name, for container ids (`containerd://…`).

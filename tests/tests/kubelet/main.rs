@@ -20,6 +20,7 @@ mod probes;
 mod resources;
 mod restart;
 mod scheduling;
+mod volumes;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
