@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     control::WatchStats,
-    datapath::{BpfMaps, nodeport::NodePortStats, pods::PodFastPath, reconcile::Counts},
+    datapath::{BpfMaps, full, nodeport::NodePortStats, pods::PodFastPath, reconcile::Counts},
 };
 
 /// How long a scrape waits for the main loop (busy with a large sync, say) before it is answered
@@ -51,7 +51,6 @@ pub struct Metrics {
     apply: HistogramFamily,
     cni: Family<[Label; 2], Counter>,
     vanished: Counter,
-    map_full: Family<[(&'static str, String); 1], Counter>,
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
@@ -104,7 +103,6 @@ impl Metrics {
     /// The metrics and the registry that renders them, for gannetd with `dataplane`.
     #[must_use]
     pub fn new(dataplane: &str) -> (Metrics, Registry) {
-        use gannet_common::map_names as m;
         let mut registry = Registry::default();
         registry.register(
             "gannet_agent",
@@ -118,7 +116,6 @@ impl Metrics {
             apply: Family::new_with_constructor(apply_histogram),
             cni: Family::default(),
             vanished: Counter::default(),
-            map_full: Family::default(),
             snapshot: Arc::default(),
         };
         registry.register(
@@ -141,11 +138,6 @@ impl Metrics {
              away without a DEL reaching gannetd)",
             metrics.vanished.clone(),
         );
-        registry.register(
-            "gannet_map_full",
-            "Service frontends that could not be programmed because a map was full, by map",
-            metrics.map_full.clone(),
-        );
         registry.register_collector(Box::new(Readings(Arc::clone(&metrics.snapshot))));
         // Every series that can appear, at 0 from the start (an absent series is not a zero).
         for operation in ["register", "unregister"] {
@@ -156,26 +148,15 @@ impl Metrics {
                     .inc_by(0);
             }
         }
-        for map in [m::SERVICES, m::SLOTS, m::BACKENDS, "service slots"] {
-            metrics
-                .map_full
-                .get_or_create(&[("map", map_label(map))])
-                .inc_by(0);
-        }
         (metrics, registry)
     }
 
     /// Counts one apply of the data plane (`full`: a whole desired state).
-    pub fn applied(&self, full: bool, took: Duration, full_maps: &[&'static str]) {
+    pub fn applied(&self, full: bool, took: Duration) {
         let kind = if full { "full" } else { "incremental" };
         self.apply
             .get_or_create(&[("kind", kind)])
             .observe(took.as_secs_f64());
-        for map in full_maps {
-            self.map_full
-                .get_or_create(&[("map", map_label(map))])
-                .inc();
-        }
     }
 
     /// Counts a CNI request (`None`: not a registration, e.g. a status check).
@@ -214,6 +195,8 @@ pub fn map_label(name: &str) -> String {
         m::ENDPOINTS => "endpoints",
         m::CONNTRACK => "conntrack",
         m::SOURCE_RANGES => "source_ranges",
+        m::ENDPOINT_STATS => "endpoint_stats",
+        m::NODES => "nodes",
         other => return other.to_lowercase().replace([' ', '-'], "_"),
     };
     label.to_owned()
@@ -323,6 +306,18 @@ impl Collector for Readings {
             "Capacity of each of the data plane's maps (entries).",
             MetricType::Gauge,
             s.maps.iter().map(|m| map(m, true)),
+        )?;
+        family(
+            e,
+            "gannet_map_full",
+            "Writes to a map that the kernel refused because the map was full, by map: each a \
+             service frontend, source range, Maglev table, pod endpoint or node route that \
+             could not be programmed (service_slots: a service with more backends than one \
+             service may have).",
+            MetricType::Counter,
+            full::counts()
+                .into_iter()
+                .map(|(map, n)| ([("map", map_label(map))], n)),
         )?;
         family(
             e,
@@ -529,8 +524,8 @@ mod tests {
     #[test]
     fn names_follow_prometheus_conventions_and_values_show() {
         let (metrics, registry) = Metrics::new("ebpf");
-        metrics.applied(true, Duration::from_millis(3), &["GANNET_BACKENDS"]);
-        metrics.applied(false, Duration::from_millis(1), &[]);
+        metrics.applied(true, Duration::from_millis(3));
+        metrics.applied(false, Duration::from_millis(1));
         metrics.cni_request(Some("register"), true);
         metrics.cni_request(None, true);
         metrics.set_snapshot(Snapshot {
@@ -563,7 +558,7 @@ mod tests {
             "gannet_dataplane_apply_duration_seconds_count{kind=\"full\"} 1",
             "gannet_dataplane_apply_duration_seconds_count{kind=\"incremental\"} 1",
             "gannet_cni_requests_total{operation=\"register\",result=\"ok\"} 1",
-            "gannet_map_full_total{map=\"backends\"} 1",
+            "gannet_map_full_total{map=\"nodes\"} 0",
             "gannet_map_entries{map=\"services\"} 2",
             "gannet_map_capacity{map=\"services\"} 65536",
             "gannet_service_frontends 2",

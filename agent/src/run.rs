@@ -120,7 +120,7 @@ impl Services {
                                 let changes = external.expander.changes(&changes);
                                 external.names.changes(&changes);
                                 let report = plane.apply_changes(&changes);
-                                metrics.applied(false, began.elapsed(), &report.full);
+                                metrics.applied(false, began.elapsed());
                                 report
                             }
                             _ => {
@@ -128,7 +128,7 @@ impl Services {
                                 let state = external.expander.full(scan.state);
                                 external.names.full(&state);
                                 let report = plane.apply(&state, *had_clean_scan);
-                                metrics.applied(true, began.elapsed(), &report.full);
+                                metrics.applied(true, began.elapsed());
                                 report
                             }
                         };
@@ -161,7 +161,7 @@ impl Services {
                         external.health_changed = true;
                         let began = Instant::now();
                         let report = plane.apply(&state, true);
-                        metrics.applied(true, began.elapsed(), &report.full);
+                        metrics.applied(true, began.elapsed());
                         info!(
                             frontends = state.services.len(),
                             "programmed the control plane's services"
@@ -176,7 +176,7 @@ impl Services {
                         external.names.changes(&changes);
                         let began = Instant::now();
                         let report = plane.apply_changes(&changes);
-                        metrics.applied(false, began.elapsed(), &report.full);
+                        metrics.applied(false, began.elapsed());
                         report
                     }
                     Update::Nodes(nodes) => {

@@ -16,7 +16,7 @@ use gannet_testkit::{
     Cgroup, Netns, ScratchDir,
     agent::{Agent, endpoint_slice_yaml, service_yaml},
     bin_path,
-    cni::{cni, pod_ip},
+    cni::{cni, cni_output, pod_ip},
     control::ControlPlane,
     eventually,
     metrics::{series, value},
@@ -190,6 +190,71 @@ fn gannetd_metrics_follow_services_and_cni_registrations() {
         series(&gone, "gannet_endpoint_packets_total").is_empty(),
         "a pod that went away has no counters left:\n{gone}"
     );
+}
+
+/// A map gannetd writes from user space that the kernel finds full is counted in
+/// `gannet_map_full_total` under the map's name: here the pods' maps, made to hold one pod
+/// (`--max-endpoints 1` sizes the address map and the per-pod counters alike). A second pod's
+/// registration writes its counters first; the kernel refuses them (E2BIG), and so gannetd the
+/// registration.
+#[test]
+fn a_full_pod_map_is_counted() {
+    let node = Netns::new("mfull").unwrap();
+    let cgroup = Cgroup::new().unwrap();
+    let agent = Agent::start_in(Some(&node), &cgroup, &["--max-endpoints", "1"]).unwrap();
+    let full = |text: &str| must(text, "gannet_map_full_total{map=\"endpoint_stats\"}");
+    let before = agent.scrape().unwrap();
+    assert_eq!(
+        full(&before),
+        0.0,
+        "the series exists from the start, at 0:\n{before}"
+    );
+    for map in [
+        "services",
+        "slots",
+        "backends",
+        "maglev",
+        "source_ranges",
+        "endpoints",
+        "nodes",
+    ] {
+        must(&before, &format!("gannet_map_full_total{{map=\"{map}\"}}"));
+    }
+
+    let ipam = ScratchDir::new("gannet-ipam");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "gannet-full",
+        "type": "gannet-cni",
+        "ipam": {"type": "gannet", "subnet": "10.244.6.0/24", "dataDir": ipam.0},
+        "agentSocket": agent.cni_socket(),
+    });
+    let first = Netns::new("mfull1").unwrap();
+    let first_id = unique_name("full-1");
+    cni(&node, &first, "ADD", &first_id, &conf);
+    let one = agent.scrape().unwrap();
+    assert_eq!(
+        must(&one, "gannet_map_entries{map=\"endpoints\"}"),
+        1.0,
+        "{one}"
+    );
+    assert_eq!(full(&one), 0.0, "one address fits:\n{one}");
+
+    let second = Netns::new("mfull2").unwrap();
+    let second_id = unique_name("full-2");
+    let refused = cni_output(&node, &second, "ADD", &second_id, &conf);
+    assert!(
+        !refused.status.success(),
+        "a second pod's address does not fit an endpoint map of one: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    let after = agent.scrape().unwrap();
+    assert!(
+        full(&after) >= 1.0,
+        "the refused write is counted against the pods' counter map:\nbefore:\n{one}\nafter:\n{after}"
+    );
+    assert_eq!(must(&after, "gannet_cni_endpoints"), 1.0, "{after}");
+    cni(&node, &first, "DEL", &first_id, &conf);
 }
 
 #[test]

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use super::reconcile::{MapOpError, ServiceMaps};
 use crate::{config::Capacity, sockdiag, sys};
 
-use super::{DataPathError, nodeport, purge, reconcile};
+use super::{DataPathError, full, nodeport, purge, reconcile};
 
 /// The load balancer's maps, as the reconciler writes them.
 pub struct BpfMaps {
@@ -145,7 +145,12 @@ pub(super) fn write_err(
     e: MapError,
 ) -> MapOpError {
     match os_error(&e) {
-        Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC) => MapOpError::Full { map, capacity },
+        errno if full::is_full_errno(errno) => {
+            if op == "update" {
+                full::record(map);
+            }
+            MapOpError::Full { map, capacity }
+        }
         _ => MapOpError::Other {
             map,
             op,

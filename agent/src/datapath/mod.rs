@@ -8,6 +8,7 @@
 //! `sock.rs` loads and attaches the programs, `maps.rs` holds the maps the reconciler writes.
 
 pub mod frame;
+pub mod full;
 mod maps;
 pub mod nft;
 pub mod nodeport;

@@ -10,6 +10,8 @@ use aya::maps::{Array, Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie}
 use gannet_common::{NodeValue, TunnelConfig, V4_MAPPED_PREFIX_BITS, map_names, v4_mapped};
 use ipnet::IpNet;
 
+use crate::datapath::full;
+
 /// A failed map operation, naming the map.
 #[derive(Debug, thiserror::Error)]
 #[error("map {map} ({path}): {what}: {source}")]
@@ -151,7 +153,9 @@ impl TunnelMaps {
     /// When the kernel refuses (e.g. the map is full).
     pub fn put(&mut self, cidr: IpNet, value: &NodeValue) -> Result<(), MapsError> {
         let err = self.err(map_names::NODES, "update");
-        self.nodes.insert(&key(cidr), value, 0).map_err(err)
+        self.nodes
+            .insert(&key(cidr), value, 0)
+            .map_err(|e| err(full::check(map_names::NODES, e)))
     }
 
     /// The entry for exactly `cidr`, if any.

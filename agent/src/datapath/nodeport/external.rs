@@ -22,7 +22,7 @@ use gannet_common::{
 use ipnet::IpNet;
 use tracing::warn;
 
-use crate::datapath::{DataPathError, io_err};
+use crate::datapath::{DataPathError, full, io_err};
 use crate::sys;
 
 use super::{TABLE_FLAGS, TableMap, map_err};
@@ -167,6 +167,7 @@ impl ExternalMaps {
         for net in nets {
             self.source_ranges
                 .insert(&range_key(id, net), 1, 0)
+                .map_err(|e| full::check(map_names::SOURCE_RANGES, e))
                 .map_err(map_err(map_names::SOURCE_RANGES))?;
         }
         Ok(())
@@ -278,6 +279,9 @@ impl ExternalMaps {
                 }
                 // The element at `done` failed: report it and go on with the rest.
                 Err(e) => {
+                    if full::is_full_errno(e.source.raw_os_error()) {
+                        full::record(map_names::MAGLEV);
+                    }
                     failures.push((ids[from + e.done], batch_err("update", e.source)));
                     from += e.done + 1;
                 }

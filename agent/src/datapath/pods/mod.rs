@@ -30,7 +30,7 @@ use gannet_common::{
 use tracing::{debug, info};
 
 use super::{
-    DataPathError, ensure_bpffs, io_err,
+    DataPathError, ensure_bpffs, full, io_err,
     nodeport::{self, ExternalMaps, NodePortMaps},
 };
 use crate::sys;
@@ -283,7 +283,7 @@ impl PodFastPath {
                 .insert(veth.ifindex, zeros, 0)
                 .map_err(|source| DataPathError::Map {
                     name: map_names::ENDPOINT_STATS,
-                    source,
+                    source: full::check(map_names::ENDPOINT_STATS, source),
                 })?;
         }
         for (name, attach_type, direction) in [
@@ -323,7 +323,7 @@ impl PodFastPath {
                 .insert(*k, value, 0)
                 .map_err(|source| DataPathError::Map {
                     name: map_names::ENDPOINTS,
-                    source,
+                    source: full::check(map_names::ENDPOINTS, source),
                 })?;
         }
         // Addresses an earlier registration on this veth had and this one has not.

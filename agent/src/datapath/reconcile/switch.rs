@@ -8,6 +8,7 @@ use gannet_k8s::{Frontend, Protocol, ServicePort};
 use ipnet::IpNet;
 use tracing::{debug, warn};
 
+use crate::datapath::full;
 use crate::nodeport::maglev;
 
 use super::maps::{MapOpError, ServiceMaps};
@@ -44,8 +45,9 @@ impl<M: ServiceMaps> Reconciler<M> {
             return Ok(None);
         }
         if spec.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+            full::record(full::SERVICE_SLOTS);
             return Err(MapOpError::Full {
-                map: "service slots",
+                map: full::SERVICE_SLOTS,
                 capacity: MAX_BACKENDS_PER_SERVICE,
             });
         }

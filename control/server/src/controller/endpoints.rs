@@ -1,10 +1,11 @@
 //! The endpoints controller: for every Service with a selector, the `EndpointSlices` of the Pods it
 //! selects, as Kubernetes' endpointslice controller writes them.
 //!
-//! It lists everything under `registry/`, then watches from that revision, keeping Services, Pods
-//! and its own slices in memory. A change marks the Services it can affect; each marked Service's
-//! slices are recomputed and written in one conditional transaction (only when they differ), so
-//! several replicas running the controller at once converge on the same slices without fighting.
+//! It lists everything under `registry/`, then watches from that revision (the loop in
+//! `informer.rs`, shared with the scheduler), keeping Services, Pods and its own slices in
+//! memory. A change marks the Services it can affect; each marked Service's slices are recomputed
+//! and written in one conditional transaction (only when they differ), so several replicas
+//! running the controller at once converge on the same slices without fighting.
 //!
 //! Slices: one per address family of the Service and per distinct set of resolved ports (named
 //! target ports resolve per Pod), at most [`MAX_ENDPOINTS_PER_SLICE`] endpoints each, named
@@ -16,7 +17,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use gannet_api::{Kind, Object};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
@@ -24,11 +24,10 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::informer::{self, Controller};
 use crate::alloc::Family;
-use crate::registry::{
-    ApiError, REGISTRY_PREFIX, Registry, decode, encode, kind_of_key, now, object_key,
-};
-use crate::store::{Compare, EventKind, KeyValue, Op, Revision};
+use crate::registry::{ApiError, Registry, encode, now, object_key};
+use crate::store::{Compare, EventKind, Op, Revision};
 
 /// When the controller last changed a slice: Kubernetes' annotation (the time of the change that
 /// triggered it, here the time it was written).
@@ -363,83 +362,46 @@ fn same_slice(a: &EndpointSlice, b: &EndpointSlice) -> bool {
         && a.metadata.owner_references == b.metadata.owner_references
 }
 
+/// The controller's state between reconciles: the cache and the Services to look at again.
+#[derive(Debug, Default)]
+struct Endpoints {
+    cache: Cache,
+    dirty: HashSet<Key>,
+}
+
+impl Controller for Endpoints {
+    const NAME: &'static str = "endpoints controller";
+
+    fn wants(kind: Kind) -> bool {
+        kind != Kind::Node
+    }
+
+    fn apply(&mut self, event: EventKind, object: Object, _revision: Revision) {
+        self.cache
+            .apply(object.kind(), event, object, &mut self.dirty);
+    }
+
+    fn full(&self) -> bool {
+        self.dirty.len() > 1000
+    }
+
+    fn synced(&self, revision: Revision) {
+        tracing::info!(
+            services = self.cache.services.len(),
+            pods = self.cache.pods.len(),
+            revision,
+            "endpoints controller synced"
+        );
+    }
+
+    async fn reconcile(&mut self, registry: &Registry) -> Result<(), ApiError> {
+        reconcile_all(registry, &self.cache, &mut self.dirty).await
+    }
+}
+
 /// Runs the controller until the task is dropped, starting over (list, then watch) after errors.
 pub async fn run(registry: Arc<Registry>) {
-    loop {
-        match run_once(&registry).await {
-            Ok(()) => return,
-            Err(ApiError::Expired(reason)) => {
-                tracing::info!(reason, "endpoints controller: watch expired, listing again");
-            }
-            Err(error) => {
-                tracing::warn!(%error, "endpoints controller: starting over in 1s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-async fn run_once(registry: &Registry) -> Result<(), ApiError> {
-    let store = registry.store();
-    let (items, revision) = store.list(REGISTRY_PREFIX).await?;
-    let mut cache = Cache::default();
-    let mut dirty = HashSet::new();
-    for kv in &items {
-        let Some(kind) = kind_of_key(&kv.key) else {
-            continue;
-        };
-        if kind == Kind::Node {
-            continue;
-        }
-        cache.apply(kind, EventKind::Put, decode(kind, kv)?, &mut dirty);
-    }
-    tracing::info!(
-        services = cache.services.len(),
-        pods = cache.pods.len(),
-        revision,
-        "endpoints controller synced"
-    );
-    reconcile_all(registry, &cache, &mut dirty).await?;
-    let mut watch = store.watch(REGISTRY_PREFIX, revision).await?;
-    loop {
-        let Some(batch) = watch.next().await else {
-            return Err(ApiError::Internal("the store ended the watch".to_owned()));
-        };
-        handle_batch(&mut cache, batch?, &mut dirty)?;
-        // Take whatever else is already there before writing: one reconcile for a burst.
-        while let Ok(Some(batch)) =
-            tokio::time::timeout(Duration::from_millis(2), watch.next()).await
-        {
-            handle_batch(&mut cache, batch?, &mut dirty)?;
-            if dirty.len() > 1000 {
-                break;
-            }
-        }
-        reconcile_all(registry, &cache, &mut dirty).await?;
-    }
-}
-
-fn handle_batch(
-    cache: &mut Cache,
-    batch: Vec<crate::store::Event>,
-    dirty: &mut HashSet<Key>,
-) -> Result<(), ApiError> {
-    for event in batch {
-        let Some(kind) = kind_of_key(&event.key) else {
-            continue;
-        };
-        if kind == Kind::Node {
-            continue;
-        }
-        let kv = KeyValue {
-            key: event.key,
-            value: event.value,
-            create_revision: 0,
-            mod_revision: event.revision,
-        };
-        cache.apply(kind, event.kind, decode(kind, &kv)?, dirty);
-    }
-    Ok(())
+    informer::run(registry, Endpoints::default).await;
 }
 
 async fn reconcile_all(

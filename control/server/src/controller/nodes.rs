@@ -1,5 +1,5 @@
 //! The node lifecycle controller: Ready → Unknown (`NotReady`) when an agent stops renewing its
-//! node's Lease (`kube-node-lease/<node>`, see `registry/nodes.rs`), the pod CIDR lease released
+//! node's Lease (`kube-node-lease/<node>`, see `registry/leases.rs`), the pod CIDR lease released
 //! only after a further grace period, Leases of deleted nodes removed, and terminating Pods
 //! removed once their grace period is over.
 //!

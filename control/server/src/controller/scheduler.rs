@@ -1,8 +1,9 @@
 //! The scheduler: Pods without `spec.nodeName` are bound to a node, as kube-scheduler binds them.
 //!
-//! Like the endpoints controller it lists Nodes and Pods, then watches from that revision; every
-//! change of either kind starts a round over the Pods still waiting (oldest first), so a Pod that
-//! fits nowhere is tried again when a node registers, turns Ready or a Pod goes away.
+//! Like the endpoints controller (and through the same loop, `informer.rs`) it lists Nodes and
+//! Pods, then watches from that revision; every change of either kind starts a round over the
+//! Pods still waiting (oldest first), so a Pod that fits nowhere is tried again when a node
+//! registers, turns Ready or a Pod goes away.
 //!
 //! A node is a candidate when its Ready condition is `True` (the node lifecycle controller's),
 //! it is not cordoned (`spec.unschedulable`), it carries every label of the Pod's
@@ -22,16 +23,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use gannet_api::{Kind, Object};
 use gannet_k8s::Quantity;
 use k8s_openapi::api::core::v1::{Container, Node, Pod, PodCondition, PodStatus};
 
-use crate::registry::{
-    ApiError, REGISTRY_PREFIX, Registry, decode, kind_of_key, now, ready_status,
-};
-use crate::store::{EventKind, KeyValue, Revision};
+use super::informer::{self, Controller};
+use crate::registry::{ApiError, Registry, now, ready_status};
+use crate::store::{EventKind, Revision};
 
 /// The condition a scheduler sets.
 pub const POD_SCHEDULED: &str = "PodScheduled";
@@ -378,76 +377,49 @@ impl Cache {
     }
 }
 
+/// The scheduler's state between rounds: the cache and whether it changed since the last round.
+#[derive(Debug)]
+struct Scheduler {
+    cache: Cache,
+    changed: bool,
+}
+
+impl Controller for Scheduler {
+    const NAME: &'static str = "scheduler";
+
+    fn wants(kind: Kind) -> bool {
+        matches!(kind, Kind::Node | Kind::Pod)
+    }
+
+    fn apply(&mut self, event: EventKind, object: Object, revision: Revision) {
+        self.changed |= self.cache.apply(event, object, revision);
+    }
+
+    fn synced(&self, revision: Revision) {
+        tracing::info!(
+            nodes = self.cache.nodes.len(),
+            pods = self.cache.pods.len(),
+            revision,
+            "scheduler synced"
+        );
+    }
+
+    async fn reconcile(&mut self, registry: &Registry) -> Result<(), ApiError> {
+        if !std::mem::take(&mut self.changed) {
+            return Ok(());
+        }
+        schedule(registry, &mut self.cache).await
+    }
+}
+
 /// Runs the scheduler until the task is dropped, starting over (list, then watch) after errors.
 pub async fn run(registry: Arc<Registry>) {
-    loop {
-        match run_once(&registry).await {
-            Ok(()) => return,
-            Err(ApiError::Expired(reason)) => {
-                tracing::info!(reason, "scheduler: watch expired, listing again");
-            }
-            Err(error) => {
-                tracing::warn!(%error, "scheduler: starting over in 1s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-fn relevant(kind: Kind) -> bool {
-    matches!(kind, Kind::Node | Kind::Pod)
-}
-
-async fn run_once(registry: &Registry) -> Result<(), ApiError> {
-    let store = registry.store();
-    let (items, revision) = store.list(REGISTRY_PREFIX).await?;
-    let mut cache = Cache::default();
-    for kv in &items {
-        let Some(kind) = kind_of_key(&kv.key).filter(|kind| relevant(*kind)) else {
-            continue;
-        };
-        cache.apply(EventKind::Put, decode(kind, kv)?, kv.mod_revision);
-    }
-    tracing::info!(
-        nodes = cache.nodes.len(),
-        pods = cache.pods.len(),
-        revision,
-        "scheduler synced"
-    );
-    schedule(registry, &mut cache).await?;
-    let mut watch = store.watch(REGISTRY_PREFIX, revision).await?;
-    loop {
-        let Some(batch) = watch.next().await else {
-            return Err(ApiError::Internal("the store ended the watch".to_owned()));
-        };
-        let mut changed = handle_batch(&mut cache, batch?)?;
-        // Take whatever else is already there first: one round for a burst.
-        while let Ok(Some(batch)) =
-            tokio::time::timeout(Duration::from_millis(2), watch.next()).await
-        {
-            changed |= handle_batch(&mut cache, batch?)?;
-        }
-        if changed {
-            schedule(registry, &mut cache).await?;
-        }
-    }
-}
-
-fn handle_batch(cache: &mut Cache, batch: Vec<crate::store::Event>) -> Result<bool, ApiError> {
-    let mut changed = false;
-    for event in batch {
-        let Some(kind) = kind_of_key(&event.key).filter(|kind| relevant(*kind)) else {
-            continue;
-        };
-        let kv = KeyValue {
-            key: event.key,
-            value: event.value,
-            create_revision: 0,
-            mod_revision: event.revision,
-        };
-        changed |= cache.apply(event.kind, decode(kind, &kv)?, event.revision);
-    }
-    Ok(changed)
+    // A round follows every list, whatever it found.
+    informer::run(registry, || Scheduler {
+        cache: Cache::default(),
+        changed: true,
+    })
+    .await;
 }
 
 /// One round: every waiting Pod, oldest first, is bound or told why not.

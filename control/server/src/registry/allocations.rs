@@ -6,10 +6,36 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{
-    ApiError, CLUSTER_IPS, NODE_PORTS, POD_CIDRS, cidr_key, cluster_ip_key, node_port_key,
-};
+use super::ApiError;
 use crate::store::{KeyValue, Revision, Store};
+
+const CLUSTER_IPS: &str = "alloc/clusterips/";
+const NODE_PORTS: &str = "alloc/nodeports/";
+const POD_CIDRS: &str = "alloc/podcidrs/";
+
+pub(super) fn cidr_key(cidr: &IpNet) -> String {
+    format!("{POD_CIDRS}{}", cidr.to_string().replace('/', "_"))
+}
+
+pub(super) fn cluster_ip_key(ip: IpAddr) -> String {
+    format!("{CLUSTER_IPS}{ip}")
+}
+
+pub(super) fn node_port_key(port: u16) -> String {
+    format!("{NODE_PORTS}{port}")
+}
+
+pub(super) fn service_owner(namespace: &str, name: &str) -> String {
+    format!("services/{namespace}/{name}")
+}
+
+/// `Service default/web` from an owner value.
+pub(super) fn owner_label(owner: &str) -> String {
+    match owner.strip_prefix("services/") {
+        Some(rest) => format!("Service {rest}"),
+        None => format!("Node {owner}"),
+    }
+}
 
 /// The allocations known to a request: what the store holds, and what the request claims.
 #[derive(Debug, Default)]

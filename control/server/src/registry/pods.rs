@@ -1,8 +1,10 @@
-//! Pods as the API server keeps them on apply: the status an agent or kubelet wrote stays, and
-//! so does the node a Pod was bound to.
+//! Pods as the API server keeps them: on apply the status an agent or kubelet wrote stays, and so
+//! does the node a Pod was bound to; a delete with a grace period marks them deleting; a status
+//! write binds a Pod nobody placed to the node that reports it.
 
 use gannet_k8s::FieldProblem;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::validate::problem;
 
@@ -43,5 +45,33 @@ pub(super) fn prepare_pod(pod: &mut Pod, old: Option<&Pod>, problems: &mut Vec<F
                 }
             }
         }
+    }
+}
+
+/// Graceful deletion: marks `pod` deleting `grace` seconds from now, as Kubernetes does; its
+/// node stops it and then deletes it. `false` when it already was marked (the first deadline
+/// stays).
+pub(super) fn mark_deleting(pod: &mut Pod, grace: i64) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let deadline = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(grace))
+        .unwrap_or(jiff::Timestamp::MAX);
+    pod.metadata.deletion_timestamp = Some(Time(deadline));
+    pod.metadata.deletion_grace_period_seconds = Some(grace);
+    true
+}
+
+/// A status write: `given`'s status replaces `next`'s.
+pub(super) fn set_pod_status(next: &mut Pod, given: &Pod) {
+    next.status.clone_from(&given.status);
+    // The node that runs a Pod's network reports its status; a Pod nobody placed is bound to it
+    // (as Kubernetes' binding subresource does). A bound Pod never moves.
+    let node = given.spec.as_ref().and_then(|spec| spec.node_name.clone());
+    if let (Some(spec), Some(node)) = (next.spec.as_mut(), node)
+        && spec.node_name.is_none()
+    {
+        spec.node_name = Some(node);
     }
 }

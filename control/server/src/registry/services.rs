@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Allocations, Registry, cluster_ip_key, owner_label, service_owner};
+use super::Registry;
+use super::allocations::{Allocations, cluster_ip_key, node_port_key, owner_label, service_owner};
 use crate::alloc::{Family, PodNetwork, is_usable_cluster_ip, pick_cluster_ip, pick_node_port};
 use crate::validate::problem;
 
@@ -43,6 +44,34 @@ pub(super) fn node_ports_of(spec: Option<&ServiceSpec>) -> Vec<u16> {
         .filter_map(|np| u16::try_from(np).ok())
         .filter(|&np| np != 0)
         .collect()
+}
+
+/// The owner of a Service's `alloc/` keys and the keys it holds (given back when it is deleted).
+pub(super) fn service_allocations(
+    namespace: &str,
+    name: &str,
+    service: &Service,
+) -> (String, Vec<String>) {
+    (
+        service_owner(namespace_or_default(namespace), name),
+        cluster_ips_of(service.spec.as_ref())
+            .into_iter()
+            .map(cluster_ip_key)
+            .chain(
+                node_ports_of(service.spec.as_ref())
+                    .into_iter()
+                    .map(node_port_key),
+            )
+            .collect(),
+    )
+}
+
+fn namespace_or_default(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        gannet_api::DEFAULT_NAMESPACE
+    } else {
+        namespace
+    }
 }
 
 impl Registry {
