@@ -9,9 +9,10 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::report::{GOAL_P99_MS, format_ms};
+use super::report::GOAL_P99_MS;
 use super::results::{PhaseResult, Plugin, Verb};
 use crate::chart::{FAMILY, SIZE, load_font};
+use crate::scenario::stats::format_ms;
 
 fn color(plugin: Plugin) -> RGBColor {
     match plugin {

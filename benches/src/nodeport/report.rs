@@ -7,12 +7,13 @@ use serde::Serialize;
 
 use super::{PACKET_PROGRAMS, Settings, SizeResult, Variant};
 use crate::chart::{GoalLine, GroupedRatios, Series, write_metric_charts};
-use crate::cni::results::RootCheck;
-use crate::control::report::Goal;
 use crate::machine::Machine;
 use crate::peer::Metric;
-use crate::report::{GOAL_SERVICES, format_value, goals_section, thousands, warnings_section};
+use crate::report::{GOAL_SERVICES, format_value, thousands, warnings_section};
 use crate::results::LoadTime;
+use crate::scenario::Finished;
+use crate::scenario::goal::{Goal, goals_section};
+use crate::scenario::rootns::RootCheck;
 
 /// The hit path's goal: at most this many nanoseconds per packet.
 pub const GOAL_HIT_NS: f64 = 100.0;
@@ -50,26 +51,18 @@ pub struct Results {
 impl Results {
     /// Assembles the results; the goals are evaluated here.
     #[must_use]
-    pub fn new(
-        started_at: String,
-        wall_seconds: f64,
-        settings: Settings,
-        machine: Machine,
-        sizes: Vec<SizeResult>,
-        root_namespace: RootCheck,
-        warnings: Vec<String>,
-    ) -> Results {
+    pub fn new(settings: Settings, run: Finished, sizes: Vec<SizeResult>) -> Results {
         let goals = goals(&sizes);
         Results {
             scenario: "nodeport",
-            started_at,
-            wall_seconds,
+            started_at: run.started_at,
+            wall_seconds: run.wall_seconds,
             settings,
-            machine,
+            machine: run.machine,
             sizes,
             goals,
-            root_namespace,
-            warnings,
+            root_namespace: run.root_namespace,
+            warnings: run.warnings,
         }
     }
 }
@@ -572,7 +565,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
     packet_tables(&mut out, results);
     load_table(&mut out, results);
 
-    goals_section(&mut out, &results.goals);
+    goals_section(&mut out, None, &results.goals);
 
     let _ = writeln!(out, "## Checks\n");
     for size in &results.sizes {
@@ -906,8 +899,6 @@ mod tests {
             ..Load::default()
         };
         let results = Results::new(
-            "2026-12-05T00:00:00Z".into(),
-            60.0,
             crate::nodeport::Config {
                 quick: true,
                 service_counts: vec![1],
@@ -921,10 +912,14 @@ mod tests {
                 testrun_calls: 100,
             }
             .settings(),
-            Machine::default(),
+            Finished {
+                started_at: "2026-12-05T00:00:00Z".into(),
+                wall_seconds: 60.0,
+                machine: Machine::default(),
+                root_namespace: RootCheck::default(),
+                warnings: Vec::new(),
+            },
             sizes,
-            RootCheck::default(),
-            Vec::new(),
         );
         let md = render(&results, &[(Metric::Crr, "crr.png".into())]);
         assert!(

@@ -7,11 +7,12 @@ use serde::Serialize;
 
 use super::{Measured, Settings, Target, Variant, VariantResult};
 use crate::chart::{GoalLine, GroupedRatios, Series, write_metric_charts};
-use crate::cni::results::RootCheck;
-use crate::control::report::Goal;
 use crate::machine::Machine;
 use crate::peer::Metric;
-use crate::report::{format_value, goals_section, result_cells, warnings_section};
+use crate::report::{format_value, result_cells, warnings_section};
+use crate::scenario::Finished;
+use crate::scenario::goal::{Goal, goals_section};
+use crate::scenario::rootns::RootCheck;
 
 /// ebpf's rr and crr goal, as a ratio to flannel.
 pub const GOAL_EBPF_OVER_FLANNEL: f64 = 1.1;
@@ -44,27 +45,19 @@ pub struct Results {
 impl Results {
     /// Assembles the results; the goals are evaluated here.
     #[must_use]
-    pub fn new(
-        started_at: String,
-        wall_seconds: f64,
-        settings: Settings,
-        machine: Machine,
-        measured: Measured,
-        root_namespace: RootCheck,
-        warnings: Vec<String>,
-    ) -> Results {
+    pub fn new(settings: Settings, run: Finished, measured: Measured) -> Results {
         let goals = goals(&measured.variants);
         Results {
             scenario: "overlay",
-            started_at,
-            wall_seconds,
+            started_at: run.started_at,
+            wall_seconds: run.wall_seconds,
             settings,
-            machine,
+            machine: run.machine,
             variants: measured.variants,
             order: measured.order,
             goals,
-            root_namespace,
-            warnings,
+            root_namespace: run.root_namespace,
+            warnings: run.warnings,
         }
     }
 
@@ -369,7 +362,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
         out.push('\n');
     }
 
-    goals_section(&mut out, &results.goals);
+    goals_section(&mut out, None, &results.goals);
 
     let _ = writeln!(
         out,
@@ -492,8 +485,6 @@ mod tests {
         }
         super::super::compute_ratios(&mut variants);
         Results::new(
-            "2026-12-04T00:00:00Z".into(),
-            40.0,
             super::super::Config {
                 quick: true,
                 traffic: crate::peer::Traffic {
@@ -505,19 +496,23 @@ mod tests {
                 },
             }
             .settings(),
-            Machine::default(),
+            Finished {
+                started_at: "2026-12-04T00:00:00Z".into(),
+                wall_seconds: 40.0,
+                machine: Machine::default(),
+                root_namespace: RootCheck {
+                    in_init_netns: Some(true),
+                    links: Vec::new(),
+                    nft_ruleset_lines: 0,
+                    sysctls_compared: 10,
+                    differences: Vec::new(),
+                },
+                warnings: Vec::new(),
+            },
             Measured {
                 variants,
                 order: Vec::new(),
             },
-            RootCheck {
-                in_init_netns: Some(true),
-                links: Vec::new(),
-                nft_ruleset_lines: 0,
-                sysctls_compared: 10,
-                differences: Vec::new(),
-            },
-            Vec::new(),
         )
     }
 

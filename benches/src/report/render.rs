@@ -7,8 +7,9 @@ use crate::peer::Metric;
 use crate::results::{Results, Variant};
 
 use super::programming::{programming_goals, programming_section};
-use super::{GOAL_CRR, GOAL_RR, GOAL_SERVICES, Outcome, compare, format_services, ratio, verdict};
+use super::{GOAL_CRR, GOAL_RR, GOAL_SERVICES, Outcome, compare, format_services, ratio};
 use super::{cell, format_bytes, format_load, format_seconds, warnings_section};
+use crate::scenario::goal::verdict;
 
 fn goals(out: &mut String, results: &Results) {
     let _ = writeln!(out, "## Goals (shown, not asserted)\n");

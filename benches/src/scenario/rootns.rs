@@ -1,5 +1,6 @@
 //! A snapshot of the root network namespace (links, addresses, nftables, forwarding and ARP/ND
-//! sysctls), taken before and after the run, to show that the plugins changed nothing there.
+//! sysctls), taken before and after a run, to show that the scenario changed nothing there; and
+//! the check written to `results.json` ([`RootCheck`]).
 //!
 //! Read from the harness's main thread, which never leaves the namespace it started in.
 
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use serde::Serialize;
 
 /// Per-interface sysctls that a CNI plugin sets (in its own namespaces); none may change here.
 const IPV4_KEYS: [&str; 4] = ["forwarding", "arp_notify", "proxy_arp", "route_localnet"];
@@ -170,6 +172,53 @@ pub fn differences(before: &Snapshot, after: &Snapshot) -> Vec<String> {
         }
     }
     out
+}
+
+/// What the root network namespace looked like before and after the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RootCheck {
+    /// The harness ran in PID 1's network namespace (the machine's own); `None`: PID 1's
+    /// namespace could not be read.
+    pub in_init_netns: Option<bool>,
+    /// The links there before the run.
+    pub links: Vec<String>,
+    /// Lines of `nft list ruleset` before the run.
+    pub nft_ruleset_lines: usize,
+    /// How many forwarding/ARP/ND sysctls were compared.
+    pub sysctls_compared: usize,
+    /// Everything that differed after the run (empty: nothing).
+    pub differences: Vec<String>,
+}
+
+impl RootCheck {
+    /// The check of a run, from the snapshot `before` it and the namespace now.
+    ///
+    /// # Errors
+    /// When the namespace cannot be read.
+    pub fn after(before: &Snapshot) -> anyhow::Result<RootCheck> {
+        let after = take().context("reading the root network namespace again")?;
+        Ok(RootCheck {
+            in_init_netns: in_init_netns(),
+            links: before.links.clone(),
+            nft_ruleset_lines: before.nft_ruleset.lines().count(),
+            sysctls_compared: before.sysctls.len(),
+            differences: differences(before, &after),
+        })
+    }
+
+    /// Fails if the namespace changed during the run.
+    ///
+    /// # Errors
+    /// Naming every difference.
+    pub fn unchanged(&self) -> anyhow::Result<()> {
+        if !self.differences.is_empty() {
+            bail!(
+                "the root network namespace changed during the run:\n  {}",
+                self.differences.join("\n  ")
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
