@@ -79,7 +79,9 @@ impl Scenario for PodsArgs {
 
     fn measure(config: &Config, (): &(), run: &mut Measuring<'_>) -> anyhow::Result<Measured> {
         let progress = run.progress;
-        super::run(config, &|done| progress.set_position(done as u64))
+        super::run(config, run.scratch, &|done| {
+            progress.set_position(done as u64);
+        })
     }
 
     fn results(config: &Config, run: Finished, measured: Measured) -> Results {

@@ -21,7 +21,7 @@ pub mod cli;
 pub mod report;
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,6 @@ use serde::Serialize;
 
 use crate::control::procs;
 use crate::scenario::stats::LatencyStats;
-use crate::util::ScratchDir;
 
 /// How long one pod may take to start (image unpack, sandbox, CNI) before the run fails.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -79,8 +78,9 @@ pub struct Measured {
 struct Node {
     /// A process holding the private mount namespace `ctr run --cni` runs in.
     ctr_mounts: ChildGuard,
-    /// Where the CNI files for `ctr` come from (bind-mounted in `ctr_mounts`).
-    scratch: ScratchDir,
+    /// The run's scratch directory: the CNI files for `ctr` (bind-mounted in `ctr_mounts`) and
+    /// the containers' logs.
+    scratch: PathBuf,
     agent: Agent,
     containerd: Containerd,
     plane: ControlPlane,
@@ -88,12 +88,12 @@ struct Node {
     netns: Netns,
 }
 
-/// Runs the scenario; `progress` is told each finished round.
+/// Runs the scenario, its files in `scratch`; `progress` is told each finished round.
 ///
 /// # Errors
 /// When the node cannot be set up or a pod does not start.
-pub fn run(config: &Config, progress: &dyn Fn(usize)) -> anyhow::Result<Measured> {
-    let node = Node::start()?;
+pub fn run(config: &Config, scratch: &Path, progress: &dyn Fn(usize)) -> anyhow::Result<Measured> {
+    let node = Node::start(scratch)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,7 +196,7 @@ fn server_command(name: &str) -> String {
 }
 
 impl Node {
-    fn start() -> anyhow::Result<Node> {
+    fn start(scratch: &Path) -> anyhow::Result<Node> {
         let netns = Netns::new("bpods")?;
         // The node's own address (the source of its probes, as on a real node's uplink).
         netns.ip(&["addr", "add", "192.0.2.10/32", "dev", "lo"])?;
@@ -235,7 +235,7 @@ impl Node {
                 );
             }
         }
-        let (ctr_mounts, ctr_files) = ctr_mount_namespace(&netns, &containerd, &agent)?;
+        let ctr_mounts = ctr_mount_namespace(&netns, &containerd, &agent, scratch)?;
         Ok(Node {
             netns,
             cgroup,
@@ -243,7 +243,7 @@ impl Node {
             containerd,
             agent,
             ctr_mounts,
-            scratch: ctr_files,
+            scratch: scratch.to_owned(),
         })
     }
 
@@ -322,7 +322,7 @@ impl Node {
                 attempt: 0,
             }),
             hostname: name.clone(),
-            log_directory: self.scratch.path().join(&name).display().to_string(),
+            log_directory: self.scratch.join(&name).display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.containerd.cgroup_parent(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -436,10 +436,10 @@ fn ctr_mount_namespace(
     netns: &Netns,
     containerd: &Containerd,
     agent: &Agent,
-) -> anyhow::Result<(ChildGuard, ScratchDir)> {
-    let files = ScratchDir::new()?;
-    let net_d = files.path().join("net.d");
-    let bin = files.path().join("bin");
+    files: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let net_d = files.join("net.d");
+    let bin = files.join("bin");
     std::fs::create_dir_all(&net_d)?;
     std::fs::create_dir_all(&bin)?;
     let mut conflist = containerd.plugin_conf(&agent.cni_socket(), &agent.subnet_file());
@@ -482,7 +482,7 @@ fn ctr_mount_namespace(
         ]);
     let mut holder = spawn(cmd, Some(netns), None)?;
     holder.wait_for_line("ready", COMMAND_TIMEOUT)?;
-    Ok((holder, files))
+    Ok(holder)
 }
 
 #[cfg(test)]
