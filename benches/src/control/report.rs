@@ -488,16 +488,8 @@ pub fn render(r: &Results) -> String {
 
     let _ = writeln!(
         out,
-        "\nThe root network namespace was compared before and after the run ({} links, {} lines \
-         of `nft list ruleset`, {} sysctls): {}.",
-        r.root_namespace.links.len(),
-        r.root_namespace.nft_ruleset_lines,
-        r.root_namespace.sysctls_compared,
-        if r.root_namespace.differences.is_empty() {
-            "unchanged".to_owned()
-        } else {
-            format!("**changed**: {}", r.root_namespace.differences.join("; "))
-        }
+        "\nThe root network namespace was {}.",
+        r.root_namespace.summary()
     );
     out.push('\n');
     warnings_section(&mut out, &r.warnings);

@@ -598,7 +598,6 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
     out.push('\n');
 
     warnings_section(&mut out, &results.warnings);
-    let root = &results.root_namespace;
     let _ = writeln!(
         out,
         "## How it was measured\n\n\
@@ -618,8 +617,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
          - Per packet: `gannet-testrun --calls {}` (one `BPF_PROG_TEST_RUN` per packet and path, \
          interleaved; the clock's overhead measured on the `miss` frame, a single run against \
          {} repetitions, and subtracted).\n\
-         - Root network namespace: compared before and after the run (links, addresses, \
-         `nft list ruleset` of {} lines, {} sysctls): {}.\n\
+         - Root network namespace: {}.\n\
          - Machine: {}; {} CPUs ({}); {}; {}; {} ({}); cgroup v2 at {}; gannet {}.\n",
         s.overlay,
         s.first_node_port,
@@ -634,13 +632,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
         s.seed,
         s.testrun_calls,
         s.testrun_repeat,
-        root.nft_ruleset_lines,
-        root.sysctls_compared,
-        if root.differences.is_empty() {
-            "unchanged".to_owned()
-        } else {
-            format!("**changed**: {}", root.differences.join("; "))
-        },
+        results.root_namespace.summary(),
         m.kernel,
         m.nproc,
         m.cpu_model,

@@ -389,7 +389,6 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
     out.push('\n');
 
     warnings_section(&mut out, &results.warnings);
-    let root = &results.root_namespace;
     let _ = writeln!(
         out,
         "## How it was measured\n\n\
@@ -405,8 +404,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
          send on one connection until the server acknowledged every byte. {} s per measurement \
          after {} s of uncounted warm-up (rr, crr); {} round(s), the variants in a random order \
          in each (seed {}), each measuring its paths back to back.\n\
-         - Root network namespace: compared before and after the run (links, addresses, \
-         `nft list ruleset` of {} lines, {} sysctls): {}.\n\
+         - Root network namespace: {}.\n\
          - Machine: {}; {} CPUs ({}); {}; {}; cgroup v2 at {}; gannet {}.\n",
         s.cluster_cidr,
         s.peer_cpu.map_or_else(
@@ -419,13 +417,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
         s.warmup_seconds,
         s.rounds,
         s.seed,
-        root.nft_ruleset_lines,
-        root.sysctls_compared,
-        if root.differences.is_empty() {
-            "unchanged".to_owned()
-        } else {
-            format!("**changed**: {}", root.differences.join("; "))
-        },
+        results.root_namespace.summary(),
         m.kernel,
         m.nproc,
         m.cpu_model,

@@ -221,19 +221,10 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
 
     warnings_section(&mut out, &results.warnings);
 
-    let root = &results.root_namespace;
     let _ = writeln!(
         out,
-        "## Root network namespace\n\nCompared before and after the run ({} links, {} lines of \
-         `nft list ruleset`, {} sysctls): {}.\n",
-        root.links.len(),
-        root.nft_ruleset_lines,
-        root.sysctls_compared,
-        if root.differences.is_empty() {
-            "unchanged".to_owned()
-        } else {
-            format!("**changed**: {}", root.differences.join("; "))
-        }
+        "## Root network namespace\n\nThe root network namespace was {}.\n",
+        results.root_namespace.summary()
     );
 
     let _ = writeln!(

@@ -283,7 +283,7 @@ fn table_has_a_row_per_size_and_path_with_ratios() {
         "{md}"
     );
     assert!(
-        md.contains("Compared before and after the run (0 links"),
+        md.contains("The root network namespace was compared before and after the run (0 links"),
         "{md}"
     );
     assert!(md.contains("- something odd"));

@@ -206,6 +206,24 @@ impl RootCheck {
         })
     }
 
+    /// The check in a sentence of `results.md`: `compared before and after the run (…):
+    /// unchanged` or what changed.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "compared before and after the run ({} links, {} lines of `nft list ruleset`, {} \
+             sysctls): {}",
+            self.links.len(),
+            self.nft_ruleset_lines,
+            self.sysctls_compared,
+            if self.differences.is_empty() {
+                "unchanged".to_owned()
+            } else {
+                format!("**changed**: {}", self.differences.join("; "))
+            }
+        )
+    }
+
     /// Fails if the namespace changed during the run.
     ///
     /// # Errors
@@ -224,6 +242,37 @@ impl RootCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_reads_as_a_sentence_and_fails_on_a_change() {
+        let mut check = RootCheck {
+            in_init_netns: Some(true),
+            links: vec!["eth0".into(), "lo".into()],
+            nft_ruleset_lines: 12,
+            sysctls_compared: 9,
+            differences: Vec::new(),
+        };
+        assert_eq!(
+            check.summary(),
+            "compared before and after the run (2 links, 12 lines of `nft list ruleset`, 9 \
+             sysctls): unchanged"
+        );
+        assert!(check.unchanged().is_ok());
+        check.differences = vec!["link appeared: veth0".into(), "ip_forward 0 → 1".into()];
+        assert!(
+            check
+                .summary()
+                .ends_with(": **changed**: link appeared: veth0; ip_forward 0 → 1"),
+            "{}",
+            check.summary()
+        );
+        let err = check.unchanged().expect_err("a change fails the run");
+        assert_eq!(
+            err.to_string(),
+            "the root network namespace changed during the run:\n  link appeared: veth0\n  \
+             ip_forward 0 → 1"
+        );
+    }
 
     const LINKS: &str = "lo               UNKNOWN        00:00:00:00:00:00 <LOOPBACK,UP,LOWER_UP> \n\
                          eth0             UP             02:fc:00:00:00:01 <BROADCAST,MULTICAST,UP,LOWER_UP> \n";
