@@ -1,6 +1,6 @@
-//! PNG charts of ratios as grouped bars: the `clusterip` scenario's (one per metric, x: services
-//! programmed, bars: the four paths as a ratio to direct) and any other scenario's through
-//! [`GroupedRatios`].
+//! PNG charts as grouped bars: the `clusterip` scenario's (one per metric, x: services
+//! programmed, bars: the five paths as a ratio to direct) and any other scenario's through
+//! [`GroupedRatios`] (ratios, or milliseconds: [`Scale`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use crate::peer::Metric;
 use crate::report::{GOAL_CRR, GOAL_RR};
 use crate::results::{RunResult, Variant};
+use crate::scenario::stats::format_ms;
 
 /// Environment variable naming the TrueType font for the charts.
 pub const FONT_ENV: &str = "GANNET_BENCH_FONT";
@@ -179,30 +180,51 @@ pub fn write_metric_charts(
     Ok(files)
 }
 
-/// Draws `chart` into the PNG file `path`.
+/// What the bars of a [`GroupedRatios`] chart measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// Ratios to a reference, drawn as a solid line at 1; the legend in the upper right.
+    Ratio,
+    /// Milliseconds (lower is better); the legend in the upper left.
+    Milliseconds,
+}
+
+/// Draws `chart` (of ratios) into the PNG file `path`.
 ///
 /// # Errors
 /// If the font cannot be loaded, there are no groups, or drawing or writing fails.
 pub fn render_grouped(path: &Path, chart: &GroupedRatios) -> anyhow::Result<()> {
+    render_bars(path, chart, Scale::Ratio)
+}
+
+/// Draws `chart`, its bars on `scale`, into the PNG file `path`.
+///
+/// # Errors
+/// If the font cannot be loaded, there are no groups, or drawing or writing fails.
+pub fn render_bars(path: &Path, chart: &GroupedRatios, scale: Scale) -> anyhow::Result<()> {
     load_font()?;
     if chart.groups.is_empty() || chart.series.is_empty() {
         bail!("no results to chart");
     }
-    draw(path, chart).map_err(|err| anyhow!("drawing {}: {err}", path.display()))?;
+    draw(path, chart, scale).map_err(|err| anyhow!("drawing {}: {err}", path.display()))?;
     fs::metadata(path).with_context(|| format!("{} was not written", path.display()))?;
     Ok(())
 }
 
-fn draw(path: &Path, spec: &GroupedRatios) -> Result<(), Box<dyn std::error::Error>> {
+fn draw(path: &Path, spec: &GroupedRatios, scale: Scale) -> Result<(), Box<dyn std::error::Error>> {
     let groups = spec.groups.len();
+    let (floor, headroom, legend) = match scale {
+        Scale::Ratio => (1.0_f64, 1.5, SeriesLabelPosition::UpperRight),
+        Scale::Milliseconds => (0.0, 1.35, SeriesLabelPosition::UpperLeft),
+    };
     // Headroom above the bars for the legend.
     let top = spec
         .series
         .iter()
         .flat_map(|s| s.ratios.iter().flatten().copied())
         .chain(spec.goals.iter().map(|g| g.value))
-        .fold(1.0_f64, f64::max)
-        * 1.5;
+        .fold(floor, f64::max)
+        * headroom;
 
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
@@ -229,16 +251,21 @@ fn draw(path: &Path, spec: &GroupedRatios) -> Result<(), Box<dyn std::error::Err
         })
         .x_desc(spec.x_desc.as_str())
         .y_desc(spec.y_desc.as_str())
-        .y_label_formatter(&|y| format!("{y:.1}"))
+        .y_label_formatter(&|y| match scale {
+            Scale::Ratio => format!("{y:.1}"),
+            Scale::Milliseconds => format!("{y:.0}"),
+        })
         .label_style((FAMILY, 16))
         .axis_desc_style((FAMILY, 16))
         .draw()?;
 
-    // The reference: ratio 1.
-    chart.draw_series(std::iter::once(PathElement::new(
-        vec![(0.0, 1.0), (groups as f64, 1.0)],
-        BLACK.stroke_width(1),
-    )))?;
+    if scale == Scale::Ratio {
+        // The reference: ratio 1.
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 1.0), (groups as f64, 1.0)],
+            BLACK.stroke_width(1),
+        )))?;
+    }
     for goal in &spec.goals {
         let style = goal.color.stroke_width(2);
         chart
@@ -275,7 +302,10 @@ fn draw(path: &Path, spec: &GroupedRatios) -> Result<(), Box<dyn std::error::Err
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], fill.filled()));
         chart.draw_series(bars.iter().map(|&(x, ratio)| {
             Text::new(
-                format!("{ratio:.2}"),
+                match scale {
+                    Scale::Ratio => format!("{ratio:.2}"),
+                    Scale::Milliseconds => format_ms(ratio).replace(" ms", ""),
+                },
                 (x + slot / 2.0, ratio + top * 0.005),
                 value_style.clone(),
             )
@@ -283,7 +313,7 @@ fn draw(path: &Path, spec: &GroupedRatios) -> Result<(), Box<dyn std::error::Err
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font((FAMILY, 15))

@@ -21,9 +21,7 @@ pub mod peer;
 pub mod pods;
 pub mod report;
 pub mod results;
+pub mod scenario;
 pub mod services;
 pub mod topology;
 pub mod util;
-
-// Used only by the `gannet-bench` binary; `unused_crate_dependencies` is checked per target.
-use clap as _;

@@ -6,10 +6,11 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use crate::cni::results::{LatencyStats, RootCheck};
 use crate::control::report::PeerLoad;
 use crate::machine::Machine;
 use crate::peer::Metric;
+use crate::scenario::rootns::RootCheck;
+use crate::scenario::stats::{LatencyStats, median};
 
 /// One way of getting from the client pod to a backend pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -83,22 +84,6 @@ impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// The median of `values` (the mean of the middle two for an even count); `None` if empty.
-#[must_use]
-pub fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    Some(if sorted.len().is_multiple_of(2) {
-        f64::midpoint(sorted[mid - 1], sorted[mid])
-    } else {
-        sorted[mid]
-    })
 }
 
 /// One metric of one variant at one number of services.
@@ -393,14 +378,6 @@ pub struct Results {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0]), Some(3.0));
-        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-    }
 
     #[test]
     fn ratios_are_to_direct_at_the_same_size() {

@@ -9,6 +9,7 @@
 //! gannet-nft path's node namespace, given the same YAML; then a connectivity check of every path,
 //! then rounds in which the five paths are measured back to back in a random order.
 
+pub mod cli;
 pub mod programming;
 
 use std::collections::BTreeMap;

@@ -11,10 +11,10 @@
 //! is never counted as a fast success.
 
 pub mod chart;
+pub mod cli;
 pub mod exec;
 pub mod report;
 pub mod results;
-pub mod rootns;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -570,7 +570,7 @@ pub fn plugin_infos(tools: &Tools, scratch: &Path, gannet_version: &str) -> Vec<
 }
 
 fn format_ms(ms: f64) -> String {
-    report::format_ms(ms)
+    crate::scenario::stats::format_ms(ms)
 }
 
 /// One line for the terminal per phase.

@@ -5,23 +5,13 @@ use std::fmt::Write as _;
 
 use super::results::{PhaseResult, Plugin, Results, Verb, VerbResult};
 use crate::report::{thousands, warnings_section};
+use crate::scenario::goal::{Goal, goals_section};
+use crate::scenario::stats::format_ms;
 
 /// gannet-cni's p50 goal: at least this many times faster than the reference plugins.
 pub const GOAL_SPEEDUP: f64 = 2.0;
 /// gannet-cni's p99 goal, in milliseconds (below).
 pub const GOAL_P99_MS: f64 = 20.0;
-
-/// `4.56789` → `4.57 ms`; fewer decimals as the value grows.
-#[must_use]
-pub fn format_ms(ms: f64) -> String {
-    if ms < 10.0 {
-        format!("{ms:.2} ms")
-    } else if ms < 100.0 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{} ms", thousands(ms))
-    }
-}
 
 fn format_rate(rate: f64) -> String {
     if rate < 10.0 {
@@ -35,64 +25,45 @@ fn format_cpu(result: &VerbResult) -> String {
     format_ms(result.cpu_user_ms_mean + result.cpu_system_ms_mean)
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "**met**",
-        Some(false) => "**not met**",
-        None => "not measured",
-    }
-}
-
 /// The sequential phase, which the goals are stated for.
 fn sequential(results: &Results) -> Option<&PhaseResult> {
     results.phases.iter().find(|p| p.concurrency == 1)
 }
 
-fn goals(out: &mut String, results: &Results) {
-    let _ = writeln!(
-        out,
-        "## Goals (shown, not asserted)\n\n\
-         Sequential invocations (concurrency 1), wall time of the plugin process.\n\n\
-         | goal | measured | |\n|---|---|---|"
-    );
+/// The goals, judged on the sequential phase: gannet-cni's p50 at least twice as fast as the
+/// reference plugins', and its p99 under 20 ms, for ADD and DEL.
+#[must_use]
+pub fn goals(results: &Results) -> Vec<Goal> {
     let phase = sequential(results);
     let get = |plugin, verb| phase.and_then(|p| p.get(plugin, verb));
+    let mut goals = Vec::new();
     for verb in Verb::ALL {
         let ours = get(Plugin::Gannet, verb);
         let theirs = get(Plugin::Reference, verb);
-        let (measured, met) = match (ours, theirs) {
-            (Some(ours), Some(theirs)) if ours.latency.p50_ms > 0.0 => {
-                let speedup = theirs.latency.p50_ms / ours.latency.p50_ms;
-                (
-                    format!(
-                        "{speedup:.2}× ({} vs {})",
-                        format_ms(ours.latency.p50_ms),
-                        format_ms(theirs.latency.p50_ms)
-                    ),
-                    Some(speedup >= GOAL_SPEEDUP),
-                )
-            }
-            _ => ("–".to_owned(), None),
-        };
-        let _ = writeln!(
-            out,
-            "| {} {verb} p50 ≥ {GOAL_SPEEDUP:.0}× faster than {} | {measured} | {} |",
-            Plugin::Gannet,
-            Plugin::Reference,
-            verdict(met)
-        );
+        let p50s = ours
+            .zip(theirs)
+            .map(|(o, t)| (o.latency.p50_ms, t.latency.p50_ms))
+            .filter(|(o, _)| *o > 0.0);
+        goals.push(Goal::judged(
+            format!(
+                "{} {verb} p50 ≥ {GOAL_SPEEDUP:.0}× faster than {}",
+                Plugin::Gannet,
+                Plugin::Reference
+            ),
+            p50s,
+            |(o, t)| format!("{:.2}× ({} vs {})", t / o, format_ms(o), format_ms(t)),
+            |(o, t)| t / o >= GOAL_SPEEDUP,
+        ));
     }
     for verb in Verb::ALL {
-        let ours = get(Plugin::Gannet, verb);
-        let _ = writeln!(
-            out,
-            "| {} {verb} p99 < {GOAL_P99_MS:.0} ms | {} | {} |",
-            Plugin::Gannet,
-            ours.map_or_else(|| "–".to_owned(), |r| format_ms(r.latency.p99_ms)),
-            verdict(ours.map(|r| r.latency.p99_ms < GOAL_P99_MS))
-        );
+        goals.push(Goal::judged(
+            format!("{} {verb} p99 < {GOAL_P99_MS:.0} ms", Plugin::Gannet),
+            get(Plugin::Gannet, verb).map(|r| r.latency.p99_ms),
+            format_ms,
+            |p99| p99 < GOAL_P99_MS,
+        ));
     }
-    out.push('\n');
+    goals
 }
 
 /// Renders `results` as markdown; `chart` is the latency chart's file name, if one was drawn.
@@ -147,7 +118,11 @@ pub fn render(results: &Results, chart: Option<&str>) -> String {
         let _ = writeln!(out, "![latency percentiles per plugin]({chart})\n");
     }
 
-    goals(&mut out, results);
+    goals_section(
+        &mut out,
+        Some("Sequential invocations (concurrency 1), wall time of the plugin process."),
+        &goals(results),
+    );
 
     let _ = writeln!(
         out,
@@ -270,8 +245,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::cni::results::{RootCheck, Sample, Settings};
+    use crate::cni::results::{Sample, Settings};
     use crate::machine::Machine;
+    use crate::scenario::rootns::RootCheck;
 
     fn verb_result(p50: f64, p99: f64) -> VerbResult {
         // 100 samples: 98 at p50, one at p99, one slower still (p99 by nearest rank is the 99th).

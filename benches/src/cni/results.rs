@@ -6,6 +6,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::machine::Machine;
+use crate::scenario::rootns::RootCheck;
+use crate::scenario::stats::{LatencyStats, percentile};
 
 /// One of the two plugins compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -75,58 +77,6 @@ impl Verb {
 impl fmt::Display for Verb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.command())
-    }
-}
-
-/// The `p`-th percentile (0 < p ≤ 100) of `values` by the nearest-rank method: the smallest
-/// value that at least `p`% of the values are less than or equal to, so always a value that was
-/// measured. `None` if there are no values.
-#[must_use]
-pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    if values.is_empty() || !(p > 0.0 && p <= 100.0) {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    // Rank ⌈p/100 · n⌉, 1-based; computed in integers where possible so 99% of 200 is exactly 198.
-    let rank = (p / 100.0 * n as f64 - 1e-9).ceil().max(1.0) as usize;
-    Some(sorted[rank.min(n) - 1])
-}
-
-/// Latency statistics of one plugin, verb and concurrency, in milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LatencyStats {
-    /// Number of invocations.
-    pub count: usize,
-    /// Fastest.
-    pub min_ms: f64,
-    /// Median (nearest rank).
-    pub p50_ms: f64,
-    /// 90th percentile.
-    pub p90_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// Slowest.
-    pub max_ms: f64,
-    /// Arithmetic mean.
-    pub mean_ms: f64,
-}
-
-impl LatencyStats {
-    /// The statistics of `samples_ms`; `None` if empty.
-    #[must_use]
-    pub fn from_samples(samples_ms: &[f64]) -> Option<LatencyStats> {
-        let count = samples_ms.len();
-        Some(LatencyStats {
-            count,
-            min_ms: percentile(samples_ms, f64::MIN_POSITIVE)?,
-            p50_ms: percentile(samples_ms, 50.0)?,
-            p90_ms: percentile(samples_ms, 90.0)?,
-            p99_ms: percentile(samples_ms, 99.0)?,
-            max_ms: percentile(samples_ms, 100.0)?,
-            mean_ms: samples_ms.iter().sum::<f64>() / count as f64,
-        })
     }
 }
 
@@ -253,22 +203,6 @@ pub struct Settings {
     pub warmup_pods: usize,
 }
 
-/// What the root network namespace looked like before and after the run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct RootCheck {
-    /// The harness ran in PID 1's network namespace (the machine's own); `None`: PID 1's
-    /// namespace could not be read.
-    pub in_init_netns: Option<bool>,
-    /// The links there before the run.
-    pub links: Vec<String>,
-    /// Lines of `nft list ruleset` before the run.
-    pub nft_ruleset_lines: usize,
-    /// How many forwarding/ARP/ND sysctls were compared.
-    pub sysctls_compared: usize,
-    /// Everything that differed after the run (empty: nothing).
-    pub differences: Vec<String>,
-}
-
 /// The whole `results.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Results {
@@ -295,30 +229,6 @@ pub struct Results {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        assert_eq!(percentile(&[], 50.0), None);
-        assert_eq!(percentile(&[1.0], 0.0), None);
-        assert_eq!(percentile(&[7.0], 50.0), Some(7.0));
-        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
-        // Unsorted input.
-        assert_eq!(percentile(&[4.0, 1.0, 3.0, 2.0], 50.0), Some(2.0));
-        assert_eq!(percentile(&[4.0, 1.0, 3.0, 2.0], 75.0), Some(3.0));
-        assert_eq!(percentile(&[4.0, 1.0, 3.0, 2.0], 76.0), Some(4.0));
-        assert_eq!(percentile(&[4.0, 1.0, 3.0, 2.0], 100.0), Some(4.0));
-        // 1..=200: p50 is the 100th value, p99 the 198th, p100 the largest.
-        let values: Vec<f64> = (1..=200).rev().map(f64::from).collect();
-        assert_eq!(percentile(&values, 50.0), Some(100.0));
-        assert_eq!(percentile(&values, 90.0), Some(180.0));
-        assert_eq!(percentile(&values, 99.0), Some(198.0));
-        assert_eq!(percentile(&values, 100.0), Some(200.0));
-        assert_eq!(percentile(&values, f64::MIN_POSITIVE), Some(1.0));
-        // 50 values: p99 is the 50th (⌈49.5⌉), i.e. the maximum.
-        let values: Vec<f64> = (1..=50).map(f64::from).collect();
-        assert_eq!(percentile(&values, 99.0), Some(50.0));
-        assert_eq!(percentile(&values, 50.0), Some(25.0));
-    }
 
     #[test]
     fn stats_and_rates() {

@@ -13,6 +13,7 @@
 //! services are loaded into empty network namespaces of the harness's with `nft -f` and
 //! `iptables-restore`, each bounded by a timeout.
 
+pub mod cli;
 pub mod objects;
 pub mod procs;
 pub mod report;
@@ -30,8 +31,8 @@ use gannet_testkit::{Netns, run_in, spawn};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
-use crate::cni::results::LatencyStats;
 use crate::kubeproxy::{iptables, nft};
+use crate::scenario::stats::LatencyStats;
 use crate::services::Service;
 use crate::util::{Rng, check_interrupted, note};
 use procs::{BenchAgent, ControlPlane, Logged, cpu_seconds, memory};

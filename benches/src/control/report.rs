@@ -6,9 +6,12 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::procs::Memory;
-use crate::cni::report::format_ms;
-use crate::cni::results::{LatencyStats, RootCheck};
 use crate::machine::Machine;
+use crate::report::warnings_section;
+use crate::scenario::Goal;
+use crate::scenario::goal::goals_section;
+use crate::scenario::rootns::RootCheck;
+use crate::scenario::stats::{LatencyStats, format_ms, latency_header, latency_row};
 
 /// Incremental changes: p99 from the Apply call to every agent's map update, in ms (below).
 pub const GOAL_INCREMENTAL_P99_MS: f64 = 50.0;
@@ -161,15 +164,6 @@ pub struct Peers {
     pub iptables_restore: PeerLoad,
 }
 
-/// One goal and whether it was met.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Goal {
-    pub goal: String,
-    pub measured: String,
-    /// `None`: could not be decided (a measurement is missing).
-    pub met: Option<bool>,
-}
-
 /// Load of the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Load {
@@ -244,24 +238,8 @@ pub fn goals(
     peers: &Peers,
     services: usize,
 ) -> Vec<Goal> {
-    let mut out = Vec::new();
-    let p99 = incremental.all.as_ref().map(|s| s.p99_ms);
-    out.push(Goal {
-        goal: format!(
-            "incremental change, Apply → every agent's map: p99 < {GOAL_INCREMENTAL_P99_MS} ms"
-        ),
-        measured: p99.map_or_else(|| "–".to_owned(), format_ms),
-        met: p99.map(|p| p < GOAL_INCREMENTAL_P99_MS),
-    });
     let slowest = slowest_sync(agents);
-    out.push(Goal {
-        goal: format!(
-            "full sync of {services} services to a fresh agent < {GOAL_FULL_SYNC_SECONDS} s (slowest agent)"
-        ),
-        measured: opt_seconds(slowest),
-        met: slowest.map(|s| s < GOAL_FULL_SYNC_SECONDS),
-    });
-    let met = match (peers.iptables_restore.seconds(), slowest) {
+    let speedup = match (peers.iptables_restore.seconds(), slowest) {
         (Some((ipt, bound)), Some(sync)) if sync > 0.0 => {
             let ratio = ipt / sync;
             if ratio >= GOAL_SPEEDUP_IPTABLES {
@@ -275,49 +253,36 @@ pub fn goals(
         }
         _ => None,
     };
-    out.push(Goal {
-        goal: format!("full sync ≥ {GOAL_SPEEDUP_IPTABLES}× faster than iptables-restore"),
-        measured: ratio_text(&peers.iptables_restore, slowest),
-        met,
-    });
-    let rss = agents.iter().map(|a| a.memory_after_sync.rss_kib).max();
-    out.push(Goal {
-        goal: "agent RSS after the full sync < 100 MB (largest agent)".to_owned(),
-        measured: rss.map_or_else(
-            || "–".to_owned(),
-            |kib| format!("{:.1} MB", kib as f64 * 1024.0 / 1e6),
+    vec![
+        Goal::judged(
+            format!(
+                "incremental change, Apply → every agent's map: p99 < {GOAL_INCREMENTAL_P99_MS} ms"
+            ),
+            incremental.all.as_ref().map(|s| s.p99_ms),
+            format_ms,
+            |p99| p99 < GOAL_INCREMENTAL_P99_MS,
         ),
-        met: rss.map(|kib| kib * 1024 < GOAL_RSS_BYTES),
-    });
-    out
-}
-
-fn met_text(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "met",
-        Some(false) => "**not met**",
-        None => "undecided",
-    }
-}
-
-fn stats_row(out: &mut String, what: &str, stats: Option<&LatencyStats>) {
-    match stats {
-        Some(s) => {
-            let _ = writeln!(
-                out,
-                "| {what} | {} | {} | {} | {} | {} | {} |",
-                s.count,
-                format_ms(s.min_ms),
-                format_ms(s.p50_ms),
-                format_ms(s.p90_ms),
-                format_ms(s.p99_ms),
-                format_ms(s.max_ms)
-            );
-        }
-        None => {
-            let _ = writeln!(out, "| {what} | 0 | – | – | – | – | – |");
-        }
-    }
+        Goal::judged(
+            format!(
+                "full sync of {services} services to a fresh agent < {GOAL_FULL_SYNC_SECONDS} s \
+                 (slowest agent)"
+            ),
+            slowest,
+            seconds,
+            |s| s < GOAL_FULL_SYNC_SECONDS,
+        ),
+        Goal {
+            goal: format!("full sync ≥ {GOAL_SPEEDUP_IPTABLES}× faster than iptables-restore"),
+            measured: ratio_text(&peers.iptables_restore, slowest),
+            met: speedup,
+        },
+        Goal::judged(
+            "agent RSS after the full sync < 100 MB (largest agent)",
+            agents.iter().map(|a| a.memory_after_sync.rss_kib).max(),
+            |kib| format!("{:.1} MB", kib as f64 * 1024.0 / 1e6),
+            |kib| kib * 1024 < GOAL_RSS_BYTES,
+        ),
+    ]
 }
 
 fn peer_row(out: &mut String, what: &str, peer: &PeerLoad, gannet: Option<f64>) {
@@ -388,20 +353,11 @@ pub fn render(r: &Results) -> String {
         );
     }
 
-    out.push_str("## Goals\n\n| goal | measured | |\n|---|---:|---|\n");
-    for goal in &r.goals {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            goal.goal,
-            goal.measured,
-            met_text(goal.met)
-        );
-    }
+    goals_section(&mut out, None, &r.goals);
 
     let _ = writeln!(
         out,
-        "\n## Loading gannet-control\n\n{} objects ({} Services, {} EndpointSlices) in {} Apply \
+        "## Loading gannet-control\n\n{} objects ({} Services, {} EndpointSlices) in {} Apply \
          calls of up to {} objects: {} ({:.0} objects/s), slowest call {}. Listing both kinds \
          back with `gannet_api::Client::list` (the calls and decoding an agent's first sync \
          makes): {}.{}\n",
@@ -478,16 +434,16 @@ pub fn render(r: &Results) -> String {
             "**not verified**"
         }
     );
-    out.push_str("| | n | min | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|---:|\n");
-    stats_row(
+    latency_header(&mut out, "");
+    latency_row(
         &mut out,
         "Apply call alone",
         r.incremental.apply_call.as_ref(),
     );
     for (agent, stats) in r.agents.iter().zip(&r.incremental.per_agent) {
-        stats_row(&mut out, &format!("→ {} map", agent.node), stats.as_ref());
+        latency_row(&mut out, &format!("→ {} map", agent.node), stats.as_ref());
     }
-    stats_row(
+    latency_row(
         &mut out,
         "→ any agent's map (all)",
         r.incremental.all.as_ref(),
@@ -495,16 +451,16 @@ pub fn render(r: &Results) -> String {
     if r.cli.runs > 0 {
         let _ = writeln!(
             out,
-            "\n`gannetctl apply -f FILE` (the real CLI, a new process each time), {} runs:\n\n\
-             | | n | min | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|---:|",
+            "\n`gannetctl apply -f FILE` (the real CLI, a new process each time), {} runs:\n",
             r.cli.runs
         );
-        stats_row(
+        latency_header(&mut out, "");
+        latency_row(
             &mut out,
             "gannetctl until it exits",
             r.cli.gannetctl.as_ref(),
         );
-        stats_row(
+        latency_row(
             &mut out,
             "gannetctl start → agents' maps",
             r.cli.to_agents.as_ref(),
@@ -532,23 +488,11 @@ pub fn render(r: &Results) -> String {
 
     let _ = writeln!(
         out,
-        "\nThe root network namespace was compared before and after the run ({} links, {} lines \
-         of `nft list ruleset`, {} sysctls): {}.",
-        r.root_namespace.links.len(),
-        r.root_namespace.nft_ruleset_lines,
-        r.root_namespace.sysctls_compared,
-        if r.root_namespace.differences.is_empty() {
-            "unchanged".to_owned()
-        } else {
-            format!("**changed**: {}", r.root_namespace.differences.join("; "))
-        }
+        "\nThe root network namespace was {}.",
+        r.root_namespace.summary()
     );
-    if !r.warnings.is_empty() {
-        out.push_str("\n## Warnings\n\n");
-        for w in &r.warnings {
-            let _ = writeln!(out, "- {w}");
-        }
-    }
+    out.push('\n');
+    warnings_section(&mut out, &r.warnings);
     out
 }
 

@@ -23,6 +23,7 @@
 //! packets), not what it saves where it can; its per-packet `reply` path (a reply arriving on
 //! the external interface and sent back out of it) shows the latter.
 
+pub mod cli;
 pub mod cluster;
 pub mod packet;
 pub mod report;

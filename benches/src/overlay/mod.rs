@@ -7,6 +7,7 @@
 //! stream on each of its paths with the `clusterip` scenario's peer. Medians, ratios to the
 //! underlay in the same run.
 
+pub mod cli;
 pub mod cluster;
 pub mod report;
 

@@ -7,11 +7,12 @@ use serde::Serialize;
 
 use super::{Measured, Settings, Target, Variant, VariantResult};
 use crate::chart::{GoalLine, GroupedRatios, Series, write_metric_charts};
-use crate::cni::results::RootCheck;
-use crate::control::report::Goal;
 use crate::machine::Machine;
 use crate::peer::Metric;
-use crate::report::{format_value, goals_section, result_cells, warnings_section};
+use crate::report::{format_value, result_cells, warnings_section};
+use crate::scenario::Finished;
+use crate::scenario::goal::{Goal, goals_section};
+use crate::scenario::rootns::RootCheck;
 
 /// ebpf's rr and crr goal, as a ratio to flannel.
 pub const GOAL_EBPF_OVER_FLANNEL: f64 = 1.1;
@@ -44,27 +45,19 @@ pub struct Results {
 impl Results {
     /// Assembles the results; the goals are evaluated here.
     #[must_use]
-    pub fn new(
-        started_at: String,
-        wall_seconds: f64,
-        settings: Settings,
-        machine: Machine,
-        measured: Measured,
-        root_namespace: RootCheck,
-        warnings: Vec<String>,
-    ) -> Results {
+    pub fn new(settings: Settings, run: Finished, measured: Measured) -> Results {
         let goals = goals(&measured.variants);
         Results {
             scenario: "overlay",
-            started_at,
-            wall_seconds,
+            started_at: run.started_at,
+            wall_seconds: run.wall_seconds,
             settings,
-            machine,
+            machine: run.machine,
             variants: measured.variants,
             order: measured.order,
             goals,
-            root_namespace,
-            warnings,
+            root_namespace: run.root_namespace,
+            warnings: run.warnings,
         }
     }
 
@@ -369,7 +362,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
         out.push('\n');
     }
 
-    goals_section(&mut out, &results.goals);
+    goals_section(&mut out, None, &results.goals);
 
     let _ = writeln!(
         out,
@@ -396,7 +389,6 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
     out.push('\n');
 
     warnings_section(&mut out, &results.warnings);
-    let root = &results.root_namespace;
     let _ = writeln!(
         out,
         "## How it was measured\n\n\
@@ -412,8 +404,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
          send on one connection until the server acknowledged every byte. {} s per measurement \
          after {} s of uncounted warm-up (rr, crr); {} round(s), the variants in a random order \
          in each (seed {}), each measuring its paths back to back.\n\
-         - Root network namespace: compared before and after the run (links, addresses, \
-         `nft list ruleset` of {} lines, {} sysctls): {}.\n\
+         - Root network namespace: {}.\n\
          - Machine: {}; {} CPUs ({}); {}; {}; cgroup v2 at {}; gannet {}.\n",
         s.cluster_cidr,
         s.peer_cpu.map_or_else(
@@ -426,13 +417,7 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
         s.warmup_seconds,
         s.rounds,
         s.seed,
-        root.nft_ruleset_lines,
-        root.sysctls_compared,
-        if root.differences.is_empty() {
-            "unchanged".to_owned()
-        } else {
-            format!("**changed**: {}", root.differences.join("; "))
-        },
+        results.root_namespace.summary(),
         m.kernel,
         m.nproc,
         m.cpu_model,
@@ -492,8 +477,6 @@ mod tests {
         }
         super::super::compute_ratios(&mut variants);
         Results::new(
-            "2026-12-04T00:00:00Z".into(),
-            40.0,
             super::super::Config {
                 quick: true,
                 traffic: crate::peer::Traffic {
@@ -505,19 +488,23 @@ mod tests {
                 },
             }
             .settings(),
-            Machine::default(),
+            Finished {
+                started_at: "2026-12-04T00:00:00Z".into(),
+                wall_seconds: 40.0,
+                machine: Machine::default(),
+                root_namespace: RootCheck {
+                    in_init_netns: Some(true),
+                    links: Vec::new(),
+                    nft_ruleset_lines: 0,
+                    sysctls_compared: 10,
+                    differences: Vec::new(),
+                },
+                warnings: Vec::new(),
+            },
             Measured {
                 variants,
                 order: Vec::new(),
             },
-            RootCheck {
-                in_init_netns: Some(true),
-                links: Vec::new(),
-                nft_ruleset_lines: 0,
-                sysctls_compared: 10,
-                differences: Vec::new(),
-            },
-            Vec::new(),
         )
     }
 

@@ -1,7 +1,7 @@
 //! `results.md`: the results as markdown tables, with the goals next to the numbers.
 //!
-//! Here: what every scenario's report uses (number formats, result cells, the goals and warnings
-//! sections). The ClusterIP scenario's document is `render.rs`, its programming measurement
+//! Here: what every scenario's report uses (number formats, result cells, the warnings section;
+//! the goals table is [`crate::scenario::goal`]'s). The ClusterIP scenario's document is `render.rs`, its programming measurement
 //! `programming.rs`.
 
 use std::fmt::Write as _;
@@ -134,25 +134,6 @@ fn compare(ours: &MetricResult, theirs: &MetricResult) -> (&'static str, Outcome
     }
 }
 
-/// The section listing `goals` with their verdicts (as the `overlay` and `nodeport` reports
-/// have it).
-pub fn goals_section(out: &mut String, goals: &[crate::control::report::Goal]) {
-    let _ = writeln!(
-        out,
-        "## Goals (shown, not asserted)\n\n| goal | measured | |\n|---|---|---|"
-    );
-    for g in goals {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            g.goal,
-            g.measured.replace('|', "\\|"),
-            verdict(g.met)
-        );
-    }
-    out.push('\n');
-}
-
 /// The section listing the run's warnings, if it had any.
 pub fn warnings_section(out: &mut String, warnings: &[String]) {
     if !warnings.is_empty() {
@@ -161,15 +142,5 @@ pub fn warnings_section(out: &mut String, warnings: &[String]) {
             let _ = writeln!(out, "- {warning}");
         }
         out.push('\n');
-    }
-}
-
-/// A goal's verdict in the tables: met, not met, or not measured (`None`).
-#[must_use]
-pub fn verdict(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "**met**",
-        Some(false) => "**not met**",
-        None => "not measured",
     }
 }

@@ -3,12 +3,14 @@
 
 use std::fmt::Write as _;
 
-use crate::cni::results::LatencyStats;
 use crate::results::Programming;
+use crate::scenario::stats::{format_ms, latency_header, latency_row};
+
+use crate::scenario::goal::verdict;
 
 use super::{
     GOAL_CHANGE_P99_MS, GOAL_PROGRAMMING_SPEEDUP, GOAL_SERVICES, format_bytes, format_seconds,
-    format_services, thousands, verdict,
+    format_services, thousands,
 };
 
 /// The goal rows of the programming measurement (as rows of the goals table).
@@ -77,34 +79,6 @@ pub(super) fn programming_goals(out: &mut String, programming: Option<&Programmi
              → element in the table) | {measured} | {} |",
             verdict(met)
         );
-    }
-}
-
-fn format_ms(ms: f64) -> String {
-    if ms < 10.0 {
-        format!("{ms:.2} ms")
-    } else {
-        format!("{ms:.1} ms")
-    }
-}
-
-fn latency_row(out: &mut String, what: &str, stats: Option<&LatencyStats>) {
-    match stats {
-        Some(s) => {
-            let _ = writeln!(
-                out,
-                "| {what} | {} | {} | {} | {} | {} | {} |",
-                s.count,
-                format_ms(s.min_ms),
-                format_ms(s.p50_ms),
-                format_ms(s.p90_ms),
-                format_ms(s.p99_ms),
-                format_ms(s.max_ms)
-            );
-        }
-        None => {
-            let _ = writeln!(out, "| {what} | – | – | – | – | – | – |");
-        }
     }
 }
 
@@ -189,10 +163,9 @@ pub(super) fn programming_section(out: &mut String, p: &Programming, sync_interv
          the Service it touches and programs the frontends that changed. Through \
          gannet-control: the changed slice applied with the gRPC Apply (as `gannetctl apply` \
          does) to a gannet-control holding the same services, watched by a fresh gannetd \
-         (`--control`), which gets the change of one service.\n\n\
-         | latency | changes | min | p50 | p90 | p99 | max |\n\
-         |---|---:|---:|---:|---:|---:|---:|"
+         (`--control`), which gets the change of one service.\n"
     );
+    latency_header(out, "latency");
     if let Some(latency) = &p.control_change_latency {
         latency_row(
             out,

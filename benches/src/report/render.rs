@@ -7,8 +7,9 @@ use crate::peer::Metric;
 use crate::results::{Results, Variant};
 
 use super::programming::{programming_goals, programming_section};
-use super::{GOAL_CRR, GOAL_RR, GOAL_SERVICES, Outcome, compare, format_services, ratio, verdict};
+use super::{GOAL_CRR, GOAL_RR, GOAL_SERVICES, Outcome, compare, format_services, ratio};
 use super::{cell, format_bytes, format_load, format_seconds, warnings_section};
+use crate::scenario::goal::verdict;
 
 fn goals(out: &mut String, results: &Results) {
     let _ = writeln!(out, "## Goals (shown, not asserted)\n");
@@ -220,19 +221,10 @@ pub fn render(results: &Results, charts: &[(Metric, String)]) -> String {
 
     warnings_section(&mut out, &results.warnings);
 
-    let root = &results.root_namespace;
     let _ = writeln!(
         out,
-        "## Root network namespace\n\nCompared before and after the run ({} links, {} lines of \
-         `nft list ruleset`, {} sysctls): {}.\n",
-        root.links.len(),
-        root.nft_ruleset_lines,
-        root.sysctls_compared,
-        if root.differences.is_empty() {
-            "unchanged".to_owned()
-        } else {
-            format!("**changed**: {}", root.differences.join("; "))
-        }
+        "## Root network namespace\n\nThe root network namespace was {}.\n",
+        results.root_namespace.summary()
     );
 
     let _ = writeln!(

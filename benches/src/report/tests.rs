@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::cni::results::RootCheck;
 use crate::control::report::PeerLoad;
 use crate::machine::Machine;
 use crate::peer::Metric;
@@ -11,6 +10,7 @@ use crate::results::{
     ChangeLatency, ChangeSample, LoadTime, LoadTimes, MetricResult, Programming,
     ProgrammingSettings, Results, RunResult, Settings, TableCounts, Variant,
 };
+use crate::scenario::rootns::RootCheck;
 
 use super::{
     GOAL_SERVICES, Outcome, compare, format_seconds, format_services, format_value, render,
@@ -283,7 +283,7 @@ fn table_has_a_row_per_size_and_path_with_ratios() {
         "{md}"
     );
     assert!(
-        md.contains("Compared before and after the run (0 links"),
+        md.contains("The root network namespace was compared before and after the run (0 links"),
         "{md}"
     );
     assert!(md.contains("- something odd"));

@@ -9,7 +9,7 @@ use std::path::{Path as FsPath, PathBuf};
 
 use anyhow::Context as _;
 use gannet_bench::chart::{GoalLine, GroupedRatios, Series, render_grouped};
-use gannet_bench::results::median;
+use gannet_bench::scenario::stats::median;
 use plotters::style::RGBColor;
 use serde::Serialize;
 

@@ -17,8 +17,11 @@
 //!
 //! The pods stay up until the end: gannetd's memory is read with all of them running.
 
+pub mod cli;
+pub mod report;
+
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -33,11 +36,8 @@ use gannet_testkit::{
 use k8s_cri::v1 as cri;
 use serde::Serialize;
 
-use crate::cni::results::LatencyStats;
 use crate::control::procs;
-use crate::control::report::Goal;
-use crate::machine::Machine;
-use crate::util::ScratchDir;
+use crate::scenario::stats::LatencyStats;
 
 /// How long one pod may take to start (image unpack, sandbox, CNI) before the run fails.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -55,14 +55,9 @@ pub struct Config {
     pub pods: usize,
 }
 
-/// What the run found.
+/// What the run measured, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
-pub struct Results {
-    pub scenario: &'static str,
-    pub started_at: String,
-    pub wall_seconds: f64,
-    pub settings: Config,
-    pub machine: Machine,
+pub struct Measured {
     /// gannet: `gannetctl apply` of the Pod, until it returned (a process and one API call).
     pub gannet_applied: Option<LatencyStats>,
     /// gannet: `gannetctl apply` → the Pod's `Ready` condition true.
@@ -75,7 +70,6 @@ pub struct Results {
     pub cri_started: Option<LatencyStats>,
     /// gannetd's memory with every gannet pod running, in KiB.
     pub agent_memory: procs::Memory,
-    pub goals: Vec<Goal>,
 }
 
 /// The node the run starts pods on, and everything it needs; dropped (and all of it cleaned up)
@@ -84,8 +78,9 @@ pub struct Results {
 struct Node {
     /// A process holding the private mount namespace `ctr run --cni` runs in.
     ctr_mounts: ChildGuard,
-    /// Where the CNI files for `ctr` come from (bind-mounted in `ctr_mounts`).
-    scratch: ScratchDir,
+    /// The run's scratch directory: the CNI files for `ctr` (bind-mounted in `ctr_mounts`) and
+    /// the containers' logs.
+    scratch: PathBuf,
     agent: Agent,
     containerd: Containerd,
     plane: ControlPlane,
@@ -93,14 +88,12 @@ struct Node {
     netns: Netns,
 }
 
-/// Runs the scenario; `progress` is told each finished round.
+/// Runs the scenario, its files in `scratch`; `progress` is told each finished round.
 ///
 /// # Errors
 /// When the node cannot be set up or a pod does not start.
-pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyhow::Result<Results> {
-    let started = std::time::SystemTime::now();
-    let clock = Instant::now();
-    let node = Node::start()?;
+pub fn run(config: &Config, scratch: &Path, progress: &dyn Fn(usize)) -> anyhow::Result<Measured> {
+    let node = Node::start(scratch)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -155,76 +148,19 @@ pub fn run(config: &Config, machine: Machine, progress: &dyn Fn(usize)) -> anyho
     }
     let agent_memory = procs::memory(node.agent.pid().context("gannetd is not running")?)?;
     node.ctr_cleanup(config.pods);
-    let gannet_applied = LatencyStats::from_samples(&applied);
-    let gannet_ready = LatencyStats::from_samples(&ready);
-    let gannet_first_answer = LatencyStats::from_samples(&answered);
-    let runtime_started = LatencyStats::from_samples(&runtime_started);
-    let cri_started = LatencyStats::from_samples(&cri_started);
-    let goals = goals(
-        gannet_ready.as_ref(),
-        runtime_started.as_ref(),
-        &agent_memory,
-        config.pods,
-    );
     drop(node);
-    Ok(Results {
-        scenario: "pods",
-        started_at: crate::util::rfc3339(started),
-        wall_seconds: clock.elapsed().as_secs_f64(),
-        settings: config.clone(),
-        machine,
-        gannet_applied,
-        gannet_ready,
-        gannet_first_answer,
-        runtime_started,
-        cri_started,
+    Ok(Measured {
+        gannet_applied: LatencyStats::from_samples(&applied),
+        gannet_ready: LatencyStats::from_samples(&ready),
+        gannet_first_answer: LatencyStats::from_samples(&answered),
+        runtime_started: LatencyStats::from_samples(&runtime_started),
+        cri_started: LatencyStats::from_samples(&cri_started),
         agent_memory,
-        goals,
     })
 }
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// The issue's goals: p50 within 1.2× of the runtime alone, p99 under 2 s, gannetd under 100 MB.
-fn goals(
-    ready: Option<&LatencyStats>,
-    runtime: Option<&LatencyStats>,
-    memory: &procs::Memory,
-    pods: usize,
-) -> Vec<Goal> {
-    let ratio = ready.zip(runtime).map(|(g, r)| g.p50_ms / r.p50_ms);
-    let rss_mb = memory.rss_kib as f64 * 1024.0 / 1e6;
-    vec![
-        Goal {
-            goal: "apply → Ready p50 within 1.2× of `ctr run --cni` p50".to_owned(),
-            measured: ratio.map_or_else(
-                || "not measured".to_owned(),
-                |r| {
-                    format!(
-                        "{r:.2}× ({:.0} ms vs {:.0} ms)",
-                        ready.map_or(0.0, |g| g.p50_ms),
-                        runtime.map_or(0.0, |r| r.p50_ms)
-                    )
-                },
-            ),
-            met: ratio.map(|r| r <= 1.2),
-        },
-        Goal {
-            goal: "apply → Ready p99 < 2 s".to_owned(),
-            measured: ready.map_or_else(
-                || "not measured".to_owned(),
-                |g| format!("{:.0} ms", g.p99_ms),
-            ),
-            met: ready.map(|g| g.p99_ms < 2000.0),
-        },
-        Goal {
-            goal: format!("gannetd RSS with {pods} pods < 100 MB"),
-            measured: format!("{rss_mb:.1} MB"),
-            met: Some(rss_mb < 100.0),
-        },
-    ]
 }
 
 async fn cluster_ip(client: &mut Client, i: usize) -> anyhow::Result<String> {
@@ -260,7 +196,7 @@ fn server_command(name: &str) -> String {
 }
 
 impl Node {
-    fn start() -> anyhow::Result<Node> {
+    fn start(scratch: &Path) -> anyhow::Result<Node> {
         let netns = Netns::new("bpods")?;
         // The node's own address (the source of its probes, as on a real node's uplink).
         netns.ip(&["addr", "add", "192.0.2.10/32", "dev", "lo"])?;
@@ -299,7 +235,7 @@ impl Node {
                 );
             }
         }
-        let (ctr_mounts, ctr_files) = ctr_mount_namespace(&netns, &containerd, &agent)?;
+        let ctr_mounts = ctr_mount_namespace(&netns, &containerd, &agent, scratch)?;
         Ok(Node {
             netns,
             cgroup,
@@ -307,7 +243,7 @@ impl Node {
             containerd,
             agent,
             ctr_mounts,
-            scratch: ctr_files,
+            scratch: scratch.to_owned(),
         })
     }
 
@@ -386,7 +322,7 @@ impl Node {
                 attempt: 0,
             }),
             hostname: name.clone(),
-            log_directory: self.scratch.path().join(&name).display().to_string(),
+            log_directory: self.scratch.join(&name).display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.containerd.cgroup_parent(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -500,10 +436,10 @@ fn ctr_mount_namespace(
     netns: &Netns,
     containerd: &Containerd,
     agent: &Agent,
-) -> anyhow::Result<(ChildGuard, ScratchDir)> {
-    let files = ScratchDir::new()?;
-    let net_d = files.path().join("net.d");
-    let bin = files.path().join("bin");
+    files: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let net_d = files.join("net.d");
+    let bin = files.join("bin");
     std::fs::create_dir_all(&net_d)?;
     std::fs::create_dir_all(&bin)?;
     let mut conflist = containerd.plugin_conf(&agent.cni_socket(), &agent.subnet_file());
@@ -546,131 +482,12 @@ fn ctr_mount_namespace(
         ]);
     let mut holder = spawn(cmd, Some(netns), None)?;
     holder.wait_for_line("ready", COMMAND_TIMEOUT)?;
-    Ok((holder, files))
-}
-
-/// `results.md`: the latency table, gannetd's memory and the goals.
-#[must_use]
-pub fn markdown(results: &Results) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Pod start latency (gannet-bench pods)\n\n{} pods each way, {}, gannet {}; {} CPUs.\n",
-        results.settings.pods,
-        results.started_at,
-        results.machine.gannet_commit,
-        results.machine.nproc
-    );
-    let _ = writeln!(
-        out,
-        "| | count | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|"
-    );
-    for (what, stats) in [
-        (
-            "gannet: `gannetctl apply` returned",
-            &results.gannet_applied,
-        ),
-        ("gannet: apply → Ready", &results.gannet_ready),
-        (
-            "gannet: apply → first answer through the Service",
-            &results.gannet_first_answer,
-        ),
-        (
-            "runtime alone: `ctr run --cni -d`",
-            &results.runtime_started,
-        ),
-        (
-            "CRI alone: `RunPodSandbox` → `StartContainer`",
-            &results.cri_started,
-        ),
-    ] {
-        match stats {
-            Some(s) => {
-                let _ = writeln!(
-                    out,
-                    "| {what} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
-                    s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
-                );
-            }
-            None => {
-                let _ = writeln!(out, "| {what} | 0 | | | | |");
-            }
-        }
-    }
-    if let (Some(gannet), Some(cri)) = (&results.gannet_ready, &results.cri_started) {
-        let _ = writeln!(
-            out,
-            "\nThe kubelet role's own share at the median (apply → Ready less the CRI calls \
-             alone): {:.0} ms ({:.2}×).",
-            gannet.p50_ms - cri.p50_ms,
-            gannet.p50_ms / cri.p50_ms
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\ngannetd with the pods running: RSS {:.1} MiB (peak {:.1} MiB).\n",
-        results.agent_memory.rss_kib as f64 / 1024.0,
-        results.agent_memory.hwm_kib as f64 / 1024.0
-    );
-    crate::report::goals_section(&mut out, &results.goals);
-    out.push_str(
-        "A gannet pod is a sandbox (the pause container and its network) plus its container; \
-         `ctr run --cni` starts one container in a network of its own, so the runtime alone does \
-         less work for the same running server.\n",
-    );
-    out
+    Ok(holder)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stats(p50_ms: f64, p99_ms: f64) -> LatencyStats {
-        LatencyStats {
-            count: 50,
-            min_ms: p50_ms,
-            p50_ms,
-            p90_ms: p99_ms,
-            p99_ms,
-            max_ms: p99_ms,
-            mean_ms: p50_ms,
-        }
-    }
-
-    #[test]
-    fn goals_compare_the_medians_and_bound_p99_and_memory() {
-        let memory = procs::Memory {
-            rss_kib: 30 * 1024,
-            ..procs::Memory::default()
-        };
-        let met = goals(
-            Some(&stats(120.0, 400.0)),
-            Some(&stats(100.0, 150.0)),
-            &memory,
-            50,
-        );
-        assert_eq!(
-            met.iter().map(|g| g.met).collect::<Vec<_>>(),
-            [Some(true), Some(true), Some(true)]
-        );
-        assert!(met[0].measured.starts_with("1.20×"), "{}", met[0].measured);
-        let missed = goals(
-            Some(&stats(130.0, 2500.0)),
-            Some(&stats(100.0, 150.0)),
-            &procs::Memory {
-                rss_kib: 200 * 1024,
-                ..memory
-            },
-            50,
-        );
-        assert_eq!(
-            missed.iter().map(|g| g.met).collect::<Vec<_>>(),
-            [Some(false), Some(false), Some(false)]
-        );
-        let unmeasured = goals(None, Some(&stats(100.0, 150.0)), &memory, 50);
-        assert_eq!(unmeasured[0].met, None);
-        assert_eq!(unmeasured[1].met, None);
-    }
 
     #[test]
     fn the_pods_server_answers_a_line_with_its_name() {

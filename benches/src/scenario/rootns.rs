@@ -1,5 +1,6 @@
 //! A snapshot of the root network namespace (links, addresses, nftables, forwarding and ARP/ND
-//! sysctls), taken before and after the run, to show that the plugins changed nothing there.
+//! sysctls), taken before and after a run, to show that the scenario changed nothing there; and
+//! the check written to `results.json` ([`RootCheck`]).
 //!
 //! Read from the harness's main thread, which never leaves the namespace it started in.
 
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use serde::Serialize;
 
 /// Per-interface sysctls that a CNI plugin sets (in its own namespaces); none may change here.
 const IPV4_KEYS: [&str; 4] = ["forwarding", "arp_notify", "proxy_arp", "route_localnet"];
@@ -172,9 +174,105 @@ pub fn differences(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     out
 }
 
+/// What the root network namespace looked like before and after the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RootCheck {
+    /// The harness ran in PID 1's network namespace (the machine's own); `None`: PID 1's
+    /// namespace could not be read.
+    pub in_init_netns: Option<bool>,
+    /// The links there before the run.
+    pub links: Vec<String>,
+    /// Lines of `nft list ruleset` before the run.
+    pub nft_ruleset_lines: usize,
+    /// How many forwarding/ARP/ND sysctls were compared.
+    pub sysctls_compared: usize,
+    /// Everything that differed after the run (empty: nothing).
+    pub differences: Vec<String>,
+}
+
+impl RootCheck {
+    /// The check of a run, from the snapshot `before` it and the namespace now.
+    ///
+    /// # Errors
+    /// When the namespace cannot be read.
+    pub fn after(before: &Snapshot) -> anyhow::Result<RootCheck> {
+        let after = take().context("reading the root network namespace again")?;
+        Ok(RootCheck {
+            in_init_netns: in_init_netns(),
+            links: before.links.clone(),
+            nft_ruleset_lines: before.nft_ruleset.lines().count(),
+            sysctls_compared: before.sysctls.len(),
+            differences: differences(before, &after),
+        })
+    }
+
+    /// The check in a sentence of `results.md`: `compared before and after the run (…):
+    /// unchanged` or what changed.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "compared before and after the run ({} links, {} lines of `nft list ruleset`, {} \
+             sysctls): {}",
+            self.links.len(),
+            self.nft_ruleset_lines,
+            self.sysctls_compared,
+            if self.differences.is_empty() {
+                "unchanged".to_owned()
+            } else {
+                format!("**changed**: {}", self.differences.join("; "))
+            }
+        )
+    }
+
+    /// Fails if the namespace changed during the run.
+    ///
+    /// # Errors
+    /// Naming every difference.
+    pub fn unchanged(&self) -> anyhow::Result<()> {
+        if !self.differences.is_empty() {
+            bail!(
+                "the root network namespace changed during the run:\n  {}",
+                self.differences.join("\n  ")
+            );
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_reads_as_a_sentence_and_fails_on_a_change() {
+        let mut check = RootCheck {
+            in_init_netns: Some(true),
+            links: vec!["eth0".into(), "lo".into()],
+            nft_ruleset_lines: 12,
+            sysctls_compared: 9,
+            differences: Vec::new(),
+        };
+        assert_eq!(
+            check.summary(),
+            "compared before and after the run (2 links, 12 lines of `nft list ruleset`, 9 \
+             sysctls): unchanged"
+        );
+        assert!(check.unchanged().is_ok());
+        check.differences = vec!["link appeared: veth0".into(), "ip_forward 0 → 1".into()];
+        assert!(
+            check
+                .summary()
+                .ends_with(": **changed**: link appeared: veth0; ip_forward 0 → 1"),
+            "{}",
+            check.summary()
+        );
+        let err = check.unchanged().expect_err("a change fails the run");
+        assert_eq!(
+            err.to_string(),
+            "the root network namespace changed during the run:\n  link appeared: veth0\n  \
+             ip_forward 0 → 1"
+        );
+    }
 
     const LINKS: &str = "lo               UNKNOWN        00:00:00:00:00:00 <LOOPBACK,UP,LOWER_UP> \n\
                          eth0             UP             02:fc:00:00:00:01 <BROADCAST,MULTICAST,UP,LOWER_UP> \n";
