@@ -372,10 +372,23 @@ fn gannet_control_counts_requests_watchers_and_nodes_and_gannetd_its_watches() {
     let cgroup = Cgroup::new().unwrap();
     let mut agent = Agent::start_with_control(None, &cgroup, &plane.addr(), &[]).unwrap();
     agent.wait_log("services synced", 1).unwrap();
-    let watched = eventually("the node to be Ready", Duration::from_secs(10), || {
-        let text = plane.scrape().unwrap();
-        (value(&text, "gannet_control_nodes{ready=\"true\"}") == Some(1.0)).then_some(text)
-    });
+    // The agent opens its watches one by one: the Node watch may follow the services' sync.
+    let watched = eventually(
+        "the node to be Ready and its watches open",
+        Duration::from_secs(10),
+        || {
+            let text = plane.scrape().unwrap();
+            let watching = ["Service", "EndpointSlice", "Node"].iter().all(|kind| {
+                value(
+                    &text,
+                    &format!("gannet_control_watchers{{kind=\"{kind}\"}}"),
+                )
+                .is_some_and(|n| n >= 1.0)
+            });
+            (value(&text, "gannet_control_nodes{ready=\"true\"}") == Some(1.0) && watching)
+                .then_some(text)
+        },
+    );
     for kind in ["Service", "EndpointSlice", "Node"] {
         assert!(
             must(
