@@ -372,7 +372,8 @@ fn gannet_control_counts_requests_watchers_and_nodes_and_gannetd_its_watches() {
     let cgroup = Cgroup::new().unwrap();
     let mut agent = Agent::start_with_control(None, &cgroup, &plane.addr(), &[]).unwrap();
     agent.wait_log("services synced", 1).unwrap();
-    // The agent opens its watches one by one: the Node watch may follow the services' sync.
+    // The agent opens its watches one by one (the Node watch may follow the services' sync),
+    // and a scrape may fall between a write and the count of the call that made it.
     let watched = eventually(
         "the node to be Ready and its watches open",
         Duration::from_secs(10),
@@ -385,7 +386,15 @@ fn gannet_control_counts_requests_watchers_and_nodes_and_gannetd_its_watches() {
                 )
                 .is_some_and(|n| n >= 1.0)
             });
-            (value(&text, "gannet_control_nodes{ready=\"true\"}") == Some(1.0) && watching)
+            // Register is counted as its answer goes out, after the Node was written.
+            let registered = value(
+                &text,
+                "gannet_control_grpc_requests_total{method=\"Register\",code=\"OK\"}",
+            )
+            .is_some();
+            (value(&text, "gannet_control_nodes{ready=\"true\"}") == Some(1.0)
+                && watching
+                && registered)
                 .then_some(text)
         },
     );
