@@ -90,7 +90,7 @@ pub(super) async fn create(
             }));
         }
     };
-    let mounts = match super::volumes::mounts(&context.pods_dir, &uid(pod), pod, spec) {
+    let mounts = match super::volumes::mounts(&context.pods_dir, &uid(pod), pod, spec, sources) {
         Ok(mounts) => mounts,
         Err(message) => {
             return Ok(Err(Waiting {

@@ -97,7 +97,7 @@ fn value_from(
 }
 
 /// A `fieldRef`'s value.
-fn field_value(pod: &Pod, path: &str, sources: &Sources) -> Result<String, String> {
+pub(super) fn field_value(pod: &Pod, path: &str, sources: &Sources) -> Result<String, String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let keyed = |prefix: &str| {
@@ -135,7 +135,7 @@ fn field_value(pod: &Pod, path: &str, sources: &Sources) -> Result<String, Strin
 }
 
 /// A `resourceFieldRef`'s value: the amount divided by `divisor` (default 1), rounded up.
-fn resource_value(
+pub(super) fn resource_value(
     container: &Container,
     resource: &str,
     divisor: Option<&str>,

@@ -4,7 +4,11 @@
 //! - `emptyDir`: a directory of the pod in `--state-dir` (`pods/UID/volumes/NAME`, mode 0777 as
 //!   the kubelet makes it), shared by its containers, kept across container restarts and removed
 //!   with the pod. `medium: Memory` is not supported yet (the container waits, saying so);
-//! - `hostPath`: a path of the node, checked (or created) as its `type` says.
+//! - `hostPath`: a path of the node, checked (or created) as its `type` says;
+//! - `downwardAPI`: files of the pod's fields (`metadata.labels` and `metadata.annotations` whole,
+//!   as `key="value"` lines, or one value as for environment variables) and of a container's
+//!   resources, written (each through a temporary file) in the volume's directory whenever a
+//!   container mounting it is created; not updated while the containers run.
 //!
 //! A mount's `readOnly`, `subPath` (a relative path without `..`, created in an `emptyDir`) and
 //! `mountPropagation` are honoured. Any other volume type, or a mount of a volume the pod does not
@@ -15,7 +19,9 @@ use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeSource, Pod, Volume};
+
+use super::env::Sources;
 
 /// The directory of the pods' volumes below `--state-dir`.
 pub const DIR: &str = "pods";
@@ -36,6 +42,7 @@ pub fn mounts(
     uid: &str,
     pod: &Pod,
     container: &Container,
+    sources: &Sources,
 ) -> Result<Vec<cri::Mount>, String> {
     let volumes: &[Volume] = pod
         .spec
@@ -53,7 +60,7 @@ pub fn mounts(
                     mount.name, container.name
                 )
             })?;
-        let source = source(pods_dir, uid, volume)?;
+        let source = source(pods_dir, uid, volume, pod, sources)?;
         let host_path = match mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
             None => source,
             Some(sub) => {
@@ -70,7 +77,7 @@ pub fn mounts(
                     ));
                 }
                 let path = source.join(relative);
-                if volume.empty_dir.is_some() {
+                if volume.empty_dir.is_some() || volume.downward_api.is_some() {
                     make_dir(&path, 0o777)?;
                 } else if !path.exists() {
                     return Err(format!(
@@ -106,7 +113,21 @@ pub fn mounts(
 }
 
 /// Where `volume` is on the node, made or checked.
-fn source(pods_dir: &Path, uid: &str, volume: &Volume) -> Result<PathBuf, String> {
+fn source(
+    pods_dir: &Path,
+    uid: &str,
+    volume: &Volume,
+    pod: &Pod,
+    sources: &Sources,
+) -> Result<PathBuf, String> {
+    if let Some(downward) = &volume.downward_api {
+        let path = pod_dir(pods_dir, uid)
+            .join("volumes")
+            .join(component(&volume.name)?);
+        make_dir(&path, 0o755)?;
+        write_downward(&path, &volume.name, downward, pod, sources)?;
+        return Ok(path);
+    }
     if let Some(empty) = &volume.empty_dir {
         if empty.medium.as_deref().is_some_and(|m| !m.is_empty()) {
             return Err(format!(
@@ -136,7 +157,6 @@ fn source(pods_dir: &Path, uid: &str, volume: &Volume) -> Result<PathBuf, String
         (volume.config_map.is_some(), "configMap"),
         (volume.secret.is_some(), "secret"),
         (volume.projected.is_some(), "projected"),
-        (volume.downward_api.is_some(), "downwardAPI"),
         (
             volume.persistent_volume_claim.is_some(),
             "persistentVolumeClaim",
@@ -146,9 +166,85 @@ fn source(pods_dir: &Path, uid: &str, volume: &Volume) -> Result<PathBuf, String
     .find_map(|(set, kind)| set.then_some(kind))
     .unwrap_or("this kind of");
     Err(format!(
-        "volume {:?}: {kind} volumes are not supported (gannetd mounts emptyDir and hostPath)",
+        "volume {:?}: {kind} volumes are not supported (gannetd mounts emptyDir, hostPath and \
+         downwardAPI)",
         volume.name
     ))
+}
+
+/// The files of a `downwardAPI` volume in `dir`.
+fn write_downward(
+    dir: &Path,
+    volume: &str,
+    source: &DownwardAPIVolumeSource,
+    pod: &Pod,
+    sources: &Sources,
+) -> Result<(), String> {
+    let default_mode = source.default_mode.unwrap_or(0o644);
+    for item in source.items.iter().flatten() {
+        let relative = Path::new(&item.path);
+        if item.path.is_empty()
+            || relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(format!(
+                "volume {volume:?}: item path {:?} must be a relative path without '..'",
+                item.path
+            ));
+        }
+        let value = if let Some(field) = &item.field_ref {
+            let map = |m: Option<&std::collections::BTreeMap<String, String>>| {
+                m.into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={v:?}\n"))
+                    .collect::<String>()
+            };
+            match field.field_path.as_str() {
+                "metadata.labels" => map(pod.metadata.labels.as_ref()),
+                "metadata.annotations" => map(pod.metadata.annotations.as_ref()),
+                path => super::env::field_value(pod, path, sources)
+                    .map_err(|e| format!("volume {volume:?}: item {:?}: {path}: {e}", item.path))?,
+            }
+        } else if let Some(resource) = &item.resource_field_ref {
+            let name = resource.container_name.as_deref().unwrap_or_default();
+            let container = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == name))
+                .ok_or_else(|| {
+                    format!(
+                        "volume {volume:?}: item {:?}: containerName {name:?} is not a container \
+                         of the pod",
+                        item.path
+                    )
+                })?;
+            super::env::resource_value(
+                container,
+                &resource.resource,
+                resource.divisor.as_ref().map(|d| d.0.as_str()),
+                sources,
+            )
+            .map_err(|e| format!("volume {volume:?}: item {:?}: {e}", item.path))?
+        } else {
+            return Err(format!(
+                "volume {volume:?}: item {:?} has neither fieldRef nor resourceFieldRef",
+                item.path
+            ));
+        };
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            make_dir(parent, 0o755)?;
+        }
+        let temp = path.with_extension("gannet-tmp");
+        let mode = u32::try_from(item.mode.unwrap_or(default_mode)).unwrap_or(0o644) & 0o777;
+        fs::write(&temp, value)
+            .and_then(|()| fs::set_permissions(&temp, fs::Permissions::from_mode(mode)))
+            .and_then(|()| fs::rename(&temp, &path))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// A volume name as a directory name.
@@ -245,6 +341,50 @@ mod tests {
         .expect("a pod")
     }
 
+    fn sources() -> Sources {
+        Sources {
+            pod_ips: vec!["10.244.0.9".to_owned()],
+            node_millicpu: 2000,
+            node_memory: 8 << 30,
+        }
+    }
+
+    #[test]
+    fn downward_api_files_hold_the_pods_fields_and_resources() {
+        let root = tempfile::tempdir().unwrap();
+        let mut p = pod(r#"{"volumes": [{"name": "info", "downwardAPI": {"items": [
+                 {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                 {"path": "sub/name", "fieldRef": {"fieldPath": "metadata.name"}, "mode": 384},
+                 {"path": "mem", "resourceFieldRef": {"containerName": "a",
+                   "resource": "limits.memory", "divisor": "1Mi"}}]}}],
+               "containers": [{"name": "a", "resources": {"limits": {"memory": "64Mi"}},
+                 "volumeMounts": [{"name": "info", "mountPath": "/info"}]}]}"#);
+        p.metadata.labels = Some(
+            [("app", "web"), ("tier", "front \"end\"")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+        let container = &p.spec.as_ref().unwrap().containers[0];
+        let mounts = mounts(root.path(), "u", &p, container, &sources()).unwrap();
+        let dir = root.path().join("u/volumes/info");
+        assert_eq!(mounts[0].host_path, dir.display().to_string());
+        assert_eq!(
+            fs::read_to_string(dir.join("labels")).unwrap(),
+            "app=\"web\"\ntier=\"front \\\"end\\\"\"\n"
+        );
+        assert_eq!(fs::read_to_string(dir.join("sub/name")).unwrap(), "p");
+        assert_eq!(
+            fs::metadata(dir.join("sub/name"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read_to_string(dir.join("mem")).unwrap(), "64");
+    }
+
     #[test]
     fn empty_dirs_are_made_and_mounted_with_their_options() {
         let root = tempfile::tempdir().unwrap();
@@ -260,7 +400,7 @@ mod tests {
             host.display()
         ));
         let container = &p.spec.as_ref().unwrap().containers[0];
-        let mounts = mounts(pods.as_path(), "u1", &p, container).unwrap();
+        let mounts = mounts(pods.as_path(), "u1", &p, container, &sources()).unwrap();
         let scratch = pods.as_path().join("u1/volumes/scratch/a/b");
         assert!(scratch.is_dir());
         assert_eq!(
@@ -324,8 +464,14 @@ mod tests {
             let p = pod(&format!(
                 r#"{{"volumes": {volumes}, "containers": [{{"name": "a", "volumeMounts": {mounts_of}}}]}}"#
             ));
-            let error = mounts(dir.path(), "u", &p, &p.spec.as_ref().unwrap().containers[0])
-                .expect_err(expected);
+            let error = mounts(
+                dir.path(),
+                "u",
+                &p,
+                &p.spec.as_ref().unwrap().containers[0],
+                &sources(),
+            )
+            .expect_err(expected);
             assert!(error.contains(expected), "{error} (expected {expected:?})");
         }
     }

@@ -1,5 +1,6 @@
 //! Volumes: an `emptyDir` two containers share (kept in gannetd's `--state-dir` and removed with
-//! the pod), a read-only `hostPath`, and a volume kind gannetd does not mount, named.
+//! the pod), a read-only `hostPath`, a `downwardAPI` file, and a volume kind gannetd does not
+//! mount, named.
 
 use super::*;
 
@@ -17,15 +18,19 @@ fn containers_share_an_empty_dir_and_read_a_host_path() {
         .apply(&format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: vols}}\nspec:\n  nodeName: test-node\n  \
              terminationGracePeriodSeconds: 1\n  volumes:\n  - {{name: scratch, emptyDir: {{}}}}\n  \
-             - {{name: data, hostPath: {{path: {}, type: Directory}}}}\n  containers:\n  \
+             - {{name: data, hostPath: {{path: {}, type: Directory}}}}\n  \
+             - {{name: info, downwardAPI: {{items: [{{path: name, fieldRef: {{fieldPath: metadata.name}}}}]}}}}\n  \
+             containers:\n  \
              - name: writer\n    image: {BUSYBOX_IMAGE}\n    \
              command: [/bin/sh, -c, 'mkdir -p /scratch/sub; echo shared-ok > /scratch/sub/msg; exec sleep 3600']\n    \
              volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n  \
              - name: reader\n    image: {BUSYBOX_IMAGE}\n    \
              command: [/bin/sh, -c, 'until cat /shared/msg; do sleep 0.1; done; cat /host/host.txt; \
+             cat /info/name; echo; \
              touch /host/x 2>/dev/null || echo ro-ok; exec sleep 3600']\n    \
              volumeMounts:\n    - {{name: scratch, mountPath: /shared, subPath: sub}}\n    \
-             - {{name: data, mountPath: /host, readOnly: true}}\n",
+             - {{name: data, mountPath: /host, readOnly: true}}\n    \
+             - {{name: info, mountPath: /info}}\n",
             host.0.display()
         ))
         .unwrap();
@@ -50,7 +55,7 @@ fn containers_share_an_empty_dir_and_read_a_host_path() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.contains("ro-ok").then_some(text)
     });
-    assert_eq!(read, "shared-ok\nfrom-host\nro-ok\n");
+    assert_eq!(read, "shared-ok\nfrom-host\nvols\nro-ok\n");
     assert!(
         !host.0.join("x").exists(),
         "the read-only hostPath was written"
